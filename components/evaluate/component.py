@@ -1,0 +1,67 @@
+"""KFP component: score the model against baselines and gate it (thin layer over evaluate.py)."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kftune.components.common.images import ImageScheme
+
+
+def evaluate(
+    dataset: Input[Dataset],
+    model: Input[Model],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    min_accuracy: float = 0.0,
+    min_f1_macro: float = 0.0,
+    min_gain_over_baseline: float = 0.0,
+) -> NamedTuple("EvaluateOutputs", [("passed", bool)]):
+    """Score the fine-tuned model on the test split against majority and TF-IDF baselines.
+
+    Args:
+        dataset: Tokenized splits from preprocess (the baselines train on its train split).
+        model: Fine-tuned model from train.
+        metrics: Output: accuracy, precision, recall, F1 of the model and baselines, deltas, gate.
+        classification: Output: confusion matrix (and ROC curve for binary tasks).
+        report: Output: HTML report with tables and plots.
+        summary: Output: Markdown table, model vs baselines.
+        min_accuracy: Gate: the model's test accuracy must be at least this.
+        min_f1_macro: Gate: the model's test macro F1 must be at least this.
+        min_gain_over_baseline: Gate: accuracy gain over the TF-IDF baseline must be at least this.
+
+    Returns:
+        passed: Whether every gate check holds.
+    """
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from kftune.components.evaluate.evaluate import EvaluateConfig, flat_metrics
+    from kftune.components.evaluate.evaluate import evaluate as run
+    from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
+
+    config = EvaluateConfig(min_accuracy=min_accuracy, min_f1_macro=min_f1_macro,
+                            min_gain_over_baseline=min_gain_over_baseline)
+    result = run(model.path, dataset.path, config)
+    for name, value in flat_metrics(result).items():
+        metrics.log_metric(name, value)
+    classification.log_confusion_matrix(result["labels"], result["model"]["confusion_matrix"])
+    if "roc_curve" in result["model"]:
+        curve = result["model"]["roc_curve"]
+        # KFP stores the curve in metadata; thin it to keep the artifact small.
+        step = max(1, len(curve["fpr"]) // 200)
+        thresholds = [min(t, 1.0) for t in curve["thresholds"][::step]]
+        classification.log_roc_curve(curve["fpr"][::step], curve["tpr"][::step], thresholds)
+    Path(report.path).write_text(evaluation_report_html(result), encoding="utf-8")
+    Path(summary.path).write_text(evaluation_markdown(result), encoding="utf-8")
+    metrics.metadata["result"] = json.dumps({k: v for k, v in result.items() if k != "model"} | {
+        "model": {k: v for k, v in result["model"].items() if k != "roc_curve"}})
+    outputs = namedtuple("EvaluateOutputs", ["passed"])
+    return outputs(bool(result["passed"]))
+
+
+def component(images: ImageScheme = ImageScheme()):
+    """The evaluate component running in its image under ``images``."""
+    return dsl.component(evaluate, base_image=images.image("evaluate"), install_kfp_package=False)

@@ -1,0 +1,345 @@
+"""Clean, deduplicate, split and tokenize labelled text.
+
+``preprocess`` is the stage: it reads the input, cleans it rule by rule (counting what each
+rule removes), optionally subsamples, splits stratified and seeded into train / validation /
+test, optionally augments the train split, tokenizes once with the model's fast tokenizer and
+writes the dataset artifact described in :mod:`kftune.components.common.schema`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import random
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from kftune.components.common.atomic import atomic_directory
+from kftune.components.common.bundled import BUNDLED_DATA, BUNDLED_MODEL, resolve_model
+from kftune.components.common.errors import ConfigError, DataError
+from kftune.components.common.schema import (
+    LABEL,
+    LABELS_FILE,
+    LENGTH,
+    SPLITS,
+    SPLITS_DIR,
+    STATS_FILE,
+    TEXT,
+    TOKENIZER_DIR,
+    LabelMap,
+)
+from kftune.components.preprocess.reader import read_labelled_data
+
+log = logging.getLogger(__name__)
+
+_TAG = re.compile(r"<[^>]{0,200}>")
+_SPACE = re.compile(r"\s+")
+_NOT_WORD = re.compile(r"[^\w\s]")
+
+# Removal rules in the order they apply; the report lists them in this order.
+RULES = (
+    "missing_text",
+    "missing_label",
+    "empty_after_cleaning",
+    "too_short",
+    "too_long",
+    "exact_duplicate",
+    "normalised_duplicate",
+    "conflicting_labels",
+)
+
+
+@dataclass
+class PreprocessConfig:
+    """What preprocessing does. Defaults are those of the finetune pipeline."""
+
+    data: str = BUNDLED_DATA
+    """Input: a local file/directory, or ``bundled:rotten-tomatoes``."""
+    text_column: str = TEXT
+    label_column: str = LABEL
+    data_format: str = "auto"
+    model: str = BUNDLED_MODEL
+    """Model whose tokenizer encodes the text (local directory, bundled name or hub id)."""
+    max_seq_length: int = 128
+    min_chars: int = 3
+    max_chars: int = 5000
+    max_rows: int = 0
+    """Keep a stratified sample of this many cleaned rows (0: all). For quick runs."""
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 42
+    augment_copies: int = 0
+    """Noisy copies added per training example (0: no augmentation)."""
+    augment_probability: float = 0.1
+    """Per-word probability of deletion / replacement, and swap rate, for augmentation."""
+
+    def validate(self) -> None:
+        """Reject values outside their ranges before any work starts."""
+        if not 0 < self.validation_fraction < 1 or not 0 < self.test_fraction < 1:
+            raise ConfigError("validation_fraction and test_fraction must each be in (0, 1)")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ConfigError(
+                "validation_fraction + test_fraction must be < 0.9 to leave a training split"
+            )
+        if self.min_chars < 1 or self.max_chars < self.min_chars:
+            raise ConfigError(f"need 1 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
+        if self.max_seq_length < 8:
+            raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        if self.max_rows < 0 or self.augment_copies < 0:
+            raise ConfigError("max_rows and augment_copies must be >= 0")
+        if not 0 <= self.augment_probability <= 0.5:
+            raise ConfigError(f"augment_probability must be in [0, 0.5], got {self.augment_probability}")
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalise, unescape HTML entities, strip tags and collapse whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    text = html.unescape(text)
+    text = _TAG.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def normalised_key(text: str) -> str:
+    """The key under which near-identical texts count as duplicates: case and punctuation folded."""
+    return _SPACE.sub(" ", _NOT_WORD.sub(" ", text.casefold())).strip()
+
+
+def _normalise_labels(labels: pd.Series) -> pd.Series:
+    """Integral numbers become ints, anything else a stripped string; blanks become None."""
+
+    def as_number(value):
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value.strip())
+        return None
+
+    present = labels[labels.notna()]
+    numbers = present.map(as_number)
+    if len(present) and numbers.notna().all():
+        return labels.map(lambda v: None if pd.isna(v) else as_number(v))
+    return labels.map(lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip())
+
+
+def clean_dataset(frame: pd.DataFrame, config: PreprocessConfig) -> tuple[pd.DataFrame, dict]:
+    """Apply the cleaning rules; return the cleaned frame and rows removed per rule."""
+    removed = dict.fromkeys(RULES, 0)
+    frame = frame.copy()
+    frame[LABEL] = _normalise_labels(frame[LABEL])
+
+    def drop(mask: pd.Series, rule: str) -> None:
+        nonlocal frame
+        removed[rule] += int(mask.sum())
+        frame = frame[~mask]
+
+    drop(frame[TEXT].isna() | frame[TEXT].map(lambda t: not isinstance(t, str)), "missing_text")
+    drop(frame[LABEL].isna(), "missing_label")
+    raw = frame[TEXT]
+    frame = frame.assign(**{TEXT: raw.map(clean_text)})
+    frame["_raw"] = raw
+    drop(frame[TEXT].str.len() == 0, "empty_after_cleaning")
+    drop(frame[TEXT].str.len() < config.min_chars, "too_short")
+    drop(frame[TEXT].str.len() > config.max_chars, "too_long")
+
+    frame["_key"] = frame[TEXT].map(normalised_key)
+    labels_per_key = frame.groupby("_key")[LABEL].nunique()
+    conflicting = frame["_key"].isin(labels_per_key.index[labels_per_key > 1])
+    drop(conflicting, "conflicting_labels")
+    drop(frame.duplicated("_raw"), "exact_duplicate")
+    drop(frame.duplicated("_key"), "normalised_duplicate")
+    return frame[[TEXT, LABEL]].reset_index(drop=True), removed
+
+
+def make_label_map(labels: pd.Series) -> LabelMap:
+    """Sorted label values (numerically for integer labels) in id order."""
+    return LabelMap(tuple(str(v) for v in sorted(labels.unique())))
+
+
+def _check_splittable(label_counts: Counter, config: PreprocessConfig, source: str) -> None:
+    n = sum(label_counts.values())
+    k = len(label_counts)
+    if n == 0:
+        raise DataError(f"{source}: no rows left after cleaning; expected labelled, non-empty texts")
+    if k < 2:
+        only = next(iter(label_counts))
+        raise DataError(
+            f"{source}: column {config.label_column!r} has a single class ({only!r}) after "
+            "cleaning; "
+            "classification needs at least 2"
+        )
+    rare = [(label, c) for label, c in label_counts.items() if c < 3]
+    if rare:
+        label, count = rare[0]
+        raise DataError(
+            f"{source}: class {label!r} has {count} row(s) after cleaning; a stratified "
+            "train/validation/test split needs at least 3 per class"
+        )
+    for name, fraction in (("validation", config.validation_fraction), ("test", config.test_fraction)):
+        if int(n * fraction) < k:
+            raise DataError(
+                f"{source}: {n} rows are too few for a stratified split: the {name} split "
+                f"({fraction:.0%}) would get {int(n * fraction)} rows for {k} classes; "
+                f"need at least {int(np.ceil(k / fraction))} rows"
+            )
+
+
+def split_dataset(frame: pd.DataFrame, config: PreprocessConfig) -> dict[str, pd.DataFrame]:
+    """Stratified, seeded train / validation / test split."""
+    from sklearn.model_selection import train_test_split
+
+    rest, test = train_test_split(
+        frame, test_size=config.test_fraction, stratify=frame[LABEL], random_state=config.seed
+    )
+    val_share = config.validation_fraction / (1 - config.test_fraction)
+    train, validation = train_test_split(
+        rest, test_size=val_share, stratify=rest[LABEL], random_state=config.seed
+    )
+    return {
+        "train": train.reset_index(drop=True),
+        "validation": validation.reset_index(drop=True),
+        "test": test.reset_index(drop=True),
+    }
+
+
+def augment_texts(
+    texts: list[str], copies: int, probability: float, seed: int
+) -> list[tuple[int, str]]:
+    """Seeded word-level noise: random deletion, swap and replacement.
+
+    Returns ``(source_index, noisy_text)`` pairs; replacement words are drawn from the
+    vocabulary of ``texts`` itself (the training split), so no outside resource is needed.
+    """
+    rng = random.Random(seed)
+    vocabulary = sorted({w for t in texts for w in t.split()})
+    out = []
+    for _ in range(copies):
+        for i, text in enumerate(texts):
+            words = text.split()
+            words = [w for w in words if rng.random() >= probability] or words[:1]
+            for _ in range(max(1, int(probability * len(words))) if len(words) > 1 else 0):
+                a, b = rng.randrange(len(words)), rng.randrange(len(words))
+                words[a], words[b] = words[b], words[a]
+            words = [rng.choice(vocabulary) if rng.random() < probability else w for w in words]
+            noisy = " ".join(words)
+            if noisy != text:
+                out.append((i, noisy))
+    return out
+
+
+def subsample(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+    """A stratified, seeded sample of ``max_rows`` rows (all rows if there are fewer)."""
+    if not max_rows or max_rows >= len(frame):
+        return frame
+    from sklearn.model_selection import train_test_split
+
+    counts = frame[LABEL].value_counts()
+    stratify = frame[LABEL] if counts.min() >= 2 and max_rows >= len(counts) else None
+    sample, _ = train_test_split(frame, train_size=max_rows, stratify=stratify, random_state=seed)
+    return sample.reset_index(drop=True)
+
+
+def prepare_rows(config: PreprocessConfig) -> tuple[pd.DataFrame, int, dict]:
+    """Read, clean and sample the input and check it can be split: (rows, rows read, removed).
+
+    Everything that can be wrong with the input shows up here, before any tokenizer or model
+    is loaded; the CLI calls it to fail fast before starting a pipeline.
+    """
+    config.validate()
+    frame = read_labelled_data(config.data, config.text_column, config.label_column, config.data_format)
+    rows_read = len(frame)
+    frame, removed = clean_dataset(frame, config)
+    frame = subsample(frame, config.max_rows, config.seed)
+    _check_splittable(Counter(frame[LABEL]), config, config.data)
+    return frame, rows_read, removed
+
+
+def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
+    """Run the whole stage; write the dataset artifact to ``output_dir``; return its stats."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    source = config.data
+    frame, rows_read, removed = prepare_rows(config)
+
+    label_map = make_label_map(frame[LABEL])
+    frame[LABEL] = frame[LABEL].map(lambda v: label_map.label2id[str(v)])
+    splits = split_dataset(frame, config)
+
+    augmented = 0
+    if config.augment_copies:
+        train = splits["train"]
+        noisy = augment_texts(
+            train[TEXT].tolist(), config.augment_copies, config.augment_probability, config.seed
+        )
+        extra = pd.DataFrame(
+            {TEXT: [t for _, t in noisy], LABEL: [int(train[LABEL].iloc[i]) for i, _ in noisy]}
+        )
+        augmented = len(extra)
+        splits["train"] = pd.concat([train, extra], ignore_index=True)
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model), use_fast=True)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"model {config.model!r} has no fast tokenizer; kftune needs one")
+
+    def encode(batch):
+        encoded = tokenizer(batch[TEXT], truncation=True, max_length=config.max_seq_length)
+        encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
+        return encoded
+
+    features = datasets.Features(
+        {TEXT: datasets.Value("string"), LABEL: datasets.Value("int64")}
+    )
+    dataset = datasets.DatasetDict(
+        {
+            name: datasets.Dataset.from_pandas(part[[TEXT, LABEL]], features=features, preserve_index=False)
+            for name, part in splits.items()
+        }
+    )
+    dataset = dataset.map(encode, batched=True, batch_size=1000, desc="tokenizing")
+
+    lengths = {name: np.asarray(dataset[name][LENGTH]) for name in SPLITS}
+    all_lengths = np.concatenate(list(lengths.values()))
+    stats = {
+        "source": source,
+        "rows_read": rows_read,
+        "removed": removed,
+        "rows_clean": rows_read - sum(removed.values()),
+        "rows_used": int(len(frame)),
+        "augmented_rows": augmented,
+        "labels": list(label_map.names),
+        "split_sizes": {name: len(dataset[name]) for name in SPLITS},
+        "label_distribution": {
+            name: {label_map.names[k]: int(v) for k, v in sorted(Counter(dataset[name][LABEL]).items())}
+            for name in SPLITS
+        },
+        "token_length": {
+            "p50": float(np.percentile(all_lengths, 50)),
+            "p95": float(np.percentile(all_lengths, 95)),
+            "max": int(all_lengths.max()),
+            "truncated_fraction": float((all_lengths >= config.max_seq_length).mean()),
+        },
+        "config": asdict(config),
+    }
+    with atomic_directory(output_dir) as tmp:
+        dataset.save_to_disk(str(tmp / SPLITS_DIR))
+        label_map.save(tmp / LABELS_FILE)
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    log.info(
+        "preprocessed %d rows -> %s (removed %d)",
+        rows_read,
+        stats["split_sizes"],
+        sum(removed.values()),
+    )
+    stats["_lengths"] = lengths
+    return stats

@@ -1,0 +1,174 @@
+"""Read labelled text from a local file or directory into a two-column frame.
+
+Formats: CSV, TSV, JSON Lines, Parquet (each optionally .gz/.bz2/.xz compressed for the
+text formats) and a directory written by ``datasets.save_to_disk`` (a Dataset, or a
+DatasetDict whose splits are concatenated: kftune makes its own split). Every problem is
+raised as a :class:`DataError` naming the file, and the row or column where there is one.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import json
+import lzma
+from pathlib import Path
+
+import pandas as pd
+from kftune.components.common import bundled
+from kftune.components.common.errors import DataError
+from kftune.components.common.schema import LABEL, TEXT
+
+FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "hf-disk")
+_SUFFIX_FORMATS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
+_OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def detect_format(path: Path) -> str:
+    """Infer the format from a directory's marker files or a file's suffixes."""
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+            return "hf-disk"
+        raise DataError(
+            f"{path}: a directory must be written by datasets.save_to_disk "
+            "(dataset_dict.json or state.json expected)"
+        )
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _OPENERS:
+        suffixes = suffixes[:-1]
+    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffixes[-1]]
+    raise DataError(
+        f"{path}: unknown data format {''.join(path.suffixes) or '(no suffix)'!r}; expected one "
+        "of .csv, .tsv, .jsonl, .parquet (text formats may end .gz/.bz2/.xz) or a "
+        "datasets.save_to_disk directory; or pass the format explicitly"
+    )
+
+
+def _read_text(path: Path) -> str:
+    """Decompress if needed and decode as strict UTF-8, naming the line of a bad byte."""
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise DataError(f"{path}: cannot read file: {e}") from e
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
+            "expected UTF-8 text (re-encode the file, e.g. iconv -t UTF-8)"
+        ) from e
+
+
+def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
+    text = _read_text(path)
+    try:
+        return pd.read_csv(io.StringIO(text), sep=sep, on_bad_lines="error", dtype=object)
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{path}: file is empty; expected a header row and data rows") from e
+    except pd.errors.ParserError as e:
+        # pandas says e.g. "Error tokenizing data. C error: Expected 2 fields in line 4, saw 3"
+        detail = str(e).split("C error: ")[-1].strip()
+        raise DataError(f"{path}: malformed row: {detail}") from e
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number}: invalid JSON ({e.msg})") from e
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{path}: line {number}: expected a JSON object per line, got {type(row).__name__}"
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # pyarrow raises several unrelated types for a bad file
+        raise DataError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+def _read_hf_disk(path: Path) -> pd.DataFrame:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: not a readable datasets.save_to_disk directory: {e}") from e
+    if isinstance(loaded, datasets.DatasetDict):
+        return pd.concat([split.to_pandas() for split in loaded.values()], ignore_index=True)
+    return loaded.to_pandas()
+
+
+def read_bundled() -> pd.DataFrame:
+    """The bundled Rotten Tomatoes reviews with columns text and label."""
+    path = bundled.bundled_data_file()
+    frame = pd.read_csv(io.StringIO(_read_text(path)), dtype=object)
+    frame = frame[frame["category"].isin(bundled.DATA_LABELS)]
+    return pd.DataFrame(
+        {TEXT: frame["text"].to_numpy(), LABEL: frame["category"].map(bundled.DATA_LABELS)}
+    )
+
+
+def read_labelled_data(
+    data: str,
+    text_column: str = TEXT,
+    label_column: str = LABEL,
+    data_format: str = "auto",
+) -> pd.DataFrame:
+    """Read ``data`` and return a frame with exactly the columns ``text`` and ``label``.
+
+    Args:
+        data: A local file or directory, or ``bundled:rotten-tomatoes``.
+        text_column: Column holding the text.
+        label_column: Column holding the label (strings or integers).
+        data_format: One of ``FORMATS``; ``auto`` infers it from the path.
+    """
+    if data == bundled.BUNDLED_DATA:
+        return read_bundled()
+    if data_format not in FORMATS:
+        raise DataError(f"unknown data format {data_format!r}; expected one of {', '.join(FORMATS)}")
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    fmt = detect_format(path) if data_format == "auto" else data_format
+    reader = {
+        "csv": lambda p: _read_delimited(p, ","),
+        "tsv": lambda p: _read_delimited(p, "\t"),
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "hf-disk": _read_hf_disk,
+    }[fmt]
+    frame = reader(path)
+    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+    if missing:
+        available = ", ".join(map(str, frame.columns)) or "(none)"
+        raise DataError(
+            f"{path}: no column {missing[0]!r}; the columns are: {available} "
+            "(set the text/label column parameters)"
+        )
+    if text_column == label_column:
+        raise DataError(f"{path}: text and label column are both {text_column!r}")
+    return pd.DataFrame(
+        {TEXT: frame[text_column].to_numpy(), LABEL: frame[label_column].to_numpy()}
+    )

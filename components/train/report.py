@@ -1,0 +1,51 @@
+"""Training curves: per-epoch validation scores and per-step loss, as Metrics and HTML."""
+
+from __future__ import annotations
+
+from kftune.components.common.reports import figure_html, new_figure, page, table_html
+
+
+def history_metrics(history: dict) -> dict[str, float]:
+    """Scalars for a KFP ``Metrics`` artifact."""
+    best = history["epochs"][history["best_epoch"] - 1]
+    rates = [e["train_samples_per_second"] for e in history["epochs"]]
+    return {
+        "best_epoch": history["best_epoch"],
+        "epochs_run": len(history["epochs"]),
+        f"best_val_{history['best_metric']}": history["best_score"],
+        "val_accuracy": best["val_accuracy"],
+        "val_f1_macro": best["val_f1_macro"],
+        "val_loss": best["val_loss"],
+        "train_seconds": history["train_seconds"],
+        "train_samples_per_second": sum(rates) / len(rates),
+    }
+
+
+def curves_html(history: dict) -> str:
+    """A self-contained HTML page with the loss and validation curves."""
+    fig, (loss_ax, val_ax) = new_figure(10, 3.5, ncols=2)
+    steps = history["steps"]
+    if steps:
+        loss_ax.plot([s["epoch"] for s in steps], [s["loss"] for s in steps], label="train loss")
+    epochs = history["epochs"]
+    loss_ax.plot([e["epoch"] for e in epochs], [e["val_loss"] for e in epochs], "o-", label="validation loss")
+    loss_ax.set_xlabel("epoch")
+    loss_ax.legend()
+    val_ax.plot([e["epoch"] for e in epochs], [e["val_accuracy"] for e in epochs], "o-", label="accuracy")
+    val_ax.plot([e["epoch"] for e in epochs], [e["val_f1_macro"] for e in epochs], "o-", label="F1 macro")
+    val_ax.set_xlabel("epoch")
+    val_ax.set_title("validation")
+    val_ax.legend()
+    rows = [
+        (e["epoch"], e["train_loss"], e["val_loss"], e["val_accuracy"], e["val_f1_macro"],
+         e["train_samples_per_second"], e["epoch_seconds"])
+        for e in epochs
+    ]
+    return page(
+        "kftune training",
+        f"<p>Best epoch {history['best_epoch']} by validation {history['best_metric']} "
+        f"({history['best_score']:.4f}); {history['world_size']} process(es); bf16={history['bf16']}; "
+        f"{history['train_seconds']:.0f} s.</p>",
+        figure_html(fig),
+        table_html(["epoch", "train loss", "val loss", "val accuracy", "val F1 macro", "samples/s", "seconds"], rows),
+    )

@@ -1,0 +1,159 @@
+"""The finetune pipeline: preprocess -> train (torchrun) -> evaluate vs baselines -> export ONNX.
+
+``build_finetune_pipeline`` makes the pipeline for an image scheme and a training hardware
+request (both compile-time: KFP cannot take accelerator counts from run parameters);
+``finetune`` is the pipeline with the default images and one GPU.
+"""
+
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Metrics, Model
+from kftune.components.common.images import ImageScheme
+from kftune.components.evaluate import component as evaluate_component
+from kftune.components.export import component as export_component
+from kftune.components.preprocess import component as preprocess_component
+from kftune.components.train import component as train_component
+
+PIPELINE_NAME = "finetune"
+
+
+@dataclass(frozen=True)
+class TrainResources:
+    """What the train task asks the cluster for (ignored by local runs)."""
+
+    gpus: int = 1
+    accelerator_type: str = "nvidia.com/gpu"
+    cpu: str = "4"
+    memory: str = "16G"
+
+    def apply(self, task: dsl.PipelineTask) -> None:
+        task.set_cpu_request(self.cpu).set_cpu_limit(self.cpu)
+        task.set_memory_request(self.memory).set_memory_limit(self.memory)
+        if self.gpus:
+            task.set_accelerator_type(self.accelerator_type).set_accelerator_limit(self.gpus)
+
+
+def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources()):
+    """The finetune pipeline with its components in ``images`` and training on ``resources``."""
+    preprocess_op = preprocess_component.component(images)
+    train_op = train_component.component(images)
+    evaluate_op = evaluate_component.component(images)
+    export_op = export_component.component(images)
+
+    class Outputs(NamedTuple):
+        model: Model
+        onnx_model: Model
+        evaluation: Metrics
+        passed: bool
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Fine-tune a pretrained transformer for text classification: preprocess, "
+        "train with torchrun, evaluate against baselines, export to ONNX.",
+    )
+    def finetune(
+        data: str = "bundled:rotten-tomatoes",
+        text_column: str = "text",
+        label_column: str = "label",
+        data_format: str = "auto",
+        model: str = "bundled:all-MiniLM-L6-v2",
+        max_seq_length: int = 128,
+        max_rows: int = 0,
+        validation_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        augment_copies: int = 0,
+        seed: int = 42,
+        learning_rate: float = 1e-4,
+        num_train_epochs: int = 3,
+        per_device_train_batch_size: int = 32,
+        gradient_accumulation_steps: int = 1,
+        warmup_ratio: float = 0.1,
+        weight_decay: float = 0.01,
+        group_by_length: bool = True,
+        bf16: str = "auto",
+        metric_for_best_model: str = "f1_macro",
+        early_stopping_patience: int = 2,
+        freeze_encoder: bool = False,
+        nproc_per_node: int = 0,
+        max_steps: int = 0,
+        min_accuracy: float = 0.8,
+        min_f1_macro: float = 0.0,
+        min_gain_over_baseline: float = 0.0,
+        quantize_int8: bool = True,
+    ) -> Outputs:
+        """Fine-tune a pretrained transformer for text classification.
+
+        Args:
+            data: Labelled text: a CSV/TSV/JSONL/Parquet file or datasets.save_to_disk directory, or bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative).
+            text_column: Column holding the text.
+            label_column: Column holding the label (strings or integers, two or more classes).
+            data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.
+            model: Pretrained model: a local Hugging Face directory, bundled:all-MiniLM-L6-v2, or a hub id where the hub is reachable.
+            max_seq_length: Texts are truncated to this many tokens.
+            max_rows: Use a stratified sample of this many cleaned rows (0 uses all); for quick runs.
+            validation_fraction: Share of rows in the validation split (picks the best epoch).
+            test_fraction: Share of rows in the test split (final scores).
+            augment_copies: Noisy copies (word deletion/swap/replacement) added per training example; 0 is off.
+            seed: Seed of the split, initialisation and batch order.
+            learning_rate: Peak AdamW learning rate (linear warmup, then linear decay).
+            num_train_epochs: Passes over the training split.
+            per_device_train_batch_size: Examples per training process per micro-batch.
+            gradient_accumulation_steps: Micro-batches per optimizer step.
+            warmup_ratio: Share of optimizer steps spent warming the learning rate up.
+            weight_decay: AdamW weight decay.
+            group_by_length: Batch texts of similar length together (less padding, faster).
+            bf16: bf16 autocast: auto, true or false.
+            metric_for_best_model: Validation metric that picks the best epoch: f1_macro, accuracy or loss.
+            early_stopping_patience: Stop after this many epochs without improvement (0 never stops early).
+            freeze_encoder: Train only the classification head (feature extraction).
+            nproc_per_node: Training processes per node: 0 = one per GPU (or 1 on CPU).
+            max_steps: Stop training after this many optimizer steps (0: no limit).
+            min_accuracy: Gate: minimum test accuracy.
+            min_f1_macro: Gate: minimum test macro F1.
+            min_gain_over_baseline: Gate: minimum test accuracy gain over the TF-IDF baseline.
+            quantize_int8: Also export an int8 dynamically quantized ONNX model.
+        """
+        prep = preprocess_op(
+            data=data, text_column=text_column, label_column=label_column, data_format=data_format,
+            model=model, max_seq_length=max_seq_length, max_rows=max_rows,
+            validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
+            augment_copies=augment_copies,
+        )
+        prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
+
+        trained = train_op(
+            dataset=prep.outputs["dataset"], base_model=model, learning_rate=learning_rate,
+            num_train_epochs=num_train_epochs, per_device_train_batch_size=per_device_train_batch_size,
+            gradient_accumulation_steps=gradient_accumulation_steps, warmup_ratio=warmup_ratio,
+            weight_decay=weight_decay, seed=seed, group_by_length=group_by_length, bf16=bf16,
+            metric_for_best_model=metric_for_best_model, early_stopping_patience=early_stopping_patience,
+            freeze_encoder=freeze_encoder, nproc_per_node=nproc_per_node, max_steps=max_steps,
+        )
+        trained.set_display_name("train")
+        resources.apply(trained)
+
+        scored = evaluate_op(
+            dataset=prep.outputs["dataset"], model=trained.outputs["model"], min_accuracy=min_accuracy,
+            min_f1_macro=min_f1_macro, min_gain_over_baseline=min_gain_over_baseline,
+        )
+        scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
+
+        exported = export_op(
+            dataset=prep.outputs["dataset"], model=trained.outputs["model"], quantize_int8=quantize_int8
+        )
+        exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
+
+        return Outputs(
+            model=trained.outputs["model"],
+            onnx_model=exported.outputs["onnx_model"],
+            evaluation=scored.outputs["metrics"],
+            passed=scored.outputs["passed"],
+        )
+
+    return finetune
+
+
+finetune = build_finetune_pipeline()

@@ -1,0 +1,76 @@
+"""Run a pipeline on this machine with ``kfp.local`` (no cluster) and collect its results."""
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LocalRunResult:
+    """Where a local run put its outputs, and what it measured."""
+
+    run_dir: Path
+    model_dir: Path
+    onnx_dir: Path
+    evaluation: dict
+    passed: bool
+    seconds: float
+
+    def results(self) -> dict:
+        """The CLI's ``--results`` document (test-split figures)."""
+        ev = self.evaluation
+        model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
+        keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+        return {
+            "model": {k: model[k] for k in keys} | ({"roc_auc": model["roc_auc"]} if "roc_auc" in model else {}),
+            "baseline": {"name": ev["baseline"], **{k: baseline[k] for k in keys}},
+            "baselines": {name: {k: s[k] for k in keys} for name, s in ev["baselines"].items()},
+            "delta_vs_baseline": ev["delta_vs_baseline"],
+            "passed": self.passed,
+            "test_size": ev["test_size"],
+            "labels": ev["labels"],
+            "artifacts": {"model": str(self.model_dir), "onnx": str(self.onnx_dir / "model.onnx"),
+                          "onnx_dir": str(self.onnx_dir), "run_dir": str(self.run_dir)},
+            "seconds": self.seconds,
+        }
+
+
+def run_pipeline_locally(pipeline, arguments: dict, pipeline_root: str | Path):
+    """Run ``pipeline`` with ``kfp.local``'s SubprocessRunner in this interpreter.
+
+    Each step runs as a subprocess of this Python (``use_venv=False``), so kftune and its
+    dependencies must be installed here; the components need no pip install of their own.
+    """
+    from kfp import local
+
+    Path(pipeline_root).mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    with warnings.catch_warnings():
+        # kfp.local warns that component images are not "python" images; locally no image is used.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        # Cluster resource requests (GPUs, CPU, memory) mean nothing to a local run.
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        return pipeline(**arguments)
+
+
+def run_finetune_locally(arguments: dict, pipeline_root: str | Path) -> LocalRunResult:
+    """Run the finetune pipeline locally and gather model, ONNX and evaluation paths/figures."""
+    from kftune.pipelines.finetune import finetune
+
+    started = time.perf_counter()
+    task = run_pipeline_locally(finetune, arguments, pipeline_root)
+    outputs = task.outputs
+    model_dir = Path(outputs["model"].path)
+    return LocalRunResult(
+        run_dir=model_dir.parent.parent,
+        model_dir=model_dir,
+        onnx_dir=Path(outputs["onnx_model"].path),
+        evaluation=json.loads(outputs["evaluation"].metadata["result"]),
+        passed=bool(outputs["passed"]),
+        seconds=time.perf_counter() - started,
+    )

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny randomly initialised BERT built from the bundled config, small
+slices of the bundled real data, and a preprocessed dataset / trained model made once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_tiny_model(path: Path, num_labels: int = 2) -> Path:
+    """A 2-layer, 32-wide BERT with the bundled model's config and tokenizer, random weights."""
+    import torch
+    from kftune.components.common.bundled import bundled_model_dir
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    source = bundled_model_dir()
+    config = BertConfig.from_pretrained(source)
+    config.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=128, num_labels=num_labels))
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(source).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def bundled_frame() -> pd.DataFrame:
+    """The bundled Rotten Tomatoes reviews (text, label)."""
+    from kftune.components.preprocess.reader import read_bundled
+
+    return read_bundled()
+
+
+@pytest.fixture(scope="session")
+def small_frame(bundled_frame) -> pd.DataFrame:
+    """300 real reviews, both classes, fixed sample."""
+    return bundled_frame.sample(n=300, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def small_csv(tmp_path_factory, small_frame) -> Path:
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    small_frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
+    """A preprocessed dataset artifact of the small slice, tokenized for the tiny model."""
+    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+
+    out = tmp_path_factory.mktemp("prepared") / "dataset"
+    preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, prepared, tiny_model) -> Path:
+    """The tiny model fine-tuned for 2 epochs in this process (no torchrun)."""
+    from kftune.components.train.config import TrainConfig
+    from kftune.components.train.loop import train
+
+    out = tmp_path_factory.mktemp("trained") / "model"
+    train(TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=1e-3,
+                      per_device_train_batch_size=16, logging_steps=5), prepared, out)
+    return out

@@ -1,0 +1,73 @@
+"""The CLI: help for every flag, one-line errors, and --debug tracebacks."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from kftune.pipelines.finetune import finetune
+
+from kftune.cli import build_parser, docstring_args, main
+
+
+def test_help_covers_every_pipeline_parameter():
+    run_help = build_parser()._subparsers._group_actions[0].choices["run"].format_help()
+    described = docstring_args(finetune.pipeline_func.__doc__)
+    for name in inspect.signature(finetune.pipeline_func).parameters:
+        assert "--" + name.replace("_", "-") in run_help, name
+        assert described.get(name), f"{name} has no description"
+    assert "--results" in run_help
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "kftune", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ["--data", str(d / "missing.csv")], "missing.csv: no such file or directory"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--text-column", "body"], "no column 'body'"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--learning-rate", "-1"], "learning_rate must be in (0, 1)"),
+        (lambda d: ["--data", str(d / "one.csv")], "has a single class"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(tmp_path, make_args, message):
+    texts = [f"review {i}" for i in range(40)]
+    pd.DataFrame({"text": texts, "label": ["a", "b"] * 20}).to_csv(tmp_path / "ok.csv", index=False)
+    pd.DataFrame({"text": texts, "label": ["a"] * 40}).to_csv(tmp_path / "one.csv", index=False)
+    result = _run_cli("run", *make_args(tmp_path), "--output-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("kftune: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()  # stopped before any pipeline step
+
+
+def test_debug_shows_traceback(tmp_path):
+    result = _run_cli("--debug", "run", "--data", str(tmp_path / "missing.csv"))
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "DataError" in result.stderr
+
+
+def test_docstring_args_parser():
+    doc = """Do it.
+
+    Args:
+        alpha: First line
+            continued.
+        beta: Second.
+
+    Returns:
+        gamma: not an arg.
+    """
+    assert docstring_args(doc) == {"alpha": "First line continued.", "beta": "Second."}
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert "kftune 0.1.0" in capsys.readouterr().out

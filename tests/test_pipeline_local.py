@@ -1,0 +1,81 @@
+"""Components run by kfp.local inside small pipelines, and the whole pipeline on a slice."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kfp import dsl
+from kftune.components.preprocess import component as preprocess_component
+from kftune.components.train import component as train_component
+from kftune.pipelines.local import run_pipeline_locally
+
+from kftune.cli import main
+
+
+def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
+    preprocess_op = preprocess_component.component()
+
+    @dsl.pipeline(name="preprocess-only")
+    def only_preprocess(data: str, model: str):
+        preprocess_op(data=data, model=model, augment_copies=1)
+
+    run_pipeline_locally(only_preprocess, {"data": str(small_csv), "model": str(tiny_model)}, tmp_path)
+    [run_dir] = tmp_path.glob("preprocess-only-*")
+    task_dir = run_dir / "preprocess"
+    assert (task_dir / "dataset" / "labels.json").is_file()
+    html = (task_dir / "report").read_text()
+    assert "Removed per rule" in html and "data:image/png;base64" in html
+    stats = json.loads((task_dir / "dataset" / "stats.json").read_text())
+    assert stats["augmented_rows"] > 0
+
+
+def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
+    preprocess_op = preprocess_component.component()
+    train_op = train_component.component()
+
+    @dsl.pipeline(name="preprocess-train")
+    def prep_and_train(data: str, model: str) -> dsl.Model:
+        prep = preprocess_op(data=data, model=model)
+        trained = train_op(dataset=prep.outputs["dataset"], base_model=model, num_train_epochs=1,
+                           learning_rate=1e-3, per_device_train_batch_size=16)
+        return trained.outputs["model"]
+
+    task = run_pipeline_locally(prep_and_train, {"data": str(small_csv), "model": str(tiny_model)}, tmp_path)
+    model_dir = Path(task.output.path)
+    assert (model_dir / "model.safetensors").is_file()
+    assert json.loads((model_dir / "config.json").read_text())["id2label"]["1"] == "positive"
+    curves = model_dir.parent / "curves"
+    assert "kftune training" in curves.read_text()
+
+
+@pytest.mark.slow
+def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, tiny_model, capsys):
+    results_file = tmp_path / "results.json"
+    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
+                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16",
+                 "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    for part in ("model", "baseline"):
+        assert 0 <= results[part]["accuracy"] <= 1 and 0 <= results[part]["f1_macro"] <= 1
+    assert results["baseline"]["name"] == "tfidf_logreg"
+    assert Path(results["artifacts"]["onnx"]).is_file()
+    assert (Path(results["artifacts"]["model"]) / "model.safetensors").is_file()
+    assert results["test_size"] == 30
+    out = capsys.readouterr().out
+    assert "fine-tuned model" in out and "baseline: tfidf_logreg" in out
+    run_dir = Path(results["artifacts"]["run_dir"])
+    assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
+
+
+def test_bad_data_stops_the_pipeline_before_training(tmp_path, tiny_model):
+    from kftune.pipelines.finetune import finetune
+
+    bad = tmp_path / "one-class.csv"
+    pd.DataFrame({"text": [f"review {i}" for i in range(40)], "label": ["a"] * 40}).to_csv(bad, index=False)
+    with pytest.raises(RuntimeError, match="preprocess"):
+        run_pipeline_locally(finetune, {"data": str(bad), "model": str(tiny_model)}, tmp_path / "runs")
+    [run_dir] = (tmp_path / "runs").glob("finetune-*")
+    assert not (run_dir / "train").exists()
+    assert not (run_dir / "preprocess" / "dataset").exists()

@@ -1,0 +1,132 @@
+"""Training: batching, configuration, the loop in-process, and torchrun with 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from kftune.components.common.errors import ConfigError
+from kftune.components.train.config import TrainConfig
+from kftune.components.train.launch import launch_training, plan_processes
+from kftune.components.train.loop import HISTORY_FILE, epoch_batches, train
+from safetensors.torch import load_file
+
+
+def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():
+    lengths = np.random.default_rng(0).integers(5, 80, size=1000)
+    for grouped in (False, True):
+        batches = epoch_batches(lengths, 32, seed=1, epoch=0, group_by_length=grouped)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(1000))
+        again = epoch_batches(lengths, 32, seed=1, epoch=0, group_by_length=grouped)
+        assert all((a == b).all() for a, b in zip(batches, again, strict=True))
+        other = epoch_batches(lengths, 32, seed=1, epoch=1, group_by_length=grouped)
+        assert not all((a == b).all() for a, b in zip(batches, other, strict=True))
+
+
+def test_length_grouping_cuts_padding():
+    lengths = np.random.default_rng(0).integers(5, 80, size=3200)
+
+    def padded_tokens(grouped):
+        batches = epoch_batches(lengths, 32, seed=0, epoch=0, group_by_length=grouped)
+        return sum(len(b) * lengths[b].max() for b in batches)
+
+    assert padded_tokens(True) < 0.75 * padded_tokens(False)
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig(learning_rate=0).validate()
+    with pytest.raises(ConfigError, match="metric_for_best_model must be one of"):
+        TrainConfig(metric_for_best_model="bleu").validate()
+    with pytest.raises(ConfigError, match="bf16"):
+        TrainConfig(bf16="maybe").validate()
+
+
+def test_process_plan_checks_gpu_count():
+    assert plan_processes(0, gpus=0) == (1, "cpu")
+    assert plan_processes(2, gpus=0) == (2, "cpu")
+    assert plan_processes(0, gpus=4) == (4, "cuda")
+    with pytest.raises(ConfigError, match="nproc_per_node=3 but only 2 GPU"):
+        plan_processes(3, gpus=2)
+
+
+def test_trained_model_directory(trained, tiny_model):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["id2label"] == {"0": "negative", "1": "positive"}
+    assert config["label2id"] == {"negative": 0, "positive": 1}
+    assert (trained / "model.safetensors").is_file()
+    assert (trained / "tokenizer.json").is_file()
+    history = json.loads((trained / HISTORY_FILE).read_text())
+    assert len(history["epochs"]) == 2
+    assert history["steps"] and all(s["samples_per_second"] > 0 for s in history["steps"])
+    best = max(history["epochs"], key=lambda e: e["val_f1_macro"])
+    assert history["best_epoch"] == best["epoch"]
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(trained / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(before[name], after[name])
+
+
+def _weights(path):
+    return load_file(path / "model.safetensors")
+
+
+def test_same_seed_same_model(tmp_path, prepared, tiny_model):
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16, max_steps=6)
+    train(config, prepared, tmp_path / "a")
+    train(config, prepared, tmp_path / "b")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    config.seed = 7
+    train(config, prepared, tmp_path / "c")
+    c = _weights(tmp_path / "c")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_freeze_encoder_trains_only_the_head(tmp_path, prepared, tiny_model):
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
+                         max_steps=4, freeze_encoder=True, learning_rate=1e-2)
+    train(config, prepared, tmp_path / "m")
+    before, after = _weights(tiny_model), _weights(tmp_path / "m")
+    encoder = [k for k in after if k.startswith("bert.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
+
+
+def test_early_stopping(tmp_path, prepared, tiny_model):
+    # lr far too small to change validation loss: no improvement after epoch 1
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=6, learning_rate=1e-12,
+                         metric_for_best_model="accuracy", early_stopping_patience=1,
+                         per_device_train_batch_size=64)
+    history = train(config, prepared, tmp_path / "m")
+    assert len(history["epochs"]) == 2
+    assert history["best_epoch"] == 1
+
+
+def test_torchrun_two_cpu_processes(tmp_path, prepared, tiny_model):
+    """The real launcher: torchrun --nproc_per_node=2, gloo, DistributedDataParallel."""
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=8,
+                         nproc_per_node=2, logging_steps=5, learning_rate=1e-3)
+    history = launch_training(config, prepared, tmp_path / "m")
+    assert history["world_size"] == 2
+    # 240 examples / (2 ranks x 8) = 15 optimizer steps
+    assert history["steps"][-1]["step"] == 15
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_failed_training_raises_and_leaves_no_model(tmp_path, prepared):
+    from kftune.components.common.errors import KftuneError
+
+    config = TrainConfig(model=str(tmp_path / "no-such-model"), num_train_epochs=1)
+    with pytest.raises(KftuneError, match="training failed: torchrun exited"):
+        launch_training(config, prepared, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bf16_training(tmp_path, prepared, tiny_model):
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, bf16="true")
+    history = launch_training(config, prepared, tmp_path / "m")
+    assert history["bf16"] is True
