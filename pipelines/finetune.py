@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import Metrics, Model
+
 from kftune.components.common.images import ImageScheme
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component

@@ -16,8 +16,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def make_tiny_model(path: Path, num_labels: int = 2) -> Path:
     """A 2-layer, 32-wide BERT with the bundled model's config and tokenizer, random weights."""
     import torch
-    from kftune.components.common.bundled import bundled_model_dir
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kftune.components.common.bundled import bundled_model_dir
 
     source = bundled_model_dir()
     config = BertConfig.from_pretrained(source)

@@ -8,9 +8,9 @@ import sys
 
 import pandas as pd
 import pytest
-from kftune.pipelines.finetune import finetune
 
 from kftune.cli import build_parser, docstring_args, main
+from kftune.pipelines.finetune import finetune
 
 
 def test_help_covers_every_pipeline_parameter():
@@ -33,6 +33,7 @@ def _run_cli(*args):
         (lambda d: ["--data", str(d / "ok.csv"), "--text-column", "body"], "no column 'body'"),
         (lambda d: ["--data", str(d / "ok.csv"), "--learning-rate", "-1"], "learning_rate must be in (0, 1)"),
         (lambda d: ["--data", str(d / "one.csv")], "has a single class"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--model", str(d / "no-model")], "no-model': no such directory"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, make_args, message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.evaluate.evaluate import (
     EvaluateConfig,

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+
 from kftune.components.common.errors import KftuneError
 from kftune.components.export import export as export_module
 from kftune.components.export.export import ExportConfig, export_model

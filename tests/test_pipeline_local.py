@@ -6,11 +6,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from kfp import dsl
+
+from kftune.cli import main
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.local import run_pipeline_locally
-
-from kftune.cli import main
 
 
 def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):

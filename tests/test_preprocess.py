@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+
 from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.schema import LabelMap, load_splits
 from kftune.components.preprocess.preprocess import (

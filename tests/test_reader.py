@@ -7,6 +7,7 @@ import json
 
 import pandas as pd
 import pytest
+
 from kftune.components.common.errors import DataError
 from kftune.components.preprocess.reader import read_bundled, read_labelled_data
 

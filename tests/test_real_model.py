@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from kftune.components.common import bundled
 from kftune.components.common.errors import KftuneError
 
@@ -11,7 +12,9 @@ def test_bundled_model_weights_are_verified():
     model_dir = bundled.bundled_model_dir(verify=True)
     assert (model_dir / "config.json").is_file()
     assert bundled.resolve_model("all-MiniLM-L6-v2") == str(model_dir)
-    assert bundled.resolve_model("/some/local/dir") == "/some/local/dir"
+    assert bundled.resolve_model("bert-base-uncased") == "bert-base-uncased"  # a hub id passes through
+    with pytest.raises(KftuneError, match="'/no/such/dir': no such directory"):
+        bundled.resolve_model("/no/such/dir")
 
 
 def test_tampered_weights_are_refused(monkeypatch):

@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
+
 from kftune.components.common.errors import ConfigError
 from kftune.components.train.config import TrainConfig
 from kftune.components.train.launch import launch_training, plan_processes
 from kftune.components.train.loop import HISTORY_FILE, epoch_batches, train
-from safetensors.torch import load_file
 
 
 def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():

@@ -84,4 +84,10 @@ def resolve_model(name_or_path: str) -> str:
     """
     if name_or_path in MODEL_ALIASES:
         return str(bundled_model_dir())
-    return name_or_path
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
+    if looks_local and not path.is_dir():
+        raise KftuneError(f"model {name_or_path!r}: no such directory; expected a Hugging Face model directory")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise KftuneError(f"model {name_or_path!r}: the directory has no config.json; expected a Hugging Face model")
+    return str(path) if path.is_dir() else name_or_path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from kftune.components.common.reports import figure_html, markdown_table, new_figure, page, table_html
 from kftune.components.evaluate.evaluate import SUMMARY_KEYS
 

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner

@@ -2,6 +2,7 @@
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Output
+
 from kftune.components.common.images import ImageScheme
 
 

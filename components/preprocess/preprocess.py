@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.bundled import BUNDLED_DATA, BUNDLED_MODEL, resolve_model
 from kftune.components.common.errors import ConfigError, DataError

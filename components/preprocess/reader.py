@@ -16,6 +16,7 @@ import lzma
 from pathlib import Path
 
 import pandas as pd
+
 from kftune.components.common import bundled
 from kftune.components.common.errors import DataError
 from kftune.components.common.schema import LABEL, TEXT

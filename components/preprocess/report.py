@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from kftune.components.common.reports import figure_html, new_figure, page, table_html
 from kftune.components.common.schema import SPLITS
 

@@ -26,6 +26,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    layerwise_lr_decay: float = 1.0
+    """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
     seed: int = 42
     group_by_length: bool = True
     """Batch texts of similar length together (less padding, faster; see README)."""
@@ -53,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 < self.layerwise_lr_decay <= 1:
+            raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
         if self.weight_decay < 0 or self.max_grad_norm < 0:
             raise ConfigError("weight_decay and max_grad_norm must be >= 0")
         if self.metric_for_best_model not in BEST_METRICS:

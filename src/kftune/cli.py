@@ -63,6 +63,7 @@ def _pipeline_arguments(args: argparse.Namespace, pipeline_func) -> dict:
 
 def preflight(arguments: dict) -> None:
     """Check input data and settings before a pipeline starts, so errors come as one line."""
+    from kftune.components.common.bundled import resolve_model
     from kftune.components.evaluate.evaluate import EvaluateConfig
     from kftune.components.preprocess.preprocess import PreprocessConfig, prepare_rows
     from kftune.components.train.config import TrainConfig
@@ -70,6 +71,7 @@ def preflight(arguments: dict) -> None:
     train_fields = inspect.signature(TrainConfig).parameters
     TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields}).validate()
     EvaluateConfig(**{k: arguments[k] for k in ("min_accuracy", "min_f1_macro", "min_gain_over_baseline")}).validate()
+    resolve_model(arguments["model"])
     prep_fields = inspect.signature(PreprocessConfig).parameters
     prepare_rows(PreprocessConfig(**{k: v for k, v in arguments.items() if k in prep_fields}))
 
