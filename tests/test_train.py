@@ -131,3 +131,22 @@ def test_cuda_bf16_training(tmp_path, prepared, tiny_model):
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, bf16="true")
     history = launch_training(config, prepared, tmp_path / "m")
     assert history["bf16"] is True
+
+
+def test_layerwise_lr_decay_scales_lower_layers(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    from kftune.components.train.loop import build_optimizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model))
+    head = model.classifier.weight
+    embeddings = model.bert.embeddings.word_embeddings.weight
+
+    def lr_of(optimizer, param):
+        return next(g["lr"] for g in optimizer.param_groups if any(p is param for p in g["params"]))
+
+    decayed = build_optimizer(model, TrainConfig(learning_rate=1e-3, layerwise_lr_decay=0.5), torch.device("cpu"))
+    assert lr_of(decayed, head) == pytest.approx(1e-3)
+    assert lr_of(decayed, embeddings) == pytest.approx(1e-3 * 0.5**3)  # 2 layers + head above
+    plain = build_optimizer(model, TrainConfig(learning_rate=1e-3), torch.device("cpu"))
+    assert {g["lr"] for g in plain.param_groups} == {1e-3} and len(plain.param_groups) == 2

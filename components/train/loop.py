@@ -155,8 +155,8 @@ def build_optimizer(model, config: TrainConfig, device) -> torch.optim.Optimizer
         {
             "params": params,
             "weight_decay": config.weight_decay if decays else 0.0,
-            "lr": config.learning_rate * config.layerwise_lr_decay ** (num_layers + 1 - depth)
-            if config.layerwise_lr_decay < 1 else config.learning_rate,
+            # with the decay off (1.0) every factor is 1 and all groups share learning_rate
+            "lr": config.learning_rate * config.layerwise_lr_decay ** (num_layers + 1 - depth),
         }
         for (depth, decays), params in sorted(groups.items())
     ]
