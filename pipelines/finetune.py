@@ -6,12 +6,14 @@ request (both compile-time: KFP cannot take accelerator counts from run paramete
 """
 
 
+import json
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 from kfp.dsl import Metrics, Model
 
+from kftune.components.common.errors import ConfigError
 from kftune.components.common.images import ImageScheme
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
@@ -19,6 +21,11 @@ from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 
 PIPELINE_NAME = "finetune"
+
+
+ACCELERATOR_TYPES = ("nvidia.com/gpu", "amd.com/gpu")  # what torch's CUDA/ROCm build and NCCL/RCCL drive
+TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+SHARED_MOUNT = "/kftune/shared"
 
 
 @dataclass(frozen=True)
@@ -29,16 +36,71 @@ class TrainResources:
     accelerator_type: str = "nvidia.com/gpu"
     cpu: str = "4"
     memory: str = "16G"
+    shm_size: str = "8Gi"
+    """Size of the memory-backed /dev/shm (NCCL and data loading need more than the 64M default)."""
+    node_selector: tuple[tuple[str, str], ...] = ()
+    """(label, value) pairs the train pod's node must carry, e.g. (("nvidia.com/gpu.product", "H100"),)."""
+    tolerations: tuple[str, ...] = ()
+    """Taints the train pod tolerates, as ``key[=value]:Effect``, e.g. ``nvidia.com/gpu:NoSchedule``."""
+    shared_pvc: str = "kftune-shared"
+    """PVC mounted at /kftune/shared in the train task: checkpoints (and multi-node data) outlive
+    the pod there. Empty: no volume, checkpoints live and die with the pod."""
+    retries: int = 2
+    """KFP retries of a failed (e.g. preempted) train task; each resumes from the newest checkpoint."""
+
+    def validate(self) -> None:
+        if self.gpus < 0:
+            raise ConfigError(f"gpus must be >= 0, got {self.gpus}")
+        if self.gpus and self.accelerator_type not in ACCELERATOR_TYPES:
+            raise ConfigError(
+                f"unknown accelerator type {self.accelerator_type!r}: kftune trains on {', '.join(ACCELERATOR_TYPES)}"
+            )
+        for toleration in self.tolerations:
+            parse_toleration(toleration)
+        if self.retries < 0:
+            raise ConfigError(f"retries must be >= 0, got {self.retries}")
 
     def apply(self, task: dsl.PipelineTask) -> None:
+        self.validate()
         task.set_cpu_request(self.cpu).set_cpu_limit(self.cpu)
         task.set_memory_request(self.memory).set_memory_limit(self.memory)
         if self.gpus:
             task.set_accelerator_type(self.accelerator_type).set_accelerator_limit(self.gpus)
+        if self.shm_size:
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=self.shm_size)
+        for key, value in self.node_selector:
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for toleration in self.tolerations:
+            kubernetes.add_toleration(task, **parse_toleration(toleration))
+        if self.shared_pvc:
+            kubernetes.mount_pvc(task, pvc_name=self.shared_pvc, mount_path=SHARED_MOUNT)
+        if self.retries:
+            task.set_retry(num_retries=self.retries, backoff_duration="30s")
+
+    def trainjob_placement(self) -> str:
+        """The same per-node resources and placement for the nodes of a multi-node TrainJob (JSON)."""
+        return json.dumps({
+            "cpu": self.cpu, "memory": self.memory, "node_selector": dict(self.node_selector),
+            "tolerations": [parse_toleration(t) for t in self.tolerations],
+        }, sort_keys=True)
+
+
+def parse_toleration(text: str) -> dict:
+    """``key[=value]:Effect`` -> arguments of ``kfp.kubernetes.add_toleration``."""
+    key_value, _, effect = text.rpartition(":")
+    if not key_value or effect not in TOLERATION_EFFECTS:
+        raise ConfigError(f"toleration {text!r}: expected key[=value]:Effect with Effect one of "
+                          f"{', '.join(TOLERATION_EFFECTS)}")
+    key, has_value, value = key_value.partition("=")
+    if has_value:
+        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    return {"key": key, "operator": "Exists", "effect": effect}
 
 
 def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources()):
     """The finetune pipeline with its components in ``images`` and training on ``resources``."""
+    resources.validate()
     preprocess_op = preprocess_component.component(images)
     train_op = train_component.component(images)
     evaluate_op = evaluate_component.component(images)
@@ -74,12 +136,20 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.01,
         group_by_length: bool = True,
-        bf16: str = "auto",
+        mixed_precision: str = "auto",
         metric_for_best_model: str = "f1_macro",
         early_stopping_patience: int = 2,
-        freeze_encoder: bool = False,
+        training_mode: str = "full",
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.1,
+        lora_target_modules: str = "",
+        num_virtual_tokens: int = 20,
         nproc_per_node: int = 0,
         max_steps: int = 0,
+        save_steps: int = 500,
+        num_nodes: int = 1,
+        gpus_per_node: int = 1,
         min_accuracy: float = 0.8,
         min_f1_macro: float = 0.0,
         min_gain_over_baseline: float = 0.0,
@@ -106,12 +176,20 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             warmup_ratio: Share of optimizer steps spent warming the learning rate up.
             weight_decay: AdamW weight decay.
             group_by_length: Batch texts of similar length together (less padding, faster).
-            bf16: bf16 autocast: auto, true or false.
+            mixed_precision: auto (bf16 where fast, else fp16 with loss scaling on GPUs, else fp32), bf16, fp16 or no.
             metric_for_best_model: Validation metric that picks the best epoch: f1_macro, accuracy or loss.
             early_stopping_patience: Stop after this many epochs without improvement (0 never stops early).
-            freeze_encoder: Train only the classification head (feature extraction).
+            training_mode: full fine-tuning, freeze_encoder (train the head only), lora or prompt_tuning (peft).
+            lora_r: LoRA rank (training_mode lora).
+            lora_alpha: LoRA alpha; the update is scaled by alpha / r.
+            lora_dropout: Dropout on the LoRA branch.
+            lora_target_modules: Comma-separated module names LoRA adapts (empty: peft's default for the model).
+            num_virtual_tokens: Prompt tuning: trained virtual tokens prepended to each input.
             nproc_per_node: Training processes per node: 0 = one per GPU (or 1 on CPU).
             max_steps: Stop training after this many optimizer steps (0: no limit).
+            save_steps: Checkpoint every this many optimizer steps and at each epoch end (0: epoch ends only).
+            num_nodes: Nodes to train on; above 1 the train step submits a Kubeflow Trainer TrainJob.
+            gpus_per_node: GPUs per node of that TrainJob (num_nodes > 1).
             min_accuracy: Gate: minimum test accuracy.
             min_f1_macro: Gate: minimum test macro F1.
             min_gain_over_baseline: Gate: minimum test accuracy gain over the TF-IDF baseline.
@@ -129,9 +207,14 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             dataset=prep.outputs["dataset"], base_model=model, learning_rate=learning_rate,
             num_train_epochs=num_train_epochs, per_device_train_batch_size=per_device_train_batch_size,
             gradient_accumulation_steps=gradient_accumulation_steps, warmup_ratio=warmup_ratio,
-            weight_decay=weight_decay, seed=seed, group_by_length=group_by_length, bf16=bf16,
+            weight_decay=weight_decay, seed=seed, group_by_length=group_by_length, mixed_precision=mixed_precision,
             metric_for_best_model=metric_for_best_model, early_stopping_patience=early_stopping_patience,
-            freeze_encoder=freeze_encoder, nproc_per_node=nproc_per_node, max_steps=max_steps,
+            training_mode=training_mode, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            lora_target_modules=lora_target_modules, num_virtual_tokens=num_virtual_tokens,
+            nproc_per_node=nproc_per_node, max_steps=max_steps, save_steps=save_steps, num_nodes=num_nodes,
+            gpus_per_node=gpus_per_node, shared_dir=SHARED_MOUNT if resources.shared_pvc else "",
+            shared_pvc=resources.shared_pvc, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            trainjob_image=images.image("train"), trainjob_placement=resources.trainjob_placement(),
         )
         trained.set_display_name("train")
         resources.apply(trained)

@@ -34,6 +34,8 @@ def _run_cli(*args):
         (lambda d: ["--data", str(d / "ok.csv"), "--learning-rate", "-1"], "learning_rate must be in (0, 1)"),
         (lambda d: ["--data", str(d / "one.csv")], "has a single class"),
         (lambda d: ["--data", str(d / "ok.csv"), "--model", str(d / "no-model")], "no-model': no such directory"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--training-mode", "adapters"], "training_mode must be one of"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--num-nodes", "2"], "num_nodes > 1 trains as a Kubeflow Trainer"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, make_args, message):

@@ -17,7 +17,11 @@ COMPILED = REPO / "pipelines" / "compiled" / "finetune.yaml"
 def _compile(tmp_path, *flags) -> dict:
     out = tmp_path / "finetune.yaml"
     assert main(["compile", "--output", str(out), *flags]) == 0
-    return yaml.safe_load(out.read_text())
+    # the pipeline spec, then (with Kubernetes settings) the platform spec as a second document
+    pipeline, *platform = yaml.safe_load_all(out.read_text())
+    for doc in platform:
+        pipeline.update(doc)
+    return pipeline
 
 
 def _executor(doc, component):
@@ -65,7 +69,55 @@ def test_compiled_yaml_is_fresh(tmp_path):
     assert COMPILED.read_text() == fresh.read_text(), "stale: run `make compile` and commit the YAML"
 
 
-@pytest.mark.parametrize("flag", ["--gpus=-1"])
-def test_bad_compile_flags(tmp_path, flag, capsys):
-    assert main(["compile", "--output", str(tmp_path / "x.yaml"), flag]) == 2
-    assert "--gpus must be >= 0" in capsys.readouterr().err
+def _platform(doc, component="train") -> dict:
+    return doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"][f"exec-{component}"]
+
+
+def test_train_task_gets_shm_shared_volume_and_retries(tmp_path):
+    doc = _compile(tmp_path)
+    platform = _platform(doc)
+    (shm,) = platform["emptyDirMounts"]
+    assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory" and shm["sizeLimit"] == "8Gi"
+    (pvc,) = platform["pvcMount"]
+    assert pvc["mountPath"] == "/kftune/shared" and pvc["constant"] == "kftune-shared"
+    train_task = doc["root"]["dag"]["tasks"]["train"]
+    assert train_task["retryPolicy"]["maxRetryCount"] == 2
+    inputs = train_task["inputs"]["parameters"]
+    assert inputs["shared_dir"]["runtimeValue"]["constant"] == "/kftune/shared"
+    assert inputs["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["trainjob_image"]["runtimeValue"]["constant"] == _executor(doc, "train")["image"]
+    # runtime parameters for the multi-node route
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert params["num_nodes"]["defaultValue"] == 1 and params["gpus_per_node"]["defaultValue"] == 1
+    assert "exec-evaluate" not in doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_node_selector_and_tolerations(tmp_path):
+    doc = _compile(tmp_path, "--node-selector", "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
+                   "--toleration", "nvidia.com/gpu:NoSchedule", "--toleration", "dedicated=ml:NoExecute",
+                   "--shared-pvc", "", "--shm-size", "")
+    platform = _platform(doc)
+    assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert platform["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
+    ]
+    assert "pvcMount" not in platform and "emptyDirMounts" not in platform
+    inputs = doc["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
+    assert inputs["shared_dir"]["runtimeValue"]["constant"] == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--gpus=-1"], "gpus must be >= 0"),
+        (["--accelerator-type", "tpu.google.com/v5"], "unknown accelerator type 'tpu.google.com/v5'"),
+        (["--toleration", "gpu"], "toleration 'gpu': expected key[=value]:Effect"),
+        (["--toleration", "gpu:Sometimes"], "toleration 'gpu:Sometimes'"),
+        (["--node-selector", "gpu"], "--node-selector 'gpu': expected LABEL=VALUE"),
+    ],
+)
+def test_bad_compile_flags(tmp_path, flags, message, capsys):
+    assert main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.yaml").exists()

@@ -42,8 +42,21 @@ def test_config_rejects_bad_values():
         TrainConfig(learning_rate=0).validate()
     with pytest.raises(ConfigError, match="metric_for_best_model must be one of"):
         TrainConfig(metric_for_best_model="bleu").validate()
-    with pytest.raises(ConfigError, match="bf16"):
-        TrainConfig(bf16="maybe").validate()
+    with pytest.raises(ConfigError, match="mixed_precision must be one of"):
+        TrainConfig(mixed_precision="maybe").validate()
+    with pytest.raises(ConfigError, match="training_mode must be one of"):
+        TrainConfig(training_mode="adapters").validate()
+    with pytest.raises(ConfigError, match="lora_r must be >= 1"):
+        TrainConfig(lora_r=0).validate()
+    with pytest.raises(ConfigError, match="save_steps must be >= 0"):
+        TrainConfig(save_steps=-1).validate()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only refusal")
+def test_fp16_without_gpu_is_refused_before_launch(tmp_path, prepared):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        launch_training(TrainConfig(mixed_precision="fp16"), prepared, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
 
 
 def test_process_plan_checks_gpu_count():
@@ -88,7 +101,7 @@ def test_same_seed_same_model(tmp_path, prepared, tiny_model):
 
 def test_freeze_encoder_trains_only_the_head(tmp_path, prepared, tiny_model):
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
-                         max_steps=4, freeze_encoder=True, learning_rate=1e-2)
+                         max_steps=4, training_mode="freeze_encoder", learning_rate=1e-2)
     train(config, prepared, tmp_path / "m")
     before, after = _weights(tiny_model), _weights(tmp_path / "m")
     encoder = [k for k in after if k.startswith("bert.")]
@@ -115,6 +128,7 @@ def test_torchrun_two_cpu_processes(tmp_path, prepared, tiny_model):
     # 240 examples / (2 ranks x 8) = 15 optimizer steps
     assert history["steps"][-1]["step"] == 15
     assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert not (tmp_path / "m.checkpoints").exists()  # pod-local checkpoints are dropped after success
 
 
 def test_failed_training_raises_and_leaves_no_model(tmp_path, prepared):
@@ -128,9 +142,27 @@ def test_failed_training_raises_and_leaves_no_model(tmp_path, prepared):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_bf16_training(tmp_path, prepared, tiny_model):
-    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, bf16="true")
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, mixed_precision="bf16")
     history = launch_training(config, prepared, tmp_path / "m")
-    assert history["bf16"] is True
+    assert history["precision"] == "bf16"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_fp16_training_with_loss_scaling(tmp_path, prepared, tiny_model):
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, mixed_precision="fp16", learning_rate=1e-3)
+    history = launch_training(config, prepared, tmp_path / "m")
+    assert history["precision"] == "fp16"
+    assert all(np.isfinite(s["loss"]) for s in history["steps"])
+
+
+def test_precision_resolution_on_cpu():
+    from kftune.components.train.loop import cpu_has_fast_bf16, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "no")
+    assert resolve_precision("no", cpu) == "no"
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
 
 
 def test_layerwise_lr_decay_scales_lower_layers(tiny_model):

@@ -15,6 +15,7 @@ import numpy as np
 
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.inference import predict_logits, softmax, torch_runner
+from kftune.components.common.modeling import load_classifier
 from kftune.components.common.schema import LABEL, TEXT, load_splits
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,10 @@ def tfidf_baseline(train_texts, train_labels, test_texts, seed: int = 0):
 
 def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateConfig) -> dict:
     """Score the model and the baselines on the test split; return the full result."""
-    from transformers import AutoModelForSequenceClassification
-
     config.validate()
     splits, label_map = load_splits(dataset_dir)
     names = list(label_map.names)
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir))
+    model = load_classifier(model_dir)
     model_labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     if model_labels != names:
         raise KftuneError(

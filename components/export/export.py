@@ -22,6 +22,7 @@ import numpy as np
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
+from kftune.components.common.modeling import load_classifier
 from kftune.components.common.schema import LABEL, LABELS_FILE, load_splits
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,22 @@ def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:
     names = [n for n in MODEL_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
+    class LogitsOnly(torch.nn.Module):
+        """Positional inputs in ``names`` order -> logits (peft models order their arguments differently)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs):
+            return self.inner(**dict(zip(names, inputs, strict=True))).logits
+
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
         # The TorchScript-based exporter: ~5x faster than the dynamo one for BERT-type
         # models here, and parity is verified below either way.
         torch.onnx.export(
-            model,
+            LogitsOnly(model).eval(),
             tuple(sample[n] for n in names),
             str(path),
             input_names=names,
@@ -94,11 +105,11 @@ def _session(path: Path):
 def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, config: ExportConfig) -> dict:
     """Export, check parity on the test split, optionally quantize; write ``output_dir``."""
     import onnx
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     config.validate()
     model_dir = Path(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    model = load_classifier(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     splits, _ = load_splits(dataset_dir)
     test = splits["test"]

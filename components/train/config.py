@@ -10,6 +10,18 @@ from kftune.components.common.bundled import BUNDLED_MODEL
 from kftune.components.common.errors import ConfigError
 
 BEST_METRICS = ("f1_macro", "accuracy", "loss")
+TRAINING_MODES = ("full", "freeze_encoder", "lora", "prompt_tuning")
+MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+# Options that change nothing about the optimisation: a checkpoint written under other values resumes.
+RESUMABLE_CHANGES = (
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "checkpoint_dir",
+    "max_restarts",
+    "nproc_per_node",
+    "per_device_eval_batch_size",
+)
 
 
 @dataclass
@@ -31,23 +43,44 @@ class TrainConfig:
     seed: int = 42
     group_by_length: bool = True
     """Batch texts of similar length together (less padding, faster; see README)."""
-    bf16: str = "auto"
-    """bf16 autocast: ``auto`` (on where the hardware has fast bf16), ``true`` or ``false``."""
+    mixed_precision: str = "auto"
+    """``auto`` (bf16 where the hardware is fast at it, else fp16 with loss scaling on CUDA, else
+    fp32), ``bf16``, ``fp16`` (CUDA only) or ``no``."""
     metric_for_best_model: str = "f1_macro"
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
-    freeze_encoder: bool = False
-    """Train only the classification head (feature extraction)."""
+    training_mode: str = "full"
+    """``full`` fine-tuning, ``freeze_encoder`` (train the head only), ``lora`` or ``prompt_tuning`` (peft)."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    lora_target_modules: str = ""
+    """Comma-separated module names LoRA adapts ("": peft's default for the architecture)."""
+    num_virtual_tokens: int = 20
+    """Prompt tuning: number of trained virtual tokens prepended to every input."""
     nproc_per_node: int = 0
     """Processes per node: 0 = one per visible GPU, or 1 on CPU (2 threads beat 2x1 here)."""
     logging_steps: int = 50
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
+    save_steps: int = 500
+    """Checkpoint every this many optimizer steps (0: only at the end of each epoch)."""
+    save_total_limit: int = 2
+    """Checkpoints kept (newest first; 0 keeps all)."""
+    checkpoint_dir: str = ""
+    """Where checkpoints go ("": beside the output model). On a cluster: a PVC path that outlives the pod."""
+    max_restarts: int = 0
+    """torchrun restarts of failed workers; each restart resumes from the newest checkpoint."""
 
     def validate(self) -> None:
         """Reject values outside their ranges before anything is launched."""
-        positive = ("num_train_epochs", "per_device_train_batch_size", "per_device_eval_batch_size",
-                    "gradient_accumulation_steps", "logging_steps")
+        positive = (
+            "num_train_epochs",
+            "per_device_train_batch_size",
+            "per_device_eval_batch_size",
+            "gradient_accumulation_steps",
+            "logging_steps",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -61,13 +94,38 @@ class TrainConfig:
             raise ConfigError("weight_decay and max_grad_norm must be >= 0")
         if self.metric_for_best_model not in BEST_METRICS:
             raise ConfigError(
-                f"metric_for_best_model must be one of {', '.join(BEST_METRICS)}, "
-                f"got {self.metric_for_best_model!r}"
+                f"metric_for_best_model must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best_model!r}"
             )
-        if self.bf16 not in ("auto", "true", "false"):
-            raise ConfigError(f"bf16 must be auto, true or false, got {self.bf16!r}")
-        if self.nproc_per_node < 0 or self.early_stopping_patience < 0 or self.max_steps < 0:
-            raise ConfigError("nproc_per_node, early_stopping_patience and max_steps must be >= 0")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
+            )
+        if self.training_mode not in TRAINING_MODES:
+            raise ConfigError(f"training_mode must be one of {', '.join(TRAINING_MODES)}, got {self.training_mode!r}")
+        for name in ("lora_r", "lora_alpha", "num_virtual_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        non_negative = (
+            "nproc_per_node",
+            "early_stopping_patience",
+            "max_steps",
+            "save_steps",
+            "save_total_limit",
+            "max_restarts",
+        )
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def lora_targets(self) -> list[str] | None:
+        return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()] or None
+
+    def resume_differences(self, saved: dict) -> list[str]:
+        """Options that differ from those a checkpoint was written with (and forbid resuming it)."""
+        mine = asdict(self)
+        return sorted(k for k in mine if k not in RESUMABLE_CHANGES and saved.get(k) != mine[k])
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2), encoding="utf-8")

@@ -9,14 +9,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from dataclasses import replace
 from pathlib import Path
 
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import HISTORY_FILE
+from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +48,12 @@ def plan_processes(requested: int, gpus: int) -> tuple[int, str]:
     return requested or 1, "cpu"
 
 
-def torchrun_command(nproc: int, config_file: Path, dataset_dir: Path, output_dir: Path) -> list[str]:
+def torchrun_command(
+    nproc: int, config_file: Path, dataset_dir: Path, output_dir: Path, max_restarts: int = 0
+) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc_per_node={nproc}",
+        "--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
         "-m", "kftune.components.train.loop",
         "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
     ]
@@ -61,16 +67,59 @@ def launch_training(config: TrainConfig, dataset_dir: str | Path, output_dir: st
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     nproc, kind = plan_processes(config.nproc_per_node, gpus)
+    if kind == "cpu" and config.mixed_precision == "fp16":
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU and none is visible (use bf16 or no on CPU)")
     env = dict(os.environ)
     if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would otherwise pin every worker to one thread.
         env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // nproc))
+    config_checkpoint_dir_given = bool(config.checkpoint_dir)
+    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir)
+    config = replace(config, checkpoint_dir=str(checkpoint_dir))
     with tempfile.TemporaryDirectory(prefix="kftune-train-") as tmp:
         config_file = Path(tmp) / "train_config.json"
         config.to_json(config_file)
-        command = torchrun_command(nproc, config_file, dataset_dir, output_dir)
-        log.info("launching %d %s process(es): %s", nproc, kind, " ".join(command))
-        result = subprocess.run(command, env=env, check=False)
-    if result.returncode != 0:
-        raise KftuneError(f"training failed: torchrun exited with code {result.returncode} (see the log above)")
+        command = torchrun_command(nproc, config_file, dataset_dir, output_dir, config.max_restarts)
+        log.info("launching %d %s process(es), checkpoints in %s: %s", nproc, kind, checkpoint_dir, " ".join(command))
+        returncode, terminated = run_forwarding_sigterm(command, env)
+    if terminated:
+        raise KftuneError(
+            f"training was stopped by SIGTERM; its checkpoint is in {checkpoint_dir} and a retry resumes from it"
+        )
+    if returncode != 0:
+        raise KftuneError(f"training failed: torchrun exited with code {returncode} (see the log above)")
+    if not config_checkpoint_dir_given:
+        # beside the model, inside this pod or local run: of no use once the model is written
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return json.loads((output_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+
+
+def run_forwarding_sigterm(command: list[str], env: dict) -> tuple[int, bool]:
+    """Run ``command``, passing a SIGTERM sent to this process on to it (torchrun then stops its
+    workers, which checkpoint first). Returns (exit code, whether SIGTERM arrived)."""
+    process = subprocess.Popen(command, env=env)
+    terminated = []
+
+    def forward(signum, frame):
+        terminated.append(signum)
+        process.send_signal(signal.SIGTERM)
+
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal handlers live there
+    previous = signal.signal(signal.SIGTERM, forward) if in_main_thread else None
+    try:
+        returncode = process.wait()
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+    return returncode, bool(terminated)
+
+
+def shared_checkpoint_dir(shared_dir: str, run_id: str) -> str:
+    """Checkpoints of pipeline run ``run_id`` on the shared volume, so that a retried or restarted
+    train task resumes; "" (beside the model, inside the pod) where no volume is mounted."""
+    if not shared_dir:
+        return ""
+    if not Path(shared_dir).is_dir():
+        log.warning("shared volume %s is not mounted here; checkpoints stay inside this pod", shared_dir)
+        return ""
+    return str(Path(shared_dir) / "checkpoints" / (run_id or "local"))

@@ -1,10 +1,13 @@
 """The training loop, run in every process that torchrun starts.
 
 Read it top to bottom: set up the process group and device, load the tokenized splits and
-the pretrained model, then for each epoch run length-grouped (or plain shuffled) batches
-through a DistributedDataParallel model under bf16 autocast, step AdamW with linear warmup
-and decay, validate on rank 0, keep the best weights and stop early when validation stops
-improving. Rank 0 writes the best model as a Hugging Face directory, atomically.
+the pretrained model (wrapped by peft for LoRA / prompt tuning), resume from the newest valid
+checkpoint if there is one, then for each epoch run length-grouped (or plain shuffled)
+batches through a DistributedDataParallel model under bf16 autocast (or fp16 with loss
+scaling), step AdamW with linear warmup and decay, checkpoint every ``save_steps`` and at
+each epoch end (and on SIGTERM), validate on rank 0, keep the best weights and stop early
+when validation stops improving. Rank 0 writes the best model as a Hugging Face directory,
+atomically.
 
     python -m torch.distributed.run --standalone --nproc_per_node=N \
         -m kftune.components.train.loop --config C --dataset D --output O
@@ -21,8 +24,11 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
+import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +37,10 @@ import torch.distributed as dist
 
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.bundled import resolve_model
+from kftune.components.common.errors import ConfigError
+from kftune.components.common.modeling import build_classifier, save_classifier, trainable_parameters
 from kftune.components.common.schema import LABELS_FILE, LENGTH, TOKENIZER_DIR, load_splits
+from kftune.components.train.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from kftune.components.train.config import TrainConfig
 
 log = logging.getLogger("kftune.train")
@@ -49,12 +58,24 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def use_bf16(setting: str, device: torch.device) -> bool:
-    if setting != "auto":
-        return setting == "true"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """The autocast dtype to train in: ``bf16``, ``fp16`` (CUDA, with loss scaling) or ``no``."""
+    if setting == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "no"
+    if setting == "fp16" and device.type != "cuda":
+        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU (use bf16 or no on CPU)")
+    return setting
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(
+        device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision in AUTOCAST_DTYPES
+    )
 
 
 def seed_everything(seed: int) -> None:
@@ -108,7 +129,7 @@ class Collator:
 
 
 @torch.no_grad()
-def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device, bf16: bool) -> dict[str, float]:
+def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict[str, float]:
     """Loss, accuracy and macro F1 of ``model`` on one split (run in length order: less padding)."""
     from sklearn.metrics import accuracy_score, f1_score
 
@@ -118,7 +139,7 @@ def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device,
     order = np.argsort(lengths, kind="stable")
     for start in range(0, n, batch_size):
         batch = {k: v.to(device) for k, v in collate(order[start : start + batch_size]).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with autocast(device, precision):
             out = model(**batch)
         losses.append(out.loss.float().item() * len(batch["labels"]))
         preds.append(out.logits.float().argmax(-1).cpu())
@@ -163,10 +184,69 @@ def build_optimizer(model, config: TrainConfig, device) -> torch.optim.Optimizer
     return torch.optim.AdamW(param_groups, lr=config.learning_rate, fused=device.type in ("cpu", "cuda"))
 
 
-def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
-    """Fine-tune in this process (one rank of a torchrun job); return the history on rank 0."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, get_linear_schedule_with_warmup
+def rng_state() -> dict:
+    """This process's random generator states (CPU and CUDA), in a form ``torch.load(weights_only=True)`` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Preemption:
+    """Turns SIGTERM into a request to checkpoint and stop at the next optimizer step.
+
+    Every rank gets SIGTERM (torchrun forwards it), but not at the same step, so the ranks
+    agree through an all-reduce before anyone stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, distributed: bool, device) -> bool:
+        if not distributed:
+            return self.requested
+        flag = torch.tensor([int(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def default_checkpoint_dir(output_dir: Path) -> Path:
+    return output_dir.with_name(output_dir.name + ".checkpoints")
+
+
+def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
+    """Fine-tune in this process (one rank of a torchrun job); return the history on rank 0.
+
+    Resumes from the newest valid checkpoint in the checkpoint directory if there is one:
+    the resumed run continues with the same batches, RNG states and optimizer state, so its
+    result equals that of a run that was never interrupted.
+    """
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
+
+    preemption = Preemption()
     distributed = "WORLD_SIZE" in os.environ
     if distributed and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -180,22 +260,16 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
-    bf16 = use_bf16(config.bf16, device)
+    precision = resolve_precision(config.mixed_precision, device)
     is_main = rank == 0
+    checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir)
     seed_everything(config.seed)
 
     splits, label_map = load_splits(dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / TOKENIZER_DIR))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        resolve_model(config.model),
-        num_labels=len(label_map),
-        id2label=label_map.id2label,
-        label2id=label_map.label2id,
-        ignore_mismatched_sizes=True,
+    model = build_classifier(
+        config, len(label_map), label_map.id2label, label_map.label2id, resolve_model(config.model)
     )
-    if config.freeze_encoder:
-        for param in model.base_model.parameters():
-            param.requires_grad = False
     model.to(device).train()
     ddp_model = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -218,87 +292,190 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         total_steps = min(total_steps, config.max_steps)
     optimizer = build_optimizer(model, config, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    if is_main:
-        log.info(
-            "training %s: %d examples, %d epochs, %d process(es) x batch %d x accumulation %d, "
-            "%d optimizer steps, bf16=%s, device=%s, threads=%d",
-            config.model, len(lengths), config.num_train_epochs, world, batch_size, accum,
-            total_steps, bf16, device.type, torch.get_num_threads(),
-        )
     higher_is_better = config.metric_for_best_model != "loss"
     best_score, best_epoch, best_state = None, -1, None
-    history: dict = {"epochs": [], "steps": [], "config": vars(config).copy(), "world_size": world}
-    step, stale_epochs = 0, 0
+    history: dict = {"epochs": [], "steps": [], "config": asdict(config), "world_size": world}
+    step, stale_epochs, start_epoch, start_micro, done = 0, 0, 0, 0, False
+    progress = {"loss_sum": 0.0, "loss_count": 0, "samples": 0}
+
+    resumed = find_checkpoint(checkpoint_dir, distributed)
+    if resumed is not None:
+        path, state = resumed
+        differences = config.resume_differences(state["config"])
+        if differences:
+            raise ConfigError(
+                f"{checkpoint_dir} holds checkpoints of a different training run "
+                f"(differs in {', '.join(differences)}); use another checkpoint_dir or remove it"
+            )
+        if state["world_size"] != world:
+            log.warning(
+                "checkpoint %s was written by %d process(es), resuming with %d: batch order changes",
+                path,
+                state["world_size"],
+                world,
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, start_epoch, start_micro, done = state["step"], state["epoch"], state["micro"], state["done"]
+        best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], state["best_state"]
+        stale_epochs, history, progress = state["stale_epochs"], state["history"], state["progress"]
+        ranks_rng = state["rng"]
+        set_rng_state(ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0])
+        if is_main:
+            log.info(
+                "resumed from %s: step %d, epoch %d, %d micro-batches into it", path, step, start_epoch + 1, start_micro
+            )
+
+    def save(epoch: int, micro: int) -> Path | None:
+        """Checkpoint the position after ``micro`` micro-batches of ``epoch`` (a collective call)."""
+        states = [None] * world
+        if distributed:
+            dist.all_gather_object(states, rng_state())
+        else:
+            states = [rng_state()]
+        path = None
+        if is_main:
+            state = {
+                "step": step,
+                "epoch": epoch,
+                "micro": micro,
+                "done": done,
+                "world_size": world,
+                "config": asdict(config),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": states,
+                "best_score": best_score,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "stale_epochs": stale_epochs,
+                "history": history,
+                "progress": progress,
+            }
+            path = save_checkpoint(checkpoint_dir, step, state, keep=config.save_total_limit)
+            log.info("checkpoint written: %s", path)
+        return path
+
+    if is_main:
+        trainable, total = trainable_parameters(model)
+        log.info(
+            "training %s (%s: %d of %d parameters trainable): %d examples, %d epochs, %d process(es) x batch %d "
+            "x accumulation %d, %d optimizer steps, precision=%s, device=%s, threads=%d",
+            config.model, config.training_mode, trainable, total, len(lengths), config.num_train_epochs, world,
+            batch_size, accum, total_steps, precision, device.type, torch.get_num_threads(),
+        )
     train_start = time.perf_counter()
-    for epoch in range(config.num_train_epochs):
+    for epoch in range(start_epoch, config.num_train_epochs):
+        if done:
+            break
         batches = epoch_batches(lengths, batch_size, config.seed, epoch, config.group_by_length)
         mine = batches[rank : micro_per_epoch * world : world]
+        first = start_micro if epoch == start_epoch else 0
+        if first == 0:
+            progress = {"loss_sum": 0.0, "loss_count": 0, "samples": 0}
         epoch_start = window_start = time.perf_counter()
-        window_samples, epoch_samples, loss_sum, loss_count = 0, 0, 0.0, 0
-        for micro, indices in enumerate(mine):
+        window_samples, samples_this_run = 0, 0
+        for micro in range(first, len(mine)):
+            indices = mine[micro]
             batch = {k: v.to(device, non_blocking=True) for k, v in collate_train(indices).items()}
             last_of_group = (micro + 1) % accum == 0 or micro + 1 == len(mine)
             sync = ddp_model.no_sync() if distributed and not last_of_group else contextlib.nullcontext()
             with sync:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with autocast(device, precision):
                     loss = ddp_model(**batch).loss
-                (loss / accum).backward()
-            loss_sum += loss.item()
-            loss_count += 1
+                scaler.scale(loss / accum).backward()
+            progress["loss_sum"] += loss.item()
+            progress["loss_count"] += 1
+            progress["samples"] += len(indices) * world
             window_samples += len(indices) * world
-            epoch_samples += len(indices) * world
+            samples_this_run += len(indices) * world
             if not last_of_group:
                 continue
             if config.max_grad_norm:
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             if is_main and (step % config.logging_steps == 0 or step == total_steps):
                 elapsed = time.perf_counter() - window_start
                 rate = window_samples / elapsed if elapsed else float("nan")
-                record = {"step": step, "epoch": epoch + micro / len(mine), "loss": loss_sum / loss_count,
-                          "learning_rate": scheduler.get_last_lr()[0], "samples_per_second": rate}
+                record = {
+                    "step": step,
+                    "epoch": epoch + micro / len(mine),
+                    "loss": progress["loss_sum"] / progress["loss_count"],
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_second": rate,
+                }
                 history["steps"].append(record)
                 log.info(
                     "epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s",
-                    epoch + 1, step, total_steps, record["loss"], record["learning_rate"], rate,
+                    epoch + 1,
+                    step,
+                    total_steps,
+                    record["loss"],
+                    record["learning_rate"],
+                    rate,
                 )
                 window_start, window_samples = time.perf_counter(), 0
             if step >= total_steps:
                 break
+            if preemption.agreed(distributed, device):
+                path = save(epoch, micro + 1)
+                if distributed:
+                    dist.barrier()
+                    dist.destroy_process_group()
+                if is_main:
+                    log.warning("SIGTERM: stopped at step %d after writing %s; a restart resumes from it", step, path)
+                raise SystemExit(128 + signal.SIGTERM)
+            if config.save_steps and step % config.save_steps == 0:
+                save(epoch, micro + 1)
         epoch_seconds = time.perf_counter() - epoch_start
 
         result = [None]
         if is_main:
-            val = evaluate_split(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, bf16)
+            val = evaluate_split(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
             score = val[config.metric_for_best_model]
             improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
             if improved:
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            record = {"epoch": epoch + 1, "train_loss": loss_sum / max(1, loss_count),
-                      "train_samples_per_second": epoch_samples / epoch_seconds,
-                      "epoch_seconds": epoch_seconds, **{f"val_{k}": v for k, v in val.items()}}
+            record = {
+                "epoch": epoch + 1,
+                "train_loss": progress["loss_sum"] / max(1, progress["loss_count"]),
+                "train_samples_per_second": samples_this_run / epoch_seconds,
+                "epoch_seconds": epoch_seconds,
+                **{f"val_{k}": v for k, v in val.items()},
+            }
             history["epochs"].append(record)
             log.info(
                 "epoch %d done in %.1fs (%.1f samples/s): val loss %.4f accuracy %.4f f1_macro %.4f%s",
-                epoch + 1, epoch_seconds, record["train_samples_per_second"], val["loss"],
-                val["accuracy"], val["f1_macro"], " (best)" if improved else "",
+                epoch + 1,
+                epoch_seconds,
+                record["train_samples_per_second"],
+                val["loss"],
+                val["accuracy"],
+                val["f1_macro"],
+                " (best)" if improved else "",
             )
             stale_epochs = 0 if improved else stale_epochs + 1
-            result = [config.early_stopping_patience and stale_epochs >= config.early_stopping_patience]
+            result = [bool(config.early_stopping_patience and stale_epochs >= config.early_stopping_patience)]
         if distributed:
             dist.broadcast_object_list(result, src=0)
-        if result[0]:
-            if is_main:
-                log.info("early stopping: no improvement of %s for %d epoch(s)",
-                         config.metric_for_best_model, stale_epochs)
-            break
-        if step >= total_steps:
-            break
+        early_stop = result[0]
+        if early_stop and is_main:
+            log.info("early stopping: no improvement of %s for %d epoch(s)", config.metric_for_best_model, stale_epochs)
+        done = early_stop or step >= total_steps or epoch + 1 == config.num_train_epochs
+        save(epoch + 1, 0)
+    preemption.restore()
 
     if is_main:
         history.update(
@@ -306,20 +483,43 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             best_metric=config.metric_for_best_model,
             best_score=best_score,
             train_seconds=time.perf_counter() - train_start,
-            bf16=bf16,
+            precision=precision,
+            training_mode=config.training_mode,
         )
         model.load_state_dict(best_state)
         with atomic_directory(output_dir) as tmp:
-            model.save_pretrained(str(tmp), safe_serialization=True)
+            save_classifier(model, tmp, config.training_mode)
             tokenizer.save_pretrained(str(tmp))
             shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
             (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2), encoding="utf-8")
-        log.info("best epoch %d (%s %.4f); model written to %s",
-                 best_epoch + 1, config.metric_for_best_model, best_score, output_dir)
+        log.info(
+            "best epoch %d (%s %.4f); model written to %s",
+            best_epoch + 1,
+            config.metric_for_best_model,
+            best_score,
+            output_dir,
+        )
     if distributed:
         dist.barrier()
         dist.destroy_process_group()
     return history
+
+
+def find_checkpoint(checkpoint_dir: Path, distributed: bool) -> tuple[Path, dict] | None:
+    """The newest valid checkpoint, chosen by rank 0 so that every rank resumes from the same one."""
+    if not distributed:
+        return latest_checkpoint(checkpoint_dir)
+    choice = [None]
+    if dist.get_rank() == 0:
+        found = latest_checkpoint(checkpoint_dir)
+        choice = [str(found[0]) if found else None]
+        state = found[1] if found else None
+    dist.broadcast_object_list(choice, src=0)
+    if choice[0] is None:
+        return None
+    if dist.get_rank() != 0:
+        state = torch.load(Path(choice[0]) / STATE_FILE, map_location="cpu", weights_only=True)
+    return Path(choice[0]), state
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,8 +44,8 @@ def curves_html(history: dict) -> str:
     return page(
         "kftune training",
         f"<p>Best epoch {history['best_epoch']} by validation {history['best_metric']} "
-        f"({history['best_score']:.4f}); {history['world_size']} process(es); bf16={history['bf16']}; "
-        f"{history['train_seconds']:.0f} s.</p>",
+        f"({history['best_score']:.4f}); {history['world_size']} process(es); {history['training_mode']} "
+        f"training in {history['precision']} precision; {history['train_seconds']:.0f} s.</p>",
         figure_html(fig),
         table_html(["epoch", "train loss", "val loss", "val accuracy", "val F1 macro", "samples/s", "seconds"], rows),
     )

@@ -69,7 +69,18 @@ def preflight(arguments: dict) -> None:
     from kftune.components.train.config import TrainConfig
 
     train_fields = inspect.signature(TrainConfig).parameters
-    TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields}).validate()
+    config = TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields})
+    config.validate()
+    if arguments.get("num_nodes", 1) != 1:
+        raise KftuneError(
+            "num_nodes > 1 trains as a Kubeflow Trainer TrainJob on a cluster (kftune compile, then run it "
+            "there); a local run uses one machine: set --nproc-per-node instead"
+        )
+    if config.mixed_precision == "fp16":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise KftuneError("mixed_precision=fp16 needs a CUDA GPU and none is visible (use bf16 or no)")
     EvaluateConfig(**{k: arguments[k] for k in ("min_accuracy", "min_f1_macro", "min_gain_over_baseline")}).validate()
     resolve_model(arguments["model"])
     prep_fields = inspect.signature(PreprocessConfig).parameters
@@ -110,12 +121,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from kftune.components.common.images import ImageScheme
     from kftune.pipelines.finetune import TrainResources, build_finetune_pipeline
 
-    if args.gpus < 0:
-        raise KftuneError(f"--gpus must be >= 0, got {args.gpus}")
+    node_selector = []
+    for item in args.node_selector:
+        key, has_value, value = item.partition("=")
+        if not key or not has_value:
+            raise KftuneError(f"--node-selector {item!r}: expected LABEL=VALUE")
+        node_selector.append((key, value))
     pipeline = build_finetune_pipeline(
         ImageScheme(registry=args.registry, tag=args.tag),
-        TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type,
-                       cpu=args.train_cpu, memory=args.train_memory),
+        TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type, cpu=args.train_cpu,
+                       memory=args.train_memory, shm_size=args.shm_size, node_selector=tuple(node_selector),
+                       tolerations=tuple(args.toleration), shared_pvc=args.shared_pvc, retries=args.retries),
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(args.output))
@@ -164,6 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
                       help="accelerator resource of the train task (default: nvidia.com/gpu)")
     comp.add_argument("--train-cpu", default="4", help="CPU request/limit of the train task (default: 4)")
     comp.add_argument("--train-memory", default="16G", help="memory request/limit of the train task (default: 16G)")
+    comp.add_argument("--shm-size", default="8Gi",
+                      help="size of the train task's memory-backed /dev/shm (default: 8Gi; empty: none)")
+    comp.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
+                      help="node label the train pod needs, e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 "
+                      "(repeatable)")
+    comp.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                      help="taint the train pod tolerates, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
+    comp.add_argument("--shared-pvc", default="kftune-shared",
+                      help="PVC mounted at /kftune/shared in the train task for checkpoints and multi-node data "
+                      "(default: kftune-shared, see manifests/; empty: none)")
+    comp.add_argument("--retries", type=int, default=2,
+                      help="retries of a failed train task, each resuming from its checkpoint (default: 2)")
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     comp.set_defaults(handler=cmd_compile)
     return parser

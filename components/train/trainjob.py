@@ -1,0 +1,645 @@
+"""Multi-node training: run the training loop as a Kubeflow Trainer v2 ``TrainJob``.
+
+With ``num_nodes > 1`` the train component does not train itself. It puts the preprocessed
+dataset and the training config on a shared volume (a ReadWriteMany PVC mounted in its own
+pod and in every worker), submits the training image as a ``TrainJob`` on the standard
+``torch-distributed`` runtime, follows the job (status changes and the log of node 0) until
+it finishes, deletes it, and copies the model that rank 0 wrote back to its output artifact.
+
+The TrainJob is built from the Kubeflow SDK's own API models (``kubeflow_trainer_api``) and
+sent with the Kubernetes client, the way the SDK's ``KubernetesBackend`` does. The torch
+runtime injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``
+and ``PET_MASTER_PORT`` into the ``node`` container; torchrun reads its options from these
+``PET_*`` variables, so the worker command passes none of them.
+
+    run_dir/                     on the shared volume, one per job
+        train_config.json        TrainConfig
+        dataset/                 copy of the preprocessed dataset artifact
+        model/                   written by rank 0 (atomically, with the training history)
+        model.checkpoints/       checkpoints; a restarted worker resumes from them
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import re
+import secrets
+import shutil
+import signal
+import string
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kubeflow.trainer.constants import constants as trainer_constants
+from kubeflow_trainer_api import models
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
+from urllib3.exceptions import HTTPError
+
+from kftune.components.common.atomic import atomic_directory
+from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.train.config import TrainConfig
+from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
+
+log = logging.getLogger(__name__)
+
+GROUP = trainer_constants.GROUP  # trainer.kubeflow.org
+VERSION = trainer_constants.VERSION  # v1alpha1
+TRAINJOB_PLURAL = trainer_constants.TRAINJOB_PLURAL
+NODE = trainer_constants.NODE  # the trainer's ReplicatedJob and its container
+DEFAULT_RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Trainer installs for PyTorch
+RUNTIME_KIND = "ClusterTrainingRuntime"
+PATCH_MANAGER = "kftune/train"
+LABELS = {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "train"}
+SHARED_VOLUME = "kftune-shared"
+SHM_VOLUME = "dshm"
+
+DEFAULT_TIMEOUT_SECONDS = 24 * 3600
+DEFAULT_POLL_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 60  # one API call; a hung connection must not hang the component
+MAX_API_ERRORS = 5  # consecutive failed polls (API server 5xx, connection errors) tolerated
+
+RUNS_DIR = "kftune-runs"
+CONFIG_FILE = "train_config.json"
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+# The TrainJob's name names its JobSet and headless Service (a DNS-1035 label) and starts the
+# workers' host names, <name>-node-0-<index>, which must stay within 63 characters.
+MAX_NAME_LENGTH = 40
+DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def new_job_name(prefix: str = "kftune-train") -> str:
+    """A fresh TrainJob name: ``kftune-train-`` and 8 random lowercase letters and digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+@dataclass
+class TrainJobRequest:
+    """What to run as a TrainJob, and where."""
+
+    image: str
+    """The training image (the train component's own image)."""
+    command: list[str]
+    """What every node runs: see :func:`worker_command`."""
+    num_nodes: int
+    pvc_name: str
+    """ReadWriteMany PersistentVolumeClaim shared by this pod and the workers."""
+    mount_path: str
+    """Where the PVC is mounted, in the workers and in this pod."""
+    namespace: str = "default"
+    gpus_per_node: int = 0
+    procs_per_node: int = 0
+    """Training processes per node (0: one per GPU, or 1 on CPU nodes)."""
+    runtime: str = DEFAULT_RUNTIME
+    cpu: str | None = None
+    """CPU request and limit per node, a Kubernetes quantity such as ``"8"`` (None: the runtime's)."""
+    memory: str | None = None
+    """Memory request and limit per node, such as ``"32Gi"`` (None: the runtime's)."""
+    shm_size: str | None = "2Gi"
+    """Size of a memory-backed /dev/shm for NCCL and the data loaders (None: the container's 64 MiB)."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    active_deadline_seconds: int | None = None
+    """Deadline enforced by the cluster, should this pod die without deleting the job."""
+    name: str = field(default_factory=new_job_name)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject values the cluster would reject (or misread), naming the field."""
+        if len(self.name) > MAX_NAME_LENGTH or not DNS_LABEL.match(self.name):
+            raise ConfigError(
+                f"name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
+                f"and ending with a letter or digit (a DNS-1123 label), got {self.name!r}"
+            )
+        if not DNS_1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ConfigError(f"namespace must be a DNS-1123 label, got {self.namespace!r}")
+        if not isinstance(self.image, str) or not self.image.strip():
+            raise ConfigError("image is required: the training image the workers run")
+        if not self.command or not all(isinstance(part, str) for part in self.command):
+            raise ConfigError(f"command must be a non-empty list of strings, got {self.command!r}")
+        for name in ("num_nodes", "gpus_per_node", "procs_per_node"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.num_nodes < 1:
+            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        if self.gpus_per_node < 0:
+            raise ConfigError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
+        if self.procs_per_node < 0:
+            raise ConfigError(f"procs_per_node must be >= 0, got {self.procs_per_node}")
+        if self.gpus_per_node and self.procs_per_node > self.gpus_per_node:
+            raise ConfigError(
+                f"procs_per_node={self.procs_per_node} but each node has only {self.gpus_per_node} GPU(s)"
+            )
+        if not self.pvc_name:
+            raise ConfigError(
+                "pvc_name is required: a ReadWriteMany PersistentVolumeClaim through which the dataset, "
+                "the config, the checkpoints and the model reach the workers"
+            )
+        if not DNS_1123_SUBDOMAIN.match(self.pvc_name) or len(self.pvc_name) > 253:
+            raise ConfigError(f"pvc_name must be a DNS-1123 subdomain, got {self.pvc_name!r}")
+        if not str(self.mount_path).startswith("/") or ":" in str(self.mount_path):
+            raise ConfigError(f"mount_path must be an absolute path without ':', got {self.mount_path!r}")
+        if not DNS_1123_SUBDOMAIN.match(self.runtime) or len(self.runtime) > 253:
+            raise ConfigError(f"runtime must be a DNS-1123 subdomain, got {self.runtime!r}")
+        for name in ("cpu", "memory", "shm_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                quantity = parse_quantity(value)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
+            if quantity <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
+            raise ConfigError(f"node_selector must map strings to strings, got {self.node_selector!r}")
+        for toleration in self.tolerations:
+            try:
+                models.IoK8sApiCoreV1Toleration.from_dict(toleration)
+            except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
+                raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+        for name, value in self.env.items():
+            if not isinstance(name, str) or not ENV_NAME.match(name) or not isinstance(value, str):
+                raise ConfigError(f"env must map variable names to strings, got {name!r}: {value!r}")
+            if name.startswith("PET_"):
+                raise ConfigError(f"env must not set {name}: the torch runtime sets the PET_* variables")
+        if self.active_deadline_seconds is not None and self.active_deadline_seconds < 1:
+            raise ConfigError(f"active_deadline_seconds must be >= 1, got {self.active_deadline_seconds}")
+
+    @property
+    def nproc_per_node(self) -> int:
+        return self.procs_per_node or self.gpus_per_node or 1
+
+
+def worker_command(
+    config_file: str | Path,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    max_restarts: int = 0,
+    python: str = "python",
+) -> list[str]:
+    """torchrun of the training loop, as every node of the TrainJob runs it.
+
+    No ``--nnodes``, ``--nproc-per-node``, ``--node-rank``, ``--master-addr`` or ``--standalone``:
+    torchrun takes them from the ``PET_*`` variables the torch runtime sets in each node (a
+    command-line option would override them). With ``--max-restarts`` torchrun restarts failed
+    workers, which resume from the newest checkpoint.
+    """
+    return [
+        python, "-m", "torch.distributed.run", f"--max-restarts={max_restarts}",
+        "-m", "kftune.components.train.loop",
+        "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
+    ]  # fmt: skip
+
+
+def build_trainjob(request: TrainJobRequest) -> models.TrainerV1alpha1TrainJob:
+    """The TrainJob for ``request``, as the Kubeflow SDK's API model.
+
+    ``spec.trainer`` sets image, command, node count, processes and resources per node; the
+    shared volume, /dev/shm, node selector and tolerations go into the ``node`` ReplicatedJob's
+    Pod template through a ``spec.runtimePatches`` entry (the trainer fields cannot carry them).
+    """
+    request.validate()
+    quantity = models.IoK8sApimachineryPkgApiResourceQuantity
+    resources = {}
+    if request.cpu is not None:
+        resources["cpu"] = quantity(request.cpu)
+    if request.memory is not None:
+        resources["memory"] = quantity(request.memory)
+    if request.gpus_per_node:
+        resources[trainer_constants.GPU_LABEL] = quantity(str(request.gpus_per_node))
+    trainer = models.TrainerV1alpha1Trainer(
+        image=request.image,
+        command=list(request.command),
+        numNodes=request.num_nodes,
+        numProcPerNode=request.nproc_per_node,
+        resourcesPerNode=(
+            models.IoK8sApiCoreV1ResourceRequirements(requests=resources, limits=resources) if resources else None
+        ),
+        env=[models.IoK8sApiCoreV1EnvVar(name=k, value=v) for k, v in request.env.items()] or None,
+    )
+    spec = models.TrainerV1alpha1TrainJobSpec(
+        runtimeRef=models.TrainerV1alpha1RuntimeRef(name=request.runtime, kind=RUNTIME_KIND),
+        trainer=trainer,
+        runtimePatches=[models.TrainerV1alpha1RuntimePatch.from_dict(node_pod_patch(request))],
+        activeDeadlineSeconds=request.active_deadline_seconds,
+    )
+    return models.TrainerV1alpha1TrainJob(
+        apiVersion=trainer_constants.API_VERSION,
+        kind=trainer_constants.TRAINJOB_KIND,
+        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=request.name, namespace=request.namespace, labels=dict(LABELS)
+        ),
+        spec=spec,
+    )
+
+
+def node_pod_patch(request: TrainJobRequest) -> dict:
+    """The runtime patch that adds the shared volume (and the rest) to the ``node`` Pods."""
+    volumes = [{"name": SHARED_VOLUME, "persistentVolumeClaim": {"claimName": request.pvc_name}}]
+    mounts = [{"name": SHARED_VOLUME, "mountPath": str(request.mount_path)}]
+    if request.shm_size:
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": request.shm_size}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
+    pod_spec = {"volumes": volumes, "containers": [{"name": NODE, "volumeMounts": mounts}]}
+    if request.node_selector:
+        pod_spec["nodeSelector"] = dict(request.node_selector)
+    if request.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in request.tolerations]
+    pod_template = {"metadata": {"labels": dict(LABELS)}, "spec": pod_spec}
+    node_job = {"name": NODE, "template": {"spec": {"template": pod_template}}}
+    return {
+        "manager": PATCH_MANAGER,
+        "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [node_job]}}},
+    }
+
+
+def kube_api_client() -> client.ApiClient:
+    """A Kubernetes API client: the pod's service account in a cluster, else the kubeconfig."""
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(client_configuration=configuration)
+        except (config.ConfigException, OSError) as e:
+            raise KftuneError(f"no Kubernetes credentials: not running in a pod and no usable kubeconfig ({e})") from e
+    return client.ApiClient(configuration)
+
+
+def current_namespace(default: str = "default") -> str:
+    """The namespace this pod runs in, or ``default`` outside a cluster."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or default
+    except OSError:
+        return default
+
+
+def run_trainjob(
+    request: TrainJobRequest,
+    api_client: client.ApiClient | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Create the TrainJob, follow it to its end and delete it; return a handle of the finished job.
+
+    Status changes and the log lines of node 0 go to ``log`` (default: this module's logger) as
+    they come. Raises :class:`KftuneError` when the job fails (with the job's reason and message),
+    when it has not finished after ``timeout_seconds``, or when the API server keeps failing.
+    Whatever happens, a job that was created is deleted, SIGTERM (the run being cancelled)
+    included.
+    """
+    emit = log or _log_line
+    body = build_trainjob(request).to_dict()
+    own_client = api_client is None
+    api_client = api_client or kube_api_client()
+    custom = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    job = f"{request.namespace}/{request.name}"
+    start = time.monotonic()
+    maybe_created = True  # a create that timed out may still have created the job
+    try:
+        with _sigterm_raises(job):
+            try:
+                created = custom.create_namespaced_custom_object(
+                    GROUP, VERSION, request.namespace, TRAINJOB_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except ApiException as e:
+                maybe_created = e.status is None or e.status >= 500
+                raise KftuneError(_create_error(job, e)) from e
+            uid = (created.get("metadata") or {}).get("uid")
+            emit(
+                f"TrainJob {job} created: {request.num_nodes} node(s) x {request.nproc_per_node} process(es), "
+                f"{request.gpus_per_node} GPU(s) per node, runtime {request.runtime}, image {request.image}"
+            )
+            status = _wait(custom, core, request, timeout_seconds, poll_seconds, emit)
+    finally:
+        if maybe_created:
+            _delete(custom, request, emit)
+        if own_client:
+            api_client.close()
+    duration = time.monotonic() - start
+    if status["type"] != trainer_constants.TRAINJOB_COMPLETE:
+        raise KftuneError(
+            f"TrainJob {job} failed after {duration:.0f} s: {status['reason']}: {status['message']} "
+            "(see the node-0 log above)"
+        )
+    return {
+        "name": request.name,
+        "namespace": request.namespace,
+        "uid": uid,
+        "status": status["type"],
+        "reason": status["reason"],
+        "message": status["message"],
+        "duration_seconds": duration,
+    }
+
+
+def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_seconds: float, emit) -> dict:
+    """Poll the job until it has a Complete or Failed condition; report what changes on the way."""
+    progress = _Progress(request, emit)
+    deadline = progress.start + timeout_seconds
+    errors = 0
+    while True:
+        try:
+            trainjob = models.TrainerV1alpha1TrainJob.from_dict(
+                custom.get_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    request.namespace,
+                    TRAINJOB_PLURAL,
+                    request.name,
+                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            )
+            progress.report_conditions(trainjob)
+            progress.report_node0(core)
+            errors = 0
+        except (ApiException, HTTPError) as e:
+            errors += 1
+            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            if not transient or errors > MAX_API_ERRORS:
+                raise KftuneError(f"TrainJob {request.namespace}/{request.name}: {_api_error(e)}") from e
+            emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
+        else:
+            if finished := final_condition(trainjob):
+                return finished
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KftuneError(
+                f"TrainJob {request.namespace}/{request.name} timed out after {timeout_seconds:g} s "
+                f"without finishing (last state: {progress.state}); deleting it"
+            )
+        time.sleep(min(poll_seconds, remaining))
+
+
+def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
+    """``{"type", "reason", "message"}`` of the job's Complete or Failed condition, if it has one."""
+    conditions = (trainjob.status.conditions if trainjob.status else None) or []
+    for condition in conditions:
+        if condition.status == "True" and condition.type in (
+            trainer_constants.TRAINJOB_COMPLETE,
+            trainer_constants.TRAINJOB_FAILED,
+        ):
+            return {"type": condition.type, "reason": condition.reason, "message": condition.message}
+    return None
+
+
+class _Progress:
+    """Reports what is new since the last poll: job conditions, node 0's pod phase and log lines."""
+
+    def __init__(self, request: TrainJobRequest, emit: Callable[[str], None]):
+        self.request = request
+        self.emit = emit
+        self.start = time.monotonic()
+        self.seen_conditions: set[tuple] = set()
+        self.pod_name: str | None = None
+        self.phase: str | None = None
+        self.lines_seen = 0
+        self.state = "Created"
+
+    def report_conditions(self, trainjob: models.TrainerV1alpha1TrainJob) -> None:
+        for condition in (trainjob.status.conditions if trainjob.status else None) or []:
+            key = (condition.type, condition.status, condition.reason)
+            if key in self.seen_conditions:
+                continue
+            self.seen_conditions.add(key)
+            if condition.status == "True":
+                self.state = condition.type
+            detail = f": {condition.message}" if condition.message else ""
+            self.emit(f"TrainJob {self.request.name}: {condition.type}={condition.status} ({condition.reason}){detail}")
+
+    def report_node0(self, core: client.CoreV1Api) -> None:
+        """Report node 0's pod phase and the log lines it printed since the last poll."""
+        pods = core.list_namespaced_pod(
+            self.request.namespace,
+            label_selector=node0_selector(self.request.name),
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        ).items
+        if not pods:
+            return
+        pod = max(pods, key=lambda p: (p.metadata.creation_timestamp is not None, p.metadata.creation_timestamp))
+        if pod.metadata.name != self.pod_name:  # first pod, or a replacement after a pod failure
+            self.pod_name, self.phase, self.lines_seen = pod.metadata.name, None, 0
+        phase = pod.status.phase if pod.status else None
+        if phase != self.phase:
+            self.phase = phase
+            self.state = f"node-0 {phase}"
+            self.emit(f"TrainJob {self.request.name}: node-0 pod {self.pod_name} is {phase}")
+        if phase in (None, "Pending", "Unknown"):
+            return
+        try:
+            response = core.read_namespaced_pod_log(
+                self.pod_name,
+                self.request.namespace,
+                container=NODE,
+                _preload_content=False,  # the client would json.loads() a log that looks like JSON
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+        except ApiException as e:
+            if e.status in (400, 404):  # container not started yet, or the pod just went away
+                return
+            raise
+        text = response.data.decode("utf-8", errors="replace")
+        lines = text.splitlines()
+        if phase == "Running" and text and not text.endswith("\n"):
+            lines = lines[:-1]  # a line still being written: report it next time, whole
+        for line in lines[self.lines_seen :]:
+            self.emit(f"[node-0] {line}")
+        self.lines_seen = max(self.lines_seen, len(lines))
+
+
+def node0_selector(name: str) -> str:
+    """Label selector of the pods of node 0 (JobSet's labels, as the Kubeflow SDK uses them)."""
+    return ",".join(
+        [
+            f"{trainer_constants.JOBSET_NAME_LABEL}={name}",
+            f"{trainer_constants.JOBSET_RJOB_NAME_LABEL}={NODE}",
+            f"{trainer_constants.JOB_INDEX_LABEL}=0",
+        ]
+    )
+
+
+CANNOT_DELETE = "could not delete TrainJob %s (%s); delete it with: kubectl delete trainjob -n %s %s"
+
+
+def _delete(custom: client.CustomObjectsApi, request: TrainJobRequest, emit) -> None:
+    """Delete the TrainJob and, through the garbage collector, its JobSet and pods."""
+    job = f"{request.namespace}/{request.name}"
+    try:
+        custom.delete_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            request.namespace,
+            TRAINJOB_PLURAL,
+            request.name,
+            propagation_policy="Background",
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )
+    except ApiException as e:
+        if e.status != 404:
+            log.error(CANNOT_DELETE, job, _api_error(e), request.namespace, request.name)
+        return
+    except HTTPError as e:
+        log.error(CANNOT_DELETE, job, e, request.namespace, request.name)
+        return
+    emit(f"TrainJob {job} deleted")
+
+
+def _create_error(job: str, e: ApiException) -> str:
+    if e.status == 404:
+        return (
+            f"cannot create TrainJob {job}: the API {GROUP}/{VERSION} or the namespace is not there "
+            f"(is Kubeflow Trainer v2 installed?): {_api_error(e)}"
+        )
+    if e.status == 403:
+        return (
+            f"cannot create TrainJob {job}: not allowed; the pipeline's service account needs create, get "
+            f"and delete on trainjobs.{GROUP} and list on pods and pods/log: {_api_error(e)}"
+        )
+    return f"cannot create TrainJob {job}: {_api_error(e)}"
+
+
+def _api_error(e: Exception) -> str:
+    """The API server's own message where it sent one (a Status object), else the exception."""
+    if isinstance(e, ApiException):
+        try:
+            message = json.loads(e.body).get("message")
+        except (TypeError, ValueError, AttributeError):
+            message = None
+        return f"HTTP {e.status} {e.reason}: {message or e.body or ''}".rstrip(": ")
+    return str(e)
+
+
+def _log_line(line: str) -> None:
+    log.info("%s", line)
+
+
+@contextlib.contextmanager
+def _sigterm_raises(job: str):
+    """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job is deleted
+    on the way out instead of running on. Signal handlers can only be set in the main thread."""
+
+    def handler(signum, frame):
+        raise KftuneError(f"stopped by SIGTERM while TrainJob {job} was running; deleting it")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def launch_multinode(
+    config: TrainConfig,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    num_nodes: int,
+    gpus_per_node: int,
+    image: str,
+    pvc_name: str,
+    mount_path: str | Path,
+    namespace: str | None = None,
+    runtime: str = DEFAULT_RUNTIME,
+    cpu: str | None = None,
+    memory: str | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    api_client: client.ApiClient | None = None,
+    log: Callable[[str], None] | None = None,
+    keep_run_dir: bool = False,
+) -> dict:
+    """Train on ``num_nodes`` nodes as a TrainJob; return ``{"history": ..., "trainjob": handle}``.
+
+    The shared volume ``pvc_name`` must be mounted at ``mount_path`` in this pod too: the dataset
+    and the config are copied into a fresh run directory on it, the workers train from there,
+    and the model rank 0 writes there is copied to ``output_dir`` (atomically). On success the
+    run directory is removed (unless ``keep_run_dir``); on failure it stays, with its checkpoints.
+    """
+    config.validate()
+    dataset_dir, output_dir, mount_path = Path(dataset_dir), Path(output_dir), Path(mount_path)
+    emit = log or _log_line
+    name = new_job_name()
+    run_dir = mount_path / RUNS_DIR / name
+    if config.checkpoint_dir:
+        if not Path(config.checkpoint_dir).is_relative_to(mount_path):
+            raise ConfigError(
+                f"checkpoint_dir {config.checkpoint_dir} must be on the shared volume ({mount_path}) "
+                "for multi-node training: every node reads the checkpoint a restart resumes from"
+            )
+    else:
+        config = replace(config, checkpoint_dir=str(default_checkpoint_dir(run_dir / "model")))
+    request = TrainJobRequest(
+        name=name,
+        namespace=namespace or current_namespace(),
+        image=image,
+        command=worker_command(run_dir / CONFIG_FILE, run_dir / "dataset", run_dir / "model", config.max_restarts),
+        num_nodes=num_nodes,
+        gpus_per_node=gpus_per_node,
+        procs_per_node=config.nproc_per_node,
+        pvc_name=pvc_name,
+        mount_path=str(mount_path),
+        runtime=runtime,
+        cpu=cpu,
+        memory=memory,
+        node_selector=dict(node_selector or {}),
+        tolerations=list(tolerations or []),
+        env=dict(env or {}),
+        active_deadline_seconds=math.ceil(timeout_seconds),
+    )
+    if not mount_path.is_dir():
+        raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
+
+    run_dir.mkdir(parents=True)
+    try:
+        model = Path(config.model).expanduser()
+        if model.is_dir() and not model.is_relative_to(mount_path):  # a local model: the workers need a copy
+            shutil.copytree(model, run_dir / "pretrained")
+            config = replace(config, model=str(run_dir / "pretrained"))
+        shutil.copytree(dataset_dir, run_dir / "dataset")
+        config.to_json(run_dir / CONFIG_FILE)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    emit(f"multi-node run directory: {run_dir}")
+
+    try:
+        handle = run_trainjob(request, api_client, timeout_seconds=timeout_seconds, poll_seconds=poll_seconds, log=log)
+    except KftuneError as e:
+        raise KftuneError(f"{e} [inputs and checkpoints kept in {run_dir}]") from e
+    model_dir = run_dir / "model"
+    if not (model_dir / HISTORY_FILE).is_file():
+        raise KftuneError(
+            f"TrainJob {request.namespace}/{name} succeeded but wrote no model to {model_dir} "
+            f"(is {pvc_name!r} the same ReadWriteMany volume in every pod?)"
+        )
+    with atomic_directory(output_dir) as tmp:
+        shutil.copytree(model_dir, tmp, dirs_exist_ok=True)
+    history = json.loads((output_dir / HISTORY_FILE).read_text(encoding="utf-8"))
+    if not keep_run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"history": history, "trainjob": handle}

@@ -1,0 +1,80 @@
+"""Training modes through peft: LoRA (merged for export) and prompt tuning, on CPU with the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kftune.components.common.inference import predict_logits, torch_runner
+from kftune.components.common.modeling import is_adapter, load_classifier
+from kftune.components.common.schema import load_splits
+from kftune.components.export.export import ExportConfig, export_model
+from kftune.components.train.config import TrainConfig
+from kftune.components.train.loop import HISTORY_FILE, train
+
+
+@pytest.fixture(scope="module")
+def lora_model(tmp_path_factory, prepared, tiny_model):
+    out = tmp_path_factory.mktemp("lora") / "model"
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
+                         learning_rate=5e-3, training_mode="lora", lora_r=4, lora_alpha=8,
+                         lora_target_modules="query,value")
+    train(config, prepared, out)
+    return out
+
+
+def test_lora_trains_adapters_and_writes_a_merged_plain_model(lora_model, tiny_model):
+    assert not is_adapter(lora_model)
+    before, after = load_file(tiny_model / "model.safetensors"), load_file(lora_model / "model.safetensors")
+    assert before.keys() == after.keys()  # merged: no lora_A / lora_B tensors left
+    query = "bert.encoder.layer.0.attention.self.query.weight"
+    key = "bert.encoder.layer.0.attention.self.key.weight"
+    assert not torch.equal(before[query], after[query])  # LoRA update merged into the adapted module
+    assert torch.equal(before[key], after[key])  # modules LoRA does not target are untouched
+    history = json.loads((lora_model / HISTORY_FILE).read_text())
+    assert history["training_mode"] == "lora"
+
+
+def test_lora_trains_few_parameters(tiny_model):
+    from kftune.components.common.modeling import build_classifier, trainable_parameters
+
+    config = TrainConfig(training_mode="lora", lora_r=4)
+    model = build_classifier(config, 2, {0: "a", 1: "b"}, {"a": 0, "b": 1}, str(tiny_model))
+    trainable, total = trainable_parameters(model)
+    assert 0 < trainable < 0.05 * total
+
+
+def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepared):
+    report = export_model(lora_model, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    assert report["parity"]["prediction_mismatches"] == 0
+    # and independently: ONNX predictions equal those of the merged PyTorch model on the test split
+    import onnxruntime as ort
+
+    from kftune.components.common.inference import onnx_runner
+
+    test = load_splits(prepared)[0]["test"]
+    merged = predict_logits(torch_runner(load_classifier(lora_model)), test, 16)
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    exported = predict_logits(onnx_runner(session), test, 16)
+    assert (merged.argmax(1) == exported.argmax(1)).all()
+    np.testing.assert_allclose(merged, exported, atol=1e-4)
+
+
+def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tiny_model):
+    out = tmp_path / "model"
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
+                         learning_rate=1e-2, training_mode="prompt_tuning", num_virtual_tokens=4)
+    train(config, prepared, out)
+    assert is_adapter(out)
+    model = load_classifier(out)
+    prompt = model.prompt_encoder["default"].embedding.weight
+    assert prompt.shape == (4, 32)
+    test = load_splits(prepared)[0]["test"]
+    logits = predict_logits(torch_runner(model), test, 16)
+    assert logits.shape == (len(test), 2) and np.isfinite(logits).all()
+    report = export_model(out, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    assert report["parity"]["prediction_mismatches"] == 0
