@@ -60,8 +60,10 @@ def run_pipeline_locally(pipeline, arguments: dict, pipeline_root: str | Path):
 
 def run_finetune_locally(arguments: dict, pipeline_root: str | Path) -> LocalRunResult:
     """Run the finetune pipeline locally and gather model, ONNX and evaluation paths/figures."""
-    from kftune.pipelines.finetune import finetune
+    from kftune.pipelines.finetune import TrainResources, build_finetune_pipeline
 
+    # no cluster volume here: checkpoints stay beside the model and are dropped after success
+    finetune = build_finetune_pipeline(resources=TrainResources(shared_pvc=""))
     started = time.perf_counter()
     task = run_pipeline_locally(finetune, arguments, pipeline_root)
     outputs = task.outputs

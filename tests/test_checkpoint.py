@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from kftune.components.common.errors import ConfigError
 from kftune.components.train.checkpoint import (
     STATE_FILE,
+    checkpoint_step,
     latest_checkpoint,
     list_checkpoints,
     save_checkpoint,
@@ -85,7 +86,7 @@ def test_resume_after_truncated_checkpoint_equals_uninterrupted_run(tmp_path, pr
     reference = _weights(tmp_path / "full")
     # 239 examples / 16 = 15 steps per epoch; pretend the job died while step 25's checkpoint was written
     for path in list_checkpoints(tmp_path / "ckpt"):
-        if int(path.name.split("-")[1]) > 25:
+        if checkpoint_step(path) > 25:
             shutil.rmtree(path)
     state_file = tmp_path / "ckpt" / "checkpoint-00000025" / STATE_FILE
     state_file.write_bytes(state_file.read_bytes()[:1000])

@@ -346,25 +346,21 @@ def test_launch_multinode_end_to_end(kube, tmp_path, dataset, monkeypatch):
     assert list((shared / trainjob.RUNS_DIR).iterdir()) == []  # the run directory is removed after success
 
 
+def launch_two_nodes(config, dataset, output, mount_path, api_client=None):
+    """launch_multinode with the settings these tests share: 2 CPU nodes in team-a."""
+    return launch_multinode(
+        config, dataset, output, num_nodes=2, gpus_per_node=0, image="kftune-train:dev",
+        pvc_name="kftune-shared", mount_path=mount_path, namespace="team-a", api_client=api_client,
+        log=lambda line: None, poll_seconds=0.01,
+    )
+
+
 def test_launch_multinode_without_a_model_from_the_workers_raises(kube, tmp_path, dataset):
     server, api_client = kube()  # completes, but nothing writes the model
     shared = tmp_path / "shared"
     shared.mkdir()
     with pytest.raises(KftuneError, match="succeeded but wrote no model"):
-        launch_multinode(
-            TrainConfig(),
-            dataset,
-            tmp_path / "out",
-            num_nodes=2,
-            gpus_per_node=0,
-            image="kftune-train:dev",
-            pvc_name="kftune-shared",
-            mount_path=shared,
-            namespace="team-a",
-            api_client=api_client,
-            log=lambda line: None,
-            poll_seconds=0.01,
-        )
+        launch_two_nodes(TrainConfig(), dataset, tmp_path / "out", shared, api_client)
     assert not (tmp_path / "out").exists()
     assert len(server.calls("DELETE")) == 1
 
@@ -374,20 +370,7 @@ def test_launch_multinode_keeps_the_run_directory_of_a_failed_job(kube, tmp_path
     shared = tmp_path / "shared"
     shared.mkdir()
     with pytest.raises(KftuneError, match="DeadlineExceeded.*kept in") as info:
-        launch_multinode(
-            TrainConfig(),
-            dataset,
-            tmp_path / "out",
-            num_nodes=2,
-            gpus_per_node=0,
-            image="kftune-train:dev",
-            pvc_name="kftune-shared",
-            mount_path=shared,
-            namespace="team-a",
-            api_client=api_client,
-            log=lambda line: None,
-            poll_seconds=0.01,
-        )
+        launch_two_nodes(TrainConfig(), dataset, tmp_path / "out", shared, api_client)
     (run_dir,) = (shared / trainjob.RUNS_DIR).iterdir()
     assert str(run_dir) in str(info.value)
     assert (run_dir / trainjob.CONFIG_FILE).is_file() and (run_dir / "dataset" / "data.txt").is_file()
@@ -396,34 +379,15 @@ def test_launch_multinode_keeps_the_run_directory_of_a_failed_job(kube, tmp_path
 def test_launch_multinode_rejects_checkpoints_off_the_shared_volume(tmp_path, dataset):
     shared = tmp_path / "shared"
     shared.mkdir()
+    config = TrainConfig(checkpoint_dir=str(tmp_path / "local-checkpoints"))
     with pytest.raises(ConfigError, match="checkpoint_dir .* must be on the shared volume"):
-        launch_multinode(
-            TrainConfig(checkpoint_dir=str(tmp_path / "local-checkpoints")),
-            dataset,
-            tmp_path / "out",
-            num_nodes=2,
-            gpus_per_node=0,
-            image="kftune-train:dev",
-            pvc_name="kftune-shared",
-            mount_path=shared,
-            namespace="team-a",
-        )
+        launch_two_nodes(config, dataset, tmp_path / "out", shared)
     assert not (shared / trainjob.RUNS_DIR).exists()
 
 
 def test_launch_multinode_needs_the_shared_volume_mounted_here(tmp_path, dataset):
     with pytest.raises(ConfigError, match="mount_path .* is not a directory: the PVC 'kftune-shared' must be mounted"):
-        launch_multinode(
-            TrainConfig(),
-            dataset,
-            tmp_path / "out",
-            num_nodes=2,
-            gpus_per_node=0,
-            image="kftune-train:dev",
-            pvc_name="kftune-shared",
-            mount_path=tmp_path / "not-mounted",
-            namespace="team-a",
-        )
+        launch_two_nodes(TrainConfig(), dataset, tmp_path / "out", tmp_path / "not-mounted")
 
 
 def test_current_namespace(tmp_path, monkeypatch):

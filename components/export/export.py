@@ -66,6 +66,7 @@ def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:
     names = [n for n in MODEL_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
+
     class LogitsOnly(torch.nn.Module):
         """Positional inputs in ``names`` order -> logits (peft models order their arguments differently)."""
 

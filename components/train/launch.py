@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
+from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,7 @@ def launch_training(config: TrainConfig, dataset_dir: str | Path, output_dir: st
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     nproc, kind = plan_processes(config.nproc_per_node, gpus)
-    if kind == "cpu" and config.mixed_precision == "fp16":
-        raise ConfigError("mixed_precision=fp16 needs a CUDA GPU and none is visible (use bf16 or no on CPU)")
+    resolve_precision(config.mixed_precision, torch.device(kind))  # fp16 without a GPU fails here, not in torchrun
     env = dict(os.environ)
     if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would otherwise pin every worker to one thread.

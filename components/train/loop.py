@@ -298,7 +298,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     best_score, best_epoch, best_state = None, -1, None
     history: dict = {"epochs": [], "steps": [], "config": asdict(config), "world_size": world}
     step, stale_epochs, start_epoch, start_micro, done = 0, 0, 0, 0, False
-    progress = {"loss_sum": 0.0, "loss_count": 0, "samples": 0}
+    progress = {"loss_sum": 0.0, "loss_count": 0}
 
     resumed = find_checkpoint(checkpoint_dir, distributed)
     if resumed is not None:
@@ -378,7 +378,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         mine = batches[rank : micro_per_epoch * world : world]
         first = start_micro if epoch == start_epoch else 0
         if first == 0:
-            progress = {"loss_sum": 0.0, "loss_count": 0, "samples": 0}
+            progress = {"loss_sum": 0.0, "loss_count": 0}
         epoch_start = window_start = time.perf_counter()
         window_samples, samples_this_run = 0, 0
         for micro in range(first, len(mine)):
@@ -392,7 +392,6 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 scaler.scale(loss / accum).backward()
             progress["loss_sum"] += loss.item()
             progress["loss_count"] += 1
-            progress["samples"] += len(indices) * world
             window_samples += len(indices) * world
             samples_this_run += len(indices) * world
             if not last_of_group:

@@ -63,10 +63,13 @@ def _pipeline_arguments(args: argparse.Namespace, pipeline_func) -> dict:
 
 def preflight(arguments: dict) -> None:
     """Check input data and settings before a pipeline starts, so errors come as one line."""
+    import torch
+
     from kftune.components.common.bundled import resolve_model
     from kftune.components.evaluate.evaluate import EvaluateConfig
     from kftune.components.preprocess.preprocess import PreprocessConfig, prepare_rows
     from kftune.components.train.config import TrainConfig
+    from kftune.components.train.loop import resolve_precision
 
     train_fields = inspect.signature(TrainConfig).parameters
     config = TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields})
@@ -76,11 +79,7 @@ def preflight(arguments: dict) -> None:
             "num_nodes > 1 trains as a Kubeflow Trainer TrainJob on a cluster (kftune compile, then run it "
             "there); a local run uses one machine: set --nproc-per-node instead"
         )
-    if config.mixed_precision == "fp16":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise KftuneError("mixed_precision=fp16 needs a CUDA GPU and none is visible (use bf16 or no)")
+    resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     EvaluateConfig(**{k: arguments[k] for k in ("min_accuracy", "min_f1_macro", "min_gain_over_baseline")}).validate()
     resolve_model(arguments["model"])
     prep_fields = inspect.signature(PreprocessConfig).parameters
