@@ -28,7 +28,8 @@ test-quick: setup
 	$(BIN)/pytest -m "not slow"
 
 compile: setup
-	$(BIN)/kftune compile --output pipelines/compiled/finetune.yaml --registry ghcr.io/kftune --tag 0.1.0
+	$(BIN)/kftune compile --pipeline finetune --registry ghcr.io/kftune --tag 0.1.0
+	$(BIN)/kftune compile --pipeline tune --registry ghcr.io/kftune --tag 0.1.0
 
 lint: setup
 	$(BIN)/ruff check .

@@ -66,7 +66,39 @@ def run_finetune_locally(arguments: dict, pipeline_root: str | Path) -> LocalRun
     finetune = build_finetune_pipeline(resources=TrainResources(shared_pvc=""))
     started = time.perf_counter()
     task = run_pipeline_locally(finetune, arguments, pipeline_root)
-    outputs = task.outputs
+    return _result(task.outputs, started)
+
+
+@dataclass
+class LocalTuneResult(LocalRunResult):
+    best_params: dict | None = None
+    search_record: Path | None = None
+    search_report: Path | None = None
+    search: dict | None = None
+
+
+def run_tune_locally(arguments: dict, pipeline_root: str | Path) -> LocalTuneResult:
+    """Run the tune pipeline locally (trials one at a time: they share this machine's cores)."""
+    from kftune.pipelines.finetune import TrainResources
+    from kftune.pipelines.tune import build_tune_pipeline
+
+    tune = build_tune_pipeline(resources=TrainResources(shared_pvc=""), trial_parallelism=1)
+    started = time.perf_counter()
+    task = run_pipeline_locally(tune, arguments, pipeline_root)
+    base = _result(task.outputs, started)
+    run_dir = base.run_dir
+    records = sorted(run_dir.glob("*/search"))
+    reports = sorted(run_dir.glob("*/report"))
+    search_dirs = [r.parent for r in records]
+    report = next((r for r in reports if r.parent in search_dirs), None)
+    return LocalTuneResult(
+        **vars(base), best_params=dict(task.outputs["best_params"]),
+        search_record=records[0] if records else None, search_report=report,
+        search=json.loads(records[0].read_text(encoding="utf-8")) if records else None,
+    )
+
+
+def _result(outputs, started: float) -> LocalRunResult:
     model_dir = Path(outputs["model"].path)
     return LocalRunResult(
         run_dir=model_dir.parent.parent,

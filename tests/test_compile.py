@@ -121,3 +121,43 @@ def test_bad_compile_flags(tmp_path, flags, message, capsys):
     assert main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
+
+
+TUNE_COMPILED = REPO / "pipelines" / "compiled" / "tune.yaml"
+
+
+def test_tune_yaml_is_fresh(tmp_path):
+    """pipelines/compiled/tune.yaml must equal a fresh compile (run `make compile`)."""
+    fresh = tmp_path / "tune.yaml"
+    assert main(["compile", "--pipeline", "tune", "--output", str(fresh), "--registry", "ghcr.io/kftune",
+                 "--tag", "0.1.0"]) == 0
+    assert TUNE_COMPILED.read_text() == fresh.read_text(), "stale: run `make compile` and commit the YAML"
+
+
+def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
+    out = tmp_path / "tune.yaml"
+    assert main(["compile", "--pipeline", "tune", "--output", str(out), "--gpus", "2",
+                 "--trial-parallelism", "3"]) == 0
+    text = out.read_text()
+    pipeline, platform = yaml.safe_load_all(text)
+    executors = pipeline["deploymentSpec"]["executors"]
+    for name in ("exec-search-trial", "exec-optuna-search", "exec-train"):
+        resources = executors[name]["container"]["resources"]
+        assert int(resources["accelerator"]["resourceCount"]) == 2, name
+        assert executors[name]["container"]["image"].endswith(("kftune-tune:0.1.0", "kftune-train:0.1.0"))
+    # the trial fan-out: a ParallelFor over plan-search's trials, at most 3 at once, and its results collected
+    loops = [t for c in pipeline["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()
+             if "parameterIterator" in t]
+    assert len(loops) == 1 and loops[0]["iteratorPolicy"]["parallelismLimit"] == 3
+    assert "plan-search" in str(loops[0]["parameterIterator"])
+    assert "pipelinechannel--search-trial-Output" in text  # dsl.Collected of the trial outputs
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    for name, spec in params.items():
+        assert "defaultValue" in spec and spec.get("description", "").strip(), name
+    from kftune.components.tune.space import parse_space
+
+    assert parse_space(params["search_space"]["defaultValue"]).names == [
+        "learning_rate", "per_device_train_batch_size", "warmup_ratio", "weight_decay"]
+    assert params["algorithm"]["defaultValue"] == "tpe"
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-katib-search"]
+    assert mounts["pvcMount"][0]["mountPath"] == "/kftune/shared"

@@ -32,14 +32,19 @@ def figure_html(fig) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{encoded}"/>'
 
 
+def format_float(value: float) -> str:
+    """4 decimals, or 3 significant digits for small magnitudes (learning rates: 6.11e-05)."""
+    return f"{value:.3g}" if value and abs(value) < 1e-3 else f"{value:.4f}"
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return format_float(value)
     return html.escape(str(value))
 
 
 def table_html(header: Sequence[str], rows: Iterable[Sequence]) -> str:
-    """An HTML table; floats shown with 4 decimals."""
+    """An HTML table; floats shown with 4 decimals (small ones with 3 significant digits)."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -48,7 +53,7 @@ def table_html(header: Sequence[str], rows: Iterable[Sequence]) -> str:
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     """A GitHub-flavoured Markdown table; floats shown with 4 decimals."""
     def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        return format_float(v) if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

@@ -43,6 +43,8 @@ def train(
     trainjob_runtime: str = "torch-distributed",
     trainjob_placement: str = "{}",
     namespace: str = "",
+    hyperparameters: dict = {},
+    train_on: str = "train",
 ) -> str:
     """Fine-tune a pretrained transformer for sequence classification under torchrun.
 
@@ -82,6 +84,8 @@ def train(
         trainjob_runtime: Kubeflow Trainer runtime the TrainJob refers to.
         trainjob_placement: JSON with the TrainJob nodes' cpu, memory, node_selector and tolerations.
         namespace: Namespace of the TrainJob (empty: this pod's namespace).
+        hyperparameters: Values that replace the options above, e.g. the best trial of a search ({"learning_rate": 5e-5}).
+        train_on: train, or train+validation (keeps the last epoch; validation scores are then on seen data).
 
     Returns:
         The TrainJob's handle as JSON (name, namespace, uid, final status, duration) when
@@ -105,8 +109,12 @@ def train(
         training_mode=training_mode, lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
         lora_target_modules=lora_target_modules, num_virtual_tokens=num_virtual_tokens,
         nproc_per_node=nproc_per_node, max_steps=max_steps, save_steps=save_steps, max_restarts=max_restarts,
-        checkpoint_dir=shared_checkpoint_dir(shared_dir, run_id),
+        checkpoint_dir=shared_checkpoint_dir(shared_dir, run_id), train_on=train_on,
     )
+    if hyperparameters:
+        from kftune.components.tune.space import apply_hyperparameters
+
+        config = apply_hyperparameters(config, hyperparameters)
     handle = {}
     if num_nodes > 1:
         from kftune.components.train.trainjob import launch_multinode

@@ -12,6 +12,7 @@ from kftune.components.common.errors import ConfigError
 BEST_METRICS = ("f1_macro", "accuracy", "loss")
 TRAINING_MODES = ("full", "freeze_encoder", "lora", "prompt_tuning")
 MIXED_PRECISION = ("auto", "bf16", "fp16", "no")
+TRAIN_ON = ("train", "train+validation")
 # Options that change nothing about the optimisation: a checkpoint written under other values resumes.
 RESUMABLE_CHANGES = (
     "logging_steps",
@@ -21,6 +22,7 @@ RESUMABLE_CHANGES = (
     "max_restarts",
     "nproc_per_node",
     "per_device_eval_batch_size",
+    "pruning",
 )
 
 
@@ -43,9 +45,15 @@ class TrainConfig:
     seed: int = 42
     group_by_length: bool = True
     """Batch texts of similar length together (less padding, faster; see README)."""
+    length_group_batches: int = 50
+    """With ``group_by_length``: how many batches' worth of shuffled examples are sorted by length
+    together (transformers uses 50). Smaller keeps batches more random, larger pads less."""
     mixed_precision: str = "auto"
     """``auto`` (bf16 where the hardware is fast at it, else fp16 with loss scaling on CUDA, else
     fp32), ``bf16``, ``fp16`` (CUDA only) or ``no``."""
+    train_on: str = "train"
+    """``train``, or ``train+validation`` (e.g. the final run after a search): then validation
+    scores are measured on seen data, the last epoch is kept and early stopping is off."""
     metric_for_best_model: str = "f1_macro"
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
@@ -61,6 +69,8 @@ class TrainConfig:
     nproc_per_node: int = 0
     """Processes per node: 0 = one per visible GPU, or 1 on CPU (2 threads beat 2x1 here)."""
     logging_steps: int = 50
+    max_seq_length: int = 0
+    """Truncate texts to this many tokens when training and validating (0: as preprocessed)."""
     max_steps: int = 0
     """Stop after this many optimizer steps in total (0: no limit). For smoke tests."""
     save_steps: int = 500
@@ -71,6 +81,9 @@ class TrainConfig:
     """Where checkpoints go ("": beside the output model). On a cluster: a PVC path that outlives the pod."""
     max_restarts: int = 0
     """torchrun restarts of failed workers; each restart resumes from the newest checkpoint."""
+    pruning: str = ""
+    """Set by a hyperparameter search: JSON naming the Optuna study and trial that rank 0 reports
+    each epoch's validation score to, stopping the run when the study's pruner says so."""
 
     def validate(self) -> None:
         """Reject values outside their ranges before anything is launched."""
@@ -80,6 +93,7 @@ class TrainConfig:
             "per_device_eval_batch_size",
             "gradient_accumulation_steps",
             "logging_steps",
+            "length_group_batches",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -96,6 +110,8 @@ class TrainConfig:
             raise ConfigError(
                 f"metric_for_best_model must be one of {', '.join(BEST_METRICS)}, got {self.metric_for_best_model!r}"
             )
+        if self.train_on not in TRAIN_ON:
+            raise ConfigError(f"train_on must be one of {', '.join(TRAIN_ON)}, got {self.train_on!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(
                 f"mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}"
@@ -105,6 +121,8 @@ class TrainConfig:
         for name in ("lora_r", "lora_alpha", "num_virtual_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_seq_length == 1:
+            raise ConfigError("max_seq_length must be 0 (as preprocessed) or >= 2")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         non_negative = (
@@ -114,6 +132,7 @@ class TrainConfig:
             "save_steps",
             "save_total_limit",
             "max_restarts",
+            "max_seq_length",
         )
         for name in non_negative:
             if getattr(self, name) < 0:

@@ -85,11 +85,11 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_batches(
-    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, group_batches: int = 50
 ) -> list[np.ndarray]:
     """The epoch's batches of example indices, the same on every rank.
 
-    With ``group_by_length`` the shuffled order is cut into mega-batches of 50 batches, each
+    With ``group_by_length`` the shuffled order is cut into mega-batches of ``group_batches`` batches, each
     sorted by length (so batches hold texts of similar length and need little padding), and
     the batch order is shuffled again so that the loss sees lengths in random order; this is
     the scheme of transformers' ``LengthGroupedSampler``.
@@ -97,7 +97,7 @@ def epoch_batches(
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
     if group_by_length:
-        mega = batch_size * 50
+        mega = batch_size * group_batches
         chunks = np.split(order, range(mega, len(order), mega))
         order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in chunks])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -109,10 +109,23 @@ def epoch_batches(
 class Collator:
     """Pads a list of examples to the longest one in the batch (dynamic padding)."""
 
-    def __init__(self, split, tokenizer):
+    def __init__(self, split, tokenizer, max_length: int = 0):
         # Plain lists: indexing a datasets column element by element is ~20 ms per batch.
         self.columns = {name: list(split[name]) for name in (*MODEL_INPUTS, "label") if name in split.column_names}
         self.pad_id = tokenizer.pad_token_id or 0
+        if max_length:
+            self._truncate(max_length)
+
+    def _truncate(self, max_length: int) -> None:
+        """Cut longer texts to ``max_length`` tokens, keeping the closing special token ([SEP])."""
+        for name in MODEL_INPUTS:
+            if name not in self.columns:
+                continue
+            if name == "input_ids":
+                cut = [r[: max_length - 1] + r[-1:] if len(r) > max_length else r for r in self.columns[name]]
+            else:
+                cut = [r[:max_length] for r in self.columns[name]]
+            self.columns[name] = cut
 
     def __call__(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         ids = [self.columns["input_ids"][i] for i in indices]
@@ -278,10 +291,18 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     )
 
     train_split, val_split = splits["train"], splits["validation"]
-    collate_train = Collator(train_split, tokenizer)
-    collate_val = Collator(val_split, tokenizer)
+    keep_last = config.train_on == "train+validation"
+    if keep_last:
+        from datasets import concatenate_datasets
+
+        train_split = concatenate_datasets([train_split, val_split])
+    collate_train = Collator(train_split, tokenizer, config.max_seq_length)
+    collate_val = Collator(val_split, tokenizer, config.max_seq_length)
     lengths = np.asarray(train_split[LENGTH])
     val_lengths = np.asarray(val_split[LENGTH])
+    if config.max_seq_length:
+        lengths = np.minimum(lengths, config.max_seq_length)
+        val_lengths = np.minimum(val_lengths, config.max_seq_length)
     batch_size, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
     micro_per_epoch = len(epoch_batches(lengths, batch_size, config.seed, 0, False)) // world
     if micro_per_epoch == 0:
@@ -374,7 +395,9 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     for epoch in range(start_epoch, config.num_train_epochs):
         if done:
             break
-        batches = epoch_batches(lengths, batch_size, config.seed, epoch, config.group_by_length)
+        batches = epoch_batches(
+            lengths, batch_size, config.seed, epoch, config.group_by_length, config.length_group_batches
+        )
         mine = batches[rank : micro_per_epoch * world : world]
         first = start_micro if epoch == start_epoch else 0
         if first == 0:
@@ -443,7 +466,9 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         if is_main:
             val = evaluate_split(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
             score = val[config.metric_for_best_model]
-            improved = best_score is None or (score > best_score if higher_is_better else score < best_score)
+            improved = keep_last or best_score is None or (
+                score > best_score if higher_is_better else score < best_score
+            )
             if improved:
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -466,12 +491,24 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 " (best)" if improved else "",
             )
             stale_epochs = 0 if improved else stale_epochs + 1
-            result = [bool(config.early_stopping_patience and stale_epochs >= config.early_stopping_patience)]
+            stop = bool(config.early_stopping_patience and stale_epochs >= config.early_stopping_patience)
+            stop = stop and not keep_last
+            if stop:
+                log.info("early stopping: no improvement of %s for %d epoch(s)", config.metric_for_best_model,
+                         stale_epochs)
+            elif config.pruning:
+                from kftune.components.tune.pruning import PruningTarget
+
+                prune = PruningTarget.from_json(config.pruning).report(score, epoch + 1)
+                stop = prune and epoch + 1 < config.num_train_epochs
+                if stop:
+                    history["pruned_at_epoch"] = epoch + 1
+                    log.info("pruned by the search after epoch %d (%s %.4f)", epoch + 1,
+                             config.metric_for_best_model, score)
+            result = [stop]
         if distributed:
             dist.broadcast_object_list(result, src=0)
         early_stop = result[0]
-        if early_stop and is_main:
-            log.info("early stopping: no improvement of %s for %d epoch(s)", config.metric_for_best_model, stale_epochs)
         done = early_stop or step >= total_steps or epoch + 1 == config.num_train_epochs
         save(epoch + 1, 0)
     preemption.restore()

@@ -534,12 +534,13 @@ def _log_line(line: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_raises(job: str):
-    """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job is deleted
-    on the way out instead of running on. Signal handlers can only be set in the main thread."""
+def _sigterm_raises(job: str, kind: str = "TrainJob"):
+    """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job (a ``kind``
+    resource) is deleted on the way out instead of running on. Signal handlers can only be set in
+    the main thread."""
 
     def handler(signum, frame):
-        raise KftuneError(f"stopped by SIGTERM while TrainJob {job} was running; deleting it")
+        raise KftuneError(f"stopped by SIGTERM while {kind} {job} was running; deleting it")
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None
@@ -548,6 +549,27 @@ def _sigterm_raises(job: str):
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def stage_run_dir(config: TrainConfig, dataset_dir: Path, run_dir: Path, mount_path: Path) -> TrainConfig:
+    """Create ``run_dir`` on the shared volume with what the workers train from; return the config they read.
+
+    The dataset goes to ``run_dir/dataset`` and the config to ``run_dir/train_config.json``; a
+    pretrained model in a local directory off the volume is copied to ``run_dir/pretrained`` (and
+    the config points there). A partly written ``run_dir`` is removed again.
+    """
+    run_dir.mkdir(parents=True)
+    try:
+        model = Path(config.model).expanduser()
+        if model.is_dir() and not model.is_relative_to(mount_path):  # a local model: the workers need a copy
+            shutil.copytree(model, run_dir / "pretrained")
+            config = replace(config, model=str(run_dir / "pretrained"))
+        shutil.copytree(dataset_dir, run_dir / "dataset")
+        config.to_json(run_dir / CONFIG_FILE)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return config
 
 
 def launch_multinode(
@@ -614,17 +636,7 @@ def launch_multinode(
     if not mount_path.is_dir():
         raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
 
-    run_dir.mkdir(parents=True)
-    try:
-        model = Path(config.model).expanduser()
-        if model.is_dir() and not model.is_relative_to(mount_path):  # a local model: the workers need a copy
-            shutil.copytree(model, run_dir / "pretrained")
-            config = replace(config, model=str(run_dir / "pretrained"))
-        shutil.copytree(dataset_dir, run_dir / "dataset")
-        config.to_json(run_dir / CONFIG_FILE)
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
+    config = stage_run_dir(config, dataset_dir, run_dir, mount_path)
     emit(f"multi-node run directory: {run_dir}")
 
     try:

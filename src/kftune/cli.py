@@ -1,4 +1,4 @@
-"""The kftune command line: run the finetune pipeline locally, compile it for a cluster.
+"""The kftune command line: run the finetune or tune pipeline locally, compile them for a cluster.
 
 ``kftune run`` takes one flag per pipeline parameter (``--learning-rate`` for
 ``learning_rate``; ``--data`` and ``--model`` for the input data and pretrained model), with
@@ -19,7 +19,7 @@ from pathlib import Path
 from kftune import __version__
 from kftune.components.common.errors import KftuneError
 
-DEFAULT_COMPILED = Path("pipelines/compiled/finetune.yaml")
+COMPILED_DIR = Path("pipelines/compiled")
 DEFAULT_RUNS_DIR = Path("kftune-runs")
 
 
@@ -113,8 +113,50 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Run the tune pipeline locally: search, train the best, evaluate, export."""
+    from kftune.components.evaluate.report import evaluation_markdown
+    from kftune.components.tune.report import search_markdown
+    from kftune.components.tune.search import check_search
+    from kftune.components.tune.space import parse_space
+    from kftune.pipelines.local import run_tune_locally
+    from kftune.pipelines.tune import tune
+
+    arguments = _pipeline_arguments(args, tune.pipeline_func)
+    if arguments["search_backend"] != "pipeline":
+        raise KftuneError("search_backend katib creates a Katib Experiment on a cluster (kftune compile --pipeline "
+                          "tune, then run it there); a local search uses --search-backend pipeline")
+    check_search(arguments["algorithm"], arguments["max_trials"], arguments["metric"], arguments["direction"])
+    parse_space(arguments["search_space"], arguments["training_mode"])
+    preflight(arguments)
+    try:
+        result = run_tune_locally(arguments, args.output_dir)
+    except RuntimeError as e:  # kfp.local: a task failed; its log is printed above
+        raise KftuneError(f"the pipeline failed: {str(e).strip().splitlines()[0]} (see the task log above)") from e
+    results = result.results() | {"best_params": result.best_params, "search": result.search,
+                                  "search_report": str(result.search_report)}
+    print()
+    print("kftune hyperparameter search")
+    print()
+    print(search_markdown(result.search))
+    print("best parameters: " + ", ".join(f"{k}={v}" for k, v in result.search["best"]["params"].items()))
+    print()
+    print("final model (test split)")
+    print()
+    print(evaluation_markdown(result.evaluation))
+    print(f"search report:    {result.search_report}")
+    print(f"fine-tuned model: {results['artifacts']['model']}")
+    print(f"ONNX model:       {results['artifacts']['onnx']}")
+    print(f"wall time:        {result.seconds:.0f} s")
+    if args.results:
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.results).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"results:          {args.results}")
+    return 0
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
-    """Compile the finetune pipeline to KFP YAML for a cluster."""
+    """Compile the finetune or tune pipeline to KFP YAML for a cluster."""
     from kfp import compiler
 
     from kftune.components.common.images import ImageScheme
@@ -126,15 +168,40 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if not key or not has_value:
             raise KftuneError(f"--node-selector {item!r}: expected LABEL=VALUE")
         node_selector.append((key, value))
-    pipeline = build_finetune_pipeline(
-        ImageScheme(registry=args.registry, tag=args.tag),
-        TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type, cpu=args.train_cpu,
-                       memory=args.train_memory, shm_size=args.shm_size, node_selector=tuple(node_selector),
-                       tolerations=tuple(args.toleration), shared_pvc=args.shared_pvc, retries=args.retries),
-    )
+    images = ImageScheme(registry=args.registry, tag=args.tag)
+    resources = TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type, cpu=args.train_cpu,
+                               memory=args.train_memory, shm_size=args.shm_size, node_selector=tuple(node_selector),
+                               tolerations=tuple(args.toleration), shared_pvc=args.shared_pvc, retries=args.retries)
+    if args.pipeline == "tune":
+        from kftune.pipelines.tune import build_tune_pipeline
+
+        if args.trial_parallelism < 1:
+            raise KftuneError(f"--trial-parallelism must be >= 1, got {args.trial_parallelism}")
+        pipeline = build_tune_pipeline(images, resources, trial_parallelism=args.trial_parallelism)
+    else:
+        pipeline = build_finetune_pipeline(images, resources)
+    args.output = args.output or COMPILED_DIR / f"{args.pipeline}.yaml"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(args.output))
     print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Upload a compiled pipeline to a KFP endpoint as a new version, start a run, optionally wait for it."""
+    from kftune.submit import SubmitSettings, parse_param_assignments, submit
+
+    settings = SubmitSettings(
+        host=args.host, namespace=args.namespace, token=args.token, ca_cert=args.ca_cert,
+        verify_tls=not args.insecure_skip_verify, pipeline_name=args.pipeline_name, version_name=args.version_name,
+        experiment=args.experiment, run_name=args.run_name, parameters=parse_param_assignments(args.param),
+        wait=args.wait, timeout=args.timeout, poll_interval=args.poll_interval,
+    )
+    result = submit(settings, args.pipeline_file)
+    if args.wait and result["state"] != "SUCCEEDED":
+        error = f": {result['error']}" if result.get("error") else ""
+        print(f"kftune: run {result['run_id']} ended {result['state']}{error} ({result['run_url']})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -166,10 +233,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     run.set_defaults(handler=cmd_run)
 
-    comp = sub.add_parser("compile", help="compile the finetune pipeline to KFP YAML for a cluster",
-                          description="Compile the finetune pipeline to KFP YAML (upload it in the KFP UI).")
-    comp.add_argument("--output", "-o", type=Path, default=DEFAULT_COMPILED,
-                      help=f"YAML file to write (default: {DEFAULT_COMPILED})")
+    from kftune.pipelines.tune import tune
+
+    tune_parser = sub.add_parser(
+        "tune",
+        help="search hyperparameters, then train, evaluate and export the best (kfp.local, no cluster)",
+        description="Run the tune pipeline locally with kfp.local: a grid, random or Optuna TPE search "
+        "whose trials are real training runs, then the finetune steps with the best parameters. "
+        "With no flags: TPE over learning rate, batch size, warmup and weight decay, 4 trials, on the "
+        "bundled data and model.",
+    )
+    _add_pipeline_flags(tune_parser, tune.pipeline_func)
+    tune_parser.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
+                             help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
+    tune_parser.add_argument("--results", type=Path, metavar="FILE",
+                             help="also write the search, the best parameters and the test results to FILE as JSON")
+    tune_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show tracebacks on errors")
+    tune_parser.set_defaults(handler=cmd_tune)
+
+    comp = sub.add_parser("compile", help="compile the finetune or tune pipeline to KFP YAML for a cluster",
+                          description="Compile a pipeline to KFP YAML (upload it in the KFP UI).")
+    comp.add_argument("--pipeline", choices=("finetune", "tune"), default="finetune",
+                      help="which pipeline (default: finetune)")
+    comp.add_argument("--output", "-o", type=Path,
+                      help=f"YAML file to write (default: {COMPILED_DIR}/<pipeline>.yaml)")
+    comp.add_argument("--trial-parallelism", type=int, default=2,
+                      help="tune: grid/random trials running at once, each with the train task's resources "
+                      "(default: 2)")
     comp.add_argument("--registry", default=images.registry,
                       help=f"image registry of the component images (default: $KFTUNE_REGISTRY or {images.registry})")
     comp.add_argument("--tag", default=images.tag,
@@ -193,6 +284,44 @@ def build_parser() -> argparse.ArgumentParser:
                       help="retries of a failed train task, each resuming from its checkpoint (default: 2)")
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     comp.set_defaults(handler=cmd_compile)
+
+    submit_parser = sub.add_parser(
+        "submit", help="upload a compiled pipeline to a Kubeflow Pipelines endpoint and start a run",
+        description="Upload a compiled pipeline YAML as a new version of a named pipeline (created if needed), "
+        "start a run in an experiment (created if needed) and print the run's page in the KFP UI. The token "
+        "comes from $KF_PIPELINES_TOKEN, else a service-account token file in a pod; it is never printed. "
+        "Exit status: 0, or with --wait 1 when the run does not succeed; 2 on errors.",
+    )
+    submit_parser.add_argument("--host", help="KFP API base URL, e.g. https://kubeflow.example.com/pipeline or "
+                               "http://localhost:8888 (default: $KFP_HOST, $KF_PIPELINES_ENDPOINT, or in a pod the "
+                               "in-cluster ml-pipeline service)")
+    submit_parser.add_argument("--namespace", help="profile namespace on multi-user KFP (default: $KFP_NAMESPACE, "
+                               "or in a pod its namespace)")
+    submit_parser.add_argument("--token", help="bearer token; better set $KF_PIPELINES_TOKEN (a flag shows in shell "
+                               "history and process lists)")
+    submit_parser.add_argument("--ca-cert", metavar="FILE", help="CA certificate (PEM) that verifies the endpoint's "
+                               "TLS certificate")
+    submit_parser.add_argument("--insecure-skip-verify", action="store_true",
+                               help="do not verify the endpoint's TLS certificate (testing only)")
+    submit_parser.add_argument("--pipeline-file", type=Path, default=COMPILED_DIR / "finetune.yaml",
+                               help=f"compiled pipeline YAML (default: {COMPILED_DIR}/finetune.yaml)")
+    submit_parser.add_argument("--pipeline-name", help="pipeline to add the version to (default: the YAML's "
+                               "pipelineInfo.name)")
+    submit_parser.add_argument("--version-name", help="name of the new version (default: kftune-<version>-<sha256 "
+                               "of the YAML>; an unchanged YAML reuses its version)")
+    submit_parser.add_argument("--experiment", default="kftune", help="experiment of the run (default: kftune)")
+    submit_parser.add_argument("--run-name", help="name of the run (default: '<pipeline> <UTC date time>')")
+    submit_parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                               help="run parameter, converted to its declared type, e.g. learning_rate=3e-5 "
+                               "(repeatable)")
+    submit_parser.add_argument("--wait", action="store_true", help="follow the run's state until it ends")
+    submit_parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                               help="with --wait: stop waiting after SECONDS (exit 2; the run goes on)")
+    submit_parser.add_argument("--poll-interval", type=float, default=10.0, metavar="SECONDS",
+                               help="with --wait: seconds between polls (default: 10)")
+    submit_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show tracebacks on errors")
+    submit_parser.set_defaults(handler=cmd_submit)
     return parser
 
 

@@ -1,0 +1,934 @@
+"""Hyperparameter search at cluster scale: run the trials as a Katib ``Experiment``.
+
+The launcher puts the preprocessed dataset and the base training config on a shared volume
+(a ReadWriteMany PVC mounted in its own pod and in every trial), creates a Katib Experiment
+whose trials are ``batch/v1`` Jobs running the train image, follows the Experiment until it
+finishes, deletes it, and returns the best parameters with a summary of every trial.
+
+Each trial runs ``python -m kftune.components.tune.trial`` (torchrun, like the train
+component), with the searched options as ``--set NAME=VALUE`` and its output under
+``<run_dir>/trials/<trial name>`` (checkpoints beside it, so no two trials share any). When it
+is done it prints the best epoch's ``val_f1_macro=...``, ``val_accuracy=...`` and
+``val_loss=...`` on stdout: Katib's ``StdOut`` metrics collector (injected into the trial pods
+by Katib's webhook, in namespaces labelled ``katib.kubeflow.org/metrics-collector-injection:
+enabled`` as Kubeflow profiles are) reads them, with the ``latest`` strategy for every metric.
+
+    run_dir/                     on the shared volume, one per Experiment
+        train_config.json        the base TrainConfig; each trial overrides the searched options
+        dataset/                 copy of the preprocessed dataset artifact
+        pretrained/              copy of a local pretrained model (if it is not on the volume)
+        trials/<trial>/          a trial's model (and <trial>.checkpoints/)
+
+The Experiment is built from Katib's own API models (``kubeflow_katib_api``, the models the
+Kubeflow SDK's optimizer sends) and the trial's Job from the Kubernetes client's models; the
+pod template is checked once more against Katib's copy of the core models. Some Katib facts
+the spec follows:
+
+* Katib's StdOut collector rewrites the container's command into one ``sh -c`` line, its
+  arguments joined with spaces and not quoted, so every argument must be shell-safe: paths
+  and names are checked for that, and the searched values are numbers.
+* Grid search (Katib's Optuna service) needs finitely many values and at most as many trials
+  as combinations: every parameter becomes a ``categorical`` list of its grid values.
+* Bayesian optimisation (Katib's scikit-optimize service) samples *every* ``double`` range
+  log-uniformly, which is wrong for a linear range and impossible from 0 (``warmup_ratio``):
+  a linear float range is given to it as the categorical list of its grid values.
+* ``random_state`` (the seed) is read by the hyperopt (random, tpe) and skopt services.
+* A trial's name reaches its command through a trial parameter referencing ``${trialSpec.Name}``.
+* The trial pods are labelled ``sidecar.istio.io/inject: "false"``: in Kubeflow namespaces
+  with Istio injection a Job's pod would otherwise never finish (the proxy keeps running).
+
+Whatever happens (success, failure, timeout, SIGTERM, KeyboardInterrupt) an Experiment that was
+created is deleted, and with it its Trials and their Jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kubeflow.optimizer.constants import constants as katib_constants
+from kubeflow_katib_api import models
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
+from urllib3.exceptions import HTTPError
+
+from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.train.config import BEST_METRICS, TrainConfig
+from kftune.components.train.trainjob import (
+    CONFIG_FILE,
+    DNS_1123_LABEL,
+    DNS_1123_SUBDOMAIN,
+    DNS_LABEL,
+    MAX_API_ERRORS,
+    REQUEST_TIMEOUT_SECONDS,
+    RUNS_DIR,
+    SHARED_VOLUME,
+    SHM_VOLUME,
+    _api_error,
+    _sigterm_raises,
+    current_namespace,
+    kube_api_client,
+    new_job_name,
+    stage_run_dir,
+)
+from kftune.components.tune.space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("grid", "random", "tpe", "bayesianoptimization")
+SEEDED_ALGORITHMS = ("random", "tpe", "bayesianoptimization")  # their services read random_state
+DIRECTIONS = ("maximize", "minimize")
+
+GROUP = katib_constants.GROUP  # kubeflow.org
+VERSION = katib_constants.VERSION  # v1beta1
+API_VERSION = katib_constants.API_VERSION
+EXPERIMENT_KIND = katib_constants.EXPERIMENT_KIND
+EXPERIMENT_PLURAL = katib_constants.EXPERIMENT_PLURAL
+TRIAL_PLURAL = katib_constants.TRIAL_PLURAL
+EXPERIMENT_LABEL = katib_constants.EXPERIMENT_LABEL  # katib.kubeflow.org/experiment, on every Trial
+SUCCEEDED = katib_constants.EXPERIMENT_SUCCEEDED
+FAILED = "Failed"
+
+LABELS = {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "tune"}
+NAME_PREFIX = "kftune-tune"
+PRIMARY_CONTAINER = "training"
+TRIAL_MODULE = "kftune.components.tune.trial"
+TRIAL_NAME_PARAMETER = "trialName"
+TRIAL_NAME_REFERENCE = "${trialSpec.Name}"
+METRICS_COLLECTOR = "StdOut"
+METRIC_STRATEGY = "latest"  # the trial prints the best epoch's values last
+ISTIO_INJECT = "sidecar.istio.io/inject"
+TRIALS_DIR = "trials"
+
+DEFAULT_TIMEOUT_SECONDS = 3 * 24 * 3600
+DEFAULT_POLL_SECONDS = 15.0
+# Katib (and its webhook) reject Experiment names longer than 40 characters.
+MAX_NAME_LENGTH = 40
+# What survives Katib's unquoted `sh -c` command line (shlex's safe characters).
+SHELL_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+RESOURCE_NAME = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def objective_metric(metric: str) -> str:
+    """The name the trial prints its validation ``metric`` under (``val_f1_macro``)."""
+    return f"val_{metric}"
+
+
+def default_direction(metric: str) -> str:
+    return "minimize" if metric == "loss" else "maximize"
+
+
+@dataclass
+class KatibRequest:
+    """What to search as a Katib Experiment, and where the trials run."""
+
+    image: str
+    """The training image (it has the trial module)."""
+    space: SearchSpace
+    config_path: str
+    """The base TrainConfig (JSON) on the shared volume."""
+    dataset_path: str
+    """The preprocessed dataset on the shared volume."""
+    output_root: str
+    """Where the trials write their models, one directory per trial, on the shared volume."""
+    pvc_name: str
+    """ReadWriteMany PersistentVolumeClaim shared by this pod and the trials."""
+    mount_path: str
+    """Where the PVC is mounted, in the trials and in this pod."""
+    algorithm: str = "random"
+    metric: str = "f1_macro"
+    direction: str | None = None
+    """``maximize`` or ``minimize`` (None: minimize for loss, maximize otherwise)."""
+    max_trials: int = 12
+    parallel_trials: int = 3
+    max_failed_trials: int = 3
+    """The Experiment fails once more trials than this have failed."""
+    seed: int = 42
+    namespace: str = "default"
+    gpus_per_trial: int = 0
+    accelerator_type: str = "nvidia.com/gpu"
+    """The extended resource the GPUs are requested as."""
+    cpu: str | None = "4"
+    """CPU request and limit per trial, a Kubernetes quantity (None: none)."""
+    memory: str | None = "16G"
+    """Memory request and limit per trial (None: none)."""
+    shm_size: str | None = "2Gi"
+    """Size of a memory-backed /dev/shm for the data loaders and NCCL (None: the container's 64 MiB)."""
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict] = field(default_factory=list)
+    service_account: str | None = None
+    """Service account of the trial pods (None: the namespace's default)."""
+    trial_retries: int = 0
+    """Retries of a failed trial pod (the Job's backoffLimit); a failed trial counts towards max_failed_trials."""
+    active_deadline_seconds: int | None = None
+    """Deadline of each trial's Job, enforced by the cluster should this pod die without deleting the Experiment."""
+    python: str = "python"
+    name: str = field(default_factory=lambda: new_job_name(NAME_PREFIX))
+
+    def __post_init__(self):
+        if self.direction is None:
+            self.direction = default_direction(self.metric)
+        self.validate()
+
+    def validate(self) -> None:
+        """Reject what Katib or the cluster would reject (or misread), naming the field."""
+        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_LENGTH or not DNS_LABEL.match(self.name):
+            raise ConfigError(
+                f"name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
+                f"and ending with a letter or digit (Katib's rule for Experiments), got {self.name!r}"
+            )
+        if not DNS_1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
+            raise ConfigError(f"namespace must be a DNS-1123 label, got {self.namespace!r}")
+        if not isinstance(self.image, str) or not self.image.strip() or any(c.isspace() for c in self.image):
+            raise ConfigError(f"image is required (the training image the trials run), got {self.image!r}")
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
+        if self.metric not in BEST_METRICS:
+            raise ConfigError(f"metric must be one of {', '.join(BEST_METRICS)}, got {self.metric!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
+        if self.direction != default_direction(self.metric):
+            raise ConfigError(
+                f"direction={self.direction!r} with metric {self.metric!r} would pick the worst trial; "
+                f"{self.metric} is to be {default_direction(self.metric)}d"
+            )
+        self._validate_space()
+        for name in ("max_trials", "parallel_trials", "max_failed_trials", "seed", "gpus_per_trial", "trial_retries"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.max_trials < 1:
+            raise ConfigError(f"max_trials must be >= 1, got {self.max_trials}")
+        if self.parallel_trials < 1:
+            raise ConfigError(f"parallel_trials must be >= 1, got {self.parallel_trials}")
+        if self.parallel_trials > self.max_trials:
+            raise ConfigError(
+                f"parallel_trials ({self.parallel_trials}) must not exceed max_trials ({self.max_trials})"
+            )
+        if not 0 <= self.max_failed_trials <= self.max_trials:
+            raise ConfigError(
+                f"max_failed_trials must be between 0 and max_trials ({self.max_trials}), got {self.max_failed_trials}"
+            )
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0 (Katib's random_state), got {self.seed}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
+        if self.trial_retries < 0:
+            raise ConfigError(f"trial_retries must be >= 0, got {self.trial_retries}")
+        if self.algorithm == "grid":
+            combinations = math.prod(len(p.grid_values()) for p in self.space.params)
+            if self.max_trials > combinations:
+                raise ConfigError(
+                    f"max_trials ({self.max_trials}) exceeds the {combinations} combinations of the grid; "
+                    "Katib's grid search rejects that: lower max_trials or add grid points"
+                )
+        if not isinstance(self.accelerator_type, str) or not RESOURCE_NAME.match(self.accelerator_type):
+            raise ConfigError(
+                f"accelerator_type must be a resource name such as 'nvidia.com/gpu', got {self.accelerator_type!r}"
+            )
+        if not self.pvc_name:
+            raise ConfigError(
+                "pvc_name is required: a ReadWriteMany PersistentVolumeClaim through which the dataset, "
+                "the config and the trials' outputs reach the trial pods"
+            )
+        if not DNS_1123_SUBDOMAIN.match(self.pvc_name) or len(self.pvc_name) > 253:
+            raise ConfigError(f"pvc_name must be a DNS-1123 subdomain, got {self.pvc_name!r}")
+        mount_path = str(self.mount_path)
+        if not mount_path.startswith("/") or ":" in mount_path or not SHELL_SAFE.match(mount_path):
+            raise ConfigError(
+                f"mount_path must be an absolute path without ':', spaces or shell characters, got {mount_path!r}"
+            )
+        for name in ("config_path", "dataset_path", "output_root"):
+            value = str(getattr(self, name))
+            if not SHELL_SAFE.match(value) or not Path(value).is_relative_to(mount_path):
+                raise ConfigError(
+                    f"{name} must be a path on the shared volume ({mount_path}) without spaces or shell "
+                    f"characters (Katib runs the trial command through sh), got {value!r}"
+                )
+        if not SHELL_SAFE.match(self.python):
+            raise ConfigError(f"python must be a command without spaces or shell characters, got {self.python!r}")
+        for name in ("cpu", "memory", "shm_size"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            try:
+                quantity = parse_quantity(value)
+            except (ValueError, TypeError) as e:
+                raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
+            if quantity <= 0:
+                raise ConfigError(f"{name} must be > 0, got {value!r}")
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
+            raise ConfigError(f"node_selector must map strings to strings, got {self.node_selector!r}")
+        for toleration in self.tolerations:
+            try:
+                models.IoK8sApiCoreV1Toleration.from_dict(toleration)
+            except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+                raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+        if self.service_account is not None and (
+            not DNS_1123_SUBDOMAIN.match(self.service_account) or len(self.service_account) > 253
+        ):
+            raise ConfigError(f"service_account must be a DNS-1123 subdomain, got {self.service_account!r}")
+        if self.active_deadline_seconds is not None and self.active_deadline_seconds < 1:
+            raise ConfigError(f"active_deadline_seconds must be >= 1, got {self.active_deadline_seconds}")
+
+    def _validate_space(self) -> None:
+        if not isinstance(self.space, SearchSpace) or not self.space.params:
+            raise ConfigError("space must be a non-empty SearchSpace (see kftune.components.tune.space.parse_space)")
+        seen = set()
+        for param in self.space.params:
+            if param.name not in SEARCHABLE:
+                raise ConfigError(f"space: {param.name!r} cannot be searched; searchable: {', '.join(SEARCHABLE)}")
+            if param.name in seen:
+                raise ConfigError(f"space: {param.name} appears twice")
+            seen.add(param.name)
+
+
+# --- the Experiment -----------------------------------------------------------------------------
+
+
+def katib_parameters(space: SearchSpace, algorithm: str) -> list[models.V1beta1ParameterSpec]:
+    """The search space as Katib parameters (one per option, named like the option).
+
+    Grid search gets every option as a ``categorical`` list of its grid values; otherwise a float
+    range is a ``double`` (``logUniform`` when ``log``, with its ``step`` if any), an integer
+    range an ``int`` and a list of choices a ``categorical`` list. Bayesian optimisation gets a
+    linear float range as its grid values too (its service samples every double on a log scale).
+    """
+    parameters = []
+    for param in space.params:
+        as_list = (
+            algorithm == "grid"
+            or param.kind == "categorical"
+            or (algorithm == "bayesianoptimization" and param.kind == "float" and not param.log)
+        )
+        if as_list:
+            kind = "categorical"
+            feasible = models.V1beta1FeasibleSpace(list=[str(v) for v in param.grid_values()])
+        else:
+            kind = "double" if param.kind == "float" else "int"
+            feasible = models.V1beta1FeasibleSpace(
+                min=_number(param.low, param.kind),
+                max=_number(param.high, param.kind),
+                step=None if param.step is None else _number(param.step, param.kind),
+                distribution="logUniform" if param.log else "uniform",
+            )
+        parameters.append(models.V1beta1ParameterSpec(name=param.name, parameterType=kind, feasibleSpace=feasible))
+    return parameters
+
+
+def _number(value: float, kind: str) -> str:
+    return str(int(value)) if kind == "int" else repr(float(value))
+
+
+def trial_command(request: KatibRequest) -> list[str]:
+    """What each trial runs; Katib substitutes the ``${trialParameters.*}`` placeholders."""
+    command = [
+        request.python, "-m", TRIAL_MODULE,
+        "--config", str(request.config_path),
+        "--dataset", str(request.dataset_path),
+        "--output", f"{request.output_root}/${{trialParameters.{TRIAL_NAME_PARAMETER}}}",
+        "--metric", request.metric,
+    ]  # fmt: skip
+    for name in request.space.names:
+        command += ["--set", f"{name}=${{trialParameters.{name}}}"]
+    return command
+
+
+def trial_job(request: KatibRequest) -> dict:
+    """The ``batch/v1`` Job each trial runs, as the plain document Katib's trialSpec holds."""
+    resources: dict[str, str] = {}
+    if request.cpu is not None:
+        resources["cpu"] = request.cpu
+    if request.memory is not None:
+        resources["memory"] = request.memory
+    if request.gpus_per_trial:
+        resources[request.accelerator_type] = str(request.gpus_per_trial)
+    mounts = [client.V1VolumeMount(name=SHARED_VOLUME, mount_path=str(request.mount_path))]
+    volumes = [
+        client.V1Volume(
+            name=SHARED_VOLUME,
+            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name=request.pvc_name),
+        )
+    ]
+    if request.shm_size:
+        mounts.append(client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
+        volumes.append(
+            client.V1Volume(
+                name=SHM_VOLUME, empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=request.shm_size)
+            )
+        )
+    container = client.V1Container(
+        name=PRIMARY_CONTAINER,
+        image=request.image,
+        command=trial_command(request),
+        resources=client.V1ResourceRequirements(requests=resources or None, limits=resources or None),
+        volume_mounts=mounts,
+    )
+    pod_spec = client.V1PodSpec(
+        containers=[container],
+        restart_policy="Never",
+        volumes=volumes,
+        node_selector=dict(request.node_selector) or None,
+        service_account_name=request.service_account,
+    )
+    job = client.V1Job(
+        api_version="batch/v1",
+        kind="Job",
+        spec=client.V1JobSpec(
+            backoff_limit=request.trial_retries,
+            active_deadline_seconds=request.active_deadline_seconds,
+            template=client.V1PodTemplateSpec(
+                metadata=client.V1ObjectMeta(labels={**LABELS, ISTIO_INJECT: "false"}),
+                spec=pod_spec,
+            ),
+        ),
+    )
+    with client.ApiClient() as serializer:
+        doc = serializer.sanitize_for_serialization(job)
+    if request.tolerations:  # validated as dicts (camelCase), sent as given
+        doc["spec"]["template"]["spec"]["tolerations"] = [dict(t) for t in request.tolerations]
+    try:  # the pod template through Katib's own copy of the core models as well
+        models.IoK8sApiCoreV1PodTemplateSpec.from_dict(doc["spec"]["template"])
+    except ValueError as e:
+        raise ConfigError(f"the trial pod template is invalid: {e}") from e
+    return doc
+
+
+def build_experiment(request: KatibRequest) -> models.V1beta1Experiment:
+    """The Katib Experiment for ``request``, as Katib's API model."""
+    request.validate()
+    objective_name = objective_metric(request.metric)
+    additional = [objective_metric(m) for m in BEST_METRICS if m != request.metric]
+    objective = models.V1beta1ObjectiveSpec(
+        type=request.direction,
+        objectiveMetricName=objective_name,
+        additionalMetricNames=additional,
+        metricStrategies=[
+            models.V1beta1MetricStrategy(name=name, value=METRIC_STRATEGY) for name in [objective_name, *additional]
+        ],
+    )
+    settings = None
+    if request.algorithm in SEEDED_ALGORITHMS:
+        settings = [models.V1beta1AlgorithmSetting(name="random_state", value=str(request.seed))]
+    trial_parameters = [
+        models.V1beta1TrialParameterSpec(
+            name=TRIAL_NAME_PARAMETER,
+            reference=TRIAL_NAME_REFERENCE,
+            description="the trial's name: its output directory",
+        )
+    ]
+    trial_parameters += [
+        models.V1beta1TrialParameterSpec(name=name, reference=name, description=f"training option {name}")
+        for name in request.space.names
+    ]
+    spec = models.V1beta1ExperimentSpec(
+        objective=objective,
+        algorithm=models.V1beta1AlgorithmSpec(algorithmName=request.algorithm, algorithmSettings=settings),
+        parameters=katib_parameters(request.space, request.algorithm),
+        maxTrialCount=request.max_trials,
+        parallelTrialCount=request.parallel_trials,
+        maxFailedTrialCount=request.max_failed_trials,
+        metricsCollectorSpec=models.V1beta1MetricsCollectorSpec(
+            collector=models.V1beta1CollectorSpec(kind=METRICS_COLLECTOR)
+        ),
+        trialTemplate=models.V1beta1TrialTemplate(
+            primaryContainerName=PRIMARY_CONTAINER,
+            trialParameters=trial_parameters,
+            trialSpec=trial_job(request),
+        ),
+    )
+    return models.V1beta1Experiment(
+        apiVersion=API_VERSION,
+        kind=EXPERIMENT_KIND,
+        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=request.name, namespace=request.namespace, labels=dict(LABELS)
+        ),
+        spec=spec,
+    )
+
+
+# --- running it ---------------------------------------------------------------------------------
+
+
+def run_experiment(
+    request: KatibRequest,
+    api_client: client.ApiClient | None = None,
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    delete: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Create the Experiment, follow it to its end, delete it; return the best parameters and the trials.
+
+    Returns ``{"experiment": handle, "best_params": {option: value}, "best_score": float,
+    "best_trial": name, "best_metrics": {metric: value}, "objective": "val_<metric>",
+    "direction": ..., "trials": [...]}``, the values typed like the options (int or float).
+    Progress (conditions, trial counts, the best trial so far) goes to ``log`` (default: this
+    module's logger). Raises :class:`KftuneError` when the create is refused, when the
+    Experiment fails (with its reason and message and some failed trials' messages), when it
+    finishes without any trial reporting the objective, when it has not finished after
+    ``timeout_seconds``, or when the API server keeps failing. With ``delete`` a created
+    Experiment is deleted whatever happens, SIGTERM (the run being cancelled) included.
+    """
+    emit = log or _log_line
+    body = build_experiment(request).to_dict()
+    own_client = api_client is None
+    api_client = api_client or kube_api_client()
+    custom = client.CustomObjectsApi(api_client)
+    experiment_id = f"{request.namespace}/{request.name}"
+    start = time.monotonic()
+    maybe_created = True  # a create that timed out may still have created the Experiment
+    try:
+        with _sigterm_raises(experiment_id, kind="Katib Experiment"):
+            try:
+                created = custom.create_namespaced_custom_object(
+                    GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
+                )
+            except ApiException as e:
+                maybe_created = e.status is None or e.status >= 500
+                raise KftuneError(_create_error(request, e)) from e
+            except HTTPError as e:
+                raise KftuneError(f"cannot create Katib Experiment {experiment_id}: {e}") from e
+            uid = (created.get("metadata") or {}).get("uid")
+            emit(
+                f"Katib Experiment {experiment_id} created: {request.algorithm} search over "
+                f"{', '.join(request.space.names)}; up to {request.max_trials} trials, {request.parallel_trials} "
+                f"at a time, {request.gpus_per_trial} GPU(s) each; {request.direction} "
+                f"{objective_metric(request.metric)}; image {request.image}"
+            )
+            experiment = _wait(custom, request, timeout_seconds, poll_seconds, emit)
+            trials = list_trials(custom, request, poll_seconds, emit)
+    finally:
+        if maybe_created:
+            if delete:
+                _delete(custom, request, emit)
+            else:
+                emit(
+                    f"Katib Experiment {experiment_id} kept; delete it with: "
+                    f"kubectl delete experiment -n {request.namespace} {request.name}"
+                )
+        if own_client:
+            api_client.close()
+    return _result(request, experiment, trials, uid, time.monotonic() - start)
+
+
+def _wait(custom, request: KatibRequest, timeout_seconds: float, poll_seconds: float, emit) -> models.V1beta1Experiment:
+    """Poll the Experiment until it has a Succeeded or Failed condition; report what changes on the way."""
+    progress = _Progress(request, emit)
+    deadline = time.monotonic() + timeout_seconds
+    errors = 0
+    experiment_id = f"{request.namespace}/{request.name}"
+    while True:
+        try:
+            doc = custom.get_namespaced_custom_object(
+                GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )  # fmt: skip
+            errors = 0
+        except (ApiException, HTTPError) as e:
+            errors += 1
+            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            if not transient or errors > MAX_API_ERRORS:
+                raise KftuneError(f"Katib Experiment {experiment_id}: {_api_error(e)}") from e
+            emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
+        else:
+            try:
+                experiment = models.V1beta1Experiment.from_dict(doc)
+            except ValueError as e:
+                raise KftuneError(
+                    f"Katib Experiment {experiment_id}: unexpected status from the API server: {e}"
+                ) from e
+            progress.report(experiment)
+            if final_condition(experiment):
+                return experiment
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KftuneError(
+                f"Katib Experiment {experiment_id} timed out after {timeout_seconds:g} s without finishing "
+                f"(last state: {progress.state}); deleting it"
+            )
+        time.sleep(min(poll_seconds, remaining))
+
+
+def final_condition(experiment: models.V1beta1Experiment) -> dict | None:
+    """``{"type", "reason", "message"}`` of the Experiment's Succeeded or Failed condition, if it has one."""
+    for condition in (experiment.status.conditions if experiment.status else None) or []:
+        if condition.status == "True" and condition.type in (SUCCEEDED, FAILED):
+            return {"type": condition.type, "reason": condition.reason, "message": condition.message}
+    return None
+
+
+def trial_counts(experiment: models.V1beta1Experiment) -> dict[str, int]:
+    status = experiment.status or models.V1beta1ExperimentStatus()
+    return {
+        "total": status.trials or 0,
+        "succeeded": status.trials_succeeded or 0,
+        "failed": status.trials_failed or 0,
+        "running": status.trials_running or 0,
+        "pending": status.trials_pending or 0,
+        "killed": status.trials_killed or 0,
+        "early_stopped": status.trials_early_stopped or 0,
+        "metrics_unavailable": status.trial_metrics_unavailable or 0,
+    }
+
+
+class _Progress:
+    """Reports what is new since the last poll: conditions, trial counts, the best trial so far."""
+
+    def __init__(self, request: KatibRequest, emit: Callable[[str], None]):
+        self.request = request
+        self.emit = emit
+        self.seen_conditions: set[tuple] = set()
+        self.last: tuple | None = None
+        self.condition = "Created"
+        self.counts = ""
+
+    @property
+    def state(self) -> str:
+        """The latest condition and trial counts, for a timeout message."""
+        return f"{self.condition}, {self.counts}" if self.counts else self.condition
+
+    def report(self, experiment: models.V1beta1Experiment) -> None:
+        name = self.request.name
+        for condition in (experiment.status.conditions if experiment.status else None) or []:
+            key = (condition.type, condition.status, condition.reason)
+            if key in self.seen_conditions:
+                continue
+            self.seen_conditions.add(key)
+            if condition.status == "True":
+                self.condition = condition.type
+            detail = f": {condition.message}" if condition.message else ""
+            self.emit(f"Experiment {name}: {condition.type}={condition.status} ({condition.reason}){detail}")
+        counts = trial_counts(experiment)
+        optimal = experiment.status.current_optimal_trial if experiment.status else None
+        best = _optimal_summary(self.request, optimal)
+        snapshot = (tuple(sorted(counts.items())), best)
+        if snapshot == self.last:
+            return
+        self.last = snapshot
+        parts = [f"{counts['succeeded']}/{self.request.max_trials} trials succeeded"]
+        for key in ("failed", "running", "pending", "killed", "early_stopped", "metrics_unavailable"):
+            if counts[key]:
+                parts.append(f"{counts[key]} {key.replace('_', ' ')}")
+        line = f"Experiment {name}: " + ", ".join(parts)
+        if best:
+            line += f"; best so far {best}"
+        self.counts = ", ".join(parts)
+        self.emit(line)
+
+
+def _optimal_summary(request: KatibRequest, optimal: models.V1beta1OptimalTrial | None) -> str:
+    if not optimal or not optimal.best_trial_name:
+        return ""
+    score = metric_value(
+        optimal.observation.metrics if optimal.observation else None,
+        objective_metric(request.metric),
+        request.direction,
+    )
+    assignments = ", ".join(f"{a.name}={a.value}" for a in optimal.parameter_assignments or [])
+    shown = "?" if score is None else f"{score:.4g}"
+    return f"{objective_metric(request.metric)}={shown} ({optimal.best_trial_name}: {assignments})"
+
+
+def metric_value(metrics: list[models.V1beta1Metric] | None, name: str, direction: str) -> float | None:
+    """The value of metric ``name``: its ``latest`` (the strategy the spec asks for), else its best."""
+    for metric in metrics or []:
+        if metric.name != name:
+            continue
+        for text in (metric.latest, metric.max if direction == "maximize" else metric.min):
+            try:
+                value = float(text)
+            except (TypeError, ValueError):  # None, or Katib's "unavailable"
+                continue
+            if math.isfinite(value):
+                return value
+    return None
+
+
+def typed_value(param: Param, text: str):
+    """A Katib assignment (a string) as the option's value: int or float, one of the choices."""
+    if param.kind == "categorical":
+        for choice in param.choices:
+            if str(choice) == text:
+                return choice
+    try:
+        number = float(text)
+    except (TypeError, ValueError) as e:
+        raise KftuneError(f"Katib assigned {param.name}={text!r}, which is not a number") from e
+    return int(round(number)) if SEARCHABLE[param.name] is int else number
+
+
+def typed_assignments(space: SearchSpace, assignments: list[models.V1beta1ParameterAssignment] | None) -> dict:
+    """Katib's parameter assignments as ``{option: typed value}``, in the search space's order."""
+    by_name = {a.name: a.value for a in assignments or []}
+    return {p.name: typed_value(p, by_name[p.name]) for p in space.params if p.name in by_name}
+
+
+def list_trials(custom, request: KatibRequest, poll_seconds: float, emit) -> list[dict]:
+    """The Experiment's Trials (name, parameters, condition, metrics, score), oldest first.
+
+    Best effort: the trial table is a report, so an API server that keeps failing (or RBAC that
+    does not allow listing trials) gives a warning and an empty list, not an error.
+    """
+    errors = 0
+    while True:
+        try:
+            doc = custom.list_namespaced_custom_object(
+                GROUP, VERSION, request.namespace, TRIAL_PLURAL,
+                label_selector=f"{EXPERIMENT_LABEL}={request.name}",
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            )  # fmt: skip
+            items = [models.V1beta1Trial.from_dict(item) for item in doc.get("items") or []]
+            break
+        except (ApiException, HTTPError) as e:
+            errors += 1
+            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            if not transient or errors > MAX_API_ERRORS:
+                emit(f"warning: cannot list the trials of Experiment {request.name} ({_api_error(e)})")
+                return []
+            time.sleep(min(poll_seconds, 5.0))
+        except ValueError as e:  # a Trial the models cannot read
+            emit(f"warning: cannot read the trials of Experiment {request.name} ({e})")
+            return []
+    items.sort(key=lambda t: (str(t.metadata.creation_timestamp or ""), t.metadata.name or ""))
+    return [_trial_summary(request, trial) for trial in items]
+
+
+def _trial_summary(request: KatibRequest, trial: models.V1beta1Trial) -> dict:
+    objective_name = objective_metric(request.metric)
+    conditions = (trial.status.conditions if trial.status else None) or []
+    current = next((c for c in reversed(conditions) if c.status == "True"), None)
+    metrics = (trial.status.observation.metrics if trial.status and trial.status.observation else None) or []
+    try:
+        params = typed_assignments(request.space, trial.spec.parameter_assignments if trial.spec else None)
+    except KftuneError:
+        params = {a.name: a.value for a in (trial.spec.parameter_assignments if trial.spec else None) or []}
+    return {
+        "name": trial.metadata.name if trial.metadata else None,
+        "params": params,
+        "condition": current.type if current else "Created",
+        "reason": current.reason if current else None,
+        "message": current.message if current else None,
+        "metrics": {m.name: metric_value([m], m.name, request.direction) for m in metrics if m.name},
+        "score": metric_value(metrics, objective_name, request.direction),
+    }
+
+
+def _failed_trials_detail(trials: list[dict], limit: int = 3) -> str:
+    failed = [t for t in trials if t["condition"] in ("Failed", "MetricsUnavailable", "Killed")]
+    if not failed:
+        return ""
+    shown = "; ".join(f"trial {t['name']}: {t['condition']}: {t['reason']}: {t['message']}" for t in failed[:limit])
+    more = f" (and {len(failed) - limit} more)" if len(failed) > limit else ""
+    return f"; {shown}{more}"
+
+
+def _result(request: KatibRequest, experiment, trials: list[dict], uid, duration: float) -> dict:
+    experiment_id = f"{request.namespace}/{request.name}"
+    condition = final_condition(experiment)
+    counts = trial_counts(experiment)
+    objective_name = objective_metric(request.metric)
+    if condition["type"] != SUCCEEDED:
+        raise KftuneError(
+            f"Katib Experiment {experiment_id} failed after {duration:.0f} s: {condition['reason']}: "
+            f"{condition['message']} ({counts['failed']} of {counts['total']} trials failed, "
+            f"max_failed_trials={request.max_failed_trials}){_failed_trials_detail(trials)}"
+        )
+    optimal = experiment.status.current_optimal_trial
+    score = metric_value(optimal.observation.metrics if optimal and optimal.observation else None,
+                         objective_name, request.direction)  # fmt: skip
+    if not optimal or not optimal.parameter_assignments or score is None:
+        raise KftuneError(
+            f"Katib Experiment {experiment_id} finished ({condition['reason']}) but no trial reported "
+            f"{objective_name}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
+            f"{counts['metrics_unavailable']} without metrics (each trial must print '{objective_name}=<value>' "
+            f"on stdout){_failed_trials_detail(trials)}"
+        )
+    best_metrics = {
+        m.name: metric_value([m], m.name, request.direction) for m in optimal.observation.metrics or [] if m.name
+    }
+    return {
+        "experiment": {
+            "name": request.name,
+            "namespace": request.namespace,
+            "uid": uid,
+            "algorithm": request.algorithm,
+            "condition": condition["type"],
+            "reason": condition["reason"],
+            "message": condition["message"],
+            "trial_counts": counts,
+            "duration_seconds": duration,
+        },
+        "objective": objective_name,
+        "direction": request.direction,
+        "best_trial": optimal.best_trial_name,
+        "best_params": typed_assignments(request.space, optimal.parameter_assignments),
+        "best_score": score,
+        "best_metrics": best_metrics,
+        "trials": trials,
+    }
+
+
+CANNOT_DELETE = "could not delete Katib Experiment %s (%s); delete it with: kubectl delete experiment -n %s %s"
+
+
+def _delete(custom: client.CustomObjectsApi, request: KatibRequest, emit) -> None:
+    """Delete the Experiment and, through the garbage collector, its Trials, their Jobs and pods."""
+    experiment_id = f"{request.namespace}/{request.name}"
+    try:
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
+            propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )  # fmt: skip
+    except ApiException as e:
+        if e.status != 404:
+            log.error(CANNOT_DELETE, experiment_id, _api_error(e), request.namespace, request.name)
+        return
+    except HTTPError as e:
+        log.error(CANNOT_DELETE, experiment_id, e, request.namespace, request.name)
+        return
+    emit(f"Katib Experiment {experiment_id} deleted")
+
+
+def _create_error(request: KatibRequest, e: ApiException) -> str:
+    experiment_id = f"{request.namespace}/{request.name}"
+    detail = _api_error(e)
+    if e.status == 404:
+        if "namespace" in detail.lower():
+            return (
+                f"cannot create Katib Experiment {experiment_id}: namespace {request.namespace!r} not found: {detail}"
+            )
+        return (
+            f"cannot create Katib Experiment {experiment_id}: Katib is not installed (no experiments.{GROUP} "
+            f"CRD: the API {GROUP}/{VERSION} is not served): {detail}"
+        )
+    if e.status == 403:
+        return (
+            f"cannot create Katib Experiment {experiment_id}: not allowed; the pipeline's service account needs "
+            f"create, get and delete on experiments.{GROUP} and list on trials.{GROUP} "
+            f"(manifests/base/rbac.yaml): {detail}"
+        )
+    if e.status == 409:
+        return (
+            f"cannot create Katib Experiment {experiment_id}: an Experiment of that name already exists "
+            f"(left over from an earlier run? kubectl delete experiment -n {request.namespace} {request.name}): "
+            f"{detail}"
+        )
+    if e.status in (400, 422):
+        return f"cannot create Katib Experiment {experiment_id}: rejected by Katib's validation: {detail}"
+    return f"cannot create Katib Experiment {experiment_id}: {detail}"
+
+
+def _log_line(line: str) -> None:
+    log.info("%s", line)
+
+
+# --- the whole launch ---------------------------------------------------------------------------
+
+
+def launch_katib(
+    base_config: TrainConfig,
+    dataset_dir: str | Path,
+    space: SearchSpace,
+    *,
+    image: str,
+    pvc_name: str,
+    mount_path: str | Path,
+    algorithm: str = "random",
+    metric: str | None = None,
+    direction: str | None = None,
+    max_trials: int = 12,
+    parallel_trials: int = 3,
+    max_failed_trials: int = 3,
+    seed: int | None = None,
+    namespace: str | None = None,
+    gpus_per_trial: int = 0,
+    accelerator_type: str = "nvidia.com/gpu",
+    cpu: str | None = "4",
+    memory: str | None = "16G",
+    shm_size: str | None = "2Gi",
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    service_account: str | None = None,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    poll_seconds: float = DEFAULT_POLL_SECONDS,
+    api_client: client.ApiClient | None = None,
+    log: Callable[[str], None] | None = None,
+    keep_run_dir: bool = False,
+) -> dict:
+    """Search ``space`` with Katib, each trial training ``base_config`` with its values; return
+    :func:`run_experiment`'s result.
+
+    ``metric`` defaults to the config's ``metric_for_best_model`` and ``seed`` to its ``seed``.
+    The shared volume ``pvc_name`` must be mounted at ``mount_path`` in this pod too: the dataset
+    and the config are copied into a fresh run directory on it, which the trials read and write
+    their models under. On success the run directory (the trials' models) is removed unless
+    ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays, for a look at what
+    the trials left, and the error names it.
+    """
+    base_config.validate()
+    metric = metric or base_config.metric_for_best_model
+    mount_path, dataset_dir = Path(mount_path), Path(dataset_dir)
+    for name in space.names if isinstance(space, SearchSpace) else []:
+        if name in LORA_OPTIONS and base_config.training_mode != "lora":
+            raise ConfigError(f"search space: {name} is searched but training_mode is {base_config.training_mode!r}")
+    name = new_job_name(NAME_PREFIX)
+    run_dir = mount_path / RUNS_DIR / name
+    request = KatibRequest(
+        name=name,
+        namespace=namespace or current_namespace(),
+        image=image,
+        space=space,
+        config_path=str(run_dir / CONFIG_FILE),
+        dataset_path=str(run_dir / "dataset"),
+        output_root=str(run_dir / TRIALS_DIR),
+        pvc_name=pvc_name,
+        mount_path=str(mount_path),
+        algorithm=algorithm,
+        metric=metric,
+        direction=direction,
+        max_trials=max_trials,
+        parallel_trials=parallel_trials,
+        max_failed_trials=max_failed_trials,
+        seed=base_config.seed if seed is None else seed,
+        gpus_per_trial=gpus_per_trial,
+        accelerator_type=accelerator_type,
+        cpu=cpu,
+        memory=memory,
+        shm_size=shm_size,
+        node_selector=dict(node_selector or {}),
+        tolerations=list(tolerations or []),
+        service_account=service_account,
+        active_deadline_seconds=math.ceil(timeout_seconds),
+    )
+    if not mount_path.is_dir():
+        raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
+    if not dataset_dir.is_dir():
+        raise ConfigError(f"dataset {dataset_dir} is not a directory")
+
+    # Each trial checkpoints beside its own output; a shared checkpoint_dir would let one trial
+    # resume another's run. Optuna pruning is for the in-process search, not Katib's.
+    config = replace(base_config, checkpoint_dir="", pruning="", metric_for_best_model=metric)
+    stage_run_dir(config, dataset_dir, run_dir, mount_path)
+    (run_dir / TRIALS_DIR).mkdir()
+    (log or _log_line)(f"Katib run directory: {run_dir}")
+
+    try:
+        result = run_experiment(
+            request, api_client, timeout_seconds=timeout_seconds, poll_seconds=poll_seconds, log=log
+        )
+    except KftuneError as e:
+        raise KftuneError(f"{e} [inputs and trial outputs kept in {run_dir}]") from e
+    if keep_run_dir:
+        result["run_dir"] = str(run_dir)
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return result

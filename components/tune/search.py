@@ -1,0 +1,200 @@
+"""Hyperparameter search: grid and random plans for a pipeline fan-out, and an Optuna TPE study.
+
+Grid and random search decide every trial up front (:func:`plan_trials`), so the pipeline can
+run them side by side with ``dsl.ParallelFor`` and pick the best when they are all back
+(:func:`select_best`). Bayesian search needs each result before choosing the next trial, so
+:func:`optuna_search` runs a whole Optuna study (TPE sampler, median pruning of weak trials
+from their per-epoch validation scores) in one task.
+
+All three are reproducible: the same seed gives the same trials (training itself is seeded).
+With ``include_defaults`` the first trial is the base configuration itself (the searched
+options at their defaults), so the search reports how far it got beyond the default recipe
+and never returns a worse configuration than that one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.train.config import TrainConfig
+from kftune.components.tune.pruning import PruningTarget, journal_storage
+from kftune.components.tune.space import SearchSpace
+from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("grid", "random", "tpe")
+BACKENDS = {"pipeline": ALGORITHMS, "katib": ("grid", "random", "tpe", "bayesianoptimization")}
+DIRECTIONS = ("maximize", "minimize")
+STUDY_FILE = "study.journal"
+
+
+def check_search(algorithm: str, max_trials: int, metric: str, direction: str, backend: str = "pipeline") -> None:
+    if backend not in BACKENDS:
+        raise ConfigError(f"search_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if algorithm not in BACKENDS[backend]:
+        raise ConfigError(f"algorithm must be one of {', '.join(BACKENDS[backend])} with the {backend} backend, "
+                          f"got {algorithm!r}")
+    if max_trials < 1:
+        raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
+    if metric not in ("f1_macro", "accuracy", "loss"):
+        raise ConfigError(f"metric must be f1_macro, accuracy or loss, got {metric!r}")
+    if direction not in DIRECTIONS:
+        raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
+
+
+def default_params(space: SearchSpace, base: TrainConfig) -> dict:
+    """The base configuration's values of the searched options."""
+    return {name: getattr(base, name) for name in space.names}
+
+
+def plan_trials(
+    space: SearchSpace, algorithm: str, max_trials: int, seed: int, defaults: dict | None = None
+) -> list[dict]:
+    """The trials of a grid or random search: ``[{"number": 0, "params": {...}}, ...]``.
+
+    Grid: every combination in order, or, when the grid has more points than ``max_trials``,
+    a seeded random subset of them (kept in grid order). Random: ``max_trials`` seeded draws,
+    without repeats. ``defaults`` (if given) is trial 0 and counts against the budget.
+    """
+    rng = random.Random(seed)
+    chosen = [dict(defaults)] if defaults else []
+    budget = max_trials - len(chosen)
+    if algorithm == "grid":
+        grid = [p for p in space.grid() if p not in chosen]
+        if len(grid) > budget:
+            log.warning("the grid has %d points, more than the %d trials left in the budget: trying a seeded "
+                        "random %d of them", len(grid), budget, budget)
+            grid = [grid[i] for i in sorted(rng.sample(range(len(grid)), budget))]
+        chosen += grid
+    elif algorithm == "random":
+        attempts = 0
+        while len(chosen) < max_trials and attempts < 100 * max_trials:
+            attempts += 1
+            params = space.sample(rng)
+            if params not in chosen:
+                chosen.append(params)
+    else:
+        raise ConfigError(f"plan_trials handles grid and random search, not {algorithm!r}")
+    return [{"number": i, "params": params} for i, params in enumerate(chosen)]
+
+
+def better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+def select_best(results: list[dict], direction: str) -> dict:
+    """The completed trial with the best score (the earliest among equals)."""
+    results = sorted(results, key=lambda r: r["number"])
+    complete = [r for r in results if r["state"] == COMPLETE]
+    if not complete:
+        failures = "; ".join(f"trial {r['number']}: {r['error'] or r['state']}" for r in results)
+        raise KftuneError(f"no trial of the search completed ({failures})")
+    best = complete[0]
+    for r in complete[1:]:
+        if better(r["score"], best["score"], direction):
+            best = r
+    return best
+
+
+def optuna_search(
+    base: TrainConfig,
+    space: SearchSpace,
+    dataset_dir: str | Path,
+    work_dir: str | Path,
+    max_trials: int,
+    seed: int,
+    direction: str,
+    include_defaults: bool = True,
+    prune: bool = True,
+    n_startup_trials: int = 2,
+) -> dict:
+    """Run an Optuna study whose trials train for real; return its trials and best trial.
+
+    TPE proposes each trial from the results so far (after ``n_startup_trials`` random ones,
+    seeded); a trial whose validation score after an epoch falls below the median of earlier
+    trials at that epoch is pruned (``MedianPruner``), which the training loop learns through
+    the study's journal file.
+    """
+    import optuna
+
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    storage_path = work_dir / STUDY_FILE
+    name = f"kftune-{seed}"
+    storage = journal_storage(str(storage_path))
+    target = PruningTarget(str(storage_path), name, -1, n_startup_trials=n_startup_trials)
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        direction=direction,
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials),
+        pruner=target.pruner() if prune else optuna.pruners.NopPruner(),
+    )
+    if include_defaults:
+        study.enqueue_trial(default_params(space, base), skip_if_exists=True)
+    results = []
+    for _ in range(max_trials):
+        trial = study.ask()
+        params = space.suggest(trial)
+        pruning = PruningTarget(**{**asdict(target), "trial_id": trial._trial_id}).to_json() if prune else ""
+        result = run_trial(base, params, dataset_dir, work_dir / f"trial-{trial.number}", trial.number, pruning)
+        if result["state"] == COMPLETE:
+            study.tell(trial, result["score"])
+        elif result["state"] == PRUNED:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        results.append(result)
+    return summary("tpe", base.metric_for_best_model, direction, results, param_importance(study))
+
+
+def param_importance(study) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA), or {} when it cannot tell (too few trials)."""
+    import optuna
+
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2 or len({json.dumps(t.params, sort_keys=True) for t in complete}) < 2:
+        return {}
+    try:
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study).items()}
+    except (RuntimeError, ValueError) as e:
+        log.info("no parameter importances: %s", e)
+        return {}
+
+
+def summary(algorithm: str, metric: str, direction: str, results: list[dict], importance: dict | None = None) -> dict:
+    """The search's record: every trial, the best one and, when computed, parameter importances."""
+    return {"algorithm": algorithm, "metric": metric, "direction": direction,
+            "trials": sorted(results, key=lambda r: r["number"]), "best": select_best(results, direction),
+            "importance": importance or {}}
+
+
+def counts(results: list[dict]) -> dict[str, int]:
+    return {state: sum(r["state"] == state for r in results) for state in (COMPLETE, PRUNED, FAILED)}
+
+
+def record_from_katib(outcome: dict, algorithm: str, metric: str, direction: str) -> dict:
+    """A Katib run (``katib.run_experiment``'s result) as the same search record the other searches write."""
+    states = {"Succeeded": COMPLETE, "EarlyStopped": PRUNED}
+    trials = []
+    for number, t in enumerate(outcome["trials"]):
+        state = states.get(t["condition"], FAILED if t["condition"] in ("Failed", "MetricsUnavailable", "Killed")
+                           else t["condition"].lower())
+        error = f"{t['reason']}: {t['message']}" if state == FAILED else ""
+        trials.append({"number": number, "name": t["name"], "params": t["params"], "state": state,
+                       "score": t["score"], "metrics": t["metrics"], "epoch_scores": [], "seconds": 0.0,
+                       "error": error})
+    best = next((t for t in trials if t["params"] == outcome["best_params"] and t["state"] == COMPLETE), None)
+    if best is None:  # Katib's optimal trial missing from the listing (listing is best effort)
+        best = {"number": len(trials), "name": outcome.get("best_trial"), "params": outcome["best_params"],
+                "state": COMPLETE, "score": outcome["best_score"], "metrics": outcome.get("best_metrics", {}),
+                "epoch_scores": [], "seconds": 0.0, "error": ""}
+        trials.append(best)
+    return {"algorithm": f"katib {algorithm}", "metric": metric, "direction": direction, "trials": trials,
+            "best": best, "importance": {}, "experiment": outcome["experiment"]}

@@ -1,0 +1,209 @@
+"""Hyperparameter search: the search space, grid/random plans, best-trial choice, Optuna TPE with
+median pruning, failing trials and the report. Trials train the tiny model for real."""
+
+import json
+import random
+
+import optuna
+import pytest
+
+from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.train.config import TrainConfig
+from kftune.components.train.loop import train
+from kftune.components.tune.pruning import PruningTarget, journal_storage
+from kftune.components.tune.report import search_html, search_markdown
+from kftune.components.tune.search import optuna_search, plan_trials, select_best, summary
+from kftune.components.tune.space import DEFAULT_SEARCH_SPACE, parse_space
+from kftune.components.tune.trial import FAILED, run_trial
+
+
+def test_default_space_parses_with_log_learning_rate():
+    space = parse_space(DEFAULT_SEARCH_SPACE)
+    lr = space.params[space.names.index("learning_rate")]
+    assert lr.kind == "float" and lr.log
+    low, mid, high = lr.grid_values()
+    assert low == pytest.approx(3e-5) and high == pytest.approx(2e-4)
+    assert mid == pytest.approx((3e-5 * 2e-4) ** 0.5, rel=1e-4)  # log-spaced, not the arithmetic mean
+    batch = space.params[space.names.index("per_device_train_batch_size")]
+    assert batch.kind == "categorical" and batch.choices == (16, 32)
+
+
+@pytest.mark.parametrize(
+    ("space", "message"),
+    [
+        ('{"learning_rate": {"low": 1e-5,}', "not valid JSON"),
+        ("[]", "non-empty JSON object"),
+        ('{"dropout": [0.1]}', "'dropout' cannot be searched"),
+        ('{"lora_r": [4, 8]}', "training_mode is 'full'"),
+        ('{"learning_rate": {"low": 1e-3, "high": 1e-5}}', "must be below high"),
+        ('{"weight_decay": {"low": 0, "high": 0.1, "log": true}}', "log-scale range needs low > 0"),
+        ('{"learning_rate": {"low": 1e-5}}', "needs both low and high"),
+        ('{"learning_rate": {"low": 1e-5, "high": 2}}', "learning_rate must be in (0, 1)"),
+        ('{"num_train_epochs": {"low": 1.5, "high": 3}}', "expected an integer"),
+        ('{"per_device_train_batch_size": []}', "non-empty list"),
+        ('{"per_device_train_batch_size": [16, 16]}', "repeat a value"),
+        ('{"warmup_ratio": {"low": 0, "high": 0.2, "grid": 0}}', "grid"),
+        ('{"warmup_ratio": {"low": 0, "high": 0.2, "scale": "log"}}', "unknown keys ['scale']"),
+        ('{"weight_decay": "0.01"}', "expected"),
+    ],
+)
+def test_malformed_search_space_is_rejected_with_the_reason(space, message):
+    with pytest.raises(ConfigError, match="search space") as error:
+        parse_space(space)
+    assert message in str(error.value)
+
+
+def test_lora_options_are_searchable_in_lora_mode():
+    space = parse_space('{"lora_r": [4, 8, 16], "lora_dropout": {"low": 0.0, "high": 0.2, "grid": 2}}', "lora")
+    assert space.grid() == [{"lora_r": r, "lora_dropout": d} for r in (4, 8, 16) for d in (0.0, 0.2)]
+
+
+def test_grid_plan_covers_the_grid_and_a_budget_takes_a_seeded_subset():
+    space = parse_space('{"learning_rate": {"low": 1e-5, "high": 1e-3, "log": true}, "num_train_epochs": [2, 3]}')
+    full = plan_trials(space, "grid", max_trials=10, seed=0)
+    assert [t["number"] for t in full] == list(range(6))
+    assert {t["params"]["learning_rate"] for t in full} == {1e-5, 1e-4, 1e-3}
+    small = plan_trials(space, "grid", max_trials=4, seed=0)
+    assert len(small) == 4 and all(t["params"] in [f["params"] for f in full] for t in small)
+    assert small == plan_trials(space, "grid", max_trials=4, seed=0)
+
+
+def test_random_plan_repeats_by_seed_and_starts_from_the_defaults():
+    space = parse_space(DEFAULT_SEARCH_SPACE)
+    defaults = {name: getattr(TrainConfig(), name) for name in space.names}
+    one = plan_trials(space, "random", max_trials=5, seed=7, defaults=defaults)
+    assert one == plan_trials(space, "random", max_trials=5, seed=7, defaults=defaults)
+    assert one[0]["params"] == defaults and len(one) == 5
+    assert one != plan_trials(space, "random", max_trials=5, seed=8, defaults=defaults)
+    for trial in one[1:]:
+        assert 3e-5 <= trial["params"]["learning_rate"] <= 2e-4
+        assert trial["params"]["per_device_train_batch_size"] in (16, 32)
+
+
+def test_sampling_respects_log_scale():
+    lr = parse_space('{"learning_rate": {"low": 1e-6, "high": 1e-2, "log": true}}').params[0]
+    rng = random.Random(0)
+    draws = [lr.sample(rng) for _ in range(400)]
+    # log-uniform: half of the draws fall in the lower two of the four decades; uniform would put 1 % there
+    assert 0.4 < sum(d < 1e-4 for d in draws) / len(draws) < 0.6
+
+
+def _result(number, score, state="complete", error=""):
+    return {"number": number, "params": {"learning_rate": 10.0 ** -number}, "state": state, "score": score,
+            "metrics": {}, "epoch_scores": [score] if score is not None else [], "seconds": 1.0, "error": error}
+
+
+def test_select_best_follows_the_direction_and_skips_failed_and_pruned_trials():
+    results = [_result(0, 0.80), _result(1, 0.90, "pruned"), _result(2, 0.85), _result(3, None, "failed", "boom")]
+    assert select_best(results, "maximize")["number"] == 2
+    assert select_best(results, "minimize")["number"] == 0
+    with pytest.raises(KftuneError, match="trial 3: boom"):
+        select_best([_result(3, None, "failed", "boom")], "maximize")
+
+
+def test_report_lists_every_trial(tmp_path):
+    results = [_result(0, 0.80), _result(1, 0.70, "pruned"), _result(2, None, "failed", "out of memory")]
+    search = summary("random", "f1_macro", "maximize", results)
+    text = search_markdown(search)
+    assert "3 trials, 1 complete, 1 pruned, 1 failed" in text and "out of memory" in text
+    html = search_html(search)
+    assert html.count("<tr>") == 4 and "data:image/png;base64" in html
+
+
+def test_pruning_target_prunes_below_the_median(tmp_path):
+    storage = journal_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    for scores in ([0.8, 0.85], [0.7, 0.8]):
+        trial = study.ask()
+        for epoch, score in enumerate(scores, start=1):
+            trial.report(score, epoch)
+        study.tell(trial, scores[-1])
+    weak, strong = study.ask(), study.ask()
+    target = PruningTarget(str(tmp_path / "study.journal"), "s", weak._trial_id)
+    assert PruningTarget.from_json(target.to_json()) == target
+    assert target.report(0.5, 1) is True
+    assert PruningTarget(str(tmp_path / "study.journal"), "s", strong._trial_id).report(0.9, 1) is False
+
+
+def test_training_loop_stops_a_pruned_trial(tmp_path, prepared, tiny_model):
+    storage_path = tmp_path / "study.journal"
+    study = optuna.create_study(study_name="s", storage=journal_storage(str(storage_path)), direction="maximize")
+    for _ in range(2):  # two finished trials that scored perfectly after every epoch
+        trial = study.ask()
+        for epoch in (1, 2, 3):
+            trial.report(1.0, epoch)
+        study.tell(trial, 1.0)
+    trial = study.ask()
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=3, per_device_train_batch_size=16,
+                         pruning=PruningTarget(str(storage_path), "s", trial._trial_id).to_json())
+    history = train(config, prepared, tmp_path / "model")
+    assert history["pruned_at_epoch"] == 1 and len(history["epochs"]) == 1
+    assert study.trials[-1].intermediate_values == {1: history["epochs"][0]["val_f1_macro"]}
+
+
+def test_failing_trial_is_reported_not_raised(tmp_path, prepared, tiny_model):
+    # two processes cannot share a single batch: the loop fails in both ranks, torchrun exits non-zero
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=1, nproc_per_node=2)
+    result = run_trial(base, {"per_device_train_batch_size": 4096}, prepared, tmp_path / "out", number=3)
+    assert result["state"] == FAILED and result["number"] == 3 and result["score"] is None
+    assert "torchrun exited with code" in result["error"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_tpe_search_is_reproducible_and_prunes(tmp_path, prepared, tiny_model):
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=2, per_device_train_batch_size=32,
+                       early_stopping_patience=0)
+    space = parse_space('{"learning_rate": {"low": 1e-6, "high": 3e-3, "log": true}}')
+    runs = [optuna_search(base, space, prepared, tmp_path / f"study-{i}", max_trials=5, seed=3, direction="maximize",
+                          n_startup_trials=2) for i in range(2)]
+    first, second = runs
+    assert [t["params"] for t in first["trials"]] == [t["params"] for t in second["trials"]]
+    assert first["best"]["params"] == second["best"]["params"]
+    assert first["trials"][0]["params"] == {"learning_rate": 1e-4}  # the default configuration goes first
+    best = first["best"]
+    assert all(best["score"] >= t["score"] for t in first["trials"] if t["state"] == "complete")
+    assert len({json.dumps(t["params"]) for t in first["trials"]}) == 5
+
+
+def test_hyperparameters_replace_searchable_options_with_checked_types():
+    from kftune.components.tune.space import apply_hyperparameters
+
+    config = apply_hyperparameters(TrainConfig(), {"learning_rate": 3e-5, "per_device_train_batch_size": 16.0})
+    assert config.learning_rate == 3e-5 and config.per_device_train_batch_size == 16
+    assert isinstance(config.per_device_train_batch_size, int)
+    with pytest.raises(ConfigError, match="not searchable"):
+        apply_hyperparameters(TrainConfig(), {"model": "other"})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        apply_hyperparameters(TrainConfig(), {"num_train_epochs": 2.5})
+    with pytest.raises(ConfigError, match="warmup_ratio"):
+        apply_hyperparameters(TrainConfig(), {"warmup_ratio": 1.5})
+
+
+def test_max_seq_length_cuts_texts_and_keeps_the_closing_token(prepared):
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    from kftune.components.train.loop import Collator
+
+    split = load_from_disk(str(prepared / "splits"))["train"]
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))
+    longest = max(range(len(split)), key=lambda i: len(split[i]["input_ids"]))
+    assert len(split[longest]["input_ids"]) > 8
+    batch = Collator(split, tokenizer, max_length=8)([longest])
+    full = split[longest]["input_ids"]
+    assert batch["input_ids"].shape == (1, 8) and batch["attention_mask"].shape == (1, 8)
+    assert batch["input_ids"][0].tolist() == full[:7] + [full[-1]]
+    assert full[-1] == tokenizer.sep_token_id
+
+
+def test_random_search_trains_its_trials_and_picks_the_best(tmp_path, prepared, tiny_model):
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=32, max_steps=4)
+    space = parse_space('{"learning_rate": {"low": 1e-5, "high": 1e-2, "log": true}, "warmup_ratio": [0.0, 0.2]}')
+    plan = plan_trials(space, "random", max_trials=3, seed=5)
+    results = [run_trial(base, t["params"], prepared, tmp_path / f"t{t['number']}", t["number"]) for t in plan]
+    assert [r["params"] for r in results] == [t["params"] for t in plan]
+    assert all(r["state"] == "complete" and 0 <= r["score"] <= 1 for r in results)
+    record = summary("random", "f1_macro", "maximize", results)
+    assert record["best"]["score"] == max(r["score"] for r in results)
+    assert not any(tmp_path.iterdir())  # trial models are removed once scored

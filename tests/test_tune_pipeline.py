@@ -1,0 +1,60 @@
+"""The tune pipeline run by kfp.local on a small slice: a grid fan-out with a failing trial,
+the best trial's parameters trained on train+validation, evaluated and exported; and the
+``kftune tune`` command's checks."""
+
+import json
+
+import pytest
+
+from kftune.cli import main
+from kftune.components.train.config import TrainConfig
+from kftune.components.train.loop import train
+from kftune.pipelines.local import run_tune_locally
+
+
+def test_train_on_train_and_validation_keeps_the_last_epoch(tmp_path, prepared, tiny_model):
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=2, per_device_train_batch_size=16,
+                         learning_rate=1e-12, early_stopping_patience=1, train_on="train+validation")
+    history = train(config, prepared, tmp_path / "m")
+    # a learning rate of 1e-12 never improves validation: without train_on the first epoch would be kept
+    # and early stopping would end the run after it
+    assert len(history["epochs"]) == 2 and history["best_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny_model):
+    # Two processes per trial: batch 4096 leaves one batch for two ranks, so that trial fails.
+    result = run_tune_locally({
+        "data": str(small_csv), "model": str(tiny_model), "algorithm": "grid", "max_trials": 3,
+        "search_space": '{"per_device_train_batch_size": [8, 4096]}', "num_train_epochs": 1,
+        "nproc_per_node": 2, "learning_rate": 1e-3, "final_train_on": "train+validation",
+        "min_accuracy": 0.0, "quantize_int8": False,
+    }, tmp_path)
+    trials = result.search["trials"]
+    assert [t["params"]["per_device_train_batch_size"] for t in trials] == [32, 8, 4096]  # defaults first
+    assert [t["state"] for t in trials] == ["complete", "complete", "failed"]
+    assert "torchrun exited with code" in trials[2]["error"]
+    best = max(trials[:2], key=lambda t: (t["score"], -t["number"]))
+    assert result.best_params == best["params"]
+    history = json.loads((result.model_dir / "training_history.json").read_text())
+    assert history["config"]["per_device_train_batch_size"] == best["params"]["per_device_train_batch_size"]
+    assert history["config"]["train_on"] == "train+validation"
+    assert (result.onnx_dir / "model.onnx").is_file() and "accuracy" in result.evaluation["model"]
+    html = result.search_report.read_text()
+    assert html.count("<tr>") == 4 and "failed" in html
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--search-space", '{"learning_rate": {"low": 1}}'], "search space: learning_rate: a range needs both"),
+        (["--algorithm", "bayesianoptimization"], "algorithm must be one of grid, random, tpe"),
+        (["--search-backend", "katib"], "creates a Katib Experiment on a cluster"),
+        (["--max-trials", "0"], "max_trials must be >= 1"),
+        (["--training-mode", "lora", "--search-space", '{"lora_r": [0, 4]}'], "lora_r must be >= 1"),
+    ],
+)
+def test_tune_command_rejects_bad_settings_before_starting(tmp_path, flags, message, capsys):
+    assert main(["tune", "--output-dir", str(tmp_path), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
