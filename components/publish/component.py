@@ -1,0 +1,45 @@
+"""KFP component: publish the exported model as a new version in object storage (thin layer over publish.py).
+
+Credentials never pass through here: the task gets them from a Kubernetes Secret as
+environment variables (``storage.use_s3_secret(task, ...)`` / ``storage.use_gcs_secret``), so
+the compiled YAML holds only the Secret's name.
+"""
+
+from kfp import dsl
+from kfp.dsl import Input, Metrics, Model, Output
+
+from kftune.components.common.images import ImageScheme
+
+
+def publish(
+    model: Input[Model],
+    uri: str,
+    metrics: Output[Metrics],
+    stale_after_hours: float = 24.0,
+) -> str:
+    """Upload the model directory as the next version v<N> under uri, verify it, then make it visible and move latest to it.
+
+    Args:
+        model: Model directory to publish (the ONNX export, or the Hugging Face model from train).
+        uri: Where the versions live: s3://bucket/prefix, gs://bucket/prefix or a path. Credentials come from the task's environment (a Kubernetes Secret), never from this parameter.
+        metrics: Output: version number, file count and size of the published version.
+        stale_after_hours: Incomplete versions left by interrupted publishes are removed once their newest object is older than this.
+
+    Returns:
+        The URI of the published version, e.g. s3://models/sentiment/v3.
+    """
+    import logging
+
+    from kftune.components.publish.publish import publish_model
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    result = publish_model(model.path, uri, stale_after_s=stale_after_hours * 3600)
+    metrics.log_metric("version", int(result["version"][1:]))
+    metrics.log_metric("files", result["files"])
+    metrics.log_metric("size_mb", round(result["bytes"] / 2**20, 2))
+    return result["version_uri"]
+
+
+def component(images: ImageScheme = ImageScheme()):
+    """The publish component running in its image under ``images``."""
+    return dsl.component(publish, base_image=images.image("publish"), install_kfp_package=False)
