@@ -157,23 +157,7 @@ class TrainJobRequest:
             raise ConfigError(f"mount_path must be an absolute path without ':', got {self.mount_path!r}")
         if not DNS_1123_SUBDOMAIN.match(self.runtime) or len(self.runtime) > 253:
             raise ConfigError(f"runtime must be a DNS-1123 subdomain, got {self.runtime!r}")
-        for name in ("cpu", "memory", "shm_size"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            try:
-                quantity = parse_quantity(value)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
-            if quantity <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
-            raise ConfigError(f"node_selector must map strings to strings, got {self.node_selector!r}")
-        for toleration in self.tolerations:
-            try:
-                models.IoK8sApiCoreV1Toleration.from_dict(toleration)
-            except (ValueError, TypeError) as e:  # pydantic's ValidationError is a ValueError
-                raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+        check_pod_placement(self, models.IoK8sApiCoreV1Toleration)
         for name, value in self.env.items():
             if not isinstance(name, str) or not ENV_NAME.match(name) or not isinstance(value, str):
                 raise ConfigError(f"env must map variable names to strings, got {name!r}: {value!r}")
@@ -185,6 +169,28 @@ class TrainJobRequest:
     @property
     def nproc_per_node(self) -> int:
         return self.procs_per_node or self.gpus_per_node or 1
+
+
+def check_pod_placement(request, toleration_model) -> None:
+    """Check a request's ``cpu``, ``memory``, ``shm_size`` (quantities or None), ``node_selector``
+    and ``tolerations`` (against ``toleration_model``, an SDK's copy of the core Toleration)."""
+    for name in ("cpu", "memory", "shm_size"):
+        value = getattr(request, name)
+        if value is None:
+            continue
+        try:
+            quantity = parse_quantity(value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
+        if quantity <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in request.node_selector.items()):
+        raise ConfigError(f"node_selector must map strings to strings, got {request.node_selector!r}")
+    for toleration in request.tolerations:
+        try:
+            toleration_model.from_dict(toleration)
+        except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+            raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
 
 
 def worker_command(

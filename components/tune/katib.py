@@ -56,7 +56,6 @@ from kubeflow.optimizer.constants import constants as katib_constants
 from kubeflow_katib_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
 from kftune.components.common.errors import ConfigError, KftuneError
@@ -73,6 +72,7 @@ from kftune.components.train.trainjob import (
     SHM_VOLUME,
     _api_error,
     _sigterm_raises,
+    check_pod_placement,
     current_namespace,
     kube_api_client,
     new_job_name,
@@ -254,23 +254,7 @@ class KatibRequest:
                 )
         if not SHELL_SAFE.match(self.python):
             raise ConfigError(f"python must be a command without spaces or shell characters, got {self.python!r}")
-        for name in ("cpu", "memory", "shm_size"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            try:
-                quantity = parse_quantity(value)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
-            if quantity <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.node_selector.items()):
-            raise ConfigError(f"node_selector must map strings to strings, got {self.node_selector!r}")
-        for toleration in self.tolerations:
-            try:
-                models.IoK8sApiCoreV1Toleration.from_dict(toleration)
-            except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
-                raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+        check_pod_placement(self, models.IoK8sApiCoreV1Toleration)
         if self.service_account is not None and (
             not DNS_1123_SUBDOMAIN.match(self.service_account) or len(self.service_account) > 253
         ):

@@ -86,6 +86,23 @@ def preflight(arguments: dict) -> None:
     prepare_rows(PreprocessConfig(**{k: v for k, v in arguments.items() if k in prep_fields}))
 
 
+def _run_locally(runner, arguments: dict, output_dir: Path):
+    try:
+        return runner(arguments, output_dir)
+    except RuntimeError as e:  # kfp.local: a task failed; its log is printed above
+        raise KftuneError(f"the pipeline failed: {str(e).strip().splitlines()[0]} (see the task log above)") from e
+
+
+def _print_artifacts(results: dict, seconds: float, results_file: Path | None) -> None:
+    print(f"fine-tuned model: {results['artifacts']['model']}")
+    print(f"ONNX model:       {results['artifacts']['onnx']}")
+    print(f"wall time:        {seconds:.0f} s")
+    if results_file:
+        Path(results_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(results_file).write_text(json.dumps(results, indent=2), encoding="utf-8")
+        print(f"results:          {results_file}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the finetune pipeline locally and print the results table and artifact paths."""
     from kftune.components.evaluate.report import evaluation_markdown
@@ -94,22 +111,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     arguments = _pipeline_arguments(args, finetune.pipeline_func)
     preflight(arguments)
-    try:
-        result = run_finetune_locally(arguments, args.output_dir)
-    except RuntimeError as e:  # kfp.local: a task failed; its log is printed above
-        raise KftuneError(f"the pipeline failed: {str(e).strip().splitlines()[0]} (see the task log above)") from e
+    result = _run_locally(run_finetune_locally, arguments, args.output_dir)
     results = result.results()
     print()
     print("kftune finetune results (test split)")
     print()
     print(evaluation_markdown(result.evaluation))
-    print(f"fine-tuned model: {results['artifacts']['model']}")
-    print(f"ONNX model:       {results['artifacts']['onnx']}")
-    print(f"wall time:        {result.seconds:.0f} s")
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"results:          {args.results}")
+    _print_artifacts(results, result.seconds, args.results)
     return 0
 
 
@@ -129,10 +137,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     check_search(arguments["algorithm"], arguments["max_trials"], arguments["metric"], arguments["direction"])
     parse_space(arguments["search_space"], arguments["training_mode"])
     preflight(arguments)
-    try:
-        result = run_tune_locally(arguments, args.output_dir)
-    except RuntimeError as e:  # kfp.local: a task failed; its log is printed above
-        raise KftuneError(f"the pipeline failed: {str(e).strip().splitlines()[0]} (see the task log above)") from e
+    result = _run_locally(run_tune_locally, arguments, args.output_dir)
     results = result.results() | {"best_params": result.best_params, "search": result.search,
                                   "search_report": str(result.search_report)}
     print()
@@ -145,13 +150,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print()
     print(evaluation_markdown(result.evaluation))
     print(f"search report:    {result.search_report}")
-    print(f"fine-tuned model: {results['artifacts']['model']}")
-    print(f"ONNX model:       {results['artifacts']['onnx']}")
-    print(f"wall time:        {result.seconds:.0f} s")
-    if args.results:
-        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.results).write_text(json.dumps(results, indent=2), encoding="utf-8")
-        print(f"results:          {args.results}")
+    _print_artifacts(results, result.seconds, args.results)
     return 0
 
 
