@@ -158,7 +158,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         """Fine-tune a pretrained transformer for text classification.
 
         Args:
-            data: Labelled text: a CSV/TSV/JSONL/Parquet file or datasets.save_to_disk directory, or bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative).
+            data: Labelled text: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), or bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative).
             text_column: Column holding the text.
             label_column: Column holding the label (strings or integers, two or more classes).
             data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.

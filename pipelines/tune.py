@@ -101,7 +101,7 @@ def build_tune_pipeline(
         """Search hyperparameters, then fine-tune, evaluate and export the best configuration.
 
         Args:
-            data: Labelled text: a CSV/TSV/JSONL/Parquet file or datasets.save_to_disk directory, or bundled:rotten-tomatoes.
+            data: Labelled text: a CSV/TSV/JSONL/Parquet file, a directory of shards or a datasets.save_to_disk directory, local or s3:// / gs:// (credentials from the environment), or bundled:rotten-tomatoes.
             text_column: Column holding the text.
             label_column: Column holding the label.
             data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.

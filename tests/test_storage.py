@@ -783,3 +783,25 @@ def test_component_compiles_with_secret_and_no_credential_values(tmp_path, monke
     assert "minio-service.kubeflow:9000" in text
     for secret in (FAKE_KEY, FAKE_SECRET):
         assert secret not in text
+
+
+def test_preprocess_ingests_a_prefix_of_shards_and_names_the_object_on_bad_rows(s3, moto, bundled_frame, tmp_path):
+    from kftune.components.preprocess.reader import read_labelled_data
+
+    frame = bundled_frame.head(900).reset_index(drop=True)
+    shards = _write_shards(frame, 3)
+    client, bucket = _minio(moto.endpoint), s3[5:]
+    for i, shard in enumerate(shards):
+        client.put_object(bucket, f"raw/reviews/part-{i:05d}.csv", io.BytesIO(shard), len(shard))
+    read = read_labelled_data(f"{s3}/raw/reviews")
+    assert read["text"].tolist() == frame["text"].tolist() and read["label"].tolist() == frame["label"].tolist()
+    one = read_labelled_data(f"{s3}/raw/reviews/part-00001.csv")
+    assert one["text"].tolist() == frame["text"].iloc[300:600].tolist()
+
+    bad = b"text,label\n\"unterminated,1\n"
+    client.put_object(bucket, "raw/bad/part-00000.csv", io.BytesIO(bad), len(bad))
+    with pytest.raises(DataError) as error:
+        read_labelled_data(f"{s3}/raw/bad")
+    assert f"{s3}/raw/bad/part-00000.csv" in str(error.value) and "kftune-ingest" not in str(error.value)
+    with pytest.raises(DataError, match="no column 'review'"):
+        read_labelled_data(f"{s3}/raw/reviews", text_column="review")

@@ -31,7 +31,7 @@ def preprocess(
         dataset: Output: tokenized train/validation/test splits, label map and tokenizer.
         report: Output: HTML data report (rows removed per rule, label distribution, lengths).
         metrics: Output: the data report's figures as scalars.
-        data: Input data: a local CSV/TSV/JSONL/Parquet file or datasets.save_to_disk directory, or bundled:rotten-tomatoes.
+        data: Input data: a CSV/TSV/JSONL/Parquet file, a directory of shards or a datasets.save_to_disk directory, local or s3:// / gs:// (credentials from the environment), or bundled:rotten-tomatoes.
         text_column: Column holding the text.
         label_column: Column holding the label (strings or integers).
         data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.

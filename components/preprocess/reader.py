@@ -13,6 +13,7 @@ import gzip
 import io
 import json
 import lzma
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ import pandas as pd
 from kftune.components.common import bundled
 from kftune.components.common.errors import DataError
 from kftune.components.common.schema import LABEL, TEXT
+from kftune.components.common.storage import fetch, is_remote
 
 FORMATS = ("auto", "csv", "tsv", "jsonl", "parquet", "hf-disk")
 _SUFFIX_FORMATS = {
@@ -131,6 +133,26 @@ def read_bundled() -> pd.DataFrame:
     )
 
 
+def _read_file(path: Path, data_format: str) -> pd.DataFrame:
+    fmt = detect_format(path) if data_format == "auto" else data_format
+    reader = {
+        "csv": lambda p: _read_delimited(p, ","),
+        "tsv": lambda p: _read_delimited(p, "\t"),
+        "jsonl": _read_jsonl,
+        "parquet": _read_parquet,
+        "hf-disk": _read_hf_disk,
+    }[fmt]
+    return reader(path)
+
+
+def _fetch_remote(uri: str, dest: Path) -> str:
+    """Download one object or a prefix of shards (or a ``save_to_disk`` directory) to ``dest``;
+    return the local path to read: the file, or the directory of shards."""
+    paths = fetch(uri, dest / "data")
+    single = len(paths) == 1 and paths[0] == dest / "data" / uri.rstrip("/").rsplit("/", 1)[-1]
+    return str(paths[0]) if single and not uri.endswith("/") else str(dest / "data")
+
+
 def read_labelled_data(
     data: str,
     text_column: str = TEXT,
@@ -140,7 +162,9 @@ def read_labelled_data(
     """Read ``data`` and return a frame with exactly the columns ``text`` and ``label``.
 
     Args:
-        data: A local file or directory, or ``bundled:rotten-tomatoes``.
+        data: A local file or directory (a ``save_to_disk`` directory, or a directory of shards
+            in one format, read in name order), an ``s3://`` / ``gs://`` object or prefix of
+            shards (credentials from the environment), or ``bundled:rotten-tomatoes``.
         text_column: Column holding the text.
         label_column: Column holding the label (strings or integers).
         data_format: One of ``FORMATS``; ``auto`` infers it from the path.
@@ -149,18 +173,24 @@ def read_labelled_data(
         return read_bundled()
     if data_format not in FORMATS:
         raise DataError(f"unknown data format {data_format!r}; expected one of {', '.join(FORMATS)}")
+    if is_remote(data):
+        with tempfile.TemporaryDirectory(prefix="kftune-ingest-") as tmp:
+            local = _fetch_remote(data, Path(tmp))
+            try:
+                return read_labelled_data(local, text_column, label_column, data_format)
+            except DataError as e:  # name the object, not the temporary copy
+                raise DataError(str(e).replace(local, data.rstrip("/"))) from None
     path = Path(data)
     if not path.exists():
         raise DataError(f"{path}: no such file or directory")
-    fmt = detect_format(path) if data_format == "auto" else data_format
-    reader = {
-        "csv": lambda p: _read_delimited(p, ","),
-        "tsv": lambda p: _read_delimited(p, "\t"),
-        "jsonl": _read_jsonl,
-        "parquet": _read_parquet,
-        "hf-disk": _read_hf_disk,
-    }[fmt]
-    frame = reader(path)
+    if path.is_dir() and not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():
+        shards = sorted(p for p in path.rglob("*") if p.is_file())
+        if shards and data_format != "hf-disk":  # a directory of shards: read each, in name order
+            frame = pd.concat([_read_file(p, data_format) for p in shards], ignore_index=True)
+        else:
+            frame = _read_file(path, data_format)
+    else:
+        frame = _read_file(path, data_format)
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         available = ", ".join(map(str, frame.columns)) or "(none)"
