@@ -805,3 +805,17 @@ def test_preprocess_ingests_a_prefix_of_shards_and_names_the_object_on_bad_rows(
     assert f"{s3}/raw/bad/part-00000.csv" in str(error.value) and "kftune-ingest" not in str(error.value)
     with pytest.raises(DataError, match="no column 'review'"):
         read_labelled_data(f"{s3}/raw/reviews", text_column="review")
+
+
+def test_no_credential_value_reaches_the_compiled_pipelines(tmp_path, monkeypatch):
+    from kftune.cli import main
+
+    _set_env(monkeypatch, {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
+                           "AWS_SESSION_TOKEN": FAKE_TOKEN, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    for pipeline in ("finetune", "tune"):
+        out = tmp_path / f"{pipeline}.yaml"
+        assert main(["compile", "--pipeline", pipeline, "--output", str(out)]) == 0
+        text = out.read_text()
+        assert "s3://" in text  # the data parameter documents object-store input
+        for value in (FAKE_KEY, FAKE_SECRET, FAKE_TOKEN):
+            assert value not in text
