@@ -16,6 +16,7 @@ to show how much of the gap those two settings explain. About 25 minutes on 2 CP
 
     .venv/bin/pip install accelerate==1.15.0   # Trainer needs it (or: pip install -e '.[bench]')
     .venv/bin/python bench/train_throughput.py --out bench-results.json
+    .venv/bin/python bench/train_throughput.py --seed 42 1 2 --out bench-results.json   # 3 seeds, means
     .venv/bin/python bench/train_throughput.py --skip-trainer --set training_mode=lora   # kftune only
 """
 
@@ -113,13 +114,30 @@ def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -
             "training_mode": history["training_mode"]}
 
 
+def _means(runs: list[dict]) -> dict:
+    """Mean samples/s and test accuracy of each loop over the seeds, and their ratio / difference."""
+    def mean(loop, key):
+        values = [r[loop][key] for r in runs if loop in r]
+        return sum(values) / len(values) if values else None
+
+    means = {loop: {key: mean(loop, key) for key in ("samples_per_second", "test_accuracy", "test_f1_macro")}
+             for loop in ("kftune", "hf_trainer") if loop in runs[0]}
+    if "hf_trainer" in means:
+        means["speedup"] = means["kftune"]["samples_per_second"] / means["hf_trainer"]["samples_per_second"]
+        means["accuracy_difference_points"] = 100 * (
+            means["kftune"]["test_accuracy"] - means["hf_trainer"]["test_accuracy"])
+    return means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=HYPERPARAMETERS["num_train_epochs"])
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--skip-trainer", action="store_true", help="run only kftune's loop")
-    parser.add_argument("--seed", type=int, default=HYPERPARAMETERS["seed"],
-                        help="training seed of both runs (initialisation, batch order); the data split stays fixed")
+    parser.add_argument("--seed", type=int, nargs="+", default=[HYPERPARAMETERS["seed"]],
+                        help="training seed(s) of both runs (initialisation, batch order); the data split stays "
+                        "fixed. Several seeds: both loops run once per seed and the means are compared (one "
+                        "run's test accuracy has a standard error of about 1 point here)")
     parser.add_argument("--max-rows", type=int, default=0, help="use a sample of this many rows (smoke runs)")
     parser.add_argument("--trainer-bf16", action="store_true",
                         help="also run Trainer with bf16=True and train_sampling_strategy=group_by_length")
@@ -138,21 +156,27 @@ def main() -> None:
 
     from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
 
-    hyper = {**HYPERPARAMETERS, "num_train_epochs": args.epochs, "seed": args.seed}
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or '?'}"
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         preprocess(PreprocessConfig(max_rows=args.max_rows), tmp / "data")
-        results = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or '?'}",
-                   "hyperparameters": hyper, "kftune_overrides": overrides,
-                   "kftune": kftune_run(tmp / "data", tmp / "kftune", hyper, overrides)}
-        if not args.skip_trainer:
-            results["hf_trainer"] = trainer_run(tmp / "data", tmp / "trainer", hyper)
-            trainer = results["hf_trainer"]
-            results["speedup"] = results["kftune"]["samples_per_second"] / trainer["samples_per_second"]
-            results["accuracy_difference_points"] = 100 * (
-                results["kftune"]["test_accuracy"] - trainer["test_accuracy"])
-        if args.trainer_bf16:
-            results["hf_trainer_bf16_grouped"] = trainer_run(tmp / "data", tmp / "trainer-bf16", hyper, tuned=True)
+        for seed in args.seed:
+            hyper = {**HYPERPARAMETERS, "num_train_epochs": args.epochs, "seed": seed}
+            run = {"hyperparameters": hyper, "kftune_overrides": overrides,
+                   "kftune": kftune_run(tmp / "data", tmp / f"kftune-{seed}", hyper, overrides)}
+            if not args.skip_trainer:
+                run["hf_trainer"] = trainer_run(tmp / "data", tmp / f"trainer-{seed}", hyper)
+                trainer = run["hf_trainer"]
+                run["speedup"] = run["kftune"]["samples_per_second"] / trainer["samples_per_second"]
+                run["accuracy_difference_points"] = 100 * (run["kftune"]["test_accuracy"] - trainer["test_accuracy"])
+            if args.trainer_bf16:
+                run["hf_trainer_bf16_grouped"] = trainer_run(tmp / "data", tmp / f"trainer-bf16-{seed}", hyper,
+                                                             tuned=True)
+            print(json.dumps(run, indent=2), flush=True)
+            runs.append(run)
+    results = {"machine": machine, **runs[0]} if len(runs) == 1 else {"machine": machine, "runs": runs,
+                                                                         "mean": _means(runs)}
     print(json.dumps(results, indent=2))
     args.out.write_text(json.dumps(results, indent=2))
 
