@@ -85,14 +85,14 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_batches(
-    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, group_batches: int = 50
+    lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group_by_length: bool, group_batches: int = 8
 ) -> list[np.ndarray]:
     """The epoch's batches of example indices, the same on every rank.
 
     With ``group_by_length`` the shuffled order is cut into mega-batches of ``group_batches`` batches, each
     sorted by length (so batches hold texts of similar length and need little padding), and
     the batch order is shuffled again so that the loss sees lengths in random order; this is
-    the scheme of transformers' ``LengthGroupedSampler``.
+    the scheme of transformers' ``LengthGroupedSampler`` (which uses 50).
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
