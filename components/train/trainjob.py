@@ -381,7 +381,7 @@ def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_s
             errors = 0
         except (ApiException, HTTPError) as e:
             errors += 1
-            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            transient = is_transient(e)
             if not transient or errors > MAX_API_ERRORS:
                 raise KftuneError(f"TrainJob {request.namespace}/{request.name}: {_api_error(e)}") from e
             emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
@@ -395,6 +395,11 @@ def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_s
                 f"without finishing (last state: {progress.state}); deleting it"
             )
         time.sleep(min(poll_seconds, remaining))
+
+
+def is_transient(e: Exception) -> bool:
+    """A connection error, a 5xx or a 429: worth another poll, unlike a 4xx."""
+    return not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
 
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:

@@ -74,6 +74,7 @@ from kftune.components.train.trainjob import (
     _sigterm_raises,
     check_pod_placement,
     current_namespace,
+    is_transient,
     kube_api_client,
     new_job_name,
     stage_run_dir,
@@ -519,7 +520,7 @@ def _wait(custom, request: KatibRequest, timeout_seconds: float, poll_seconds: f
             errors = 0
         except (ApiException, HTTPError) as e:
             errors += 1
-            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            transient = is_transient(e)
             if not transient or errors > MAX_API_ERRORS:
                 raise KftuneError(f"Katib Experiment {experiment_id}: {_api_error(e)}") from e
             emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
@@ -674,7 +675,7 @@ def list_trials(custom, request: KatibRequest, poll_seconds: float, emit) -> lis
             break
         except (ApiException, HTTPError) as e:
             errors += 1
-            transient = not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
+            transient = is_transient(e)
             if not transient or errors > MAX_API_ERRORS:
                 emit(f"warning: cannot list the trials of Experiment {request.name} ({_api_error(e)})")
                 return []
