@@ -1,8 +1,10 @@
-"""The finetune pipeline: preprocess -> train (torchrun) -> evaluate vs baselines -> export ONNX.
+"""The finetune pipeline: preprocess -> train (torchrun) -> evaluate vs baselines -> export ONNX
+-> (when evaluate's gate passes) publish to object storage -> deploy on KServe.
 
-``build_finetune_pipeline`` makes the pipeline for an image scheme and a training hardware
-request (both compile-time: KFP cannot take accelerator counts from run parameters);
-``finetune`` is the pipeline with the default images and one GPU.
+``build_finetune_pipeline`` makes the pipeline for an image scheme, a training hardware
+request and the Kubernetes Secrets that hold storage credentials (all compile-time: KFP cannot
+take accelerator counts or Secret mounts from run parameters); ``finetune`` is the pipeline
+with the default images, one GPU and Kubeflow's own MinIO Secret.
 """
 
 
@@ -15,9 +17,12 @@ from kfp.dsl import Metrics, Model
 
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.images import ImageScheme
+from kftune.components.common.storage import use_gcs_secret, use_s3_secret
+from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
+from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
 
 PIPELINE_NAME = "finetune"
@@ -86,6 +91,38 @@ class TrainResources:
         }, sort_keys=True)
 
 
+@dataclass(frozen=True)
+class StorageAccess:
+    """Where the tasks that read or write object storage (preprocess, publish) get credentials.
+
+    Only Secret names and key names reach the compiled YAML; Kubernetes injects the values when
+    the pod starts. The Secrets are mounted as optional, so a run whose data and models stay
+    local or public starts even where a Secret is missing. The defaults fit a Kubeflow
+    installation: its object store (SeaweedFS since KFP 2.15, MinIO before; S3 on
+    ``seaweedfs.kubeflow:9000``, ``minio-service.kubeflow:9000`` on older installs) and the
+    ``mlpipeline-minio-artifact`` Secret that KFP copies into every profile namespace.
+    """
+
+    s3_secret: str = "mlpipeline-minio-artifact"
+    """Secret with the S3/MinIO access key and secret key ("": no S3 credentials)."""
+    s3_access_key_field: str = "accesskey"
+    s3_secret_key_field: str = "secretkey"
+    s3_endpoint: str = "http://seaweedfs.kubeflow:9000"
+    """S3 endpoint the tasks use ("": AWS S3, or whatever AWS_ENDPOINT_URL the image sets)."""
+    s3_region: str = ""
+    gcs_secret: str = ""
+    """Secret holding a GCS service-account key file ``key.json`` ("": none, e.g. Workload Identity)."""
+
+    def apply(self, task: dsl.PipelineTask) -> None:
+        if self.s3_secret:
+            use_s3_secret(task, self.s3_secret, self.s3_access_key_field, self.s3_secret_key_field,
+                          endpoint=self.s3_endpoint or None, region=self.s3_region or None, optional=True)
+        elif self.s3_endpoint:
+            task.set_env_variable("AWS_ENDPOINT_URL", self.s3_endpoint)
+        if self.gcs_secret:
+            use_gcs_secret(task, self.gcs_secret, optional=True)
+
+
 def parse_toleration(text: str) -> dict:
     """``key[=value]:Effect`` -> arguments of ``kfp.kubernetes.add_toleration``."""
     key_value, _, effect = text.rpartition(":")
@@ -98,13 +135,17 @@ def parse_toleration(text: str) -> dict:
     return {"key": key, "operator": "Exists", "effect": effect}
 
 
-def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources()):
-    """The finetune pipeline with its components in ``images`` and training on ``resources``."""
+def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources(),
+                            storage: StorageAccess = StorageAccess()):
+    """The finetune pipeline with its components in ``images``, training on ``resources`` and
+    storage credentials from the Secrets named in ``storage``."""
     resources.validate()
     preprocess_op = preprocess_component.component(images)
     train_op = train_component.component(images)
     evaluate_op = evaluate_component.component(images)
     export_op = export_component.component(images)
+    publish_op = publish_component.component(images)
+    deploy_op = deploy_component.component(images)
 
     class Outputs(NamedTuple):
         model: Model
@@ -115,7 +156,8 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Fine-tune a pretrained transformer for text classification: preprocess, "
-        "train with torchrun, evaluate against baselines, export to ONNX.",
+        "train with torchrun, evaluate against baselines, export to ONNX; when the gate passes, "
+        "publish the model to object storage and deploy it on KServe.",
     )
     def finetune(
         data: str = "bundled:rotten-tomatoes",
@@ -154,6 +196,16 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         min_f1_macro: float = 0.0,
         min_gain_over_baseline: float = 0.0,
         quantize_int8: bool = True,
+        publish_uri: str = "",
+        deploy_name: str = "",
+        deploy_namespace: str = "",
+        serving_runtime: str = "kftune-onnx",
+        serving_service_account: str = "kftune-serving",
+        serving_min_replicas: int = 1,
+        serving_max_replicas: int = 1,
+        canary_traffic_percent: int = -1,
+        serving_cpu: str = "1",
+        serving_memory: str = "2Gi",
     ) -> Outputs:
         """Fine-tune a pretrained transformer for text classification.
 
@@ -194,6 +246,16 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             min_f1_macro: Gate: minimum test macro F1.
             min_gain_over_baseline: Gate: minimum test accuracy gain over the TF-IDF baseline.
             quantize_int8: Also export an int8 dynamically quantized ONNX model.
+            publish_uri: When the gate passes, publish the ONNX model as the next version (v1, v2, ...; latest moves to it) under this s3://bucket/prefix, gs://bucket/prefix or path. Empty: don't publish.
+            deploy_name: When the gate passes and the model is published, create or update the KServe InferenceService of this name to serve it. Empty: don't deploy.
+            deploy_namespace: Namespace of the InferenceService (empty: the pipeline's own namespace).
+            serving_runtime: KServe ServingRuntime that serves kftune ONNX models (manifests/ installs kftune-onnx).
+            serving_service_account: Service account of the predictor; it carries the storage credentials KServe downloads the model with.
+            serving_min_replicas: Minimum predictor replicas (0 lets KServe scale to zero).
+            serving_max_replicas: Maximum predictor replicas.
+            canary_traffic_percent: On an update, the share of traffic the new model gets (0-100); -1 sends it all.
+            serving_cpu: CPU request and limit of each predictor replica.
+            serving_memory: Memory request and limit of each predictor replica.
         """
         prep = preprocess_op(
             data=data, text_column=text_column, label_column=label_column, data_format=data_format,
@@ -202,6 +264,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             augment_copies=augment_copies,
         )
         prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
+        storage.apply(prep)  # data may come from s3:// or gs://
 
         trained = train_op(
             dataset=prep.outputs["dataset"], base_model=model, learning_rate=learning_rate,
@@ -230,11 +293,26 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         )
         exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
 
+        with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            with dsl.If(publish_uri != "", name="publish-requested"):
+                published = publish_op(model=exported.outputs["onnx_model"], uri=publish_uri)
+                published.set_display_name("publish").set_cpu_request("1").set_memory_request("2G")
+                published.set_retry(num_retries=2, backoff_duration="30s")
+                storage.apply(published)
+                with dsl.If(deploy_name != "", name="deploy-requested"):
+                    deployed = deploy_op(
+                        model_uri=published.outputs["Output"], name=deploy_name, namespace=deploy_namespace,
+                        runtime=serving_runtime, service_account=serving_service_account,
+                        min_replicas=serving_min_replicas, max_replicas=serving_max_replicas,
+                        canary_traffic_percent=canary_traffic_percent, cpu=serving_cpu, memory=serving_memory,
+                    )
+                    deployed.set_display_name("deploy").set_cpu_request("250m").set_memory_request("512M")
+
         return Outputs(
             model=trained.outputs["model"],
             onnx_model=exported.outputs["onnx_model"],
             evaluation=scored.outputs["metrics"],
-            passed=scored.outputs["passed"],
+            passed=scored.outputs["Output"],
         )
 
     return finetune

@@ -60,10 +60,12 @@ def run_pipeline_locally(pipeline, arguments: dict, pipeline_root: str | Path):
 
 def run_finetune_locally(arguments: dict, pipeline_root: str | Path) -> LocalRunResult:
     """Run the finetune pipeline locally and gather model, ONNX and evaluation paths/figures."""
-    from kftune.pipelines.finetune import TrainResources, build_finetune_pipeline
+    from kftune.pipelines.finetune import StorageAccess, TrainResources, build_finetune_pipeline
 
-    # no cluster volume here: checkpoints stay beside the model and are dropped after success
-    finetune = build_finetune_pipeline(resources=TrainResources(shared_pvc=""))
+    # No cluster volume here: checkpoints stay beside the model and are dropped after success.
+    # No Secrets either: object-store settings and credentials come from this environment.
+    finetune = build_finetune_pipeline(resources=TrainResources(shared_pvc=""),
+                                       storage=StorageAccess(s3_secret="", s3_endpoint=""))
     started = time.perf_counter()
     task = run_pipeline_locally(finetune, arguments, pipeline_root)
     return _result(task.outputs, started)
@@ -79,10 +81,11 @@ class LocalTuneResult(LocalRunResult):
 
 def run_tune_locally(arguments: dict, pipeline_root: str | Path) -> LocalTuneResult:
     """Run the tune pipeline locally (trials one at a time: they share this machine's cores)."""
-    from kftune.pipelines.finetune import TrainResources
+    from kftune.pipelines.finetune import StorageAccess, TrainResources
     from kftune.pipelines.tune import build_tune_pipeline
 
-    tune = build_tune_pipeline(resources=TrainResources(shared_pvc=""), trial_parallelism=1)
+    tune = build_tune_pipeline(resources=TrainResources(shared_pvc=""), trial_parallelism=1,
+                               storage=StorageAccess(s3_secret="", s3_endpoint=""))
     started = time.perf_counter()
     task = run_pipeline_locally(tune, arguments, pipeline_root)
     base = _result(task.outputs, started)

@@ -23,13 +23,14 @@ from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.components.tune import component as tune_component
 from kftune.components.tune.space import DEFAULT_SEARCH_SPACE
-from kftune.pipelines.finetune import SHARED_MOUNT, TrainResources
+from kftune.pipelines.finetune import SHARED_MOUNT, StorageAccess, TrainResources
 
 PIPELINE_NAME = "tune"
 
 
 def build_tune_pipeline(
-    images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources(), trial_parallelism: int = 2
+    images: ImageScheme = ImageScheme(), resources: TrainResources = TrainResources(), trial_parallelism: int = 2,
+    storage: StorageAccess = StorageAccess(),
 ):
     """The tune pipeline with its components in ``images``; trials and the final training on ``resources``.
 
@@ -149,6 +150,7 @@ def build_tune_pipeline(
             validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
         )
         prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
+        storage.apply(prep)  # data may come from s3:// or gs://
 
         plan = tune_ops["plan_search"](
             search_space=search_space, algorithm=algorithm, search_backend=search_backend, max_trials=max_trials,
@@ -226,7 +228,7 @@ def build_tune_pipeline(
         exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
         return Outputs(
             model=trained.outputs["model"], onnx_model=exported.outputs["onnx_model"],
-            evaluation=scored.outputs["metrics"], best_params=best_params, passed=scored.outputs["passed"],
+            evaluation=scored.outputs["metrics"], best_params=best_params, passed=scored.outputs["Output"],
         )
 
     return tune

@@ -24,10 +24,29 @@ A :class:`FakeKatibScenario` scripts a created Experiment the same way, poll by 
 (grid order for categorical lists, seeded draws for ranges), each is scored by the scenario's
 ``score`` function of its assignments, and they finish evenly spread over the polls up to
 ``finish_on_poll``, when the Experiment gets its final condition.
+
+And it plays a fake KServe controller (with KServe's validating webhook), for
+:mod:`kftune.components.deploy.deploy`:
+
+    POST/GET        /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices
+    GET/PATCH/DELETE /apis/serving.kserve.io/v1beta1/namespaces/{ns}/inferenceservices/{name}
+
+PATCH takes a JSON merge patch (``application/merge-patch+json``); a change of the spec bumps
+``metadata.generation`` and starts a new rollout. A :class:`FakeKServeScenario` scripts each
+rollout poll by poll (a poll is one GET of the InferenceService, counted from the last change of
+its spec): for the first ``stale_polls`` the status is still the one from before the change (the
+controller has not reconciled yet: a previous revision's Ready stays), then the new revision is
+in progress, and it is Ready (with ``status.url``) on poll ``ready_on_poll``, or fails with a
+condition reason, or a model failure, or never gets ready. ``status.observedGeneration`` mirrors
+the generation of the Knative Service behind it, as KServe's does (``ksvc_generation_offset``
+sets it apart from the InferenceService's). Faults: HTTP 500 for the first ``failing_requests``,
+403 (RBAC) for some methods, a webhook that denies, KServe not installed.
+:meth:`FakeKubeApiServer.add_inference_service` puts in one that exists (and is Ready) already.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import math
@@ -48,6 +67,14 @@ POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 EXPERIMENTS = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/experiments(?:/([^/]+))?$")
 TRIALS = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/trials$")
 KATIB_API = "/apis/kubeflow.org/v1beta1/"
+INFERENCESERVICES = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/]+))?$")
+KSERVE_API = "/apis/serving.kserve.io/"
+KSERVE_WEBHOOK = "inferenceservice.kserve-webhook-server.validator"
+# Predictor fields that each name the model one way: KServe's webhook wants exactly one.
+PREDICTOR_IMPLEMENTATIONS = (
+    "model", "sklearn", "xgboost", "tensorflow", "pytorch", "triton", "onnx", "pmml", "lightgbm", "paddle",
+    "huggingface",
+)  # fmt: skip
 EXPERIMENT_LABEL = "katib.kubeflow.org/experiment"
 TIMESTAMP = "2026-01-01T00:00:00Z"
 
@@ -96,19 +123,81 @@ class FakeKatibScenario:
 
 
 @dataclass
+class FakeKServeScenario:
+    """How the fake KServe controller rolls out an InferenceService after each change of its spec, poll by
+    poll (a poll is one GET of it, counted from the change)."""
+
+    ready_on_poll: int | None = 3
+    """The poll on which the new revision is Ready; None: never."""
+    stale_polls: int = 1
+    """The first this many polls still show the status from before the change (not reconciled yet)."""
+    failure: tuple[str, str] | None = None
+    """``(reason, message)``: from poll ``fail_on_poll`` on, PredictorReady, PredictorConfigurationReady and
+    Ready are False with them (until ``failure_clears_on_poll``, if set; else the rollout never gets ready)."""
+    fail_on_poll: int = 2
+    failure_clears_on_poll: int | None = None
+    model_failure: tuple[str, str, str] | None = None
+    """``(transitionStatus, reason, message)`` of ``modelStatus`` from poll ``fail_on_poll`` on, e.g.
+    ``("BlockedByFailedLoad", "ModelLoadFailed", ...)``; with ``InvalidSpec`` (the runtime cannot be used) the
+    controller does not get as far as the Knative Service: the rest of the status stays as before."""
+    url_template: str = "http://{name}.{namespace}.example.com"
+    address_only: bool = False
+    """The Ready status has ``status.address.url`` (cluster-local) but no ``status.url``."""
+    ksvc_generation_offset: int = 0
+    """The Knative Service's generation minus the InferenceService's, mirrored in status.observedGeneration."""
+    failing_requests: int = 0
+    """The first this many requests to inferenceservices are answered with HTTP 500."""
+    forbidden: frozenset[str] = frozenset()
+    """HTTP methods on inferenceservices that RBAC does not allow (answered 403)."""
+    webhook_denial: str | None = None
+    """KServe's validating webhook denies every create and update with this message (HTTP 403, as it does)."""
+    crd_missing: bool = False
+    """KServe is not installed: every serving.kserve.io request gets a 404."""
+
+
+@dataclass
+class FakeInferenceService:
+    """The fake controller's record of one InferenceService."""
+
+    isvc: dict
+    """The object as served (its status as of the latest poll)."""
+    ksvc_generation: int
+    revision: int = 1
+    """Number of the predictor's latest created revision."""
+    polls: int = 0
+    """GETs since the last change of the spec."""
+    before: dict = field(default_factory=dict)
+    """The status at the last change of the spec."""
+    previous_revision: str | None = None
+    """The latest ready revision at the last change of the spec."""
+    settled: bool = False
+    """Rolled out before the test began (:meth:`FakeKubeApiServer.add_inference_service`): no rollout
+    under way until its spec changes."""
+
+
+@dataclass
 class RecordedRequest:
     method: str
     path: str
     query: dict[str, list[str]]
     body: dict | None
+    content_type: str | None = None
 
 
 class FakeKubeApiServer:
     """An in-process fake of the Kubernetes API server; use as a context manager."""
 
-    def __init__(self, scenario: Scenario | None = None, katib: FakeKatibScenario | None = None):
+    def __init__(
+        self,
+        scenario: Scenario | None = None,
+        katib: FakeKatibScenario | None = None,
+        kserve: FakeKServeScenario | None = None,
+    ):
         self.scenario = scenario or Scenario()
         self.katib = katib or FakeKatibScenario()
+        self.kserve = kserve or FakeKServeScenario()
+        self.inference_services: dict[tuple[str, str], FakeInferenceService] = {}
+        self.kserve_requests = 0
         self.requests: list[RecordedRequest] = []
         self.jobs: dict[tuple[str, str], dict] = {}
         self.polls: dict[tuple[str, str], int] = {}
@@ -148,9 +237,11 @@ class FakeKubeApiServer:
 
     # --- the API ------------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, object]:
+    def handle(
+        self, method: str, path: str, query: dict, body: dict | None, content_type: str | None = None
+    ) -> tuple[int, object]:
         with self._lock:
-            self.requests.append(RecordedRequest(method, path, query, body))
+            self.requests.append(RecordedRequest(method, path, query, body, content_type))
             if match := TRAINJOBS.match(path):
                 namespace, name = match.groups()
                 if name is None and method == "POST":
@@ -174,6 +265,8 @@ class FakeKubeApiServer:
                 return self._log(*match.groups())
             if path.startswith(KATIB_API):
                 return self._katib(method, path, query, body)
+            if path.startswith(KSERVE_API):
+                return self._kserve(method, path, body, content_type)
             return _status(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
 
     def _create(self, namespace: str, body: dict) -> tuple[int, object]:
@@ -434,6 +527,233 @@ class FakeKubeApiServer:
             status["completionTime"] = TIMESTAMP
         return 200, experiment
 
+    # --- the fake KServe controller ------------------------------------------------------
+
+    def add_inference_service(self, body: dict, *, generation: int = 1) -> dict:
+        """Store ``body`` as an InferenceService created earlier and rolled out: revision 1 Ready."""
+        with self._lock:
+            isvc = json.loads(json.dumps(body))
+            metadata = isvc["metadata"]
+            metadata.update(uid=str(uuid.uuid4()), creationTimestamp=TIMESTAMP, generation=generation)
+            metadata["resourceVersion"] = str(generation)
+            record = FakeInferenceService(
+                isvc, ksvc_generation=max(1, generation + self.kserve.ksvc_generation_offset), settled=True
+            )
+            isvc["status"] = self._rollout_status(record, "ready")
+            self.inference_services[(metadata["namespace"], metadata["name"])] = record
+            return json.loads(json.dumps(isvc))
+
+    def _kserve(self, method: str, path: str, body: dict | None, content_type: str | None) -> tuple[int, object]:
+        scenario = self.kserve
+        match = INFERENCESERVICES.match(path)
+        if scenario.crd_missing or not match:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        namespace, name = match.groups()
+        if method in scenario.forbidden:
+            verb = {"GET": "get" if name else "list", "POST": "create", "PATCH": "patch", "DELETE": "delete"}[method]
+            return _status(
+                403,
+                "Forbidden",
+                f'inferenceservices.serving.kserve.io "{name or ""}" is forbidden: User '
+                f'"system:serviceaccount:{namespace}:default-editor" cannot {verb} resource "inferenceservices" '
+                f'in API group "serving.kserve.io" in the namespace "{namespace}"',
+            )
+        self.kserve_requests += 1
+        if self.kserve_requests <= scenario.failing_requests:
+            return _status(500, "InternalError", "etcdserver: leader changed")
+        if name is None and method == "POST":
+            return self._create_isvc(namespace, body)
+        if name is None and method == "GET":
+            items = [r.isvc for (ns, _), r in self.inference_services.items() if ns == namespace]
+            return 200, {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceServiceList", "items": items}
+        record = self.inference_services.get((namespace, name))
+        if name is None or record is None:
+            return _isvc_not_found(name) if name else _status(405, "MethodNotAllowed", f"{method} {path}")
+        if method == "GET":
+            return self._poll_isvc(record)
+        if method == "PATCH":
+            return self._patch_isvc(record, body, content_type)
+        if method == "DELETE":
+            del self.inference_services[(namespace, name)]
+            return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        return _status(405, "MethodNotAllowed", f"{method} {path}")
+
+    def _create_isvc(self, namespace: str, body: dict) -> tuple[int, object]:
+        name = body["metadata"]["name"]
+        if (namespace, name) in self.inference_services:
+            return _status(409, "AlreadyExists", f'inferenceservices.serving.kserve.io "{name}" already exists')
+        if denial := self._webhook(body):
+            return denial
+        isvc = json.loads(json.dumps(body))
+        isvc["metadata"].update(
+            namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=TIMESTAMP, generation=1, resourceVersion="1"
+        )
+        isvc["status"] = {}
+        record = FakeInferenceService(isvc, ksvc_generation=max(1, 1 + self.kserve.ksvc_generation_offset))
+        self.inference_services[(namespace, name)] = record
+        return 201, isvc
+
+    def _patch_isvc(self, record: FakeInferenceService, patch: dict, content_type: str | None) -> tuple[int, object]:
+        if content_type != "application/merge-patch+json":
+            return _status(415, "UnsupportedMediaType", f"the fake takes JSON merge patches, not {content_type}")
+        isvc = record.isvc
+        patched = merge_patch({"metadata": isvc["metadata"], "spec": isvc["spec"]}, patch)  # status: a subresource
+        if denial := self._webhook(patched):
+            return denial
+        if patched == {"metadata": isvc["metadata"], "spec": isvc["spec"]}:
+            return 200, isvc
+        metadata = patched["metadata"]
+        metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
+        if patched["spec"] != isvc["spec"]:
+            metadata["generation"] += 1
+            record.ksvc_generation += 1
+
+            def template(spec: dict) -> dict:  # what a Knative revision is made of: not the traffic split
+                return {k: v for k, v in spec["predictor"].items() if k != "canaryTrafficPercent"}
+
+            predictor = (isvc["status"].get("components") or {}).get("predictor") or {}
+            record.previous_revision = predictor.get("latestReadyRevision")
+            if template(patched["spec"]) != template(isvc["spec"]):
+                record.revision += 1
+            record.before = copy.deepcopy(isvc["status"])
+            record.polls = 0
+            record.settled = False
+        isvc.update(metadata=metadata, spec=patched["spec"])
+        return 200, isvc
+
+    def _webhook(self, isvc: dict) -> tuple[int, dict] | None:
+        """KServe's validating webhook, in part; controller-runtime answers a denial with HTTP 403."""
+        predictor = (isvc.get("spec") or {}).get("predictor") or {}
+        implementations = [key for key in PREDICTOR_IMPLEMENTATIONS if predictor.get(key) is not None]
+        reason = self.kserve.webhook_denial
+        if reason is None and len(implementations) != 1:
+            reason = f"exactly one predictor implementation must be specified, got {implementations}"
+        canary = predictor.get("canaryTrafficPercent")
+        if reason is None and canary is not None and not 0 <= canary <= 100:
+            reason = "'CanaryTrafficPercent' must be between 0 and 100"
+        if reason is None:
+            return None
+        return _status(403, "Forbidden", f'admission webhook "{KSERVE_WEBHOOK}" denied the request: {reason}')
+
+    def _poll_isvc(self, record: FakeInferenceService) -> tuple[int, object]:
+        scenario = self.kserve
+        if record.settled:
+            return 200, record.isvc
+        record.polls += 1
+        poll = record.polls
+        failing = (
+            scenario.failure is not None
+            and poll >= scenario.fail_on_poll
+            and (scenario.failure_clears_on_poll is None or poll < scenario.failure_clears_on_poll)
+        )
+        never_ready = scenario.ready_on_poll is None or (
+            scenario.failure is not None and scenario.failure_clears_on_poll is None
+        )
+        if poll <= scenario.stale_polls:
+            status = copy.deepcopy(record.before)
+        elif failing:
+            status = self._rollout_status(record, "failing")
+        elif not never_ready and poll >= scenario.ready_on_poll:
+            status = self._rollout_status(record, "ready")
+        else:
+            status = self._rollout_status(record, "progressing")
+        if scenario.model_failure and poll >= scenario.fail_on_poll:
+            transition, reason, message = scenario.model_failure
+            if transition == "InvalidSpec":  # the controller stops before the Knative Service: nothing else moves
+                status = copy.deepcopy(record.before)
+            states = (status.get("modelStatus") or {}).get("states") or {}
+            status["modelStatus"] = {
+                "transitionStatus": transition,
+                "states": {"activeModelState": states.get("activeModelState", ""), "targetModelState": "FailedToLoad"},
+                "lastFailureInfo": {"reason": reason, "message": message, "exitCode": 1},
+            }
+        record.isvc["status"] = status
+        return 200, record.isvc
+
+    def _rollout_status(self, record: FakeInferenceService, phase: str) -> dict:
+        """The status of the latest revision: ``ready``, ``failing`` or ``progressing``."""
+        scenario = self.kserve
+        metadata, spec = record.isvc["metadata"], record.isvc["spec"]
+        name, namespace = metadata["name"], metadata["namespace"]
+        revision = f"{name}-predictor-{record.revision:05d}"
+        previous = record.previous_revision
+        status = copy.deepcopy(record.before)
+        status["observedGeneration"] = record.ksvc_generation
+        predictor = status.setdefault("components", {}).setdefault("predictor", {})
+        predictor["latestCreatedRevision"] = revision
+        served = "True" if previous else "Unknown"  # the route keeps serving the previous revision
+        ingress = (
+            _condition("IngressReady", "True", "", "")
+            if previous
+            else _condition("IngressReady", "False", "Predictor ingress not created", "")
+        )
+        if phase == "ready":
+            kinds = ("IngressReady", "PredictorConfigurationReady", "PredictorReady", "PredictorRouteReady", "Ready")
+            conditions = [_condition(kind, "True", "", "") for kind in kinds]
+            url = scenario.url_template.format(name=name, namespace=namespace)
+            predictor.update(latestReadyRevision=revision, url=url)
+            canary = spec["predictor"].get("canaryTrafficPercent")
+            if canary is not None and previous and previous != revision:
+                predictor["traffic"] = [
+                    {"revisionName": revision, "percent": canary, "latestRevision": True, "tag": "latest"},
+                    {"revisionName": previous, "percent": 100 - canary, "latestRevision": False, "tag": "prev"},
+                ]
+            else:
+                predictor["traffic"] = [{"revisionName": revision, "percent": 100, "latestRevision": True}]
+            status["address"] = {"url": f"http://{name}-predictor.{namespace}.svc.cluster.local"}
+            status.pop("url", None)
+            if not scenario.address_only:
+                status["url"] = url
+            status["modelStatus"] = {
+                "transitionStatus": "UpToDate",
+                "states": {"activeModelState": "Loaded", "targetModelState": "Loaded"},
+                "copies": {"failedCopies": 0, "totalCopies": 1},
+            }
+        elif phase == "failing":
+            reason, message = scenario.failure
+            conditions = [
+                ingress,
+                _condition("PredictorConfigurationReady", "False", reason, message),
+                _condition("PredictorReady", "False", reason, message),
+                _condition("PredictorRouteReady", served, "", ""),
+                _condition("Ready", "False", reason, message),
+            ]
+        else:
+            waiting = f'Configuration "{name}-predictor" is waiting for a Revision to become ready.'
+            conditions = [
+                ingress,
+                _condition("PredictorConfigurationReady", "Unknown", "RevisionMissing", waiting),
+                _condition("PredictorReady", "Unknown", "RevisionMissing", waiting),
+                _condition("PredictorRouteReady", served, "", ""),
+                _condition("Ready", "Unknown", "RevisionMissing", waiting),
+            ]
+            active = ((status.get("modelStatus") or {}).get("states") or {}).get("activeModelState", "")
+            status["modelStatus"] = {
+                "transitionStatus": "InProgress",
+                "states": {"activeModelState": active, "targetModelState": "Loading"},
+            }
+        status["conditions"] = conditions
+        return status
+
+
+def merge_patch(target: object, patch: object) -> object:
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7386): null removes, objects merge."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def _isvc_not_found(name: str) -> tuple[int, dict]:
+    code, body = _status(404, "NotFound", f'inferenceservices.serving.kserve.io "{name}" not found')
+    body["details"] = {"name": name, "group": "serving.kserve.io", "kind": "inferenceservices"}
+    return code, body
+
 
 def _condition(kind: str, status: str, reason: str, message: str) -> dict:
     return {"type": kind, "status": status, "reason": reason, "message": message,
@@ -483,7 +803,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         body = json.loads(raw) if raw else None
-        code, payload = self.server.fake.handle(self.command, url.path, parse_qs(url.query), body)
+        content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip() or None
+        code, payload = self.server.fake.handle(self.command, url.path, parse_qs(url.query), body, content_type)
         if isinstance(payload, str):
             data, content_type = payload.encode(), "text/plain"
         else:

@@ -36,6 +36,8 @@ def _run_cli(*args):
         (lambda d: ["--data", str(d / "ok.csv"), "--model", str(d / "no-model")], "no-model': no such directory"),
         (lambda d: ["--data", str(d / "ok.csv"), "--training-mode", "adapters"], "training_mode must be one of"),
         (lambda d: ["--data", str(d / "ok.csv"), "--num-nodes", "2"], "num_nodes > 1 trains as a Kubeflow Trainer"),
+        (lambda d: ["--data", str(d / "ok.csv"), "--deploy-name", "sentiment"],
+         "deploy_name creates a KServe InferenceService on a cluster"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tmp_path, make_args, message):

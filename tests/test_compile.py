@@ -58,7 +58,7 @@ def test_every_parameter_has_default_and_description(tmp_path):
 
 def test_images_follow_one_scheme(tmp_path):
     doc = _compile(tmp_path, "--registry", "localhost:5001/ml", "--tag", "dev1")
-    for stage in ("preprocess", "train", "evaluate", "export"):
+    for stage in ("preprocess", "train", "evaluate", "export", "publish", "deploy"):
         assert _executor(doc, stage)["image"] == f"localhost:5001/ml/kftune-{stage}:dev1"
 
 
@@ -161,3 +161,70 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     assert params["algorithm"]["defaultValue"] == "tpe"
     mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-katib-search"]
     assert mounts["pvcMount"][0]["mountPath"] == "/kftune/shared"
+
+
+def _task_paths(doc) -> dict[str, list[str]]:
+    """{task name: the trigger conditions of every DAG on the way to it, outermost first}."""
+    components = doc["components"]
+    paths: dict[str, list[str]] = {}
+
+    def walk(dag: dict, conditions: list[str]) -> None:
+        for name, task in dag["tasks"].items():
+            here = conditions + ([task["triggerPolicy"]["condition"]] if "triggerPolicy" in task else [])
+            component = components[task["componentRef"]["name"]]
+            if "dag" in component:
+                walk(component["dag"], here)
+            else:
+                paths[name] = here
+
+    walk(doc["root"]["dag"], [])
+    return paths
+
+
+def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
+    doc = _compile(tmp_path)
+    paths = _task_paths(doc)
+    assert paths["train"] == [] and paths["evaluate"] == [] and paths["export"] == []
+    gate, publish_requested = paths["publish"]
+    assert "evaluate-Output" in gate and "true" in gate
+    assert "publish_uri" in publish_requested and "!= ''" in publish_requested
+    assert paths["deploy"][:2] == paths["publish"]
+    assert "deploy_name" in paths["deploy"][2]
+    # publish uploads the ONNX export; deploy serves the version publish wrote
+    tasks = doc["components"]
+    (publish_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "publish" in c["dag"]["tasks"]]
+    publish = publish_dag["tasks"]["publish"]
+    assert publish["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--export-onnx_model"}
+    assert publish["retryPolicy"]["maxRetryCount"] == 2
+    (deploy_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "deploy" in c["dag"]["tasks"]]
+    model_uri = deploy_dag["tasks"]["deploy"]["inputs"]["parameters"]["model_uri"]
+    assert model_uri["componentInputParameter"].startswith("pipelinechannel--publish-Output")
+    assert _executor(doc, "deploy")["image"] == "ghcr.io/kftune/kftune-deploy:0.1.0"
+    assert _executor(doc, "publish")["image"] == "ghcr.io/kftune/kftune-publish:0.1.0"
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert params["publish_uri"]["defaultValue"] == "" and params["deploy_name"]["defaultValue"] == ""
+    assert params["serving_runtime"]["defaultValue"] == "kftune-onnx"
+
+
+def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp_path):
+    doc = _compile(tmp_path)
+    executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in ("preprocess", "publish"):
+        (secret,) = executors[f"exec-{stage}"]["secretAsEnv"]
+        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "mlpipeline-minio-artifact"
+        assert secret["optional"] is True
+        assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+            ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
+        env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"]}
+        assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs.kubeflow:9000"
+    for stage in ("train", "evaluate", "export", "deploy"):
+        assert "secretAsEnv" not in executors.get(f"exec-{stage}", {}), stage
+
+    doc = _compile(tmp_path, "--s3-secret", "", "--s3-endpoint", "", "--gcs-secret", "gcs-key")
+    executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in ("preprocess", "publish"):
+        assert "secretAsEnv" not in executors[f"exec-{stage}"]
+        (volume,) = executors[f"exec-{stage}"]["secretAsVolume"]
+        assert volume["mountPath"] == "/var/secrets/google" and volume["optional"] is True
+        env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"]}
+        assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/google/key.json"}

@@ -25,6 +25,9 @@ def test_export_with_parity_and_int8(tmp_path, trained, prepared):
     for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "labels.json", "export_report.json"):
         assert (out / name).is_file(), name
     assert json.loads((out / "export_report.json").read_text())["files"]["onnx"] == "model.onnx"
+    # the token limit texts were truncated at, for a server to do the same
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert report["max_seq_length"] == stats["config"]["max_seq_length"]
 
     # dynamic batch and sequence axes: other shapes than the traced ones run
     session = ort.InferenceSession(str(out / "model.onnx"))

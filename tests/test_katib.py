@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from kubeflow_katib_api import models
 
+from kftune.components.common import kube as kube_helpers
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.train import trainjob
 from kftune.components.train.config import TrainConfig
@@ -513,7 +514,7 @@ def test_launch_katib_stages_the_inputs_on_the_shared_volume(kube, tmp_path, dat
     (pretrained / "config.json").write_text("{}")
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text("kubeflow-user\n")
-    monkeypatch.setattr(trainjob, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
+    monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
     staged: list[dict] = []
 
     def score_after_checking_the_volume(assignments: dict[str, str]) -> float:

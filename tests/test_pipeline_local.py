@@ -52,11 +52,19 @@ def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
 @pytest.mark.slow
 def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, tiny_model, capsys):
     results_file = tmp_path / "results.json"
+    published = tmp_path / "published"
     code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
-                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16",
+                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
+                 "--publish-uri", str(published),
                  "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
     assert code == 0
     results = json.loads(results_file.read_text())
+    # the gate passed (min accuracy 0), so the ONNX export was published as v1 and latest points to it
+    assert results["passed"] is True
+    assert results["artifacts"]["published"] == str(published / "v1")
+    manifest = json.loads((published / "v1" / "_MANIFEST.json").read_text())
+    assert "model.onnx" in {f["path"] for f in manifest["files"]}
+    assert (published / "v1" / "model.onnx").read_bytes() == Path(results["artifacts"]["onnx"]).read_bytes()
     for part in ("model", "baseline"):
         assert 0 <= results[part]["accuracy"] <= 1 and 0 <= results[part]["f1_macro"] <= 1
     assert results["baseline"]["name"] == "tfidf_logreg"

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from kubeflow_trainer_api import models
 
+from kftune.components.common import kube as kube_helpers
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.train import trainjob
 from kftune.components.train.config import TrainConfig
@@ -315,7 +316,7 @@ def test_launch_multinode_end_to_end(kube, tmp_path, dataset, monkeypatch):
     (pretrained / "config.json").write_text("{}")
     namespace_file = tmp_path / "namespace"
     namespace_file.write_text("kubeflow-user\n")
-    monkeypatch.setattr(trainjob, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
+    monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
 
     result = launch_multinode(
         TrainConfig(model=str(pretrained), max_restarts=3),
@@ -391,10 +392,10 @@ def test_launch_multinode_needs_the_shared_volume_mounted_here(tmp_path, dataset
 
 
 def test_current_namespace(tmp_path, monkeypatch):
-    monkeypatch.setattr(trainjob, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
+    monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "absent")
     assert current_namespace() == "default"
     (tmp_path / "namespace").write_text("team-b\n")
-    monkeypatch.setattr(trainjob, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
+    monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
     assert current_namespace() == "team-b"
 
 

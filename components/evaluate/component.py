@@ -1,7 +1,5 @@
 """KFP component: score the model against baselines and gate it (thin layer over evaluate.py)."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -18,7 +16,7 @@ def evaluate(
     min_accuracy: float = 0.0,
     min_f1_macro: float = 0.0,
     min_gain_over_baseline: float = 0.0,
-) -> NamedTuple("EvaluateOutputs", [("passed", bool)]):
+) -> bool:
     """Score the fine-tuned model on the test split against majority and TF-IDF baselines.
 
     Args:
@@ -33,10 +31,9 @@ def evaluate(
         min_gain_over_baseline: Gate: accuracy gain over the TF-IDF baseline must be at least this.
 
     Returns:
-        passed: Whether every gate check holds.
+        Whether every gate check holds (the gate "passed"; the pipeline publishes and deploys only then).
     """
     import json
-    from collections import namedtuple
     from pathlib import Path
 
     from kftune.components.evaluate.evaluate import EvaluateConfig, flat_metrics
@@ -59,8 +56,8 @@ def evaluate(
     Path(summary.path).write_text(evaluation_markdown(result), encoding="utf-8")
     metrics.metadata["result"] = json.dumps({k: v for k, v in result.items() if k != "model"} | {
         "model": {k: v for k, v in result["model"].items() if k != "roc_curve"}})
-    outputs = namedtuple("EvaluateOutputs", ["passed"])
-    return outputs(bool(result["passed"]))
+    # A single unnamed output ("Output"): kfp.local 2.17 cannot resolve a dsl.If on a named one.
+    return bool(result["passed"])
 
 
 def component(images: ImageScheme = ImageScheme()):

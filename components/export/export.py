@@ -23,7 +23,7 @@ from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
 from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, LABELS_FILE, load_splits
+from kftune.components.common.schema import LABEL, LABELS_FILE, STATS_FILE, load_splits
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,14 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def _max_seq_length(dataset_dir: Path) -> int | None:
+    """The preprocess step's token limit, from the dataset's stats (None for a dataset without them)."""
+    try:
+        return int(json.loads((dataset_dir / STATS_FILE).read_text(encoding="utf-8"))["config"]["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, config: ExportConfig) -> dict:
     """Export, check parity on the test split, optionally quantize; write ``output_dir``."""
     import onnx
@@ -145,6 +153,8 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
                          "onnx": float((onnx_logits.argmax(1) == y_true).mean())},
             "files": {"onnx": ONNX_FILE},
             "config": asdict(config),
+            # what a server must truncate texts to, to see them as training and evaluation did
+            "max_seq_length": _max_seq_length(Path(dataset_dir)),
         }
         if config.quantize_int8:
             from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -38,13 +38,25 @@ from pathlib import Path
 
 from kubeflow.trainer.constants import constants as trainer_constants
 from kubeflow_trainer_api import models
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.common.kube import (  # noqa: F401 (re-exported for the other launchers' tests)
+    DNS_1123_LABEL,
+    DNS_1123_SUBDOMAIN,
+    DNS_LABEL,
+    MAX_API_ERRORS,
+    REQUEST_TIMEOUT_SECONDS,
+    SERVICE_ACCOUNT_NAMESPACE,
+    current_namespace,
+    is_transient,
+    kube_api_client,
+)
+from kftune.components.common.kube import api_error as _api_error
 from kftune.components.train.config import TrainConfig
 from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
 
@@ -63,19 +75,13 @@ SHM_VOLUME = "dshm"
 
 DEFAULT_TIMEOUT_SECONDS = 24 * 3600
 DEFAULT_POLL_SECONDS = 10.0
-REQUEST_TIMEOUT_SECONDS = 60  # one API call; a hung connection must not hang the component
-MAX_API_ERRORS = 5  # consecutive failed polls (API server 5xx, connection errors) tolerated
 
 RUNS_DIR = "kftune-runs"
 CONFIG_FILE = "train_config.json"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 # The TrainJob's name names its JobSet and headless Service (a DNS-1035 label) and starts the
 # workers' host names, <name>-node-0-<index>, which must stay within 63 characters.
 MAX_NAME_LENGTH = 40
-DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-DNS_1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -276,25 +282,8 @@ def node_pod_patch(request: TrainJobRequest) -> dict:
     }
 
 
-def kube_api_client() -> client.ApiClient:
-    """A Kubernetes API client: the pod's service account in a cluster, else the kubeconfig."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(client_configuration=configuration)
-        except (config.ConfigException, OSError) as e:
-            raise KftuneError(f"no Kubernetes credentials: not running in a pod and no usable kubeconfig ({e})") from e
-    return client.ApiClient(configuration)
 
 
-def current_namespace(default: str = "default") -> str:
-    """The namespace this pod runs in, or ``default`` outside a cluster."""
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or default
-    except OSError:
-        return default
 
 
 def run_trainjob(
@@ -397,9 +386,6 @@ def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_s
         time.sleep(min(poll_seconds, remaining))
 
 
-def is_transient(e: Exception) -> bool:
-    """A connection error, a 5xx or a 429: worth another poll, unlike a 4xx."""
-    return not isinstance(e, ApiException) or e.status is None or e.status >= 500 or e.status == 429
 
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
@@ -529,15 +515,6 @@ def _create_error(job: str, e: ApiException) -> str:
     return f"cannot create TrainJob {job}: {_api_error(e)}"
 
 
-def _api_error(e: Exception) -> str:
-    """The API server's own message where it sent one (a Status object), else the exception."""
-    if isinstance(e, ApiException):
-        try:
-            message = json.loads(e.body).get("message")
-        except (TypeError, ValueError, AttributeError):
-            message = None
-        return f"HTTP {e.status} {e.reason}: {message or e.body or ''}".rstrip(": ")
-    return str(e)
 
 
 def _log_line(line: str) -> None:

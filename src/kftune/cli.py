@@ -79,6 +79,9 @@ def preflight(arguments: dict) -> None:
             "num_nodes > 1 trains as a Kubeflow Trainer TrainJob on a cluster (kftune compile, then run it "
             "there); a local run uses one machine: set --nproc-per-node instead"
         )
+    if arguments.get("deploy_name"):
+        raise KftuneError("deploy_name creates a KServe InferenceService on a cluster (kftune compile, then run it "
+                          "there); a local run can publish (--publish-uri) and serve it (kftune serve)")
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     EvaluateConfig(**{k: arguments[k] for k in ("min_accuracy", "min_f1_macro", "min_gain_over_baseline")}).validate()
     resolve_model(arguments["model"])
@@ -117,6 +120,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     print("kftune finetune results (test split)")
     print()
     print(evaluation_markdown(result.evaluation))
+    if arguments["publish_uri"]:
+        if result.passed:
+            from kftune.components.publish.publish import resolve_published
+
+            results["artifacts"]["published"] = resolve_published(arguments["publish_uri"])
+            print(f"published:        {results['artifacts']['published']}")
+        else:
+            print(f"not published:    the gate failed, so nothing was written under {arguments['publish_uri']}")
     _print_artifacts(results, result.seconds, args.results)
     return 0
 
@@ -159,7 +170,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
     from kftune.components.common.images import ImageScheme
-    from kftune.pipelines.finetune import TrainResources, build_finetune_pipeline
+    from kftune.pipelines.finetune import StorageAccess, TrainResources, build_finetune_pipeline
 
     node_selector = []
     for item in args.node_selector:
@@ -171,14 +182,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     resources = TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type, cpu=args.train_cpu,
                                memory=args.train_memory, shm_size=args.shm_size, node_selector=tuple(node_selector),
                                tolerations=tuple(args.toleration), shared_pvc=args.shared_pvc, retries=args.retries)
+    storage = StorageAccess(s3_secret=args.s3_secret, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
+                            gcs_secret=args.gcs_secret)
     if args.pipeline == "tune":
         from kftune.pipelines.tune import build_tune_pipeline
 
         if args.trial_parallelism < 1:
             raise KftuneError(f"--trial-parallelism must be >= 1, got {args.trial_parallelism}")
-        pipeline = build_tune_pipeline(images, resources, trial_parallelism=args.trial_parallelism)
+        pipeline = build_tune_pipeline(images, resources, trial_parallelism=args.trial_parallelism, storage=storage)
     else:
-        pipeline = build_finetune_pipeline(images, resources)
+        pipeline = build_finetune_pipeline(images, resources, storage)
     args.output = args.output or COMPILED_DIR / f"{args.pipeline}.yaml"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(args.output))
@@ -204,9 +217,73 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve an exported model with KServe's model server (V1 and Open Inference protocols) until stopped."""
+    from kftune.components.serve.config import ServeConfig
+
+    config = ServeConfig(model_name=args.model_name, http_port=args.http_port, grpc_port=args.grpc_port,
+                         grpc=args.grpc, workers=args.workers, max_seq_length=args.max_seq_length,
+                         batch_size=args.batch_size, max_instances=args.max_instances, threads=args.threads,
+                         int8=args.int8)
+    config.validate()
+    try:
+        from kftune.components.serve.serve import serve
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] != "kserve":
+            raise
+        raise KftuneError("kftune serve needs KServe's model server: pip install 'kftune[serve]'") from e
+    serve(args.model, config)
+    return 0
+
+
+def _add_serve_parser(sub) -> None:
+    from kftune.components.serve.config import ServeConfig
+
+    # kserve.model_server parses sys.argv for its own flags when imported (--http_port, --workers, ...):
+    # these flags are spelt with dashes, so only --workers, which means the same there, is read by both.
+    defaults = ServeConfig()
+    serve_parser = sub.add_parser(
+        "serve", help="serve an exported model over HTTP and gRPC with KServe's model server (ONNX Runtime)",
+        description="Serve an export directory (model.onnx, tokenizer, labels) with KServe's Python model server: "
+        "V1 POST /v1/models/NAME:predict {\"instances\": [\"text\", ...]}, Open Inference POST "
+        "/v2/models/NAME/infer (input 'text', BYTES) and gRPC, health at /v2/health/ready and "
+        "/v2/models/NAME/ready. The KServe ServingRuntime runs: kftune serve /mnt/models --model-name "
+        "{{.Name}} --http-port 8080. Needs the serve extra: pip install 'kftune[serve]'.",
+    )
+    serve_parser.add_argument("model", metavar="MODEL",
+                              help="export directory, or an s3:// or gs:// URI of one (downloaded to a temporary "
+                              "directory; credentials and endpoint from the environment, as for every kftune URI)")
+    serve_parser.add_argument("--model-name", default=defaults.model_name, metavar="NAME",
+                              help=f"name in the endpoint paths (default: {defaults.model_name})")
+    serve_parser.add_argument("--http-port", type=int, default=defaults.http_port, metavar="PORT",
+                              help=f"HTTP port (default: {defaults.http_port})")
+    serve_parser.add_argument("--grpc-port", type=int, default=defaults.grpc_port, metavar="PORT",
+                              help=f"gRPC port (default: {defaults.grpc_port})")
+    serve_parser.add_argument("--grpc", action=argparse.BooleanOptionalAction, default=defaults.grpc,
+                              help="serve the Open Inference Protocol over gRPC too (default: on)")
+    serve_parser.add_argument("--workers", type=int, default=defaults.workers, metavar="N",
+                              help="HTTP worker processes, each with its own copy of the model "
+                              f"(default: {defaults.workers})")
+    serve_parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length, metavar="N",
+                              help="truncate texts to this many tokens (default: the preprocess step's value, "
+                              "which the export records; 128 where it is missing)")
+    serve_parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
+                              help=f"texts per ONNX Runtime call within a request (default: {defaults.batch_size})")
+    serve_parser.add_argument("--max-instances", type=int, default=defaults.max_instances, metavar="N",
+                              help=f"most texts accepted in one request (default: {defaults.max_instances})")
+    serve_parser.add_argument("--threads", type=int, default=defaults.threads, metavar="N",
+                              help="ONNX Runtime intra-op threads per worker (default: 0, as many as the CPUs the "
+                              "process may use: its CPU affinity, capped by a container CPU limit)")
+    serve_parser.add_argument("--int8", action="store_true", default=defaults.int8,
+                              help="serve the export's int8 model (model.int8.onnx) instead of model.onnx")
+    serve_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                              help="show tracebacks on errors")
+    serve_parser.set_defaults(handler=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kftune.components.common.images import ImageScheme
-    from kftune.pipelines.finetune import finetune
+    from kftune.pipelines.finetune import StorageAccess, finetune
 
     images = ImageScheme.from_env()
     parser = argparse.ArgumentParser(
@@ -281,6 +358,15 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: kftune-shared, see manifests/; empty: none)")
     comp.add_argument("--retries", type=int, default=2,
                       help="retries of a failed train task, each resuming from its checkpoint (default: 2)")
+    storage = StorageAccess()
+    comp.add_argument("--s3-secret", default=storage.s3_secret, metavar="NAME",
+                      help="Kubernetes Secret with the S3/MinIO keys (fields accesskey, secretkey) for the tasks that "
+                      f"read data or publish models; '' for none (default: {storage.s3_secret}, Kubeflow's MinIO)")
+    comp.add_argument("--s3-endpoint", default=storage.s3_endpoint, metavar="URL",
+                      help=f"S3 endpoint of those tasks; '' for AWS S3 (default: {storage.s3_endpoint})")
+    comp.add_argument("--s3-region", default=storage.s3_region, metavar="REGION", help="S3 region (default: none)")
+    comp.add_argument("--gcs-secret", default=storage.gcs_secret, metavar="NAME",
+                      help="Kubernetes Secret holding a GCS service-account key file key.json (default: none)")
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     comp.set_defaults(handler=cmd_compile)
 
@@ -321,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                help="show tracebacks on errors")
     submit_parser.set_defaults(handler=cmd_submit)
+    _add_serve_parser(sub)
     return parser
 
 
