@@ -36,3 +36,19 @@ lint: setup
 
 clean:
 	rm -rf kftune-runs local_outputs .pytest_cache
+
+# Container images {REGISTRY}/kftune-{stage}:{TAG} (the scheme of components/common/images.py; empty
+# REGISTRY/TAG: its defaults ghcr.io/kftune and the package version). TORCH_VARIANT=cu126 puts train
+# and tune on the CUDA base; BASE_IMAGE replaces the Python base. images/build.sh does the work and
+# also reads PIP_CONF, CA_BUNDLE, WHEELHOUSE, TORCH_INDEX_URL, STAGES, DOCKER: see images/README.md.
+.PHONY: images push-images
+REGISTRY ?=
+TAG ?=
+TORCH_VARIANT ?= cpu
+BASE_IMAGE ?=
+
+images:
+	REGISTRY='$(REGISTRY)' TAG='$(TAG)' TORCH_VARIANT='$(TORCH_VARIANT)' BASE_IMAGE='$(BASE_IMAGE)' images/build.sh build
+
+push-images:
+	REGISTRY='$(REGISTRY)' TAG='$(TAG)' images/build.sh push

@@ -53,7 +53,9 @@ def torchrun_command(
 ) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run",
-        "--standalone", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
+        # One node: the workers meet on loopback, not on the host name, which need not resolve
+        # (a container without a network, a pod whose hostname has no DNS entry yet).
+        "--standalone", "--local-addr=127.0.0.1", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
         "-m", "kftune.components.train.loop",
         "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
     ]
