@@ -93,7 +93,8 @@ class TrainResources:
 
 @dataclass(frozen=True)
 class StorageAccess:
-    """Where the tasks that read or write object storage (preprocess, publish) get credentials.
+    """Where the tasks that read or write object storage (preprocess, train, publish; in the tune
+    pipeline also the search tasks) get credentials.
 
     Only Secret names and key names reach the compiled YAML; Kubernetes injects the values when
     the pod starts. The Secrets are mounted as optional, so a run whose data and models stay
@@ -214,7 +215,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             text_column: Column holding the text.
             label_column: Column holding the label (strings or integers, two or more classes).
             data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.
-            model: Pretrained model: a local Hugging Face directory, bundled:all-MiniLM-L6-v2, or a hub id where the hub is reachable.
+            model: Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, or a hub id where the hub is reachable.
             max_seq_length: Texts are truncated to this many tokens.
             max_rows: Use a stratified sample of this many cleaned rows (0 uses all); for quick runs.
             validation_fraction: Share of rows in the validation split (picks the best epoch).
@@ -264,7 +265,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             augment_copies=augment_copies,
         )
         prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
-        storage.apply(prep)  # data may come from s3:// or gs://
+        storage.apply(prep)  # data and the pretrained model may come from s3:// or gs://
 
         trained = train_op(
             dataset=prep.outputs["dataset"], base_model=model, learning_rate=learning_rate,
@@ -281,6 +282,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         )
         trained.set_display_name("train")
         resources.apply(trained)
+        storage.apply(trained)  # the pretrained model may come from s3:// or gs://
 
         scored = evaluate_op(
             dataset=prep.outputs["dataset"], model=trained.outputs["model"], min_accuracy=min_accuracy,

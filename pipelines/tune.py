@@ -106,7 +106,7 @@ def build_tune_pipeline(
             text_column: Column holding the text.
             label_column: Column holding the label.
             data_format: auto (from the file name), csv, tsv, jsonl, parquet or hf-disk.
-            model: Pretrained model: a local Hugging Face directory, bundled:all-MiniLM-L6-v2, or a hub id.
+            model: Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, or a hub id.
             max_seq_length: Texts are tokenized up to this many tokens (a searched max_seq_length cuts further).
             max_rows: Use a stratified sample of this many cleaned rows (0 uses all).
             validation_fraction: Share of rows in the validation split (scores the trials).
@@ -150,7 +150,7 @@ def build_tune_pipeline(
             validation_fraction=validation_fraction, test_fraction=test_fraction, seed=seed,
         )
         prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
-        storage.apply(prep)  # data may come from s3:// or gs://
+        storage.apply(prep)  # data and the pretrained model may come from s3:// or gs://
 
         plan = tune_ops["plan_search"](
             search_space=search_space, algorithm=algorithm, search_backend=search_backend, max_trials=max_trials,
@@ -185,6 +185,7 @@ def build_tune_pipeline(
             )
             study.set_display_name("Optuna TPE search")
             resources.apply(study)
+            storage.apply(study)
         with dsl.Else(name="fan-out"):
             with dsl.ParallelFor(plan.outputs["trials"], parallelism=trial_parallelism, name="trials") as trial:
                 trial_task = tune_ops["search_trial"](
@@ -192,6 +193,7 @@ def build_tune_pipeline(
                 )
                 trial_task.set_display_name("trial")
                 resources.apply(trial_task)
+                storage.apply(trial_task)
             picked = tune_ops["select_best"](
                 results=dsl.Collected(trial_task.output), train_config=train_config, algorithm=algorithm,
                 direction=direction,
@@ -216,6 +218,7 @@ def build_tune_pipeline(
         )
         trained.set_display_name("train best")
         resources.apply(trained)
+        storage.apply(trained)
 
         scored = evaluate_op(
             dataset=prep.outputs["dataset"], model=trained.outputs["model"], min_accuracy=min_accuracy,

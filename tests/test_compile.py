@@ -209,7 +209,7 @@ def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
 def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp_path):
     doc = _compile(tmp_path)
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for stage in ("preprocess", "publish"):
+    for stage in ("preprocess", "train", "publish"):  # data, pretrained model, published model
         (secret,) = executors[f"exec-{stage}"]["secretAsEnv"]
         assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "mlpipeline-minio-artifact"
         assert secret["optional"] is True
@@ -217,12 +217,12 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
             ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
         env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"]}
         assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs.kubeflow:9000"
-    for stage in ("train", "evaluate", "export", "deploy"):
+    for stage in ("evaluate", "export", "deploy"):
         assert "secretAsEnv" not in executors.get(f"exec-{stage}", {}), stage
 
     doc = _compile(tmp_path, "--s3-secret", "", "--s3-endpoint", "", "--gcs-secret", "gcs-key")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for stage in ("preprocess", "publish"):
+    for stage in ("preprocess", "train", "publish"):
         assert "secretAsEnv" not in executors[f"exec-{stage}"]
         (volume,) = executors[f"exec-{stage}"]["secretAsVolume"]
         assert volume["mountPath"] == "/var/secrets/google" and volume["optional"] is True

@@ -819,3 +819,42 @@ def test_no_credential_value_reaches_the_compiled_pipelines(tmp_path, monkeypatc
         assert "s3://" in text  # the data parameter documents object-store input
         for value in (FAKE_KEY, FAKE_SECRET, FAKE_TOKEN):
             assert value not in text
+
+
+def test_pretrained_model_from_s3_is_fetched_once_into_the_cache(s3, moto, tiny_model, tmp_path, monkeypatch):
+    from transformers import AutoConfig, AutoTokenizer
+
+    from kftune.components.common import storage as storage_module
+    from kftune.components.common.bundled import resolve_model
+
+    monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
+    client, bucket = _minio(moto.endpoint), s3[5:]
+    for path in sorted(p for p in tiny_model.rglob("*") if p.is_file()):
+        client.fput_object(bucket, f"pretrained/tiny/{path.relative_to(tiny_model)}", str(path))
+
+    local = Path(resolve_model(f"{s3}/pretrained/tiny"))
+    assert local.is_relative_to(tmp_path / "cache" / "models")
+    for path in (p for p in tiny_model.rglob("*") if p.is_file()):
+        assert (local / path.relative_to(tiny_model)).read_bytes() == path.read_bytes(), path.name
+    assert AutoConfig.from_pretrained(local).num_hidden_layers == \
+        AutoConfig.from_pretrained(tiny_model).num_hidden_layers
+    assert AutoTokenizer.from_pretrained(local)("a review")["input_ids"] == \
+        AutoTokenizer.from_pretrained(tiny_model)("a review")["input_ids"]
+    assert not [p for p in local.parent.iterdir() if p.name.startswith(".")]  # no partial download left
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("the cached model was downloaded again")
+
+    monkeypatch.setattr(storage_module, "fetch", no_download)
+    assert Path(resolve_model(f"{s3}/pretrained/tiny/")) == local  # a trailing slash names the same model
+
+
+def test_prefix_without_a_model_is_refused_and_nothing_is_cached(s3, moto, tmp_path, monkeypatch):
+    from kftune.components.common.bundled import model_cache_dir, resolve_model
+
+    monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
+    client, bucket = _minio(moto.endpoint), s3[5:]
+    client.put_object(bucket, "pretrained/broken/weights.bin", io.BytesIO(b"x" * 10), 10)
+    with pytest.raises(KftuneError, match="no config.json under that prefix"):
+        resolve_model(f"{s3}/pretrained/broken")
+    assert not any(model_cache_dir().iterdir())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 from pathlib import Path
 
 from kftune.components.common.errors import KftuneError
@@ -79,11 +80,16 @@ def resolve_model(name_or_path: str) -> str:
     """Turn a model parameter into what ``from_pretrained`` takes.
 
     The bundled model's names give its local directory; an existing local directory is used
-    as is; anything else is passed on as a Hugging Face Hub id (works where the hub is
-    reachable).
+    as is; ``s3://`` and ``gs://`` prefixes are downloaded once into the model cache (see
+    :func:`fetch_model`); anything else is passed on as a Hugging Face Hub id (works where the
+    hub is reachable).
     """
     if name_or_path in MODEL_ALIASES:
         return str(bundled_model_dir())
+    from kftune.components.common.storage import is_remote
+
+    if is_remote(name_or_path):
+        return str(fetch_model(name_or_path))
     path = Path(name_or_path).expanduser()
     looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1
     if looks_local and not path.is_dir():
@@ -91,3 +97,33 @@ def resolve_model(name_or_path: str) -> str:
     if path.is_dir() and not (path / "config.json").is_file():
         raise KftuneError(f"model {name_or_path!r}: the directory has no config.json; expected a Hugging Face model")
     return str(path) if path.is_dir() else name_or_path
+
+
+def model_cache_dir() -> Path:
+    """Where models fetched from object storage are kept: ``$KFTUNE_CACHE/models`` (default ``~/.cache/kftune``)."""
+    return Path(os.environ.get("KFTUNE_CACHE") or "~/.cache/kftune").expanduser() / "models"
+
+
+def fetch_model(uri: str) -> Path:
+    """Download the Hugging Face model directory under ``uri`` (s3:// or gs://) into the cache.
+
+    The cache is keyed by the URI: a model published under a versioned prefix (``.../v3``)
+    never changes, so a second call (the train step after preprocess, a retry) reads it from
+    disk. The directory appears only once complete (downloaded beside it, then renamed), so an
+    interrupted download is never taken for a model.
+    """
+    from kftune.components.common.atomic import atomic_directory
+    from kftune.components.common.storage import fetch
+
+    final = model_cache_dir() / hashlib.sha256(uri.strip().rstrip("/").encode()).hexdigest()[:24]
+    if not (final / "config.json").is_file():
+        try:
+            with atomic_directory(final) as tmp:
+                fetch(uri.strip().rstrip("/") + "/", tmp)
+                if not (tmp / "config.json").is_file():
+                    raise KftuneError(f"model {uri!r}: no config.json under that prefix; expected a Hugging Face "
+                                      "model directory (config.json, weights, tokenizer files)")
+        except FileExistsError:  # another process finished the same download first
+            if not (final / "config.json").is_file():
+                raise
+    return final
