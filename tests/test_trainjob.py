@@ -15,13 +15,13 @@ from kubeflow_trainer_api import models
 
 from kftune.components.common import kube as kube_helpers
 from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.common.kube import current_namespace
 from kftune.components.train import trainjob
 from kftune.components.train.config import TrainConfig
 from kftune.components.train.loop import HISTORY_FILE
 from kftune.components.train.trainjob import (
     TrainJobRequest,
     build_trainjob,
-    current_namespace,
     launch_multinode,
     run_trainjob,
     worker_command,

@@ -45,13 +45,12 @@ from urllib3.exceptions import HTTPError
 
 from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import (  # noqa: F401 (re-exported for the other launchers' tests)
+from kftune.components.common.kube import (
     DNS_1123_LABEL,
     DNS_1123_SUBDOMAIN,
     DNS_LABEL,
     MAX_API_ERRORS,
     REQUEST_TIMEOUT_SECONDS,
-    SERVICE_ACCOUNT_NAMESPACE,
     current_namespace,
     is_transient,
     kube_api_client,
@@ -282,10 +281,6 @@ def node_pod_patch(request: TrainJobRequest) -> dict:
     }
 
 
-
-
-
-
 def run_trainjob(
     request: TrainJobRequest,
     api_client: client.ApiClient | None = None,
@@ -384,8 +379,6 @@ def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_s
                 f"without finishing (last state: {progress.state}); deleting it"
             )
         time.sleep(min(poll_seconds, remaining))
-
-
 
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
@@ -513,8 +506,6 @@ def _create_error(job: str, e: ApiException) -> str:
             f"and delete on trainjobs.{GROUP} and list on pods and pods/log: {_api_error(e)}"
         )
     return f"cannot create TrainJob {job}: {_api_error(e)}"
-
-
 
 
 def _log_line(line: str) -> None:

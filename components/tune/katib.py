@@ -59,23 +59,25 @@ from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.train.config import BEST_METRICS, TrainConfig
-from kftune.components.train.trainjob import (
-    CONFIG_FILE,
+from kftune.components.common.kube import (
     DNS_1123_LABEL,
     DNS_1123_SUBDOMAIN,
     DNS_LABEL,
     MAX_API_ERRORS,
     REQUEST_TIMEOUT_SECONDS,
-    RUNS_DIR,
-    SHARED_VOLUME,
-    SHM_VOLUME,
-    _api_error,
-    _sigterm_raises,
-    check_pod_placement,
     current_namespace,
     is_transient,
     kube_api_client,
+)
+from kftune.components.common.kube import api_error as _api_error
+from kftune.components.train.config import BEST_METRICS, TrainConfig
+from kftune.components.train.trainjob import (
+    CONFIG_FILE,
+    RUNS_DIR,
+    SHARED_VOLUME,
+    SHM_VOLUME,
+    _sigterm_raises,
+    check_pod_placement,
     new_job_name,
     stage_run_dir,
 )
