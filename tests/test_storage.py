@@ -858,3 +858,32 @@ def test_prefix_without_a_model_is_refused_and_nothing_is_cached(s3, moto, tmp_p
     with pytest.raises(KftuneError, match="no config.json under that prefix"):
         resolve_model(f"{s3}/pretrained/broken")
     assert not any(model_cache_dir().iterdir())
+
+
+def test_multinode_and_katib_runs_stage_a_remote_pretrained_model_on_the_shared_volume(
+        s3, moto, tiny_model, tmp_path, monkeypatch):
+    """Worker and trial pods get no storage Secret: the launcher fetches the model and copies it to the volume."""
+    from kftune.components.train.config import TrainConfig
+    from kftune.components.train.trainjob import CONFIG_FILE, stage_run_dir
+
+    monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
+    client, bucket = _minio(moto.endpoint), s3[5:]
+    for path in sorted(p for p in tiny_model.rglob("*") if p.is_file()):
+        client.fput_object(bucket, f"pretrained/tiny/{path.relative_to(tiny_model)}", str(path))
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "data.txt").write_text("tokenized")
+    shared = tmp_path / "shared"
+    run_dir = shared / "runs" / "kftune-train-abc"
+
+    staged = stage_run_dir(TrainConfig(model=f"{s3}/pretrained/tiny"), dataset, run_dir, shared)
+
+    assert staged.model == str(run_dir / "pretrained")
+    assert json.loads((run_dir / CONFIG_FILE).read_text())["model"] == str(run_dir / "pretrained")
+    for path in (p for p in tiny_model.rglob("*") if p.is_file()):
+        assert (run_dir / "pretrained" / path.relative_to(tiny_model)).read_bytes() == path.read_bytes()
+
+    broken = shared / "runs" / "kftune-train-def"
+    with pytest.raises(KftuneError, match=r"nothing to read at s3://.*/pretrained/missing"):
+        stage_run_dir(TrainConfig(model=f"{s3}/pretrained/missing"), dataset, broken, shared)
+    assert not broken.exists()  # nothing half-staged for a worker to start from

@@ -44,6 +44,7 @@ from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
 from kftune.components.common.atomic import atomic_directory
+from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
     DNS_1123_LABEL,
@@ -56,6 +57,7 @@ from kftune.components.common.kube import (
     kube_api_client,
 )
 from kftune.components.common.kube import api_error as _api_error
+from kftune.components.common.storage import is_remote
 from kftune.components.train.config import TrainConfig
 from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
 
@@ -535,11 +537,16 @@ def stage_run_dir(config: TrainConfig, dataset_dir: Path, run_dir: Path, mount_p
 
     The dataset goes to ``run_dir/dataset`` and the config to ``run_dir/train_config.json``; a
     pretrained model in a local directory off the volume is copied to ``run_dir/pretrained`` (and
-    the config points there). A partly written ``run_dir`` is removed again.
+    the config points there). So is one in ``s3://`` or ``gs://``, fetched first with this pod's
+    storage credentials: the worker and trial pods get no Secret, and need none. A partly
+    written ``run_dir`` is removed again.
     """
     run_dir.mkdir(parents=True)
     try:
-        model = Path(config.model).expanduser()
+        model = config.model
+        if is_remote(model):
+            model = resolve_model(model)  # into this pod's model cache, complete or not at all
+        model = Path(model).expanduser()
         if model.is_dir() and not model.is_relative_to(mount_path):  # a local model: the workers need a copy
             shutil.copytree(model, run_dir / "pretrained")
             config = replace(config, model=str(run_dir / "pretrained"))
