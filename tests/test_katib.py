@@ -424,7 +424,7 @@ def test_run_experiment_gives_up_when_the_api_server_keeps_failing(kube):
     server, api_client = kube(outcome=None, failing_polls=set(range(1, 100)))
     with pytest.raises(KftuneError, match="HTTP 500.*etcdserver: request timed out"):
         run_experiment(make_request(), api_client, **QUIET, **FAST)
-    assert len(server.calls("GET", "/experiments/")) == katib.MAX_API_ERRORS + 1
+    assert len(server.calls("GET", "/experiments/")) == kube_helpers.MAX_API_ERRORS + 1
     assert len(server.calls("DELETE")) == 1
 
 

@@ -263,7 +263,7 @@ def test_run_trainjob_gives_up_when_the_api_server_keeps_failing(kube):
     server, api_client = kube(outcome=None, failing_polls=set(range(1, 100)))
     with pytest.raises(KftuneError, match="HTTP 500.*etcdserver: request timed out"):
         run_trainjob(make_request(), api_client, log=lambda line: None, **FAST)
-    assert len(server.calls("GET", "/trainjobs/")) == trainjob.MAX_API_ERRORS + 1
+    assert len(server.calls("GET", "/trainjobs/")) == kube_helpers.MAX_API_ERRORS + 1
     assert len(server.calls("DELETE")) == 1
 
 

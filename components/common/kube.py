@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from urllib3.exceptions import HTTPError
 
 from kftune.components.common.errors import KftuneError
 
 REQUEST_TIMEOUT_SECONDS = 60  # one API call; a hung connection must not hang the component
 MAX_API_ERRORS = 5  # consecutive failed polls (API server 5xx, connection errors) tolerated
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+T = TypeVar("T")
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: Services, JobSets
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # namespaces
@@ -59,3 +65,42 @@ def api_error(e: Exception) -> str:
             message = None
         return f"HTTP {e.status} {e.reason}: {message or e.body or ''}".rstrip(": ")
     return str(e)
+
+
+def poll_until(
+    fetch: Callable[[], T | None],
+    *,
+    what: str,
+    timeout_seconds: float,
+    poll_seconds: float,
+    emit: Callable[[str], None],
+    state: Callable[[], str],
+) -> T:
+    """Call ``fetch`` every ``poll_seconds`` until it returns something other than None; return that.
+
+    ``fetch`` reads the object (and reports what changed). A transient API error (see
+    :func:`is_transient`) is retried, up to ``MAX_API_ERRORS`` in a row; any other raises
+    :class:`KftuneError` naming ``what``, as does the deadline, with ``state()`` as the last
+    state seen. The caller deletes the object on the way out.
+    """
+    deadline = time.monotonic() + timeout_seconds
+    errors = 0
+    while True:
+        try:
+            result = fetch()
+            errors = 0
+        except (ApiException, HTTPError) as e:
+            errors += 1
+            if not is_transient(e) or errors > MAX_API_ERRORS:
+                raise KftuneError(f"{what}: {api_error(e)}") from e
+            emit(f"Kubernetes API error ({api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
+        else:
+            if result is not None:
+                return result
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise KftuneError(
+                f"{what} timed out after {timeout_seconds:g} s without finishing "
+                f"(last state: {state()}); deleting it"
+            )
+        time.sleep(min(poll_seconds, remaining))

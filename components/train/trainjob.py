@@ -50,11 +50,10 @@ from kftune.components.common.kube import (
     DNS_1123_LABEL,
     DNS_1123_SUBDOMAIN,
     DNS_LABEL,
-    MAX_API_ERRORS,
     REQUEST_TIMEOUT_SECONDS,
     current_namespace,
-    is_transient,
     kube_api_client,
+    poll_until,
 )
 from kftune.components.common.kube import api_error as _api_error
 from kftune.components.common.storage import is_remote
@@ -348,39 +347,22 @@ def run_trainjob(
 def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_seconds: float, emit) -> dict:
     """Poll the job until it has a Complete or Failed condition; report what changes on the way."""
     progress = _Progress(request, emit)
-    deadline = progress.start + timeout_seconds
-    errors = 0
-    while True:
-        try:
-            trainjob = models.TrainerV1alpha1TrainJob.from_dict(
-                custom.get_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    request.namespace,
-                    TRAINJOB_PLURAL,
-                    request.name,
-                    _request_timeout=REQUEST_TIMEOUT_SECONDS,
-                )
+
+    def fetch() -> dict | None:
+        trainjob = models.TrainerV1alpha1TrainJob.from_dict(
+            custom.get_namespaced_custom_object(
+                GROUP, VERSION, request.namespace, TRAINJOB_PLURAL, request.name,
+                _request_timeout=REQUEST_TIMEOUT_SECONDS,
             )
-            progress.report_conditions(trainjob)
-            progress.report_node0(core)
-            errors = 0
-        except (ApiException, HTTPError) as e:
-            errors += 1
-            transient = is_transient(e)
-            if not transient or errors > MAX_API_ERRORS:
-                raise KftuneError(f"TrainJob {request.namespace}/{request.name}: {_api_error(e)}") from e
-            emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
-        else:
-            if finished := final_condition(trainjob):
-                return finished
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise KftuneError(
-                f"TrainJob {request.namespace}/{request.name} timed out after {timeout_seconds:g} s "
-                f"without finishing (last state: {progress.state}); deleting it"
-            )
-        time.sleep(min(poll_seconds, remaining))
+        )  # fmt: skip
+        progress.report_conditions(trainjob)
+        progress.report_node0(core)
+        return final_condition(trainjob)
+
+    return poll_until(
+        fetch, what=f"TrainJob {request.namespace}/{request.name}", timeout_seconds=timeout_seconds,
+        poll_seconds=poll_seconds, emit=emit, state=lambda: progress.state,
+    )  # fmt: skip
 
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:

@@ -68,6 +68,7 @@ from kftune.components.common.kube import (
     current_namespace,
     is_transient,
     kube_api_client,
+    poll_until,
 )
 from kftune.components.common.kube import api_error as _api_error
 from kftune.components.train.config import BEST_METRICS, TrainConfig
@@ -510,39 +511,24 @@ def run_experiment(
 def _wait(custom, request: KatibRequest, timeout_seconds: float, poll_seconds: float, emit) -> models.V1beta1Experiment:
     """Poll the Experiment until it has a Succeeded or Failed condition; report what changes on the way."""
     progress = _Progress(request, emit)
-    deadline = time.monotonic() + timeout_seconds
-    errors = 0
     experiment_id = f"{request.namespace}/{request.name}"
-    while True:
+
+    def fetch() -> models.V1beta1Experiment | None:
+        doc = custom.get_namespaced_custom_object(
+            GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
+            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+        )  # fmt: skip
         try:
-            doc = custom.get_namespaced_custom_object(
-                GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )  # fmt: skip
-            errors = 0
-        except (ApiException, HTTPError) as e:
-            errors += 1
-            transient = is_transient(e)
-            if not transient or errors > MAX_API_ERRORS:
-                raise KftuneError(f"Katib Experiment {experiment_id}: {_api_error(e)}") from e
-            emit(f"Kubernetes API error ({_api_error(e)}), retrying ({errors}/{MAX_API_ERRORS})")
-        else:
-            try:
-                experiment = models.V1beta1Experiment.from_dict(doc)
-            except ValueError as e:
-                raise KftuneError(
-                    f"Katib Experiment {experiment_id}: unexpected status from the API server: {e}"
-                ) from e
-            progress.report(experiment)
-            if final_condition(experiment):
-                return experiment
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise KftuneError(
-                f"Katib Experiment {experiment_id} timed out after {timeout_seconds:g} s without finishing "
-                f"(last state: {progress.state}); deleting it"
-            )
-        time.sleep(min(poll_seconds, remaining))
+            experiment = models.V1beta1Experiment.from_dict(doc)
+        except ValueError as e:
+            raise KftuneError(f"Katib Experiment {experiment_id}: unexpected status from the API server: {e}") from e
+        progress.report(experiment)
+        return experiment if final_condition(experiment) else None
+
+    return poll_until(
+        fetch, what=f"Katib Experiment {experiment_id}", timeout_seconds=timeout_seconds,
+        poll_seconds=poll_seconds, emit=emit, state=lambda: progress.state,
+    )  # fmt: skip
 
 
 def final_condition(experiment: models.V1beta1Experiment) -> dict | None:
