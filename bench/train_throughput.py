@@ -129,6 +129,17 @@ def _means(runs: list[dict]) -> dict:
     return means
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``platform.processor()`` is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=HYPERPARAMETERS["num_train_epochs"])
@@ -156,7 +167,7 @@ def main() -> None:
 
     from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
 
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.processor() or '?'}"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu_model()}"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
