@@ -383,7 +383,6 @@ class _Progress:
     def __init__(self, request: TrainJobRequest, emit: Callable[[str], None]):
         self.request = request
         self.emit = emit
-        self.start = time.monotonic()
         self.seen_conditions: set[tuple] = set()
         self.pod_name: str | None = None
         self.phase: str | None = None
