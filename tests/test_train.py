@@ -59,6 +59,16 @@ def test_fp16_without_gpu_is_refused_before_launch(tmp_path, prepared):
     assert not (tmp_path / "m").exists()
 
 
+def test_an_existing_model_directory_is_refused_before_launch(tmp_path, prepared):
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "model.safetensors").write_bytes(b"an earlier model")
+    with pytest.raises(ConfigError, match=f"{out} already exists and is not empty"):
+        launch_training(TrainConfig(), prepared, out)
+    assert (out / "model.safetensors").read_bytes() == b"an earlier model"
+    assert not (tmp_path / "m.checkpoints").exists()
+
+
 def test_process_plan_checks_gpu_count():
     assert plan_processes(0, gpus=0) == (1, "cpu")
     assert plan_processes(2, gpus=0) == (2, "cpu")
