@@ -63,7 +63,7 @@ def test_an_existing_model_directory_is_refused_before_launch(tmp_path, prepared
     out = tmp_path / "m"
     out.mkdir()
     (out / "model.safetensors").write_bytes(b"an earlier model")
-    with pytest.raises(ConfigError, match=f"{out} already exists and is not empty"):
+    with pytest.raises(FileExistsError, match=f"refusing to overwrite existing artifact at {out}"):
         launch_training(TrainConfig(), prepared, out)
     assert (out / "model.safetensors").read_bytes() == b"an earlier model"
     assert not (tmp_path / "m.checkpoints").exists()

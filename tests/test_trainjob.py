@@ -366,6 +366,18 @@ def test_launch_multinode_without_a_model_from_the_workers_raises(kube, tmp_path
     assert len(server.calls("DELETE")) == 1
 
 
+def test_launch_multinode_refuses_a_taken_output_directory_before_submitting(kube, tmp_path, dataset):
+    server, api_client = kube()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"an earlier model")
+    with pytest.raises(FileExistsError, match="refusing to overwrite existing artifact"):
+        launch_two_nodes(TrainConfig(), dataset, tmp_path / "out", shared, api_client)
+    assert server.calls("POST") == []
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"an earlier model"
+
+
 def test_launch_multinode_keeps_the_run_directory_of_a_failed_job(kube, tmp_path, dataset):
     server, api_client = kube(outcome="Failed", reason="DeadlineExceeded", message="deadline")
     shared = tmp_path / "shared"

@@ -15,6 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def refuse_existing_artifact(path: str | os.PathLike[str]) -> None:
+    """Raise unless ``path`` is absent or an empty directory: where an artifact may be written.
+
+    Long steps call this before their work, so that a taken path fails them at the start.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"refusing to overwrite existing artifact at {path}")
+
+
 @contextlib.contextmanager
 def atomic_directory(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary directory that is renamed to ``final_path`` on success.
@@ -24,9 +34,8 @@ def atomic_directory(final_path: str | os.PathLike[str]) -> Iterator[Path]:
     finished artifact in place would expose a half-written mix of both.
     """
     final = Path(final_path)
+    refuse_existing_artifact(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists() and (not final.is_dir() or any(final.iterdir())):
-        raise FileExistsError(f"refusing to overwrite existing artifact at {final}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     try:
         yield tmp

@@ -18,6 +18,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from kftune.components.common.atomic import refuse_existing_artifact
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.train.config import TrainConfig
 from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir, resolve_precision
@@ -67,9 +68,7 @@ def launch_training(config: TrainConfig, dataset_dir: str | Path, output_dir: st
 
     config.validate()
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        # Checked here, not only when the model is written: that would be after the whole run.
-        raise ConfigError(f"{output_dir} already exists and is not empty; give another output directory or remove it")
+    refuse_existing_artifact(output_dir)  # now, not after the whole run when the model is written
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     nproc, kind = plan_processes(config.nproc_per_node, gpus)
     resolve_precision(config.mixed_precision, torch.device(kind))  # fp16 without a GPU fails here, not in torchrun

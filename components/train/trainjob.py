@@ -43,7 +43,7 @@ from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
-from kftune.components.common.atomic import atomic_directory
+from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
 from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
@@ -571,6 +571,7 @@ def launch_multinode(
     """
     config.validate()
     dataset_dir, output_dir, mount_path = Path(dataset_dir), Path(output_dir), Path(mount_path)
+    refuse_existing_artifact(output_dir)  # before submitting the job, not after it
     emit = log or _log_line
     name = new_job_name()
     run_dir = mount_path / RUNS_DIR / name
