@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.loop import autocast, build_optimizer, resolve_precision
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import autocast, build_optimizer, resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -100,8 +100,8 @@ def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -
     from kftune.components.common.inference import predict_logits, torch_runner
     from kftune.components.common.modeling import load_classifier
     from kftune.components.common.schema import load_splits
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.launch import launch_training
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.launch import launch_training
 
     config = TrainConfig(**{**hyper, "early_stopping_patience": 0, **overrides})
     started = time.perf_counter()

@@ -17,12 +17,12 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Metrics, Model
 
 from kftune.components.common.images import ImageScheme
+from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.components.tune import component as tune_component
-from kftune.components.tune.space import DEFAULT_SEARCH_SPACE
 from kftune.pipelines.finetune import SHARED_MOUNT, StorageAccess, TrainResources
 
 PIPELINE_NAME = "tune"

@@ -69,8 +69,8 @@ def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, prepared, tiny_model) -> Path:
     """The tiny model fine-tuned for 2 epochs in this process (no torchrun)."""
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.loop import train
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
     train(TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=1e-3,

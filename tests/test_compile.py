@@ -154,7 +154,7 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     params = pipeline["root"]["inputDefinitions"]["parameters"]
     for name, spec in params.items():
         assert "defaultValue" in spec and spec.get("description", "").strip(), name
-    from kftune.components.tune.space import parse_space
+    from kftune.components.common.training.search_space import parse_space
 
     assert parse_space(params["search_space"]["defaultValue"]).names == [
         "learning_rate", "per_device_train_batch_size", "warmup_ratio", "weight_decay"]

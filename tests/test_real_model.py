@@ -26,11 +26,11 @@ def test_tampered_weights_are_refused(monkeypatch):
 @pytest.mark.slow
 def test_real_model_fine_tunes_and_exports(tmp_path, small_csv):
     """all-MiniLM-L6-v2 on 300 real reviews: training moves it, ONNX export keeps parity."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
     from kftune.components.evaluate.evaluate import EvaluateConfig, evaluate
     from kftune.components.export.export import ExportConfig, export_model
     from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.loop import train
 
     preprocess(PreprocessConfig(data=str(small_csv)), tmp_path / "data")
     # 3 epochs: with 2 on 240 training reviews the best epoch can still predict one class only

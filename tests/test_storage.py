@@ -863,8 +863,8 @@ def test_prefix_without_a_model_is_refused_and_nothing_is_cached(s3, moto, tmp_p
 def test_multinode_and_katib_runs_stage_a_remote_pretrained_model_on_the_shared_volume(
         s3, moto, tiny_model, tmp_path, monkeypatch):
     """Worker and trial pods get no storage Secret: the launcher fetches the model and copies it to the volume."""
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.trainjob import CONFIG_FILE, stage_run_dir
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.staging import CONFIG_FILE, stage_run_dir
 
     monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
     client, bucket = _minio(moto.endpoint), s3[5:]

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.launch import launch_training, plan_processes
-from kftune.components.train.loop import HISTORY_FILE, epoch_batches, train
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.launch import launch_training, plan_processes
+from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train
 
 
 def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():
@@ -166,7 +166,7 @@ def test_cuda_fp16_training_with_loss_scaling(tmp_path, prepared, tiny_model):
 
 
 def test_precision_resolution_on_cpu():
-    from kftune.components.train.loop import cpu_has_fast_bf16, resolve_precision
+    from kftune.components.common.training.loop import cpu_has_fast_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "no")
@@ -178,7 +178,7 @@ def test_precision_resolution_on_cpu():
 def test_layerwise_lr_decay_scales_lower_layers(tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from kftune.components.train.loop import build_optimizer
+    from kftune.components.common.training.loop import build_optimizer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model))
     head = model.classifier.weight

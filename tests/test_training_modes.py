@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from kftune.components.common.inference import predict_logits, torch_runner
 from kftune.components.common.modeling import is_adapter, load_classifier
 from kftune.components.common.schema import load_splits
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.loop import HISTORY_FILE, train
 from kftune.components.export.export import ExportConfig, export_model
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import HISTORY_FILE, train
 
 
 @pytest.fixture(scope="module")

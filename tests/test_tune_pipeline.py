@@ -7,8 +7,8 @@ import json
 import pytest
 
 from kftune.cli import main
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import train
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.loop import train
 from kftune.pipelines.local import run_tune_locally
 
 

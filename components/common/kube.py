@@ -6,8 +6,13 @@ Kept free of torch and the Kubeflow SDKs so that a component importing it starts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import secrets
+import signal
+import string
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,15 +20,19 @@ from typing import TypeVar
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
-from kftune.components.common.errors import KftuneError
+from kftune.components.common.errors import ConfigError, KftuneError
 
 REQUEST_TIMEOUT_SECONDS = 60  # one API call; a hung connection must not hang the component
 MAX_API_ERRORS = 5  # consecutive failed polls (API server 5xx, connection errors) tolerated
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 T = TypeVar("T")
+
+SHARED_VOLUME = "kftune-shared"  # the pod volume of the shared PVC
+SHM_VOLUME = "dshm"  # memory-backed /dev/shm
 
 DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")  # DNS-1035: Services, JobSets
 DNS_1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")  # namespaces
@@ -104,3 +113,49 @@ def poll_until(
                 f"(last state: {state()}); deleting it"
             )
         time.sleep(min(poll_seconds, remaining))
+
+
+def new_job_name(prefix: str = "kftune-train") -> str:
+    """A fresh resource name: ``prefix-`` and 8 random lowercase letters and digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def check_pod_placement(request, toleration_model) -> None:
+    """Check a request's ``cpu``, ``memory``, ``shm_size`` (quantities or None), ``node_selector``
+    and ``tolerations`` (against ``toleration_model``, an SDK's copy of the core Toleration)."""
+    for name in ("cpu", "memory", "shm_size"):
+        value = getattr(request, name)
+        if value is None:
+            continue
+        try:
+            quantity = parse_quantity(value)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
+        if quantity <= 0:
+            raise ConfigError(f"{name} must be > 0, got {value!r}")
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in request.node_selector.items()):
+        raise ConfigError(f"node_selector must map strings to strings, got {request.node_selector!r}")
+    for toleration in request.tolerations:
+        try:
+            toleration_model.from_dict(toleration)
+        except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
+            raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+
+
+@contextlib.contextmanager
+def sigterm_raises(job: str, kind: str = "TrainJob"):
+    """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job (a ``kind``
+    resource) is deleted on the way out instead of running on. Signal handlers can only be set in
+    the main thread."""
+
+    def handler(signum, frame):
+        raise KftuneError(f"stopped by SIGTERM while {kind} {job} was running; deleting it")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None
+    try:
+        yield
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)

@@ -8,12 +8,10 @@ writes the dataset artifact described in :mod:`kftune.components.common.schema`.
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 import random
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,11 +33,11 @@ from kftune.components.common.schema import (
     TOKENIZER_DIR,
     LabelMap,
 )
+from kftune.components.common.text import clean_text
 from kftune.components.preprocess.reader import read_labelled_data
 
 log = logging.getLogger(__name__)
 
-_TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
 _NOT_WORD = re.compile(r"[^\w\s]")
 
@@ -96,14 +94,6 @@ class PreprocessConfig:
             raise ConfigError("max_rows and augment_copies must be >= 0")
         if not 0 <= self.augment_probability <= 0.5:
             raise ConfigError(f"augment_probability must be in [0, 0.5], got {self.augment_probability}")
-
-
-def clean_text(text: str) -> str:
-    """NFC-normalise, unescape HTML entities, strip tags and collapse whitespace."""
-    text = unicodedata.normalize("NFC", text)
-    text = html.unescape(text)
-    text = _TAG.sub(" ", text)
-    return _SPACE.sub(" ", text).strip()
 
 
 def normalised_key(text: str) -> str:

@@ -14,7 +14,7 @@ starts an ONNX Runtime session, runs one warm-up text and marks the model ready.
   in label id order).
 
 Texts go through exactly what the evaluate step saw: preprocess's cleaning
-(:func:`~kftune.components.preprocess.preprocess.clean_text`), the tokenizer with truncation at
+(:func:`~kftune.components.common.text.clean_text`), the tokenizer with truncation at
 ``max_seq_length`` (preprocess's, 128 by default), batches in length order padded per batch
 (:func:`~kftune.components.common.inference.predict_logits`). So the served predictions are the
 evaluate step's, up to the ONNX/PyTorch difference that export checked (max |logit diff| within
@@ -48,7 +48,7 @@ from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, softmax
 from kftune.components.common.schema import LABELS_FILE, LabelMap
 from kftune.components.common.storage import fetch, is_remote
-from kftune.components.preprocess.preprocess import clean_text
+from kftune.components.common.text import clean_text
 from kftune.components.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)

@@ -95,8 +95,8 @@ def train(
     import logging
     from pathlib import Path
 
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.launch import launch_training, shared_checkpoint_dir
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.launch import launch_training, shared_checkpoint_dir
     from kftune.components.train.report import curves_html, history_metrics
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,7 +112,7 @@ def train(
         checkpoint_dir=shared_checkpoint_dir(shared_dir, run_id), train_on=train_on,
     )
     if hyperparameters:
-        from kftune.components.tune.space import apply_hyperparameters
+        from kftune.components.common.training.search_space import apply_hyperparameters
 
         config = apply_hyperparameters(config, hyperparameters)
     handle = {}

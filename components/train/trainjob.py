@@ -12,25 +12,17 @@ runtime injects ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``, ``PET
 and ``PET_MASTER_PORT`` into the ``node`` container; torchrun reads its options from these
 ``PET_*`` variables, so the worker command passes none of them.
 
-    run_dir/                     on the shared volume, one per job
-        train_config.json        TrainConfig
-        dataset/                 copy of the preprocessed dataset artifact
-        model/                   written by rank 0 (atomically, with the training history)
-        model.checkpoints/       checkpoints; a restarted worker resumes from them
+The run directory on the shared volume is laid out by
+:mod:`kftune.components.common.training.staging`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import re
-import secrets
 import shutil
-import signal
-import string
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,25 +32,28 @@ from kubeflow.trainer.constants import constants as trainer_constants
 from kubeflow_trainer_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubernetes.utils import parse_quantity
 from urllib3.exceptions import HTTPError
 
 from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
-from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
     DNS_1123_LABEL,
     DNS_1123_SUBDOMAIN,
     DNS_LABEL,
     REQUEST_TIMEOUT_SECONDS,
+    SHARED_VOLUME,
+    SHM_VOLUME,
+    check_pod_placement,
     current_namespace,
     kube_api_client,
+    new_job_name,
     poll_until,
+    sigterm_raises,
 )
 from kftune.components.common.kube import api_error as _api_error
-from kftune.components.common.storage import is_remote
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir
+from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -70,25 +65,14 @@ DEFAULT_RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime Kubeflow Tra
 RUNTIME_KIND = "ClusterTrainingRuntime"
 PATCH_MANAGER = "kftune/train"
 LABELS = {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "train"}
-SHARED_VOLUME = "kftune-shared"
-SHM_VOLUME = "dshm"
 
 DEFAULT_TIMEOUT_SECONDS = 24 * 3600
 DEFAULT_POLL_SECONDS = 10.0
-
-RUNS_DIR = "kftune-runs"
-CONFIG_FILE = "train_config.json"
 
 # The TrainJob's name names its JobSet and headless Service (a DNS-1035 label) and starts the
 # workers' host names, <name>-node-0-<index>, which must stay within 63 characters.
 MAX_NAME_LENGTH = 40
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def new_job_name(prefix: str = "kftune-train") -> str:
-    """A fresh TrainJob name: ``kftune-train-`` and 8 random lowercase letters and digits."""
-    alphabet = string.ascii_lowercase + string.digits
-    return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 @dataclass
@@ -177,28 +161,6 @@ class TrainJobRequest:
         return self.procs_per_node or self.gpus_per_node or 1
 
 
-def check_pod_placement(request, toleration_model) -> None:
-    """Check a request's ``cpu``, ``memory``, ``shm_size`` (quantities or None), ``node_selector``
-    and ``tolerations`` (against ``toleration_model``, an SDK's copy of the core Toleration)."""
-    for name in ("cpu", "memory", "shm_size"):
-        value = getattr(request, name)
-        if value is None:
-            continue
-        try:
-            quantity = parse_quantity(value)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
-        if quantity <= 0:
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in request.node_selector.items()):
-        raise ConfigError(f"node_selector must map strings to strings, got {request.node_selector!r}")
-    for toleration in request.tolerations:
-        try:
-            toleration_model.from_dict(toleration)
-        except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
-            raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
-
-
 def worker_command(
     config_file: str | Path,
     dataset_dir: str | Path,
@@ -215,7 +177,7 @@ def worker_command(
     """
     return [
         python, "-m", "torch.distributed.run", f"--max-restarts={max_restarts}",
-        "-m", "kftune.components.train.loop",
+        "-m", "kftune.components.common.training.loop",
         "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
     ]  # fmt: skip
 
@@ -308,7 +270,7 @@ def run_trainjob(
     start = time.monotonic()
     maybe_created = True  # a create that timed out may still have created the job
     try:
-        with _sigterm_raises(job):
+        with sigterm_raises(job):
             try:
                 created = custom.create_namespaced_custom_object(
                     GROUP, VERSION, request.namespace, TRAINJOB_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
@@ -493,50 +455,6 @@ def _create_error(job: str, e: ApiException) -> str:
 
 def _log_line(line: str) -> None:
     log.info("%s", line)
-
-
-@contextlib.contextmanager
-def _sigterm_raises(job: str, kind: str = "TrainJob"):
-    """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job (a ``kind``
-    resource) is deleted on the way out instead of running on. Signal handlers can only be set in
-    the main thread."""
-
-    def handler(signum, frame):
-        raise KftuneError(f"stopped by SIGTERM while {kind} {job} was running; deleting it")
-
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None
-    try:
-        yield
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def stage_run_dir(config: TrainConfig, dataset_dir: Path, run_dir: Path, mount_path: Path) -> TrainConfig:
-    """Create ``run_dir`` on the shared volume with what the workers train from; return the config they read.
-
-    The dataset goes to ``run_dir/dataset`` and the config to ``run_dir/train_config.json``; a
-    pretrained model in a local directory off the volume is copied to ``run_dir/pretrained`` (and
-    the config points there). So is one in ``s3://`` or ``gs://``, fetched first with this pod's
-    storage credentials: the worker and trial pods get no Secret, and need none. A partly
-    written ``run_dir`` is removed again.
-    """
-    run_dir.mkdir(parents=True)
-    try:
-        model = config.model
-        if is_remote(model):
-            model = resolve_model(model)  # into this pod's model cache, complete or not at all
-        model = Path(model).expanduser()
-        if model.is_dir() and not model.is_relative_to(mount_path):  # a local model: the workers need a copy
-            shutil.copytree(model, run_dir / "pretrained")
-            config = replace(config, model=str(run_dir / "pretrained"))
-        shutil.copytree(dataset_dir, run_dir / "dataset")
-        config.to_json(run_dir / CONFIG_FILE)
-    except BaseException:
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    return config
 
 
 def launch_multinode(

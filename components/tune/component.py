@@ -83,9 +83,9 @@ def plan_search(
     from collections import namedtuple
     from dataclasses import asdict
 
-    from kftune.components.train.config import TrainConfig
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.search import check_search, default_params, plan_trials
-    from kftune.components.tune.space import parse_space
 
     base = TrainConfig(
         model=base_model, learning_rate=learning_rate, num_train_epochs=num_train_epochs,
@@ -122,7 +122,7 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
     import logging
     import tempfile
 
-    from kftune.components.train.config import TrainConfig
+    from kftune.components.common.training.config import TrainConfig
     from kftune.components.tune.trial import run_trial
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -206,10 +206,10 @@ def optuna_search(
     import logging
     import tempfile
 
-    from kftune.components.train.config import TrainConfig
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.report import write_search_outputs
     from kftune.components.tune.search import optuna_search as run_study
-    from kftune.components.tune.space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = TrainConfig(**json.loads(train_config))
@@ -271,11 +271,11 @@ def katib_search(
     import json
     import logging
 
-    from kftune.components.train.config import TrainConfig
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.katib import launch_katib
     from kftune.components.tune.report import write_search_outputs
     from kftune.components.tune.search import record_from_katib
-    from kftune.components.tune.space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = TrainConfig(**json.loads(train_config))

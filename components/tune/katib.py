@@ -65,24 +65,20 @@ from kftune.components.common.kube import (
     DNS_LABEL,
     MAX_API_ERRORS,
     REQUEST_TIMEOUT_SECONDS,
+    SHARED_VOLUME,
+    SHM_VOLUME,
+    check_pod_placement,
     current_namespace,
     is_transient,
     kube_api_client,
+    new_job_name,
     poll_until,
+    sigterm_raises,
 )
 from kftune.components.common.kube import api_error as _api_error
-from kftune.components.train.config import BEST_METRICS, TrainConfig
-from kftune.components.train.trainjob import (
-    CONFIG_FILE,
-    RUNS_DIR,
-    SHARED_VOLUME,
-    SHM_VOLUME,
-    _sigterm_raises,
-    check_pod_placement,
-    new_job_name,
-    stage_run_dir,
-)
-from kftune.components.tune.space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
+from kftune.components.common.training.config import BEST_METRICS, TrainConfig
+from kftune.components.common.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
+from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +264,7 @@ class KatibRequest:
 
     def _validate_space(self) -> None:
         if not isinstance(self.space, SearchSpace) or not self.space.params:
-            raise ConfigError("space must be a non-empty SearchSpace (see kftune.components.tune.space.parse_space)")
+            raise ConfigError("space must be a non-empty SearchSpace (see common.training.search_space.parse_space)")
         seen = set()
         for param in self.space.params:
             if param.name not in SEARCHABLE:
@@ -475,7 +471,7 @@ def run_experiment(
     start = time.monotonic()
     maybe_created = True  # a create that timed out may still have created the Experiment
     try:
-        with _sigterm_raises(experiment_id, kind="Katib Experiment"):
+        with sigterm_raises(experiment_id, kind="Katib Experiment"):
             try:
                 created = custom.create_namespaced_custom_object(
                     GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS

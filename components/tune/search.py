@@ -21,9 +21,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.train.config import TrainConfig
-from kftune.components.tune.pruning import PruningTarget, journal_storage
-from kftune.components.tune.space import SearchSpace
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.pruning import PruningTarget, journal_storage
+from kftune.components.common.training.search_space import SearchSpace
 from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
 
 log = logging.getLogger(__name__)

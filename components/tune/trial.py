@@ -24,9 +24,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from kftune.components.common.errors import KftuneError
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.launch import launch_training
-from kftune.components.tune.space import apply_hyperparameters
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.launch import launch_training
+from kftune.components.common.training.search_space import apply_hyperparameters
 
 log = logging.getLogger(__name__)
 

@@ -66,10 +66,10 @@ def preflight(arguments: dict) -> None:
     import torch
 
     from kftune.components.common.bundled import resolve_model
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import resolve_precision
     from kftune.components.evaluate.evaluate import EvaluateConfig
     from kftune.components.preprocess.preprocess import PreprocessConfig, prepare_rows
-    from kftune.components.train.config import TrainConfig
-    from kftune.components.train.loop import resolve_precision
 
     train_fields = inspect.signature(TrainConfig).parameters
     config = TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields})
@@ -134,10 +134,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the tune pipeline locally: search, train the best, evaluate, export."""
+    from kftune.components.common.training.search_space import parse_space
     from kftune.components.evaluate.report import evaluation_markdown
     from kftune.components.tune.report import search_markdown
     from kftune.components.tune.search import check_search
-    from kftune.components.tune.space import parse_space
     from kftune.pipelines.local import run_tune_locally
     from kftune.pipelines.tune import tune
 

@@ -10,7 +10,7 @@ when validation stops improving. Rank 0 writes the best model as a Hugging Face 
 atomically.
 
     python -m torch.distributed.run --standalone --nproc_per_node=N \
-        -m kftune.components.train.loop --config C --dataset D --output O
+        -m kftune.components.common.training.loop --config C --dataset D --output O
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.modeling import build_classifier, save_classifier, trainable_parameters
 from kftune.components.common.schema import LABELS_FILE, LENGTH, TOKENIZER_DIR, load_splits
-from kftune.components.train.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
-from kftune.components.train.config import TrainConfig
+from kftune.components.common.training.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
+from kftune.components.common.training.config import TrainConfig
 
 log = logging.getLogger("kftune.train")
 
@@ -497,7 +497,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 log.info("early stopping: no improvement of %s for %d epoch(s)", config.metric_for_best_model,
                          stale_epochs)
             elif config.pruning:
-                from kftune.components.tune.pruning import PruningTarget
+                from kftune.components.common.training.pruning import PruningTarget
 
                 prune = PruningTarget.from_json(config.pruning).report(score, epoch + 1)
                 stop = prune and epoch + 1 < config.num_train_epochs

@@ -1,7 +1,7 @@
 """Launch the training loop under torchrun from inside the train component.
 
 One process per visible GPU (NCCL), or N CPU processes (gloo) sharing the cores. The
-component calls :func:`launch_training`; torchrun runs :mod:`kftune.components.train.loop`.
+component calls :func:`launch_training`; torchrun runs :mod:`kftune.components.common.training.loop`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 from kftune.components.common.atomic import refuse_existing_artifact
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.train.config import TrainConfig
-from kftune.components.train.loop import HISTORY_FILE, default_checkpoint_dir, resolve_precision
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def torchrun_command(
         # One node: the workers meet on loopback, not on the host name, which need not resolve
         # (a container without a network, a pod whose hostname has no DNS entry yet).
         "--standalone", "--local-addr=127.0.0.1", f"--nproc_per_node={nproc}", f"--max-restarts={max_restarts}",
-        "-m", "kftune.components.train.loop",
+        "-m", "kftune.components.common.training.loop",
         "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
     ]
 

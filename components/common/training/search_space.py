@@ -237,7 +237,7 @@ def _check_value(where: str, kind: type, value):
 
 def _check_range(name: str, value) -> None:
     """Values TrainConfig would reject, reported as a search-space error up front."""
-    from kftune.components.train.config import TrainConfig
+    from kftune.components.common.training.config import TrainConfig
 
     try:
         TrainConfig(**{name: value}).validate()
