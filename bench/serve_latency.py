@@ -57,8 +57,10 @@ def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
 
     from kftune.components.common.bundled import bundled_model_dir
     from kftune.components.common.schema import LABELS_FILE, LabelMap
-    from kftune.components.export.export import ExportConfig, export_model
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     dataset = work / "dataset"
     tokenizer_source = model or str(bundled_model_dir())

@@ -168,7 +168,8 @@ def main() -> None:
         except (ValueError, SyntaxError):
             overrides[key] = value
 
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {cpu_model()}"
     runs = []

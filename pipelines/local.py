@@ -40,6 +40,16 @@ class LocalRunResult:
         }
 
 
+def local_cluster(**options) -> dict:
+    """No cluster volume here: checkpoints stay beside the model and are dropped after success. No
+    Secrets either: object-store settings and credentials come from this environment."""
+    from kftune.components.common.resources import TrainResources
+    from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
+
+    return {"resources": TrainResources(shared_pvc=""), "secrets": StorageSecrets(s3_secret="", gcs_secret=""),
+            "options": ClusterOptions(s3_endpoint="", **options)}
+
+
 def run_pipeline_locally(pipeline, arguments: dict, pipeline_root: str | Path):
     """Run ``pipeline`` with ``kfp.local``'s SubprocessRunner in this interpreter.
 
@@ -60,12 +70,9 @@ def run_pipeline_locally(pipeline, arguments: dict, pipeline_root: str | Path):
 
 def run_finetune_locally(arguments: dict, pipeline_root: str | Path) -> LocalRunResult:
     """Run the finetune pipeline locally and gather model, ONNX and evaluation paths/figures."""
-    from kftune.pipelines.finetune import StorageAccess, TrainResources, build_finetune_pipeline
+    from kftune.pipelines.finetune import build_finetune_pipeline
 
-    # No cluster volume here: checkpoints stay beside the model and are dropped after success.
-    # No Secrets either: object-store settings and credentials come from this environment.
-    finetune = build_finetune_pipeline(resources=TrainResources(shared_pvc=""),
-                                       storage=StorageAccess(s3_secret="", s3_endpoint=""))
+    finetune = build_finetune_pipeline(**local_cluster())
     started = time.perf_counter()
     task = run_pipeline_locally(finetune, arguments, pipeline_root)
     return _result(task.outputs, started)
@@ -81,11 +88,9 @@ class LocalTuneResult(LocalRunResult):
 
 def run_tune_locally(arguments: dict, pipeline_root: str | Path) -> LocalTuneResult:
     """Run the tune pipeline locally (trials one at a time: they share this machine's cores)."""
-    from kftune.pipelines.finetune import StorageAccess, TrainResources
     from kftune.pipelines.tune import build_tune_pipeline
 
-    tune = build_tune_pipeline(resources=TrainResources(shared_pvc=""), trial_parallelism=1,
-                               storage=StorageAccess(s3_secret="", s3_endpoint=""))
+    tune = build_tune_pipeline(**local_cluster(trial_parallelism=1))
     started = time.perf_counter()
     task = run_pipeline_locally(tune, arguments, pipeline_root)
     base = _result(task.outputs, started)

@@ -59,7 +59,8 @@ def small_csv(tmp_path_factory, small_frame) -> Path:
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
     """A preprocessed dataset artifact of the small slice, tokenized for the tiny model."""
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("prepared") / "dataset"
     preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out)

@@ -115,7 +115,7 @@ STEPS_PER_EPOCH = 30
 
 def _config(tiny_model, checkpoint_dir: Path) -> TrainConfig:
     return TrainConfig(model=str(tiny_model), num_train_epochs=3, per_device_train_batch_size=4,
-                       learning_rate=1e-3, nproc_per_node=2, save_steps=10, save_total_limit=0,
+                       learning_rate=1e-3, save_steps=10, save_total_limit=0,
                        early_stopping_patience=0, logging_steps=10, checkpoint_dir=str(checkpoint_dir))
 
 
@@ -182,11 +182,11 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, prepare
 LAUNCH = """
 import logging, sys
 from kftune.components.common.errors import KftuneError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training
 logging.basicConfig(level=logging.INFO)
 try:
-    launch_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2], sys.argv[3])
+    launch_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2], sys.argv[3], Launch(nproc_per_node=2))
 except KftuneError as err:
     print(f"kftune: error: {err}", file=sys.stderr)
     sys.exit(1)

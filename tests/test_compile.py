@@ -3,6 +3,7 @@ and the committed YAML kept fresh."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -28,21 +29,41 @@ def _executor(doc, component):
     return doc["deploymentSpec"]["executors"][f"exec-{component}"]["container"]
 
 
-def test_train_task_requests_gpu_cpu_and_memory(tmp_path):
-    doc = _compile(tmp_path)
-    resources = _executor(doc, "train")["resources"]
-    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
-    assert int(resources["accelerator"]["resourceCount"]) == 1
-    assert float(resources["cpuLimit"]) == 4
-    assert resources["memoryLimit"] == 16.0
-    assert "accelerator" not in _executor(doc, "evaluate").get("resources", {})
+def _placeholder(name: str) -> str:
+    return "{{$.inputs.parameters['pipelinechannel--" + name + "']}}"
 
 
-def test_gpu_count_and_cpu_only(tmp_path):
-    doc = _compile(tmp_path, "--gpus", "8", "--accelerator-type", "nvidia.com/gpu")
-    assert int(_executor(doc, "train")["resources"]["accelerator"]["resourceCount"]) == 8
+@pytest.mark.parametrize("pipeline", ["finetune", "tune"])
+def test_train_resources_are_run_parameters(tmp_path, pipeline):
+    """GPUs, accelerator type, CPU and memory of every training task come from run parameters,
+    whose defaults are the compile flags (string-typed: the KFP backend resolves resource
+    placeholders from string values only)."""
+    compiled, _platform_spec = yaml.safe_load_all((COMPILED if pipeline == "finetune" else TUNE_COMPILED).read_text())
+    trainers = ("train",) if pipeline == "finetune" else ("train", "search-trial", "optuna-search")
+    for name in trainers:
+        resources = _executor(compiled, name)["resources"]
+        assert resources["accelerator"] == {"resourceCount": _placeholder("gpus"),
+                                            "resourceType": _placeholder("accelerator_type")}, name
+        assert resources["resourceCpuLimit"] == resources["resourceCpuRequest"] == _placeholder("train_cpu")
+        assert resources["resourceMemoryLimit"] == resources["resourceMemoryRequest"] == _placeholder("train_memory")
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    assert {name: (params[name]["parameterType"], params[name]["defaultValue"])
+            for name in ("gpus", "accelerator_type", "train_cpu", "train_memory")} == {
+        "gpus": ("STRING", "1"), "accelerator_type": ("STRING", "nvidia.com/gpu"),
+        "train_cpu": ("STRING", "4"), "train_memory": ("STRING", "16G")}
+    assert "accelerator" not in _executor(compiled, "evaluate").get("resources", {})
+
+
+def test_compile_flags_are_the_run_parameters_defaults(tmp_path):
+    doc = _compile(tmp_path, "--gpus", "8", "--accelerator-type", "amd.com/gpu", "--train-cpu", "16",
+                   "--train-memory", "64Gi")
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert [params[n]["defaultValue"] for n in ("gpus", "accelerator_type", "train_cpu", "train_memory")] == [
+        "8", "amd.com/gpu", "16", "64Gi"]
+    # 0 GPUs is a default like any other: a run can still ask for some
     doc = _compile(tmp_path, "--gpus", "0")
-    assert "accelerator" not in _executor(doc, "train")["resources"]
+    assert doc["root"]["inputDefinitions"]["parameters"]["gpus"]["defaultValue"] == "0"
+    assert _executor(doc, "train")["resources"]["accelerator"]["resourceCount"] == _placeholder("gpus")
 
 
 def test_every_parameter_has_default_and_description(tmp_path):
@@ -79,7 +100,9 @@ def test_train_task_gets_shm_shared_volume_and_retries(tmp_path):
     (shm,) = platform["emptyDirMounts"]
     assert shm["mountPath"] == "/dev/shm" and shm["medium"] == "Memory" and shm["sizeLimit"] == "8Gi"
     (pvc,) = platform["pvcMount"]
-    assert pvc["mountPath"] == "/kftune/shared" and pvc["constant"] == "kftune-shared"
+    assert pvc["mountPath"] == "/kftune/shared"
+    assert pvc["pvcNameParameter"] == {"componentInputParameter": "shared_pvc"}  # a run parameter
+    assert doc["root"]["inputDefinitions"]["parameters"]["shared_pvc"]["defaultValue"] == "kftune-shared"
     train_task = doc["root"]["dag"]["tasks"]["train"]
     assert train_task["retryPolicy"]["maxRetryCount"] == 2
     inputs = train_task["inputs"]["parameters"]
@@ -92,17 +115,20 @@ def test_train_task_gets_shm_shared_volume_and_retries(tmp_path):
     assert "exec-evaluate" not in doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-def test_node_selector_and_tolerations(tmp_path):
-    doc = _compile(tmp_path, "--node-selector", "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
-                   "--toleration", "nvidia.com/gpu:NoSchedule", "--toleration", "dedicated=ml:NoExecute",
+def test_node_selector_and_tolerations_are_run_parameters(tmp_path):
+    selector = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                   {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}]
+    doc = _compile(tmp_path, "--node-selector", json.dumps(selector), "--tolerations", json.dumps(tolerations),
                    "--shared-pvc", "", "--shm-size", "")
     platform = _platform(doc)
-    assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert platform["tolerations"] == [
-        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
-        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"},
-    ]
-    assert "pvcMount" not in platform and "emptyDirMounts" not in platform
+    assert platform["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "node_selector"}}
+    assert platform["tolerations"] == [{"tolerationJson": {"componentInputParameter": "tolerations"}}]
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert params["node_selector"]["defaultValue"] == selector
+    assert params["tolerations"]["defaultValue"] == tolerations
+    # compiled without a shared volume: no mount and no run parameter naming one
+    assert "pvcMount" not in platform and "emptyDirMounts" not in platform and "shared_pvc" not in params
     inputs = doc["root"]["dag"]["tasks"]["train"]["inputs"]["parameters"]
     assert inputs["shared_dir"]["runtimeValue"]["constant"] == ""
 
@@ -110,17 +136,25 @@ def test_node_selector_and_tolerations(tmp_path):
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--gpus=-1"], "gpus must be >= 0"),
+        (["--gpus=-1"], "gpus must be a whole number >= 0, got '-1'"),
         (["--accelerator-type", "tpu.google.com/v5"], "unknown accelerator type 'tpu.google.com/v5'"),
-        (["--toleration", "gpu"], "toleration 'gpu': expected key[=value]:Effect"),
-        (["--toleration", "gpu:Sometimes"], "toleration 'gpu:Sometimes'"),
-        (["--node-selector", "gpu"], "--node-selector 'gpu': expected LABEL=VALUE"),
+        (["--tolerations", '[{"key": "gpu", "effect": "Sometimes"}]'], "effect must be one of NoSchedule"),
+        (["--tolerations", '["gpu:NoSchedule"]'], "tolerations: expected an object"),
+        (["--node-selector", '{"gpu": 1}'], "node_selector must map label names to values"),
+        (["--train-memory", "lots"], "train_memory must be a Kubernetes quantity"),
+        (["--retries=-1"], "retries must be >= 0"),
     ],
 )
 def test_bad_compile_flags(tmp_path, flags, message, capsys):
     assert main(["compile", "--output", str(tmp_path / "x.yaml"), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compile_flags_that_are_not_json_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["compile", "--output", str(tmp_path / "x.yaml"), "--node-selector", "gpu=a100"])
+    assert "expected JSON" in capsys.readouterr().err
 
 
 TUNE_COMPILED = REPO / "pipelines" / "compiled" / "tune.yaml"
@@ -143,7 +177,7 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     executors = pipeline["deploymentSpec"]["executors"]
     for name in ("exec-search-trial", "exec-optuna-search", "exec-train"):
         resources = executors[name]["container"]["resources"]
-        assert int(resources["accelerator"]["resourceCount"]) == 2, name
+        assert resources["accelerator"]["resourceCount"] == _placeholder("gpus"), name
         assert executors[name]["container"]["image"].endswith(("kftune-tune:0.1.0", "kftune-train:0.1.0"))
     # the trial fan-out: a ParallelFor over plan-search's trials, at most 3 at once, and its results collected
     loops = [t for c in pipeline["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()
@@ -152,6 +186,7 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     assert "plan-search" in str(loops[0]["parameterIterator"])
     assert "pipelinechannel--search-trial-Output" in text  # dsl.Collected of the trial outputs
     params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert params["gpus"]["defaultValue"] == "2"
     for name, spec in params.items():
         assert "defaultValue" in spec and spec.get("description", "").strip(), name
     from kftune.components.common.training.search_space import parse_space
@@ -211,7 +246,8 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     for stage in ("preprocess", "train", "publish"):  # data, pretrained model, published model
         (secret,) = executors[f"exec-{stage}"]["secretAsEnv"]
-        assert secret["secretNameParameter"]["runtimeValue"]["constant"] == "mlpipeline-minio-artifact"
+        # a run parameter (inside the gate's sub-DAG as the channel that carries it)
+        assert secret["secretNameParameter"]["componentInputParameter"] in ("s3_secret", "pipelinechannel--s3_secret")
         assert secret["optional"] is True
         assert {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
             ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
@@ -219,6 +255,8 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
         assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs.kubeflow:9000"
     for stage in ("evaluate", "export", "deploy"):
         assert "secretAsEnv" not in executors.get(f"exec-{stage}", {}), stage
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert params["s3_secret"]["defaultValue"] == "mlpipeline-minio-artifact" and "gcs_secret" not in params
 
     doc = _compile(tmp_path, "--s3-secret", "", "--s3-endpoint", "", "--gcs-secret", "gcs-key")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

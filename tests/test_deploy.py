@@ -598,17 +598,17 @@ def test_component_interface():
     inputs = {name: (i.type, i.default) for name, i in spec.inputs.items()}
     assert inputs == {
         "model_uri": ("String", None),
-        "name": ("String", None),
-        "namespace": ("String", ""),
-        "runtime": ("String", "kftune-onnx"),
-        "model_format": ("String", "kftune-onnx"),
-        "service_account": ("String", "kftune-serving"),
-        "min_replicas": ("Integer", 1),
-        "max_replicas": ("Integer", 1),
+        "deploy_name": ("String", ""),
+        "deploy_namespace": ("String", ""),
+        "serving_runtime": ("String", "kftune-onnx"),
+        "serving_model_format": ("String", "kftune-onnx"),
+        "serving_service_account": ("String", "kftune-serving"),
+        "serving_min_replicas": ("Integer", 1),
+        "serving_max_replicas": ("Integer", 1),
         "canary_traffic_percent": ("Integer", -1),
-        "cpu": ("String", "1"),
-        "memory": ("String", "2Gi"),
-        "timeout_minutes": ("Float", 15.0),
+        "serving_cpu": ("String", "1"),
+        "serving_memory": ("String", "2Gi"),
+        "deploy_timeout_minutes": ("Float", 15.0),
     }
     assert {name: o.type for name, o in spec.outputs.items()} == {"Output": "String"}
     assert all(i.description for i in spec.inputs.values()), "every parameter needs an Args: line (the UI shows it)"
@@ -623,7 +623,8 @@ def test_component_function_deploys_through_the_kubeconfig(kube, tmp_path, monke
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))  # $KUBECONFIG, read at import
     (tmp_path / "namespace").write_text("team-a")
     monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
-    url = deploy_component(model_uri="s3://models/sentiment/v1", name="sentiment", memory="1Gi", timeout_minutes=1)
+    url = deploy_component(model_uri="s3://models/sentiment/v1", deploy_name="sentiment", serving_memory="1Gi",
+                           deploy_timeout_minutes=1)
     assert url == "http://sentiment.team-a.example.com"
     model = server.inference_services[("team-a", "sentiment")].isvc["spec"]["predictor"]["model"]
     assert model["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
@@ -643,7 +644,7 @@ def test_component_under_kfp_local(kube, tmp_path, monkeypatch):
 
     @dsl.pipeline(name="deploy-only")
     def deploy_only(model_uri: str) -> str:
-        return deploy_op(model_uri=model_uri, name="sentiment", canary_traffic_percent=10).output
+        return deploy_op(model_uri=model_uri, deploy_name="sentiment", canary_traffic_percent=10).output
 
     task = run_pipeline_locally(deploy_only, {"model_uri": "s3://models/sentiment/v1"}, tmp_path / "runs")
     assert task.output == "http://sentiment.default.example.com"  # no pod: the default namespace

@@ -121,7 +121,8 @@ def test_finetune_pipeline_runs_each_step_in_its_stage_image(docker_client, imag
                                                              tiny_model, capsys):
     from kfp import local
 
-    from kftune.pipelines.finetune import StorageAccess, TrainResources, build_finetune_pipeline
+    from kftune.pipelines.finetune import build_finetune_pipeline
+    from kftune.pipelines.local import local_cluster
 
     # DockerRunner bind-mounts the pipeline root at the same path in every container, so the
     # inputs go in there too; the steps run as the images' user, who must be able to write the
@@ -136,8 +137,7 @@ def test_finetune_pipeline_runs_each_step_in_its_stage_image(docker_client, imag
         path.chmod(0o644)
     published = root / "published"
 
-    finetune = build_finetune_pipeline(images=images, resources=TrainResources(shared_pvc=""),
-                                       storage=StorageAccess(s3_secret="", s3_endpoint=""))
+    finetune = build_finetune_pipeline(images=images, **local_cluster())
     # /dev/shm as big as the train pod's; Docker's default network (torchrun needs the
     # container's hostname to resolve, as it does in a pod)
     local.init(runner=local.DockerRunner(shm_size="1g"), pipeline_root=str(root))

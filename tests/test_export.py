@@ -9,7 +9,8 @@ import pytest
 
 from kftune.components.common.errors import KftuneError
 from kftune.components.export import export as export_module
-from kftune.components.export.export import ExportConfig, export_model
+from kftune.components.export.config import ExportConfig
+from kftune.components.export.export import export_model
 
 
 def test_export_with_parity_and_int8(tmp_path, trained, prepared):

@@ -156,7 +156,7 @@ def test_integer_ranges_and_steps():
     space = parse_space(
         {
             "num_train_epochs": {"low": 2, "high": 5},
-            "max_seq_length": {"low": 64, "high": 256, "step": 64},
+            "max_train_length": {"low": 64, "high": 256, "step": 64},
             "weight_decay": {"low": 0.0, "high": 0.1, "step": 0.05},
         }
     )
@@ -164,10 +164,10 @@ def test_integer_ranges_and_steps():
     assert all(isinstance(p, models.V1beta1ParameterSpec) for p in params.values())
     epochs = params["num_train_epochs"]
     assert epochs.parameter_type == "int" and (epochs.feasible_space.min, epochs.feasible_space.max) == ("2", "5")
-    assert params["max_seq_length"].feasible_space.step == "64"
+    assert params["max_train_length"].feasible_space.step == "64"
     assert params["weight_decay"].parameter_type == "double" and params["weight_decay"].feasible_space.step == "0.05"
     grid = {p.name: p for p in katib_parameters(space, "grid")}
-    assert grid["max_seq_length"].feasible_space.list == ["64", "192", "256"]  # the lattice thinned to 3 grid points
+    assert grid["max_train_length"].feasible_space.list == ["64", "192", "256"]  # the lattice thinned to 3 grid points
     assert grid["num_train_epochs"].feasible_space.list == ["2", "4", "5"]
 
 

@@ -7,7 +7,6 @@ kind, kubectl, make, ... only record that they were called (they must not be).
 
 from __future__ import annotations
 
-import ast
 import os
 import re
 import shlex
@@ -240,16 +239,18 @@ def test_up_gpu_variant_uses_nvkind_and_the_device_plugin(sandbox):
 
 
 def cli_flags(command: str) -> set[str]:
-    """The options `kftune <command>` accepts, read from src/kftune/cli.py's parser definitions."""
-    parser_var = {"compile": "comp", "submit": "submit_parser"}[command]
-    text = (ROOT / "src" / "kftune" / "cli.py").read_text()
-    return set(re.findall(rf'\b{parser_var}\.add_argument\(\s*"(--[a-z0-9-]+)"', text))
+    """The options `kftune <command>` accepts, from the CLI's own parser."""
+    from kftune.cli import build_parser
+
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return {flag for action in parser._actions for flag in action.option_strings}
 
 
 def pipeline_parameters() -> set[str]:
-    tree = ast.parse((ROOT / "pipelines" / "finetune.py").read_text())
-    func = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "finetune")
-    return {a.arg for a in func.args.args}
+    """The finetune pipeline's run parameters."""
+    from kftune.pipelines.finetune import finetune
+
+    return set(finetune.component_spec.inputs)
 
 
 def test_run_compiles_for_the_images_up_pushes_then_submits(sandbox):

@@ -10,13 +10,13 @@ of tests/fake_kube_api.py.
 
 from __future__ import annotations
 
-import ast
 import base64
 import functools
 import inspect
 import re
 import shutil
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 
 import kserve
@@ -26,9 +26,11 @@ from kubernetes import client as k8s
 
 from kftune.components.common.images import ImageScheme
 from kftune.components.common.kube import SHARED_VOLUME
+from kftune.components.common.resources import TrainResources
 from kftune.components.common.storage import use_gcs_secret, use_s3_secret
 from kftune.components.train.trainjob import run_trainjob
 from kftune.components.tune.katib import run_experiment
+from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer, Scenario
 from tests.test_katib import make_request as make_katib_request
 from tests.test_trainjob import make_request as make_trainjob_request
@@ -82,30 +84,15 @@ def is_custom(doc: dict) -> bool:
     return (doc["apiVersion"], doc["kind"]) in CUSTOM_MODELS
 
 
-def finetune_source() -> ast.Module:
-    return ast.parse((ROOT / "pipelines" / "finetune.py").read_text())
-
-
 def pipeline_defaults() -> dict[str, object]:
-    """Parameters of the finetune pipeline function and their defaults, read from the source (no import)."""
-    func = next(node for node in ast.walk(finetune_source())
-                if isinstance(node, ast.FunctionDef) and node.name == "finetune")
-    args = func.args.args
-    defaults = [ast.literal_eval(d) for d in func.args.defaults]
-    return {a.arg: d for a, d in zip(args[len(args) - len(defaults):], defaults, strict=True)}
-
-
-def dataclass_defaults(class_name: str) -> dict[str, object]:
-    """Field defaults of a dataclass in pipelines/finetune.py (what compiles into the pipeline)."""
-    cls = next(node for node in ast.walk(finetune_source())
-               if isinstance(node, ast.ClassDef) and node.name == class_name)
-    return {node.target.id: ast.literal_eval(node.value) for node in cls.body
-            if isinstance(node, ast.AnnAssign) and node.value is not None}
+    """Run parameters of the compiled finetune pipeline and their defaults."""
+    pipeline, _platform = yaml.safe_load_all((ROOT / "pipelines" / "compiled" / "finetune.yaml").read_text())
+    return {name: spec["defaultValue"] for name, spec in pipeline["root"]["inputDefinitions"]["parameters"].items()}
 
 
 def storage_access_defaults() -> dict[str, object]:
     """The Secret names, keys and S3 endpoint the pipeline's storage steps get by default."""
-    return dataclass_defaults("StorageAccess")
+    return asdict(StorageSecrets()) | asdict(ClusterOptions())
 
 
 # --- building and validating ---------------------------------------------------------------------
@@ -425,4 +412,4 @@ def test_volumes_and_namespace(name, namespace, shared_mode):
     assert set(volumes) == {"kftune-cache", SHARED_VOLUME}
     assert volumes[SHARED_VOLUME]["spec"]["accessModes"] == [shared_mode]
     # the volume the train step mounts by default (kftune compile --shared-pvc) and TrainJobs use
-    assert dataclass_defaults("TrainResources")["shared_pvc"] == SHARED_VOLUME
+    assert TrainResources().shared_pvc == SHARED_VOLUME

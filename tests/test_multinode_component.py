@@ -66,12 +66,11 @@ def _run_multinode_pipeline(server, tmp_path, small_csv, tiny_model, monkeypatch
     @dsl.pipeline(name="multinode")
     def multinode(data: str, model: str, shared_dir: str) -> Outputs:
         prep = preprocess_op(data=data, model=model)
-        trained = train_op(dataset=prep.outputs["dataset"], base_model=model, num_train_epochs=1,
+        trained = train_op(dataset=prep.outputs["dataset"], model=model, num_train_epochs=1,
                            learning_rate=1e-3, per_device_train_batch_size=16, num_nodes=2, gpus_per_node=0,
                            shared_dir=shared_dir, shared_pvc="kftune-shared", run_id="run-1",
-                           trainjob_image="ghcr.io/kftune/kftune-train:0.1.0",
-                           trainjob_placement=json.dumps({"cpu": "2", "memory": "4Gi"}))
-        return Outputs(model=trained.outputs["model"], handle=trained.outputs["Output"])
+                           trainjob_image="ghcr.io/kftune/kftune-train:0.1.0", train_cpu="2", train_memory="4Gi")
+        return Outputs(model=trained.outputs["finetuned_model"], handle=trained.outputs["Output"])
 
     arguments = {"data": str(small_csv), "model": str(tiny_model), "shared_dir": str(shared)}
     task = run_pipeline_locally(multinode, arguments, tmp_path / "runs")

@@ -37,9 +37,9 @@ def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
     @dsl.pipeline(name="preprocess-train")
     def prep_and_train(data: str, model: str) -> dsl.Model:
         prep = preprocess_op(data=data, model=model)
-        trained = train_op(dataset=prep.outputs["dataset"], base_model=model, num_train_epochs=1,
+        trained = train_op(dataset=prep.outputs["dataset"], model=model, num_train_epochs=1,
                            learning_rate=1e-3, per_device_train_batch_size=16)
-        return trained.outputs["model"]
+        return trained.outputs["finetuned_model"]
 
     task = run_pipeline_locally(prep_and_train, {"data": str(small_csv), "model": str(tiny_model)}, tmp_path)
     model_dir = Path(task.output.path)

@@ -28,9 +28,12 @@ def test_real_model_fine_tunes_and_exports(tmp_path, small_csv):
     """all-MiniLM-L6-v2 on 300 real reviews: training moves it, ONNX export keeps parity."""
     from kftune.components.common.training.config import TrainConfig
     from kftune.components.common.training.loop import train
-    from kftune.components.evaluate.evaluate import EvaluateConfig, evaluate
-    from kftune.components.export.export import ExportConfig, export_model
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     preprocess(PreprocessConfig(data=str(small_csv)), tmp_path / "data")
     # 3 epochs: with 2 on 240 training reviews the best epoch can still predict one class only

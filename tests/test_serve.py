@@ -75,7 +75,8 @@ def v2_body(texts: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, trained, prepared) -> Path:
-    from kftune.components.export.export import ExportConfig, export_model
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
 
     out = tmp_path_factory.mktemp("serve") / "onnx"
     export_model(trained, prepared, out, ExportConfig(quantize_int8=False))
@@ -329,7 +330,8 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
 
     from kftune.components.common.bundled import bundled_model_dir
     from kftune.components.common.schema import LABELS_FILE, TEXT, LabelMap, load_splits
-    from kftune.components.export.export import ExportConfig, export_model
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
 
     labels = LabelMap.load(prepared / LABELS_FILE)
     model_dir = tmp_path / "model"

@@ -772,7 +772,7 @@ def test_component_compiles_with_secret_and_no_credential_values(tmp_path, monke
     @dsl.pipeline(name="publish-only")
     def pipeline():  # no parameters: this module's annotations are strings, which KFP cannot read
         model = dsl.importer(artifact_uri="s3://models/in", artifact_class=dsl.Model)
-        task = op(model=model.output, uri="s3://models/sentiment")
+        task = op(model=model.output, publish_uri="s3://models/sentiment")
         use_s3_secret(task, "mlpipeline-minio-artifact", endpoint="http://minio-service.kubeflow:9000",
                       region="us-east-1")
 

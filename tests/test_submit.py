@@ -151,7 +151,7 @@ def test_parameters_are_sent_with_their_declared_types(fake, capsys, monkeypatch
     "args, message",
     [
         (["--param", "learning_rte=0.1"],
-         "unknown pipeline parameter learning_rte; the pipeline takes: augment_copies, canary_traffic_percent, data,"),
+         "unknown pipeline parameter learning_rte; the pipeline takes: accelerator_type, atol, augment_copies,"),
         (["--param", "num_train_epochs=two"], "parameter num_train_epochs: expected an integer, got 'two'"),
         (["--param", "num_train_epochs=2.5"], "parameter num_train_epochs: expected an integer, got '2.5'"),
         (["--param", "learning_rate=fast"], "parameter learning_rate: expected a number, got 'fast'"),

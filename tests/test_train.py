@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training, plan_processes
 from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train
 
@@ -132,8 +132,8 @@ def test_early_stopping(tmp_path, prepared, tiny_model):
 def test_torchrun_two_cpu_processes(tmp_path, prepared, tiny_model):
     """The real launcher: torchrun --nproc_per_node=2, gloo, DistributedDataParallel."""
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=8,
-                         nproc_per_node=2, logging_steps=5, learning_rate=1e-3)
-    history = launch_training(config, prepared, tmp_path / "m")
+                         logging_steps=5, learning_rate=1e-3)
+    history = launch_training(config, prepared, tmp_path / "m", Launch(nproc_per_node=2))
     assert history["world_size"] == 2
     # 240 examples / (2 ranks x 8) = 15 optimizer steps
     assert history["steps"][-1]["step"] == 15

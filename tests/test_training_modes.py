@@ -14,7 +14,8 @@ from kftune.components.common.modeling import is_adapter, load_classifier
 from kftune.components.common.schema import load_splits
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.loop import HISTORY_FILE, train
-from kftune.components.export.export import ExportConfig, export_model
+from kftune.components.export.config import ExportConfig
+from kftune.components.export.export import export_model
 
 
 @pytest.fixture(scope="module")

@@ -319,11 +319,12 @@ def test_launch_multinode_end_to_end(kube, tmp_path, dataset, monkeypatch):
     monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", namespace_file)
 
     result = launch_multinode(
-        TrainConfig(model=str(pretrained), max_restarts=3),
+        TrainConfig(model=str(pretrained)),
         dataset,
         tmp_path / "out" / "model",
         num_nodes=2,
         gpus_per_node=1,
+        max_restarts=3,
         image="ghcr.io/kftune/kftune-train:0.1.0",
         pvc_name="kftune-shared",
         mount_path=shared,

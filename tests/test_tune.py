@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.loop import train
 from kftune.components.common.training.pruning import PruningTarget, journal_storage
 from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
@@ -143,8 +143,9 @@ def test_training_loop_stops_a_pruned_trial(tmp_path, prepared, tiny_model):
 
 def test_failing_trial_is_reported_not_raised(tmp_path, prepared, tiny_model):
     # two processes cannot share a single batch: the loop fails in both ranks, torchrun exits non-zero
-    base = TrainConfig(model=str(tiny_model), num_train_epochs=1, nproc_per_node=2)
-    result = run_trial(base, {"per_device_train_batch_size": 4096}, prepared, tmp_path / "out", number=3)
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=1)
+    result = run_trial(base, {"per_device_train_batch_size": 4096}, prepared, tmp_path / "out", number=3,
+                       launch=Launch(nproc_per_node=2))
     assert result["state"] == FAILED and result["number"] == 3 and result["score"] is None
     assert "torchrun exited with code" in result["error"]
     assert not (tmp_path / "out").exists()

@@ -21,7 +21,9 @@ class ImageScheme:
     """Where the component images live."""
 
     registry: str = DEFAULT_REGISTRY
+    """Image registry of the component images ($KFTUNE_REGISTRY where set)."""
     tag: str = __version__
+    """Image tag of the component images ($KFTUNE_IMAGE_TAG where set, else the package version)."""
 
     def image(self, stage: str) -> str:
         """The image of one stage."""

@@ -1,11 +1,15 @@
-"""KFP component: score the model against baselines and gate it (thin layer over evaluate.py)."""
+"""KFP component: score the model against baselines and gate it (thin door over evaluate.py; its
+settings come from EvaluateConfig)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from kftune.components.common.images import ImageScheme
+from kftune.components.common.signatures import with_settings
+from kftune.components.evaluate.config import EvaluateConfig
 
 
+@with_settings(EvaluateConfig)
 def evaluate(
     dataset: Input[Dataset],
     model: Input[Model],
@@ -13,9 +17,6 @@ def evaluate(
     classification: Output[ClassificationMetrics],
     report: Output[HTML],
     summary: Output[Markdown],
-    min_accuracy: float = 0.0,
-    min_f1_macro: float = 0.0,
-    min_gain_over_baseline: float = 0.0,
 ) -> bool:
     """Score the fine-tuned model on the test split against majority and TF-IDF baselines.
 
@@ -26,23 +27,21 @@ def evaluate(
         classification: Output: confusion matrix (and ROC curve for binary tasks).
         report: Output: HTML report with tables and plots.
         summary: Output: Markdown table, model vs baselines.
-        min_accuracy: Gate: the model's test accuracy must be at least this.
-        min_f1_macro: Gate: the model's test macro F1 must be at least this.
-        min_gain_over_baseline: Gate: accuracy gain over the TF-IDF baseline must be at least this.
 
     Returns:
         Whether every gate check holds (the gate "passed"; the pipeline publishes and deploys only then).
     """
+    values = dict(locals())
     import json
     from pathlib import Path
 
-    from kftune.components.evaluate.evaluate import EvaluateConfig, flat_metrics
+    from kftune.components.common.settings import settings_from
+    from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate as run
+    from kftune.components.evaluate.evaluate import flat_metrics
     from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
 
-    config = EvaluateConfig(min_accuracy=min_accuracy, min_f1_macro=min_f1_macro,
-                            min_gain_over_baseline=min_gain_over_baseline)
-    result = run(model.path, dataset.path, config)
+    result = run(model.path, dataset.path, settings_from(EvaluateConfig, values))
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(result["labels"], result["model"]["confusion_matrix"])

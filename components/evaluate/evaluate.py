@@ -8,41 +8,19 @@ when the model reaches the given thresholds.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.common.errors import KftuneError
 from kftune.components.common.inference import predict_logits, softmax, torch_runner
 from kftune.components.common.modeling import load_classifier
 from kftune.components.common.schema import LABEL, TEXT, load_splits
+from kftune.components.evaluate.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
-
-
-@dataclass
-class EvaluateConfig:
-    """Thresholds of the gate, and inference settings."""
-
-    min_accuracy: float = 0.0
-    """The model's test accuracy must be at least this."""
-    min_f1_macro: float = 0.0
-    """The model's test macro F1 must be at least this."""
-    min_gain_over_baseline: float = 0.0
-    """The model's test accuracy must exceed the TF-IDF baseline's by at least this."""
-    batch_size: int = 128
-
-    def validate(self) -> None:
-        for name in ("min_accuracy", "min_f1_macro"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not -1 <= self.min_gain_over_baseline <= 1:
-            raise ConfigError(f"min_gain_over_baseline must be in [-1, 1], got {self.min_gain_over_baseline}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def classification_scores(y_true, y_pred, names: list[str], probabilities=None) -> dict:

@@ -14,42 +14,23 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.common.errors import KftuneError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
 from kftune.components.common.modeling import load_classifier
 from kftune.components.common.schema import LABEL, LABELS_FILE, STATS_FILE, load_splits
+from kftune.components.export.config import ExportConfig
 
 log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT = "export_report.json"
-
-
-@dataclass
-class ExportConfig:
-    """ONNX export settings and the parity tolerance."""
-
-    opset: int = 17
-    atol: float = 1e-3
-    """Largest allowed absolute difference between PyTorch and ONNX Runtime logits."""
-    quantize_int8: bool = True
-    """Also write an int8 dynamically quantized model (``model.int8.onnx``)."""
-    batch_size: int = 64
-
-    def validate(self) -> None:
-        if not 13 <= self.opset <= 21:
-            raise ConfigError(f"opset must be in [13, 21], got {self.opset}")
-        if self.atol <= 0:
-            raise ConfigError(f"atol must be > 0, got {self.atol}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:

@@ -13,14 +13,14 @@ import logging
 import random
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.bundled import BUNDLED_DATA, BUNDLED_MODEL, resolve_model
+from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.schema import (
     LABEL,
@@ -34,6 +34,7 @@ from kftune.components.common.schema import (
     LabelMap,
 )
 from kftune.components.common.text import clean_text
+from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.reader import read_labelled_data
 
 log = logging.getLogger(__name__)
@@ -52,48 +53,6 @@ RULES = (
     "normalised_duplicate",
     "conflicting_labels",
 )
-
-
-@dataclass
-class PreprocessConfig:
-    """What preprocessing does. Defaults are those of the finetune pipeline."""
-
-    data: str = BUNDLED_DATA
-    """Input: a local file/directory, or ``bundled:rotten-tomatoes``."""
-    text_column: str = TEXT
-    label_column: str = LABEL
-    data_format: str = "auto"
-    model: str = BUNDLED_MODEL
-    """Model whose tokenizer encodes the text (local directory, bundled name or hub id)."""
-    max_seq_length: int = 128
-    min_chars: int = 3
-    max_chars: int = 5000
-    max_rows: int = 0
-    """Keep a stratified sample of this many cleaned rows (0: all). For quick runs."""
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 42
-    augment_copies: int = 0
-    """Noisy copies added per training example (0: no augmentation)."""
-    augment_probability: float = 0.1
-    """Per-word probability of deletion / replacement, and swap rate, for augmentation."""
-
-    def validate(self) -> None:
-        """Reject values outside their ranges before any work starts."""
-        if not 0 < self.validation_fraction < 1 or not 0 < self.test_fraction < 1:
-            raise ConfigError("validation_fraction and test_fraction must each be in (0, 1)")
-        if self.validation_fraction + self.test_fraction >= 0.9:
-            raise ConfigError(
-                "validation_fraction + test_fraction must be < 0.9 to leave a training split"
-            )
-        if self.min_chars < 1 or self.max_chars < self.min_chars:
-            raise ConfigError(f"need 1 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
-        if self.max_seq_length < 8:
-            raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
-        if self.max_rows < 0 or self.augment_copies < 0:
-            raise ConfigError("max_rows and augment_copies must be >= 0")
-        if not 0 <= self.augment_probability <= 0.5:
-            raise ConfigError(f"augment_probability must be in [0, 0.5], got {self.augment_probability}")
 
 
 def normalised_key(text: str) -> str:

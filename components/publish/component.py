@@ -9,31 +9,34 @@ from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
 from kftune.components.common.images import ImageScheme
+from kftune.components.common.signatures import with_settings
+from kftune.components.publish.config import PublishSettings
 
 
+@with_settings(PublishSettings)
 def publish(
     model: Input[Model],
-    uri: str,
     metrics: Output[Metrics],
-    stale_after_hours: float = 24.0,
 ) -> str:
-    """Upload the model directory as the next version v<N> under uri, verify it, then make it visible and move latest to it.
+    """Upload the model directory as the next version v<N> under publish_uri, verify it, then make it visible and move latest to it.
 
     Args:
         model: Model directory to publish (the ONNX export, or the Hugging Face model from train).
-        uri: Where the versions live: s3://bucket/prefix, gs://bucket/prefix or a path. Credentials come from the task's environment (a Kubernetes Secret), never from this parameter.
         metrics: Output: version number, file count and size of the published version.
-        stale_after_hours: Incomplete versions left by interrupted publishes are removed once their newest object is older than this.
 
     Returns:
         The URI of the published version, e.g. s3://models/sentiment/v3.
     """
+    values = dict(locals())
     import logging
 
+    from kftune.components.common.settings import settings_from
+    from kftune.components.publish.config import PublishSettings
     from kftune.components.publish.publish import publish_model
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result = publish_model(model.path, uri, stale_after_s=stale_after_hours * 3600)
+    settings = settings_from(PublishSettings, values)
+    result = publish_model(model.path, settings.publish_uri, stale_after_s=settings.stale_after_hours * 3600)
     metrics.log_metric("version", int(result["version"][1:]))
     metrics.log_metric("files", result["files"])
     metrics.log_metric("size_mb", round(result["bytes"] / 2**20, 2))

@@ -14,7 +14,9 @@ class ServeConfig:
     model_name: str = "model"
     """Name in the URL paths (``/v1/models/<name>:predict``); KServe passes the InferenceService's name."""
     http_port: int = 8080
+    """HTTP port (KServe V1 and Open Inference protocols)."""
     grpc_port: int = 8081
+    """gRPC port of the Open Inference Protocol."""
     grpc: bool = True
     """Also serve the Open Inference Protocol over gRPC on ``grpc_port``."""
     workers: int = 1

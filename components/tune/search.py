@@ -17,35 +17,39 @@ from __future__ import annotations
 import json
 import logging
 import random
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.pruning import PruningTarget, journal_storage
-from kftune.components.common.training.search_space import SearchSpace
+from kftune.components.common.training.search_space import SearchSpace, parse_space
+from kftune.components.tune.config import SearchSettings
 from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
 
 log = logging.getLogger(__name__)
 
-ALGORITHMS = ("grid", "random", "tpe")
-BACKENDS = {"pipeline": ALGORITHMS, "katib": ("grid", "random", "tpe", "bayesianoptimization")}
-DIRECTIONS = ("maximize", "minimize")
 STUDY_FILE = "study.journal"
 
 
-def check_search(algorithm: str, max_trials: int, metric: str, direction: str, backend: str = "pipeline") -> None:
-    if backend not in BACKENDS:
-        raise ConfigError(f"search_backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if algorithm not in BACKENDS[backend]:
-        raise ConfigError(f"algorithm must be one of {', '.join(BACKENDS[backend])} with the {backend} backend, "
-                          f"got {algorithm!r}")
-    if max_trials < 1:
-        raise ConfigError(f"max_trials must be >= 1, got {max_trials}")
-    if metric not in ("f1_macro", "accuracy", "loss"):
-        raise ConfigError(f"metric must be f1_macro, accuracy or loss, got {metric!r}")
-    if direction not in DIRECTIONS:
-        raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
+def plan_search(settings: SearchSettings, base: TrainConfig) -> tuple[TrainConfig, list[dict]]:
+    """Check a search before any trial starts; return the trials' base configuration and, for a
+    grid/random search in the pipeline, the planned trials ([] otherwise).
+
+    Trials are scored on the validation split, so they train on the training split alone
+    whatever ``train_on`` says (it applies to the final model).
+    """
+    settings.validate()
+    base.validate()
+    space = parse_space(settings.search_space, base.training_mode)
+    if base.train_on != "train":
+        log.info("search trials train on the training split; train_on=%s applies to the final model", base.train_on)
+        base = replace(base, train_on="train")
+    trials = []
+    if settings.search_backend == "pipeline" and settings.algorithm in ("grid", "random"):
+        defaults = default_params(space, base) if settings.include_defaults else None
+        trials = plan_trials(space, settings.algorithm, settings.max_trials, base.seed, defaults)
+    return base, trials
 
 
 def default_params(space: SearchSpace, base: TrainConfig) -> dict:
@@ -113,6 +117,7 @@ def optuna_search(
     include_defaults: bool = True,
     prune: bool = True,
     n_startup_trials: int = 2,
+    launch: Launch | None = None,
 ) -> dict:
     """Run an Optuna study whose trials train for real; return its trials and best trial.
 
@@ -143,7 +148,8 @@ def optuna_search(
         trial = study.ask()
         params = space.suggest(trial)
         pruning = PruningTarget(**{**asdict(target), "trial_id": trial._trial_id}).to_json() if prune else ""
-        result = run_trial(base, params, dataset_dir, work_dir / f"trial-{trial.number}", trial.number, pruning)
+        result = run_trial(base, params, dataset_dir, work_dir / f"trial-{trial.number}", trial.number, pruning,
+                           launch=launch)
         if result["state"] == COMPLETE:
             study.tell(trial, result["score"])
         elif result["state"] == PRUNED:

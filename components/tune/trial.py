@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kftune.components.common.errors import KftuneError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training
 from kftune.components.common.training.search_space import apply_hyperparameters
 
@@ -42,8 +42,12 @@ def run_trial(
     number: int = 0,
     pruning: str = "",
     keep_model: bool = False,
+    launch: Launch | None = None,
 ) -> dict:
-    """Train ``base`` with ``params`` applied; return the trial's result (never raises KftuneError)."""
+    """Train ``base`` with ``params`` applied (processes per ``launch``); return the trial's result.
+
+    Never raises KftuneError: a failed trial is a result too.
+    """
     started = time.perf_counter()
     result = {"number": number, "params": dict(params), "state": FAILED, "score": None, "metrics": {},
               "epoch_scores": [], "seconds": 0.0, "error": ""}
@@ -53,7 +57,7 @@ def run_trial(
         config = replace(apply_hyperparameters(base, params), pruning=pruning)
         result["params"] = {name: getattr(config, name) for name in params}
         log.info("trial %d: %s", number, ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
-        history = launch_training(config, dataset_dir, output_dir)
+        history = launch_training(config, dataset_dir, output_dir, launch)
     except (KftuneError, TypeError, ValueError) as e:
         result["error"] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning("trial %d failed: %s", number, result["error"])

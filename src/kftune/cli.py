@@ -1,64 +1,25 @@
 """The kftune command line: run the finetune or tune pipeline locally, compile them for a cluster.
 
-``kftune run`` takes one flag per pipeline parameter (``--learning-rate`` for
-``learning_rate``; ``--data`` and ``--model`` for the input data and pretrained model), with
-the help text and default of the pipeline's own docstring and signature, so the CLI, the
-KFP UI's run form and the compiled YAML always agree.
+``kftune run`` takes one flag per setting of the pipeline's stages (``--learning-rate`` for
+``TrainConfig.learning_rate``; ``--data`` and ``--model`` for the input data and pretrained
+model), derived from the settings dataclasses (:mod:`kftune.flags`) as the pipeline's run
+parameters are, so the CLI, the KFP UI's run form and the compiled YAML always agree.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
 from kftune import __version__
 from kftune.components.common.errors import KftuneError
+from kftune.flags import add_group_flags, setting_values
 
 COMPILED_DIR = Path("pipelines/compiled")
 DEFAULT_RUNS_DIR = Path("kftune-runs")
-
-
-def docstring_args(doc: str) -> dict[str, str]:
-    """Parse a Google-style docstring's ``Args:`` section into {name: description}."""
-    args: dict[str, str] = {}
-    section = re.split(r"^\s*Args:\s*$", doc or "", flags=re.M)
-    if len(section) < 2:
-        return args
-    current = None
-    for line in section[1].splitlines():
-        if re.match(r"^\s*(Returns|Raises|Yields):\s*$", line):
-            break
-        match = re.match(r"^\s*(\w+): (.*)$", line)
-        if match:
-            current = match.group(1)
-            args[current] = match.group(2).strip()
-        elif current and line.strip():
-            args[current] += " " + line.strip()
-    return args
-
-
-def _add_pipeline_flags(parser: argparse.ArgumentParser, pipeline_func) -> None:
-    helps = docstring_args(pipeline_func.__doc__)
-    for name, param in inspect.signature(pipeline_func).parameters.items():
-        flag = "--" + name.replace("_", "-")
-        kind = param.annotation
-        help_text = f"{helps.get(name, '')} (default: {param.default})"
-        metavar = {"data": "PATH", "model": "DIR_OR_ID"}.get(name, {str: "TEXT"}.get(kind, kind.__name__.upper()))
-        if kind is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
-                                default=param.default, help=help_text)
-        else:
-            parser.add_argument(flag, dest=name, type=kind, default=param.default,
-                                metavar=metavar, help=help_text)
-
-
-def _pipeline_arguments(args: argparse.Namespace, pipeline_func) -> dict:
-    return {name: getattr(args, name) for name in inspect.signature(pipeline_func).parameters}
 
 
 def preflight(arguments: dict) -> None:
@@ -66,15 +27,18 @@ def preflight(arguments: dict) -> None:
     import torch
 
     from kftune.components.common.bundled import resolve_model
-    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.settings import settings_from
+    from kftune.components.common.training.config import Launch, TrainConfig
     from kftune.components.common.training.loop import resolve_precision
-    from kftune.components.evaluate.evaluate import EvaluateConfig
-    from kftune.components.preprocess.preprocess import PreprocessConfig, prepare_rows
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import prepare_rows
 
-    train_fields = inspect.signature(TrainConfig).parameters
-    config = TrainConfig(**{k: v for k, v in arguments.items() if k in train_fields})
+    config = settings_from(TrainConfig, arguments)
     config.validate()
-    if arguments.get("num_nodes", 1) != 1:
+    launch = settings_from(Launch, arguments)
+    launch.validate()
+    if launch.num_nodes != 1:
         raise KftuneError(
             "num_nodes > 1 trains as a Kubeflow Trainer TrainJob on a cluster (kftune compile, then run it "
             "there); a local run uses one machine: set --nproc-per-node instead"
@@ -83,10 +47,9 @@ def preflight(arguments: dict) -> None:
         raise KftuneError("deploy_name creates a KServe InferenceService on a cluster (kftune compile, then run it "
                           "there); a local run can publish (--publish-uri) and serve it (kftune serve)")
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    EvaluateConfig(**{k: arguments[k] for k in ("min_accuracy", "min_f1_macro", "min_gain_over_baseline")}).validate()
+    settings_from(EvaluateConfig, arguments).validate()
     resolve_model(arguments["model"])
-    prep_fields = inspect.signature(PreprocessConfig).parameters
-    prepare_rows(PreprocessConfig(**{k: v for k, v in arguments.items() if k in prep_fields}))
+    prepare_rows(settings_from(PreprocessConfig, arguments))
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path):
@@ -109,10 +72,10 @@ def _print_artifacts(results: dict, seconds: float, results_file: Path | None) -
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the finetune pipeline locally and print the results table and artifact paths."""
     from kftune.components.evaluate.report import evaluation_markdown
-    from kftune.pipelines.finetune import finetune
+    from kftune.pipelines.finetune import LOCAL_SETTINGS
     from kftune.pipelines.local import run_finetune_locally
 
-    arguments = _pipeline_arguments(args, finetune.pipeline_func)
+    arguments = setting_values(args, *LOCAL_SETTINGS)
     preflight(arguments)
     result = _run_locally(run_finetune_locally, arguments, args.output_dir)
     results = result.results()
@@ -134,19 +97,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the tune pipeline locally: search, train the best, evaluate, export."""
-    from kftune.components.common.training.search_space import parse_space
+    from kftune.components.common.settings import settings_from
+    from kftune.components.common.training.config import TrainConfig
     from kftune.components.evaluate.report import evaluation_markdown
+    from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.report import search_markdown
-    from kftune.components.tune.search import check_search
+    from kftune.components.tune.search import plan_search
     from kftune.pipelines.local import run_tune_locally
-    from kftune.pipelines.tune import tune
+    from kftune.pipelines.tune import LOCAL_SETTINGS
 
-    arguments = _pipeline_arguments(args, tune.pipeline_func)
+    arguments = setting_values(args, *LOCAL_SETTINGS)
     if arguments["search_backend"] != "pipeline":
         raise KftuneError("search_backend katib creates a Katib Experiment on a cluster (kftune compile --pipeline "
                           "tune, then run it there); a local search uses --search-backend pipeline")
-    check_search(arguments["algorithm"], arguments["max_trials"], arguments["metric"], arguments["direction"])
-    parse_space(arguments["search_space"], arguments["training_mode"])
+    plan_search(settings_from(SearchSettings, arguments), settings_from(TrainConfig, arguments))
     preflight(arguments)
     result = _run_locally(run_tune_locally, arguments, args.output_dir)
     results = result.results() | {"best_params": result.best_params, "search": result.search,
@@ -170,28 +134,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from kfp import compiler
 
     from kftune.components.common.images import ImageScheme
-    from kftune.pipelines.finetune import StorageAccess, TrainResources, build_finetune_pipeline
+    from kftune.components.common.resources import TrainResources
+    from kftune.components.common.settings import settings_from
+    from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
 
-    node_selector = []
-    for item in args.node_selector:
-        key, has_value, value = item.partition("=")
-        if not key or not has_value:
-            raise KftuneError(f"--node-selector {item!r}: expected LABEL=VALUE")
-        node_selector.append((key, value))
-    images = ImageScheme(registry=args.registry, tag=args.tag)
-    resources = TrainResources(gpus=args.gpus, accelerator_type=args.accelerator_type, cpu=args.train_cpu,
-                               memory=args.train_memory, shm_size=args.shm_size, node_selector=tuple(node_selector),
-                               tolerations=tuple(args.toleration), shared_pvc=args.shared_pvc, retries=args.retries)
-    storage = StorageAccess(s3_secret=args.s3_secret, s3_endpoint=args.s3_endpoint, s3_region=args.s3_region,
-                            gcs_secret=args.gcs_secret)
+    values = vars(args)
+    images = settings_from(ImageScheme, values)
+    resources, secrets = settings_from(TrainResources, values), settings_from(StorageSecrets, values)
+    options = settings_from(ClusterOptions, values)
     if args.pipeline == "tune":
-        from kftune.pipelines.tune import build_tune_pipeline
-
-        if args.trial_parallelism < 1:
-            raise KftuneError(f"--trial-parallelism must be >= 1, got {args.trial_parallelism}")
-        pipeline = build_tune_pipeline(images, resources, trial_parallelism=args.trial_parallelism, storage=storage)
+        from kftune.pipelines.tune import build_tune_pipeline as build
     else:
-        pipeline = build_finetune_pipeline(images, resources, storage)
+        from kftune.pipelines.finetune import build_finetune_pipeline as build
+    pipeline = build(images, resources, secrets, options)
     args.output = args.output or COMPILED_DIR / f"{args.pipeline}.yaml"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline, str(args.output))
@@ -219,12 +174,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve an exported model with KServe's model server (V1 and Open Inference protocols) until stopped."""
+    from kftune.components.common.settings import settings_from
     from kftune.components.serve.config import ServeConfig
 
-    config = ServeConfig(model_name=args.model_name, http_port=args.http_port, grpc_port=args.grpc_port,
-                         grpc=args.grpc, workers=args.workers, max_seq_length=args.max_seq_length,
-                         batch_size=args.batch_size, max_instances=args.max_instances, threads=args.threads,
-                         int8=args.int8)
+    config = settings_from(ServeConfig, vars(args))
     config.validate()
     try:
         from kftune.components.serve.serve import serve
@@ -241,7 +194,6 @@ def _add_serve_parser(sub) -> None:
 
     # kserve.model_server parses sys.argv for its own flags when imported (--http_port, --workers, ...):
     # these flags are spelt with dashes, so only --workers, which means the same there, is read by both.
-    defaults = ServeConfig()
     serve_parser = sub.add_parser(
         "serve", help="serve an exported model over HTTP and gRPC with KServe's model server (ONNX Runtime)",
         description="Serve an export directory (model.onnx, tokenizer, labels) with KServe's Python model server: "
@@ -253,40 +205,27 @@ def _add_serve_parser(sub) -> None:
     serve_parser.add_argument("model", metavar="MODEL",
                               help="export directory, or an s3:// or gs:// URI of one (downloaded to a temporary "
                               "directory; credentials and endpoint from the environment, as for every kftune URI)")
-    serve_parser.add_argument("--model-name", default=defaults.model_name, metavar="NAME",
-                              help=f"name in the endpoint paths (default: {defaults.model_name})")
-    serve_parser.add_argument("--http-port", type=int, default=defaults.http_port, metavar="PORT",
-                              help=f"HTTP port (default: {defaults.http_port})")
-    serve_parser.add_argument("--grpc-port", type=int, default=defaults.grpc_port, metavar="PORT",
-                              help=f"gRPC port (default: {defaults.grpc_port})")
-    serve_parser.add_argument("--grpc", action=argparse.BooleanOptionalAction, default=defaults.grpc,
-                              help="serve the Open Inference Protocol over gRPC too (default: on)")
-    serve_parser.add_argument("--workers", type=int, default=defaults.workers, metavar="N",
-                              help="HTTP worker processes, each with its own copy of the model "
-                              f"(default: {defaults.workers})")
-    serve_parser.add_argument("--max-seq-length", type=int, default=defaults.max_seq_length, metavar="N",
-                              help="truncate texts to this many tokens (default: the preprocess step's value, "
-                              "which the export records; 128 where it is missing)")
-    serve_parser.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N",
-                              help=f"texts per ONNX Runtime call within a request (default: {defaults.batch_size})")
-    serve_parser.add_argument("--max-instances", type=int, default=defaults.max_instances, metavar="N",
-                              help=f"most texts accepted in one request (default: {defaults.max_instances})")
-    serve_parser.add_argument("--threads", type=int, default=defaults.threads, metavar="N",
-                              help="ONNX Runtime intra-op threads per worker (default: 0, as many as the CPUs the "
-                              "process may use: its CPU affinity, capped by a container CPU limit)")
-    serve_parser.add_argument("--int8", action="store_true", default=defaults.int8,
-                              help="serve the export's int8 model (model.int8.onnx) instead of model.onnx")
+    add_group_flags(serve_parser, ServeConfig)
     serve_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                               help="show tracebacks on errors")
     serve_parser.set_defaults(handler=cmd_serve)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one line like every other error (not the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"kftune: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from kftune.components.common.images import ImageScheme
-    from kftune.pipelines.finetune import StorageAccess, finetune
+    from kftune.components.common.resources import TrainResources
+    from kftune.pipelines import finetune, tune
+    from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
 
     images = ImageScheme.from_env()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="kftune",
         description="Fine-tune pretrained transformers for text classification with Kubeflow Pipelines.",
     )
@@ -301,15 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate against baselines, export ONNX. With no flags: the bundled Rotten Tomatoes "
         "reviews and the bundled all-MiniLM-L6-v2.",
     )
-    _add_pipeline_flags(run, finetune.pipeline_func)
+    add_group_flags(run, *finetune.LOCAL_SETTINGS)
     run.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
                      help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
     run.add_argument("--results", type=Path, metavar="FILE",
                      help="also write the test-split results and artifact paths to FILE as JSON")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     run.set_defaults(handler=cmd_run)
-
-    from kftune.pipelines.tune import tune
 
     tune_parser = sub.add_parser(
         "tune",
@@ -319,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "With no flags: TPE over learning rate, batch size, warmup and weight decay, 4 trials, on the "
         "bundled data and model.",
     )
-    _add_pipeline_flags(tune_parser, tune.pipeline_func)
+    add_group_flags(tune_parser, *tune.LOCAL_SETTINGS)
     tune_parser.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
                              help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
     tune_parser.add_argument("--results", type=Path, metavar="FILE",
@@ -334,39 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="which pipeline (default: finetune)")
     comp.add_argument("--output", "-o", type=Path,
                       help=f"YAML file to write (default: {COMPILED_DIR}/<pipeline>.yaml)")
-    comp.add_argument("--trial-parallelism", type=int, default=2,
-                      help="tune: grid/random trials running at once, each with the train task's resources "
-                      "(default: 2)")
-    comp.add_argument("--registry", default=images.registry,
-                      help=f"image registry of the component images (default: $KFTUNE_REGISTRY or {images.registry})")
-    comp.add_argument("--tag", default=images.tag,
-                      help=f"image tag (default: $KFTUNE_IMAGE_TAG or {images.tag})")
-    comp.add_argument("--gpus", type=int, default=1, help="GPUs the train task requests (0: CPU only; default: 1)")
-    comp.add_argument("--accelerator-type", default="nvidia.com/gpu",
-                      help="accelerator resource of the train task (default: nvidia.com/gpu)")
-    comp.add_argument("--train-cpu", default="4", help="CPU request/limit of the train task (default: 4)")
-    comp.add_argument("--train-memory", default="16G", help="memory request/limit of the train task (default: 16G)")
-    comp.add_argument("--shm-size", default="8Gi",
-                      help="size of the train task's memory-backed /dev/shm (default: 8Gi; empty: none)")
-    comp.add_argument("--node-selector", action="append", default=[], metavar="LABEL=VALUE",
-                      help="node label the train pod needs, e.g. nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3 "
-                      "(repeatable)")
-    comp.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
-                      help="taint the train pod tolerates, e.g. nvidia.com/gpu:NoSchedule (repeatable)")
-    comp.add_argument("--shared-pvc", default="kftune-shared",
-                      help="PVC mounted at /kftune/shared in the train task for checkpoints and multi-node data "
-                      "(default: kftune-shared, see manifests/; empty: none)")
-    comp.add_argument("--retries", type=int, default=2,
-                      help="retries of a failed train task, each resuming from its checkpoint (default: 2)")
-    storage = StorageAccess()
-    comp.add_argument("--s3-secret", default=storage.s3_secret, metavar="NAME",
-                      help="Kubernetes Secret with the S3/MinIO keys (fields accesskey, secretkey) for the tasks that "
-                      f"read data or publish models; '' for none (default: {storage.s3_secret}, Kubeflow's MinIO)")
-    comp.add_argument("--s3-endpoint", default=storage.s3_endpoint, metavar="URL",
-                      help=f"S3 endpoint of those tasks; '' for AWS S3 (default: {storage.s3_endpoint})")
-    comp.add_argument("--s3-region", default=storage.s3_region, metavar="REGION", help="S3 region (default: none)")
-    comp.add_argument("--gcs-secret", default=storage.gcs_secret, metavar="NAME",
-                      help="Kubernetes Secret holding a GCS service-account key file key.json (default: none)")
+    # the defaults of the train task's and Secrets' run parameters, and what is fixed when compiling
+    add_group_flags(comp, images, TrainResources(), StorageSecrets(), ClusterOptions())
     comp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     comp.set_defaults(handler=cmd_compile)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kftune.components.common.atomic import refuse_existing_artifact
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -62,15 +62,19 @@ def torchrun_command(
     ]
 
 
-def launch_training(config: TrainConfig, dataset_dir: str | Path, output_dir: str | Path) -> dict:
-    """Train with torchrun and return the training history written by rank 0."""
+def launch_training(
+    config: TrainConfig, dataset_dir: str | Path, output_dir: str | Path, launch: Launch | None = None
+) -> dict:
+    """Train with torchrun (processes per ``launch``) and return the training history written by rank 0."""
     import torch
 
     config.validate()
+    launch = launch or Launch()
+    launch.validate()
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     refuse_existing_artifact(output_dir)  # now, not after the whole run when the model is written
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    nproc, kind = plan_processes(config.nproc_per_node, gpus)
+    nproc, kind = plan_processes(launch.nproc_per_node, gpus)
     resolve_precision(config.mixed_precision, torch.device(kind))  # fp16 without a GPU fails here, not in torchrun
     env = dict(os.environ)
     if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
@@ -82,7 +86,7 @@ def launch_training(config: TrainConfig, dataset_dir: str | Path, output_dir: st
     with tempfile.TemporaryDirectory(prefix="kftune-train-") as tmp:
         config_file = Path(tmp) / "train_config.json"
         config.to_json(config_file)
-        command = torchrun_command(nproc, config_file, dataset_dir, output_dir, config.max_restarts)
+        command = torchrun_command(nproc, config_file, dataset_dir, output_dir, launch.max_restarts)
         log.info("launching %d %s process(es), checkpoints in %s: %s", nproc, kind, checkpoint_dir, " ".join(command))
         returncode, terminated = run_forwarding_sigterm(command, env)
     if terminated:

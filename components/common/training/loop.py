@@ -296,13 +296,13 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         from datasets import concatenate_datasets
 
         train_split = concatenate_datasets([train_split, val_split])
-    collate_train = Collator(train_split, tokenizer, config.max_seq_length)
-    collate_val = Collator(val_split, tokenizer, config.max_seq_length)
+    collate_train = Collator(train_split, tokenizer, config.max_train_length)
+    collate_val = Collator(val_split, tokenizer, config.max_train_length)
     lengths = np.asarray(train_split[LENGTH])
     val_lengths = np.asarray(val_split[LENGTH])
-    if config.max_seq_length:
-        lengths = np.minimum(lengths, config.max_seq_length)
-        val_lengths = np.minimum(val_lengths, config.max_seq_length)
+    if config.max_train_length:
+        lengths = np.minimum(lengths, config.max_train_length)
+        val_lengths = np.minimum(val_lengths, config.max_train_length)
     batch_size, accum = config.per_device_train_batch_size, config.gradient_accumulation_steps
     micro_per_epoch = len(epoch_batches(lengths, batch_size, config.seed, 0, False)) // world
     if micro_per_epoch == 0:

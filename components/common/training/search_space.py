@@ -21,25 +21,15 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from kftune.components.common.errors import ConfigError
+from kftune.components.common.settings import settings_of
+from kftune.components.common.training.config import Adapters, TrainConfig
 
-# What a search may vary, and the type each option has in TrainConfig.
-SEARCHABLE: dict[str, type] = {
-    "learning_rate": float,
-    "num_train_epochs": int,
-    "per_device_train_batch_size": int,
-    "gradient_accumulation_steps": int,
-    "weight_decay": float,
-    "warmup_ratio": float,
-    "max_seq_length": int,
-    "layerwise_lr_decay": float,
-    "lora_r": int,
-    "lora_alpha": int,
-    "lora_dropout": float,
-}
-LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout")
+# What a search may vary, and each option's type: the settings of TrainConfig declared searchable().
+SEARCHABLE: dict[str, type] = {s.name: s.type for s in settings_of(TrainConfig) if s.searchable}
+LORA_OPTIONS = tuple(name for name in SEARCHABLE if name in {f.name for f in fields(Adapters)})
 DEFAULT_GRID_POINTS = 3
 
 DEFAULT_SEARCH_SPACE = json.dumps(
@@ -237,8 +227,6 @@ def _check_value(where: str, kind: type, value):
 
 def _check_range(name: str, value) -> None:
     """Values TrainConfig would reject, reported as a search-space error up front."""
-    from kftune.components.common.training.config import TrainConfig
-
     try:
         TrainConfig(**{name: value}).validate()
     except ConfigError as e:

@@ -1,0 +1,48 @@
+"""Search settings: what a hyperparameter search varies, how, and how many trials it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from kftune.components.common.errors import ConfigError
+from kftune.components.common.settings import check_choices
+from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE
+
+PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
+"""What the pipeline backend runs (Katib adds bayesianoptimization)."""
+
+
+@dataclass
+class SearchSettings:
+    """A hyperparameter search over training settings; each trial is a real training run."""
+
+    search_space: str = DEFAULT_SEARCH_SPACE
+    """JSON: per training option a range {"low", "high", "log", "step", "grid"} or a list of choices; the searchable options are listed in components/tune/README.md (the lora_ ones need training_mode lora)."""  # noqa: E501
+    algorithm: Literal["grid", "random", "tpe", "bayesianoptimization"] = "tpe"
+    """Search algorithm: grid, random, tpe (Bayesian, Optuna); bayesianoptimization with search_backend katib only."""  # noqa: E501
+    search_backend: Literal["pipeline", "katib"] = "pipeline"
+    """pipeline: trials as pipeline tasks (grid, random) or one Optuna task (tpe); katib: a Katib Experiment on the cluster."""  # noqa: E501
+    max_trials: int = 4
+    """Trials in all (the default configuration counts when include_defaults)."""
+    parallel_trials: int = 2
+    """Katib trials running at once (the grid/random fan-out's limit is set when compiling)."""
+    max_failed_trials: int = 2
+    """A Katib Experiment fails after this many failed trials."""
+    direction: Literal["maximize", "minimize"] = "maximize"
+    """Maximize or minimize metric_for_best_model on the validation split."""
+    include_defaults: bool = True
+    """Make the first trial the configuration the training settings give."""
+    prune: bool = True
+    """tpe: stop trials whose per-epoch validation score falls below the median of earlier trials."""
+
+    def validate(self) -> None:
+        check_choices(self)
+        if self.search_backend == "pipeline" and self.algorithm not in PIPELINE_ALGORITHMS:
+            raise ConfigError(f"algorithm {self.algorithm!r} needs search_backend katib; the pipeline backend runs "
+                              f"{', '.join(PIPELINE_ALGORITHMS)}")
+        for name in ("max_trials", "parallel_trials"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_failed_trials < 0:
+            raise ConfigError(f"max_failed_trials must be >= 0, got {self.max_failed_trials}")

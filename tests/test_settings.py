@@ -1,0 +1,179 @@
+"""One source per setting: every surface that shows a setting (the compiled pipelines' run
+parameters and component inputs, the CLI flags, the search space, the README tables) has the
+name, type, default and description of its dataclass field."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import yaml
+
+from kftune.cli import build_parser
+from kftune.components.common.errors import ConfigError
+from kftune.components.common.resources import TrainResources
+from kftune.components.common.settings import PretrainedModel, check_choices, internal, settings_from, settings_of
+from kftune.components.common.signatures import with_settings
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space
+from kftune.pipelines import finetune, tune
+from kftune.pipelines.cluster import ClusterOptions, StorageSecrets, omitted_settings
+from kftune.settings_docs import main as settings_docs
+
+REPO = Path(__file__).resolve().parents[1]
+KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", dict: "STRUCT",
+             list: "LIST"}
+PIPELINES = {"finetune": finetune, "tune": tune}
+
+
+def compiled(name: str) -> dict:
+    pipeline, _platform = yaml.safe_load_all((REPO / "pipelines" / "compiled" / f"{name}.yaml").read_text())
+    return pipeline
+
+
+def pipeline_settings(name: str):
+    """The settings of the committed YAML, compiled with the default resources and Secrets (no GCS one)."""
+    module = PIPELINES[name]
+    resources, secrets = TrainResources(), StorageSecrets()
+    omitted = omitted_settings(resources, secrets)
+    return {s.name: s for s in settings_of(*module.SETTINGS, resources, secrets) if s.name not in omitted}
+
+
+def assert_matches(spec: dict, setting, where: str) -> None:
+    assert spec["parameterType"] == KFP_TYPES[setting.type], where
+    assert spec["defaultValue"] == setting.default, where
+    assert spec["description"] == setting.help, where
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_run_parameters_are_the_settings(name):
+    """The compiled YAML's run form: one parameter per setting, and nothing else."""
+    params = compiled(name)["root"]["inputDefinitions"]["parameters"]
+    settings = pipeline_settings(name)
+    assert set(params) == set(settings)
+    for param, spec in params.items():
+        assert_matches(spec, settings[param], f"{name}: {param}")
+
+
+@pytest.mark.parametrize("name", PIPELINES)
+def test_component_inputs_are_their_settings(name):
+    settings = pipeline_settings(name)
+    checked = 0
+    for component, spec in compiled(name)["components"].items():
+        for param, param_spec in spec.get("inputDefinitions", {}).get("parameters", {}).items():
+            if param in settings and "defaultValue" in param_spec:
+                assert_matches(param_spec, settings[param], f"{name}: {component}.{param}")
+                checked += 1
+    assert checked > 60
+
+
+def _flags(command: str) -> dict[str, argparse.Action]:
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    return {a.dest: a for a in parser._actions}
+
+
+@pytest.mark.parametrize(("command", "groups"), [
+    ("run", finetune.LOCAL_SETTINGS), ("tune", tune.LOCAL_SETTINGS),
+    ("compile", (TrainResources, StorageSecrets, ClusterOptions)),
+])
+def test_cli_flags_are_the_settings(command, groups):
+    flags = _flags(command)
+    for s in settings_of(*groups):
+        action = flags[s.name]
+        assert action.option_strings[0] == "--" + s.name.replace("_", "-")
+        assert action.default == s.default, s.name
+        assert action.help.startswith(s.help.replace("%", "%%")), s.name
+        assert (tuple(action.choices) if action.choices else None) == s.choices, s.name
+
+
+def test_search_space_takes_every_searchable_setting_with_its_type():
+    trainable = {s.name: s for s in settings_of(TrainConfig)}
+    assert set(SEARCHABLE) <= set(trainable)
+    for name, kind in SEARCHABLE.items():
+        mode = "lora" if name.startswith("lora_") else "full"
+        value = trainable[name].default or (0.01 if kind is float else 2)
+        space = parse_space(f'{{"{name}": [{value}]}}', mode)
+        assert space.names == [name]
+        config = apply_hyperparameters(TrainConfig(training_mode=mode), {name: value})
+        assert isinstance(getattr(config, name), kind)
+    for name in set(trainable) - set(SEARCHABLE):
+        with pytest.raises(ConfigError, match="cannot be searched"):
+            parse_space(f'{{"{name}": [1]}}')
+
+
+def test_readme_tables_are_generated_from_the_settings():
+    assert settings_docs(["--root", str(REPO), "--check"]) == 0, "run: python -m kftune.settings_docs"
+
+
+# --- the mechanism --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Example(PretrainedModel):
+    """A settings group for these tests."""
+
+    speed: float = 1.5
+    """How fast."""
+    mode: Literal["a", "b"] = "a"
+    """Which mode."""
+    secret: str = internal("")
+
+
+def test_settings_carry_type_default_choices_and_docstring():
+    model, speed, mode = settings_of(Example)
+    assert (model.name, model.owner) == ("model", PretrainedModel)
+    assert (speed.type, speed.default, speed.help) == (float, 1.5, "How fast.")
+    assert (mode.type, mode.choices, mode.help) == (str, ("a", "b"), "Which mode. One of: a, b.")
+    assert [s.default for s in settings_of(Example(speed=3.0))][1] == 3.0  # an instance gives the defaults
+    with pytest.raises(ConfigError, match="mode must be one of a, b, got 'c'"):
+        check_choices(Example(mode="c"))
+
+
+def test_a_name_declared_twice_is_refused():
+    @dataclasses.dataclass
+    class Other:
+        speed: int = 1
+        """Another speed."""
+
+    with pytest.raises(TypeError, match="'speed' is declared by both"):
+        settings_of(Example, Other)
+
+
+def test_a_setting_without_docstring_is_refused():
+    @dataclasses.dataclass
+    class Undocumented:
+        knob: int = 1
+
+    with pytest.raises(TypeError, match="no attribute docstring"):
+        settings_of(Undocumented)
+
+
+def test_settings_from_takes_its_own_and_mends_kfp_numbers():
+    example = settings_from(Example, {"speed": 2, "mode": "b", "unrelated": 1})
+    assert example == Example(speed=2.0, mode="b") and isinstance(example.speed, float)
+    assert settings_from(TrainConfig, {"num_train_epochs": 4.0}).num_train_epochs == 4  # kfp.local hands 4.0
+
+
+def test_with_settings_writes_source_that_kfp_embeds():
+    from kfp import dsl
+
+    @with_settings(Example)
+    def door(count: int) -> str:
+        """Do it.
+
+        Args:
+            count: How many.
+        """
+        values = dict(locals())
+        return str(sorted(values))
+
+    assert door(1) == str(sorted(["count", "model", "speed", "mode"]))
+    component = dsl.component(door, base_image="python:3.11")
+    inputs = component.component_spec.inputs
+    assert list(inputs) == ["count", "model", "speed", "mode"]
+    assert inputs["speed"].default == 1.5 and inputs["speed"].description == "How fast."
+    source = component.component_spec.implementation.container.command[-1]
+    assert "speed: float = 1.5," in source and "secret" not in source
