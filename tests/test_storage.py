@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kftune.components.common import storage
+from kftune.components.common import checksums, storage
+from kftune.components.common.checksums import digest_file
 from kftune.components.common.errors import ConfigError, DataError, KftuneError
 from kftune.components.common.storage import (
     PreconditionFailed,
     RetryPolicy,
     S3Settings,
     StorageUnavailable,
-    digest_file,
     fetch,
     open_location,
     parse_uri,
@@ -404,7 +404,7 @@ def test_nothing_published_and_bad_input(s3, tmp_path):
 def test_multipart_upload_is_verified_by_etag(s3, tmp_path, monkeypatch):
     # 5 MiB parts (S3's minimum) and an 11 MiB file: a 3-part upload, verified by its
     # multipart ETag without reading it back.
-    monkeypatch.setattr(storage, "S3_PART_SIZE", 5 * 2**20)
+    monkeypatch.setattr(checksums, "S3_PART_SIZE", 5 * 2**20)
     model = make_model_dir(tmp_path / "model", weights_kib=11 * 1024)
     read_back = []
     monkeypatch.setattr(storage.S3Backend, "verify", lambda self, key, digest: read_back.append(key) or False)

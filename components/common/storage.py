@@ -42,7 +42,7 @@ policy here is the only one.
 Backends implement a deliberately small interface (:class:`Backend`): list a prefix, stat,
 download, upload, read/write small objects (optionally conditional: create-if-absent or
 replace-if-unchanged, which publishing uses), delete, and verify an upload against the
-local file's size and checksums.
+local file's size and checksums (``kftune.components.common.checksums``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ import base64
 import contextlib
 import errno
 import fcntl
-import hashlib
 import io
 import logging
 import os
@@ -66,6 +65,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from kftune.components.common import checksums
+from kftune.components.common.checksums import FileDigest, sha256_of
 from kftune.components.common.errors import ConfigError, DataError, KftuneError
 
 log = logging.getLogger("kftune.storage")
@@ -73,9 +74,6 @@ log = logging.getLogger("kftune.storage")
 T = TypeVar("T")
 
 SCHEMES = ("s3", "gs", "file")
-# S3 multipart part size used for uploads; the expected multipart ETag is computed locally
-# with the same size, so uploads can be verified without reading them back.
-S3_PART_SIZE = 64 * 2**20
 _CHUNK = 2**20
 
 _S3_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -263,52 +261,7 @@ def with_retries(call: Callable[[], T], what: str, policy: RetryPolicy, classify
 
 
 # --------------------------------------------------------------------------------------------
-# Checksums
-
-
-@dataclass(frozen=True)
-class FileDigest:
-    """Size and checksums of a local file: sha256, md5, and the ETag S3 gives it when uploaded
-    in parts of :data:`S3_PART_SIZE` (plain md5 for a single part)."""
-
-    size: int
-    sha256: str
-    md5: str
-    s3_etag: str
-
-
-def digest_file(path: str | os.PathLike[str], part_size: int | None = None) -> FileDigest:
-    """Hash ``path`` once for every checksum an upload is verified against (``part_size``:
-    the S3 multipart part size, :data:`S3_PART_SIZE` by default)."""
-    part_size = part_size or S3_PART_SIZE
-    sha, md5, part_md5 = hashlib.sha256(), hashlib.md5(), hashlib.md5()
-    parts: list[bytes] = []
-    size = in_part = 0
-    with open(path, "rb") as f:
-        while block := f.read(min(_CHUNK, part_size - in_part)):
-            sha.update(block)
-            md5.update(block)
-            part_md5.update(block)
-            size += len(block)
-            in_part += len(block)
-            if in_part == part_size:
-                parts.append(part_md5.digest())
-                part_md5, in_part = hashlib.md5(), 0
-    if in_part or not parts:
-        parts.append(part_md5.digest())
-    if len(parts) == 1:
-        etag = md5.hexdigest()
-    else:
-        etag = f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
-    return FileDigest(size=size, sha256=sha.hexdigest(), md5=md5.hexdigest(), s3_etag=etag)
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            sha.update(block)
-    return sha.hexdigest()
+# Sizes
 
 
 def format_bytes(n: int) -> str:
@@ -623,7 +576,7 @@ class S3Backend(Backend):
 
     def upload(self, path: Path, key: str) -> ObjectInfo:
         def run():
-            result = self.client.fput_object(self.bucket, key, str(path), part_size=S3_PART_SIZE)
+            result = self.client.fput_object(self.bucket, key, str(path), part_size=checksums.S3_PART_SIZE)
             etag = (result.etag or "").strip('"')
             return ObjectInfo(key, os.path.getsize(path), etag, etag)
 
