@@ -17,13 +17,13 @@ from kfp.dsl import Metrics, Model
 
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.images import ImageScheme
-from kftune.components.common.storage import use_gcs_secret, use_s3_secret
 from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
+from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 
 PIPELINE_NAME = "finetune"
 

@@ -34,6 +34,7 @@ from kftune.components.common.storage import (
     open_location,
     parse_uri,
 )
+from kftune.components.common.storage.retry import Transient
 from kftune.components.publish import publish as pub
 from kftune.components.publish.publish import (
     download_published,
@@ -232,7 +233,7 @@ def test_retries_transient_then_succeeds_and_permanent_fails_at_once():
 
     def classify(exc):
         if isinstance(exc, ConnectionError):
-            raise storage._Transient("connection refused")
+            raise Transient("connection refused")
 
     def flaky():
         calls.append(1)
@@ -763,8 +764,8 @@ def test_local_publish_versions_and_claims(tmp_path):
 def test_component_compiles_with_secret_and_no_credential_values(tmp_path, monkeypatch):
     from kfp import compiler, dsl
 
-    from kftune.components.common.storage import use_s3_secret
     from kftune.components.publish.component import publish
+    from kftune.pipelines.secrets import use_s3_secret
 
     _set_env(monkeypatch, {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET})
     op = dsl.component(publish, base_image="ghcr.io/kftune/kftune-publish:test", install_kfp_package=False)
