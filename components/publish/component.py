@@ -2,7 +2,8 @@
 
 Credentials never pass through here: the task gets them from a Kubernetes Secret as
 environment variables (``kftune.pipelines.secrets``: ``use_s3_secret(task, ...)`` /
-``use_gcs_secret``), so the compiled YAML holds only the Secret's name.
+``use_gcs_secret``), so the compiled YAML holds only the Secret's name (or the run parameter
+that gives it).
 """
 
 from kfp import dsl
