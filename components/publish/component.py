@@ -1,8 +1,9 @@
 """KFP component: publish the exported model as a new version in object storage (thin layer over publish.py).
 
 Credentials never pass through here: the task gets them from a Kubernetes Secret as
-environment variables (``storage.use_s3_secret(task, ...)`` / ``storage.use_gcs_secret``), so
-the compiled YAML holds only the Secret's name.
+environment variables (``kftune.pipelines.secrets``: ``use_s3_secret(task, ...)`` /
+``use_gcs_secret``), so the compiled YAML holds only the Secret's name (or the run parameter
+that gives it).
 """
 
 from kfp import dsl

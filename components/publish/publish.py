@@ -60,17 +60,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kftune.components.common.atomic import atomic_directory
+from kftune.components.common.checksums import FileDigest, digest_file, sha256_of
 from kftune.components.common.errors import ConfigError, DataError, KftuneError
 from kftune.components.common.storage import (
     Backend,
-    FileDigest,
     Location,
     PreconditionFailed,
     RetryPolicy,
-    digest_file,
     format_bytes,
     open_location,
-    sha256_of,
 )
 
 log = logging.getLogger("kftune.publish")

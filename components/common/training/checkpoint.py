@@ -10,7 +10,6 @@ a checkpoint whose file is truncated or corrupted later fails the manifest check
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,19 +19,13 @@ from pathlib import Path
 
 import torch
 
+from kftune.components.common.checksums import sha256_of
+
 log = logging.getLogger("kftune.train")
 
 PREFIX = "checkpoint-"
 STATE_FILE = "state.pt"
 MANIFEST_FILE = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -69,7 +62,7 @@ def save_checkpoint(directory: Path, step: int, state: dict, keep: int = 0) -> P
         _fsync(state_file)
         manifest = {
             "step": step,
-            "files": {STATE_FILE: {"bytes": state_file.stat().st_size, "sha256": _sha256(state_file)}},
+            "files": {STATE_FILE: {"bytes": state_file.stat().st_size, "sha256": sha256_of(state_file)}},
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         _fsync(tmp / MANIFEST_FILE)
@@ -101,7 +94,7 @@ def verify_checkpoint(path: Path) -> str | None:
         size = file.stat().st_size
         if size != expected["bytes"]:
             return f"{name} has {size} bytes, the manifest says {expected['bytes']} (truncated?)"
-        if _sha256(file) != expected["sha256"]:
+        if sha256_of(file) != expected["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest (corrupted)"
     return None
 
