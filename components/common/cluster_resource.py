@@ -182,9 +182,11 @@ class ClusterResource:
         return f"cannot {verb} {self}: {api_error(e)}"
 
     def failure_error(self, reason: str, seconds: float) -> str:
+        """The error for a resource that failed with ``reason`` after ``seconds``."""
         return f"{self} failed after {seconds:.0f} s: {reason}"
 
     def timeout_error(self, seconds: float, timeout_seconds: float) -> str:
+        """The error for a resource not finished ``seconds`` after the start (the deadline: ``timeout_seconds``)."""
         return f"{self} timed out after {timeout_seconds:g} s without finishing (last state: {self.state()})"
 
     # --- for the kinds ---
