@@ -42,6 +42,9 @@ the generation of the Knative Service behind it, as KServe's does (``ksvc_genera
 sets it apart from the InferenceService's). Faults: HTTP 500 for the first ``failing_requests``,
 403 (RBAC) for some methods, a webhook that denies, KServe not installed.
 :meth:`FakeKubeApiServer.add_inference_service` puts in one that exists (and is Ready) already.
+
+For any resource, :meth:`FakeKubeApiServer.fail` answers chosen requests with an HTTP error, before
+or after carrying them out (a request that failed, or one whose answer was lost).
 """
 
 from __future__ import annotations
@@ -176,6 +179,18 @@ class FakeInferenceService:
 
 
 @dataclass
+class Fault:
+    """Requests the fake answers with an error (:meth:`FakeKubeApiServer.fail`)."""
+
+    method: str
+    path_part: str
+    status: int
+    times: int
+    after: bool
+    """Carry the request out, then answer with the error: the answer is lost, not the request."""
+
+
+@dataclass
 class RecordedRequest:
     method: str
     path: str
@@ -199,6 +214,7 @@ class FakeKubeApiServer:
         self.inference_services: dict[tuple[str, str], FakeInferenceService] = {}
         self.kserve_requests = 0
         self.requests: list[RecordedRequest] = []
+        self.faults: list[Fault] = []
         self.jobs: dict[tuple[str, str], dict] = {}
         self.polls: dict[tuple[str, str], int] = {}
         self.experiments: dict[tuple[str, str], dict] = {}
@@ -237,37 +253,55 @@ class FakeKubeApiServer:
 
     # --- the API ------------------------------------------------------------------------
 
+    def fail(self, method: str, path_part: str = "", *, status: int = 500, times: int = 1, after: bool = False) -> None:
+        """Answer the next ``times`` requests with ``method`` whose path contains ``path_part`` with HTTP
+        ``status``; with ``after``, carry each out first and lose only its answer (as when the connection
+        drops on the way back)."""
+        with self._lock:
+            self.faults.append(Fault(method, path_part, status, times, after))
+
     def handle(
         self, method: str, path: str, query: dict, body: dict | None, content_type: str | None = None
     ) -> tuple[int, object]:
         with self._lock:
             self.requests.append(RecordedRequest(method, path, query, body, content_type))
-            if match := TRAINJOBS.match(path):
-                namespace, name = match.groups()
-                if name is None and method == "POST":
-                    return self._create(namespace, body)
-                if name is None and method == "GET":
-                    items = [job for (ns, _), job in self.jobs.items() if ns == namespace]
-                    return 200, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJobList", "items": items}
-                if method == "GET":
-                    return self._poll(namespace, name)
-                if method == "DELETE":
-                    if self.jobs.pop((namespace, name), None) is None:
-                        return _status(404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found')
-                    return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
-            if (match := PODS.match(path)) and method == "GET":
-                selector = query.get("labelSelector", [""])[0]
-                pods = [
-                    pod for pod in self._pods(match.group(1)) if selector_matches(selector, pod["metadata"]["labels"])
-                ]
-                return 200, {"apiVersion": "v1", "kind": "PodList", "items": pods}
-            if (match := POD_LOG.match(path)) and method == "GET":
-                return self._log(*match.groups())
-            if path.startswith(KATIB_API):
-                return self._katib(method, path, query, body)
-            if path.startswith(KSERVE_API):
-                return self._kserve(method, path, body, content_type)
-            return _status(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
+            fault = next((f for f in self.faults if f.times and f.method == method and f.path_part in path), None)
+            if fault is None:
+                return self._serve(method, path, query, body, content_type)
+            fault.times -= 1
+            if fault.after:
+                self._serve(method, path, query, body, content_type)
+            return _status(fault.status, "InternalError" if fault.status >= 500 else "Fault", "the fake's fault")
+
+    def _serve(
+        self, method: str, path: str, query: dict, body: dict | None, content_type: str | None = None
+    ) -> tuple[int, object]:
+        if match := TRAINJOBS.match(path):
+            namespace, name = match.groups()
+            if name is None and method == "POST":
+                return self._create(namespace, body)
+            if name is None and method == "GET":
+                items = [job for (ns, _), job in self.jobs.items() if ns == namespace]
+                return 200, {"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJobList", "items": items}
+            if method == "GET":
+                return self._poll(namespace, name)
+            if method == "DELETE":
+                if self.jobs.pop((namespace, name), None) is None:
+                    return _status(404, "NotFound", f'trainjobs.trainer.kubeflow.org "{name}" not found')
+                return 200, {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+        if (match := PODS.match(path)) and method == "GET":
+            selector = query.get("labelSelector", [""])[0]
+            pods = [
+                pod for pod in self._pods(match.group(1)) if selector_matches(selector, pod["metadata"]["labels"])
+            ]
+            return 200, {"apiVersion": "v1", "kind": "PodList", "items": pods}
+        if (match := POD_LOG.match(path)) and method == "GET":
+            return self._log(*match.groups())
+        if path.startswith(KATIB_API):
+            return self._katib(method, path, query, body)
+        if path.startswith(KSERVE_API):
+            return self._kserve(method, path, body, content_type)
+        return _status(404, "NotFound", f"the server could not find the requested resource ({method} {path})")
 
     def _create(self, namespace: str, body: dict) -> tuple[int, object]:
         if self.scenario.create_error:

@@ -14,6 +14,7 @@ from kubernetes import client
 from kubernetes.config import kube_config
 
 from kftune.components.common import kube as kube_helpers
+from kftune.components.common.cluster_resource import ResourceApi
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.deploy import deploy as deploy_module
 from kftune.components.deploy.deploy import (
@@ -371,14 +372,14 @@ def test_a_canary_then_its_promotion(kube):
 def test_created_by_someone_else_meanwhile_is_updated(kube, monkeypatch):
     server, api_client = kube()
     server.add_inference_service(existing_doc())
-    real_get = deploy_module._Api.get
+    real_get = ResourceApi.get
     calls = []
 
-    def get_that_missed_it_once(self, required=False):  # as if the other create came right after our GET
-        calls.append(required)
-        return None if len(calls) == 1 else real_get(self, required)
+    def get_that_missed_it_once(self, **options):  # as if the other create came right after our GET
+        calls.append(options)
+        return None if len(calls) == 1 else real_get(self, **options)
 
-    monkeypatch.setattr(deploy_module._Api, "get", get_that_missed_it_once)
+    monkeypatch.setattr(ResourceApi, "get", get_that_missed_it_once)
     lines: list[str] = []
     handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"), lines)
     assert [r.method for r in server.requests[:3]] == ["POST", "GET", "PATCH"]  # 409, then the update

@@ -84,13 +84,14 @@ def poll_until(
     poll_seconds: float,
     emit: Callable[[str], None],
     state: Callable[[], str],
+    timeout_error: Callable[[], str] | None = None,
 ) -> T:
     """Call ``fetch`` every ``poll_seconds`` until it returns something other than None; return that.
 
     ``fetch`` reads the object (and reports what changed). A transient API error (see
     :func:`is_transient`) is retried, up to ``MAX_API_ERRORS`` in a row; any other raises
     :class:`KftuneError` naming ``what``, as does the deadline, with ``state()`` as the last
-    state seen. The caller deletes the object on the way out.
+    state seen (or ``timeout_error()`` as the whole message). The caller cleans up on the way out.
     """
     deadline = time.monotonic() + timeout_seconds
     errors = 0
@@ -108,6 +109,8 @@ def poll_until(
                 return result
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if timeout_error is not None:
+                raise KftuneError(timeout_error())
             raise KftuneError(
                 f"{what} timed out after {timeout_seconds:g} s without finishing "
                 f"(last state: {state()}); deleting it"
@@ -144,13 +147,13 @@ def check_pod_placement(request, toleration_model) -> None:
 
 
 @contextlib.contextmanager
-def sigterm_raises(job: str, kind: str = "TrainJob"):
+def sigterm_raises(job: str, kind: str = "TrainJob", then: str = "deleting it"):
     """Turn SIGTERM (a cancelled run, an evicted pod) into an exception, so that the job (a ``kind``
-    resource) is deleted on the way out instead of running on. Signal handlers can only be set in
-    the main thread."""
+    resource) is cleaned up on the way out (``then`` says how) instead of the process just ending.
+    Signal handlers can only be set in the main thread."""
 
     def handler(signum, frame):
-        raise KftuneError(f"stopped by SIGTERM while {kind} {job} was running; deleting it")
+        raise KftuneError(f"stopped by SIGTERM while {kind} {job} was running; {then}")
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, handler) if in_main_thread else None

@@ -38,10 +38,8 @@ ready one), and a new one that fails stays, not Ready, with its pods, events and
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -51,22 +49,21 @@ from kserve.constants import constants as kserve_constants
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 from kubernetes.utils import parse_quantity
-from urllib3.exceptions import HTTPError
 
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import (
-    DNS_1123_LABEL,
-    DNS_1123_SUBDOMAIN,
-    DNS_LABEL,
-    MAX_API_ERRORS,
-    REQUEST_TIMEOUT_SECONDS,
-    current_namespace,
-    is_transient,
-    kube_api_client,
+from kftune.components.common.cluster_resource import (
+    RETRY_DELAY_SECONDS,
+    Cleanup,
+    ClusterResource,
+    Outcome,
+    ResourceApi,
+    emitter,
+    names_object,
+    run_resource,
 )
-from kftune.components.common.kube import api_error as _api_error
+from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.components.common.kube import DNS_1123_LABEL, DNS_1123_SUBDOMAIN, DNS_LABEL, api_error, current_namespace
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GROUP = kserve_constants.KSERVE_GROUP  # serving.kserve.io
 VERSION = kserve_constants.KSERVE_V1BETA1_VERSION  # v1beta1
@@ -80,8 +77,6 @@ DEFAULT_MODEL_FORMAT = "kftune-onnx"
 DEFAULT_SERVICE_ACCOUNT = "kftune-serving"
 DEFAULT_TIMEOUT_SECONDS = 15 * 60
 DEFAULT_POLL_SECONDS = 5.0
-RETRY_DELAY_SECONDS = 1.0  # first wait after a transient API error; doubles up to MAX_RETRY_DELAY_SECONDS
-MAX_RETRY_DELAY_SECONDS = 30.0
 # A failure signal must hold this long before the deploy gives up: KServe reports some on the
 # way (a ReconcileFailed after an update conflict, the previous spec's model status before its
 # first reconcile of the new one) and clears them on the next reconcile.
@@ -318,35 +313,22 @@ def deploy_inference_service(
     fails (a failure signal held for ``failure_grace_seconds``), when it is not Ready after
     ``timeout_seconds``, when the API refuses a request (RBAC, KServe not installed, the
     webhook's validation) or keeps failing (transient errors are retried with backoff starting
-    at ``retry_delay_seconds``). Nothing is deleted (see the module docstring).
+    at ``retry_delay_seconds``), and on SIGTERM. Nothing is deleted (see the module docstring).
     """
     if not timeout_seconds > 0:
         raise ConfigError(f"the timeout (timeout_minutes) must be > 0, got {timeout_seconds / 60:g} minutes")
     request.validate()
-    emit = log or _log_line
-    own_client = api_client is None
-    api_client = api_client or kube_api_client()
-    api = _Api(client.CustomObjectsApi(api_client), request, retry_delay_seconds, emit)
-    start = time.monotonic()
-    try:
-        existing = api.get()
-        if existing is None:
-            created, target = _create(api, request, emit)
-        else:
-            created, target = False, None
-        if not created:  # it existed, or someone else created it between our get and create
-            existing = existing or api.get(required=True)
-            target = _update(api, request, existing, emit)
-        isvc = _wait(api, request, target, start + timeout_seconds, poll_seconds, failure_grace_seconds, emit)
-    finally:
-        if own_client:
-            api_client.close()
-    status = isvc.get("status") or {}
+    isvc = _InferenceService(request, emitter(log, logger), failure_grace_seconds)
+    finished = run_resource(
+        isvc, api_client, timeout_seconds=timeout_seconds, poll_seconds=poll_seconds,
+        retry_delay_seconds=retry_delay_seconds,
+    )  # fmt: skip
+    status = finished.obj.get("status") or {}
     predictor = (status.get("components") or {}).get("predictor") or {}
     url = status.get("url") or (status.get("address") or {}).get("url")
     if not url:
         raise KftuneError(
-            f"InferenceService {api.isvc} is Ready but has neither status.url nor status.address.url "
+            f"{isvc} is Ready but has neither status.url nor status.address.url "
             f"(check KServe's ingress configuration: kubectl get inferenceservice -n {request.namespace} "
             f"{request.name} -o yaml)"
         )
@@ -354,90 +336,155 @@ def deploy_inference_service(
         "name": request.name,
         "namespace": request.namespace,
         "url": url,
-        "created": created,
-        "generation": (isvc.get("metadata") or {}).get("generation"),
+        "created": finished.created,
+        "generation": (finished.obj.get("metadata") or {}).get("generation"),
         "revision": predictor.get("latestReadyRevision"),
         "traffic": predictor.get("traffic") or [],
-        "duration_seconds": time.monotonic() - start,
+        "duration_seconds": finished.seconds,
     }
     split = ", ".join(f"{t.get('percent')}% to {t.get('revisionName')}" for t in handle["traffic"] if t.get("percent"))
-    emit(f"InferenceService {api.isvc} is Ready at {url}" + (f" (traffic: {split})" if split else ""))
+    isvc.emit(f"{isvc} is Ready at {url}" + (f" (traffic: {split})" if split else ""))
     return handle
 
 
-def _create(api: _Api, request: DeployRequest, emit) -> tuple[bool, _Target | None]:
-    """Create the InferenceService; ``(False, None)`` if it turned out to exist already."""
-    if request.canary is not None:
-        emit(
-            f"InferenceService {api.isvc} is new: canary_traffic_percent={request.canary} ignored "
-            "(there is no previous revision to share the traffic with)"
+class _InferenceService(ClusterResource):
+    """The InferenceService as the shared lifecycle runs it: created or patched in place, followed
+    until its new generation is Ready, and kept (it is the deployment)."""
+
+    kind = "InferenceService"
+    kubectl_kind = "inferenceservice"
+    group, version, plural = GROUP, VERSION, PLURAL
+    labels = LABELS
+    updates_in_place = True
+
+    def __init__(self, request: DeployRequest, emit: Callable[[str], None], failure_grace_seconds: float):
+        super().__init__(
+            request.namespace, request.name, emit, cleanup=Cleanup.KEEP, failure_grace_seconds=failure_grace_seconds
         )
-    doc = inference_service_doc(request)
-    created = api.create(doc)
-    if created is None:
-        emit(f"InferenceService {api.isvc} was created meanwhile by someone else; updating it")
-        return False, None
-    emit(
-        f"InferenceService {api.isvc} created: model {request.model_uri} ({request.model_format}) on runtime "
-        f"{request.runtime}, {request.min_replicas}-{request.max_replicas} replica(s) of {request.cpu} CPU, "
-        f"{request.memory}"
-    )
-    generation = (created.get("metadata") or {}).get("generation")
-    return True, _Target(generation=generation, changed=True, observed_before=None)
+        self.request = request
+        self.target = _Target(generation=None, changed=True, observed_before=None)
+        self.status: dict = {}
+        self.seen: dict[str, tuple] = {}
+        self.model_state: tuple | None = None
+        self.announced_wait = False
 
+    def body(self) -> dict:
+        return inference_service_doc(self.request)
 
-def _update(api: _Api, request: DeployRequest, existing: dict, emit) -> _Target:
-    """Patch the predictor of the existing InferenceService."""
-    labels = (existing.get("metadata") or {}).get("labels") or {}
-    if labels.get("app.kubernetes.io/managed-by") != LABELS["app.kubernetes.io/managed-by"]:
-        emit(f"warning: InferenceService {api.isvc} was not created by kftune; updating its predictor anyway")
-    before_generation = (existing.get("metadata") or {}).get("generation")
-    before_observed = (existing.get("status") or {}).get("observedGeneration")
-    patched = api.patch(update_patch(request, existing))
-    generation = (patched.get("metadata") or {}).get("generation")
-    changed = generation is None or before_generation is None or generation != before_generation
-    canary = f", {request.canary}% of the traffic to the new revision" if request.canary is not None else ""
-    if changed:
-        emit(
-            f"InferenceService {api.isvc} updated (generation {before_generation} -> {generation}): model "
-            f"{request.model_uri} ({request.model_format}) on runtime {request.runtime}, "
-            f"{request.min_replicas}-{request.max_replicas} replica(s) of {request.cpu} CPU, {request.memory}{canary}"
-        )
-    else:
-        emit(f"InferenceService {api.isvc} already has this spec (generation {generation} unchanged)")
-    return _Target(generation=generation, changed=changed, observed_before=before_observed)
-
-
-def _wait(api: _Api, request: DeployRequest, target: _Target, deadline: float, poll_seconds, grace, emit) -> dict:
-    """Poll until the InferenceService is Ready for ``target``; raise on a failure that holds for ``grace``."""
-    progress = _Progress(api.isvc, emit)
-    failing_since: float | None = None
-    while True:
-        isvc = api.get(required=True)
-        status = isvc.get("status") or {}
-        current = is_current(status, target)
-        progress.report(status, current, target)
-        if current and is_ready(status):
-            return isvc
-        failure = failure_reason(status, current)
-        now = time.monotonic()
-        if failure is None:
-            failing_since = None
-        else:
-            failing_since = now if failing_since is None else failing_since
-            if now - failing_since >= grace:
-                raise KftuneError(
-                    f"InferenceService {api.isvc} failed: {failure}{_hint(request, failure)}; left in place "
-                    f"(kubectl describe inferenceservice -n {request.namespace} {request.name})"
-                )
-        remaining = deadline - now
-        if remaining <= 0:
-            raise KftuneError(
-                f"InferenceService {api.isvc} not Ready after {progress.elapsed():.0f} s "
-                f"(last state: {progress.summary(status, current, target)}); left in place "
-                f"(kubectl describe inferenceservice -n {request.namespace} {request.name})"
+    def created(self, obj: dict) -> None:
+        r = self.request
+        if r.canary is not None:
+            self.emit(
+                f"{self} is new: canary_traffic_percent={r.canary} ignored "
+                "(there is no previous revision to share the traffic with)"
             )
-        time.sleep(min(poll_seconds, remaining))
+        self.emit(
+            f"{self} created: model {r.model_uri} ({r.model_format}) on runtime {r.runtime}, "
+            f"{r.min_replicas}-{r.max_replicas} replica(s) of {r.cpu} CPU, {r.memory}"
+        )
+        generation = (obj.get("metadata") or {}).get("generation")
+        self.target = _Target(generation=generation, changed=True, observed_before=None)
+
+    def update(self, api: ResourceApi, existing: dict) -> None:
+        """Patch the predictor of the existing InferenceService."""
+        r = self.request
+        labels = (existing.get("metadata") or {}).get("labels") or {}
+        if labels.get("app.kubernetes.io/managed-by") != LABELS["app.kubernetes.io/managed-by"]:
+            self.emit(f"warning: {self} was not created by kftune; updating its predictor anyway")
+        before_generation = (existing.get("metadata") or {}).get("generation")
+        before_observed = (existing.get("status") or {}).get("observedGeneration")
+        patched = api.patch(update_patch(r, existing))
+        generation = (patched.get("metadata") or {}).get("generation")
+        changed = generation is None or before_generation is None or generation != before_generation
+        canary = f", {r.canary}% of the traffic to the new revision" if r.canary is not None else ""
+        if changed:
+            self.emit(
+                f"{self} updated (generation {before_generation} -> {generation}): model "
+                f"{r.model_uri} ({r.model_format}) on runtime {r.runtime}, "
+                f"{r.min_replicas}-{r.max_replicas} replica(s) of {r.cpu} CPU, {r.memory}{canary}"
+            )
+        else:
+            self.emit(f"{self} already has this spec (generation {generation} unchanged)")
+        self.target = _Target(generation=generation, changed=changed, observed_before=before_observed)
+
+    def observe(self, api: ResourceApi, obj: dict) -> Outcome | None:
+        self.status = status = obj.get("status") or {}
+        current = is_current(status, self.target)
+        self.report(status, current)
+        if current and is_ready(status):
+            return Outcome(True, "Ready")
+        failure = failure_reason(status, current)
+        return None if failure is None else Outcome(False, failure + _hint(self.request, failure))
+
+    def report(self, status: dict, current: bool) -> None:
+        """Report what is new since the last poll: conditions, model state, reconcile of the new generation."""
+        if not current:
+            if not self.announced_wait:
+                self.announced_wait = True
+                observed = status.get("observedGeneration")
+                self.emit(
+                    f"{self}: waiting for KServe to reconcile generation {self.target.generation} "
+                    f"(status.observedGeneration: {'none yet' if observed is None else observed})"
+                )
+            return
+        for kind, condition in conditions_of(status).items():
+            key = (condition.get("status"), condition.get("reason"), condition.get("message"))
+            if self.seen.get(kind) == key:
+                continue
+            self.seen[kind] = key
+            self.emit(f"{self}: {describe(kind, condition)}")
+        model = status.get("modelStatus") or {}
+        states = model.get("states") or {}
+        state = (model.get("transitionStatus"), states.get("activeModelState"), states.get("targetModelState"))
+        if any(state) and state != self.model_state:
+            self.model_state = state
+            self.emit(f"{self}: model {state[0]} (active {state[1] or '-'}, target {state[2] or '-'})")
+
+    def state(self) -> str:
+        status, target = self.status, self.target
+        if not is_current(status, target):
+            return (
+                f"KServe has not reconciled generation {target.generation} yet: status.observedGeneration is "
+                f"{status.get('observedGeneration')}, was {target.observed_before} before the change"
+            )
+        ready = conditions_of(status).get(READY)
+        if not ready:
+            return "no Ready condition yet"
+        summary = describe(READY, ready)
+        predictor = (status.get("components") or {}).get("predictor") or {}
+        created, ready_revision = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
+        if created and created != ready_revision:
+            summary += f"; revision {created} not ready (latest ready: {ready_revision or 'none'})"
+        return summary
+
+    def failure_error(self, reason: str, seconds: float) -> str:
+        return f"{self} failed: {reason}"
+
+    def timeout_error(self, seconds: float, timeout_seconds: float) -> str:
+        return f"{self} not Ready after {seconds:.0f} s (last state: {self.state()})"
+
+    def refused(self, verb: str, e: ApiException) -> str:
+        what = f"cannot {verb} {self}"
+        detail = api_error(e)
+        if e.status == 403 and "admission webhook" in detail:
+            return f"{what}: rejected by KServe's validating webhook: {detail}"
+        if e.status == 403:
+            return (
+                f"{what}: not allowed (RBAC); the pipeline's service account needs get, create and patch on "
+                f"inferenceservices.{GROUP} in namespace {self.namespace} (manifests/base/rbac.yaml): {detail}"
+            )
+        if e.status == 404 and names_object(e, self.namespace, kind="namespaces"):
+            return f"{what}: namespace {self.namespace!r} not found: {detail}"
+        if e.status == 404 and not names_object(e, self.name):
+            return (
+                f"{what}: KServe is not installed (no inferenceservices.{GROUP} CRD: the API {GROUP}/{VERSION} "
+                f"is not served): {detail}"
+            )
+        if e.status == 404:
+            return f"{what}: it is gone (deleted meanwhile?): {detail}"
+        if e.status in (400, 422):
+            return f"{what}: rejected as invalid: {detail}"
+        return f"{what}: {detail}"
 
 
 def is_current(status: dict, target: _Target) -> bool:
@@ -507,166 +554,3 @@ def _hint(request: DeployRequest, failure: str) -> str:
     if "(Stopped)" in failure:
         return " [the InferenceService is stopped: remove its serving.kserve.io/stop annotation]"
     return ""
-
-
-class _Progress:
-    """Reports what is new since the last poll: conditions, model state, reconcile of the new generation."""
-
-    def __init__(self, isvc: str, emit: Callable[[str], None]):
-        self.isvc = isvc
-        self.emit = emit
-        self.start = time.monotonic()
-        self.seen: dict[str, tuple] = {}
-        self.model_state: tuple | None = None
-        self.announced_wait = False
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def report(self, status: dict, current: bool, target: _Target) -> None:
-        if not current:
-            if not self.announced_wait:
-                self.announced_wait = True
-                observed = status.get("observedGeneration")
-                self.emit(
-                    f"InferenceService {self.isvc}: waiting for KServe to reconcile generation {target.generation} "
-                    f"(status.observedGeneration: {'none yet' if observed is None else observed})"
-                )
-            return
-        for kind, condition in conditions_of(status).items():
-            key = (condition.get("status"), condition.get("reason"), condition.get("message"))
-            if self.seen.get(kind) == key:
-                continue
-            self.seen[kind] = key
-            self.emit(f"InferenceService {self.isvc}: {describe(kind, condition)}")
-        model = status.get("modelStatus") or {}
-        states = model.get("states") or {}
-        state = (model.get("transitionStatus"), states.get("activeModelState"), states.get("targetModelState"))
-        if any(state) and state != self.model_state:
-            self.model_state = state
-            self.emit(
-                f"InferenceService {self.isvc}: model {state[0]} (active {state[1] or '-'}, target {state[2] or '-'})"
-            )
-
-    def summary(self, status: dict, current: bool, target: _Target) -> str:
-        if not current:
-            return (
-                f"KServe has not reconciled generation {target.generation} yet: status.observedGeneration is "
-                f"{status.get('observedGeneration')}, was {target.observed_before} before the change"
-            )
-        ready = conditions_of(status).get(READY)
-        if not ready:
-            return "no Ready condition yet"
-        summary = describe(READY, ready)
-        predictor = (status.get("components") or {}).get("predictor") or {}
-        created, ready_revision = predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")
-        if created and created != ready_revision:
-            summary += f"; revision {created} not ready (latest ready: {ready_revision or 'none'})"
-        return summary
-
-
-# --- the API calls ------------------------------------------------------------------------------
-
-
-class _Api:
-    """The InferenceService calls, each retried with backoff on transient errors (5xx, 429, connection)."""
-
-    def __init__(self, custom: client.CustomObjectsApi, request: DeployRequest, retry_delay: float, emit):
-        self.custom = custom
-        self.request = request
-        self.retry_delay = retry_delay
-        self.emit = emit
-        self.isvc = f"{request.namespace}/{request.name}"
-
-    def get(self, required: bool = False) -> dict | None:
-        """The InferenceService, or None if there is none (an error if ``required``)."""
-        try:
-            return self._call(
-                "get",
-                self.custom.get_namespaced_custom_object,
-                GROUP, VERSION, self.request.namespace, PLURAL, self.request.name,
-            )  # fmt: skip
-        except ApiException as e:
-            if e.status == 404 and _names_object(e, self.request.name) and not required:
-                return None
-            raise KftuneError(self._error("get", e)) from e
-
-    def create(self, doc: dict) -> dict | None:
-        """Create it; None if it exists already."""
-        try:
-            return self._call(
-                "create",
-                self.custom.create_namespaced_custom_object,
-                GROUP, VERSION, self.request.namespace, PLURAL, doc,
-            )  # fmt: skip
-        except ApiException as e:
-            if e.status == 409:
-                return None
-            raise KftuneError(self._error("create", e)) from e
-
-    def patch(self, patch: dict) -> dict:
-        """Apply a JSON merge patch (the client sends a dict as application/merge-patch+json)."""
-        try:
-            return self._call(
-                "patch",
-                self.custom.patch_namespaced_custom_object,
-                GROUP, VERSION, self.request.namespace, PLURAL, self.request.name, patch,
-            )  # fmt: skip
-        except ApiException as e:
-            raise KftuneError(self._error("patch", e)) from e
-
-    def _call(self, verb: str, method, *args):
-        errors = 0
-        while True:
-            try:
-                return method(*args, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            except (ApiException, HTTPError) as e:
-                errors += 1
-                if not is_transient(e):
-                    raise
-                if errors > MAX_API_ERRORS:
-                    raise KftuneError(
-                        f"cannot {verb} InferenceService {self.isvc}: the Kubernetes API kept failing "
-                        f"({errors} attempts): {_api_error(e)}"
-                    ) from e
-                delay = min(self.retry_delay * 2 ** (errors - 1), MAX_RETRY_DELAY_SECONDS)
-                self.emit(
-                    f"Kubernetes API error ({_api_error(e)}), retrying in {delay:g} s ({errors}/{MAX_API_ERRORS})"
-                )
-                time.sleep(delay)
-
-    def _error(self, verb: str, e: ApiException) -> str:
-        what = f"cannot {verb} InferenceService {self.isvc}"
-        detail = _api_error(e)
-        if e.status == 403 and "admission webhook" in detail:
-            return f"{what}: rejected by KServe's validating webhook: {detail}"
-        if e.status == 403:
-            return (
-                f"{what}: not allowed (RBAC); the pipeline's service account needs get, create and patch on "
-                f"inferenceservices.{GROUP} in namespace {self.request.namespace} (manifests/base/rbac.yaml): {detail}"
-            )
-        if e.status == 404 and _names_object(e, self.request.namespace, kind="namespaces"):
-            return f"{what}: namespace {self.request.namespace!r} not found: {detail}"
-        if e.status == 404 and not _names_object(e, self.request.name):
-            return (
-                f"{what}: KServe is not installed (no inferenceservices.{GROUP} CRD: the API {GROUP}/{VERSION} "
-                f"is not served): {detail}"
-            )
-        if e.status == 404:
-            return f"{what}: it is gone (deleted meanwhile?): {detail}"
-        if e.status in (400, 422):
-            return f"{what}: rejected as invalid: {detail}"
-        return f"{what}: {detail}"
-
-
-def _names_object(e: ApiException, name: str, kind: str | None = None) -> bool:
-    """Whether the API's 404 is about the object ``name`` (of ``kind``), not about a missing API."""
-    try:
-        details = json.loads(e.body).get("details") or {}
-    except (TypeError, ValueError, AttributeError):
-        return False
-    return details.get("name") == name and (kind is None or details.get("kind") == kind)
-
-
-def _log_line(line: str) -> None:
-    log.info("%s", line)

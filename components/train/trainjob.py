@@ -23,7 +23,6 @@ import logging
 import math
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +31,9 @@ from kubeflow.trainer.constants import constants as trainer_constants
 from kubeflow_trainer_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from urllib3.exceptions import HTTPError
 
 from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
+from kftune.components.common.cluster_resource import ClusterResource, Outcome, ResourceApi, emitter, run_resource
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
     DNS_1123_LABEL,
@@ -43,19 +42,16 @@ from kftune.components.common.kube import (
     REQUEST_TIMEOUT_SECONDS,
     SHARED_VOLUME,
     SHM_VOLUME,
+    api_error,
     check_pod_placement,
     current_namespace,
-    kube_api_client,
     new_job_name,
-    poll_until,
-    sigterm_raises,
 )
-from kftune.components.common.kube import api_error as _api_error
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir
 from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 GROUP = trainer_constants.GROUP  # trainer.kubeflow.org
 VERSION = trainer_constants.VERSION  # v1alpha1
@@ -258,73 +254,23 @@ def run_trainjob(
     they come. Raises :class:`KftuneError` when the job fails (with the job's reason and message),
     when it has not finished after ``timeout_seconds``, or when the API server keeps failing.
     Whatever happens, a job that was created is deleted, SIGTERM (the run being cancelled)
-    included.
+    included (see :mod:`~kftune.components.common.cluster_resource`).
     """
-    emit = log or _log_line
     body = build_trainjob(request).to_dict()
-    own_client = api_client is None
-    api_client = api_client or kube_api_client()
-    custom = client.CustomObjectsApi(api_client)
-    core = client.CoreV1Api(api_client)
-    job = f"{request.namespace}/{request.name}"
-    start = time.monotonic()
-    maybe_created = True  # a create that timed out may still have created the job
-    try:
-        with sigterm_raises(job):
-            try:
-                created = custom.create_namespaced_custom_object(
-                    GROUP, VERSION, request.namespace, TRAINJOB_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            except ApiException as e:
-                maybe_created = e.status is None or e.status >= 500
-                raise KftuneError(_create_error(job, e)) from e
-            uid = (created.get("metadata") or {}).get("uid")
-            emit(
-                f"TrainJob {job} created: {request.num_nodes} node(s) x {request.nproc_per_node} process(es), "
-                f"{request.gpus_per_node} GPU(s) per node, runtime {request.runtime}, image {request.image}"
-            )
-            status = _wait(custom, core, request, timeout_seconds, poll_seconds, emit)
-    finally:
-        if maybe_created:
-            _delete(custom, request, emit)
-        if own_client:
-            api_client.close()
-    duration = time.monotonic() - start
-    if status["type"] != trainer_constants.TRAINJOB_COMPLETE:
-        raise KftuneError(
-            f"TrainJob {job} failed after {duration:.0f} s: {status['reason']}: {status['message']} "
-            "(see the node-0 log above)"
-        )
+    finished = run_resource(
+        _TrainJob(request, body, emitter(log, logger)), api_client,
+        timeout_seconds=timeout_seconds, poll_seconds=poll_seconds,
+    )  # fmt: skip
+    condition = final_condition(models.TrainerV1alpha1TrainJob.from_dict(finished.obj))
     return {
         "name": request.name,
         "namespace": request.namespace,
-        "uid": uid,
-        "status": status["type"],
-        "reason": status["reason"],
-        "message": status["message"],
-        "duration_seconds": duration,
+        "uid": finished.uid,
+        "status": condition["type"],
+        "reason": condition["reason"],
+        "message": condition["message"],
+        "duration_seconds": finished.seconds,
     }
-
-
-def _wait(custom, core, request: TrainJobRequest, timeout_seconds: float, poll_seconds: float, emit) -> dict:
-    """Poll the job until it has a Complete or Failed condition; report what changes on the way."""
-    progress = _Progress(request, emit)
-
-    def fetch() -> dict | None:
-        trainjob = models.TrainerV1alpha1TrainJob.from_dict(
-            custom.get_namespaced_custom_object(
-                GROUP, VERSION, request.namespace, TRAINJOB_PLURAL, request.name,
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )
-        )  # fmt: skip
-        progress.report_conditions(trainjob)
-        progress.report_node0(core)
-        return final_condition(trainjob)
-
-    return poll_until(
-        fetch, what=f"TrainJob {request.namespace}/{request.name}", timeout_seconds=timeout_seconds,
-        poll_seconds=poll_seconds, emit=emit, state=lambda: progress.state,
-    )  # fmt: skip
 
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
@@ -339,35 +285,54 @@ def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
     return None
 
 
-class _Progress:
-    """Reports what is new since the last poll: job conditions, node 0's pod phase and log lines."""
+class _TrainJob(ClusterResource):
+    """The TrainJob as the shared lifecycle runs it; its progress: job conditions, node 0's pod
+    phase and log lines."""
 
-    def __init__(self, request: TrainJobRequest, emit: Callable[[str], None]):
+    kind = "TrainJob"
+    kubectl_kind = "trainjob"
+    group, version, plural = GROUP, VERSION, TRAINJOB_PLURAL
+    labels = LABELS
+
+    def __init__(self, request: TrainJobRequest, body: dict, emit: Callable[[str], None]):
+        super().__init__(request.namespace, request.name, emit)
         self.request = request
-        self.emit = emit
-        self.seen_conditions: set[tuple] = set()
+        self._body = body
         self.pod_name: str | None = None
         self.phase: str | None = None
         self.lines_seen = 0
-        self.state = "Created"
+        self._state = "Created"
 
-    def report_conditions(self, trainjob: models.TrainerV1alpha1TrainJob) -> None:
-        for condition in (trainjob.status.conditions if trainjob.status else None) or []:
-            key = (condition.type, condition.status, condition.reason)
-            if key in self.seen_conditions:
-                continue
-            self.seen_conditions.add(key)
-            if condition.status == "True":
-                self.state = condition.type
-            detail = f": {condition.message}" if condition.message else ""
-            self.emit(f"TrainJob {self.request.name}: {condition.type}={condition.status} ({condition.reason}){detail}")
+    def body(self) -> dict:
+        return self._body
+
+    def state(self) -> str:
+        return self._state
+
+    def created(self, obj: dict) -> None:
+        r = self.request
+        self.emit(
+            f"{self} created: {r.num_nodes} node(s) x {r.nproc_per_node} process(es), "
+            f"{r.gpus_per_node} GPU(s) per node, runtime {r.runtime}, image {r.image}"
+        )
+
+    def observe(self, api: ResourceApi, obj: dict) -> Outcome | None:
+        trainjob = models.TrainerV1alpha1TrainJob.from_dict(obj)
+        conditions = trainjob.status.conditions if trainjob.status else None
+        self._state = self.report_conditions(conditions, f"TrainJob {self.name}") or self._state
+        self.report_node0(api.core)
+        condition = final_condition(trainjob)
+        if condition is None:
+            return None
+        return Outcome(
+            condition["type"] == trainer_constants.TRAINJOB_COMPLETE,
+            f"{condition['reason']}: {condition['message']} (see the node-0 log above)",
+        )
 
     def report_node0(self, core: client.CoreV1Api) -> None:
         """Report node 0's pod phase and the log lines it printed since the last poll."""
         pods = core.list_namespaced_pod(
-            self.request.namespace,
-            label_selector=node0_selector(self.request.name),
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
+            self.namespace, label_selector=node0_selector(self.name), _request_timeout=REQUEST_TIMEOUT_SECONDS
         ).items
         if not pods:
             return
@@ -377,14 +342,14 @@ class _Progress:
         phase = pod.status.phase if pod.status else None
         if phase != self.phase:
             self.phase = phase
-            self.state = f"node-0 {phase}"
-            self.emit(f"TrainJob {self.request.name}: node-0 pod {self.pod_name} is {phase}")
+            self._state = f"node-0 {phase}"
+            self.emit(f"TrainJob {self.name}: node-0 pod {self.pod_name} is {phase}")
         if phase in (None, "Pending", "Unknown"):
             return
         try:
             response = core.read_namespaced_pod_log(
                 self.pod_name,
-                self.request.namespace,
+                self.namespace,
                 container=NODE,
                 _preload_content=False,  # the client would json.loads() a log that looks like JSON
                 _request_timeout=REQUEST_TIMEOUT_SECONDS,
@@ -401,6 +366,19 @@ class _Progress:
             self.emit(f"[node-0] {line}")
         self.lines_seen = max(self.lines_seen, len(lines))
 
+    def refused(self, verb: str, e: ApiException) -> str:
+        if e.status == 404 and verb == "create":
+            return (
+                f"cannot create {self}: the API {GROUP}/{VERSION} or the namespace is not there "
+                f"(is Kubeflow Trainer v2 installed?): {api_error(e)}"
+            )
+        if e.status == 403:
+            return (
+                f"cannot {verb} {self}: not allowed; the pipeline's service account needs create, get "
+                f"and delete on trainjobs.{GROUP} and list on pods and pods/log: {api_error(e)}"
+            )
+        return super().refused(verb, e)
+
 
 def node0_selector(name: str) -> str:
     """Label selector of the pods of node 0 (JobSet's labels, as the Kubeflow SDK uses them)."""
@@ -411,50 +389,6 @@ def node0_selector(name: str) -> str:
             f"{trainer_constants.JOB_INDEX_LABEL}=0",
         ]
     )
-
-
-CANNOT_DELETE = "could not delete TrainJob %s (%s); delete it with: kubectl delete trainjob -n %s %s"
-
-
-def _delete(custom: client.CustomObjectsApi, request: TrainJobRequest, emit) -> None:
-    """Delete the TrainJob and, through the garbage collector, its JobSet and pods."""
-    job = f"{request.namespace}/{request.name}"
-    try:
-        custom.delete_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            request.namespace,
-            TRAINJOB_PLURAL,
-            request.name,
-            propagation_policy="Background",
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        )
-    except ApiException as e:
-        if e.status != 404:
-            log.error(CANNOT_DELETE, job, _api_error(e), request.namespace, request.name)
-        return
-    except HTTPError as e:
-        log.error(CANNOT_DELETE, job, e, request.namespace, request.name)
-        return
-    emit(f"TrainJob {job} deleted")
-
-
-def _create_error(job: str, e: ApiException) -> str:
-    if e.status == 404:
-        return (
-            f"cannot create TrainJob {job}: the API {GROUP}/{VERSION} or the namespace is not there "
-            f"(is Kubeflow Trainer v2 installed?): {_api_error(e)}"
-        )
-    if e.status == 403:
-        return (
-            f"cannot create TrainJob {job}: not allowed; the pipeline's service account needs create, get "
-            f"and delete on trainjobs.{GROUP} and list on pods and pods/log: {_api_error(e)}"
-        )
-    return f"cannot create TrainJob {job}: {_api_error(e)}"
-
-
-def _log_line(line: str) -> None:
-    log.info("%s", line)
 
 
 def launch_multinode(
@@ -492,7 +426,7 @@ def launch_multinode(
     config.validate()
     dataset_dir, output_dir, mount_path = Path(dataset_dir), Path(output_dir), Path(mount_path)
     refuse_existing_artifact(output_dir)  # before submitting the job, not after it
-    emit = log or _log_line
+    emit = emitter(log, logger)
     name = new_job_name()
     run_dir = mount_path / RUNS_DIR / name
     if config.checkpoint_dir:

@@ -47,7 +47,6 @@ import logging
 import math
 import re
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,31 +55,33 @@ from kubeflow.optimizer.constants import constants as katib_constants
 from kubeflow_katib_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from urllib3.exceptions import HTTPError
 
+from kftune.components.common.cluster_resource import (
+    Cleanup,
+    ClusterResource,
+    Finished,
+    Outcome,
+    ResourceApi,
+    emitter,
+    run_resource,
+)
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
     DNS_1123_LABEL,
     DNS_1123_SUBDOMAIN,
     DNS_LABEL,
-    MAX_API_ERRORS,
-    REQUEST_TIMEOUT_SECONDS,
     SHARED_VOLUME,
     SHM_VOLUME,
+    api_error,
     check_pod_placement,
     current_namespace,
-    is_transient,
-    kube_api_client,
     new_job_name,
-    poll_until,
-    sigterm_raises,
 )
-from kftune.components.common.kube import api_error as _api_error
 from kftune.components.common.training.config import BEST_METRICS, TrainConfig
 from kftune.components.common.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
 from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ALGORITHMS = ("grid", "random", "tpe", "bayesianoptimization")
 SEEDED_ALGORITHMS = ("random", "tpe", "bayesianoptimization")  # their services read random_state
@@ -460,71 +461,13 @@ def run_experiment(
     Experiment fails (with its reason and message and some failed trials' messages), when it
     finishes without any trial reporting the objective, when it has not finished after
     ``timeout_seconds``, or when the API server keeps failing. With ``delete`` a created
-    Experiment is deleted whatever happens, SIGTERM (the run being cancelled) included.
+    Experiment is deleted whatever happens, SIGTERM (the run being cancelled) included (see
+    :mod:`~kftune.components.common.cluster_resource`).
     """
-    emit = log or _log_line
     body = build_experiment(request).to_dict()
-    own_client = api_client is None
-    api_client = api_client or kube_api_client()
-    custom = client.CustomObjectsApi(api_client)
-    experiment_id = f"{request.namespace}/{request.name}"
-    start = time.monotonic()
-    maybe_created = True  # a create that timed out may still have created the Experiment
-    try:
-        with sigterm_raises(experiment_id, kind="Katib Experiment"):
-            try:
-                created = custom.create_namespaced_custom_object(
-                    GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, body, _request_timeout=REQUEST_TIMEOUT_SECONDS
-                )
-            except ApiException as e:
-                maybe_created = e.status is None or e.status >= 500
-                raise KftuneError(_create_error(request, e)) from e
-            except HTTPError as e:
-                raise KftuneError(f"cannot create Katib Experiment {experiment_id}: {e}") from e
-            uid = (created.get("metadata") or {}).get("uid")
-            emit(
-                f"Katib Experiment {experiment_id} created: {request.algorithm} search over "
-                f"{', '.join(request.space.names)}; up to {request.max_trials} trials, {request.parallel_trials} "
-                f"at a time, {request.gpus_per_trial} GPU(s) each; {request.direction} "
-                f"{objective_metric(request.metric)}; image {request.image}"
-            )
-            experiment = _wait(custom, request, timeout_seconds, poll_seconds, emit)
-            trials = list_trials(custom, request, poll_seconds, emit)
-    finally:
-        if maybe_created:
-            if delete:
-                _delete(custom, request, emit)
-            else:
-                emit(
-                    f"Katib Experiment {experiment_id} kept; delete it with: "
-                    f"kubectl delete experiment -n {request.namespace} {request.name}"
-                )
-        if own_client:
-            api_client.close()
-    return _result(request, experiment, trials, uid, time.monotonic() - start)
-
-
-def _wait(custom, request: KatibRequest, timeout_seconds: float, poll_seconds: float, emit) -> models.V1beta1Experiment:
-    """Poll the Experiment until it has a Succeeded or Failed condition; report what changes on the way."""
-    progress = _Progress(request, emit)
-    experiment_id = f"{request.namespace}/{request.name}"
-
-    def fetch() -> models.V1beta1Experiment | None:
-        doc = custom.get_namespaced_custom_object(
-            GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
-            _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        )  # fmt: skip
-        try:
-            experiment = models.V1beta1Experiment.from_dict(doc)
-        except ValueError as e:
-            raise KftuneError(f"Katib Experiment {experiment_id}: unexpected status from the API server: {e}") from e
-        progress.report(experiment)
-        return experiment if final_condition(experiment) else None
-
-    return poll_until(
-        fetch, what=f"Katib Experiment {experiment_id}", timeout_seconds=timeout_seconds,
-        poll_seconds=poll_seconds, emit=emit, state=lambda: progress.state,
-    )  # fmt: skip
+    experiment = _Experiment(request, body, emitter(log, logger), Cleanup.DELETE if delete else Cleanup.KEEP)
+    finished = run_resource(experiment, api_client, timeout_seconds=timeout_seconds, poll_seconds=poll_seconds)
+    return _result(request, models.V1beta1Experiment.from_dict(finished.obj), experiment.trials, finished)
 
 
 def final_condition(experiment: models.V1beta1Experiment) -> dict | None:
@@ -549,33 +492,67 @@ def trial_counts(experiment: models.V1beta1Experiment) -> dict[str, int]:
     }
 
 
-class _Progress:
-    """Reports what is new since the last poll: conditions, trial counts, the best trial so far."""
+class _Experiment(ClusterResource):
+    """The Experiment as the shared lifecycle runs it; its progress: conditions, trial counts, the
+    best trial so far; once it has finished, its Trials are listed (before they go with it)."""
 
-    def __init__(self, request: KatibRequest, emit: Callable[[str], None]):
+    kind = "Katib Experiment"
+    kubectl_kind = "experiment"
+    group, version, plural = GROUP, VERSION, EXPERIMENT_PLURAL
+    labels = LABELS
+
+    def __init__(self, request: KatibRequest, body: dict, emit: Callable[[str], None], cleanup: Cleanup):
+        super().__init__(request.namespace, request.name, emit, cleanup=cleanup)
         self.request = request
-        self.emit = emit
-        self.seen_conditions: set[tuple] = set()
+        self._body = body
         self.last: tuple | None = None
         self.condition = "Created"
         self.counts = ""
+        self.trials: list[dict] = []
 
-    @property
+    def body(self) -> dict:
+        return self._body
+
     def state(self) -> str:
         """The latest condition and trial counts, for a timeout message."""
         return f"{self.condition}, {self.counts}" if self.counts else self.condition
 
+    def created(self, obj: dict) -> None:
+        r = self.request
+        self.emit(
+            f"{self} created: {r.algorithm} search over {', '.join(r.space.names)}; up to {r.max_trials} trials, "
+            f"{r.parallel_trials} at a time, {r.gpus_per_trial} GPU(s) each; {r.direction} "
+            f"{objective_metric(r.metric)}; image {r.image}"
+        )
+
+    def observe(self, api: ResourceApi, obj: dict) -> Outcome | None:
+        try:
+            experiment = models.V1beta1Experiment.from_dict(obj)
+        except ValueError as e:
+            raise KftuneError(f"{self}: unexpected status from the API server: {e}") from e
+        self.report(experiment)
+        condition = final_condition(experiment)
+        if condition is None:
+            return None
+        return Outcome(condition["type"] == SUCCEEDED, f"{condition['reason']}: {condition['message']}")
+
+    def finish(self, api: ResourceApi, obj: dict, outcome: Outcome) -> Outcome:
+        self.trials = list_trials(api, self.request, self.emit)
+        if outcome.succeeded:
+            return outcome
+        counts = trial_counts(models.V1beta1Experiment.from_dict(obj))
+        return Outcome(
+            False,
+            f"{outcome.reason} ({counts['failed']} of {counts['total']} trials failed, "
+            f"max_failed_trials={self.request.max_failed_trials}){_failed_trials_detail(self.trials)}",
+        )
+
+    def kept(self) -> None:
+        self.emit(f"{self} kept; delete it with: kubectl delete experiment -n {self.namespace} {self.name}")
+
     def report(self, experiment: models.V1beta1Experiment) -> None:
-        name = self.request.name
-        for condition in (experiment.status.conditions if experiment.status else None) or []:
-            key = (condition.type, condition.status, condition.reason)
-            if key in self.seen_conditions:
-                continue
-            self.seen_conditions.add(key)
-            if condition.status == "True":
-                self.condition = condition.type
-            detail = f": {condition.message}" if condition.message else ""
-            self.emit(f"Experiment {name}: {condition.type}={condition.status} ({condition.reason}){detail}")
+        conditions = experiment.status.conditions if experiment.status else None
+        self.condition = self.report_conditions(conditions, f"Experiment {self.name}") or self.condition
         counts = trial_counts(experiment)
         optimal = experiment.status.current_optimal_trial if experiment.status else None
         best = _optimal_summary(self.request, optimal)
@@ -587,11 +564,37 @@ class _Progress:
         for key in ("failed", "running", "pending", "killed", "early_stopped", "metrics_unavailable"):
             if counts[key]:
                 parts.append(f"{counts[key]} {key.replace('_', ' ')}")
-        line = f"Experiment {name}: " + ", ".join(parts)
+        line = f"Experiment {self.name}: " + ", ".join(parts)
         if best:
             line += f"; best so far {best}"
         self.counts = ", ".join(parts)
         self.emit(line)
+
+    def refused(self, verb: str, e: ApiException) -> str:
+        what = f"cannot {verb} {self}"
+        detail = api_error(e)
+        if e.status == 403:
+            return (
+                f"{what}: not allowed; the pipeline's service account needs create, get and delete on "
+                f"experiments.{GROUP} and list on trials.{GROUP} (manifests/base/rbac.yaml): {detail}"
+            )
+        if verb != "create":
+            return super().refused(verb, e)
+        if e.status == 404 and "namespace" in detail.lower():
+            return f"{what}: namespace {self.namespace!r} not found: {detail}"
+        if e.status == 404:
+            return (
+                f"{what}: Katib is not installed (no experiments.{GROUP} CRD: the API {GROUP}/{VERSION} "
+                f"is not served): {detail}"
+            )
+        if e.status == 409:
+            return (
+                f"{what}: an Experiment of that name already exists (left over from an earlier run? "
+                f"kubectl delete experiment -n {self.namespace} {self.name}): {detail}"
+            )
+        if e.status in (400, 422):
+            return f"{what}: rejected by Katib's validation: {detail}"
+        return super().refused(verb, e)
 
 
 def _optimal_summary(request: KatibRequest, optimal: models.V1beta1OptimalTrial | None) -> str:
@@ -641,32 +644,26 @@ def typed_assignments(space: SearchSpace, assignments: list[models.V1beta1Parame
     return {p.name: typed_value(p, by_name[p.name]) for p in space.params if p.name in by_name}
 
 
-def list_trials(custom, request: KatibRequest, poll_seconds: float, emit) -> list[dict]:
+def list_trials(api: ResourceApi, request: KatibRequest, emit: Callable[[str], None]) -> list[dict]:
     """The Experiment's Trials (name, parameters, condition, metrics, score), oldest first.
 
     Best effort: the trial table is a report, so an API server that keeps failing (or RBAC that
-    does not allow listing trials) gives a warning and an empty list, not an error.
+    does not allow listing trials) gives a warning and an empty list, not an error; its retries
+    are not reported either.
     """
-    errors = 0
-    while True:
-        try:
-            doc = custom.list_namespaced_custom_object(
-                GROUP, VERSION, request.namespace, TRIAL_PLURAL,
-                label_selector=f"{EXPERIMENT_LABEL}={request.name}",
-                _request_timeout=REQUEST_TIMEOUT_SECONDS,
-            )  # fmt: skip
-            items = [models.V1beta1Trial.from_dict(item) for item in doc.get("items") or []]
-            break
-        except (ApiException, HTTPError) as e:
-            errors += 1
-            transient = is_transient(e)
-            if not transient or errors > MAX_API_ERRORS:
-                emit(f"warning: cannot list the trials of Experiment {request.name} ({_api_error(e)})")
-                return []
-            time.sleep(min(poll_seconds, 5.0))
-        except ValueError as e:  # a Trial the models cannot read
-            emit(f"warning: cannot read the trials of Experiment {request.name} ({e})")
-            return []
+    try:
+        doc = api.call(
+            "list the trials of", api.custom.list_namespaced_custom_object,
+            GROUP, VERSION, request.namespace, TRIAL_PLURAL,
+            label_selector=f"{EXPERIMENT_LABEL}={request.name}", quiet=True,
+        )  # fmt: skip
+        items = [models.V1beta1Trial.from_dict(item) for item in doc.get("items") or []]
+    except (ApiException, KftuneError) as e:
+        emit(f"warning: cannot list the trials of Experiment {request.name} ({api_error(e)})")
+        return []
+    except ValueError as e:  # a Trial the models cannot read
+        emit(f"warning: cannot read the trials of Experiment {request.name} ({e})")
+        return []
     items.sort(key=lambda t: (str(t.metadata.creation_timestamp or ""), t.metadata.name or ""))
     return [_trial_summary(request, trial) for trial in items]
 
@@ -700,24 +697,18 @@ def _failed_trials_detail(trials: list[dict], limit: int = 3) -> str:
     return f"; {shown}{more}"
 
 
-def _result(request: KatibRequest, experiment, trials: list[dict], uid, duration: float) -> dict:
-    experiment_id = f"{request.namespace}/{request.name}"
+def _result(request: KatibRequest, experiment, trials: list[dict], finished: Finished) -> dict:
+    """What a succeeded Experiment found; an error if no trial reported the objective."""
     condition = final_condition(experiment)
     counts = trial_counts(experiment)
     objective_name = objective_metric(request.metric)
-    if condition["type"] != SUCCEEDED:
-        raise KftuneError(
-            f"Katib Experiment {experiment_id} failed after {duration:.0f} s: {condition['reason']}: "
-            f"{condition['message']} ({counts['failed']} of {counts['total']} trials failed, "
-            f"max_failed_trials={request.max_failed_trials}){_failed_trials_detail(trials)}"
-        )
     optimal = experiment.status.current_optimal_trial
     score = metric_value(optimal.observation.metrics if optimal and optimal.observation else None,
                          objective_name, request.direction)  # fmt: skip
     if not optimal or not optimal.parameter_assignments or score is None:
         raise KftuneError(
-            f"Katib Experiment {experiment_id} finished ({condition['reason']}) but no trial reported "
-            f"{objective_name}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
+            f"Katib Experiment {request.namespace}/{request.name} finished ({condition['reason']}) but no trial "
+            f"reported {objective_name}: {counts['succeeded']} succeeded, {counts['failed']} failed, "
             f"{counts['metrics_unavailable']} without metrics (each trial must print '{objective_name}=<value>' "
             f"on stdout){_failed_trials_detail(trials)}"
         )
@@ -728,13 +719,13 @@ def _result(request: KatibRequest, experiment, trials: list[dict], uid, duration
         "experiment": {
             "name": request.name,
             "namespace": request.namespace,
-            "uid": uid,
+            "uid": finished.uid,
             "algorithm": request.algorithm,
             "condition": condition["type"],
             "reason": condition["reason"],
             "message": condition["message"],
             "trial_counts": counts,
-            "duration_seconds": duration,
+            "duration_seconds": finished.seconds,
         },
         "objective": objective_name,
         "direction": request.direction,
@@ -744,60 +735,6 @@ def _result(request: KatibRequest, experiment, trials: list[dict], uid, duration
         "best_metrics": best_metrics,
         "trials": trials,
     }
-
-
-CANNOT_DELETE = "could not delete Katib Experiment %s (%s); delete it with: kubectl delete experiment -n %s %s"
-
-
-def _delete(custom: client.CustomObjectsApi, request: KatibRequest, emit) -> None:
-    """Delete the Experiment and, through the garbage collector, its Trials, their Jobs and pods."""
-    experiment_id = f"{request.namespace}/{request.name}"
-    try:
-        custom.delete_namespaced_custom_object(
-            GROUP, VERSION, request.namespace, EXPERIMENT_PLURAL, request.name,
-            propagation_policy="Background", _request_timeout=REQUEST_TIMEOUT_SECONDS,
-        )  # fmt: skip
-    except ApiException as e:
-        if e.status != 404:
-            log.error(CANNOT_DELETE, experiment_id, _api_error(e), request.namespace, request.name)
-        return
-    except HTTPError as e:
-        log.error(CANNOT_DELETE, experiment_id, e, request.namespace, request.name)
-        return
-    emit(f"Katib Experiment {experiment_id} deleted")
-
-
-def _create_error(request: KatibRequest, e: ApiException) -> str:
-    experiment_id = f"{request.namespace}/{request.name}"
-    detail = _api_error(e)
-    if e.status == 404:
-        if "namespace" in detail.lower():
-            return (
-                f"cannot create Katib Experiment {experiment_id}: namespace {request.namespace!r} not found: {detail}"
-            )
-        return (
-            f"cannot create Katib Experiment {experiment_id}: Katib is not installed (no experiments.{GROUP} "
-            f"CRD: the API {GROUP}/{VERSION} is not served): {detail}"
-        )
-    if e.status == 403:
-        return (
-            f"cannot create Katib Experiment {experiment_id}: not allowed; the pipeline's service account needs "
-            f"create, get and delete on experiments.{GROUP} and list on trials.{GROUP} "
-            f"(manifests/base/rbac.yaml): {detail}"
-        )
-    if e.status == 409:
-        return (
-            f"cannot create Katib Experiment {experiment_id}: an Experiment of that name already exists "
-            f"(left over from an earlier run? kubectl delete experiment -n {request.namespace} {request.name}): "
-            f"{detail}"
-        )
-    if e.status in (400, 422):
-        return f"cannot create Katib Experiment {experiment_id}: rejected by Katib's validation: {detail}"
-    return f"cannot create Katib Experiment {experiment_id}: {detail}"
-
-
-def _log_line(line: str) -> None:
-    log.info("%s", line)
 
 
 # --- the whole launch ---------------------------------------------------------------------------
@@ -888,7 +825,7 @@ def launch_katib(
     config = replace(base_config, checkpoint_dir="", pruning="", metric_for_best_model=metric)
     stage_run_dir(config, dataset_dir, run_dir, mount_path)
     (run_dir / TRIALS_DIR).mkdir()
-    (log or _log_line)(f"Katib run directory: {run_dir}")
+    emitter(log, logger)(f"Katib run directory: {run_dir}")
 
     try:
         result = run_experiment(
