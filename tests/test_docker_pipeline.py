@@ -2,8 +2,10 @@
 on a small slice through ``kfp.local.DockerRunner`` with every step in its own stage image.
 
 Needs a Docker engine and the images (`make images`; the names follow KFTUNE_REGISTRY /
-KFTUNE_IMAGE_TAG, default ghcr.io/kftune and the package version). Without them these tests
-skip, saying why; with KFTUNE_REQUIRE_DOCKER=1 (CI, which builds the images) they fail instead.
+KFTUNE_IMAGE_TAG, default ghcr.io/kftune and the package version). Without them (no engine
+answering, or an image not built) these tests skip, saying why; with KFTUNE_REQUIRE_DOCKER=1 (CI,
+which builds the images) they fail instead. Any other error (an engine that answers with an
+error, a broken docker SDK) fails the tests: only a missing engine or image is a reason to skip.
 """
 
 from __future__ import annotations
@@ -25,20 +27,40 @@ PIPELINE_STAGES = ("preprocess", "train", "evaluate", "export", "publish")  # de
 
 
 def unavailable(reason: str):
+    """Skip for a missing engine, SDK or image; fail where they must be there (KFTUNE_REQUIRE_DOCKER=1, CI)."""
     if os.environ.get("KFTUNE_REQUIRE_DOCKER") == "1":
         pytest.fail(f"{reason} (KFTUNE_REQUIRE_DOCKER=1 says this machine must have them)")
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and "SDK" in reason:
+        pytest.fail(f"{reason}; CI=true, where a missing tool is a failure")
     pytest.skip(reason)
+
+
+def no_engine_answers(exc: Exception) -> bool:
+    """True if ``exc`` (from ``docker.from_env``) means that no engine answered at DOCKER_HOST.
+
+    The SDK asks the engine for its API version first and wraps a failed connection (no socket,
+    connection refused, no permission on the socket) in a DockerException whose cause is a
+    ``requests`` ConnectionError. Anything else, e.g. an engine that answers with an error or a
+    malformed DOCKER_HOST, is a real failure.
+    """
+    import requests
+
+    return isinstance(exc.__cause__, requests.exceptions.ConnectionError)
 
 
 @pytest.fixture(scope="module")
 def docker_client():
     try:
         import docker
-
+    except ImportError as exc:
+        unavailable(f"the docker SDK is not installed (dev extra: {exc})")
+    try:
         client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # no SDK, no socket, no permission: all mean "no engine here"
-        unavailable(f"no Docker engine reachable ({type(exc).__name__}: {exc})")
+    except docker.errors.DockerException as exc:
+        if not no_engine_answers(exc):
+            raise
+        unavailable(f"no Docker engine answers at {os.environ.get('DOCKER_HOST', 'the default socket')} ({exc})")
+    assert client.ping()  # an engine that answered the version request must answer a ping
     yield client
     client.close()
 

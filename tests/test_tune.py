@@ -15,6 +15,7 @@ from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE,
 from kftune.components.tune.report import search_html, search_markdown
 from kftune.components.tune.search import optuna_search, plan_trials, select_best, summary
 from kftune.components.tune.trial import FAILED, run_trial
+from tests.test_learning import make_cue_dataset
 
 
 def test_default_space_parses_with_log_learning_rate():
@@ -151,20 +152,38 @@ def test_failing_trial_is_reported_not_raised(tmp_path, prepared, tiny_model):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.fixture(scope="module")
+def cue_dataset(tmp_path_factory, tiny_model):
+    """A task the tiny model learns within one epoch at a sound learning rate (tests/test_learning.py)."""
+    return make_cue_dataset(tmp_path_factory.mktemp("cues"), tiny_model)
+
+
 @pytest.mark.slow
-def test_tpe_search_is_reproducible_and_prunes(tmp_path, prepared, tiny_model):
-    base = TrainConfig(model=str(tiny_model), num_train_epochs=2, per_device_train_batch_size=32,
-                       early_stopping_patience=0)
-    space = parse_space('{"learning_rate": {"low": 1e-6, "high": 3e-3, "log": true}}')
-    runs = [optuna_search(base, space, prepared, tmp_path / f"study-{i}", max_trials=5, seed=3, direction="maximize",
-                          n_startup_trials=2) for i in range(2)]
+@pytest.mark.filterwarnings("ignore:Fixed parameter learning_rate:UserWarning")  # trial 0's lr is outside the range
+def test_tpe_search_is_reproducible_and_prunes(tmp_path, cue_dataset, tiny_model):
+    """Trial 0, the base configuration, learns the cue task in its first epoch; every later trial
+    draws a learning rate from [1e-9, 1e-8], which cannot move the random model in an epoch, so its
+    first epoch scores below trial 0's (the median of the one completed trial) and is pruned there."""
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=3e-3, per_device_train_batch_size=4,
+                       warmup_ratio=0.0, early_stopping_patience=0, save_steps=0)
+    space = parse_space('{"learning_rate": {"low": 1e-9, "high": 1e-8, "log": true}}')
+    runs = [optuna_search(base, space, cue_dataset, tmp_path / f"study-{i}", max_trials=3, seed=3,
+                          direction="maximize", n_startup_trials=1) for i in range(2)]
     first, second = runs
     assert [t["params"] for t in first["trials"]] == [t["params"] for t in second["trials"]]
+    assert [t["state"] for t in first["trials"]] == [t["state"] for t in second["trials"]]
     assert first["best"]["params"] == second["best"]["params"]
-    assert first["trials"][0]["params"] == {"learning_rate": 1e-4}  # the default configuration goes first
-    best = first["best"]
-    assert all(best["score"] >= t["score"] for t in first["trials"] if t["state"] == "complete")
-    assert len({json.dumps(t["params"]) for t in first["trials"]}) == 5
+
+    default, *searched = first["trials"]
+    assert default["params"] == {"learning_rate": 3e-3}  # the default configuration goes first
+    assert default["state"] == "complete" and len(default["epoch_scores"]) == 2
+    assert len({json.dumps(t["params"]) for t in first["trials"]}) == 3
+    for trial in searched:
+        assert 1e-9 <= trial["params"]["learning_rate"] <= 1e-8
+        # pruned after its first epoch, scoring below the completed trial's first epoch
+        assert trial["state"] == "pruned", trial
+        assert len(trial["epoch_scores"]) == 1 and trial["epoch_scores"][0] < default["epoch_scores"][0], trial
+    assert first["best"]["number"] == 0
 
 
 def test_hyperparameters_replace_searchable_options_with_checked_types():

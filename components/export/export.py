@@ -60,8 +60,8 @@ def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:
 
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
-        # The TorchScript-based exporter: ~5x faster than the dynamo one for BERT-type
-        # models here, and parity is verified below either way.
+        # The TorchScript-based exporter: the dynamo one needs onnxscript, which kftune does
+        # not install; parity with the PyTorch model is verified below either way.
         torch.onnx.export(
             LogitsOnly(model).eval(),
             tuple(sample[n] for n in names),
