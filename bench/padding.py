@@ -42,7 +42,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from kftune.components.common.schema import LENGTH, load_splits
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-padding-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

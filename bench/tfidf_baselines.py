@@ -40,7 +40,8 @@ def main() -> None:
 
     from kftune.components.common.schema import LABEL, TEXT, load_splits
     from kftune.components.evaluate.evaluate import majority_baseline, tfidf_baseline
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-baselines-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

@@ -50,7 +50,8 @@ def main() -> None:
         epoch_batches,
         resolve_precision,
     )
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-step-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

@@ -42,7 +42,8 @@ def cue_texts(rows: int, positive_share: float, seed: int) -> pd.DataFrame:
 
 def make_cue_dataset(work: Path, model: Path, rows: int = 400, positive_share: float = 0.65) -> Path:
     """The cue task, preprocessed for ``model`` (stratified 80/10/10 split)."""
-    from kftune.components.preprocess.preprocess import PreprocessConfig, preprocess
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "cues.csv"
