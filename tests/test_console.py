@@ -50,7 +50,7 @@ def progress(**record) -> str:
     return PROGRESS_MARKER + json.dumps(record)
 
 
-def feed_run(sink: RunConsole, run_dir: Path, clock: Clock, train_ok: bool = True) -> None:
+def feed_run(sink: RunConsole, run_dir: Path, clock: Clock, train_ok: bool = True, trials: bool = False):
     sink.start_run(run_dir)
     with contextlib.redirect_stdout(sink):
         with logging_utils.local_logger_context():
@@ -66,6 +66,9 @@ def feed_run(sink: RunConsole, run_dir: Path, clock: Clock, train_ok: bool = Tru
             "2026-11-29 08:36:12,508 [rank 0] epoch 1 done in 62.6s: val accuracy 0.58",
             progress(kind="epoch", epoch=1, metric="f1_macro", score=0.3673),
         ]
+        if trials:  # a search step trains more than once
+            train_output += [progress(kind="start", step=0, total_steps=2),
+                             progress(kind="step", step=2, total_steps=2, loss=0.5, samples_per_second=9.0)]
         if not train_ok:
             train_output += ["Traceback (most recent call last):", '  File "loop.py", line 9, in train',
                              "kftune.components.common.errors.ConfigError: out of memory in step 3"]
@@ -92,9 +95,9 @@ def test_console_shows_steps_and_progress_and_the_log_file_holds_everything(tmp_
     ]
     [bar] = [line for line in lines if "steps [" in line]
     final = bar.split("\r")[-1]
-    assert "train" in final and "100%" in final and "4/4 steps" in final
+    assert re.match(r" {10}train {10}100%", final) and "4/4 steps" in final
     assert "loss 0.6600" in final and "40.5 samples/s" in final and "val f1_macro 0.3673" in final
-    assert lines.index(bar) == next(i for i, line in enumerate(lines) if "train        done" in line) - 1
+    assert lines.index(bar) == next(i for i, line in enumerate(lines) if re.search("train +done", line)) - 1
     assert len([line for line in lines if line]) == 9
     shown = screen.getvalue()
     assert "executor_input" not in shown and "tokenizing" not in shown and PROGRESS_MARKER not in shown
@@ -106,6 +109,16 @@ def test_console_shows_steps_and_progress_and_the_log_file_holds_everything(tmp_
     assert '"outputFile": "/runs/finetune-x/train/executor_output.json"' in log
     assert "tokenizing: 100%" in log and "metrics: Metrics( name='metrics'," in log
     assert log.count(PROGRESS_MARKER) == 6 and "[rank 0] epoch 1 done" in log
+
+
+def test_each_training_run_of_a_step_gets_its_own_bar(tmp_path):
+    screen, clock = io.StringIO(), Clock()
+    sink = RunConsole(screen, clock=clock)
+    feed_run(sink, tmp_path / "run", clock, trials=True)
+    sink.close()
+    bars = [line.split("\r")[-1] for line in screen.getvalue().split("\n") if "steps [" in line]
+    assert [bar.split("100%")[0].strip() for bar in bars] == ["train", "train #2"]
+    assert "4/4 steps" in bars[0] and "2/2 steps" in bars[1] and "loss 0.5000" in bars[1]
 
 
 def test_a_failed_step_shows_the_end_of_its_log_and_the_error_points_to_the_log_file(tmp_path):

@@ -35,6 +35,7 @@ from kftune.components.common.training.progress import PROGRESS_ENV, parse_progr
 
 LOG_FILE = "kftune.log"
 TAIL_LINES = 12  # of a failed step's log, shown on the console
+NAME_WIDTH = 14  # step names are aligned to it
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # kfp.local's own records: "08:35:46.756 - INFO - Executing task 'preprocess'"
@@ -65,6 +66,7 @@ class RunConsole:
         self._partial = ""
         self._task: str | None = None
         self._task_started = 0.0
+        self._trainings = 0  # training runs in this step so far (a search step trains once per trial)
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._bar = None
         self._postfix: dict[str, str] = {}
@@ -156,11 +158,11 @@ class RunConsole:
 
     def _step_line(self, task: str, what: str) -> None:
         if not self.verbose:
-            self._show(f"{time.strftime('%H:%M:%S')}  {task:<12} {what}")
+            self._show(f"{time.strftime('%H:%M:%S')}  {task:<{NAME_WIDTH}} {what}")
 
     def _step_started(self, task: str) -> None:
         self._close_bar()
-        self._task, self._task_started = task, self.clock()
+        self._task, self._task_started, self._trainings = task, self.clock(), 0
         self._tail.clear()
         self._step_line(task, "started")
 
@@ -183,10 +185,12 @@ class RunConsole:
         kind = record["kind"]
         if kind == "start" or (self._bar is None and "total_steps" in record):
             self._close_bar()
+            self._trainings += 1
+            name = (self._task or "training") + (f" #{self._trainings}" if self._trainings > 1 else "")
             tty = self.console.isatty()
             self._bar = tqdm(
                 total=record["total_steps"], initial=record.get("step", 0), file=self.console,
-                desc=f"{'':10}{self._task or 'training':<12}", unit="step", dynamic_ncols=tty, leave=True,
+                desc=f"{'':10}{name:<{NAME_WIDTH}}", unit="step", dynamic_ncols=tty, leave=True,
                 mininterval=0.5 if tty else 60, bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                 "steps [{elapsed}<{remaining}{postfix}]",
             )
