@@ -52,17 +52,23 @@ def preflight(arguments: dict) -> None:
     prepare_rows(settings_from(PreprocessConfig, arguments))
 
 
-def _run_locally(runner, arguments: dict, output_dir: Path):
-    try:
-        return runner(arguments, output_dir)
-    except RuntimeError as e:  # kfp.local: a task failed; its log is printed above
-        raise KftuneError(f"the pipeline failed: {str(e).strip().splitlines()[0]} (see the task log above)") from e
+def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
+    """Run a pipeline with kfp.local, its full log in the run directory: (result, log file)."""
+    from kftune.console import local_run_console
+
+    with local_run_console(output_dir, verbose=verbose) as run_console:
+        try:
+            return runner(arguments, output_dir), run_console.log_path
+        except RuntimeError as e:  # kfp.local: a task failed
+            raise KftuneError(run_console.failure_message(e)) from e
 
 
 def _print_artifacts(results: dict, seconds: float, results_file: Path | None) -> None:
     print(f"fine-tuned model: {results['artifacts']['model']}")
     print(f"ONNX model:       {results['artifacts']['onnx']}")
     print(f"wall time:        {seconds:.0f} s")
+    if results["artifacts"].get("log"):
+        print(f"log file:         {results['artifacts']['log']}")
     if results_file:
         Path(results_file).parent.mkdir(parents=True, exist_ok=True)
         Path(results_file).write_text(json.dumps(results, indent=2), encoding="utf-8")
@@ -77,8 +83,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     arguments = setting_values(args, *LOCAL_SETTINGS)
     preflight(arguments)
-    result = _run_locally(run_finetune_locally, arguments, args.output_dir)
+    result, log_file = _run_locally(run_finetune_locally, arguments, args.output_dir, args.verbose)
     results = result.results()
+    results["artifacts"]["log"] = str(log_file)
     print()
     print("kftune finetune results (test split)")
     print()
@@ -112,9 +119,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "tune, then run it there); a local search uses --search-backend pipeline")
     plan_search(settings_from(SearchSettings, arguments), settings_from(TrainConfig, arguments))
     preflight(arguments)
-    result = _run_locally(run_tune_locally, arguments, args.output_dir)
+    result, log_file = _run_locally(run_tune_locally, arguments, args.output_dir, args.verbose)
     results = result.results() | {"best_params": result.best_params, "search": result.search,
                                   "search_report": str(result.search_report)}
+    results["artifacts"]["log"] = str(log_file)
     print()
     print("kftune hyperparameter search")
     print()
@@ -245,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
     run.add_argument("--results", type=Path, metavar="FILE",
                      help="also write the test-split results and artifact paths to FILE as JSON")
+    run.add_argument("--verbose", "-v", action="store_true",
+                     help="stream the full kfp.local logs to the console (they always go to the run's kftune.log)")
     run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
     run.set_defaults(handler=cmd_run)
 
@@ -261,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
     tune_parser.add_argument("--results", type=Path, metavar="FILE",
                              help="also write the search, the best parameters and the test results to FILE as JSON")
+    tune_parser.add_argument("--verbose", "-v", action="store_true",
+                             help="stream the full kfp.local logs to the console (they always go to the run's "
+                             "kftune.log)")
     tune_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                              help="show tracebacks on errors")
     tune_parser.set_defaults(handler=cmd_tune)

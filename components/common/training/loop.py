@@ -42,6 +42,7 @@ from kftune.components.common.modeling import build_classifier, save_classifier,
 from kftune.components.common.schema import LABELS_FILE, LENGTH, TOKENIZER_DIR, load_splits
 from kftune.components.common.training.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.progress import ProgressLine
 
 log = logging.getLogger("kftune.train")
 
@@ -392,6 +393,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             config.model, config.training_mode, trainable, total, len(lengths), config.num_train_epochs, world,
             batch_size, accum, total_steps, precision, device.type, torch.get_num_threads(),
         )
+    progress_line = ProgressLine(total_steps, enabled=is_main)  # for kftune run's progress bar
+    progress_line.start(step)
     train_start = time.perf_counter()
     for epoch in range(start_epoch, config.num_train_epochs):
         if done:
@@ -428,6 +431,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            progress_line.step(step, progress["loss_sum"] / progress["loss_count"],
+                               samples_this_run / (time.perf_counter() - epoch_start))
             if is_main and (step % config.logging_steps == 0 or step == total_steps):
                 elapsed = time.perf_counter() - window_start
                 rate = window_samples / elapsed if elapsed else float("nan")
@@ -491,6 +496,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 val["f1_macro"],
                 " (best)" if improved else "",
             )
+            progress_line.epoch(epoch + 1, config.metric_for_best_model, score)
             stale_epochs = 0 if improved else stale_epochs + 1
             stop = bool(config.early_stopping_patience and stale_epochs >= config.early_stopping_patience)
             stop = stop and not keep_last
