@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training, plan_processes
-from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train
+from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train, training_loss
 
 
 def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():
@@ -192,3 +192,32 @@ def test_layerwise_lr_decay_scales_lower_layers(tiny_model):
     assert lr_of(decayed, embeddings) == pytest.approx(1e-3 * 0.5**3)  # 2 layers + head above
     plain = build_optimizer(model, TrainConfig(learning_rate=1e-3), torch.device("cpu"))
     assert {g["lr"] for g in plain.param_groups} == {1e-3} and len(plain.param_groups) == 2
+
+
+def test_label_smoothing_smooths_the_cross_entropy():
+    """With label smoothing the step's loss is cross-entropy against (1 - e) on the true class
+    plus e spread evenly; without it, the model's own loss."""
+
+    class Fixed(torch.nn.Module):
+        def forward(self, labels=None, **inputs):
+            logits = torch.tensor([[4.0, 0.0, -2.0], [0.0, 1.0, 0.0]])
+            loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+            return type("Out", (), {"logits": logits, "loss": loss})()
+
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "labels": torch.tensor([0, 2])}
+    log_p = torch.log_softmax(torch.tensor([[4.0, 0.0, -2.0], [0.0, 1.0, 0.0]]), dim=-1)
+    plain = -(log_p[0, 0] + log_p[1, 2]) / 2
+    smoothed = ((1 - 0.3) * -torch.stack([log_p[0, 0], log_p[1, 2]]) - 0.3 / 3 * log_p.sum(dim=1)).mean()
+    assert training_loss(Fixed(), batch) == pytest.approx(plain.item())
+    assert training_loss(Fixed(), batch, 0.3) == pytest.approx(smoothed.item(), rel=1e-6)
+    assert smoothed > plain  # a confident, right first example now costs something
+
+
+def test_label_smoothing_reaches_the_training_loop(tmp_path, prepared, tiny_model):
+    base = dict(model=str(tiny_model), num_train_epochs=1, max_steps=2, logging_steps=1, learning_rate=1e-3)
+    plain = train(TrainConfig(**base), prepared, tmp_path / "plain")
+    smoothed = train(TrainConfig(**base, label_smoothing=0.5), prepared, tmp_path / "smoothed")
+    assert smoothed["config"]["label_smoothing"] == 0.5
+    assert smoothed["steps"][0]["loss"] != pytest.approx(plain["steps"][0]["loss"], abs=1e-6)
+    with pytest.raises(ConfigError, match=r"label_smoothing must be in \[0, 1\)"):
+        TrainConfig(label_smoothing=1.0).validate()

@@ -37,6 +37,8 @@ class Optimization:
     """Gradients are clipped to this global norm (0: no clipping)."""
     layerwise_lr_decay: float = searchable(1.0)
     """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
+    label_smoothing: float = searchable(0.0)
+    """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none)."""  # noqa: E501
 
 
 @dataclass
@@ -142,6 +144,8 @@ class TrainConfig(Checkpointing, Adapters, ModelSelection, Batching, Optimizatio
             raise ConfigError("weight_decay and max_grad_norm must be >= 0")
         if self.max_train_length == 1:
             raise ConfigError("max_train_length must be 0 (as preprocessed) or >= 2")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         for name in ("early_stopping_patience", "max_steps", "save_steps", "save_total_limit", "max_train_length"):
