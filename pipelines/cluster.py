@@ -14,7 +14,7 @@ or a Secret at all (compiled with an empty name there is none, and no run parame
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
@@ -67,41 +67,56 @@ class ClusterOptions:
             raise ConfigError(f"trial_parallelism must be >= 1, got {self.trial_parallelism}")
 
 
-def omitted_settings(resources: TrainResources, secrets: StorageSecrets) -> set[str]:
-    """Run parameters a pipeline compiled with these values does not have (no volume, no Secret)."""
-    return {name for name, value in (("shared_pvc", resources.shared_pvc), ("s3_secret", secrets.s3_secret),
-                                     ("gcs_secret", secrets.gcs_secret)) if not value}
+@dataclass(frozen=True)
+class Cluster:
+    """What a compiled pipeline asks of the cluster: the defaults of the training resources' and
+    Secrets' run parameters, and the compile-time options."""
 
+    resources: TrainResources = field(default_factory=TrainResources)
+    secrets: StorageSecrets = field(default_factory=StorageSecrets)
+    options: ClusterOptions = ClusterOptions()
 
-def request_training_resources(task: dsl.PipelineTask, values: dict, resources: TrainResources,
-                               options: ClusterOptions) -> None:
-    """Resources and placement of a task that trains, from the pipeline's run parameters ``values``."""
-    task.set_cpu_request(values["train_cpu"]).set_cpu_limit(values["train_cpu"])
-    task.set_memory_request(values["train_memory"]).set_memory_limit(values["train_memory"])
-    task.set_accelerator_type(values["accelerator_type"]).set_accelerator_limit(values["gpus"])
-    if options.shm_size:
-        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=options.shm_size)
-    kubernetes.add_node_selector_json(task, values["node_selector"])
-    kubernetes.add_toleration_json(task, values["tolerations"])
-    mount_shared_volume(task, values, resources)
-    if options.retries:
-        task.set_retry(num_retries=options.retries, backoff_duration="30s")
+    def __post_init__(self):
+        self.resources.validate()
+        self.options.validate()
 
+    @property
+    def shared_dir(self) -> str:
+        """Where the shared PVC is mounted in the training tasks ("" when compiled without one)."""
+        return SHARED_MOUNT if self.resources.shared_pvc else ""
 
-def mount_shared_volume(task: dsl.PipelineTask, values: dict, resources: TrainResources) -> None:
-    """The shared PVC (named by the run parameter) at /kftune/shared, where one was compiled in."""
-    if resources.shared_pvc:
-        kubernetes.mount_pvc(task, pvc_name=values["shared_pvc"], mount_path=SHARED_MOUNT)
+    def omitted_settings(self) -> set[str]:
+        """Run parameters a pipeline compiled with these values does not have (no volume, no Secret)."""
+        return {name for name, value in (("shared_pvc", self.resources.shared_pvc),
+                                         ("s3_secret", self.secrets.s3_secret),
+                                         ("gcs_secret", self.secrets.gcs_secret)) if not value}
 
+    def request_training_resources(self, task: dsl.PipelineTask, values: dict) -> None:
+        """Resources and placement of a task that trains, from the pipeline's run parameters ``values``."""
+        task.set_cpu_request(values["train_cpu"]).set_cpu_limit(values["train_cpu"])
+        task.set_memory_request(values["train_memory"]).set_memory_limit(values["train_memory"])
+        task.set_accelerator_type(values["accelerator_type"]).set_accelerator_limit(values["gpus"])
+        if self.options.shm_size:
+            kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                       size_limit=self.options.shm_size)
+        kubernetes.add_node_selector_json(task, values["node_selector"])
+        kubernetes.add_toleration_json(task, values["tolerations"])
+        self.mount_shared_volume(task, values)
+        if self.options.retries:
+            task.set_retry(num_retries=self.options.retries, backoff_duration="30s")
 
-def use_storage_secrets(task: dsl.PipelineTask, values: dict, secrets: StorageSecrets,
-                        options: ClusterOptions) -> None:
-    """Object-store credentials for a task, from the Secrets named by the run parameters ``values``."""
-    if secrets.s3_secret:
-        use_s3_secret(task, values["s3_secret"], options.s3_access_key_field, options.s3_secret_key_field,
-                      endpoint=options.s3_endpoint or None, region=options.s3_region or None, optional=True)
-    elif options.s3_endpoint:
-        task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint)
-    if secrets.gcs_secret:
-        use_gcs_secret(task, values["gcs_secret"], optional=True)
+    def mount_shared_volume(self, task: dsl.PipelineTask, values: dict) -> None:
+        """The shared PVC (named by the run parameter) at /kftune/shared, where one was compiled in."""
+        if self.resources.shared_pvc:
+            kubernetes.mount_pvc(task, pvc_name=values["shared_pvc"], mount_path=SHARED_MOUNT)
+
+    def use_storage_secrets(self, task: dsl.PipelineTask, values: dict) -> None:
+        """Object-store credentials for a task, from the Secrets named by the run parameters ``values``."""
+        options = self.options
+        if self.secrets.s3_secret:
+            use_s3_secret(task, values["s3_secret"], options.s3_access_key_field, options.s3_secret_key_field,
+                          endpoint=options.s3_endpoint or None, region=options.s3_region or None, optional=True)
+        elif options.s3_endpoint:
+            task.set_env_variable("AWS_ENDPOINT_URL", options.s3_endpoint)
+        if self.secrets.gcs_secret:
+            use_gcs_secret(task, values["gcs_secret"], optional=True)

@@ -14,7 +14,7 @@ from kfp import dsl
 from kfp.dsl import Metrics, Model
 
 from kftune.components.common.images import ImageScheme
-from kftune.components.common.resources import SHARED_MOUNT, TrainResources
+from kftune.components.common.resources import TrainResources
 from kftune.components.common.signatures import settings_task, with_settings
 from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
@@ -22,13 +22,8 @@ from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
-from kftune.pipelines.cluster import (
-    ClusterOptions,
-    StorageSecrets,
-    omitted_settings,
-    request_training_resources,
-    use_storage_secrets,
-)
+from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
+from kftune.pipelines.steps import FinetuneSteps
 
 PIPELINE_NAME = "finetune"
 STAGES = (preprocess_component.preprocess, train_component.train, evaluate_component.evaluate,
@@ -46,16 +41,10 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
                             secrets: StorageSecrets | None = None, options: ClusterOptions = ClusterOptions()):
     """The finetune pipeline with its components in ``images``; ``resources`` and ``secrets`` give
     the defaults of those run parameters, ``options`` what is fixed when compiling."""
-    resources, secrets = resources or TrainResources(), secrets or StorageSecrets()
-    resources.validate()
-    options.validate()
-    preprocess_op = preprocess_component.component(images)
-    train_op = train_component.component(images)
-    evaluate_op = evaluate_component.component(images)
-    export_op = export_component.component(images)
+    cluster = Cluster(resources or TrainResources(), secrets or StorageSecrets(), options)
+    steps = FinetuneSteps(images, cluster)
     publish_op = publish_component.component(images)
     deploy_op = deploy_component.component(images)
-    shared_dir = SHARED_MOUNT if resources.shared_pvc else ""
 
     class Outputs(NamedTuple):
         model: Model
@@ -69,42 +58,28 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         "train with torchrun, evaluate against baselines, export to ONNX; when the gate passes, "
         "publish the model to object storage and deploy it on KServe.",
     )
-    @with_settings(*SETTINGS, resources, secrets, omit=omitted_settings(resources, secrets))
+    @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def finetune() -> Outputs:
         """Fine-tune a pretrained transformer for text classification.
 
         Args:
         """
         values = dict(locals())
-        prep = settings_task(preprocess_op, values)
-        prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
-        use_storage_secrets(prep, values, secrets, options)  # data and the pretrained model may be in s3:// or gs://
-
-        trained = settings_task(train_op, values, dataset=prep.outputs["dataset"], shared_dir=shared_dir,
-                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trainjob_image=images.image("train"))
-        trained.set_display_name("train")
-        request_training_resources(trained, values, resources, options)
-        use_storage_secrets(trained, values, secrets, options)  # the pretrained model may be in s3:// or gs://
-        model = trained.outputs["finetuned_model"]
-
-        scored = settings_task(evaluate_op, values, dataset=prep.outputs["dataset"], model=model)
-        scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
-
-        exported = settings_task(export_op, values, dataset=prep.outputs["dataset"], model=model)
-        exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
+        prep = steps.preprocess(values)
+        trained, scored, exported = steps.train_evaluate_export(values, prep.outputs["dataset"])
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             with dsl.If(values["publish_uri"] != "", name="publish-requested"):
                 published = settings_task(publish_op, values, model=exported.outputs["onnx_model"])
                 published.set_display_name("publish").set_cpu_request("1").set_memory_request("2G")
                 published.set_retry(num_retries=2, backoff_duration="30s")
-                use_storage_secrets(published, values, secrets, options)
+                cluster.use_storage_secrets(published, values)
                 with dsl.If(values["deploy_name"] != "", name="deploy-requested"):
                     deployed = settings_task(deploy_op, values, model_uri=published.outputs["Output"])
                     deployed.set_display_name("deploy").set_cpu_request("250m").set_memory_request("512M")
 
-        return Outputs(model=model, onnx_model=exported.outputs["onnx_model"], evaluation=scored.outputs["metrics"],
-                       passed=scored.outputs["Output"])
+        return Outputs(model=trained.outputs["finetuned_model"], onnx_model=exported.outputs["onnx_model"],
+                       evaluation=scored.outputs["metrics"], passed=scored.outputs["Output"])
 
     return finetune
 

@@ -26,14 +26,8 @@ from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.components.tune import component as tune_component
-from kftune.pipelines.cluster import (
-    ClusterOptions,
-    StorageSecrets,
-    mount_shared_volume,
-    omitted_settings,
-    request_training_resources,
-    use_storage_secrets,
-)
+from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
+from kftune.pipelines.steps import FinetuneSteps
 
 PIPELINE_NAME = "tune"
 STAGES = (
@@ -53,24 +47,14 @@ LOCAL_SETTINGS = tuple(group for group in SETTINGS if group is not TrainResource
 """What a local run takes: a pod's resources and placement mean nothing to kfp.local."""
 
 
-def build_tune_pipeline(
-    images: ImageScheme = ImageScheme(),
-    resources: TrainResources | None = None,
-    secrets: StorageSecrets | None = None,
-    options: ClusterOptions = ClusterOptions(),
-):
+def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainResources | None = None,
+                        secrets: StorageSecrets | None = None, options: ClusterOptions = ClusterOptions()):
     """The tune pipeline with its components in ``images``; ``resources`` and ``secrets`` give the
     defaults of those run parameters (trials and the final training run on ``resources``),
     ``options`` what is fixed when compiling (among it the grid/random fan-out's parallelism)."""
-    resources, secrets = resources or TrainResources(), secrets or StorageSecrets()
-    resources.validate()
-    options.validate()
-    preprocess_op = preprocess_component.component(images)
-    train_op = train_component.component(images)
-    evaluate_op = evaluate_component.component(images)
-    export_op = export_component.component(images)
+    cluster = Cluster(resources or TrainResources(), secrets or StorageSecrets(), options)
+    steps = FinetuneSteps(images, cluster)
     tune_ops = tune_component.components(images)
-    shared_dir = SHARED_MOUNT if resources.shared_pvc else ""
 
     class Outputs(NamedTuple):
         model: Model
@@ -84,79 +68,47 @@ def build_tune_pipeline(
         description="Search hyperparameters (grid, random, Optuna TPE or Katib), then fine-tune with the best, "
         "evaluate against baselines and export to ONNX.",
     )
-    @with_settings(*SETTINGS, resources, secrets, omit=omitted_settings(resources, secrets))
+    @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def tune() -> Outputs:
         """Search hyperparameters, then fine-tune, evaluate and export the best configuration.
 
         Args:
         """
         values = dict(locals())
-        prep = settings_task(preprocess_op, values)
-        prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
-        use_storage_secrets(prep, values, secrets, options)  # data and the pretrained model may be in s3:// or gs://
-        dataset = prep.outputs["dataset"]
+        dataset = steps.preprocess(values).outputs["dataset"]
 
         plan = settings_task(tune_ops["plan_search"], values)
         plan.set_display_name("plan search").set_caching_options(False)
         train_config = plan.outputs["train_config"]
 
         with dsl.If(values["search_backend"] == "katib", name="katib"):
-            katib = settings_task(
-                tune_ops["katib_search"],
-                values,
-                dataset=dataset,
-                train_config=train_config,
-                image=images.image("tune"),
-                shared_dir=SHARED_MOUNT,
-            )
+            katib = settings_task(tune_ops["katib_search"], values, dataset=dataset, train_config=train_config,
+                                  image=images.image("tune"), shared_dir=SHARED_MOUNT)
             katib.set_display_name("Katib search")
-            mount_shared_volume(katib, values, resources)
+            cluster.mount_shared_volume(katib, values)
         with dsl.Elif(values["algorithm"] == "tpe", name="optuna"):
             study = settings_task(tune_ops["optuna_search"], values, dataset=dataset, train_config=train_config)
             study.set_display_name("Optuna TPE search")
-            request_training_resources(study, values, resources, options)
-            use_storage_secrets(study, values, secrets, options)
+            cluster.request_training_resources(study, values)
+            cluster.use_storage_secrets(study, values)
         with dsl.Else(name="fan-out"):
-            with dsl.ParallelFor(plan.outputs["trials"], parallelism=options.trial_parallelism, name="trials") as trial:
-                trial_task = settings_task(
-                    tune_ops["search_trial"], values, dataset=dataset, train_config=train_config, trial=trial
-                )
+            trials = plan.outputs["trials"]
+            with dsl.ParallelFor(trials, parallelism=cluster.options.trial_parallelism, name="trials") as trial:
+                trial_task = settings_task(tune_ops["search_trial"], values, dataset=dataset,
+                                           train_config=train_config, trial=trial)
                 trial_task.set_display_name("trial")
-                request_training_resources(trial_task, values, resources, options)
-                use_storage_secrets(trial_task, values, secrets, options)
-            picked = settings_task(
-                tune_ops["select_best"], values, results=dsl.Collected(trial_task.output), train_config=train_config
-            )
+                cluster.request_training_resources(trial_task, values)
+                cluster.use_storage_secrets(trial_task, values)
+            picked = settings_task(tune_ops["select_best"], values, results=dsl.Collected(trial_task.output),
+                                   train_config=train_config)
             picked.set_display_name("select best")
-        best_params = dsl.OneOf(
-            katib.outputs["best_params"], study.outputs["best_params"], picked.outputs["best_params"]
-        )
+        best_params = dsl.OneOf(katib.outputs["best_params"], study.outputs["best_params"],
+                                picked.outputs["best_params"])
 
-        trained = settings_task(
-            train_op,
-            values,
-            dataset=dataset,
-            shared_dir=shared_dir,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            trainjob_image=images.image("train"),
-            hyperparameters=best_params,
-        )
-        trained.set_display_name("train best")
-        request_training_resources(trained, values, resources, options)
-        use_storage_secrets(trained, values, secrets, options)
-        model = trained.outputs["finetuned_model"]
-
-        scored = settings_task(evaluate_op, values, dataset=dataset, model=model)
-        scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
-        exported = settings_task(export_op, values, dataset=dataset, model=model)
-        exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
-        return Outputs(
-            model=model,
-            onnx_model=exported.outputs["onnx_model"],
-            evaluation=scored.outputs["metrics"],
-            best_params=best_params,
-            passed=scored.outputs["Output"],
-        )
+        trained, scored, exported = steps.train_evaluate_export(values, dataset, display_name="train best",
+                                                                hyperparameters=best_params)
+        return Outputs(model=trained.outputs["finetuned_model"], onnx_model=exported.outputs["onnx_model"],
+                       evaluation=scored.outputs["metrics"], best_params=best_params, passed=scored.outputs["Output"])
 
     return tune
 

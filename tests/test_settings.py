@@ -20,7 +20,7 @@ from kftune.components.common.signatures import with_settings
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space
 from kftune.pipelines import finetune, tune
-from kftune.pipelines.cluster import ClusterOptions, StorageSecrets, omitted_settings
+from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.settings_docs import main as settings_docs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,9 +37,10 @@ def compiled(name: str) -> dict:
 def pipeline_settings(name: str):
     """The settings of the committed YAML, compiled with the default resources and Secrets (no GCS one)."""
     module = PIPELINES[name]
-    resources, secrets = TrainResources(), StorageSecrets()
-    omitted = omitted_settings(resources, secrets)
-    return {s.name: s for s in settings_of(*module.SETTINGS, resources, secrets) if s.name not in omitted}
+    cluster = Cluster()
+    omitted = cluster.omitted_settings()
+    return {s.name: s for s in settings_of(*module.SETTINGS, cluster.resources, cluster.secrets)
+            if s.name not in omitted}
 
 
 def assert_matches(spec: dict, setting, where: str) -> None:

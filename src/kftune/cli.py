@@ -219,6 +219,19 @@ def _add_serve_parser(sub) -> None:
     serve_parser.set_defaults(handler=cmd_serve)
 
 
+def _add_local_run_parser(sub, name: str, handler, settings: tuple, help: str, description: str, results: str):
+    """``kftune run`` / ``kftune tune``: a pipeline's settings as flags, and where the run goes."""
+    parser = sub.add_parser(name, help=help, description=description)
+    add_group_flags(parser, *settings)
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
+                        help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
+    parser.add_argument("--results", type=Path, metavar="FILE", help=f"also write {results} to FILE as JSON")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="stream the full kfp.local logs to the console (they always go to the run's kftune.log)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser.set_defaults(handler=handler)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with a bad flag reported as one line like every other error (not the whole usage)."""
 
@@ -241,42 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser(
-        "run",
+    _add_local_run_parser(
+        sub, "run", cmd_run, finetune.LOCAL_SETTINGS,
         help="run the finetune pipeline on this machine (kfp.local, no cluster)",
         description="Run the finetune pipeline locally with kfp.local: preprocess, train (torchrun), "
         "evaluate against baselines, export ONNX. With no flags: the bundled Rotten Tomatoes "
         "reviews and the bundled all-MiniLM-L6-v2.",
+        results="the test-split results and artifact paths",
     )
-    add_group_flags(run, *finetune.LOCAL_SETTINGS)
-    run.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
-                     help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
-    run.add_argument("--results", type=Path, metavar="FILE",
-                     help="also write the test-split results and artifact paths to FILE as JSON")
-    run.add_argument("--verbose", "-v", action="store_true",
-                     help="stream the full kfp.local logs to the console (they always go to the run's kftune.log)")
-    run.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
-    run.set_defaults(handler=cmd_run)
-
-    tune_parser = sub.add_parser(
-        "tune",
+    _add_local_run_parser(
+        sub, "tune", cmd_tune, tune.LOCAL_SETTINGS,
         help="search hyperparameters, then train, evaluate and export the best (kfp.local, no cluster)",
         description="Run the tune pipeline locally with kfp.local: a grid, random or Optuna TPE search "
         "whose trials are real training runs, then the finetune steps with the best parameters. "
         "With no flags: TPE over learning rate, batch size, warmup and weight decay, 4 trials, on the "
         "bundled data and model.",
+        results="the search, the best parameters and the test results",
     )
-    add_group_flags(tune_parser, *tune.LOCAL_SETTINGS)
-    tune_parser.add_argument("--output-dir", type=Path, default=DEFAULT_RUNS_DIR,
-                             help=f"where runs keep their artifacts (default: {DEFAULT_RUNS_DIR})")
-    tune_parser.add_argument("--results", type=Path, metavar="FILE",
-                             help="also write the search, the best parameters and the test results to FILE as JSON")
-    tune_parser.add_argument("--verbose", "-v", action="store_true",
-                             help="stream the full kfp.local logs to the console (they always go to the run's "
-                             "kftune.log)")
-    tune_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show tracebacks on errors")
-    tune_parser.set_defaults(handler=cmd_tune)
 
     comp = sub.add_parser("compile", help="compile the finetune or tune pipeline to KFP YAML for a cluster",
                           description="Compile a pipeline to KFP YAML (upload it in the KFP UI).")

@@ -1,0 +1,48 @@
+"""The steps both pipelines run: preprocess, and train -> evaluate -> export (the finetune
+pipeline's main line, and the tune pipeline's training of the best configuration)."""
+
+from __future__ import annotations
+
+from kfp import dsl
+
+from kftune.components.common.images import ImageScheme
+from kftune.components.common.signatures import settings_task
+from kftune.components.evaluate import component as evaluate_component
+from kftune.components.export import component as export_component
+from kftune.components.preprocess import component as preprocess_component
+from kftune.components.train import component as train_component
+from kftune.pipelines.cluster import Cluster
+
+
+class FinetuneSteps:
+    """The shared steps' components in the images of one scheme, on one cluster request."""
+
+    def __init__(self, images: ImageScheme, cluster: Cluster):
+        self.images, self.cluster = images, cluster
+        self.preprocess_op = preprocess_component.component(images)
+        self.train_op = train_component.component(images)
+        self.evaluate_op = evaluate_component.component(images)
+        self.export_op = export_component.component(images)
+
+    def preprocess(self, values: dict) -> dsl.PipelineTask:
+        """Clean, split and tokenize the data (which, like the pretrained model, may be in s3:// or gs://)."""
+        prep = settings_task(self.preprocess_op, values)
+        prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
+        self.cluster.use_storage_secrets(prep, values)
+        return prep
+
+    def train_evaluate_export(self, values: dict, dataset, display_name: str = "train",
+                              **train_arguments) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
+        """Train on the cluster's training resources, then evaluate and export the model."""
+        trained = settings_task(self.train_op, values, dataset=dataset, shared_dir=self.cluster.shared_dir,
+                                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trainjob_image=self.images.image("train"),
+                                **train_arguments)
+        trained.set_display_name(display_name)
+        self.cluster.request_training_resources(trained, values)
+        self.cluster.use_storage_secrets(trained, values)  # the pretrained model may be in s3:// or gs://
+        model = trained.outputs["finetuned_model"]
+        scored = settings_task(self.evaluate_op, values, dataset=dataset, model=model)
+        scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
+        exported = settings_task(self.export_op, values, dataset=dataset, model=model)
+        exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
+        return trained, scored, exported
