@@ -102,8 +102,9 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
             picked = settings_task(tune_ops["select_best"], values, results=dsl.Collected(trial_task.output),
                                    train_config=train_config)
             picked.set_display_name("select best")
-        best_params = dsl.OneOf(katib.outputs["best_params"], study.outputs["best_params"],
-                                picked.outputs["best_params"])
+        reported = tune_ops["report_search"](record=dsl.OneOf(katib.output, study.output, picked.output))
+        reported.set_display_name("search report")
+        best_params = reported.outputs["best_params"]
 
         trained, scored, exported = steps.train_evaluate_export(values, dataset, display_name="train best",
                                                                 hyperparameters=best_params)

@@ -5,10 +5,10 @@ report.py; their settings come from SearchSettings, TrainConfig, Launch and Trai
 - ``search_trial``: one trial (a real training run), fanned out with ``dsl.ParallelFor``;
 - ``select_best``: fans the trial results in (``dsl.Collected``) and picks the best;
 - ``optuna_search``: a whole Optuna TPE study with median pruning, in one task;
-- ``katib_search``: a Katib ``Experiment`` on the cluster, each trial a pod of the tune image.
-
-Each of the last three writes the same outputs: the best parameters and score, the search
-record (JSON), an HTML report with plots, a Markdown table and Metrics.
+- ``katib_search``: a Katib ``Experiment`` on the cluster, each trial a pod of the tune image;
+- ``report_search``: whichever of the three ran, its search record (JSON) becomes the best
+  parameters and score, the record as an artifact, an HTML report with plots, a Markdown
+  table and Metrics.
 """
 
 from typing import List, NamedTuple
@@ -78,64 +78,38 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
 
 
 @with_settings(SearchSettings)
-def select_best(
-    results: List[str],
-    train_config: str,
-    search: Output[Artifact],
-    report: Output[HTML],
-    summary: Output[Markdown],
-    metrics: Output[Metrics],
-) -> NamedTuple("SearchOutputs", [("best_params", dict), ("best_score", float)]):
+def select_best(results: List[str], train_config: str) -> str:
     """Collect the trials of a grid/random search and pick the best by validation score.
 
     Args:
         results: Every trial's result (JSON), collected from the fan-out.
         train_config: The base TrainConfig as JSON.
-        search: Output: the search record (JSON): every trial, the best.
-        report: Output: HTML table of trials and score plots.
-        summary: Output: Markdown table of trials.
-        metrics: Output: best score, trial counts.
 
     Returns:
-        best_params: The best trial's options.
-        best_score: Its validation score.
+        The search record as JSON: every trial, the best.
     """
     values = dict(locals())
     import json
 
     from kftune.components.common.settings import settings_from
     from kftune.components.tune.config import SearchSettings
-    from kftune.components.tune.report import write_search_outputs
     from kftune.components.tune.search import summary as search_summary
 
     settings = settings_from(SearchSettings, values)
     metric = json.loads(train_config)["metric_for_best_model"]
-    record = search_summary(settings.algorithm, metric, settings.direction, [json.loads(r) for r in results])
-    return write_search_outputs(record, search, report, summary, metrics)
+    return json.dumps(search_summary(settings.algorithm, metric, settings.direction, [json.loads(r) for r in results]))
 
 
 @with_settings(SearchSettings, Launch)
-def optuna_search(
-    dataset: Input[Dataset],
-    train_config: str,
-    search: Output[Artifact],
-    report: Output[HTML],
-    summary: Output[Markdown],
-    metrics: Output[Metrics],
-) -> NamedTuple("SearchOutputs", [("best_params", dict), ("best_score", float)]):
+def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     """Bayesian search: an Optuna study (TPE sampler, median pruning) whose trials train for real.
 
     Args:
         dataset: Tokenized splits from preprocess.
         train_config: The base TrainConfig as JSON (from plan_search).
-        search: Output: the search record (JSON): every trial, the best, parameter importances.
-        report: Output: HTML table of trials, score plots and parameter importance.
-        summary: Output: Markdown table of trials.
-        metrics: Output: best score, trial counts.
 
     Returns:
-        best_params: The best trial's options.
-        best_score: Its validation score.
+        The search record as JSON: every trial, the best, parameter importances.
     """
     values = dict(locals())
     import json
@@ -146,7 +120,6 @@ def optuna_search(
     from kftune.components.common.training.config import Launch, TrainConfig
     from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.config import SearchSettings
-    from kftune.components.tune.report import write_search_outputs
     from kftune.components.tune.search import optuna_search as run_study
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -157,37 +130,28 @@ def optuna_search(
         record = run_study(base, space, dataset.path, tmp, max_trials=settings.max_trials, seed=base.seed,
                            direction=settings.direction, include_defaults=settings.include_defaults,
                            prune=settings.prune, launch=settings_from(Launch, values))
-    return write_search_outputs(record, search, report, summary, metrics)
+    return json.dumps(record)
 
 
 @with_settings(SearchSettings, TrainResources)
 def katib_search(
     dataset: Input[Dataset],
     train_config: str,
-    search: Output[Artifact],
-    report: Output[HTML],
-    summary: Output[Markdown],
-    metrics: Output[Metrics],
     image: str = "",
     shared_dir: str = "/kftune/shared",
     namespace: str = "",
-) -> NamedTuple("SearchOutputs", [("best_params", dict), ("best_score", float)]):
+) -> str:
     """Search at cluster scale: a Katib Experiment whose trials run the tune image, one pod each.
 
     Args:
         dataset: Tokenized splits from preprocess (copied to the shared volume for the trials).
         train_config: The base TrainConfig as JSON (from plan_search).
-        search: Output: the search record (JSON): every trial, the best, the Experiment's handle.
-        report: Output: HTML table of trials and score plots.
-        summary: Output: Markdown table of trials.
-        metrics: Output: best score, trial counts.
         image: Image of the trial pods (the tune image).
         shared_dir: Mount path of the shared volume (dataset and base config for the trials).
         namespace: Namespace of the Experiment (empty: this pod's namespace).
 
     Returns:
-        best_params: Katib's optimal trial's options.
-        best_score: Its validation score.
+        The search record as JSON: every trial, Katib's optimal trial as the best, the Experiment's handle.
     """
     values = dict(locals())
     import json
@@ -199,7 +163,6 @@ def katib_search(
     from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.katib import launch_katib
-    from kftune.components.tune.report import write_search_outputs
     from kftune.components.tune.search import record_from_katib
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -215,12 +178,38 @@ def katib_search(
         gpus_per_trial=int(resources.gpus), accelerator_type=resources.accelerator_type or "nvidia.com/gpu",
         **resources.placement(),
     )
-    record = record_from_katib(outcome, settings.algorithm, base.metric_for_best_model, settings.direction)
-    return write_search_outputs(record, search, report, summary, metrics)
+    return json.dumps(record_from_katib(outcome, settings.algorithm, base.metric_for_best_model, settings.direction))
+
+
+def report_search(
+    record: str,
+    search: Output[Artifact],
+    report: Output[HTML],
+    summary: Output[Markdown],
+    metrics: Output[Metrics],
+) -> NamedTuple("SearchOutputs", [("best_params", dict), ("best_score", float)]):
+    """Report a search, whichever way it ran: its best parameters, record, HTML report, table and Metrics.
+
+    Args:
+        record: The search record (JSON) from select_best, optuna_search or katib_search.
+        search: Output: the search record (JSON): every trial, the best.
+        report: Output: HTML table of trials, score plots (and Optuna's parameter importance).
+        summary: Output: Markdown table of trials.
+        metrics: Output: best score, trial counts.
+
+    Returns:
+        best_params: The best trial's options.
+        best_score: Its validation score.
+    """
+    import json
+
+    from kftune.components.tune.report import write_search_outputs
+
+    return write_search_outputs(json.loads(record), search, report, summary, metrics)
 
 
 def components(images: ImageScheme = ImageScheme()) -> dict:
     """The search components, all in the tune image (trials train in it)."""
     image = images.image("tune")
     return {fn.__name__: dsl.component(fn, base_image=image, install_kfp_package=False)
-            for fn in (plan_search, search_trial, select_best, optuna_search, katib_search)}
+            for fn in (plan_search, search_trial, select_best, optuna_search, katib_search, report_search)}
