@@ -259,7 +259,7 @@ def test_generated_names_are_fresh_and_katib_valid():
     names = {KatibRequest(**{**make_request().__dict__, "name": trainjob.new_job_name("kftune-tune")}).name
              for _ in range(20)}  # fmt: skip
     assert len(names) == 20
-    assert all(n.startswith("kftune-tune-") and len(n) <= 40 and trainjob.DNS_LABEL.match(n) for n in names)
+    assert all(n.startswith("kftune-tune-") and len(n) <= 40 and kube_helpers.DNS_LABEL.match(n) for n in names)
 
 
 @pytest.mark.parametrize(

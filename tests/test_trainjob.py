@@ -136,7 +136,7 @@ def test_build_trainjob_on_cpu_nodes():
 def test_generated_names_are_fresh_dns_labels():
     names = {make_request(name=trainjob.new_job_name()).name for _ in range(20)}
     assert len(names) == 20
-    assert all(name.startswith("kftune-train-") and trainjob.DNS_LABEL.match(name) for name in names)
+    assert all(name.startswith("kftune-train-") and kube_helpers.DNS_LABEL.match(name) for name in names)
 
 
 @pytest.mark.parametrize(

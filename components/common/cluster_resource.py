@@ -364,6 +364,18 @@ def names_object(e: ApiException, name: str, kind: str | None = None) -> bool:
     return details.get("name") == name and (kind is None or details.get("kind") == kind)
 
 
+def holding_condition(conditions, types: tuple[str, ...]) -> dict | None:
+    """``{"type", "reason", "message"}`` of the first condition that holds (status True) and is one
+    of ``types`` (a job's Complete or Failed, an Experiment's Succeeded or Failed), if any.
+
+    ``conditions``: the SDK models' conditions, or None.
+    """
+    for condition in conditions or []:
+        if condition.status == "True" and condition.type in types:
+            return {"type": condition.type, "reason": condition.reason, "message": condition.message}
+    return None
+
+
 def emitter(log: Callable[[str], None] | None, logger: logging.Logger) -> Callable[[str], None]:
     """Where a launcher's progress lines go: ``log`` if given, else ``logger`` at INFO."""
     return log or functools.partial(logger.info, "%s")

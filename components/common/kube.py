@@ -1,5 +1,6 @@
 """What every kftune launcher (TrainJob, Katib Experiment, InferenceService) needs from the
-Kubernetes API: a client, its own namespace, name patterns, and which errors are worth a retry.
+Kubernetes API: a client, its own namespace, the checks of names and quantities the API server
+would reject, and which errors are worth a retry.
 
 Kept free of torch and the Kubeflow SDKs so that a component importing it starts fast.
 """
@@ -124,26 +125,48 @@ def new_job_name(prefix: str = "kftune-train") -> str:
     return f"{prefix}-" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def check_pod_placement(request, toleration_model) -> None:
-    """Check a request's ``cpu``, ``memory``, ``shm_size`` (quantities or None), ``node_selector``
-    and ``tolerations`` (against ``toleration_model``, an SDK's copy of the core Toleration)."""
-    for name in ("cpu", "memory", "shm_size"):
+def is_dns_label(value, pattern: re.Pattern = DNS_1123_LABEL, max_length: int = 63) -> bool:
+    """Whether ``value`` is a string of at most ``max_length`` characters matching ``pattern``."""
+    return isinstance(value, str) and len(value) <= max_length and bool(pattern.match(value))
+
+
+def is_dns_subdomain(value) -> bool:
+    """Whether ``value`` is a DNS-1123 subdomain (most object names: PVCs, runtimes, service accounts)."""
+    return isinstance(value, str) and len(value) <= 253 and bool(DNS_1123_SUBDOMAIN.match(value))
+
+
+def check_name(name, max_length: int, rule: str) -> None:
+    """Check a resource's ``name``: a DNS-1035 label of at most ``max_length`` characters (``rule``
+    says whose rule that is, for the message)."""
+    if not is_dns_label(name, DNS_LABEL, max_length):
+        raise ConfigError(
+            f"name must be at most {max_length} lowercase letters, digits and '-', starting with a letter "
+            f"and ending with a letter or digit ({rule}), got {name!r}"
+        )
+
+
+def check_namespace(namespace, note: str = "") -> None:
+    """Check a ``namespace`` (a DNS-1123 label); ``note`` adds to the message what else is allowed."""
+    if not is_dns_label(namespace):
+        raise ConfigError(f"namespace must be a DNS-1123 label{note}, got {namespace!r}")
+
+
+def check_integers(request, names) -> None:
+    """Check that each of the ``names`` attributes of ``request`` is an int (not a bool)."""
+    for name in names:
         value = getattr(request, name)
-        if value is None:
-            continue
-        try:
-            quantity = parse_quantity(value)
-        except (ValueError, TypeError) as e:
-            raise ConfigError(f"{name} must be a Kubernetes quantity such as '8' or '32Gi', got {value!r}") from e
-        if quantity <= 0:
-            raise ConfigError(f"{name} must be > 0, got {value!r}")
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in request.node_selector.items()):
-        raise ConfigError(f"node_selector must map strings to strings, got {request.node_selector!r}")
-    for toleration in request.tolerations:
-        try:
-            toleration_model.from_dict(toleration)
-        except (ValueError, TypeError, AttributeError) as e:  # pydantic's ValidationError is a ValueError
-            raise ConfigError(f"tolerations: invalid toleration {toleration!r}: {e}") from e
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+
+
+def check_quantity(name: str, value, examples: str = "'8' or '32Gi'") -> None:
+    """Check that ``value`` is a Kubernetes quantity > 0 (``examples`` show the setting's usual ones)."""
+    try:
+        quantity = parse_quantity(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{name} must be a Kubernetes quantity such as {examples}, got {value!r}") from e
+    if quantity <= 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
 
 
 @contextlib.contextmanager

@@ -48,7 +48,6 @@ import kserve
 from kserve.constants import constants as kserve_constants
 from kubernetes import client
 from kubernetes.client.rest import ApiException
-from kubernetes.utils import parse_quantity
 
 from kftune.components.common.cluster_resource import (
     RETRY_DELAY_SECONDS,
@@ -61,7 +60,15 @@ from kftune.components.common.cluster_resource import (
     run_resource,
 )
 from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import DNS_1123_LABEL, DNS_1123_SUBDOMAIN, DNS_LABEL, api_error, current_namespace
+from kftune.components.common.kube import (
+    api_error,
+    check_integers,
+    check_name,
+    check_namespace,
+    check_quantity,
+    current_namespace,
+    is_dns_subdomain,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +161,9 @@ class DeployRequest:
     def validate(self) -> None:
         """Reject what KServe or the cluster would reject (or misread), naming the parameter."""
         check_model_uri(self.model_uri)
-        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_LENGTH or not DNS_LABEL.match(self.name):
-            raise ConfigError(
-                f"name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
-                f"and ending with a letter or digit (a DNS-1035 label, as KServe requires), got {self.name!r}"
-            )
-        if not isinstance(self.namespace, str) or len(self.namespace) > 63 or not DNS_1123_LABEL.match(self.namespace):
-            raise ConfigError(f"namespace must be a DNS-1123 label (or '' for this pod's own), got {self.namespace!r}")
-        if not isinstance(self.runtime, str) or len(self.runtime) > 253 or not DNS_1123_SUBDOMAIN.match(self.runtime):
+        check_name(self.name, MAX_NAME_LENGTH, "a DNS-1035 label, as KServe requires")
+        check_namespace(self.namespace, " (or '' for this pod's own)")
+        if not is_dns_subdomain(self.runtime):
             raise ConfigError(
                 f"runtime must be the name of a ServingRuntime (a DNS-1123 subdomain), got {self.runtime!r}"
             )
@@ -171,15 +173,12 @@ class DeployRequest:
                 f"got {self.model_format!r}"
             )
         account = self.service_account
-        if not isinstance(account, str) or (account and (len(account) > 253 or not DNS_1123_SUBDOMAIN.match(account))):
+        if not isinstance(account, str) or (account and not is_dns_subdomain(account)):
             raise ConfigError(
                 f"service_account must be a service account name (a DNS-1123 subdomain) or '' for the namespace's "
                 f"default, got {self.service_account!r}"
             )
-        for name in ("min_replicas", "max_replicas", "canary_traffic_percent"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent"))
         if self.max_replicas < 1:
             raise ConfigError(f"max_replicas must be >= 1, got {self.max_replicas}")
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -193,15 +192,7 @@ class DeployRequest:
                 f"got {self.canary_traffic_percent}"
             )
         for name in ("cpu", "memory"):
-            value = getattr(self, name)
-            try:
-                quantity = parse_quantity(value)
-            except (ValueError, TypeError) as e:
-                raise ConfigError(
-                    f"{name} must be a Kubernetes quantity such as '1', '500m' or '2Gi', got {value!r}"
-                ) from e
-            if quantity <= 0:
-                raise ConfigError(f"{name} must be > 0, got {value!r}")
+            check_quantity(name, getattr(self, name), "'1', '500m' or '2Gi'")
 
 
 def check_model_uri(uri: str) -> None:
@@ -216,7 +207,7 @@ def check_model_uri(uri: str) -> None:
     if not parts.netloc:
         what = {"s3": "a bucket", "gs": "a bucket", "pvc": "a PersistentVolumeClaim name"}.get(parts.scheme, "a host")
         raise ConfigError(f"model_uri must name {what} after {parts.scheme}://, got {uri!r}")
-    if parts.scheme == "pvc" and (len(parts.netloc) > 253 or not DNS_1123_SUBDOMAIN.match(parts.netloc)):
+    if parts.scheme == "pvc" and not is_dns_subdomain(parts.netloc):
         raise ConfigError(
             f"model_uri: {parts.netloc!r} is not a PersistentVolumeClaim name (pvc://claim/path), got {uri!r}"
         )

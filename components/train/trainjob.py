@@ -33,23 +33,29 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
-from kftune.components.common.cluster_resource import ClusterResource, Outcome, ResourceApi, emitter, run_resource
+from kftune.components.common.cluster_resource import (
+    ClusterResource,
+    Outcome,
+    ResourceApi,
+    emitter,
+    holding_condition,
+    run_resource,
+)
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
-    DNS_1123_LABEL,
-    DNS_1123_SUBDOMAIN,
-    DNS_LABEL,
     REQUEST_TIMEOUT_SECONDS,
-    SHARED_VOLUME,
-    SHM_VOLUME,
     api_error,
-    check_pod_placement,
+    check_integers,
+    check_name,
+    check_namespace,
     current_namespace,
+    is_dns_subdomain,
     new_job_name,
 )
+from kftune.components.common.pod_spec import check_training_pod, resource_quantities, training_pod_spec
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir
-from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
+from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -107,21 +113,13 @@ class TrainJobRequest:
 
     def validate(self) -> None:
         """Reject values the cluster would reject (or misread), naming the field."""
-        if len(self.name) > MAX_NAME_LENGTH or not DNS_LABEL.match(self.name):
-            raise ConfigError(
-                f"name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
-                f"and ending with a letter or digit (a DNS-1123 label), got {self.name!r}"
-            )
-        if not DNS_1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
-            raise ConfigError(f"namespace must be a DNS-1123 label, got {self.namespace!r}")
+        check_name(self.name, MAX_NAME_LENGTH, "a DNS-1123 label")
+        check_namespace(self.namespace)
         if not isinstance(self.image, str) or not self.image.strip():
             raise ConfigError("image is required: the training image the workers run")
         if not self.command or not all(isinstance(part, str) for part in self.command):
             raise ConfigError(f"command must be a non-empty list of strings, got {self.command!r}")
-        for name in ("num_nodes", "gpus_per_node", "procs_per_node"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        check_integers(self, ("num_nodes", "gpus_per_node", "procs_per_node"))
         if self.num_nodes < 1:
             raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if self.gpus_per_node < 0:
@@ -132,25 +130,17 @@ class TrainJobRequest:
             raise ConfigError(
                 f"procs_per_node={self.procs_per_node} but each node has only {self.gpus_per_node} GPU(s)"
             )
-        if not self.pvc_name:
-            raise ConfigError(
-                "pvc_name is required: a ReadWriteMany PersistentVolumeClaim through which the dataset, "
-                "the config, the checkpoints and the model reach the workers"
-            )
-        if not DNS_1123_SUBDOMAIN.match(self.pvc_name) or len(self.pvc_name) > 253:
-            raise ConfigError(f"pvc_name must be a DNS-1123 subdomain, got {self.pvc_name!r}")
-        if not str(self.mount_path).startswith("/") or ":" in str(self.mount_path):
-            raise ConfigError(f"mount_path must be an absolute path without ':', got {self.mount_path!r}")
-        if not DNS_1123_SUBDOMAIN.match(self.runtime) or len(self.runtime) > 253:
+        if not is_dns_subdomain(self.runtime):
             raise ConfigError(f"runtime must be a DNS-1123 subdomain, got {self.runtime!r}")
-        check_pod_placement(self, models.IoK8sApiCoreV1Toleration)
+        check_training_pod(
+            self, models.IoK8sApiCoreV1Toleration,
+            carries="the dataset, the config, the checkpoints and the model reach the workers",
+        )  # fmt: skip
         for name, value in self.env.items():
             if not isinstance(name, str) or not ENV_NAME.match(name) or not isinstance(value, str):
                 raise ConfigError(f"env must map variable names to strings, got {name!r}: {value!r}")
             if name.startswith("PET_"):
                 raise ConfigError(f"env must not set {name}: the torch runtime sets the PET_* variables")
-        if self.active_deadline_seconds is not None and self.active_deadline_seconds < 1:
-            raise ConfigError(f"active_deadline_seconds must be >= 1, got {self.active_deadline_seconds}")
 
     @property
     def nproc_per_node(self) -> int:
@@ -186,14 +176,10 @@ def build_trainjob(request: TrainJobRequest) -> models.TrainerV1alpha1TrainJob:
     Pod template through a ``spec.runtimePatches`` entry (the trainer fields cannot carry them).
     """
     request.validate()
-    quantity = models.IoK8sApimachineryPkgApiResourceQuantity
-    resources = {}
-    if request.cpu is not None:
-        resources["cpu"] = quantity(request.cpu)
-    if request.memory is not None:
-        resources["memory"] = quantity(request.memory)
-    if request.gpus_per_node:
-        resources[trainer_constants.GPU_LABEL] = quantity(str(request.gpus_per_node))
+    resources = {
+        key: models.IoK8sApimachineryPkgApiResourceQuantity(value)
+        for key, value in resource_quantities(request, trainer_constants.GPU_LABEL, request.gpus_per_node).items()
+    }
     trainer = models.TrainerV1alpha1Trainer(
         image=request.image,
         command=list(request.command),
@@ -222,17 +208,7 @@ def build_trainjob(request: TrainJobRequest) -> models.TrainerV1alpha1TrainJob:
 
 def node_pod_patch(request: TrainJobRequest) -> dict:
     """The runtime patch that adds the shared volume (and the rest) to the ``node`` Pods."""
-    volumes = [{"name": SHARED_VOLUME, "persistentVolumeClaim": {"claimName": request.pvc_name}}]
-    mounts = [{"name": SHARED_VOLUME, "mountPath": str(request.mount_path)}]
-    if request.shm_size:
-        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": request.shm_size}})
-        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
-    pod_spec = {"volumes": volumes, "containers": [{"name": NODE, "volumeMounts": mounts}]}
-    if request.node_selector:
-        pod_spec["nodeSelector"] = dict(request.node_selector)
-    if request.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in request.tolerations]
-    pod_template = {"metadata": {"labels": dict(LABELS)}, "spec": pod_spec}
+    pod_template = {"metadata": {"labels": dict(LABELS)}, "spec": training_pod_spec(request, {"name": NODE})}
     node_job = {"name": NODE, "template": {"spec": {"template": pod_template}}}
     return {
         "manager": PATCH_MANAGER,
@@ -275,14 +251,10 @@ def run_trainjob(
 
 def final_condition(trainjob: models.TrainerV1alpha1TrainJob) -> dict | None:
     """``{"type", "reason", "message"}`` of the job's Complete or Failed condition, if it has one."""
-    conditions = (trainjob.status.conditions if trainjob.status else None) or []
-    for condition in conditions:
-        if condition.status == "True" and condition.type in (
-            trainer_constants.TRAINJOB_COMPLETE,
-            trainer_constants.TRAINJOB_FAILED,
-        ):
-            return {"type": condition.type, "reason": condition.reason, "message": condition.message}
-    return None
+    return holding_condition(
+        trainjob.status.conditions if trainjob.status else None,
+        (trainer_constants.TRAINJOB_COMPLETE, trainer_constants.TRAINJOB_FAILED),
+    )
 
 
 class _TrainJob(ClusterResource):
@@ -455,8 +427,7 @@ def launch_multinode(
         env=dict(env or {}),
         active_deadline_seconds=math.ceil(timeout_seconds),
     )
-    if not mount_path.is_dir():
-        raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
+    check_mounted(mount_path, pvc_name)
 
     config = stage_run_dir(config, dataset_dir, run_dir, mount_path)
     emit(f"multi-node run directory: {run_dir}")

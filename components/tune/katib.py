@@ -20,9 +20,9 @@ enabled`` as Kubeflow profiles are) reads them, with the ``latest`` strategy for
         trials/<trial>/          a trial's model (and <trial>.checkpoints/)
 
 The Experiment is built from Katib's own API models (``kubeflow_katib_api``, the models the
-Kubeflow SDK's optimizer sends) and the trial's Job from the Kubernetes client's models; the
-pod template is checked once more against Katib's copy of the core models. Some Katib facts
-the spec follows:
+Kubeflow SDK's optimizer sends); the trial's Job is a plain document around the training pod
+of :mod:`~kftune.components.common.pod_spec` (as a TrainJob's nodes run it), its pod template
+checked against Katib's copy of the core models. Some Katib facts the spec follows:
 
 * Katib's StdOut collector rewrites the container's command into one ``sh -c`` line, its
   arguments joined with spaces and not quoted, so every argument must be shell-safe: paths
@@ -63,23 +63,23 @@ from kftune.components.common.cluster_resource import (
     Outcome,
     ResourceApi,
     emitter,
+    holding_condition,
     run_resource,
 )
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.common.kube import (
-    DNS_1123_LABEL,
-    DNS_1123_SUBDOMAIN,
-    DNS_LABEL,
-    SHARED_VOLUME,
-    SHM_VOLUME,
     api_error,
-    check_pod_placement,
+    check_integers,
+    check_name,
+    check_namespace,
     current_namespace,
+    is_dns_subdomain,
     new_job_name,
 )
+from kftune.components.common.pod_spec import check_training_pod, resource_quantities, training_pod_spec
 from kftune.components.common.training.config import BEST_METRICS, TrainConfig
 from kftune.components.common.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
-from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, stage_run_dir
+from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -180,13 +180,8 @@ class KatibRequest:
 
     def validate(self) -> None:
         """Reject what Katib or the cluster would reject (or misread), naming the field."""
-        if not isinstance(self.name, str) or len(self.name) > MAX_NAME_LENGTH or not DNS_LABEL.match(self.name):
-            raise ConfigError(
-                f"name must be at most {MAX_NAME_LENGTH} lowercase letters, digits and '-', starting with a letter "
-                f"and ending with a letter or digit (Katib's rule for Experiments), got {self.name!r}"
-            )
-        if not DNS_1123_LABEL.match(self.namespace) or len(self.namespace) > 63:
-            raise ConfigError(f"namespace must be a DNS-1123 label, got {self.namespace!r}")
+        check_name(self.name, MAX_NAME_LENGTH, "Katib's rule for Experiments")
+        check_namespace(self.namespace)
         if not isinstance(self.image, str) or not self.image.strip() or any(c.isspace() for c in self.image):
             raise ConfigError(f"image is required (the training image the trials run), got {self.image!r}")
         if self.algorithm not in ALGORITHMS:
@@ -201,10 +196,9 @@ class KatibRequest:
                 f"{self.metric} is to be {default_direction(self.metric)}d"
             )
         self._validate_space()
-        for name in ("max_trials", "parallel_trials", "max_failed_trials", "seed", "gpus_per_trial", "trial_retries"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        check_integers(
+            self, ("max_trials", "parallel_trials", "max_failed_trials", "seed", "gpus_per_trial", "trial_retries")
+        )
         if self.max_trials < 1:
             raise ConfigError(f"max_trials must be >= 1, got {self.max_trials}")
         if self.parallel_trials < 1:
@@ -234,17 +228,15 @@ class KatibRequest:
             raise ConfigError(
                 f"accelerator_type must be a resource name such as 'nvidia.com/gpu', got {self.accelerator_type!r}"
             )
-        if not self.pvc_name:
-            raise ConfigError(
-                "pvc_name is required: a ReadWriteMany PersistentVolumeClaim through which the dataset, "
-                "the config and the trials' outputs reach the trial pods"
-            )
-        if not DNS_1123_SUBDOMAIN.match(self.pvc_name) or len(self.pvc_name) > 253:
-            raise ConfigError(f"pvc_name must be a DNS-1123 subdomain, got {self.pvc_name!r}")
+        check_training_pod(
+            self, models.IoK8sApiCoreV1Toleration,
+            carries="the dataset, the config and the trials' outputs reach the trial pods",
+        )  # fmt: skip
         mount_path = str(self.mount_path)
-        if not mount_path.startswith("/") or ":" in mount_path or not SHELL_SAFE.match(mount_path):
+        if not SHELL_SAFE.match(mount_path):
             raise ConfigError(
-                f"mount_path must be an absolute path without ':', spaces or shell characters, got {mount_path!r}"
+                f"mount_path must be a path without spaces or shell characters (Katib runs the trial command "
+                f"through sh), got {mount_path!r}"
             )
         for name in ("config_path", "dataset_path", "output_root"):
             value = str(getattr(self, name))
@@ -255,13 +247,8 @@ class KatibRequest:
                 )
         if not SHELL_SAFE.match(self.python):
             raise ConfigError(f"python must be a command without spaces or shell characters, got {self.python!r}")
-        check_pod_placement(self, models.IoK8sApiCoreV1Toleration)
-        if self.service_account is not None and (
-            not DNS_1123_SUBDOMAIN.match(self.service_account) or len(self.service_account) > 253
-        ):
+        if self.service_account is not None and not is_dns_subdomain(self.service_account):
             raise ConfigError(f"service_account must be a DNS-1123 subdomain, got {self.service_account!r}")
-        if self.active_deadline_seconds is not None and self.active_deadline_seconds < 1:
-            raise ConfigError(f"active_deadline_seconds must be >= 1, got {self.active_deadline_seconds}")
 
     def _validate_space(self) -> None:
         if not isinstance(self.space, SearchSpace) or not self.space.params:
@@ -328,62 +315,22 @@ def trial_command(request: KatibRequest) -> list[str]:
 
 def trial_job(request: KatibRequest) -> dict:
     """The ``batch/v1`` Job each trial runs, as the plain document Katib's trialSpec holds."""
-    resources: dict[str, str] = {}
-    if request.cpu is not None:
-        resources["cpu"] = request.cpu
-    if request.memory is not None:
-        resources["memory"] = request.memory
-    if request.gpus_per_trial:
-        resources[request.accelerator_type] = str(request.gpus_per_trial)
-    mounts = [client.V1VolumeMount(name=SHARED_VOLUME, mount_path=str(request.mount_path))]
-    volumes = [
-        client.V1Volume(
-            name=SHARED_VOLUME,
-            persistent_volume_claim=client.V1PersistentVolumeClaimVolumeSource(claim_name=request.pvc_name),
-        )
-    ]
-    if request.shm_size:
-        mounts.append(client.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm"))
-        volumes.append(
-            client.V1Volume(
-                name=SHM_VOLUME, empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit=request.shm_size)
-            )
-        )
-    container = client.V1Container(
-        name=PRIMARY_CONTAINER,
-        image=request.image,
-        command=trial_command(request),
-        resources=client.V1ResourceRequirements(requests=resources or None, limits=resources or None),
-        volume_mounts=mounts,
-    )
-    pod_spec = client.V1PodSpec(
-        containers=[container],
-        restart_policy="Never",
-        volumes=volumes,
-        node_selector=dict(request.node_selector) or None,
-        service_account_name=request.service_account,
-    )
-    job = client.V1Job(
-        api_version="batch/v1",
-        kind="Job",
-        spec=client.V1JobSpec(
-            backoff_limit=request.trial_retries,
-            active_deadline_seconds=request.active_deadline_seconds,
-            template=client.V1PodTemplateSpec(
-                metadata=client.V1ObjectMeta(labels={**LABELS, ISTIO_INJECT: "false"}),
-                spec=pod_spec,
-            ),
-        ),
-    )
-    with client.ApiClient() as serializer:
-        doc = serializer.sanitize_for_serialization(job)
-    if request.tolerations:  # validated as dicts (camelCase), sent as given
-        doc["spec"]["template"]["spec"]["tolerations"] = [dict(t) for t in request.tolerations]
-    try:  # the pod template through Katib's own copy of the core models as well
-        models.IoK8sApiCoreV1PodTemplateSpec.from_dict(doc["spec"]["template"])
+    resources = resource_quantities(request, request.accelerator_type, request.gpus_per_trial)
+    container = {"name": PRIMARY_CONTAINER, "image": request.image, "command": trial_command(request)}
+    if resources:
+        container["resources"] = {"requests": resources, "limits": dict(resources)}
+    pod_spec = training_pod_spec(request, container, restartPolicy="Never", serviceAccountName=request.service_account)
+    job_spec = {
+        "backoffLimit": request.trial_retries,
+        "template": {"metadata": {"labels": {**LABELS, ISTIO_INJECT: "false"}}, "spec": pod_spec},
+    }
+    if request.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = request.active_deadline_seconds
+    try:  # the pod template through Katib's own copy of the core models
+        models.IoK8sApiCoreV1PodTemplateSpec.from_dict(job_spec["template"])
     except ValueError as e:
         raise ConfigError(f"the trial pod template is invalid: {e}") from e
-    return doc
+    return {"apiVersion": "batch/v1", "kind": "Job", "spec": job_spec}
 
 
 def build_experiment(request: KatibRequest) -> models.V1beta1Experiment:
@@ -472,10 +419,7 @@ def run_experiment(
 
 def final_condition(experiment: models.V1beta1Experiment) -> dict | None:
     """``{"type", "reason", "message"}`` of the Experiment's Succeeded or Failed condition, if it has one."""
-    for condition in (experiment.status.conditions if experiment.status else None) or []:
-        if condition.status == "True" and condition.type in (SUCCEEDED, FAILED):
-            return {"type": condition.type, "reason": condition.reason, "message": condition.message}
-    return None
+    return holding_condition(experiment.status.conditions if experiment.status else None, (SUCCEEDED, FAILED))
 
 
 def trial_counts(experiment: models.V1beta1Experiment) -> dict[str, int]:
@@ -815,8 +759,7 @@ def launch_katib(
         service_account=service_account,
         active_deadline_seconds=math.ceil(timeout_seconds),
     )
-    if not mount_path.is_dir():
-        raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
+    check_mounted(mount_path, pvc_name)
     if not dataset_dir.is_dir():
         raise ConfigError(f"dataset {dataset_dir} is not a directory")
 

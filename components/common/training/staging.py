@@ -15,11 +15,18 @@ from dataclasses import replace
 from pathlib import Path
 
 from kftune.components.common.bundled import resolve_model
+from kftune.components.common.errors import ConfigError
 from kftune.components.common.storage import is_remote
 from kftune.components.common.training.config import TrainConfig
 
 RUNS_DIR = "kftune-runs"
 CONFIG_FILE = "train_config.json"
+
+
+def check_mounted(mount_path: Path, pvc_name: str) -> None:
+    """Refuse to stage anything when the shared volume is not mounted in this pod at ``mount_path``."""
+    if not mount_path.is_dir():
+        raise ConfigError(f"mount_path {mount_path} is not a directory: the PVC {pvc_name!r} must be mounted there")
 
 
 def stage_run_dir(config: TrainConfig, dataset_dir: Path, run_dir: Path, mount_path: Path) -> TrainConfig:
