@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from kftune.components.common.images import STAGES, ImageScheme
+from tests.tools import in_ci
 
 pytestmark = pytest.mark.docker
 
@@ -30,7 +31,7 @@ def unavailable(reason: str):
     """Skip for a missing engine, SDK or image; fail where they must be there (KFTUNE_REQUIRE_DOCKER=1, CI)."""
     if os.environ.get("KFTUNE_REQUIRE_DOCKER") == "1":
         pytest.fail(f"{reason} (KFTUNE_REQUIRE_DOCKER=1 says this machine must have them)")
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and "SDK" in reason:
+    if in_ci() and "SDK" in reason:
         pytest.fail(f"{reason}; CI=true, where a missing tool is a failure")
     pytest.skip(reason)
 

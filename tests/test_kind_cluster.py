@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from kftune.components.common.images import ImageScheme
+from tests.tools import need, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 KIND_DIR = ROOT / "kind-cluster"
@@ -43,20 +44,8 @@ TOOLS = ("docker", "kind", "nvkind", "kubectl", "helm", "make", "go", "kftune", 
          "sed", "sleep", "grep", "cat", "dirname", "python3")
 
 
-def need(tool: str | None, name: str) -> str:
-    """``tool``'s path. A missing tool skips the test that needs it, saying so, and fails it in CI
-    (``CI=true``): there a missing tool is a failure, not a skip."""
-    if tool:
-        return tool
-    message = f"{name} is not installed (it comes with the dev extra: pip install -e '.[dev]')"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI=true, where a missing tool is a failure")
-    pytest.skip(message)
 
 
-def versions() -> dict[str, str]:
-    lines = (ROOT / "manifests" / "upstream" / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import functools
 import inspect
-import os
 import re
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer, Scenario
 from tests.test_katib import make_request as make_katib_request
 from tests.test_trainjob import make_request as make_trainjob_request
+from tests.tools import need, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -57,21 +57,8 @@ PLACEHOLDER = re.compile(r"^REPLACE_ME_[A-Z0-9_]+$")
 
 
 
-def need(tool: str | None, name: str) -> str:
-    """``tool``'s path. A missing tool skips the test that needs it, saying so, and fails it in CI
-    (``CI=true``): there a missing tool is a failure, not a skip."""
-    if tool:
-        return tool
-    message = f"{name} is not installed (it comes with the dev extra: pip install -e '.[dev]')"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"{message}; CI=true, where a missing tool is a failure")
-    pytest.skip(message)
 
 
-def versions() -> dict[str, str]:
-    """manifests/upstream/versions.env as a dict."""
-    lines = (MANIFESTS / "upstream" / "versions.env").read_text().splitlines()
-    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
 
 
 def kubernetes_version() -> str:
