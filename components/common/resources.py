@@ -93,14 +93,3 @@ def check_toleration(toleration) -> None:
     if operator == "Exists" and toleration.get("value"):
         raise ConfigError(f"tolerations: operator Exists takes no value, got {toleration!r}")
 
-
-def parse_toleration(text: str) -> dict:
-    """``key[=value]:Effect`` (the short form of the compile flag) -> a Kubernetes toleration."""
-    key_value, _, effect = text.rpartition(":")
-    if not key_value or effect not in TOLERATION_EFFECTS:
-        raise ConfigError(f"toleration {text!r}: expected key[=value]:Effect with Effect one of "
-                          f"{', '.join(TOLERATION_EFFECTS)}")
-    key, has_value, value = key_value.partition("=")
-    if has_value:
-        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
-    return {"key": key, "operator": "Exists", "effect": effect}

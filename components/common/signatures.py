@@ -111,13 +111,9 @@ def with_settings(*groups, omit: Iterable[str] = ()) -> Callable:
     return decorate
 
 
-def pick_arguments(component, values: dict) -> dict:
-    """The entries of ``values`` (a pipeline's run parameters) that are settings of ``component``
-    (a KFP component made from a :func:`with_settings` function)."""
-    return {s.name: values[s.name] for s in component.python_func.settings if s.name in values}
-
-
 def settings_task(component, values: dict, **arguments):
-    """A pipeline task of ``component`` with ``arguments`` (artifacts, wiring) and its settings taken
-    from the pipeline's run parameters ``values``."""
-    return component(**arguments, **pick_arguments(component, values))
+    """A pipeline task of ``component`` (made from a :func:`with_settings` function) with
+    ``arguments`` (artifacts, wiring) and its settings taken from the pipeline's run parameters
+    ``values``."""
+    settings = {s.name: values[s.name] for s in component.python_func.settings if s.name in values}
+    return component(**arguments, **settings)

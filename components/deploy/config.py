@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+DEFAULT_RUNTIME = "kftune-onnx"  # the ServingRuntime manifests/ installs
+DEFAULT_MODEL_FORMAT = "kftune-onnx"
+DEFAULT_SERVICE_ACCOUNT = "kftune-serving"
+
 
 @dataclass
 class DeploySettings:
@@ -18,11 +22,11 @@ class DeploySettings:
     """When the gate passes and the model is published, create or update the KServe InferenceService of this name (a DNS-1035 label of at most 47 characters) to serve it. Empty: don't deploy."""  # noqa: E501
     deploy_namespace: str = ""
     """Namespace of the InferenceService (empty: the namespace the pipeline runs in)."""
-    serving_runtime: str = "kftune-onnx"
+    serving_runtime: str = DEFAULT_RUNTIME
     """KServe ServingRuntime that serves the model (manifests/ installs kftune-onnx, which runs kftune serve)."""
-    serving_model_format: str = "kftune-onnx"
+    serving_model_format: str = DEFAULT_MODEL_FORMAT
     """Model format name, one the runtime lists among its supported formats."""
-    serving_service_account: str = "kftune-serving"
+    serving_service_account: str = DEFAULT_SERVICE_ACCOUNT
     """Service account of the predictor pods, whose secrets give KServe's storage initializer access to the model (empty: the namespace's default)."""  # noqa: E501
     serving_min_replicas: int = 1
     """Minimum predictor replicas (0 lets KServe scale to zero when idle, serverless mode)."""

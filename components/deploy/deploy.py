@@ -69,6 +69,7 @@ from kftune.components.common.kube import (
     current_namespace,
     is_dns_subdomain,
 )
+from kftune.components.deploy.config import DEFAULT_MODEL_FORMAT, DEFAULT_RUNTIME, DEFAULT_SERVICE_ACCOUNT
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +80,6 @@ KIND = kserve_constants.KSERVE_KIND_INFERENCESERVICE
 PLURAL = kserve_constants.KSERVE_PLURAL_INFERENCESERVICE
 LABELS = {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "deploy"}
 
-DEFAULT_RUNTIME = "kftune-onnx"
-DEFAULT_MODEL_FORMAT = "kftune-onnx"
-DEFAULT_SERVICE_ACCOUNT = "kftune-serving"
 DEFAULT_TIMEOUT_SECONDS = 15 * 60
 DEFAULT_POLL_SECONDS = 5.0
 # A failure signal must hold this long before the deploy gives up: KServe reports some on the
