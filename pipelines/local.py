@@ -24,18 +24,28 @@ class LocalRunResult:
     def results(self) -> dict:
         """The CLI's ``--results`` document (test-split figures)."""
         ev = self.evaluation
+        task = ev.get("task", "classification")
         model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
-        keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+        if task == "causal-lm":
+            keys = tuple(k for k in ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss") if k in model)
+            artifacts = {"model": str(self.model_dir), "exported": str(self.onnx_dir)}
+            extra = {"answers": ev["answers"], "primary_metric": ev["primary_metric"], "base_model": ev["base_model"]}
+        else:
+            keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+            keys += ("roc_auc",) if "roc_auc" in model else ()
+            artifacts = {"model": str(self.model_dir), "onnx": str(self.onnx_dir / "model.onnx"),
+                         "onnx_dir": str(self.onnx_dir)}
+            extra = {"labels": ev["labels"]}
         return {
-            "model": {k: model[k] for k in keys} | ({"roc_auc": model["roc_auc"]} if "roc_auc" in model else {}),
-            "baseline": {"name": ev["baseline"], **{k: baseline[k] for k in keys}},
-            "baselines": {name: {k: s[k] for k in keys} for name, s in ev["baselines"].items()},
+            "task": task,
+            "model": {k: model[k] for k in keys},
+            "baseline": {"name": ev["baseline"], **{k: baseline[k] for k in keys if k in baseline}},
+            "baselines": {name: {k: s[k] for k in keys if k in s} for name, s in ev["baselines"].items()},
             "delta_vs_baseline": ev["delta_vs_baseline"],
             "passed": self.passed,
             "test_size": ev["test_size"],
-            "labels": ev["labels"],
-            "artifacts": {"model": str(self.model_dir), "onnx": str(self.onnx_dir / "model.onnx"),
-                          "onnx_dir": str(self.onnx_dir), "run_dir": str(self.run_dir)},
+            **extra,
+            "artifacts": artifacts | {"run_dir": str(self.run_dir)},
             "seconds": self.seconds,
         }
 

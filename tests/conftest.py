@@ -77,3 +77,61 @@ def trained(tmp_path_factory, prepared, tiny_model) -> Path:
     train(TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=1e-3,
                       per_device_train_batch_size=16, logging_steps=5), prepared, out)
     return out
+
+
+def make_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide Llama with the bundled SmolLM2's tokenizer (and chat template), random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from kftune.components.common.bundled import bundled_causal_lm_dir
+
+    source = bundled_causal_lm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm") / "model")
+
+
+@pytest.fixture(scope="session")
+def instructions_jsonl(tmp_path_factory) -> Path:
+    """240 prompt/completion pairs from the bundled instruction data (real reviews), as JSON Lines."""
+    from kftune.components.preprocess.reader import read_bundled_instructions
+
+    path = tmp_path_factory.mktemp("instructions") / "reviews.jsonl"
+    read_bundled_instructions().head(240).to_json(path, orient="records", lines=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def prepared_lm(tmp_path_factory, instructions_jsonl, tiny_causal_lm) -> Path:
+    """The instruction slice preprocessed for the tiny causal LM."""
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+
+    out = tmp_path_factory.mktemp("prepared-lm") / "dataset"
+    preprocess(PreprocessConfig(task="causal-lm", data=str(instructions_jsonl), model=str(tiny_causal_lm), seed=1),
+               out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_lm(tmp_path_factory, prepared_lm, tiny_causal_lm) -> Path:
+    """The tiny causal LM fine-tuned with LoRA for 2 epochs in this process (no torchrun)."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+
+    out = tmp_path_factory.mktemp("trained-lm") / "model"
+    train(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=2, learning_rate=1e-2,
+                      per_device_train_batch_size=16, logging_steps=5), prepared_lm, out)
+    return out

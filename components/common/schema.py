@@ -8,6 +8,11 @@ A preprocessed dataset artifact is a directory::
     labels.json      {"id2label": {"0": "negative", ...}, "label2id": {...}}
     tokenizer/       the tokenizer the splits were encoded with
     stats.json       what preprocessing did (rows removed per rule, split sizes, ...)
+
+A causal-lm dataset has no labels.json; its splits hold ``messages`` (the conversation as
+JSON), ``prompt`` (rendered up to the last assistant turn), ``reference`` (that turn),
+``input_ids``, ``labels`` (-100 outside assistant turns), ``length``; and ``task.json`` says
+the task, the allowed answers of short-answer data and the token budgets.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ SPLITS_DIR = "splits"
 LABELS_FILE = "labels.json"
 TOKENIZER_DIR = "tokenizer"
 STATS_FILE = "stats.json"
+TASK_FILE = "task.json"
 
 
 @dataclass(frozen=True)
@@ -61,4 +67,11 @@ def load_splits(dataset_dir: str | Path):
 
     dataset_dir = Path(dataset_dir)
     splits = datasets.load_from_disk(str(dataset_dir / SPLITS_DIR))
-    return splits, LabelMap.load(dataset_dir / LABELS_FILE)
+    labels = dataset_dir / LABELS_FILE
+    return splits, LabelMap.load(labels) if labels.is_file() else None
+
+
+def dataset_task(dataset_dir: str | Path) -> dict:
+    """The dataset's ``task.json`` (``{"task": "classification"}`` for a dataset without one)."""
+    path = Path(dataset_dir) / TASK_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"task": "classification"}

@@ -32,7 +32,6 @@ from typing import Any, Literal
 
 from docstring_parser import parse_from_object
 
-from kftune.components.common.bundled import BUNDLED_MODEL
 from kftune.components.common.errors import ConfigError
 
 TYPES = (str, int, float, bool, dict, list)  # what KFP parameters take
@@ -154,8 +153,8 @@ def settings_from(cls: type, values: dict, **overrides):
 class PretrainedModel:
     """The model fine-tuning starts from."""
 
-    model: str = BUNDLED_MODEL
-    """Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, or a hub id where the hub is reachable."""  # noqa: E501
+    model: str = "auto"
+    """Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, bundled:SmolLM2-135M-Instruct, or a hub id where the hub is reachable; auto: the task's bundled model (classification: bundled:all-MiniLM-L6-v2, causal-lm: bundled:SmolLM2-135M-Instruct)."""  # noqa: E501
 
 
 @dataclass
@@ -164,3 +163,17 @@ class Seeding:
 
     seed: int = 42
     """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
+
+
+@dataclass
+class TaskChoice:
+    """What the run learns. Settings left at ``auto`` take the task's defaults
+    (:mod:`kftune.components.common.tasks`) when a config with this group is built."""
+
+    task: Literal["classification", "causal-lm"] = "classification"
+    """classification (one label per text) or causal-lm (instruction tuning of a causal language model on prompt/completion or chat data)."""  # noqa: E501
+
+    def __post_init__(self) -> None:
+        from kftune.components.common.tasks import apply_task_defaults
+
+        apply_task_defaults(self)

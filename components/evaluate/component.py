@@ -18,7 +18,7 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> bool:
-    """Score the fine-tuned model on the test split against majority and TF-IDF baselines.
+    """Score the fine-tuned model on the test split against baselines (classification: majority and TF-IDF; causal-lm: the base model, zero-shot, on the same prompts).
 
     Args:
         dataset: Tokenized splits from preprocess (the baselines train on its train split).
@@ -44,7 +44,8 @@ def evaluate(
     result = run(model.path, dataset.path, settings_from(EvaluateConfig, values))
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
-    classification.log_confusion_matrix(result["labels"], result["model"]["confusion_matrix"])
+    if "confusion_matrix" in result["model"]:
+        classification.log_confusion_matrix(result["labels"], result["model"]["confusion_matrix"])
     if "roc_curve" in result["model"]:
         curve = result["model"]["roc_curve"]
         # KFP stores the curve in metadata; thin it to keep the artifact small.

@@ -5,19 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import internal
+from kftune.components.common.settings import TaskChoice, internal
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(TaskChoice):
     """Thresholds of the gate, and inference settings."""
 
-    min_accuracy: float = 0.8
-    """Gate: the model's test accuracy must be at least this."""
+    min_accuracy: float = -1.0
+    """Gate: the model's test accuracy (causal-lm: answer accuracy where the answers are a short list, else exact match) must be at least this; -1: the task's (classification: 0.8, causal-lm: 0.0)."""  # noqa: E501
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
     min_gain_over_baseline: float = 0.0
     """Gate: the model's test accuracy must exceed the TF-IDF baseline's by at least this."""
+    max_new_tokens: int = 0
+    """causal-lm: greedy generations of the test prompts stop after this many tokens; 0: the longest training completion plus 4 (at most 256)."""  # noqa: E501
     batch_size: int = internal(128)
 
     def validate(self) -> None:
@@ -26,5 +28,7 @@ class EvaluateConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not -1 <= self.min_gain_over_baseline <= 1:
             raise ConfigError(f"min_gain_over_baseline must be in [-1, 1], got {self.min_gain_over_baseline}")
+        if self.max_new_tokens < 0:
+            raise ConfigError(f"max_new_tokens must be >= 0 (0: from the data), got {self.max_new_tokens}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")

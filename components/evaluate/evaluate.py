@@ -8,6 +8,7 @@ when the model reaches the given thresholds.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,10 @@ def tfidf_baseline(train_texts, train_labels, test_texts, seed: int = 0):
 def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateConfig) -> dict:
     """Score the model and the baselines on the test split; return the full result."""
     config.validate()
+    if config.task == "causal-lm":
+        from kftune.components.evaluate.generation import evaluate_causal_lm
+
+        return evaluate_causal_lm(model_dir, dataset_dir, replace(config, batch_size=min(config.batch_size, 16)))
     splits, label_map = load_splits(dataset_dir)
     names = list(label_map.names)
     model = load_classifier(model_dir)
@@ -109,6 +114,7 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateCon
             deltas["accuracy"] >= config.min_gain_over_baseline,
     }
     result = {
+        "task": "classification",
         "labels": names,
         "test_size": len(test),
         "model": model_scores,
@@ -128,6 +134,13 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateCon
 
 def flat_metrics(result: dict) -> dict[str, float]:
     """Scalars for a KFP ``Metrics`` artifact: model, baselines, deltas, gate."""
+    if result.get("task") == "causal-lm":
+        flat = {f"{who}_{k}": v for who, scores in (("model", result["model"]),
+                                                   ("base_model", result["baselines"]["base_model"]))
+                for k, v in scores.items()}
+        flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        flat["passed"] = float(result["passed"])
+        return flat
     flat = {f"model_{k}": result["model"][k] for k in SUMMARY_KEYS}
     if "roc_auc" in result["model"]:
         flat["model_roc_auc"] = result["model"]["roc_auc"]

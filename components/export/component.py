@@ -16,12 +16,12 @@ def export(
     onnx_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Export the fine-tuned model to ONNX (dynamic batch and sequence axes) and verify it.
+    """Export the fine-tuned model and verify it: classification to ONNX (dynamic batch and sequence axes), causal-lm as a Hugging Face directory (merged weights, and the LoRA adapter).
 
     Args:
         dataset: Tokenized splits from preprocess; parity is checked on the test split.
         model: Fine-tuned Hugging Face model from train.
-        onnx_model: Output: model.onnx (and model.int8.onnx), tokenizer and config.
+        onnx_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; causal-lm: the merged Hugging Face model and adapter/.
         metrics: Output: parity figures, accuracies and file sizes.
     """
     values = dict(locals())
@@ -31,13 +31,16 @@ def export(
 
     config = settings_from(ExportConfig, values)
     report = export_model(model.path, dataset.path, onnx_model.path, config)
-    metrics.log_metric("parity_max_abs_logit_diff", report["parity"]["max_abs_logit_diff"])
-    metrics.log_metric("parity_prediction_mismatches", report["parity"]["prediction_mismatches"])
-    for name, value in report["accuracy"].items():
+    for name, value in report["parity"].items():
+        metrics.log_metric(f"parity_{name}", value)
+    for name, value in report.get("accuracy", {}).items():
         metrics.log_metric(f"test_accuracy_{name}", value)
     for name, value in report["size_bytes"].items():
         metrics.log_metric(f"size_mb_{name}", round(value / 2**20, 2))
-    onnx_model.metadata.update({"framework": "onnx", "opset": config.opset, "files": report["files"]})
+    if config.task == "causal-lm":
+        onnx_model.metadata.update({"framework": "huggingface", "task": config.task, "files": report["files"]})
+    else:
+        onnx_model.metadata.update({"framework": "onnx", "opset": config.opset, "files": report["files"]})
 
 
 def component(images: ImageScheme = ImageScheme()):

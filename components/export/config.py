@@ -5,19 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import internal
+from kftune.components.common.settings import TaskChoice, internal
 
 
 @dataclass
-class ExportConfig:
-    """ONNX export settings and the parity tolerance."""
+class ExportConfig(TaskChoice):
+    """Export settings (classification: ONNX; causal-lm: a Hugging Face directory) and the parity tolerance."""
 
     opset: int = 17
     """ONNX opset version."""
     atol: float = 1e-3
-    """Largest allowed absolute difference between PyTorch and ONNX Runtime logits on the test split."""
+    """Largest allowed absolute difference between the trained model's logits and the export's on the test split (causal-lm: the base model + adapter against the merged model)."""  # noqa: E501
     quantize_int8: bool = True
-    """Also export an int8 dynamically quantized ONNX model (model.int8.onnx) and report its accuracy."""
+    """Also export an int8 dynamically quantized ONNX model (model.int8.onnx) and report its accuracy (classification)."""  # noqa: E501
     batch_size: int = internal(64)
 
     def validate(self) -> None:

@@ -98,6 +98,8 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
     from transformers import AutoTokenizer
 
     config.validate()
+    if config.task == "causal-lm":
+        return export_causal_lm(model_dir, dataset_dir, output_dir, config)
     model_dir = Path(model_dir)
     model = load_classifier(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -153,5 +155,90 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
         if (model_dir / LABELS_FILE).is_file():
             shutil.copy(model_dir / LABELS_FILE, tmp / LABELS_FILE)
         report["size_bytes"] = {name: (tmp / f).stat().st_size for name, f in report["files"].items()}
+        (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+PARITY_PROMPTS = 32
+
+
+def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
+                     config: ExportConfig) -> dict:
+    """causal-lm: the merged model as a Hugging Face directory, the LoRA adapter in ``adapter/``, both checked.
+
+    Both are reloaded from what was written and run on the first test prompts: the merged copy
+    must give exactly the trained model's greedy tokens (the same weights), and base model +
+    adapter its logits within ``atol`` (merging changes floating-point sums) — or nothing is
+    written.
+    """
+    import torch
+
+    from kftune.components.common.bundled import resolve_model
+    from kftune.components.common.schema import TASK_FILE, dataset_task
+    from kftune.components.common.training.causal_lm import ADAPTER_DIR, CausalCollator
+    from kftune.components.evaluate.generation import generate, load_causal_lm, max_new_tokens_for
+
+    config.validate()
+    model_dir = Path(model_dir)
+    splits, _ = load_splits(dataset_dir)
+    info = dataset_task(dataset_dir)
+    test = splits["test"].select(range(min(PARITY_PROMPTS, len(splits["test"]))))
+    prompts = list(test["prompt"])
+    max_new = max_new_tokens_for(info, 0)
+    trained, tokenizer = load_causal_lm(model_dir)
+    expected = generate(trained, tokenizer, prompts, max_new, desc="trained model answers")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    batch = CausalCollator(test, pad_id)(range(len(test)))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    with torch.no_grad():
+        reference_logits = trained(**inputs).logits
+    history = json.loads((model_dir / "training_history.json").read_text(encoding="utf-8"))
+    del trained
+
+    with atomic_directory(output_dir) as tmp:
+        for path in model_dir.iterdir():
+            if path.is_dir():
+                shutil.copytree(path, tmp / path.name)
+            else:
+                shutil.copy2(path, tmp / path.name)
+        merged, merged_tokenizer = load_causal_lm(tmp)
+        reloaded = generate(merged, merged_tokenizer, prompts, max_new, desc="exported model answers")
+        differing = sum(a != b for a, b in zip(expected, reloaded, strict=True))
+        if differing:
+            raise KftuneError(f"export of {model_dir}: the reloaded merged model answers {differing} of "
+                              f"{len(prompts)} test prompts differently from the trained model")
+        parity = {"prompts": len(prompts), "merged_generation_mismatches": 0}
+        files = {"model": "model.safetensors"}
+        if (tmp / ADAPTER_DIR).is_dir():
+            from peft import PeftModel
+
+            base, _ = load_causal_lm(resolve_model(history["config"]["model"]))
+            adapted = PeftModel.from_pretrained(base, str(tmp / ADAPTER_DIR)).eval()
+            with torch.no_grad():
+                diff = float((adapted(**inputs).logits - reference_logits).abs().max())
+            adapter_answers = generate(adapted, merged_tokenizer, prompts, max_new, desc="base + adapter answers")
+            agreement = float(np.mean([a == b for a, b in zip(expected, adapter_answers, strict=True)]))
+            log.info("adapter parity on %d test prompts: max |logit diff| %.2e, %.0f%% identical answers",
+                     len(prompts), diff, 100 * agreement)
+            if diff > config.atol:
+                raise KftuneError(f"export of {model_dir}: base model + adapter differs from the merged model by "
+                                  f"{diff:.3e} in the logits (allowed {config.atol:.1e})")
+            parity |= {"adapter_max_abs_logit_diff": diff, "adapter_generation_agreement": agreement}
+            files["adapter"] = ADAPTER_DIR
+        report = {
+            "task": "causal-lm",
+            "format": "huggingface",
+            "base_model": history["config"]["model"],
+            "training_mode": history["config"]["training_mode"],
+            "parity": parity,
+            "files": files,
+            "config": asdict(config),
+            "max_seq_length": int(info.get("max_seq_length") or 0) or _max_seq_length(Path(dataset_dir)),
+            "max_new_tokens": max_new,
+            "answers": info.get("answers") or [],
+        }
+        if not (tmp / TASK_FILE).is_file():
+            (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        report["size_bytes"] = {"model": (tmp / "model.safetensors").stat().st_size}
         (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

@@ -5,24 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kftune.components.common.bundled import BUNDLED_DATA
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.schema import LABEL, TEXT
-from kftune.components.common.settings import PretrainedModel, Seeding, check_choices
+from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, check_choices
 
 
 @dataclass
 class DataSource:
     """The labelled input data."""
 
-    data: str = BUNDLED_DATA
-    """Labelled text: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), or bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative)."""  # noqa: E501
+    data: str = "auto"
+    """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative) or bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs); auto: the task's bundled data."""  # noqa: E501
     text_column: str = TEXT
     """Column holding the text."""
     label_column: str = LABEL
     """Column holding the label (strings or integers, two or more classes)."""
     data_format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf-disk"] = "auto"
     """File format; auto reads it from the file name."""
+
+
+@dataclass
+class Instructions:
+    """Instruction data (task causal-lm)."""
+
+    instruction_format: Literal["auto", "prompt-completion", "alpaca", "messages"] = "auto"
+    """Columns of instruction data: prompt + completion, instruction + input + output (alpaca), or messages (a list of {role, content}); auto: the first whose columns are there."""  # noqa: E501
+    overlong: Literal["drop", "truncate_prompt"] = "drop"
+    """Examples longer than max_seq_length tokens: drop them (counted in the data report), or truncate_prompt: cut the last user message from its end until they fit."""  # noqa: E501
 
 
 @dataclass
@@ -55,12 +64,13 @@ class Augmentation:
 class Tokenization:
     """How texts become token ids (with the pretrained model's fast tokenizer)."""
 
-    max_seq_length: int = 128
-    """Texts are tokenized and truncated to this many tokens."""
+    max_seq_length: int = 0
+    """Texts are tokenized and truncated to this many tokens (causal-lm: prompt and completion together); 0: the task's (classification: 128, causal-lm: 256)."""  # noqa: E501
 
 
 @dataclass
-class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, PretrainedModel, DataSource):
+class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, Instructions, PretrainedModel, DataSource,
+                       TaskChoice):
     """What preprocessing does. Defaults are those of the finetune pipeline."""
 
     def validate(self) -> None:

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.bundled import resolve_model
+from kftune.components.common.bundled import BUNDLED_DATA, INSTRUCTION_DATA, resolve_model
+from kftune.components.common.chat import PLAIN_TEMPLATE
 from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.schema import (
     LABEL,
@@ -35,7 +36,7 @@ from kftune.components.common.schema import (
 )
 from kftune.components.common.text import clean_text
 from kftune.components.preprocess.config import PreprocessConfig
-from kftune.components.preprocess.reader import read_labelled_data
+from kftune.components.preprocess.reader import read_frame, read_labelled_data
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,9 @@ def prepare_rows(config: PreprocessConfig) -> tuple[pd.DataFrame, int, dict]:
     is loaded; the CLI calls it to fail fast before starting a pipeline.
     """
     config.validate()
+    if config.data == INSTRUCTION_DATA:
+        raise ConfigError(f"data {INSTRUCTION_DATA} is instruction data for task causal-lm; task classification "
+                          f"takes labelled text ({BUNDLED_DATA} is the bundled one)")
     frame = read_labelled_data(config.data, config.text_column, config.label_column, config.data_format)
     rows_read = len(frame)
     frame, removed = clean_dataset(frame, config)
@@ -217,6 +221,9 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     """Run the whole stage; write the dataset artifact to ``output_dir``; return its stats."""
     import datasets
     from transformers import AutoTokenizer
+
+    if config.task == "causal-lm":
+        return preprocess_instructions(config, output_dir)
 
     source = config.data
     frame, rows_read, removed = prepare_rows(config)
@@ -292,4 +299,95 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
         sum(removed.values()),
     )
     stats["_lengths"] = lengths
+    return stats
+
+
+def prepare_instructions(config: PreprocessConfig, tokenizer=None):
+    """causal-lm: read, recognise, clean and encode the instruction data: (rows, rows read, removed, layout).
+
+    Like :func:`prepare_rows`, everything that can be wrong with the input shows up here."""
+    from transformers import AutoTokenizer
+
+    from kftune.components.common.chat import ensure_chat_template
+    from kftune.components.preprocess import instructions
+    from kftune.components.preprocess.reader import read_bundled_instructions
+
+    config.validate()
+    if config.data == INSTRUCTION_DATA:
+        frame, source = read_bundled_instructions(), config.data
+    elif config.data == BUNDLED_DATA:
+        raise ConfigError(f"data {BUNDLED_DATA} is labelled text for task classification; task causal-lm "
+                          f"takes instruction data ({INSTRUCTION_DATA} is the bundled one)")
+    else:
+        frame, source = read_frame(config.data, config.data_format)
+    layout = instructions.detect_layout(frame, config.instruction_format, source)
+    chats = instructions.conversations(frame, layout, source)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model), use_fast=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    ensure_chat_template(tokenizer)
+    rows, removed = instructions.clean_and_encode(chats, tokenizer, config.max_seq_length, config.overlong, source)
+    if config.max_rows and config.max_rows < len(rows):
+        rows = rows.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
+    if len(rows) < 10:
+        raise DataError(f"{source}: {len(rows)} examples after cleaning; a train/validation/test split needs at "
+                        "least 10")
+    return rows, len(frame), removed, layout, tokenizer
+
+
+def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) -> dict:
+    """The stage for task causal-lm: write the dataset artifact of instruction data; return its stats."""
+    import datasets
+    from sklearn.model_selection import train_test_split
+
+    from kftune.components.common.chat import normalise_answer
+    from kftune.components.common.schema import TASK_FILE
+    from kftune.components.preprocess import instructions
+
+    rows, rows_read, removed, layout, tokenizer = prepare_instructions(config)
+    answers = instructions.answer_set(rows[instructions.REFERENCE].tolist())
+    stratify = rows[instructions.REFERENCE].map(normalise_answer) if answers else None
+    rest, test = train_test_split(rows, test_size=config.test_fraction, random_state=config.seed, stratify=stratify)
+    val_share = config.validation_fraction / (1 - config.test_fraction)
+    train, validation = train_test_split(
+        rest, test_size=val_share, random_state=config.seed,
+        stratify=rest[instructions.REFERENCE].map(normalise_answer) if answers else None)
+    parts = {"train": train, "validation": validation, "test": test}
+    dataset = datasets.DatasetDict(
+        {name: datasets.Dataset.from_pandas(part.reset_index(drop=True), preserve_index=False)
+         for name, part in parts.items()})
+    lengths = np.asarray(rows[LENGTH])
+    completion = np.asarray(rows["completion_length"])
+    stats = {
+        "task": "causal-lm",
+        "source": config.data,
+        "instruction_format": layout,
+        "chat_template": "model" if tokenizer.chat_template != PLAIN_TEMPLATE else "plain",
+        "rows_read": rows_read,
+        "removed": {k: v for k, v in removed.items() if k in instructions.RULES},
+        "prompt_truncated": removed["prompt_truncated"],
+        "rows_clean": int(len(rows)),
+        "rows_used": int(len(rows)),
+        "answers": answers,
+        "split_sizes": {name: len(dataset[name]) for name in SPLITS},
+        "token_length": {
+            "p50": float(np.percentile(lengths, 50)),
+            "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()),
+            "completion_p95": float(np.percentile(completion, 95)),
+            "completion_max": int(completion.max()),
+        },
+        "config": asdict(config),
+    }
+    task_info = {"task": "causal-lm", "answers": answers, "max_seq_length": config.max_seq_length,
+                 "completion_max_tokens": int(completion.max()), "instruction_format": layout}
+    with atomic_directory(output_dir) as tmp:
+        dataset.save_to_disk(str(tmp / SPLITS_DIR))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / TASK_FILE).write_text(json.dumps(task_info, indent=2), encoding="utf-8")
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    log.info("preprocessed %d %s examples -> %s (removed %s)", rows_read, layout, stats["split_sizes"],
+             {k: v for k, v in removed.items() if v})
+    stats["_lengths"] = {name: np.asarray(dataset[name][LENGTH]) for name in SPLITS}
     return stats

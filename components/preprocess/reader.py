@@ -133,6 +133,26 @@ def read_bundled() -> pd.DataFrame:
     )
 
 
+INSTRUCTION_PROMPT = (
+    "Is the following movie review positive or negative? Answer with one word: positive or negative.\n\n"
+    "Review: {text}"
+)
+"""The bundled instruction task's prompt: it states the task and the allowed answers, so the base
+model, asked zero-shot, knows what is wanted (a fair baseline)."""
+INSTRUCTION_ROWS = 1600
+"""Reviews in the bundled instruction data: sized so that ``kftune run --task causal-lm`` finishes
+within 15 minutes on 2 CPU cores."""
+
+
+def read_bundled_instructions() -> pd.DataFrame:
+    """The bundled reviews as prompt/completion pairs: a seeded sample of :data:`INSTRUCTION_ROWS`."""
+    reviews = read_bundled().sample(frac=1.0, random_state=0).head(INSTRUCTION_ROWS)
+    from kftune.components.common.text import clean_text
+
+    return pd.DataFrame({"prompt": [INSTRUCTION_PROMPT.format(text=clean_text(str(t))) for t in reviews[TEXT]],
+                         "completion": reviews[LABEL].to_numpy()})
+
+
 def _read_file(path: Path, data_format: str) -> pd.DataFrame:
     fmt = detect_format(path) if data_format == "auto" else data_format
     reader = {
@@ -153,6 +173,33 @@ def _fetch_remote(uri: str, dest: Path) -> str:
     return str(paths[0]) if single and not uri.endswith("/") else str(dest / "data")
 
 
+def read_frame(data: str, data_format: str = "auto") -> tuple[pd.DataFrame, str]:
+    """Read ``data`` as it is: (every column of every row, the local path read, for messages).
+
+    ``data`` is a local file or directory (a ``save_to_disk`` directory, or a directory of shards
+    in one format, read in name order) or an ``s3://`` / ``gs://`` object or prefix of shards
+    (credentials from the environment); ``data_format`` one of ``FORMATS`` (``auto`` infers it).
+    """
+    if data_format not in FORMATS:
+        raise DataError(f"unknown data format {data_format!r}; expected one of {', '.join(FORMATS)}")
+    if is_remote(data):
+        with tempfile.TemporaryDirectory(prefix="kftune-ingest-") as tmp:
+            local = _fetch_remote(data, Path(tmp))
+            try:
+                frame, _ = read_frame(local, data_format)
+            except DataError as e:  # name the object, not the temporary copy
+                raise DataError(str(e).replace(local, data.rstrip("/"))) from None
+            return frame, data.rstrip("/")
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_dir() and not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():
+        shards = sorted(p for p in path.rglob("*") if p.is_file())
+        if shards and data_format != "hf-disk":  # a directory of shards: read each, in name order
+            return pd.concat([_read_file(p, data_format) for p in shards], ignore_index=True), str(path)
+    return _read_file(path, data_format), str(path)
+
+
 def read_labelled_data(
     data: str,
     text_column: str = TEXT,
@@ -162,35 +209,14 @@ def read_labelled_data(
     """Read ``data`` and return a frame with exactly the columns ``text`` and ``label``.
 
     Args:
-        data: A local file or directory (a ``save_to_disk`` directory, or a directory of shards
-            in one format, read in name order), an ``s3://`` / ``gs://`` object or prefix of
-            shards (credentials from the environment), or ``bundled:rotten-tomatoes``.
+        data: What :func:`read_frame` reads, or ``bundled:rotten-tomatoes``.
         text_column: Column holding the text.
         label_column: Column holding the label (strings or integers).
         data_format: One of ``FORMATS``; ``auto`` infers it from the path.
     """
     if data == bundled.BUNDLED_DATA:
         return read_bundled()
-    if data_format not in FORMATS:
-        raise DataError(f"unknown data format {data_format!r}; expected one of {', '.join(FORMATS)}")
-    if is_remote(data):
-        with tempfile.TemporaryDirectory(prefix="kftune-ingest-") as tmp:
-            local = _fetch_remote(data, Path(tmp))
-            try:
-                return read_labelled_data(local, text_column, label_column, data_format)
-            except DataError as e:  # name the object, not the temporary copy
-                raise DataError(str(e).replace(local, data.rstrip("/"))) from None
-    path = Path(data)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or directory")
-    if path.is_dir() and not (path / "dataset_dict.json").is_file() and not (path / "state.json").is_file():
-        shards = sorted(p for p in path.rglob("*") if p.is_file())
-        if shards and data_format != "hf-disk":  # a directory of shards: read each, in name order
-            frame = pd.concat([_read_file(p, data_format) for p in shards], ignore_index=True)
-        else:
-            frame = _read_file(path, data_format)
-    else:
-        frame = _read_file(path, data_format)
+    frame, path = read_frame(data, data_format)
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         available = ", ".join(map(str, frame.columns)) or "(none)"

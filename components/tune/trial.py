@@ -67,7 +67,7 @@ def run_trial(
         result.update(
             state=PRUNED if "pruned_at_epoch" in history else COMPLETE,
             score=history["best_score"],
-            metrics={f"val_{name}": best[f"val_{name}"] for name in VAL_METRICS},
+            metrics={f"val_{name}": best[f"val_{name}"] for name in VAL_METRICS if f"val_{name}" in best},
             epoch_scores=[e[f"val_{metric}"] for e in history["epochs"]],
             best_epoch=history["best_epoch"],
         )

@@ -32,7 +32,7 @@ def preflight(arguments: dict) -> None:
     from kftune.components.common.training.loop import resolve_precision
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import prepare_rows
+    from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows
 
     config = settings_from(TrainConfig, arguments)
     config.validate()
@@ -48,8 +48,12 @@ def preflight(arguments: dict) -> None:
                           "there); a local run can publish (--publish-uri) and serve it (kftune serve)")
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     settings_from(EvaluateConfig, arguments).validate()
-    resolve_model(arguments["model"])
-    prepare_rows(settings_from(PreprocessConfig, arguments))
+    resolve_model(config.model)
+    prepare = settings_from(PreprocessConfig, arguments)
+    if prepare.task == "causal-lm":
+        prepare_instructions(prepare)
+    else:
+        prepare_rows(prepare)
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
@@ -65,7 +69,10 @@ def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = Fals
 
 def _print_artifacts(results: dict, seconds: float, results_file: Path | None) -> None:
     print(f"fine-tuned model: {results['artifacts']['model']}")
-    print(f"ONNX model:       {results['artifacts']['onnx']}")
+    if "onnx" in results["artifacts"]:
+        print(f"ONNX model:       {results['artifacts']['onnx']}")
+    else:
+        print(f"exported model:   {results['artifacts']['exported']}")
     print(f"wall time:        {seconds:.0f} s")
     if results["artifacts"].get("log"):
         print(f"log file:         {results['artifacts']['log']}")

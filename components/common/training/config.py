@@ -17,18 +17,25 @@ from pathlib import Path
 from typing import Literal
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import PretrainedModel, Seeding, check_choices, internal, searchable
+from kftune.components.common.settings import (
+    PretrainedModel,
+    Seeding,
+    TaskChoice,
+    check_choices,
+    internal,
+    searchable,
+)
 
-BestMetric = Literal["f1_macro", "accuracy", "loss"]
-BEST_METRICS = typing.get_args(BestMetric)
+BestMetric = Literal["auto", "f1_macro", "accuracy", "loss"]
+BEST_METRICS = typing.get_args(BestMetric)[1:]
 
 
 @dataclass
 class Optimization:
     """AdamW with linear warmup and decay."""
 
-    learning_rate: float = searchable(1e-4)
-    """Peak AdamW learning rate (linear warmup, then linear decay)."""
+    learning_rate: float = searchable(0.0)
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 1e-4, causal-lm: 1e-3)."""  # noqa: E501
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
@@ -45,10 +52,10 @@ class Optimization:
 class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
-    num_train_epochs: int = searchable(3)
-    """Passes over the training split."""
-    per_device_train_batch_size: int = searchable(32)
-    """Examples per training process per micro-batch."""
+    num_train_epochs: int = searchable(0)
+    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1)."""
+    per_device_train_batch_size: int = searchable(0)
+    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8)."""
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
@@ -65,14 +72,18 @@ class Batching:
     """auto: bf16 where the hardware is fast at it, else fp16 with loss scaling on CUDA, else fp32; fp16 needs CUDA."""
     logging_steps: int = 50
     """Log the training loss every this many optimizer steps."""
+    packing: bool = True
+    """causal-lm: concatenate a micro-batch's examples into one sequence, attention and positions kept within each example (no padding computed; the same result as padded batches); off: pad to the longest. Classification always pads."""  # noqa: E501
+    gradient_checkpointing: bool = False
+    """causal-lm: recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)."""  # noqa: E501
 
 
 @dataclass
 class ModelSelection:
     """Which epoch's model is kept, and when training stops early."""
 
-    metric_for_best_model: BestMetric = "f1_macro"
-    """Validation metric that picks the best epoch (and that a search optimises)."""
+    metric_for_best_model: BestMetric = "auto"
+    """Validation metric that picks the best epoch (and that a search optimises); auto: the task's (classification: f1_macro, causal-lm: loss; a causal LM has only loss)."""  # noqa: E501
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
     train_on: Literal["train", "train+validation"] = "train"
@@ -83,8 +94,8 @@ class ModelSelection:
 class Adapters:
     """What is trained: the whole model, the head, or peft adapters."""
 
-    training_mode: Literal["full", "freeze_encoder", "lora", "prompt_tuning"] = "full"
-    """full fine-tuning, freeze_encoder (train the head only), lora or prompt_tuning (peft)."""
+    training_mode: Literal["auto", "full", "freeze_encoder", "lora", "qlora", "prompt_tuning"] = "auto"
+    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora)."""  # noqa: E501
     lora_r: int = searchable(8)
     """LoRA rank (training_mode lora)."""
     lora_alpha: int = searchable(16)
@@ -92,7 +103,7 @@ class Adapters:
     lora_dropout: float = searchable(0.1)
     """Dropout on the LoRA branch."""
     lora_target_modules: str = ""
-    """Comma-separated module names LoRA adapts (empty: peft's default for the architecture)."""
+    """Comma-separated module names LoRA adapts (empty: classification peft's default for the architecture, causal-lm all linear layers)."""  # noqa: E501
     num_virtual_tokens: int = 20
     """Prompt tuning: trained virtual tokens prepended to every input."""
 
@@ -110,7 +121,9 @@ class Checkpointing:
 
 
 @dataclass
-class TrainConfig(Checkpointing, Adapters, ModelSelection, Batching, Optimization, PretrainedModel, Seeding):
+class TrainConfig(
+    Checkpointing, Adapters, ModelSelection, Batching, Optimization, PretrainedModel, Seeding, TaskChoice
+):
     """How to fine-tune: every group the training loop reads."""
 
     pruning: str = internal("")
@@ -148,6 +161,15 @@ class TrainConfig(Checkpointing, Adapters, ModelSelection, Batching, Optimizatio
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.task == "causal-lm":
+            if self.training_mode in ("freeze_encoder", "prompt_tuning"):
+                raise ConfigError(f"training_mode {self.training_mode} is for task classification; causal-lm trains "
+                                  "full, lora or qlora")
+            if self.metric_for_best_model != "loss":
+                raise ConfigError(f"metric_for_best_model {self.metric_for_best_model} needs labels; task causal-lm "
+                                  "selects and searches on validation loss")
+        elif self.training_mode == "qlora":
+            raise ConfigError("training_mode qlora is for task causal-lm (a 4-bit base model under LoRA)")
         for name in ("early_stopping_patience", "max_steps", "save_steps", "save_total_limit", "max_train_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -39,7 +39,15 @@ from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.modeling import build_classifier, save_classifier, trainable_parameters
-from kftune.components.common.schema import LABELS_FILE, LENGTH, TOKENIZER_DIR, load_splits
+from kftune.components.common.schema import LABELS_FILE, LENGTH, TASK_FILE, TOKENIZER_DIR, load_splits
+from kftune.components.common.training.causal_lm import (
+    PEFT_MODES,
+    CausalCollator,
+    build_causal_lm,
+    causal_training_loss,
+    evaluate_causal,
+    save_causal_lm,
+)
 from kftune.components.common.training.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.progress import ProgressLine
@@ -292,10 +300,30 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
 
     splits, label_map = load_splits(dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / TOKENIZER_DIR))
-    model = build_classifier(
-        config, len(label_map), label_map.id2label, label_map.label2id, resolve_model(config.model)
-    )
-    model.to(device).train()
+    causal = config.task == "causal-lm"
+    if causal != (label_map is None):
+        raise ConfigError(f"{dataset_dir} was preprocessed for another task than {config.task}; preprocess it with "
+                          f"task={config.task}")
+    base_path = resolve_model(config.model)
+    if causal:
+        model = build_causal_lm(config, base_path, device)
+    else:
+        model = build_classifier(config, len(label_map), label_map.id2label, label_map.label2id, base_path)
+    if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
+        model.to(device)
+    model.train()
+    frozen_base = causal and config.training_mode in PEFT_MODES
+    trained_names = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def model_state() -> dict:
+        """What checkpoints keep of the model: with a frozen base (LoRA), the trained weights only."""
+        state = model.state_dict()
+        return {k: v for k, v in state.items() if k in trained_names} if frozen_base else state
+
+    def load_model_state(state: dict) -> None:
+        missing, unexpected = model.load_state_dict(state, strict=not frozen_base)
+        if unexpected:
+            raise ConfigError(f"checkpoint weights do not fit the model: {unexpected[:3]}")
     ddp_model = (
         torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
         if distributed
@@ -308,8 +336,15 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         from datasets import concatenate_datasets
 
         train_split = concatenate_datasets([train_split, val_split])
-    collate_train = Collator(train_split, tokenizer, config.max_train_length)
-    collate_val = Collator(val_split, tokenizer, config.max_train_length)
+    if causal:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collate_train = CausalCollator(train_split, pad_id, config.max_train_length, config.packing)
+        collate_val = CausalCollator(val_split, pad_id, config.max_train_length, config.packing)
+    else:
+        collate_train = Collator(train_split, tokenizer, config.max_train_length)
+        collate_val = Collator(val_split, tokenizer, config.max_train_length)
+    loss_of = causal_training_loss if causal else training_loss
+    evaluate = evaluate_causal if causal else evaluate_split
     lengths = np.asarray(train_split[LENGTH])
     val_lengths = np.asarray(val_split[LENGTH])
     if config.max_train_length:
@@ -349,7 +384,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 state["world_size"],
                 world,
             )
-        model.load_state_dict(state["model"])
+        load_model_state(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -379,7 +414,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 "done": done,
                 "world_size": world,
                 "config": asdict(config),
-                "model": model.state_dict(),
+                "model": model_state(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -417,7 +452,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         if first == 0:
             progress = {"loss_sum": 0.0, "loss_count": 0}
         epoch_start = window_start = time.perf_counter()
-        window_samples, samples_this_run = 0, 0
+        window_samples, samples_this_run, tokens_this_run = 0, 0, 0
         for micro in range(first, len(mine)):
             indices = mine[micro]
             batch = {k: v.to(device, non_blocking=True) for k, v in collate_train(indices).items()}
@@ -425,12 +460,13 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             sync = ddp_model.no_sync() if distributed and not last_of_group else contextlib.nullcontext()
             with sync:
                 with autocast(device, precision):
-                    loss = training_loss(ddp_model, batch, config.label_smoothing)
+                    loss = loss_of(ddp_model, batch, config.label_smoothing)
                 scaler.scale(loss / accum).backward()
             progress["loss_sum"] += loss.item()
             progress["loss_count"] += 1
             window_samples += len(indices) * world
             samples_this_run += len(indices) * world
+            tokens_this_run += int(lengths[indices].sum()) * world
             if not last_of_group:
                 continue
             if config.max_grad_norm:
@@ -480,30 +516,29 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
 
         result = [None]
         if is_main:
-            val = evaluate_split(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
+            val = evaluate(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
             score = val[config.metric_for_best_model]
             improved = keep_last or best_score is None or (
                 score > best_score if higher_is_better else score < best_score
             )
             if improved:
                 best_score, best_epoch = score, epoch
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model_state().items()}
             record = {
                 "epoch": epoch + 1,
                 "train_loss": progress["loss_sum"] / max(1, progress["loss_count"]),
                 "train_samples_per_second": samples_this_run / epoch_seconds,
+                "train_tokens_per_second": tokens_this_run / epoch_seconds,
                 "epoch_seconds": epoch_seconds,
                 **{f"val_{k}": v for k, v in val.items()},
             }
             history["epochs"].append(record)
             log.info(
-                "epoch %d done in %.1fs (%.1f samples/s): val loss %.4f accuracy %.4f f1_macro %.4f%s",
+                "epoch %d done in %.1fs (%.1f samples/s): val %s%s",
                 epoch + 1,
                 epoch_seconds,
                 record["train_samples_per_second"],
-                val["loss"],
-                val["accuracy"],
-                val["f1_macro"],
+                " ".join(f"{k} {v:.4f}" for k, v in val.items()),
                 " (best)" if improved else "",
             )
             progress_line.epoch(epoch + 1, config.metric_for_best_model, score)
@@ -539,11 +574,15 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             precision=precision,
             training_mode=config.training_mode,
         )
-        model.load_state_dict(best_state)
+        load_model_state(best_state)
         with atomic_directory(output_dir) as tmp:
-            save_classifier(model, tmp, config.training_mode)
+            if causal:
+                save_causal_lm(model, tmp, config, base_path)
+                shutil.copy(dataset_dir / TASK_FILE, tmp / TASK_FILE)
+            else:
+                save_classifier(model, tmp, config.training_mode)
+                shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
             tokenizer.save_pretrained(str(tmp))
-            shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
             (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2), encoding="utf-8")
         log.info(
             "best epoch %d (%s %.4f); model written to %s",

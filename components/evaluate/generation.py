@@ -1,0 +1,162 @@
+"""Evaluate a fine-tuned causal LM against its base model, zero-shot on the same prompts.
+
+Both models answer every test prompt greedily (``max_new_tokens`` bounded, batched, with a
+progress bar). Scores per model:
+
+- ``exact_match``: the generation equals the reference after normalisation (case folded,
+  surrounding whitespace and punctuation stripped: :func:`~kftune.components.common.chat.normalise_answer`);
+- ``answer_accuracy`` (short-answer data, whose references take a few distinct values): the
+  allowed answer the generation *starts with* equals the reference's;
+- ``rouge_l``: ROUGE-L F-measure (Google's ``rouge-score``);
+- ``loss`` / ``perplexity`` on the reference tokens (teacher forcing).
+
+The baseline is the base model itself, asked the same prompts; a fair comparison needs
+prompts that state the task and the allowed answers (the bundled data's do), so that a gain is
+more than learning the answer format. The gate compares the task's primary score
+(``answer_accuracy`` where it applies, else ``exact_match``) with ``min_accuracy`` and the
+base model's by ``min_gain_over_baseline``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kftune.components.common.bundled import resolve_model
+from kftune.components.common.chat import normalise_answer, read_answer
+from kftune.components.common.schema import dataset_task, load_splits
+
+log = logging.getLogger(__name__)
+
+GENERATION_LIMIT = 256
+SCORES = ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss")
+SAMPLES = 20
+
+
+def load_causal_lm(directory: str | Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(str(directory))
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+             desc: str = "generating") -> list[str]:
+    """Greedy completions of rendered ``prompts`` (in order), batched in length order, left-padded."""
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    order = np.argsort(lengths, kind="stable")
+    out: list[str] = [""] * len(prompts)
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=2):
+        chunk = order[start : start + batch_size]
+        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                             pad_token_id=tokenizer.pad_token_id)
+        texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        for i, text in zip(chunk, texts, strict=True):
+            out[i] = text
+    return out
+
+
+def generation_scores(generations: list[str], references: list[str], answers: list[str]) -> dict:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = {
+        "exact_match": float(np.mean([normalise_answer(g) == normalise_answer(r)
+                                      for g, r in zip(generations, references, strict=True)])),
+        "rouge_l": float(np.mean([scorer.score(r, g)["rougeL"].fmeasure
+                                  for g, r in zip(generations, references, strict=True)])),
+    }
+    if answers:
+        read = [read_answer(g, answers) for g in generations]
+        scores["answer_accuracy"] = float(np.mean([a == normalise_answer(r) for a, r in zip(read, references,
+                                                                                              strict=True)]))
+        scores["unanswered"] = float(np.mean([a == "" for a in read]))
+    return scores
+
+
+@torch.no_grad()
+def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
+    from kftune.components.common.training.causal_lm import CausalCollator, token_losses
+
+    collate = CausalCollator(split, pad_id, packing=True)
+    total, count = 0.0, 0
+    for start in range(0, len(split), batch_size):
+        loss, n = token_losses(model, collate(range(start, min(start + batch_size, len(split)))))
+        total, count = total + loss.item(), count + n
+    return total / max(count, 1)
+
+
+def max_new_tokens_for(info: dict, setting: int) -> int:
+    """``setting``, or (0) the longest training completion plus a margin, at most :data:`GENERATION_LIMIT`."""
+    return setting or min(GENERATION_LIMIT, int(info.get("completion_max_tokens", 64)) + 4)
+
+
+def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, config) -> dict:
+    """Score the fine-tuned model and its base model on the test split; gate the fine-tuned one."""
+    splits, _ = load_splits(dataset_dir)
+    info = dataset_task(dataset_dir)
+    test = splits["test"]
+    prompts, references = list(test["prompt"]), list(test["reference"])
+    answers = info.get("answers") or []
+    history = json.loads((Path(model_dir) / "training_history.json").read_text(encoding="utf-8"))
+    base_name = history["config"]["model"]
+    max_new = max_new_tokens_for(info, config.max_new_tokens)
+
+    results, generations = {}, {}
+    for name, path in (("fine_tuned", model_dir), ("base_model", resolve_model(base_name))):
+        model, tokenizer = load_causal_lm(path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if name == "base_model":  # the dataset's tokenizer: the same chat template the prompts were rendered with
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(Path(dataset_dir) / "tokenizer"))
+        generations[name] = generate(model, tokenizer, prompts, max_new, config.batch_size, desc=f"{name} answers")
+        scores = generation_scores(generations[name], references, answers)
+        scores["loss"] = reference_loss(model, test, pad_id)
+        scores["perplexity"] = float(np.exp(min(scores["loss"], 50.0)))
+        results[name] = scores
+        del model
+    model_scores, base = results["fine_tuned"], results["base_model"]
+    primary = "answer_accuracy" if answers else "exact_match"
+    deltas = {k: model_scores[k] - base[k] for k in ("exact_match", "answer_accuracy", "rouge_l") if k in base}
+    deltas["perplexity"] = base["perplexity"] - model_scores["perplexity"]  # positive: the fine-tuned model is better
+    checks = {
+        f"{primary} >= {config.min_accuracy}": model_scores[primary] >= config.min_accuracy,
+        f"{primary} - base model {primary} >= {config.min_gain_over_baseline}":
+            deltas[primary] >= config.min_gain_over_baseline,
+    }
+    result = {
+        "task": "causal-lm",
+        "test_size": len(test),
+        "primary_metric": primary,
+        "answers": answers,
+        "max_new_tokens": max_new,
+        "model": model_scores,
+        "baselines": {"base_model": base},
+        "baseline": "base_model",
+        "base_model": base_name,
+        "delta_vs_baseline": deltas,
+        "checks": checks,
+        "passed": all(checks.values()),
+        "samples": [
+            {"prompt": json.loads(test[i]["messages"])[-2]["content"] if len(json.loads(test[i]["messages"])) > 1
+             else prompts[i], "reference": references[i], "base_model": generations["base_model"][i],
+             "fine_tuned": generations["fine_tuned"][i]}
+            for i in range(min(SAMPLES, len(test)))
+        ],
+    }
+    log.info("test %s %.4f (base model %.4f), exact match %.4f (%.4f), perplexity %.2f (%.2f); gate %s",
+             primary, model_scores[primary], base[primary], model_scores["exact_match"], base["exact_match"],
+             model_scores["perplexity"], base["perplexity"], "passed" if result["passed"] else "failed")
+    return result

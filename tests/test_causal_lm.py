@@ -1,0 +1,260 @@
+"""Task causal-lm: instruction data in its three layouts, completion-only labels, packing equal to
+padding, LoRA training with exact resume after SIGKILL, evaluation against the base model, and
+an export whose merged model and adapter reproduce the trained model. On a tiny random Llama
+with the bundled SmolLM2 tokenizer (its real chat template)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from kftune.components.common.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
+from kftune.components.common.errors import ConfigError, DataError
+from kftune.components.common.training.causal_lm import CausalCollator, token_losses
+from kftune.components.common.training.checkpoint import latest_checkpoint
+from kftune.components.common.training.config import TrainConfig
+from kftune.components.preprocess.config import PreprocessConfig
+from kftune.components.preprocess.preprocess import prepare_instructions, preprocess
+
+
+def _config(data: Path, model: Path, **overrides) -> PreprocessConfig:
+    return PreprocessConfig(task="causal-lm", data=str(data), model=str(model), **overrides)
+
+
+# --- settings ---------------------------------------------------------------------------------------
+
+def test_auto_settings_take_the_tasks_defaults_and_explicit_values_win():
+    classification, causal = TrainConfig(), TrainConfig(task="causal-lm")
+    assert (classification.training_mode, classification.metric_for_best_model, classification.learning_rate,
+            classification.model) == ("full", "f1_macro", 1e-4, "bundled:all-MiniLM-L6-v2")
+    assert (causal.training_mode, causal.metric_for_best_model, causal.model) == (
+        "lora", "loss", "bundled:SmolLM2-135M-Instruct")
+    assert TrainConfig(task="causal-lm", training_mode="full", learning_rate=3e-5).training_mode == "full"
+    assert PreprocessConfig(task="causal-lm").data == "bundled:rotten-tomatoes-instructions"
+    with pytest.raises(ConfigError, match="needs labels"):
+        TrainConfig(task="causal-lm", metric_for_best_model="f1_macro").validate()
+    with pytest.raises(ConfigError, match="for task classification"):
+        TrainConfig(task="causal-lm", training_mode="prompt_tuning").validate()
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+def test_three_layouts_give_the_same_conversations(tmp_path, tiny_causal_lm):
+    rows = [("Say yes.", "yes"), ("Say no.", "no"), ("Name a colour.", "blue")] * 4
+    rows = [(f"{p} ({i})", c) for i, (p, c) in enumerate(rows)]
+    pd.DataFrame({"prompt": [p for p, _ in rows], "completion": [c for _, c in rows]}).to_csv(tmp_path / "pc.csv")
+    pd.DataFrame({"instruction": [p for p, _ in rows], "input": "", "output": [c for _, c in rows]}).to_parquet(
+        tmp_path / "alpaca.parquet")
+    with open(tmp_path / "chat.jsonl", "w") as f:
+        for p, c in rows:
+            f.write(json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": c}]})
+                    + "\n")
+    encoded = {}
+    for name in ("pc.csv", "alpaca.parquet", "chat.jsonl"):
+        frame, _, removed, layout, _ = prepare_instructions(_config(tmp_path / name, tiny_causal_lm))
+        encoded[layout] = frame
+        assert removed["too_long"] == 0
+    assert set(encoded) == {"prompt-completion", "alpaca", "messages"}
+    ids = [frame["input_ids"].tolist() for frame in encoded.values()]
+    assert ids[0] == ids[1] == ids[2]
+
+
+def test_labels_cover_exactly_the_assistant_turn(tmp_path, tiny_causal_lm):
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "d.jsonl"
+    pd.DataFrame({"prompt": [f"Question {i}?" for i in range(12)], "completion": [f"Answer {i}." for i in range(12)]}
+                 ).to_json(path, orient="records", lines=True)
+    frame, *_ = prepare_instructions(_config(path, tiny_causal_lm))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    row = frame.iloc[3]
+    trained = [t for t in row["labels"] if t != -100]
+    assert tokenizer.decode(trained).startswith("Answer 3.<|im_end|>")
+    first = row["labels"].index(trained[0]) if isinstance(row["labels"], list) else list(row["labels"]).index(
+        trained[0])
+    assert tokenizer.decode(row["input_ids"][:first]).endswith("<|im_start|>assistant\n")
+    assert row["prompt"].endswith("<|im_start|>assistant\n") and row["reference"] == "Answer 3."
+
+
+def test_a_model_without_chat_template_gets_the_plain_one(tmp_path, tiny_causal_lm):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_causal_lm, model)
+    (model / "chat_template.jinja").unlink()
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    path = tmp_path / "d.jsonl"
+    pd.DataFrame({"prompt": [f"Q{i}" for i in range(12)], "completion": [f"A{i}" for i in range(12)]}).to_json(
+        path, orient="records", lines=True)
+    frame, _, _, _, tokenizer = prepare_instructions(_config(path, model))
+    assert tokenizer.chat_template == PLAIN_TEMPLATE
+    assert frame.iloc[0]["prompt"] == "### Instruction:\nQ0\n\n### Response:\n"
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([{"question": "a", "answer": "b"}] * 12, r"no recognisable instruction columns \(found: question, answer\)"),
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}] * 3
+     + [{"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yo"}]}],
+     r"row 4: unknown role 'robot'"),
+    ([{"prompt": f"p{i}", "completion": "c"} for i in range(5)] + [{"prompt": "p", "completion": "  "}],
+     r"row 6: empty completion \(completion\)"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], r"row 1: the conversation ends with a user message"),
+    ([{"prompt": "word " * 400, "completion": "c"}] * 12, r"every example is longer than max_seq_length=256"),
+])
+def test_bad_instruction_data_gets_one_line_naming_file_and_row(tmp_path, tiny_causal_lm, rows, message):
+    path = _jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError, match=message) as error:
+        preprocess(_config(path, tiny_causal_lm), tmp_path / "out")
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_overlong_examples_are_dropped_or_truncated_on_the_prompt_side(tmp_path, tiny_causal_lm):
+    rows = [{"prompt": f"short {i}", "completion": "ok"} for i in range(11)]
+    rows.append({"prompt": "long " * 300 + "END", "completion": "ok"})
+    path = _jsonl(tmp_path / "d.jsonl", rows)
+    _, _, removed, _, _ = prepare_instructions(_config(path, tiny_causal_lm, max_seq_length=64))
+    assert removed["too_long"] == 1 and removed["prompt_truncated"] == 0
+    frame, _, removed, _, _ = prepare_instructions(_config(path, tiny_causal_lm, max_seq_length=64,
+                                                           overlong="truncate_prompt"))
+    assert removed["too_long"] == 0 and removed["prompt_truncated"] == 1
+    long = frame[frame["prompt"].str.contains("long")].iloc[0]
+    assert len(long["input_ids"]) <= 64 and "END" not in long["prompt"] and long["reference"] == "ok"
+
+
+def test_dataset_artifact_and_report(prepared_lm):
+    stats = json.loads((prepared_lm / "stats.json").read_text())
+    assert stats["task"] == "causal-lm" and stats["answers"] == ["negative", "positive"]
+    assert sum(stats["split_sizes"].values()) == stats["rows_used"]
+    assert json.loads((prepared_lm / "task.json").read_text())["completion_max_tokens"] >= 2
+
+
+def test_answer_normalisation():
+    assert normalise_answer("  Positive.\n") == "positive"
+    assert read_answer("Positive! The review praises it.", ["negative", "positive"]) == "positive"
+    assert read_answer("The review is positive", ["negative", "positive"]) == ""
+    assert read_answer("positively", ["negative", "positive"]) == ""
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_lm, tiny_causal_lm):
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    split = load_from_disk(str(prepared_lm / "splits"))["train"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
+    results = []
+    for packing in (False, True):
+        model.zero_grad()
+        batch = CausalCollator(split, 2, packing=packing)(list(range(8)))
+        total, count = token_losses(model, batch)
+        (total / count).backward()
+        results.append((total.item(), count, model.model.layers[0].mlp.up_proj.weight.grad.clone()))
+    (padded, n_padded, g_padded), (packed, n_packed, g_packed) = results
+    assert n_padded == n_packed > 0
+    assert packed == pytest.approx(padded, rel=1e-5)
+    torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
+
+
+def test_lora_training_writes_merged_model_and_adapter(trained_lm):
+    history = json.loads((trained_lm / "training_history.json").read_text())
+    assert history["best_metric"] == "loss" and history["training_mode"] == "lora"
+    assert {"val_loss", "val_perplexity"} <= set(history["epochs"][0])
+    assert history["epochs"][-1]["val_loss"] < history["epochs"][0]["train_loss"]
+    assert (trained_lm / "model.safetensors").is_file() and (trained_lm / "adapter" / "adapter_config.json").is_file()
+    adapter = load_file(trained_lm / "adapter" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+
+
+def _lm_config(model: Path, checkpoint_dir: Path) -> TrainConfig:
+    return TrainConfig(task="causal-lm", model=str(model), num_train_epochs=2, per_device_train_batch_size=4,
+                       learning_rate=5e-3, save_steps=5, save_total_limit=0, early_stopping_patience=0,
+                       logging_steps=5, checkpoint_dir=str(checkpoint_dir))
+
+
+def _run(config: TrainConfig, dataset: Path, out: Path, work: Path) -> list[str]:
+    work.mkdir(parents=True, exist_ok=True)
+    config.to_json(work / "config.json")
+    return [sys.executable, "-m", "kftune.components.common.training.loop", "--config", str(work / "config.json"),
+            "--dataset", str(dataset), "--output", str(out)]
+
+
+def test_sigkill_mid_training_then_rerun_gives_identical_lora_weights(tmp_path, prepared_lm, tiny_causal_lm):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    clean = _run(_lm_config(tiny_causal_lm, tmp_path / "a.ckpt"), prepared_lm, tmp_path / "a", tmp_path / "a.work")
+    subprocess.run(clean, env=env, check=True, capture_output=True)
+
+    command = _run(_lm_config(tiny_causal_lm, tmp_path / "b.ckpt"), prepared_lm, tmp_path / "b", tmp_path / "b.work")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "b.ckpt" / "checkpoint-00000060").exists():  # 48 steps an epoch: mid-epoch 2
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before the checkpoint"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "b").exists()
+    state = latest_checkpoint(tmp_path / "b.ckpt")[1]
+    assert state["micro"] > 0 and all("lora_" in k for k in state["model"]), "a mid-epoch checkpoint of LoRA weights"
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "resumed from" in rerun.stdout
+    before = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
+    after = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
+# --- evaluation and export --------------------------------------------------------------------------
+
+def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm, prepared_lm):
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate, flat_metrics
+    from kftune.components.evaluate.report import evaluation_report_html
+
+    result = evaluate(trained_lm, prepared_lm, EvaluateConfig(task="causal-lm", min_gain_over_baseline=-1))
+    assert result["baseline"] == "base_model" and result["primary_metric"] == "answer_accuracy"
+    for scores in (result["model"], result["baselines"]["base_model"]):
+        assert {"exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss"} <= set(scores)
+        assert 0 <= scores["exact_match"] <= scores["answer_accuracy"] <= 1 or scores["exact_match"] <= 1
+    assert result["model"]["loss"] < result["baselines"]["base_model"]["loss"]  # training lowered it
+    assert result["delta_vs_baseline"]["perplexity"] > 0
+    assert len(result["samples"]) == min(20, result["test_size"])
+    html = evaluation_report_html(result)
+    assert "Sample answers" in html and "base model" in html
+    assert flat_metrics(result)["passed"] == float(result["passed"])
+
+
+def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm):
+    from kftune.components.evaluate.generation import generate, load_causal_lm
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+
+    report = export_model(trained_lm, prepared_lm, tmp_path / "export", ExportConfig(task="causal-lm"))
+    assert report["task"] == "causal-lm" and report["parity"]["merged_generation_mismatches"] == 0
+    assert report["parity"]["adapter_max_abs_logit_diff"] < 1e-4
+    assert report["parity"]["adapter_generation_agreement"] == 1.0
+    from datasets import load_from_disk
+
+    prompts = load_from_disk(str(prepared_lm / "splits"))["test"]["prompt"][:6]
+    exported = generate(*load_causal_lm(tmp_path / "export"), prompts, 6)
+    trained = generate(*load_causal_lm(trained_lm), prompts, 6)
+    assert exported == trained
