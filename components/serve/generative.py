@@ -106,7 +106,14 @@ class Sampling(BaseModel):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _some_prompt(cls, prompt):
+        if not prompt:
+            raise ValueError("prompt is empty; expected some text (or a list of texts)")
+        return prompt
 
 
 class TextPart(BaseModel):
