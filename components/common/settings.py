@@ -164,3 +164,11 @@ class Seeding:
 
     seed: int = 42
     """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
+
+
+@dataclass
+class TaskChoice:
+    """What the run learns."""
+
+    task: Literal["classification", "causal-lm"] = "classification"
+    """classification (one label per text) or causal-lm (instruction tuning of a causal language model on prompt/completion or chat data)."""  # noqa: E501
