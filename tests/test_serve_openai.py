@@ -196,3 +196,31 @@ def test_other_errors(client, server):
     r = requests.post(f"{server}/v1/models/{MODEL_NAME}:predict", json={"instances": ["x"]}, timeout=10)
     assert r.status_code == 400 and "/openai/v1/completions" in r.text
     assert client.completions.create(model=MODEL_NAME, prompt=PROMPT, max_tokens=1).usage.completion_tokens == 1
+
+
+def test_the_export_says_what_is_served(tmp_path, export):
+    from kftune.components.common.errors import DataError
+    from kftune.components.serve.serve import export_task
+
+    assert export_task(export) == "causal-lm"
+    (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    assert export_task(tmp_path) == "causal-lm"  # no report: the architecture says it
+    (tmp_path / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+    assert export_task(tmp_path) == "classification"
+    (tmp_path / "export_report.json").write_text('{"task": "regression"}')
+    with pytest.raises(DataError, match="names task 'regression'"):
+        export_task(tmp_path)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--workers", "2"], "a causal LM is served by one HTTP worker"),
+    (["--int8"], "a causal LM has none"),
+    (["--max-seq-length", "1024"], "exceeds the model's max_position_embeddings (512)"),
+])  # fmt: skip
+def test_cli_errors_are_one_line(export, capsys, extra, message):
+    from kftune.cli import main
+
+    assert main(["serve", str(export), "--no-grpc", *extra]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("kftune: error:")]
+    assert "Traceback" not in err and len(errors) == 1 and message in errors[0], err
