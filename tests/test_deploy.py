@@ -17,6 +17,7 @@ from kftune.components.common import kube as kube_helpers
 from kftune.components.common.cluster_resource import ResourceApi
 from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.deploy import deploy as deploy_module
+from kftune.components.deploy.config import DeploySettings
 from kftune.components.deploy.deploy import (
     OTHER_IMPLEMENTATIONS,
     DeployRequest,
@@ -176,6 +177,63 @@ def test_the_other_implementations_are_predictor_fields():
     assert "model" in fields and "model" not in OTHER_IMPLEMENTATIONS
 
 
+# --- causal LMs ---------------------------------------------------------------------------------
+
+
+def causal_lm_request(**settings) -> DeployRequest:
+    """What the deploy component asks for with ``task="causal-lm"``."""
+    values = dict(deploy_name="assistant", deploy_namespace="team-a") | settings
+    return DeploySettings(**values).request("s3://models/assistant/v2", "causal-lm")
+
+
+def test_causal_lm_spec_names_the_hugging_face_runtime_and_its_arguments():
+    request = causal_lm_request(serving_gpus=1, serving_max_model_len=512, serving_cpu="4", serving_memory="8Gi")
+    doc = inference_service_doc(request)
+    isvc = sdk_model(doc, "V1beta1InferenceService")  # every field one the kserve SDK's models have
+    with client.ApiClient() as serializer:
+        rebuilt = serializer.sanitize_for_serialization(isvc)
+    rebuilt["spec"]["predictor"]["model"].pop("name")
+    assert rebuilt == doc
+    resources = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert doc["spec"]["predictor"]["model"] == {
+        "modelFormat": {"name": "huggingface"},
+        "runtime": "kserve-huggingfaceserver",
+        "storageUri": "s3://models/assistant/v2",
+        "args": ["--model_name=assistant", "--task=text_generation", "--max_model_len=512"],
+        "resources": {"requests": resources, "limits": resources},
+    }
+    assert isvc.spec.predictor.model.args == doc["spec"]["predictor"]["model"]["args"]
+    assert isvc.spec.predictor.model.resources.limits == resources
+
+
+def test_causal_lm_defaults_leave_the_context_to_the_model_and_take_no_gpu():
+    model = inference_service_doc(causal_lm_request())["spec"]["predictor"]["model"]
+    assert model["args"] == ["--model_name=assistant", "--task=text_generation"]
+    assert model["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    runtime = causal_lm_request(causal_lm_serving_runtime="hf-vllm-gpu")
+    assert inference_service_doc(runtime)["spec"]["predictor"]["model"]["runtime"] == "hf-vllm-gpu"
+    # classification is unchanged: kftune's runtime, no container arguments
+    classification = DeploySettings(deploy_name="sentiment", deploy_namespace="team-a").request("s3://m/v1")
+    model = inference_service_doc(classification)["spec"]["predictor"]["model"]
+    assert (model["runtime"], model["modelFormat"], "args" in model) == ("kftune-onnx", {"name": "kftune-onnx"}, False)
+
+
+def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
+    causal = causal_lm_request(serving_gpus=1)
+    existing = inference_service_doc(causal)
+    back = DeploySettings(deploy_name="assistant", deploy_namespace="team-a").request("s3://models/other/v1")
+    patch = update_patch(back, existing)
+    sdk_model({k: v for k, v in patch["spec"]["predictor"].items() if v is not None}, "V1beta1PredictorSpec")
+    model = merge_patch(existing, patch)["spec"]["predictor"]["model"]
+    assert "args" not in model  # the Hugging Face runtime's arguments would break kftune serve
+    assert model["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    assert (model["runtime"], model["modelFormat"]["name"]) == ("kftune-onnx", "kftune-onnx")
+
+    model = merge_patch(merge_patch(existing, patch), update_patch(causal, existing))["spec"]["predictor"]["model"]
+    assert model["args"] == ["--model_name=assistant", "--task=text_generation"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -206,6 +264,11 @@ def test_the_other_implementations_are_predictor_fields():
         ("cpu", "0", "cpu must be > 0"),
         ("memory", "2 GB", "memory must be a Kubernetes quantity"),
         ("memory", "-2Gi", "memory must be > 0"),
+        ("task", "regression", "task must be one of classification, causal-lm"),
+        ("gpus", -1, "gpus and max_model_len must be >= 0"),
+        ("max_model_len", -1, "gpus and max_model_len must be >= 0"),
+        ("gpus", 1, "apply to task 'causal-lm'"),
+        ("max_model_len", 512, "apply to task 'causal-lm'"),
     ],
 )
 def test_bad_inputs_are_rejected_naming_the_parameter(field, value, message):
@@ -603,13 +666,17 @@ def test_component_interface():
         "deploy_namespace": ("String", ""),
         "serving_runtime": ("String", "kftune-onnx"),
         "serving_model_format": ("String", "kftune-onnx"),
+        "causal_lm_serving_runtime": ("String", "kserve-huggingfaceserver"),
         "serving_service_account": ("String", "kftune-serving"),
         "serving_min_replicas": ("Integer", 1),
         "serving_max_replicas": ("Integer", 1),
         "canary_traffic_percent": ("Integer", -1),
         "serving_cpu": ("String", "1"),
         "serving_memory": ("String", "2Gi"),
+        "serving_gpus": ("Integer", 0),
+        "serving_max_model_len": ("Integer", 0),
         "deploy_timeout_minutes": ("Float", 15.0),
+        "task": ("String", "classification"),
     }
     assert {name: o.type for name, o in spec.outputs.items()} == {"Output": "String"}
     assert all(i.description for i in spec.inputs.values()), "every parameter needs an Args: line (the UI shows it)"
@@ -629,6 +696,16 @@ def test_component_function_deploys_through_the_kubeconfig(kube, tmp_path, monke
     assert url == "http://sentiment.team-a.example.com"
     model = server.inference_services[("team-a", "sentiment")].isvc["spec"]["predictor"]["model"]
     assert model["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
+
+    # task="causal-lm", as the pipelines pass it: the Hugging Face runtime, checked by the SDK's models
+    deploy_component(model_uri="s3://models/assistant/v1", deploy_name="assistant", task="causal-lm",
+                     serving_max_model_len=256, deploy_timeout_minutes=1)
+    (post,) = [r for r in server.calls("POST") if r.body["metadata"]["name"] == "assistant"]
+    sent = sdk_model(post.body, "V1beta1InferenceService").spec.predictor.model
+    assert (sent.runtime, sent.model_format.name) == ("kserve-huggingfaceserver", "huggingface")
+    assert sent.args == ["--model_name=assistant", "--task=text_generation", "--max_model_len=256"]
+    with pytest.raises(ConfigError, match="task must be one of"):
+        deploy_component(model_uri="s3://models/a/v1", deploy_name="assistant", task="regression")
 
 
 @pytest.mark.slow

@@ -10,13 +10,14 @@ from the secrets of ``serving_service_account``, the predictor's service account
 from kfp import dsl
 
 from kftune.components.common.images import ImageScheme
+from kftune.components.common.settings import TaskChoice
 from kftune.components.common.signatures import with_settings
 from kftune.components.deploy.config import DeploySettings
 
 
-@with_settings(DeploySettings)
+@with_settings(DeploySettings, TaskChoice)
 def deploy(model_uri: str) -> str:
-    """Create or update the KServe InferenceService deploy_name serving the model at model_uri, wait until it is Ready, and return its URL.
+    """Create or update the KServe InferenceService deploy_name serving the model at model_uri (a classification model on serving_runtime, a causal-lm model on causal_lm_serving_runtime), wait until it is Ready, and return its URL.
 
     Args:
         model_uri: The published model version to serve: s3://bucket/path, gs://bucket/path, pvc://claim/path or http(s)://; KServe's storage initializer copies it to /mnt/models.
@@ -27,13 +28,16 @@ def deploy(model_uri: str) -> str:
     values = dict(locals())
     import logging
 
-    from kftune.components.common.settings import settings_from
+    from kftune.components.common.settings import TaskChoice, check_choices, settings_from
     from kftune.components.deploy.config import DeploySettings
     from kftune.components.deploy.deploy import deploy_inference_service
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(DeploySettings, values)
-    return deploy_inference_service(settings.request(model_uri), timeout_seconds=settings.deploy_timeout_minutes * 60)["url"]
+    task = settings_from(TaskChoice, values)
+    check_choices(task)
+    request = settings.request(model_uri, task.task)
+    return deploy_inference_service(request, timeout_seconds=settings.deploy_timeout_minutes * 60)["url"]
 
 
 def component(images: ImageScheme = ImageScheme()):

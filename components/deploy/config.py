@@ -12,6 +12,8 @@ from dataclasses import dataclass
 DEFAULT_RUNTIME = "kftune-onnx"  # the ServingRuntime manifests/ installs
 DEFAULT_MODEL_FORMAT = "kftune-onnx"
 DEFAULT_SERVICE_ACCOUNT = "kftune-serving"
+CAUSAL_LM_RUNTIME = "kserve-huggingfaceserver"  # the ClusterServingRuntime KServe installs
+CAUSAL_LM_MODEL_FORMAT = "huggingface"  # the one it supports
 
 
 @dataclass
@@ -23,9 +25,11 @@ class DeploySettings:
     deploy_namespace: str = ""
     """Namespace of the InferenceService (empty: the namespace the pipeline runs in)."""
     serving_runtime: str = DEFAULT_RUNTIME
-    """KServe ServingRuntime that serves the model (manifests/ installs kftune-onnx, which runs kftune serve)."""
+    """KServe ServingRuntime that serves a classification model (manifests/ installs kftune-onnx, which runs kftune serve)."""  # noqa: E501
     serving_model_format: str = DEFAULT_MODEL_FORMAT
-    """Model format name, one the runtime lists among its supported formats."""
+    """Model format name of a classification model, one the runtime lists among its supported formats."""
+    causal_lm_serving_runtime: str = CAUSAL_LM_RUNTIME
+    """KServe ServingRuntime (or ClusterServingRuntime) that serves a causal-lm model, with model format huggingface: KServe's Hugging Face runtime (vLLM on a GPU, transformers on a CPU; OpenAI completions and chat completions)."""  # noqa: E501
     serving_service_account: str = DEFAULT_SERVICE_ACCOUNT
     """Service account of the predictor pods, whose secrets give KServe's storage initializer access to the model (empty: the namespace's default)."""  # noqa: E501
     serving_min_replicas: int = 1
@@ -38,16 +42,26 @@ class DeploySettings:
     """CPU request and limit of each predictor replica, a Kubernetes quantity such as 1 or 500m."""
     serving_memory: str = "2Gi"
     """Memory request and limit of each predictor replica, a Kubernetes quantity such as 2Gi."""
+    serving_gpus: int = 0
+    """GPUs (nvidia.com/gpu) of each predictor replica, for a causal-lm model (KServe's Hugging Face runtime then generates with vLLM); 0 for classification."""  # noqa: E501
+    serving_max_model_len: int = 0
+    """causal-lm: the most tokens of prompt and completion the served model takes (the runtime's --max_model_len); 0: the model's own limit (max_position_embeddings). Give the run's max_seq_length to serve what was trained."""  # noqa: E501
     deploy_timeout_minutes: float = 15.0
     """How long to wait for the InferenceService to become Ready before failing (it is left in place either way)."""
 
-    def request(self, model_uri: str):
-        """The checked DeployRequest for ``model_uri`` (raises ConfigError naming a bad value)."""
+    def request(self, model_uri: str, task: str = "classification"):
+        """The checked DeployRequest for the ``task``'s model at ``model_uri`` (raises ConfigError naming a bad
+        value): a causal-lm model goes to ``causal_lm_serving_runtime`` as format huggingface."""
         from kftune.components.deploy.deploy import DeployRequest
 
+        if task == "causal-lm":
+            runtime, model_format = self.causal_lm_serving_runtime, CAUSAL_LM_MODEL_FORMAT
+        else:
+            runtime, model_format = self.serving_runtime, self.serving_model_format
         return DeployRequest(
-            model_uri=model_uri, name=self.deploy_name, namespace=self.deploy_namespace, runtime=self.serving_runtime,
-            model_format=self.serving_model_format, service_account=self.serving_service_account,
+            model_uri=model_uri, name=self.deploy_name, namespace=self.deploy_namespace, runtime=runtime,
+            model_format=model_format, service_account=self.serving_service_account,
             min_replicas=self.serving_min_replicas, max_replicas=self.serving_max_replicas,
             canary_traffic_percent=self.canary_traffic_percent, cpu=self.serving_cpu, memory=self.serving_memory,
+            task=task, gpus=self.serving_gpus, max_model_len=self.serving_max_model_len,
         )

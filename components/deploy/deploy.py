@@ -1,6 +1,7 @@
 """Serving: create or update a KServe ``InferenceService`` for a published model and wait until it is Ready.
 
-The predictor names the model by format and runtime, not by image::
+The predictor names the model by format and runtime, not by image. A classification model
+(``task="classification"``)::
 
     spec.predictor:
       serviceAccountName: kftune-serving        # its secrets let the storage initializer read storageUri
@@ -12,6 +13,21 @@ The predictor names the model by format and runtime, not by image::
         runtime: kftune-onnx                    # the ServingRuntime (manifests/) that runs `kftune serve`
         storageUri: s3://models/sentiment/v3    # downloaded to /mnt/models before the server starts
         resources: {requests: {cpu: "1", memory: 2Gi}, limits: {cpu: "1", memory: 2Gi}}
+
+A causal LM (``task="causal-lm"``) goes to KServe's Hugging Face runtime, which loads the merged
+model at the export's root from /mnt/models (with vLLM where it has a GPU, transformers
+otherwise) and serves OpenAI's completions and chat completions::
+
+      model:
+        modelFormat: {name: huggingface}
+        runtime: kserve-huggingfaceserver       # KServe's ClusterServingRuntime
+        storageUri: s3://models/assistant/v2
+        args: [--model_name=assistant, --task=text_generation, --max_model_len=512]
+        resources: {requests: {cpu: "4", memory: 8Gi, nvidia.com/gpu: "1"}, limits: {...the same}}
+
+The export's LoRA adapter (``adapter/``) is not served: the export's root already holds the
+merged model, and vLLM's ``--lora-modules`` applies an adapter on top of the *base* model, which
+the published export does not contain.
 
 The document is built from the kserve SDK's own models and serialized by the Kubernetes client.
 A new InferenceService is created; an existing one is updated with a JSON merge patch of its
@@ -70,6 +86,11 @@ from kftune.components.common.kube import (
     is_dns_subdomain,
 )
 from kftune.components.deploy.config import DEFAULT_MODEL_FORMAT, DEFAULT_RUNTIME, DEFAULT_SERVICE_ACCOUNT
+
+TASKS = ("classification", "causal-lm")
+GPU_RESOURCE = "nvidia.com/gpu"
+# KServe's Hugging Face runtime (python/huggingfaceserver/huggingfaceserver/__main__.py): its MLTask names
+HF_TEXT_GENERATION = "text_generation"
 
 logger = logging.getLogger(__name__)
 
@@ -145,11 +166,25 @@ class DeployRequest:
     """CPU request and limit per replica, a Kubernetes quantity."""
     memory: str = "2Gi"
     """Memory request and limit per replica, a Kubernetes quantity."""
+    task: str = "classification"
+    """What the model does: ``classification`` (kftune's ONNX runtime) or ``causal-lm`` (a Hugging Face causal
+    LM, served by KServe's Hugging Face runtime, which is then given its arguments)."""
+    gpus: int = 0
+    """GPUs (``nvidia.com/gpu``) requested and limited per replica (causal-lm only)."""
+    max_model_len: int = 0
+    """causal-lm: the runtime's ``--max_model_len``, the most tokens of prompt and completion (0: the model's
+    ``max_position_embeddings``)."""
 
     def __post_init__(self):
         if self.namespace == "":
             self.namespace = current_namespace()
         self.validate()
+
+    @property
+    def sizing(self) -> str:
+        """The replicas and their resources, for the log."""
+        gpus = f", {self.gpus} GPU" if self.gpus else ""
+        return f"{self.min_replicas}-{self.max_replicas} replica(s) of {self.cpu} CPU, {self.memory}{gpus}"
 
     @property
     def canary(self) -> int | None:
@@ -176,7 +211,16 @@ class DeployRequest:
                 f"service_account must be a service account name (a DNS-1123 subdomain) or '' for the namespace's "
                 f"default, got {self.service_account!r}"
             )
-        check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent"))
+        if self.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+        check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent", "gpus", "max_model_len"))
+        if self.gpus < 0 or self.max_model_len < 0:
+            raise ConfigError(f"gpus and max_model_len must be >= 0, got {self.gpus}, {self.max_model_len}")
+        if self.task == "classification" and (self.gpus or self.max_model_len):
+            raise ConfigError(
+                f"gpus ({self.gpus}) and max_model_len ({self.max_model_len}) apply to task 'causal-lm'; a "
+                "classification model is served by kftune serve on ONNX Runtime (CPU), so leave them 0"
+            )
         if self.max_replicas < 1:
             raise ConfigError(f"max_replicas must be >= 1, got {self.max_replicas}")
         if not 0 <= self.min_replicas <= self.max_replicas:
@@ -220,6 +264,8 @@ def build_inference_service(request: DeployRequest, *, update: bool = False) -> 
     """
     request.validate()
     resources = {"cpu": request.cpu, "memory": request.memory}
+    if request.gpus:
+        resources[GPU_RESOURCE] = str(request.gpus)
     predictor = kserve.V1beta1PredictorSpec(
         service_account_name=request.service_account or None,
         min_replicas=request.min_replicas,
@@ -230,6 +276,7 @@ def build_inference_service(request: DeployRequest, *, update: bool = False) -> 
             runtime=request.runtime,
             storage_uri=request.model_uri,
             resources=client.V1ResourceRequirements(requests=dict(resources), limits=dict(resources)),
+            args=runtime_args(request) or None,
         ),
     )
     return kserve.V1beta1InferenceService(
@@ -238,6 +285,17 @@ def build_inference_service(request: DeployRequest, *, update: bool = False) -> 
         metadata=client.V1ObjectMeta(name=request.name, namespace=request.namespace, labels=dict(LABELS)),
         spec=kserve.V1beta1InferenceServiceSpec(predictor=predictor),
     )
+
+
+def runtime_args(request: DeployRequest) -> list[str]:
+    """Arguments for the runtime's container: for a causal LM, those of KServe's Hugging Face runtime (its
+    ClusterServingRuntime passes ``--model_name={{.Name}}`` too; the same value, said where it is read)."""
+    if request.task != "causal-lm":
+        return []
+    args = [f"--model_name={request.name}", f"--task={HF_TEXT_GENERATION}"]
+    if request.max_model_len:
+        args.append(f"--max_model_len={request.max_model_len}")
+    return args
 
 
 def inference_service_doc(request: DeployRequest, *, update: bool = False) -> dict:
@@ -254,13 +312,24 @@ def update_patch(request: DeployRequest, existing: dict) -> dict:
     """The JSON merge patch that puts ``request``'s predictor into the ``existing`` InferenceService.
 
     Fields kftune does not set stay as they are. Explicit nulls remove a canary share left by an
-    earlier deploy (unless a new one is asked for) and any other way the predictor named its
-    model (``sklearn:``, ``onnx:``, ...), since a predictor has exactly one.
+    earlier deploy (unless a new one is asked for), any other way the predictor named its
+    model (``sklearn:``, ``onnx:``, ...), since a predictor has exactly one, and the container
+    arguments of another runtime (they are that runtime's: a classification model that replaces
+    a causal LM must not inherit the Hugging Face runtime's ``--task``). A GPU limit left by an
+    earlier deploy is removed the same way.
     """
     doc = inference_service_doc(request, update=True)
     predictor = doc["spec"]["predictor"]
     predictor["canaryTrafficPercent"] = request.canary
     existing_predictor = (existing.get("spec") or {}).get("predictor") or {}
+    existing_model = existing_predictor.get("model") or {}
+    other_runtime = existing_model.get("runtime") != request.runtime
+    if "args" not in predictor["model"] and existing_model.get("args") and other_runtime:
+        predictor["model"]["args"] = None
+    if not request.gpus:
+        for kind in ("requests", "limits"):
+            if GPU_RESOURCE in ((existing_model.get("resources") or {}).get(kind) or {}):
+                predictor["model"]["resources"][kind][GPU_RESOURCE] = None
     for key in OTHER_IMPLEMENTATIONS:
         if key in existing_predictor:
             predictor[key] = None
@@ -369,7 +438,7 @@ class _InferenceService(ClusterResource):
             )
         self.emit(
             f"{self} created: model {r.model_uri} ({r.model_format}) on runtime {r.runtime}, "
-            f"{r.min_replicas}-{r.max_replicas} replica(s) of {r.cpu} CPU, {r.memory}"
+            f"{r.sizing}"
         )
         generation = (obj.get("metadata") or {}).get("generation")
         self.target = _Target(generation=generation, changed=True, observed_before=None)
@@ -390,7 +459,7 @@ class _InferenceService(ClusterResource):
             self.emit(
                 f"{self} updated (generation {before_generation} -> {generation}): model "
                 f"{r.model_uri} ({r.model_format}) on runtime {r.runtime}, "
-                f"{r.min_replicas}-{r.max_replicas} replica(s) of {r.cpu} CPU, {r.memory}{canary}"
+                f"{r.sizing}{canary}"
             )
         else:
             self.emit(f"{self} already has this spec (generation {generation} unchanged)")

@@ -1,5 +1,9 @@
 """Serve an exported model with KServe's Python model server, predicting with ONNX Runtime.
 
+:func:`serve` serves what the export holds: a classification model as below, a causal LM over
+OpenAI-compatible endpoints (:mod:`kftune.components.serve.generative`), told apart by
+:func:`export_task`.
+
 :class:`TextClassifier` is a ``kserve.Model``. ``load()`` opens an export directory (what the
 export step writes: ``model.onnx``, the tokenizer files, ``config.json``, ``labels.json``),
 starts an ONNX Runtime session, runs one warm-up text and marks the model ready. Requests:
@@ -336,6 +340,30 @@ class TextClassifier(kserve.Model):
                 {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]}]
 
 
+CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
+
+
+def export_task(model_dir: Path) -> str:
+    """What the export in ``model_dir`` is for: its report's ``task``, else ``causal-lm`` where ``config.json``
+    names a ``...ForCausalLM`` architecture, else ``classification`` (exports from before tasks had names)."""
+    try:
+        report = json.loads((model_dir / EXPORT_REPORT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        report = None
+    task = report.get("task") if isinstance(report, dict) else None
+    if task is None:
+        try:
+            architectures = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("architectures")
+        except (OSError, ValueError, AttributeError):
+            architectures = None
+        causal = any(str(name).endswith("ForCausalLM") for name in architectures or ())
+        task = CAUSAL_LM if causal else CLASSIFICATION
+    if task not in (CLASSIFICATION, CAUSAL_LM):
+        raise DataError(f"model {model_dir}: {EXPORT_REPORT} names task {task!r}; kftune serve serves "
+                        f"{CLASSIFICATION} and {CAUSAL_LM} exports")
+    return task
+
+
 def serve(model: str, config: ServeConfig) -> None:
     """Load ``model`` (a local export directory, or an ``s3://`` / ``gs://`` URI of one) and serve it until stopped."""
     config.validate()
@@ -344,13 +372,23 @@ def serve(model: str, config: ServeConfig) -> None:
         if is_remote(model):
             model_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kftune-serve-")))
             fetch(model, model_dir)
-        classifier = TextClassifier(config.model_name, model_dir, config)
         try:
-            classifier.load()
+            if export_task(model_dir) == CAUSAL_LM:
+                from kftune.components.serve.generative import CausalLM, serve_openai
+
+                generator = CausalLM(config.model_name, model_dir, config)
+                generator.load()
+            else:
+                generator = None
+                classifier = TextClassifier(config.model_name, model_dir, config)
+                classifier.load()
         except DataError as e:
             if is_remote(model):  # name the URI, not the temporary copy
                 raise DataError(str(e).replace(str(model_dir), model)) from e
             raise
+        if generator is not None:
+            serve_openai(generator, config)
+            return
         log.info("serving model %r, labels %s: HTTP on port %d (V1 /v1/models/%s:predict, V2 /v2/models/%s/infer)%s, "
                  "%d worker(s)", config.model_name, list(classifier.labels), config.http_port, config.model_name,
                  config.model_name, f", gRPC on port {config.grpc_port}" if config.grpc else "", config.workers)

@@ -188,7 +188,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve an exported model with KServe's model server (V1 and Open Inference protocols) until stopped."""
+    """Serve an exported model with KServe's model server until stopped: a classifier over the V1 and Open Inference
+    protocols, a causal LM over OpenAI-compatible endpoints."""
     from kftune.components.common.settings import settings_from
     from kftune.components.serve.config import ServeConfig
 
@@ -210,12 +211,15 @@ def _add_serve_parser(sub) -> None:
     # kserve.model_server parses sys.argv for its own flags when imported (--http_port, --workers, ...):
     # these flags are spelt with dashes, so only --workers, which means the same there, is read by both.
     serve_parser = sub.add_parser(
-        "serve", help="serve an exported model over HTTP and gRPC with KServe's model server (ONNX Runtime)",
+        "serve", help="serve an exported model with KServe's model server (a classifier on ONNX Runtime, a causal LM "
+        "over OpenAI-compatible endpoints)",
         description="Serve an export directory (model.onnx, tokenizer, labels) with KServe's Python model server: "
         "V1 POST /v1/models/NAME:predict {\"instances\": [\"text\", ...]}, Open Inference POST "
         "/v2/models/NAME/infer (input 'text', BYTES) and gRPC, health at /v2/health/ready and "
         "/v2/models/NAME/ready. The KServe ServingRuntime runs: kftune serve /mnt/models --model-name "
-        "{{.Name}} --http-port 8080. Needs the serve extra: pip install 'kftune[serve]'.",
+        "{{.Name}} --http-port 8080. A causal-LM export (export_report.json task causal-lm) is served over "
+        "OpenAI-compatible endpoints instead: POST /openai/v1/completions and /openai/v1/chat/completions (also "
+        "streamed), GET /openai/v1/models, also under /v1/. Needs the serve extra: pip install 'kftune[serve]'.",
     )
     serve_parser.add_argument("model", metavar="MODEL",
                               help="export directory, or an s3:// or gs:// URI of one (downloaded to a temporary "
