@@ -54,13 +54,14 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Fine-tune a pretrained transformer for text classification: preprocess, "
-        "train with torchrun, evaluate against baselines, export to ONNX; when the gate passes, "
-        "publish the model to object storage and deploy it on KServe.",
+        description="Fine-tune a pretrained transformer for text classification or instruction-tune a causal LM "
+        "(task): preprocess, train with torchrun, evaluate against baselines (the base model, for a causal LM), "
+        "export (ONNX; a Hugging Face directory for a causal LM); when the gate passes, publish the model to "
+        "object storage and deploy it on KServe.",
     )
     @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def finetune() -> Outputs:
-        """Fine-tune a pretrained transformer for text classification.
+        """Fine-tune a pretrained transformer for text classification, or instruction-tune a causal language model.
 
         Args:
         """

@@ -66,7 +66,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Search hyperparameters (grid, random, Optuna TPE or Katib), then fine-tune with the best, "
-        "evaluate against baselines and export to ONNX.",
+        "evaluate against baselines and export (task classification or causal-lm).",
     )
     @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def tune() -> Outputs:

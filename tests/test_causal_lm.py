@@ -116,7 +116,8 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     ([{"prompt": f"p{i}", "completion": "c"} for i in range(5)] + [{"prompt": "p", "completion": "  "}],
      r"row 6: empty completion \(completion\)"),
     ([{"messages": [{"role": "user", "content": "hi"}]}], r"row 1: the conversation ends with a user message"),
-    ([{"prompt": "word " * 400, "completion": "c"}] * 12, r"every example is longer than max_seq_length=256"),
+    ([{"prompt": f"{i} " + "word " * 400, "completion": "c"} for i in range(12)],
+     r"every example is longer than max_seq_length=256"),
 ])
 def test_bad_instruction_data_gets_one_line_naming_file_and_row(tmp_path, tiny_causal_lm, rows, message):
     path = _jsonl(tmp_path / "bad.jsonl", rows)
@@ -258,3 +259,29 @@ def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained
     exported = generate(*load_causal_lm(tmp_path / "export"), prompts, 6)
     trained = generate(*load_causal_lm(trained_lm), prompts, 6)
     assert exported == trained
+
+
+def test_fsdp_sharding_on_two_cpu_processes_matches_ddp(tmp_path, prepared_lm, tiny_causal_lm):
+    """FSDP2 (gloo, 2 processes) trains to the weights DDP trains to (up to the order of float sums)."""
+    from kftune.components.common.training.launch import torchrun_command
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    adapters = {}
+    for sharding in ("ddp", "fsdp"):
+        config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=1, max_steps=6,
+                             per_device_train_batch_size=4, learning_rate=5e-3, sharding=sharding, save_steps=3,
+                             checkpoint_dir=str(tmp_path / f"{sharding}.ckpt"))
+        config.to_json(tmp_path / f"{sharding}.json")
+        run = subprocess.run(torchrun_command(2, tmp_path / f"{sharding}.json", prepared_lm, tmp_path / sharding),
+                             env=env, capture_output=True, text=True, check=False)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        adapters[sharding] = load_file(tmp_path / sharding / "adapter" / "adapter_model.safetensors")
+        # the checkpoint holds the full (gathered) LoRA weights and optimizer state, as unsharded training writes
+        state = latest_checkpoint(tmp_path / f"{sharding}.ckpt")[1]
+        assert state["world_size"] == 2 and all("lora_" in k for k in state["model"])
+    assert adapters["ddp"].keys() == adapters["fsdp"].keys()
+    moved = 0
+    for name, weight in adapters["ddp"].items():
+        torch.testing.assert_close(adapters["fsdp"][name], weight, rtol=1e-4, atol=1e-5)
+        moved += "lora_B" in name and bool(weight.abs().sum() > 0)
+    assert moved, "training changed the LoRA weights"

@@ -121,27 +121,25 @@ def conversations(frame: pd.DataFrame, layout: str, source: str) -> list[list[di
 def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and its labels (the ids on assistant turns, -100 elsewhere).
 
-    The boundaries come from rendering prefixes of the conversation, which a chat template must
-    reproduce as prefixes of the whole (ChatML, Llama's, the plain template do)."""
-    ids: list[int] = []
-    labels: list[int] = []
+    The assistant turns' character spans come from rendering prefixes of the conversation, which
+    a chat template must reproduce as prefixes of the whole (ChatML, Llama's and the plain
+    template do); the whole is tokenized once, and a token is a target when it starts inside one
+    of those spans."""
+    text = render(tokenizer, messages)
+    spans = []
     for k, message in enumerate(messages):
-        text = render(tokenizer, messages[: k + 1], generation_prompt=False)
-        if message["role"] == "assistant":
-            head = render(tokenizer, messages[:k], generation_prompt=True) if k else ""
-            head_ids = tokenizer(head, add_special_tokens=False)["input_ids"] if head else []
-            if head_ids[: len(ids)] != ids:
-                raise DataError("the chat template does not render a conversation's prefix as a prefix of it; "
-                                "kftune cannot tell the assistant's tokens apart")
-            labels += [-100] * (len(head_ids) - len(ids))
-            ids = head_ids
-        full = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if full[: len(ids)] != ids:
+        if message["role"] != "assistant":
+            continue
+        head = render(tokenizer, messages[:k], generation_prompt=True) if k else ""
+        through = render(tokenizer, messages[: k + 1])
+        if not (text.startswith(through) and through.startswith(head)):
             raise DataError("the chat template does not render a conversation's prefix as a prefix of it; "
                             "kftune cannot tell the assistant's tokens apart")
-        new = full[len(ids):]
-        labels += new if message["role"] == "assistant" else [-100] * len(new)
-        ids = full
+        spans.append((len(head), len(through)))
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoded["input_ids"]
+    labels = [t if any(start <= begin < end for start, end in spans) else -100
+              for t, (begin, _) in zip(ids, encoded["offset_mapping"], strict=True)]
     return ids, labels
 
 
@@ -198,8 +196,10 @@ def clean_and_encode(conversations_: list[list[dict]], tokenizer, max_length: in
         })
     if not rows:
         reasons = ", ".join(f"{n} {rule}" for rule, n in removed.items() if n)
-        hint = f" (every example is longer than max_seq_length={max_length} tokens: raise it, or set " \
-               "overlong=truncate_prompt)" if removed["too_long"] == len(conversations_) else ""
+        kept_out = removed["empty_example"] + removed["exact_duplicate"]
+        all_too_long = removed["too_long"] == len(conversations_) - kept_out
+        hint = (f" (every example is longer than max_seq_length={max_length} tokens: raise it, or set "
+                "overlong=truncate_prompt)") if removed["too_long"] and all_too_long else ""
         raise DataError(f"{source}: no examples left after cleaning ({reasons}){hint}")
     return pd.DataFrame(rows), removed | {"prompt_truncated": truncated}
 

@@ -369,7 +369,12 @@ def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) ->
         "prompt_truncated": removed["prompt_truncated"],
         "rows_clean": int(len(rows)),
         "rows_used": int(len(rows)),
+        "augmented_rows": 0,
         "answers": answers,
+        "labels": answers,  # short-answer data: the answers are the classes the report shows
+        "label_distribution": {
+            name: dict(sorted(Counter(normalise_answer(r) for r in dataset[name]["reference"]).items()))
+            if answers else {} for name in SPLITS},
         "split_sizes": {name: len(dataset[name]) for name in SPLITS},
         "token_length": {
             "p50": float(np.percentile(lengths, 50)),
@@ -377,6 +382,7 @@ def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) ->
             "max": int(lengths.max()),
             "completion_p95": float(np.percentile(completion, 95)),
             "completion_max": int(completion.max()),
+            "truncated_fraction": removed["prompt_truncated"] / max(1, len(rows)),
         },
         "config": asdict(config),
     }

@@ -139,7 +139,7 @@ INSTRUCTION_PROMPT = (
 )
 """The bundled instruction task's prompt: it states the task and the allowed answers, so the base
 model, asked zero-shot, knows what is wanted (a fair baseline)."""
-INSTRUCTION_ROWS = 1600
+INSTRUCTION_ROWS = 1250
 """Reviews in the bundled instruction data: sized so that ``kftune run --task causal-lm`` finishes
 within 15 minutes on 2 CPU cores."""
 

@@ -97,7 +97,7 @@ def select_best(results: List[str], train_config: str) -> str:
 
     settings = settings_from(SearchSettings, values)
     metric = json.loads(train_config)["metric_for_best_model"]
-    return json.dumps(search_summary(settings.algorithm, metric, settings.direction, [json.loads(r) for r in results]))
+    return json.dumps(search_summary(settings.algorithm, metric, settings.direction_for(metric), [json.loads(r) for r in results]))
 
 
 @with_settings(SearchSettings, Launch)
@@ -128,7 +128,7 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     space = parse_space(settings.search_space, base.training_mode)
     with tempfile.TemporaryDirectory(prefix="kftune-study-") as tmp:
         record = run_study(base, space, dataset.path, tmp, max_trials=settings.max_trials, seed=base.seed,
-                           direction=settings.direction, include_defaults=settings.include_defaults,
+                           direction=settings.direction_for(base.metric_for_best_model), include_defaults=settings.include_defaults,
                            prune=settings.prune, launch=settings_from(Launch, values))
     return json.dumps(record)
 
@@ -173,12 +173,13 @@ def katib_search(
     space = parse_space(settings.search_space, base.training_mode)
     outcome = launch_katib(
         base, dataset.path, space, algorithm=settings.algorithm, metric=base.metric_for_best_model,
-        direction=settings.direction, max_trials=settings.max_trials, parallel_trials=settings.parallel_trials,
+        direction=settings.direction_for(base.metric_for_best_model), max_trials=settings.max_trials, parallel_trials=settings.parallel_trials,
         max_failed_trials=settings.max_failed_trials, seed=base.seed, image=image, pvc_name=resources.shared_pvc, mount_path=shared_dir, namespace=namespace or None,
         gpus_per_trial=int(resources.gpus), accelerator_type=resources.accelerator_type or "nvidia.com/gpu",
         **resources.placement(),
     )
-    return json.dumps(record_from_katib(outcome, settings.algorithm, base.metric_for_best_model, settings.direction))
+    return json.dumps(record_from_katib(outcome, settings.algorithm, base.metric_for_best_model,
+                                        settings.direction_for(base.metric_for_best_model)))
 
 
 def report_search(

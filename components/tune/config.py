@@ -29,12 +29,18 @@ class SearchSettings:
     """Katib trials running at once (the grid/random fan-out's limit is set when compiling)."""
     max_failed_trials: int = 2
     """A Katib Experiment fails after this many failed trials."""
-    direction: Literal["maximize", "minimize"] = "maximize"
-    """Maximize or minimize metric_for_best_model on the validation split."""
+    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    """Maximize or minimize metric_for_best_model on the validation split; auto: minimize loss, maximize the others."""  # noqa: E501
     include_defaults: bool = True
     """Make the first trial the configuration the training settings give."""
     prune: bool = True
     """tpe: stop trials whose per-epoch validation score falls below the median of earlier trials."""
+
+    def direction_for(self, metric: str) -> str:
+        """The direction of the search on ``metric``: the setting, or (auto) the one that improves it."""
+        if self.direction != "auto":
+            return self.direction
+        return "minimize" if metric == "loss" else "maximize"
 
     def validate(self) -> None:
         check_choices(self)

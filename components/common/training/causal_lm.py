@@ -103,7 +103,8 @@ def token_losses(model, batch: dict, label_smoothing: float = 0.0) -> tuple[torc
     targets = batch["targets"]
     keep = (targets != -100).any(0).nonzero().squeeze(-1)
     inputs = {k: v for k, v in batch.items() if k != "targets"}
-    logits = model(**inputs, logits_to_keep=keep).logits
+    # use_cache=False: without a cache, transformers reads packed position ids as separate sequences
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     chosen = targets[:, keep]
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chosen.flatten(), ignore_index=-100,
                                              reduction="sum", label_smoothing=label_smoothing)

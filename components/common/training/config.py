@@ -74,6 +74,8 @@ class Batching:
     """Log the training loss every this many optimizer steps."""
     packing: bool = True
     """causal-lm: concatenate a micro-batch's examples into one sequence, attention and positions kept within each example (no padding computed; the same result as padded batches); off: pad to the longest. Classification always pads."""  # noqa: E501
+    sharding: Literal["ddp", "fsdp"] = "ddp"
+    """How several processes share the work: ddp (each holds the whole model) or fsdp (causal-lm; FSDP2 shards each decoder layer's weights, gradients and optimizer state over them, for a model that does not fit one GPU)."""  # noqa: E501
     gradient_checkpointing: bool = False
     """causal-lm: recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)."""  # noqa: E501
 
@@ -168,8 +170,11 @@ class TrainConfig(
             if self.metric_for_best_model != "loss":
                 raise ConfigError(f"metric_for_best_model {self.metric_for_best_model} needs labels; task causal-lm "
                                   "selects and searches on validation loss")
-        elif self.training_mode == "qlora":
-            raise ConfigError("training_mode qlora is for task causal-lm (a 4-bit base model under LoRA)")
+        else:
+            if self.training_mode == "qlora":
+                raise ConfigError("training_mode qlora is for task causal-lm (a 4-bit base model under LoRA)")
+            if self.sharding == "fsdp":
+                raise ConfigError("sharding fsdp is for task causal-lm; a classifier fits one device (ddp)")
         for name in ("early_stopping_patience", "max_steps", "save_steps", "save_total_limit", "max_train_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -51,6 +51,13 @@ from kftune.components.common.training.causal_lm import (
 from kftune.components.common.training.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from kftune.components.common.training.config import TrainConfig
 from kftune.components.common.training.progress import ProgressLine
+from kftune.components.common.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+    shard_model,
+)
 
 log = logging.getLogger("kftune.train")
 
@@ -195,7 +202,7 @@ def layer_depth(name: str, num_layers: int) -> int:
     return 0 if "embeddings" in name else num_layers + 1
 
 
-def build_optimizer(model, config: TrainConfig, device) -> torch.optim.Optimizer:
+def build_optimizer(model, config: TrainConfig, device, fused: bool = True) -> torch.optim.Optimizer:
     """AdamW with no weight decay on biases and LayerNorm weights (the BERT recipe) and,
     with ``layerwise_lr_decay`` < 1, smaller learning rates for lower layers."""
     num_layers = getattr(model.config, "num_hidden_layers", 0)
@@ -214,7 +221,7 @@ def build_optimizer(model, config: TrainConfig, device) -> torch.optim.Optimizer
         }
         for (depth, decays), params in sorted(groups.items())
     ]
-    return torch.optim.AdamW(param_groups, lr=config.learning_rate, fused=device.type in ("cpu", "cuda"))
+    return torch.optim.AdamW(param_groups, lr=config.learning_rate, fused=fused and device.type in ("cpu", "cuda"))
 
 
 def rng_state() -> dict:
@@ -314,21 +321,30 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     model.train()
     frozen_base = causal and config.training_mode in PEFT_MODES
     trained_names = {name for name, p in model.named_parameters() if p.requires_grad}
+    fsdp = distributed and config.sharding == "fsdp"
+    if fsdp:  # FSDP2: each decoder layer's weights (and their gradients, optimizer state) split over the ranks
+        shard_model(model)
+        ddp_model = model
+    else:
+        ddp_model = (
+            torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+            if distributed
+            else model
+        )
 
     def model_state() -> dict:
-        """What checkpoints keep of the model: with a frozen base (LoRA), the trained weights only."""
-        state = model.state_dict()
+        """What checkpoints keep of the model (a collective call under FSDP, which gathers the shards): with a
+        frozen base (LoRA), the trained weights only."""
+        state = full_model_state(model) if fsdp else model.state_dict()
         return {k: v for k, v in state.items() if k in trained_names} if frozen_base else state
 
     def load_model_state(state: dict) -> None:
+        if fsdp:
+            load_full_model_state(model, state, strict=not frozen_base)
+            return
         missing, unexpected = model.load_state_dict(state, strict=not frozen_base)
         if unexpected:
             raise ConfigError(f"checkpoint weights do not fit the model: {unexpected[:3]}")
-    ddp_model = (
-        torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
-        if distributed
-        else model
-    )
 
     train_split, val_split = splits["train"], splits["validation"]
     keep_last = config.train_on == "train+validation"
@@ -358,7 +374,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     total_steps = steps_per_epoch * config.num_train_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
-    optimizer = build_optimizer(model, config, device)
+    optimizer = build_optimizer(model, config, device, fused=not fsdp)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
@@ -385,7 +401,10 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 world,
             )
         load_model_state(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        if fsdp:
+            load_full_optimizer_state(model, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step, start_epoch, start_micro, done = state["step"], state["epoch"], state["micro"], state["done"]
@@ -406,6 +425,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         else:
             states = [rng_state()]
         path = None
+        weights = model_state()
+        optimizer_state = full_optimizer_state(model, optimizer) if fsdp else optimizer.state_dict()
         if is_main:
             state = {
                 "step": step,
@@ -414,8 +435,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 "done": done,
                 "world_size": world,
                 "config": asdict(config),
-                "model": model_state(),
-                "optimizer": optimizer.state_dict(),
+                "model": weights,
+                "optimizer": optimizer_state,
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": states,
@@ -515,7 +536,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         epoch_seconds = time.perf_counter() - epoch_start
 
         result = [None]
-        if is_main:
+        if fsdp:  # every rank takes part in a sharded model's forward pass and in gathering its weights
             val = evaluate(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
             score = val[config.metric_for_best_model]
             improved = keep_last or best_score is None or (
@@ -524,6 +545,16 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             if improved:
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model_state().items()}
+        if is_main:
+            if not fsdp:
+                val = evaluate(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
+                score = val[config.metric_for_best_model]
+                improved = keep_last or best_score is None or (
+                    score > best_score if higher_is_better else score < best_score
+                )
+                if improved:
+                    best_score, best_epoch = score, epoch
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model_state().items()}
             record = {
                 "epoch": epoch + 1,
                 "train_loss": progress["loss_sum"] / max(1, progress["loss_count"]),
@@ -574,7 +605,11 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             precision=precision,
             training_mode=config.training_mode,
         )
-        load_model_state(best_state)
+        if fsdp:  # the best weights into an unsharded copy of the model, which this rank alone writes
+            model = build_causal_lm(config, base_path, device)
+            model.load_state_dict(best_state, strict=not frozen_base)
+        else:
+            load_model_state(best_state)
         with atomic_directory(output_dir) as tmp:
             if causal:
                 save_causal_lm(model, tmp, config, base_path)
