@@ -1,0 +1,46 @@
+"""bench/causal_lm_throughput.py end to end on a tiny random Llama: every system trains, on the same tokens."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "causal_lm_throughput.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("causal_lm_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow  # three training processes, each importing torch, transformers and TRL: about a minute
+def test_bench_compares_kftune_and_trl_on_the_same_tokens(tiny_causal_lm, tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "results.json"
+    load_bench().main(["--model", str(tiny_causal_lm), "--examples", "16", "--max-rows", "120", "--out", str(out)])
+
+    report = json.loads(out.read_text())
+    systems = report["systems"]
+    assert set(systems) == {"kftune", "trl", "trl_padded"}
+    tokens = report["data"]["train_tokens"]
+    assert tokens > 0 and report["data"]["train_examples"] == 16
+    for name, run in systems.items():
+        assert run["tokens_per_second"] > 0, name
+        assert run["tokens_per_second"] == pytest.approx(tokens / run["train_seconds"])
+        assert math.isfinite(run["heldout_loss"]), name
+        assert run["tokens_counted"] == tokens, name  # what each trainer itself counted: the same tokens
+        assert run["optimizer_steps"] == 2, name  # 16 examples in batches of 8
+    assert report["lora_init_identical"]
+    assert report["speedup_vs_trl"] > 0
+    # same initialisation, same batches: after two steps the models score almost alike (dropout masks differ)
+    assert systems["kftune"]["heldout_loss"] == pytest.approx(systems["trl"]["heldout_loss"], abs=0.01)
+    # the loss kftune's loop reported for its in-memory model is the merged model's, scored by the bench
+    assert systems["kftune"]["own_val_loss"] == pytest.approx(systems["kftune"]["heldout_loss"], abs=1e-4)
+    assert report["machine"]["trl"] and report["machine"]["cores"] >= 1
+    assert "causal_lm_throughput.py" in report["command"]
