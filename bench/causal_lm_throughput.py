@@ -31,7 +31,7 @@ preparation, validation and saving excluded), real (non-padding) tokens of the N
 those seconds, the tokens the trainer itself counted, held-out loss; and kftune's tokens/s over
 TRL's. Runs take minutes on 2 CPU cores at the default size:
 
-    .venv/bin/pip install trl==1.16.0 accelerate==1.15.0   # not in the [bench] extra (it has accelerate only)
+    (trl and accelerate come with the [bench] extra, which make setup installs)
     .venv/bin/python bench/causal_lm_throughput.py --out bench-results-causal-lm.json
     .venv/bin/python bench/causal_lm_throughput.py --bf16 --skip-padded
     .venv/bin/python bench/causal_lm_throughput.py --tiny    # seconds: a random 2-layer Llama, 16 examples

@@ -175,6 +175,18 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
     torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
 
 
+def test_qlora_needs_cuda_and_says_so(tiny_causal_lm):
+    """QLoRA's 4-bit base is a bitsandbytes CUDA kernel; on a CPU the run stops with one clear line."""
+    from kftune.components.common.training.causal_lm import build_causal_lm
+
+    config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode="qlora")
+    config.validate()
+    with pytest.raises(ConfigError, match="qlora quantizes the base model with bitsandbytes on a CUDA GPU"):
+        build_causal_lm(config, str(tiny_causal_lm), torch.device("cpu"))
+    with pytest.raises(ConfigError, match="qlora is for task causal-lm"):
+        TrainConfig(training_mode="qlora").validate()
+
+
 def test_lora_training_writes_merged_model_and_adapter(trained_lm):
     history = json.loads((trained_lm / "training_history.json").read_text())
     assert history["best_metric"] == "loss" and history["training_mode"] == "lora"
@@ -245,7 +257,7 @@ def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm,
 
 
 def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm):
-    from kftune.components.evaluate.generation import generate, load_causal_lm
+    from kftune.components.common.generation import generate, load_causal_lm
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
 
@@ -285,3 +297,45 @@ def test_fsdp_sharding_on_two_cpu_processes_matches_ddp(tmp_path, prepared_lm, t
         torch.testing.assert_close(adapters["fsdp"][name], weight, rtol=1e-4, atol=1e-5)
         moved += "lora_B" in name and bool(weight.abs().sum() > 0)
     assert moved, "training changed the LoRA weights"
+
+
+# --- the pipelines ----------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_finetune_pipeline_runs_the_task_through_the_cli_and_publishes(tmp_path, instructions_jsonl, tiny_causal_lm,
+                                                                      capsys):
+    from kftune.cli import main
+
+    results_file, published = tmp_path / "results.json", tmp_path / "published"
+    code = main(["run", "--task", "causal-lm", "--data", str(instructions_jsonl), "--model", str(tiny_causal_lm),
+                 "--num-train-epochs", "1", "--learning-rate", "1e-2", "--min-gain-over-baseline", "-1",
+                 "--publish-uri", str(published), "--output-dir", str(tmp_path / "runs"),
+                 "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    assert results["task"] == "causal-lm" and results["baseline"]["name"] == "base_model"
+    for key in ("exact_match", "answer_accuracy", "rouge_l", "perplexity"):
+        assert key in results["model"] and key in results["baseline"] and key in results["delta_vs_baseline"]
+    assert results["passed"] is True and results["artifacts"]["published"] == str(published / "v1")
+    manifest = {f["path"] for f in json.loads((published / "v1" / "_MANIFEST.json").read_text())["files"]}
+    assert {"model.safetensors", "config.json", "adapter/adapter_model.safetensors", "export_report.json"} <= manifest
+    run_dir = Path(results["artifacts"]["run_dir"])
+    assert "Sample answers" in (run_dir / "evaluate" / "report").read_text()
+    assert "answer_accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tune_pipeline_searches_the_task_on_validation_loss(tmp_path, instructions_jsonl, tiny_causal_lm):
+    from kftune.pipelines.local import run_tune_locally
+
+    result = run_tune_locally({
+        "task": "causal-lm", "data": str(instructions_jsonl), "model": str(tiny_causal_lm), "algorithm": "grid",
+        "max_trials": 2, "search_space": '{"learning_rate": [1e-2, 1e-4]}', "num_train_epochs": 1,
+        "min_gain_over_baseline": -1.0,
+    }, tmp_path)
+    search = result.search
+    assert search["metric"] == "loss" and search["direction"] == "minimize"
+    trials = [t for t in search["trials"] if t["state"] == "complete"]
+    assert len(trials) >= 2
+    assert search["best"]["score"] == min(t["score"] for t in trials)
+    assert (result.onnx_dir / "adapter").is_dir() and result.evaluation["task"] == "causal-lm"

@@ -73,8 +73,11 @@ def test_every_parameter_has_default_and_description(tmp_path):
     for name, spec in params.items():
         assert "defaultValue" in spec, name
         assert spec.get("description", "").strip(), name
-    assert params["learning_rate"]["defaultValue"] == 1e-4
-    assert params["data"]["defaultValue"] == "bundled:rotten-tomatoes"
+    # task-dependent settings default to auto (0), resolved per task by the stages
+    assert params["task"]["defaultValue"] == "classification"
+    assert params["learning_rate"]["defaultValue"] == 0.0 and "classification: 1e-4" in params["learning_rate"][
+        "description"]
+    assert params["data"]["defaultValue"] == "auto"
 
 
 def test_images_follow_one_scheme(tmp_path):

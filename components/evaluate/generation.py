@@ -28,43 +28,13 @@ import torch
 
 from kftune.components.common.bundled import resolve_model
 from kftune.components.common.chat import normalise_answer, read_answer
+from kftune.components.common.generation import generate, load_causal_lm, max_new_tokens_for
 from kftune.components.common.schema import dataset_task, load_splits
 
 log = logging.getLogger(__name__)
 
-GENERATION_LIMIT = 256
 SCORES = ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss")
 SAMPLES = 20
-
-
-def load_causal_lm(directory: str | Path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(directory))
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             desc: str = "generating") -> list[str]:
-    """Greedy completions of rendered ``prompts`` (in order), batched in length order, left-padded."""
-    from tqdm.auto import tqdm
-
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = np.argsort(lengths, kind="stable")
-    out: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=2):
-        chunk = order[start : start + batch_size]
-        enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             pad_token_id=tokenizer.pad_token_id)
-        texts = tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, text in zip(chunk, texts, strict=True):
-            out[i] = text
-    return out
 
 
 def generation_scores(generations: list[str], references: list[str], answers: list[str]) -> dict:
@@ -87,19 +57,15 @@ def generation_scores(generations: list[str], references: list[str], answers: li
 
 @torch.no_grad()
 def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
-    from kftune.components.common.training.causal_lm import CausalCollator, token_losses
+    """Mean cross-entropy of ``model`` over the reference (assistant) tokens of ``split``."""
+    from kftune.components.common.training.causal_lm import CausalCollator, token_batches, token_losses
 
     collate = CausalCollator(split, pad_id, packing=True)
     total, count = 0.0, 0
-    for start in range(0, len(split), batch_size):
-        loss, n = token_losses(model, collate(range(start, min(start + batch_size, len(split)))))
+    for indices in token_batches(collate.lengths(), batch_size):
+        loss, n = token_losses(model, collate(indices))
         total, count = total + loss.item(), count + n
     return total / max(count, 1)
-
-
-def max_new_tokens_for(info: dict, setting: int) -> int:
-    """``setting``, or (0) the longest training completion plus a margin, at most :data:`GENERATION_LIMIT`."""
-    return setting or min(GENERATION_LIMIT, int(info.get("completion_max_tokens", 64)) + 4)
 
 
 def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, config) -> dict:

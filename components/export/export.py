@@ -174,9 +174,9 @@ def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir:
     import torch
 
     from kftune.components.common.bundled import resolve_model
+    from kftune.components.common.generation import generate, load_causal_lm, max_new_tokens_for
     from kftune.components.common.schema import TASK_FILE, dataset_task
     from kftune.components.common.training.causal_lm import ADAPTER_DIR, CausalCollator
-    from kftune.components.evaluate.generation import generate, load_causal_lm, max_new_tokens_for
 
     config.validate()
     model_dir = Path(model_dir)

@@ -147,6 +147,8 @@ class KatibRequest:
     metric: str = "f1_macro"
     direction: str | None = None
     """``maximize`` or ``minimize`` (None: minimize for loss, maximize otherwise)."""
+    additional_metrics: tuple[str, ...] = ("f1_macro", "accuracy", "loss")
+    """Validation scores the trials print besides the objective (a causal LM has only loss)."""
     max_trials: int = 12
     parallel_trials: int = 3
     max_failed_trials: int = 3
@@ -337,7 +339,7 @@ def build_experiment(request: KatibRequest) -> models.V1beta1Experiment:
     """The Katib Experiment for ``request``, as Katib's API model."""
     request.validate()
     objective_name = objective_metric(request.metric)
-    additional = [objective_metric(m) for m in BEST_METRICS if m != request.metric]
+    additional = [objective_metric(m) for m in request.additional_metrics if m != request.metric]
     objective = models.V1beta1ObjectiveSpec(
         type=request.direction,
         objectiveMetricName=objective_name,
@@ -728,7 +730,7 @@ def launch_katib(
     metric = metric or base_config.metric_for_best_model
     mount_path, dataset_dir = Path(mount_path), Path(dataset_dir)
     for name in space.names if isinstance(space, SearchSpace) else []:
-        if name in LORA_OPTIONS and base_config.training_mode != "lora":
+        if name in LORA_OPTIONS and base_config.training_mode not in ("lora", "qlora"):
             raise ConfigError(f"search space: {name} is searched but training_mode is {base_config.training_mode!r}")
     name = new_job_name(NAME_PREFIX)
     run_dir = mount_path / RUNS_DIR / name
@@ -745,6 +747,7 @@ def launch_katib(
         algorithm=algorithm,
         metric=metric,
         direction=direction,
+        additional_metrics=BEST_METRICS if base_config.task == "classification" else ("loss",),
         max_trials=max_trials,
         parallel_trials=parallel_trials,
         max_failed_trials=max_failed_trials,

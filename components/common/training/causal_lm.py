@@ -117,6 +117,22 @@ def causal_training_loss(model, batch: dict, label_smoothing: float = 0.0) -> to
     return total / max(count, 1)
 
 
+EVAL_TOKENS = 2048
+"""Tokens per validation batch at most: a packed sequence's attention grows with the square of its length."""
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = EVAL_TOKENS) -> list[np.ndarray]:
+    """Example indices in length order, in batches of at most ``batch_size`` examples and ``max_tokens`` tokens."""
+    batches, current, tokens = [], [], 0
+    for i in np.argsort(lengths, kind="stable"):
+        if current and (len(current) == batch_size or tokens + lengths[i] > max_tokens):
+            batches.append(np.asarray(current))
+            current, tokens = [], 0
+        current.append(i)
+        tokens += int(lengths[i])
+    return batches + ([np.asarray(current)] if current else [])
+
+
 @torch.no_grad()
 def evaluate_causal(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict:
     """Loss and perplexity over the assistant tokens of one split."""
@@ -124,9 +140,8 @@ def evaluate_causal(model, collate, lengths: np.ndarray, batch_size: int, device
 
     model.eval()
     total, count = 0.0, 0
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in collate(order[start : start + batch_size]).items()}
+    for indices in token_batches(lengths, batch_size):
+        batch = {k: v.to(device) for k, v in collate(indices).items()}
         with autocast(device, precision):
             loss, n = token_losses(model, batch)
         total, count = total + loss.float().item(), count + n

@@ -162,7 +162,7 @@ def parse_space(text: str | dict, training_mode: str = "full") -> SearchSpace:
     for name, spec in doc.items():
         if name not in SEARCHABLE:
             raise ConfigError(f"search space: {name!r} cannot be searched; searchable options: {', '.join(SEARCHABLE)}")
-        if name in LORA_OPTIONS and training_mode != "lora":
+        if name in LORA_OPTIONS and training_mode not in ("lora", "qlora"):
             raise ConfigError(f"search space: {name} is searched but training_mode is {training_mode!r}, not 'lora'")
         params.append(_parse_param(name, spec))
     return SearchSpace(tuple(params))
