@@ -57,19 +57,11 @@ HYPERPARAMETERS = {"per_device_train_batch_size": 8, "learning_rate": 1e-3, "num
                    "warmup_ratio": 0.1, "weight_decay": 0.01, "max_grad_norm": 1.0,
                    "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.1, "seed": SEED}
 LOGGING_STEPS = 10
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import cpu_model  # noqa: E402  (the other bench's reader of /proc/cpuinfo)
+
 EVAL_BATCH = 16
 SYSTEMS = ("kftune", "trl", "trl_padded")
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``platform.processor()`` is empty on most Linux systems)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine_facts() -> dict:

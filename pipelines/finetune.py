@@ -48,7 +48,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
 
     class Outputs(NamedTuple):
         model: Model
-        onnx_model: Model
+        exported_model: Model
         evaluation: Metrics
         passed: bool
 
@@ -71,7 +71,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             with dsl.If(values["publish_uri"] != "", name="publish-requested"):
-                published = settings_task(publish_op, values, model=exported.outputs["onnx_model"])
+                published = settings_task(publish_op, values, model=exported.outputs["exported_model"])
                 published.set_display_name("publish").set_cpu_request("1").set_memory_request("2G")
                 published.set_retry(num_retries=2, backoff_duration="30s")
                 cluster.use_storage_secrets(published, values)
@@ -79,7 +79,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
                     deployed = settings_task(deploy_op, values, model_uri=published.outputs["Output"])
                     deployed.set_display_name("deploy").set_cpu_request("250m").set_memory_request("512M")
 
-        return Outputs(model=trained.outputs["finetuned_model"], onnx_model=exported.outputs["onnx_model"],
+        return Outputs(model=trained.outputs["finetuned_model"], exported_model=exported.outputs["exported_model"],
                        evaluation=scored.outputs["metrics"], passed=scored.outputs["Output"])
 
     return finetune

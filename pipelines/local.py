@@ -16,7 +16,8 @@ class LocalRunResult:
 
     run_dir: Path
     model_dir: Path
-    onnx_dir: Path
+    export_dir: Path
+    """The export step's output: ONNX (classification) or a Hugging Face directory (causal-lm)."""
     evaluation: dict
     passed: bool
     seconds: float
@@ -28,13 +29,13 @@ class LocalRunResult:
         model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
         if task == "causal-lm":
             keys = tuple(k for k in ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss") if k in model)
-            artifacts = {"model": str(self.model_dir), "exported": str(self.onnx_dir)}
+            artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
             extra = {"answers": ev["answers"], "primary_metric": ev["primary_metric"], "base_model": ev["base_model"]}
         else:
             keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
             keys += ("roc_auc",) if "roc_auc" in model else ()
-            artifacts = {"model": str(self.model_dir), "onnx": str(self.onnx_dir / "model.onnx"),
-                         "onnx_dir": str(self.onnx_dir)}
+            artifacts = {"model": str(self.model_dir), "onnx": str(self.export_dir / "model.onnx"),
+                         "onnx_dir": str(self.export_dir)}
             extra = {"labels": ev["labels"]}
         return {
             "task": task,
@@ -121,7 +122,7 @@ def _result(outputs, started: float) -> LocalRunResult:
     return LocalRunResult(
         run_dir=model_dir.parent.parent,
         model_dir=model_dir,
-        onnx_dir=Path(outputs["onnx_model"].path),
+        export_dir=Path(outputs["exported_model"].path),
         evaluation=json.loads(outputs["evaluation"].metadata["result"]),
         passed=bool(outputs["passed"]),
         seconds=time.perf_counter() - started,

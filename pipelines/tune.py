@@ -58,7 +58,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
 
     class Outputs(NamedTuple):
         model: Model
-        onnx_model: Model
+        exported_model: Model
         evaluation: Metrics
         best_params: dict
         passed: bool
@@ -108,7 +108,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
 
         trained, scored, exported = steps.train_evaluate_export(values, dataset, display_name="train best",
                                                                 hyperparameters=best_params)
-        return Outputs(model=trained.outputs["finetuned_model"], onnx_model=exported.outputs["onnx_model"],
+        return Outputs(model=trained.outputs["finetuned_model"], exported_model=exported.outputs["exported_model"],
                        evaluation=scored.outputs["metrics"], best_params=best_params, passed=scored.outputs["Output"])
 
     return tune

@@ -197,6 +197,20 @@ def test_lora_training_writes_merged_model_and_adapter(trained_lm):
     assert adapter and all("lora_" in name for name in adapter)
 
 
+def test_gradient_checkpointing_recomputes_the_same_training(tmp_path, prepared_lm, tiny_causal_lm):
+    """Activations recomputed in the backward pass (RNG state kept for dropout): the same weights come out."""
+    from kftune.components.common.training.loop import train
+
+    adapters = []
+    for checkpointing in (False, True):
+        config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=1, max_steps=3,
+                             per_device_train_batch_size=8, learning_rate=1e-2, gradient_checkpointing=checkpointing)
+        train(config, prepared_lm, tmp_path / str(checkpointing))
+        adapters.append(load_file(tmp_path / str(checkpointing) / "adapter" / "adapter_model.safetensors"))
+    for name in adapters[0]:
+        torch.testing.assert_close(adapters[1][name], adapters[0][name], rtol=1e-5, atol=1e-7)
+
+
 def _lm_config(model: Path, checkpoint_dir: Path) -> TrainConfig:
     return TrainConfig(task="causal-lm", model=str(model), num_train_epochs=2, per_device_train_batch_size=4,
                        learning_rate=5e-3, save_steps=5, save_total_limit=0, early_stopping_patience=0,
@@ -330,7 +344,7 @@ def test_tune_pipeline_searches_the_task_on_validation_loss(tmp_path, instructio
 
     result = run_tune_locally({
         "task": "causal-lm", "data": str(instructions_jsonl), "model": str(tiny_causal_lm), "algorithm": "grid",
-        "max_trials": 2, "search_space": '{"learning_rate": [1e-2, 1e-4]}', "num_train_epochs": 1,
+        "max_trials": 2, "search_space": '{"learning_rate": [1e-2, 1e-4]}', "num_train_epochs": 1, "max_rows": 100,
         "min_gain_over_baseline": -1.0,
     }, tmp_path)
     search = result.search
@@ -338,4 +352,4 @@ def test_tune_pipeline_searches_the_task_on_validation_loss(tmp_path, instructio
     trials = [t for t in search["trials"] if t["state"] == "complete"]
     assert len(trials) >= 2
     assert search["best"]["score"] == min(t["score"] for t in trials)
-    assert (result.onnx_dir / "adapter").is_dir() and result.evaluation["task"] == "causal-lm"
+    assert (result.export_dir / "adapter").is_dir() and result.evaluation["task"] == "causal-lm"

@@ -232,7 +232,8 @@ def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
     tasks = doc["components"]
     (publish_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "publish" in c["dag"]["tasks"]]
     publish = publish_dag["tasks"]["publish"]
-    assert publish["inputs"]["artifacts"]["model"] == {"componentInputArtifact": "pipelinechannel--export-onnx_model"}
+    assert publish["inputs"]["artifacts"]["model"] == {
+        "componentInputArtifact": "pipelinechannel--export-exported_model"}
     assert publish["retryPolicy"]["maxRetryCount"] == 2
     (deploy_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "deploy" in c["dag"]["tasks"]]
     model_uri = deploy_dag["tasks"]["deploy"]["inputs"]["parameters"]["model_uri"]

@@ -173,7 +173,7 @@ def test_finetune_pipeline_runs_each_step_in_its_stage_image(docker_client, imag
     for stage in PIPELINE_STAGES:
         assert f"Found image {images.image(stage)!r}" in log, f"{stage} did not run in its image"
     model_dir = Path(run.outputs["model"].path)
-    onnx_dir = Path(run.outputs["onnx_model"].path)
+    onnx_dir = Path(run.outputs["exported_model"].path)
     assert (model_dir / "model.safetensors").is_file()
     assert (onnx_dir / "model.onnx").is_file()
     # written inside the containers, by the images' non-root user (not this process's)

@@ -39,7 +39,7 @@ def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny
     history = json.loads((result.model_dir / "training_history.json").read_text())
     assert history["config"]["per_device_train_batch_size"] == best["params"]["per_device_train_batch_size"]
     assert history["config"]["train_on"] == "train+validation"
-    assert (result.onnx_dir / "model.onnx").is_file() and "accuracy" in result.evaluation["model"]
+    assert (result.export_dir / "model.onnx").is_file() and "accuracy" in result.evaluation["model"]
     html = result.search_report.read_text()
     assert html.count("<tr>") == 4 and "failed" in html
 

@@ -13,7 +13,7 @@ from kftune.components.export.config import ExportConfig
 def export(
     dataset: Input[Dataset],
     model: Input[Model],
-    onnx_model: Output[Model],
+    exported_model: Output[Model],
     metrics: Output[Metrics],
 ):
     """Export the fine-tuned model and verify it: classification to ONNX (dynamic batch and sequence axes), causal-lm as a Hugging Face directory (merged weights, and the LoRA adapter).
@@ -21,7 +21,7 @@ def export(
     Args:
         dataset: Tokenized splits from preprocess; parity is checked on the test split.
         model: Fine-tuned Hugging Face model from train.
-        onnx_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; causal-lm: the merged Hugging Face model and adapter/.
+        exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; causal-lm: the merged Hugging Face model and adapter/.
         metrics: Output: parity figures, accuracies and file sizes.
     """
     values = dict(locals())
@@ -30,7 +30,7 @@ def export(
     from kftune.components.export.export import export_model
 
     config = settings_from(ExportConfig, values)
-    report = export_model(model.path, dataset.path, onnx_model.path, config)
+    report = export_model(model.path, dataset.path, exported_model.path, config)
     for name, value in report["parity"].items():
         metrics.log_metric(f"parity_{name}", value)
     for name, value in report.get("accuracy", {}).items():
@@ -38,9 +38,9 @@ def export(
     for name, value in report["size_bytes"].items():
         metrics.log_metric(f"size_mb_{name}", round(value / 2**20, 2))
     if config.task == "causal-lm":
-        onnx_model.metadata.update({"framework": "huggingface", "task": config.task, "files": report["files"]})
+        exported_model.metadata.update({"framework": "huggingface", "task": config.task, "files": report["files"]})
     else:
-        onnx_model.metadata.update({"framework": "onnx", "opset": config.opset, "files": report["files"]})
+        exported_model.metadata.update({"framework": "onnx", "opset": config.opset, "files": report["files"]})
 
 
 def component(images: ImageScheme = ImageScheme()):

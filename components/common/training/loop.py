@@ -536,7 +536,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         epoch_seconds = time.perf_counter() - epoch_start
 
         result = [None]
-        if fsdp:  # every rank takes part in a sharded model's forward pass and in gathering its weights
+        # rank 0 validates; under FSDP every rank takes part in the sharded forward pass and in gathering weights
+        if is_main or fsdp:
             val = evaluate(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
             score = val[config.metric_for_best_model]
             improved = keep_last or best_score is None or (
@@ -546,15 +547,6 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 best_score, best_epoch = score, epoch
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model_state().items()}
         if is_main:
-            if not fsdp:
-                val = evaluate(model, collate_val, val_lengths, config.per_device_eval_batch_size, device, precision)
-                score = val[config.metric_for_best_model]
-                improved = keep_last or best_score is None or (
-                    score > best_score if higher_is_better else score < best_score
-                )
-                if improved:
-                    best_score, best_epoch = score, epoch
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model_state().items()}
             record = {
                 "epoch": epoch + 1,
                 "train_loss": progress["loss_sum"] / max(1, progress["loss_count"]),
