@@ -199,8 +199,12 @@ def test_lora_training_writes_merged_model_and_adapter(trained_lm):
 
 def test_gradient_checkpointing_recomputes_the_same_training(tmp_path, prepared_lm, tiny_causal_lm):
     """Activations recomputed in the backward pass (RNG state kept for dropout): the same weights come out."""
+    from kftune.components.common.training.causal_lm import build_causal_lm
     from kftune.components.common.training.loop import train
 
+    on = build_causal_lm(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), gradient_checkpointing=True),
+                         str(tiny_causal_lm), torch.device("cpu"))
+    assert on.get_base_model().is_activation_checkpointing
     adapters = []
     for checkpointing in (False, True):
         config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=1, max_steps=3,

@@ -51,7 +51,7 @@ def build_causal_lm(config, model_path: str, device: torch.device):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         if mode in PEFT_MODES:
             model.enable_input_require_grads()
     if mode in PEFT_MODES:
