@@ -19,15 +19,9 @@ the search see the same resolved values and a value set explicitly always wins.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
-from typing import Literal
 
 from kftune.components.common.bundled import BUNDLED_DATA, BUNDLED_MODEL, INSTRUCTION_DATA, LM_MODEL
-
-TaskName = Literal["classification", "causal-lm"]
-TASK_NAMES: tuple[str, ...] = typing.get_args(TaskName)
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -37,8 +31,6 @@ class Task:
     name: str
     summary: str
     defaults: dict = field(default_factory=dict)
-    serving_runtime: str = ""
-    """The KServe serving runtime ``deploy`` uses for it."""
 
 
 TASKS: dict[str, Task] = {
@@ -56,7 +48,6 @@ TASKS: dict[str, Task] = {
             "per_device_train_batch_size": 32,
             "min_accuracy": 0.8,
         },
-        serving_runtime="kserve-onnx (ONNX model format)",
     ),
     "causal-lm": Task(
         "causal-lm",
@@ -72,7 +63,6 @@ TASKS: dict[str, Task] = {
             "per_device_train_batch_size": 8,
             "min_accuracy": 0.0,
         },
-        serving_runtime="kserve-huggingfaceserver (huggingface model format)",
     ),
 }
 
@@ -85,22 +75,10 @@ def task_named(name: str) -> Task:
     return TASKS[name]
 
 
-def is_auto(value) -> bool:
-    """True for a setting left at its task-dependent default: ``"auto"``, ``0`` or ``-1``."""
-    if isinstance(value, bool):
-        return False
-    return value == AUTO if isinstance(value, str) else value in (0, -1)
-
-
 def apply_task_defaults(config) -> None:
-    """Replace the ``auto`` values of ``config`` (a dataclass with a ``task`` field) by its task's."""
+    """Replace the values of ``config`` (a dataclass with a ``task`` field) still at their ``auto`` default by its
+    task's."""
     defaults = task_named(config.task).defaults
     for f in dataclasses.fields(config):
-        if f.name in defaults and f.default is not dataclasses.MISSING and is_auto(getattr(config, f.name)):
-            if getattr(config, f.name) == f.default:
-                setattr(config, f.name, defaults[f.name])
-
-
-def auto_help(name: str) -> str:
-    """``"classification: X, causal-lm: Y"``: what an ``auto`` setting becomes per task, for its description."""
-    return ", ".join(f"{task}: {spec.defaults[name]}" for task, spec in TASKS.items())
+        if f.name in defaults and getattr(config, f.name) == f.default:
+            setattr(config, f.name, defaults[f.name])

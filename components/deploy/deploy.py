@@ -85,9 +85,9 @@ from kftune.components.common.kube import (
     current_namespace,
     is_dns_subdomain,
 )
+from kftune.components.common.tasks import TASKS
 from kftune.components.deploy.config import DEFAULT_MODEL_FORMAT, DEFAULT_RUNTIME, DEFAULT_SERVICE_ACCOUNT
 
-TASKS = ("classification", "causal-lm")
 GPU_RESOURCE = "nvidia.com/gpu"
 # KServe's Hugging Face runtime (python/huggingfaceserver/huggingfaceserver/__main__.py): its MLTask names
 HF_TEXT_GENERATION = "text_generation"
