@@ -47,6 +47,18 @@ def test_auto_settings_take_the_tasks_defaults_and_explicit_values_win():
         TrainConfig(task="causal-lm", training_mode="prompt_tuning").validate()
 
 
+def test_every_auto_setting_says_what_each_task_makes_of_it():
+    """The per-task values live in one table (components/common/tasks.py); the descriptions must name them."""
+    from kftune.components.common.settings import settings_of
+    from kftune.components.common.tasks import TASKS
+    from kftune.components.evaluate.config import EvaluateConfig
+
+    helps = {s.name: s.help for cls in (TrainConfig, PreprocessConfig, EvaluateConfig) for s in settings_of(cls)}
+    for name in TASKS["classification"].defaults:
+        for task, spec in TASKS.items():
+            assert f"{task}: {spec.defaults[name]}" in helps[name], (name, task)
+
+
 # --- data -------------------------------------------------------------------------------------------
 
 def test_three_layouts_give_the_same_conversations(tmp_path, tiny_causal_lm):

@@ -75,7 +75,7 @@ def test_every_parameter_has_default_and_description(tmp_path):
         assert spec.get("description", "").strip(), name
     # task-dependent settings default to auto (0), resolved per task by the stages
     assert params["task"]["defaultValue"] == "classification"
-    assert params["learning_rate"]["defaultValue"] == 0.0 and "classification: 1e-4" in params["learning_rate"][
+    assert params["learning_rate"]["defaultValue"] == 0.0 and "classification: 0.0001" in params["learning_rate"][
         "description"]
     assert params["data"]["defaultValue"] == "auto"
 

@@ -15,7 +15,7 @@ class DataSource:
     """The labelled input data."""
 
     data: str = "auto"
-    """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative) or bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs); auto: the task's bundled data."""  # noqa: E501
+    """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative) or bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs); auto: the task's bundled data (classification: bundled:rotten-tomatoes, causal-lm: bundled:rotten-tomatoes-instructions)."""  # noqa: E501
     text_column: str = TEXT
     """Column holding the text."""
     label_column: str = LABEL

@@ -35,7 +35,7 @@ class Optimization:
     """AdamW with linear warmup and decay."""
 
     learning_rate: float = searchable(0.0)
-    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 1e-4, causal-lm: 1e-3)."""  # noqa: E501
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001)."""  # noqa: E501
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
