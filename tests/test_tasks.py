@@ -271,3 +271,13 @@ def test_an_explicit_task_that_the_data_contradicts_is_an_error(tmp_path, tiny_m
     pd.DataFrame({"text": [f"text {i}" for i in range(30)], "label": ["good", "bad"] * 15}).to_csv(data, index=False)
     with pytest.raises(DataError, match="row 1.*not a number"):
         preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out")
+
+
+def test_bundled_regression_data_is_vader_ground_truth():
+    from kftune.components.preprocess.reader import read_labelled_data
+
+    frame = read_labelled_data("bundled:vader-sentiment")
+    assert len(frame) == 4200 + 3708
+    assert frame[LABEL].between(-4, 4).all() and frame[LABEL].std() > 1
+    assert detect_task(frame, "label")[0] == "regression"
+    assert PreprocessConfig(task="regression").data == "bundled:vader-sentiment"

@@ -133,6 +133,22 @@ def read_bundled() -> pd.DataFrame:
     )
 
 
+def read_bundled_regression() -> pd.DataFrame:
+    """The bundled regression data: VADER's rated tweets and Amazon review snippets, with columns text and label
+    (mean sentiment intensity, -4..+4)."""
+    import tarfile
+
+    with tarfile.open(bundled.vader_sdist()) as outer:
+        inner_file = outer.extractfile(bundled.VADER_INNER)
+        with tarfile.open(fileobj=io.BytesIO(inner_file.read())) as inner:
+            parts = []
+            for name in bundled.VADER_FILES:
+                text = inner.extractfile(name).read().decode("utf-8")
+                rows = [line.split("\t", 2) for line in text.splitlines() if line.strip()]
+                parts.append(pd.DataFrame({TEXT: [r[2] for r in rows], LABEL: [float(r[1]) for r in rows]}))
+    return pd.concat(parts, ignore_index=True)
+
+
 INSTRUCTION_PROMPT = (
     "Is the following movie review positive or negative? Answer with one word: positive or negative.\n\n"
     "Review: {text}"
@@ -216,6 +232,8 @@ def read_labelled_data(
     """
     if data == bundled.BUNDLED_DATA:
         return read_bundled()
+    if data == bundled.REGRESSION_DATA:
+        return read_bundled_regression()
     frame, path = read_frame(data, data_format)
     return select_columns(frame, path, text_column, label_column)
 
