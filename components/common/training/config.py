@@ -59,7 +59,7 @@ class Batching:
     num_train_epochs: int = searchable(0)
     """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 3)."""
     per_device_train_batch_size: int = searchable(0)
-    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32)."""
+    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32)."""  # noqa: E501
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
