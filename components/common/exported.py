@@ -307,8 +307,8 @@ class ExportedClassifier:
         encoded = self._tokenizer(cleaned_texts(texts), truncation=True, max_length=self.max_seq_length)
         return predict_logits(self._run, EncodedTexts(encoded), self.batch_size, self._tokenizer.pad_token_id or 0)
 
-    def predict(self, texts: list[str]) -> list[dict]:
-        """:func:`classification_outputs` for ``texts``."""
+    def predict(self, texts: list[str], progress: bool = False) -> list[dict]:
+        """:func:`classification_outputs` for ``texts`` (``progress`` is for the causal LM's signature: none here)."""
         return classification_outputs(self.logits(texts), self.labels)
 
 
@@ -365,12 +365,13 @@ class ExportedCausalLM:
         return [render(self.tokenizer, [{"role": "user", "content": text}], generation_prompt=True)
                 for text in texts]
 
-    def predict(self, texts: list[str]) -> list[dict]:
-        """:func:`causal_lm_outputs` for ``texts``: greedy, at most ``max_new_tokens`` tokens each."""
+    def predict(self, texts: list[str], progress: bool = True) -> list[dict]:
+        """:func:`causal_lm_outputs` for ``texts``: greedy, at most ``max_new_tokens`` tokens each
+        (``progress``: with a progress bar of the batches)."""
         from kftune.components.common.generation import generate
 
         generations = generate(self.model, self.tokenizer, self.prompts(texts), self.max_new_tokens,
-                               self.batch_size, desc="generating")
+                               self.batch_size, desc="generating", progress=progress)
         return causal_lm_outputs(generations)
 
 
