@@ -281,3 +281,29 @@ def test_cli(exported, reviews, tmp_path):
     assert bad.returncode == 2 and not (tmp_path / "bad.csv").exists()
     assert bad.stderr.strip().splitlines()[-1] == (
         f"kftune: error: {source}: no column 'nope'; the columns are: review_id, text, other (set id_column)")
+
+
+def test_the_component_in_a_pipeline(exported, reviews, tmp_path):
+    """kfp.local runs the KFP door on an imported export: a JSON Lines Dataset and the metrics."""
+    from kfp import dsl
+
+    from kftune.components.predict import component as predict_component
+    from kftune.pipelines.local import run_pipeline_locally
+
+    source = str(write_input(reviews, tmp_path / "reviews.parquet"))
+    predict_op = predict_component.component()
+
+    @dsl.pipeline(name="predict-only")
+    def only_predict():  # no parameters: this module's annotations are strings, which KFP cannot read
+        model = dsl.importer(artifact_uri=str(exported), artifact_class=dsl.Model)
+        predict_op(exported_model=model.output, input=source, id_column="review_id")
+
+    run_pipeline_locally(only_predict, {}, tmp_path / "root")
+    [task_dir] = (tmp_path / "root").glob("predict-only-*/predict")
+    out = pd.read_json(task_dir / "predictions", lines=True)
+    assert out["id"].tolist() == reviews["review_id"].tolist() and set(out["label"]) <= {"negative", "positive"}
+    artifacts = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
+    metrics = artifacts["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["rows"] == len(reviews) and metrics["rows_per_second"] > 0 and metrics["seconds"] > 0
+    assert artifacts["predictions"]["artifacts"][0]["metadata"] | {"input": source} == {
+        "format": "jsonl", "task": "classification", "rows": len(reviews), "input": source}
