@@ -305,5 +305,5 @@ def test_the_component_in_a_pipeline(exported, reviews, tmp_path):
     artifacts = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
     metrics = artifacts["metrics"]["artifacts"][0]["metadata"]
     assert metrics["rows"] == len(reviews) and metrics["rows_per_second"] > 0 and metrics["seconds"] > 0
-    assert artifacts["predictions"]["artifacts"][0]["metadata"] | {"input": source} == {
+    assert artifacts["predictions"]["artifacts"][0]["metadata"] == {
         "format": "jsonl", "task": "classification", "rows": len(reviews), "input": source}
