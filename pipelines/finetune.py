@@ -21,7 +21,6 @@ from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.predict import component as predict_component
-from kftune.components.predict.config import PredictStep
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
@@ -34,7 +33,8 @@ STAGES = (preprocess_component.preprocess, train_component.train, evaluate_compo
 """The finetune pipeline's components: its run parameters are their settings."""
 
 
-SETTINGS = tuple(dict.fromkeys([*(group for stage in STAGES for group in stage.settings_groups), PredictStep]))
+SETTINGS = tuple(dict.fromkeys([*(group for stage in STAGES for group in stage.settings_groups),
+                                *predict_component.PIPELINE_SETTINGS]))
 """The settings groups of the pipeline's stages, in form order, and the predict step's switch. (The predict
 step's other settings are its defaults, or the run parameters of the same name: text_column, max_new_tokens.)"""
 LOCAL_SETTINGS = tuple(group for group in SETTINGS if group is not TrainResources)

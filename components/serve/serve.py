@@ -17,7 +17,9 @@ starts an ONNX Runtime session, runs one warm-up text and marks the model ready.
   ``[n]``), ``label_id`` (INT64 ``[n]``) and ``probabilities`` (FP32 ``[n, num_labels]``, columns
   in label id order).
 
-Texts go through exactly what the evaluate step saw: preprocess's cleaning
+Loading and prediction are :class:`~kftune.components.common.exported.ExportedClassifier`'s, which
+``kftune predict`` shares, so served and batch predictions agree. Texts go through exactly what the
+evaluate step saw: preprocess's cleaning
 (:func:`~kftune.components.common.text.clean_text`), the tokenizer with truncation at
 ``max_seq_length`` (preprocess's, 128 by default), batches in length order padded per batch
 (:func:`~kftune.components.common.inference.predict_logits`). So the served predictions are the
