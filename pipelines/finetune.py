@@ -1,6 +1,5 @@
 """The finetune pipeline: preprocess -> train (torchrun) -> evaluate vs baselines -> export ONNX
--> (when evaluate's gate passes) publish to object storage -> deploy on KServe; and, when
-``predict_data`` names texts, batch predictions of the export on them (whatever the gate says).
+-> (when evaluate's gate passes) publish to object storage -> deploy on KServe.
 
 Its run parameters are the settings of its components (each declared once, in its stage's
 dataclass) plus the train task's resources and the Secret names (:mod:`kftune.pipelines.cluster`).
@@ -20,7 +19,6 @@ from kftune.components.common.signatures import settings_task, with_settings
 from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
-from kftune.components.predict import component as predict_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
@@ -33,10 +31,8 @@ STAGES = (preprocess_component.preprocess, train_component.train, evaluate_compo
 """The finetune pipeline's components: its run parameters are their settings."""
 
 
-SETTINGS = tuple(dict.fromkeys([*(group for stage in STAGES for group in stage.settings_groups),
-                                *predict_component.PIPELINE_SETTINGS]))
-"""The settings groups of the pipeline's stages, in form order, and the predict step's switch. (The predict
-step's other settings are its defaults, or the run parameters of the same name: text_column, max_new_tokens.)"""
+SETTINGS = tuple(dict.fromkeys(group for stage in STAGES for group in stage.settings_groups))
+"""The settings groups of the pipeline's stages, in form order."""
 LOCAL_SETTINGS = tuple(group for group in SETTINGS if group is not TrainResources)
 """What a local run takes: a pod's resources and placement mean nothing to kfp.local."""
 
@@ -49,7 +45,6 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
     steps = FinetuneSteps(images, cluster)
     publish_op = publish_component.component(images)
     deploy_op = deploy_component.component(images)
-    predict_op = predict_component.component(images)
 
     class Outputs(NamedTuple):
         model: Model
@@ -73,12 +68,6 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         values = dict(locals())
         prep = steps.preprocess(values)
         trained, scored, exported = steps.train_evaluate_export(values, prep.outputs["dataset"])
-
-        with dsl.If(values["predict_data"] != "", name="predict-requested"):
-            predicted = settings_task(predict_op, values, exported_model=exported.outputs["exported_model"],
-                                      input=values["predict_data"])
-            predicted.set_display_name("predict").set_cpu_request("1").set_memory_request("2G")
-            cluster.use_storage_secrets(predicted, values)
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             with dsl.If(values["publish_uri"] != "", name="publish-requested"):

@@ -6,11 +6,7 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from kftune.components.common.images import ImageScheme
 from kftune.components.common.signatures import with_settings
-from kftune.components.predict.config import PredictConfig, PredictStep
-
-PIPELINE_SETTINGS = (PredictStep,)
-"""What a pipeline that runs this step after export adds to its run parameters: ``predict_data``, the switch and
-the input (the step's other settings are its defaults, or the pipeline's settings of the same name)."""
+from kftune.components.predict.config import PredictConfig
 
 
 @with_settings(PredictConfig, omit=("output",))

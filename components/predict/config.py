@@ -60,10 +60,3 @@ class PredictConfig:
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: the CPUs the process may use), got {self.threads}")
 
-
-@dataclass
-class PredictStep:
-    """The finetune pipeline's optional predict step, which runs after export."""
-
-    predict_data: str = ""
-    """Texts the exported model predicts on after export (a file, or an s3:// / gs:// object or prefix, as predict's input; the texts in text_column); the predictions are the predict step's Dataset (JSON Lines). Empty: no predict step."""  # noqa: E501
