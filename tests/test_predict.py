@@ -307,3 +307,27 @@ def test_the_component_in_a_pipeline(exported, reviews, tmp_path):
     assert metrics["rows"] == len(reviews) and metrics["rows_per_second"] > 0 and metrics["seconds"] > 0
     assert artifacts["predictions"]["artifacts"][0]["metadata"] == {
         "format": "jsonl", "task": "classification", "rows": len(reviews), "input": source}
+
+
+def test_the_component_compiles_with_its_image_and_settings(tmp_path):
+    import yaml
+    from kfp import compiler, dsl
+
+    from kftune.components.common.images import ImageScheme
+    from kftune.components.predict import component as predict_component
+
+    predict_op = predict_component.component(ImageScheme(registry="registry.example/ml", tag="t1"))
+
+    @dsl.pipeline(name="predict-only")
+    def only_predict():
+        model = dsl.importer(artifact_uri="s3://models/v1", artifact_class=dsl.Model)
+        predict_op(exported_model=model.output, input="s3://data/reviews/")
+
+    compiler.Compiler().compile(only_predict, str(tmp_path / "p.yaml"))
+    doc = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    [executor] = [e for name, e in doc["deploymentSpec"]["executors"].items() if "predict" in name]
+    assert executor["container"]["image"] == "registry.example/ml/kftune-predict:t1"
+    params = doc["components"]["comp-predict"]["inputDefinitions"]["parameters"]
+    assert set(params) == {"input", "output_format", "text_column", "id_column", "batch_size", "max_new_tokens",
+                           "int8"}  # output is the Dataset artifact
+    assert params["id_column"]["description"].startswith("Column of the input whose value each prediction carries")

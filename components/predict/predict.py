@@ -65,44 +65,49 @@ ROW_COLUMNS: dict[str, Callable[[dict], dict]] = {CLASSIFICATION: classification
 
 @dataclass
 class InputFile:
-    """One file of texts: the name messages and the ``source`` column show, and its texts and ids."""
+    """One file of texts: the name messages show, the ``source`` column's (relative to the input), its texts
+    and ids."""
 
     name: str
+    relative: str
     texts: list[str]
     ids: list
 
 
 @contextlib.contextmanager
-def local_inputs(data: str) -> Iterator[list[tuple[str, Path]]]:
-    """(name to show, local path) of every input file: one file, a directory's files in name order (a
-    ``datasets.save_to_disk`` directory counts as one), or an ``s3://`` / ``gs://`` object or prefix fetched."""
+def local_inputs(data: str) -> Iterator[list[tuple[str, str, Path]]]:
+    """(name to show, name relative to ``data``, local path) of every input file: one file, a directory's files
+    in name order (a ``datasets.save_to_disk`` directory counts as one), or an ``s3://`` / ``gs://`` object or
+    prefix, fetched."""
     if is_remote(data):
         with tempfile.TemporaryDirectory(prefix="kftune-predict-") as tmp:
-            paths = fetch(data, Path(tmp) / "data")
+            root = Path(tmp) / "data"
+            paths = fetch(data, root)
             base = data.rstrip("/")
             if len(paths) == 1 and not data.endswith("/") and paths[0].name == base.rsplit("/", 1)[-1]:
-                yield [(base, paths[0])]
+                yield [(base, paths[0].name, paths[0])]
             else:
-                yield [(f"{base}/{p.relative_to(Path(tmp) / 'data').as_posix()}", p) for p in paths]
+                yield [(f"{base}/{p.relative_to(root).as_posix()}", p.relative_to(root).as_posix(), p)
+                       for p in paths]
         return
     path = Path(data).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such file or directory; expected a file or a directory of files of texts")
     if path.is_file() or (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
-        yield [(str(path), path)]
+        yield [(str(path), path.name, path)]
         return
     files = sorted(p for p in path.rglob("*") if p.is_file()
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"{path}: the directory holds no files; expected CSV, TSV, JSON Lines or Parquet files")
-    yield [(str(p), p) for p in files]
+    yield [(str(p), p.relative_to(path).as_posix(), p) for p in files]
 
 
 def _is_missing(value) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
-def read_input(name: str, path: Path, config: PredictConfig, task: str) -> InputFile:
+def read_input(name: str, relative: str, path: Path, config: PredictConfig, task: str) -> InputFile:
     """The texts (and ids) of one file, checked: the columns exist, no text is empty."""
     try:
         frame = read_file(path, "auto")
@@ -126,7 +131,7 @@ def read_input(name: str, path: Path, config: PredictConfig, task: str) -> Input
             if _is_missing(value):
                 raise DataError(f"{name}: row {row} (counted from 0): column {config.id_column!r} (the id) is "
                                 "empty; expected a value")
-    return InputFile(name, texts, ids)
+    return InputFile(name, relative, texts, ids)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -162,11 +167,6 @@ def write_output(frame: pd.DataFrame, output: str, fmt: str) -> None:
         raise
 
 
-def _relative_names(files: list[InputFile], data: str) -> list[str]:
-    base = data.rstrip("/")
-    return [f.name[len(base):].lstrip("/") or f.name if f.name.startswith(base) else f.name for f in files]
-
-
 def _uniform_ids(ids: list) -> list:
     """Ids as they are, or all as strings where the files gave different types (Parquet needs one type)."""
     return ids if len({type(i) for i in ids}) <= 1 else [str(i) for i in ids]
@@ -184,7 +184,8 @@ def predict(model: str | Path, config: PredictConfig) -> dict:
     with contextlib.ExitStack() as stack:
         model_dir = stack.enter_context(local_export(str(model)))
         task = export_task(model_dir) if model_dir.is_dir() else CLASSIFICATION
-        files = [read_input(name, path, config, task) for name, path in stack.enter_context(local_inputs(config.input))]
+        files = [read_input(name, relative, path, config, task)
+                 for name, relative, path in stack.enter_context(local_inputs(config.input))]
         total = sum(len(f.texts) for f in files)
         if not total:
             raise DataError(f"{config.input}: no rows to predict on (only header rows, or empty files)")
@@ -204,8 +205,7 @@ def predict(model: str | Path, config: PredictConfig) -> dict:
     ids = [i for f in files for i in f.ids] if config.id_column else list(range(total))
     columns = {ID: _uniform_ids(ids)}
     if len(files) > 1:
-        columns[SOURCE] = [name for f, name in zip(files, _relative_names(files, config.input), strict=True)
-                           for _ in f.texts]
+        columns[SOURCE] = [f.relative for f in files for _ in f.texts]
     frame = pd.concat([pd.DataFrame(columns), pd.DataFrame(rows, index=range(total))], axis=1)
     write_output(frame, config.output, fmt)
     summary = {"task": task, "rows": total, "files": len(files), "seconds": round(seconds, 3),
