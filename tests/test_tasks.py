@@ -315,3 +315,13 @@ def test_bundled_multilabel_data_is_the_entity_types_of_wnut16_tweets():
     assert len({label for row in frame[LABEL] for label in row}) == 10
     assert detect_task(frame, "label")[0] == "multilabel"
     assert PreprocessConfig(task="multilabel").data == "bundled:wnut16-entity-types"
+
+
+def test_data_report_says_the_task_and_shows_the_target(regression_run, multilabel_run):
+    from kftune.components.preprocess.report import data_report_html
+
+    stats = dict(regression_run[2])
+    html = data_report_html(stats, stats["_lengths"])
+    assert "task regression (auto:" in html and "<td>mean</td>" in html
+    stats = dict(multilabel_run[2])
+    assert all(f"<td>{label}</td>" in data_report_html(stats, stats["_lengths"]) for label in CUES)
