@@ -325,3 +325,30 @@ def test_data_report_says_the_task_and_shows_the_target(regression_run, multilab
     assert "task regression (auto:" in html and "<td>mean</td>" in html
     stats = dict(multilabel_run[2])
     assert all(f"<td>{label}</td>" in data_report_html(stats, stats["_lengths"]) for label in CUES)
+
+
+def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp_path, regression_run, tiny_model):
+    from kftune.components.common.training.search_space import parse_space
+    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.search import optuna_search
+
+    _, dataset, _, _ = regression_run
+    base = TrainConfig(model=str(tiny_model), num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16,
+                       early_stopping_patience=0, save_steps=0)
+    metric = TrainConfig(task="regression").metric_for_best_model
+    direction = SearchSettings().direction_for(metric)
+    assert (metric, direction) == ("rmse", "minimize")
+    space = parse_space('{"learning_rate": {"low": 1e-4, "high": 1e-2, "log": true}}')
+    record = optuna_search(base, space, dataset, tmp_path / "study", max_trials=2, seed=1, direction=direction,
+                           prune=False)
+    scores = [t["score"] for t in record["trials"]]
+    assert record["best"]["score"] == min(scores)  # minimised: the lowest RMSE is the best trial
+
+    lora = TrainConfig(model=str(tiny_model), training_mode="lora", lora_r=4, lora_target_modules="query,value",
+                       num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16, save_steps=0)
+    history = train(lora, dataset, tmp_path / "lora")
+    assert history["training_mode"] == "lora" and history["best_metric"] == "rmse"
+    assert (tmp_path / "lora" / TASK_FILE).is_file()
+    logits = predict_logits(torch_runner(load_classifier(tmp_path / "lora", encoder_task("regression"))),
+                            load_splits(dataset)[0]["test"], 64)
+    assert logits.shape[1] == 1 and np.isfinite(logits).all()
