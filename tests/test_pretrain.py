@@ -85,7 +85,8 @@ def test_the_output_fine_tunes_through_the_train_step(pretrained, prepared, tmp_
     from transformers import AutoModelForMaskedLM
 
     adapted = AutoModelForMaskedLM.from_pretrained(str(out))  # the encoder weights are the pretrained ones
-    assert torch.equal(classifier.bert.embeddings.word_embeddings.weight, adapted.bert.embeddings.word_embeddings.weight)
+    embeddings = classifier.bert.embeddings.word_embeddings.weight
+    assert torch.equal(embeddings, adapted.bert.embeddings.word_embeddings.weight)
     history = train(TrainConfig(model=str(out), num_train_epochs=1, learning_rate=1e-3,
                                 per_device_train_batch_size=16, logging_steps=5), prepared, tmp_path / "model")
     assert (tmp_path / "model" / "config.json").is_file()
@@ -181,3 +182,19 @@ def test_the_bundled_model_adapts_in_a_few_steps(prepared, tmp_path):
                                      pretrain_max_steps=30, seed=1), prepared, tmp_path / "model")
     assert report["heldout_loss_after"] < report["heldout_loss_before"]
     AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "model"), num_labels=2)
+
+
+def test_the_loss_on_masked_tokens_only_equals_the_models_own(tiny_model, prepared):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from kftune.components.pretrain.pretrain import encode, masked_token_loss
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    model = AutoModelForMaskedLM.from_pretrained(str(tiny_model)).eval()
+    examples = encode(tokenizer, ["a quietly moving film", "an overlong, overwrought mess of a sequel"], 32)
+    batch = collate(examples * 8, masking_collator(tokenizer, PretrainConfig(), seed=3))
+    with torch.no_grad():
+        mine, masked = masked_token_loss(model, batch)
+        theirs = model(**batch).loss
+    assert masked > 0
+    assert torch.allclose(mine, theirs, atol=1e-5)

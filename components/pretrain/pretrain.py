@@ -87,18 +87,37 @@ def masking_collator(tokenizer, config: PretrainConfig, seed: int):
                                            mlm_probability=config.pretrain_mlm_probability, seed=seed, **replace)
 
 
+def mlm_head(model) -> torch.nn.Module:
+    """The masked-LM head of a ``*ForMaskedLM`` model (BERT's ``cls``, RoBERTa's ``lm_head``, ...)."""
+    heads = [module for name, module in model.named_children() if name != model.base_model_prefix]
+    if len(heads) != 1:
+        raise RuntimeError(f"{type(model).__name__}: expected one head beside the encoder, found {len(heads)}")
+    return heads[0]
+
+
+def masked_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "mean") -> tuple[torch.Tensor, int]:
+    """Cross-entropy on the masked tokens, the head run on those tokens only.
+
+    The model's own forward projects every position onto the vocabulary, which on a CPU costs as
+    much as the encoder; the loss is the same (``test_pretrain`` checks it).
+    """
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    hidden = model.base_model(**inputs).last_hidden_state
+    chosen = batch["labels"] != -100
+    logits = mlm_head(model)(hidden[chosen])
+    loss = torch.nn.functional.cross_entropy(logits, batch["labels"][chosen], reduction=reduction)
+    return loss, int(chosen.sum())
+
+
 @torch.no_grad()
 def masked_lm_loss(model, batches: list[dict[str, torch.Tensor]]) -> float:
     """Mean loss per masked token over fixed, already masked batches."""
     model.eval()
     total, count = 0.0, 0
     for batch in batches:
-        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        labels = batch["labels"]
-        losses = torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1),
-                                                   ignore_index=-100, reduction="sum")
-        total += float(losses)
-        count += int((labels != -100).sum())
+        loss, n = masked_token_loss(model, batch, reduction="sum")
+        total += float(loss)
+        count += n
     model.train()
     return total / max(count, 1)
 
@@ -164,7 +183,9 @@ def pretrain(config: PretrainConfig, dataset_dir: str | Path, output_dir: str | 
                 if step >= total_steps:
                     break
                 batch = collate([train[i] for i in indices], collator)
-                loss = model(**batch).loss
+                loss, masked = masked_token_loss(model, batch)
+                if not masked:  # nothing to predict in this batch (a few very short texts)
+                    continue
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
                 optimizer.step()
