@@ -157,7 +157,7 @@ def test_local_run_with_pretraining_feeds_train(tmp_path, small_csv, tiny_model)
     from kftune.pipelines.local import run_finetune_locally
 
     arguments = dict(data=str(small_csv), model=str(tiny_model), num_train_epochs=1, learning_rate=1e-3,
-                     per_device_train_batch_size=16, min_accuracy=0.0, max_delta_vs_baseline=-1.0,
+                     per_device_train_batch_size=16, min_accuracy=0.0, min_gain_over_baseline=-1.0,
                      quantize_int8=False, pretrain=True, pretrain_corpus="bundled:rotten-tomatoes-plots",
                      pretrain_max_steps=5, pretrain_batch_size=16)
     result = run_finetune_locally(arguments, tmp_path / "run")
