@@ -198,3 +198,33 @@ def test_the_loss_on_masked_tokens_only_equals_the_models_own(tiny_model, prepar
         theirs = model(**batch).loss
     assert masked > 0
     assert torch.allclose(mine, theirs, atol=1e-5)
+
+
+def test_the_step_is_a_no_op_when_off_and_train_then_keeps_its_model(tmp_path):
+    from types import SimpleNamespace
+
+    from kftune.components.pretrain import component
+
+    out = SimpleNamespace(path=str(tmp_path / "pretrained"), metadata={})
+    component.pretrain(dataset=SimpleNamespace(path=str(tmp_path / "no-dataset")), pretrained_model=out,
+                       metrics=SimpleNamespace(log_metric=None))
+    assert json.loads((tmp_path / "pretrained" / REPORT_FILE).read_text()) == {"skipped": True}
+    assert not (tmp_path / "pretrained" / "config.json").exists() and out.metadata["skipped"] is True
+
+
+def test_the_compiled_pipeline_feeds_pretrain_into_train(tmp_path):
+    import yaml
+    from kfp import compiler
+
+    from kftune.pipelines.finetune import finetune
+
+    compiler.Compiler().compile(finetune, str(tmp_path / "finetune.yaml"))
+    pipeline = next(yaml.safe_load_all((tmp_path / "finetune.yaml").read_text()))
+    tasks = pipeline["root"]["dag"]["tasks"]
+    artifact = tasks["train"]["inputs"]["artifacts"]["pretrained_model"]["taskOutputArtifact"]
+    assert artifact == {"outputArtifactKey": "pretrained_model", "producerTask": "pretrain"}
+    assert tasks["pretrain"]["inputs"]["artifacts"]["dataset"]["taskOutputArtifact"]["producerTask"] == "preprocess"
+    params = pipeline["root"]["inputDefinitions"]["parameters"]
+    assert params["pretrain"]["defaultValue"] is False  # off unless asked for
+    train_inputs = pipeline["components"]["comp-train"]["inputDefinitions"]["artifacts"]
+    assert train_inputs["pretrained_model"]["isOptional"] is True  # the tune pipeline's train goes without
