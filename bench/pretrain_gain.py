@@ -11,7 +11,8 @@ the head's initialisation and the batch order; ``--epochs`` epochs, the rest def
 the base model and from the pretrained one, and evaluates both on the test split. The split is the
 same for every seed, so the pretraining never sees a text that is validation or test for another seed.
 The choice between the arms is to be made on validation accuracy (the kept epoch's); test accuracy is
-reported beside it. Writes OUT_DIR/pretrain_gain.json after every run and prints a table.
+reported beside it. Writes OUT_DIR/pretrain_gain.json after every run and prints a table; run again
+with the same OUT_DIR, it reuses the split, the pretrained model and the fine-tuned models already there.
 
 The defaults are a reduced setting sized for 2 shared CPU cores (a full default fine-tune takes ~10
 minutes there, and a masked-LM step over 32 plot texts ~10 s): 2,000 reviews (1,600 / 200 / 200
@@ -34,13 +35,13 @@ import torch
 
 from kftune.components.common.bundled import BUNDLED_MODEL, PLOTS_CORPUS
 from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import train
+from kftune.components.common.training.loop import HISTORY_FILE, train
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.evaluate.evaluate import evaluate
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
 from kftune.components.pretrain.config import PretrainConfig
-from kftune.components.pretrain.pretrain import pretrain
+from kftune.components.pretrain.pretrain import REPORT_FILE, pretrain
 
 ARMS = ("base", "pretrained")
 KEYS = ("val_accuracy", "test_accuracy", "val_f1_macro", "test_f1_macro")
@@ -48,7 +49,10 @@ KEYS = ("val_accuracy", "test_accuracy", "val_f1_macro", "test_f1_macro")
 
 def run_arm(model: str, seed: int, epochs: int, data: Path, out: Path) -> dict:
     started = time.perf_counter()
-    history = train(TrainConfig(model=model, seed=seed, num_train_epochs=epochs), data, out)
+    if (out / HISTORY_FILE).is_file():  # trained by an earlier, interrupted call: evaluate it
+        history = json.loads((out / HISTORY_FILE).read_text(encoding="utf-8"))
+    else:
+        history = train(TrainConfig(model=model, seed=seed, num_train_epochs=epochs), data, out)
     best = next(e for e in history["epochs"] if e["epoch"] == history["best_epoch"])
     scores = evaluate(out, data, EvaluateConfig())["model"]
     return {"val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"],
@@ -60,6 +64,8 @@ def summary(runs: list[dict]) -> dict:
     table = {}
     for arm in ARMS:
         done = [r[arm] for r in runs if arm in r]
+        if not done:
+            continue
         table[arm] = {k: [mean(d[k] for d in done), stdev(d[k] for d in done) if len(done) > 1 else 0.0]
                       for k in KEYS}
     paired = [r for r in runs if all(a in r for a in ARMS)]
@@ -83,13 +89,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     doc = {"arguments": {k: v for k, v in vars(args).items() if k != "out"},
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"}
-    stats = preprocess(PreprocessConfig(max_rows=args.max_rows, seed=args.split_seed), args.out / "data")
-    doc["split"] = stats["split_sizes"]
-    doc["pretrain"] = pretrain(
-        PretrainConfig(pretrain=True, pretrain_corpus=PLOTS_CORPUS, seed=args.split_seed,
-                       pretrain_epochs=args.pretrain_epochs, pretrain_max_length=args.pretrain_max_length,
-                       pretrain_max_steps=args.pretrain_max_steps),
-        args.out / "data", args.out / "pretrained")
+    # what an interrupted call finished is reused (the same arguments are assumed)
+    if not (args.out / "data" / "stats.json").is_file():
+        preprocess(PreprocessConfig(max_rows=args.max_rows, seed=args.split_seed), args.out / "data")
+    doc["split"] = json.loads((args.out / "data" / "stats.json").read_text(encoding="utf-8"))["split_sizes"]
+    if not (args.out / "pretrained" / REPORT_FILE).is_file():
+        pretrain(PretrainConfig(pretrain=True, pretrain_corpus=PLOTS_CORPUS, seed=args.split_seed,
+                                pretrain_epochs=args.pretrain_epochs, pretrain_max_length=args.pretrain_max_length,
+                                pretrain_max_steps=args.pretrain_max_steps),
+                 args.out / "data", args.out / "pretrained")
+    doc["pretrain"] = json.loads((args.out / "pretrained" / REPORT_FILE).read_text(encoding="utf-8"))
     doc["runs"] = []
     for seed in args.seeds:
         run = {"seed": seed}

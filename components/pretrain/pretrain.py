@@ -101,6 +101,8 @@ def masked_token_loss(model, batch: dict[str, torch.Tensor], reduction: str = "m
     The model's own forward projects every position onto the vocabulary, which on a CPU costs as
     much as the encoder; the loss is the same (``test_pretrain`` checks it).
     """
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     hidden = model.base_model(**inputs).last_hidden_state
     chosen = batch["labels"] != -100
@@ -159,7 +161,7 @@ def pretrain(config: PretrainConfig, dataset_dir: str | Path, output_dir: str | 
                        for i in range(0, len(holdout), config.pretrain_batch_size)]
 
     model = AutoModelForMaskedLM.from_pretrained(base_path)
-    model.train()
+    model.to(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")).train()
     loss_before = masked_lm_loss(model, holdout_batches)
     logger.info("held-out masked-LM loss before pretraining: %.4f (%d texts)", loss_before, len(holdout))
 
@@ -218,7 +220,7 @@ def pretrain(config: PretrainConfig, dataset_dir: str | Path, output_dir: str | 
         "train_loss_last_epoch_mean": float(np.mean(losses[-per_epoch:])) if losses else None,
         "seconds": round(time.perf_counter() - started, 1),
     }
-    encoder = encoder_of(model, base_path)
+    encoder = encoder_of(model.cpu(), base_path)
     with atomic_directory(output_dir) as tmp:
         encoder.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
