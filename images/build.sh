@@ -58,7 +58,7 @@ cuda_base=$registry/kftune-base-cuda:$tag
 # Stages whose work is training: they get the torch variant asked for (NCCL, torchrun across GPUs).
 base_of() {
     case $1 in
-        train | tune) if [ "$torch_variant" = cpu ]; then echo "$cpu_base"; else echo "$cuda_base"; fi ;;
+        train | tune | pretrain) if [ "$torch_variant" = cpu ]; then echo "$cpu_base"; else echo "$cuda_base"; fi ;;
         *) echo "$cpu_base" ;;
     esac
 }

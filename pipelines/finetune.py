@@ -1,4 +1,4 @@
-"""The finetune pipeline: preprocess -> train (torchrun) -> evaluate vs baselines -> export ONNX
+"""The finetune pipeline: preprocess -> (optional masked-LM) pretrain -> train (torchrun) -> evaluate vs baselines -> export ONNX
 -> (when evaluate's gate passes) publish to object storage -> deploy on KServe.
 
 Its run parameters are the settings of its components (each declared once, in its stage's
@@ -20,13 +20,14 @@ from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
+from kftune.components.pretrain import component as pretrain_component
 from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.pipelines.steps import FinetuneSteps
 
 PIPELINE_NAME = "finetune"
-STAGES = (preprocess_component.preprocess, train_component.train, evaluate_component.evaluate,
+STAGES = (preprocess_component.preprocess, pretrain_component.pretrain, train_component.train, evaluate_component.evaluate,
           export_component.export, publish_component.publish, deploy_component.deploy)
 """The finetune pipeline's components: its run parameters are their settings."""
 
@@ -67,7 +68,9 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         """
         values = dict(locals())
         prep = steps.preprocess(values)
-        trained, scored, exported = steps.train_evaluate_export(values, prep.outputs["dataset"])
+        pretrained = steps.pretrain(values, prep.outputs["dataset"])
+        trained, scored, exported = steps.train_evaluate_export(
+            values, prep.outputs["dataset"], pretrained_model=pretrained.outputs["pretrained_model"])
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             with dsl.If(values["publish_uri"] != "", name="publish-requested"):

@@ -10,6 +10,7 @@ from kftune.components.common.signatures import settings_task
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
+from kftune.components.pretrain import component as pretrain_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.cluster import Cluster
 
@@ -20,6 +21,7 @@ class FinetuneSteps:
     def __init__(self, images: ImageScheme, cluster: Cluster):
         self.images, self.cluster = images, cluster
         self.preprocess_op = preprocess_component.component(images)
+        self.pretrain_op = pretrain_component.component(images)
         self.train_op = train_component.component(images)
         self.evaluate_op = evaluate_component.component(images)
         self.export_op = export_component.component(images)
@@ -30,6 +32,14 @@ class FinetuneSteps:
         prep.set_display_name("preprocess").set_cpu_request("1").set_memory_request("4G")
         self.cluster.use_storage_secrets(prep, values)
         return prep
+
+    def pretrain(self, values: dict, dataset) -> dsl.PipelineTask:
+        """Masked-LM pretraining of the base model when the run parameter ``pretrain`` is on; a no-op step otherwise
+        (its artifact then holds no model and train starts from ``model``)."""
+        pretrained = settings_task(self.pretrain_op, values, dataset=dataset)
+        pretrained.set_display_name("pretrain").set_cpu_request("2").set_memory_request("8G")
+        self.cluster.use_storage_secrets(pretrained, values)  # the model and the corpus may be in s3:// or gs://
+        return pretrained
 
     def train_evaluate_export(self, values: dict, dataset, display_name: str = "train",
                               **train_arguments) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:

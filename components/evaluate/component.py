@@ -18,7 +18,7 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> bool:
-    """Score the fine-tuned model on the test split against baselines (classification: majority and TF-IDF; causal-lm: the base model, zero-shot, on the same prompts).
+    """Score the fine-tuned model on the test split against the task's baselines (classification: majority and TF-IDF + logistic regression; regression: the mean and TF-IDF + ridge; multilabel: the most frequent label set and TF-IDF + one-vs-rest; causal-lm: the base model, zero-shot, on the same prompts).
 
     Args:
         dataset: Tokenized splits from preprocess (the baselines train on its train split).

@@ -16,6 +16,7 @@ def train(
     finetuned_model: Output[Model],
     metrics: Output[Metrics],
     curves: Output[HTML],
+    pretrained_model: Input[Model] = None,
     hyperparameters: dict = {},
     shared_dir: str = "",
     run_id: str = "local",
@@ -30,6 +31,7 @@ def train(
         finetuned_model: Output: the best checkpoint as a Hugging Face model directory (safetensors, tokenizer, label maps).
         metrics: Output: best epoch, validation scores, throughput.
         curves: Output: HTML training curves.
+        pretrained_model: A model from the pretrain step; when it holds a model (config.json) it replaces the model setting as the starting point.
         hyperparameters: Values that replace the training settings, e.g. the best trial of a search ({"learning_rate": 5e-5}).
         shared_dir: Mount path of a volume that outlives the pod (checkpoints, TrainJob data); empty: none.
         run_id: Identifies the pipeline run; checkpoints go to shared_dir/checkpoints/run_id so retries resume.
@@ -60,7 +62,18 @@ def train(
     config = settings_from(TrainConfig, values, checkpoint_dir=shared_checkpoint_dir(shared_dir, run_id))
     if hyperparameters:
         config = apply_hyperparameters(config, hyperparameters)
+    base_model = config.model
+    if pretrained_model is not None and (Path(pretrained_model.path) / "config.json").is_file():
+        import dataclasses
+
+        config = dataclasses.replace(config, model=pretrained_model.path)
+        base_model = f"{base_model} (pretrained by the pretrain step)"
     handle = {}
+    if launch.num_nodes > 1 and base_model != config.model:
+        from kftune.components.common.errors import ConfigError
+
+        raise ConfigError("a pretrained model from the pretrain step is not staged for a multi-node TrainJob yet: "
+                          "set num_nodes 1 or pretrain false")
     if launch.num_nodes > 1:
         from kftune.components.train.trainjob import launch_multinode
 
@@ -77,7 +90,7 @@ def train(
     for name, value in history_metrics(history).items():
         metrics.log_metric(name, value)
     Path(curves.path).write_text(curves_html(history), encoding="utf-8")
-    finetuned_model.metadata.update({"framework": "pytorch", "format": "huggingface", "base_model": config.model,
+    finetuned_model.metadata.update({"framework": "pytorch", "format": "huggingface", "base_model": base_model,
                                      "training_mode": config.training_mode, "best_epoch": history["best_epoch"]})
     return json.dumps(handle, sort_keys=True)
 

@@ -21,6 +21,7 @@ from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.export.config import ExportConfig
 from kftune.components.predict.config import PredictConfig
 from kftune.components.preprocess.config import PreprocessConfig
+from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.publish.config import PublishSettings
 from kftune.components.serve.config import ServeConfig
 from kftune.components.tune.config import SearchSettings
@@ -30,6 +31,7 @@ END = "<!-- end of settings -->"
 
 TABLES: dict[str, tuple] = {
     "components/preprocess/README.md": (PreprocessConfig,),
+    "components/pretrain/README.md": (PretrainConfig,),
     "components/train/README.md": (TrainConfig, Launch, TrainResources),
     "components/tune/README.md": (SearchSettings,),
     "components/evaluate/README.md": (EvaluateConfig,),
