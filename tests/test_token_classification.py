@@ -364,10 +364,12 @@ def toy_sentences(n: int, seed: int = 0):
 
 
 def test_predict_entities_on_raw_text(tokenizer):
+    from kftune.components.common.inference import torch_runner
+
     model = tiny_token_model(5).eval()
     texts = ["Ada Smith lives in Paris.", "", "Grace met   Linus in Oslo today"]
     id2tag = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-    results = tc.predict_entities(model, tokenizer, texts, id2tag, max_length=32)
+    results = tc.predict_entities(torch_runner(model), tokenizer, texts, id2tag, max_length=32)
     assert len(results) == 3 and results[1] == []
     for text, spans in zip(texts, results, strict=True):
         for span in spans:
@@ -403,3 +405,50 @@ def test_a_tiny_token_classifier_learns(tokenizer):
                                                     num_words=len(tokens[i]))[0])[0]
                  for i, row in enumerate(logits)]
     assert tc.scores(tags[:8], predicted)["accuracy"] > 0.6
+
+
+def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
+    """Per-piece logits with dynamic batch and sequence axes: ONNX Runtime agrees with PyTorch."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from kftune.components.common.inference import onnx_runner, torch_runner
+
+    model = tiny_token_model(5).eval()
+    sample = tokenizer(["a short one", "a second, somewhat longer example sentence"], padding=True,
+                       return_tensors="pt")
+    names = ["input_ids", "attention_mask"]
+
+    class LogitsOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    path = tmp_path / "model.onnx"
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": tc.ONNX_LOGITS_AXES}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # tracer warnings; parity is checked below
+        torch.onnx.export(LogitsOnly(model), tuple(sample[n] for n in names), str(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    tokens, tags = toy_sentences(10)
+    tokens[3] = tokens[3] * 4  # a longer sentence: batches of different widths
+    tags[3] = tags[3] * 4
+    encoded = tc.encode(tokenizer, tokens, None, None, max_length=64)
+    reference = tc.piece_logits(torch_runner(model), encoded, batch_size=4)
+    exported = tc.piece_logits(onnx_runner(ort.InferenceSession(str(path))), encoded, batch_size=4)
+    assert [len(x) for x in exported] == [len(x) for x in encoded["input_ids"]]
+    parity = tc.logits_parity(reference, exported, encoded["word_ids"])
+    assert parity["max_abs_diff"] < 1e-4 and parity["mismatched_words"] == 0
+    assert parity["words"] == sum(len(t) for t in tokens)
+    predicted, word_scores = tc.predict_word_tags(torch_runner(model), encoded, [len(t) for t in tokens],
+                                                  ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
+    assert [len(p) for p in predicted] == [len(t) for t in tokens]
+    assert all(tc.repair_iob2(p)[1] == 0 for p in predicted)  # valid IOB2
+    # a deliberately different run is caught
+    shifted = [x + [0, 0, 0, 0, 10] for x in reference]
+    assert tc.logits_parity(reference, shifted, encoded["word_ids"])["mismatched_words"] > 0

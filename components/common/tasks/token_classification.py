@@ -612,25 +612,83 @@ def entity_spans(text: str, word_spans, tags, word_scores) -> list[dict]:
             for e in entities]
 
 
-def predict_entities(model, tokenizer, texts: list[str], id2tag, max_length: int, batch_size: int = 32) -> list:
-    """Entity spans (:func:`entity_spans`) for each raw text, from a token-classification model
-    (transformers, in eval mode): words from :func:`text_words`, encoded as at training."""
-    import torch
+ONNX_LOGITS_AXES = {0: "batch", 1: "sequence"}
+"""Dynamic axes of the exported graph's ``logits`` output: one row of tag scores per word piece."""
 
-    results = []
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start:start + batch_size]
-        words = [text_words(tokenizer, t) for t in chunk]
-        encoded = encode(tokenizer, [[w for w, _, _ in ws] or [""] for ws in words], None, None, max_length)
-        batch = collate([{"input_ids": i, "attention_mask": m}
-                         for i, m in zip(encoded["input_ids"], encoded["attention_mask"], strict=True)],
-                        tokenizer.pad_token_id or 0)
-        with torch.no_grad():
-            logits = model(**batch).logits.float().numpy()
-        for text, ws, ids, row in zip(chunk, words, encoded["word_ids"], logits, strict=True):
-            if not ws:
-                results.append([])
-                continue
-            tags, word_scores = word_predictions(row[: len(ids)], ids, id2tag, num_words=len(ws))
-            results.append(entity_spans(text, ws, tags, word_scores))
+
+class _Encoded:
+    """:func:`encode` output shaped like a ``datasets`` split (for ``inference.padded_batches``)."""
+
+    def __init__(self, encoded: dict):
+        from kftune.components.common.inference import MODEL_INPUTS
+
+        self._columns = {name: encoded[name] for name in MODEL_INPUTS if name in encoded}
+        self.column_names = list(self._columns)
+
+    def __getitem__(self, name: str):
+        return self._columns[name]
+
+    def __len__(self) -> int:
+        return len(self._columns["input_ids"])
+
+
+def piece_logits(run_batch, encoded: dict, batch_size: int = 32, pad_id: int = 0) -> list:
+    """Per example, the logits of its word pieces (``[pieces, num_tags]``, padding cut off), in
+    ``encoded``'s order. ``run_batch``: {input: int64 array [batch, width]} -> logits
+    ``[batch, width, num_tags]`` (:func:`~kftune.components.common.inference.torch_runner` or
+    :func:`~kftune.components.common.inference.onnx_runner`); batches are run in length order."""
+    import numpy as np
+
+    from kftune.components.common.inference import padded_batches
+
+    split = _Encoded(encoded)
+    out: list = [None] * len(split)
+    for indices, arrays in padded_batches(split, batch_size, pad_id):
+        logits = np.asarray(run_batch(arrays), dtype=np.float32)
+        for row, i in enumerate(indices):
+            out[i] = logits[row, : len(split["input_ids"][i])]
+    return out
+
+
+def predict_word_tags(run_batch, encoded: dict, num_words: list[int], id2tag, batch_size: int = 32,
+                      pad_id: int = 0) -> tuple[list[list[str]], list[list[float]]]:
+    """Tags (made valid IOB2 by :func:`repair_iob2`) and scores per word of each encoded sentence."""
+    tags, word_scores = [], []
+    for logits, word_ids, n in zip(piece_logits(run_batch, encoded, batch_size, pad_id), encoded["word_ids"],
+                                   num_words, strict=True):
+        t, s = word_predictions(logits, word_ids, id2tag, num_words=n)
+        tags.append(repair_iob2(t)[0])
+        word_scores.append(s)
+    return tags, word_scores
+
+
+def logits_parity(reference: list, other: list, word_ids: list) -> dict:
+    """How far two runs' :func:`piece_logits` are apart: the largest absolute difference over
+    all pieces, and the number of words whose first-piece tag differs (the export's parity check)."""
+    import numpy as np
+
+    max_diff, mismatched, words = 0.0, 0, 0
+    for a, b, ids in zip(reference, other, word_ids, strict=True):
+        max_diff = max(max_diff, float(np.abs(np.asarray(a) - np.asarray(b)).max(initial=0.0)))
+        first = [p for p, w in enumerate(ids) if w is not None and w >= 0 and (p == 0 or ids[p - 1] != w)]
+        words += len(first)
+        mismatched += int((np.asarray(a)[first].argmax(-1) != np.asarray(b)[first].argmax(-1)).sum()) if first else 0
+    return {"max_abs_diff": max_diff, "mismatched_words": mismatched, "words": words}
+
+
+def predict_entities(run_batch, tokenizer, texts: list[str], id2tag, max_length: int, batch_size: int = 32) -> list:
+    """Entity spans (:func:`entity_spans`) for each raw text: words from :func:`text_words`,
+    encoded as at training, run through ``run_batch`` (as for :func:`piece_logits`: a PyTorch
+    model or an ONNX Runtime session behind it). An empty text has no entities."""
+    words = [text_words(tokenizer, t) for t in texts]
+    present = [i for i, ws in enumerate(words) if ws]
+    results: list[list[dict]] = [[] for _ in texts]
+    if not present:
+        return results
+    encoded = encode(tokenizer, [[w for w, _, _ in words[i]] for i in present], None, None, max_length)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tags, word_scores = predict_word_tags(run_batch, encoded, [len(words[i]) for i in present], id2tag,
+                                          batch_size, pad_id)
+    for i, t, s in zip(present, tags, word_scores, strict=True):
+        results[i] = entity_spans(texts[i], words[i], t, s)
     return results
