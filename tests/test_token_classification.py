@@ -293,6 +293,16 @@ def test_most_frequent_tag_baseline():
         ["O", "B-PER"]]
 
 
+def test_tags_from_labels_reads_first_pieces():
+    id2tag = ["O", "B-PER", "I-PER"]
+    labels = [[-100, 1, -100, 2, -100], [-100, 0, -100, -100, -100]]
+    logits = [[[9, 0, 0], [0, 0, 3], [0, 5, 0], [0, 0, 1], [0, 0, 0]],  # I-PER I-PER -> repaired B-PER I-PER
+              [[0, 0, 0], [0, 4, 0], [9, 0, 0], [9, 0, 0], [9, 0, 0]]]
+    true, pred = tc.tags_from_labels(logits, labels, id2tag)
+    assert true == [["B-PER", "I-PER"], ["O"]]
+    assert pred == [["B-PER", "I-PER"], ["B-PER"]]
+
+
 def test_repair_iob2():
     assert tc.repair_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]) == (
         ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-PER"], 3)

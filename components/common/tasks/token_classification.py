@@ -520,6 +520,23 @@ def scores(true_tag_seqs, pred_tag_seqs) -> dict:
     }
 
 
+def tags_from_labels(logits, labels, id2tag) -> tuple[list[list[str]], list[list[str]]]:
+    """(true, predicted) tag sequences from a batch of piece logits ``[batch, pieces, num_tags]``
+    and its :func:`encode` labels (the first pieces of words carry a label, the rest -100): for
+    the training loop's validation, which has labels but no word ids. Predictions are made
+    valid IOB2 with :func:`repair_iob2`, as at evaluation."""
+    import numpy as np
+
+    logits, labels = np.asarray(logits), np.asarray(labels)
+    predicted_ids = logits.argmax(-1)
+    true, pred = [], []
+    for row_labels, row_pred in zip(labels, predicted_ids, strict=True):
+        keep = row_labels != IGNORE
+        true.append([id2tag[int(i)] for i in row_labels[keep]])
+        pred.append(repair_iob2([id2tag[int(i)] for i in row_pred[keep]])[0])
+    return true, pred
+
+
 def most_frequent_tag_baseline(train_tokens, train_tags, test_tokens) -> list[list[str]]:
     """Tag each test word with the tag it has most often in train (exact word form; ties go to
     the alphabetically first tag); words not seen in train get ``O``. The sequences are then
