@@ -152,6 +152,12 @@ def test_other_bad_input_errors(tmp_path):
     unknown.write_text("x", encoding="utf-8")
     assert "unknown token-classification data format '.csv'" in error_of(lambda: tc.read_token_data(str(unknown)))
     assert error_of(lambda: tc.read_token_data(str(tmp_path / "missing.conll"))).endswith("no such file or directory")
+    empty = tmp_path / "e.jsonl"
+    empty.write_text("\n", encoding="utf-8")
+    assert error_of(lambda: tc.read_token_data(str(empty))).startswith(f"{empty}: no rows; expected one object")
+    assert error_of(lambda: tc.split_token_data(pd.DataFrame({tc.TOKENS: [["a"]], tc.TAGS: [["O"]]}), 0.1, 0.1, 0,
+                                                "d.conll")) == (
+        "d.conll: 1 sentence(s) after cleaning; a train/validation/test split needs at least 3")
 
 
 def test_bioes_tag_with_no_known_prefix_is_an_error(tmp_path):

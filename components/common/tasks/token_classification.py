@@ -123,6 +123,9 @@ def _check_columns(columns, path: Path, tokens_column: str, tags_column: str) ->
 def _rows_frame(rows: list[dict], wheres: list[str], path: Path, tokens_column: str, tags_column: str):
     import pandas as pd
 
+    if not rows:
+        raise DataError(f"{path}: no rows; expected one object per sentence with {tokens_column!r} and "
+                        f"{tags_column!r} lists")
     _check_columns(set().union(*(r.keys() for r in rows)), path, tokens_column, tags_column)
     return pd.DataFrame({
         TOKENS: [_as_list(r.get(tokens_column)) for r in rows],
@@ -407,12 +410,14 @@ def _stratify(keys: list[str], fraction: float):
     return keys if 1 < k <= smaller else None
 
 
-def split_token_data(frame, validation_fraction: float, test_fraction: float, seed: int) -> dict:
-    """Seeded train / validation / test split, stratified by :func:`stratify_keys` where possible."""
+def split_token_data(frame, validation_fraction: float, test_fraction: float, seed: int, source: str = "data") -> dict:
+    """Seeded train / validation / test split, stratified by :func:`stratify_keys` where the
+    smaller side of each cut has room for every key (else unstratified)."""
     from sklearn.model_selection import train_test_split
 
     if len(frame) < 3:
-        raise DataError(f"{len(frame)} sentence(s) after cleaning; a train/validation/test split needs at least 3")
+        raise DataError(f"{source}: {len(frame)} sentence(s) after cleaning; a train/validation/test split "
+                        "needs at least 3")
     keys = stratify_keys(frame[TAGS])
     rest, test = train_test_split(frame, test_size=test_fraction, random_state=seed,
                                   stratify=_stratify(keys, test_fraction))
