@@ -19,13 +19,18 @@ ADAPTER_CONFIG = "adapter_config.json"
 BASE_MODEL_DIR = "base_model"
 
 
-def build_classifier(config, num_labels: int, id2label: dict, label2id: dict, model_path: str):
-    """The model to train for ``config.training_mode`` (a TrainConfig), on top of ``model_path``."""
-    from transformers import AutoModelForSequenceClassification
+def auto_model_class(task=None):
+    """The transformers ``AutoModelFor...`` class of an encoder task (sequence classification by default)."""
+    import transformers
 
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=num_labels, id2label=id2label, label2id=label2id, ignore_mismatched_sizes=True
-    )
+    return getattr(transformers, task.auto_model if task is not None else "AutoModelForSequenceClassification")
+
+
+def build_classifier(config, head: dict, model_path: str, task=None):
+    """The model to train for ``config.training_mode`` (a TrainConfig), on top of ``model_path``, with the head
+    ``head`` describes (``num_labels``, ``id2label``, ``label2id``, ``problem_type``: the task's ``head(info)``)."""
+    model = auto_model_class(task).from_pretrained(model_path, ignore_mismatched_sizes=True, **head)
+    peft_type = task.peft_task_type if task is not None else "SEQ_CLS"
     mode = config.training_mode
     if mode == "freeze_encoder":
         for param in model.base_model.parameters():
@@ -34,7 +39,7 @@ def build_classifier(config, num_labels: int, id2label: dict, label2id: dict, mo
         from peft import LoraConfig, TaskType, get_peft_model
 
         lora = LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=TaskType[peft_type],
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
@@ -45,7 +50,7 @@ def build_classifier(config, num_labels: int, id2label: dict, label2id: dict, mo
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
         model = get_peft_model(
-            model, PromptTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=config.num_virtual_tokens)
+            model, PromptTuningConfig(task_type=TaskType[peft_type], num_virtual_tokens=config.num_virtual_tokens)
         )
     return model
 
@@ -79,14 +84,13 @@ def is_adapter(directory: str | Path) -> bool:
     return (Path(directory) / ADAPTER_CONFIG).is_file()
 
 
-def load_classifier(directory: str | Path):
-    """The trained classifier in ``directory`` (plain or prompt-tuned), in eval mode."""
-    from transformers import AutoModelForSequenceClassification
-
+def load_classifier(directory: str | Path, task=None):
+    """The trained model of an encoder ``task`` in ``directory`` (plain or prompt-tuned), in eval mode."""
+    auto = auto_model_class(task)
     directory = Path(directory)
     if not is_adapter(directory):
-        return AutoModelForSequenceClassification.from_pretrained(str(directory)).eval()
+        return auto.from_pretrained(str(directory)).eval()
     from peft import PeftModel
 
-    base = AutoModelForSequenceClassification.from_pretrained(str(directory / BASE_MODEL_DIR))
+    base = auto.from_pretrained(str(directory / BASE_MODEL_DIR))
     return PeftModel.from_pretrained(base, str(directory)).eval()

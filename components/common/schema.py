@@ -9,6 +9,10 @@ A preprocessed dataset artifact is a directory::
     tokenizer/       the tokenizer the splits were encoded with
     stats.json       what preprocessing did (rows removed per rule, split sizes, ...)
 
+``task.json`` names the task and holds what it needs to know of the labels (``labels`` in id
+order, a regression target's ``target_mean``/``target_std``; a trained multi-label model's adds
+``thresholds``); train copies it into the model and export into the export directory.
+
 A causal-lm dataset has no labels.json; its splits hold ``messages`` (the conversation as
 JSON), ``prompt`` (rendered up to the last assistant turn), ``reference`` (that turn),
 ``input_ids``, ``labels`` (-100 outside assistant turns), ``length``; and ``task.json`` says
@@ -72,6 +76,11 @@ def load_splits(dataset_dir: str | Path):
 
 
 def dataset_task(dataset_dir: str | Path) -> dict:
-    """The dataset's ``task.json`` (``{"task": "classification"}`` for a dataset without one)."""
-    path = Path(dataset_dir) / TASK_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"task": "classification"}
+    """The task's part of a dataset, model or export directory: its ``task.json``, or, for one written before
+    tasks had one, classification with the labels of its ``labels.json``."""
+    directory = Path(dataset_dir)
+    path = directory / TASK_FILE
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    labels = directory / LABELS_FILE
+    return {"task": "classification", "labels": list(LabelMap.load(labels).names) if labels.is_file() else []}

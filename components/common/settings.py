@@ -33,6 +33,7 @@ from typing import Any, Literal
 from docstring_parser import parse_from_object
 
 from kftune.components.common.errors import ConfigError
+from kftune.components.common.tasks import TASKS
 
 TYPES = (str, int, float, bool, dict, list)  # what KFP parameters take
 
@@ -165,13 +166,16 @@ class Seeding:
     """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
 
 
+TASK_CHOICES = ("auto", *TASKS)  # the registered tasks (kftune.components.common.tasks.TASKS)
+
+
 @dataclass
 class TaskChoice:
     """What the run learns. Settings left at ``auto`` take the task's defaults
     (:mod:`kftune.components.common.tasks`) when a config with this group is built."""
 
-    task: Literal["classification", "causal-lm"] = "classification"
-    """classification (one label per text) or causal-lm (instruction tuning of a causal language model on prompt/completion or chat data)."""  # noqa: E501
+    task: Literal[TASK_CHOICES] = "auto"
+    """auto (decided from the data: the bundled default is classification; lists of labels multilabel, non-integer numbers regression, instruction columns causal-lm), classification (one label per text), causal-lm (instruction tuning of a causal language model on prompt/completion or chat data), regression (one number per text) or multilabel (a set of labels per text)."""  # noqa: E501
 
     def __post_init__(self) -> None:
         from kftune.components.common.tasks import apply_task_defaults

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 
 from kftune.components.common.reports import figure_html, markdown_table, new_figure, page, table_html
-from kftune.components.evaluate.evaluate import SUMMARY_KEYS
+from kftune.components.common.tasks import task_named
 
 
 def comparison_rows(result: dict) -> list[tuple]:
-    rows = [("fine-tuned model", *(result["model"][k] for k in SUMMARY_KEYS))]
+    keys = task_named(result.get("task", "classification")).metrics
+    rows = [("fine-tuned model", *(result["model"][k] for k in keys))]
     for name, scores in result["baselines"].items():
-        rows.append((f"baseline: {name}", *(scores[k] for k in SUMMARY_KEYS)))
-    rows.append(("delta vs tfidf_logreg", *(result["delta_vs_baseline"][k] for k in SUMMARY_KEYS)))
+        rows.append((f"baseline: {name}", *(scores[k] for k in keys)))
+    rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"][k] for k in keys)))
     return rows
 
 
@@ -33,7 +34,8 @@ def evaluation_markdown(result: dict) -> str:
         keys, rows = generative_rows(result)
         table = markdown_table(["test split", *keys], rows)
     else:
-        table = markdown_table(["test split", *SUMMARY_KEYS], comparison_rows(result))
+        table = markdown_table(["test split", *task_named(result.get("task", "classification")).metrics],
+                               comparison_rows(result))
     gate = "\n".join(f"- {'PASS' if ok else 'FAIL'}: {check}" for check, ok in result["checks"].items())
     return f"{table}\n\nGate: {'passed' if result['passed'] else 'failed'}\n{gate}\n"
 
@@ -70,42 +72,14 @@ def evaluation_report_html(result: dict) -> str:
     """A self-contained HTML page for the KFP UI."""
     if result.get("task") == "causal-lm":
         return generative_report_html(result)
-    names = result["labels"]
-    matrix = np.asarray(result["model"]["confusion_matrix"])
-    fig, ax = new_figure(4 + 0.4 * len(names), 3.5 + 0.4 * len(names))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, str(value), ha="center", va="center",
-                color="white" if value > matrix.max() / 2 else "black")
+    task = task_named(result.get("task", "classification"))
     sections = [
-        f"<p>Test split: {result['test_size']} examples.</p>",
+        f"<p>Task {task.name}; test split: {result['test_size']} examples.</p>",
         "<h2>Model vs baselines</h2>",
-        table_html(["", *SUMMARY_KEYS], comparison_rows(result)),
+        table_html(["", *task.metrics], comparison_rows(result)),
         "<h2>Gate</h2>",
         f"<p class='{'pass' if result['passed'] else 'fail'}'>{'PASSED' if result['passed'] else 'FAILED'}</p>",
         table_html(["check", "result"], [(c, "pass" if ok else "fail") for c, ok in result["checks"].items()]),
-        "<h2>Per class</h2>",
-        table_html(
-            ["label", "precision", "recall", "f1", "support"],
-            [(n, s["precision"], s["recall"], s["f1"], s["support"]) for n, s in result["model"]["per_class"].items()],
-        ),
-        "<h2>Confusion matrix</h2>",
-        figure_html(fig),
+        *task.report_sections(result),
     ]
-    if "roc_curve" in result["model"]:
-        fig, ax = new_figure(4.5, 4)
-        curve = result["model"]["roc_curve"]
-        ax.plot(curve["fpr"], curve["tpr"], label=f"model (AUC {result['model']['roc_auc']:.3f})")
-        base = result["baselines"]["tfidf_logreg"]
-        if "roc_curve" in base:
-            ax.plot(base["roc_curve"]["fpr"], base["roc_curve"]["tpr"], label=f"TF-IDF (AUC {base['roc_auc']:.3f})")
-        ax.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.legend()
-        sections += ["<h2>ROC curve</h2>", figure_html(fig)]
-    return page("kftune evaluation", *sections)
+    return page("kftune evaluation" + ("" if task.name == "classification" else f" ({task.name})"), *sections)

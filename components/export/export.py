@@ -23,7 +23,8 @@ from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.errors import KftuneError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
 from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, LABELS_FILE, STATS_FILE, load_splits
+from kftune.components.common.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_splits
+from kftune.components.common.tasks import encoder_task, trained_task_info, with_task
 from kftune.components.export.config import ExportConfig
 
 log = logging.getLogger(__name__)
@@ -97,16 +98,22 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
     import onnx
     from transformers import AutoTokenizer
 
+    config = with_task(config, dataset_task(dataset_dir)["task"])
     config.validate()
     if config.task == "causal-lm":
         return export_causal_lm(model_dir, dataset_dir, output_dir, config)
     model_dir = Path(model_dir)
-    model = load_classifier(model_dir)
+    task = encoder_task(config.task)
+    model = load_classifier(model_dir, task)
+    info = trained_task_info(model_dir, model, dataset_task(dataset_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     splits, _ = load_splits(dataset_dir)
     test = splits["test"]
     y_true = np.asarray(test[LABEL])
     pad_id = tokenizer.pad_token_id or 0
+
+    def score(logits) -> float:
+        return task.scores(logits, y_true, info)[task.primary]
 
     with atomic_directory(output_dir) as tmp:
         started = time.perf_counter()
@@ -118,7 +125,9 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
         torch_logits = predict_logits(torch_runner(model), test, config.batch_size, pad_id)
         onnx_logits = predict_logits(onnx_runner(_session(onnx_path)), test, config.batch_size, pad_id)
         max_diff = float(np.abs(torch_logits - onnx_logits).max())
-        mismatched = int((torch_logits.argmax(1) != onnx_logits.argmax(1)).sum())
+        decided = task.decisions(torch_logits, info)
+        mismatched = 0 if decided is None else int(
+            (decided != task.decisions(onnx_logits, info)).reshape(len(test), -1).any(axis=1).sum())
         log.info("ONNX parity on %d test texts: max |logit diff| %.2e, %d prediction(s) differ",
                  len(test), max_diff, mismatched)
         if max_diff > config.atol or mismatched:
@@ -128,12 +137,14 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
                 f"{len(test)} predictions differ (allowed 0)"
             )
         report = {
+            "task": config.task,
             "inputs": inputs,
             "opset": config.opset,
             "export_seconds": export_seconds,
             "parity": {"examples": len(test), "max_abs_logit_diff": max_diff, "prediction_mismatches": mismatched},
-            "accuracy": {"pytorch": float((torch_logits.argmax(1) == y_true).mean()),
-                         "onnx": float((onnx_logits.argmax(1) == y_true).mean())},
+            # the task's primary score on the test split (classification: accuracy)
+            "primary_metric": task.primary,
+            "accuracy": {"pytorch": score(torch_logits), "onnx": score(onnx_logits)},
             "files": {"onnx": ONNX_FILE},
             "config": asdict(config),
             # what a server must truncate texts to, to see them as training and evaluation did
@@ -145,8 +156,11 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
             int8_path = tmp / INT8_FILE
             quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
             int8_logits = predict_logits(onnx_runner(_session(int8_path)), test, config.batch_size, pad_id)
-            report["accuracy"]["onnx_int8"] = float((int8_logits.argmax(1) == y_true).mean())
-            report["int8_agreement_with_fp32"] = float((int8_logits.argmax(1) == onnx_logits.argmax(1)).mean())
+            report["accuracy"]["onnx_int8"] = score(int8_logits)
+            int8_decided, fp32_decided = task.decisions(int8_logits, info), task.decisions(onnx_logits, info)
+            if fp32_decided is not None:
+                report["int8_agreement_with_fp32"] = float(
+                    (int8_decided == fp32_decided).reshape(len(test), -1).all(axis=1).mean())
             report["files"]["onnx_int8"] = INT8_FILE
             log.info("int8 model: test accuracy %.4f (fp32 %.4f)",
                      report["accuracy"]["onnx_int8"], report["accuracy"]["onnx"])
@@ -154,6 +168,7 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
         model.config.save_pretrained(str(tmp))
         if (model_dir / LABELS_FILE).is_file():
             shutil.copy(model_dir / LABELS_FILE, tmp / LABELS_FILE)
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         report["size_bytes"] = {name: (tmp / f).stat().st_size for name, f in report["files"].items()}
         (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report

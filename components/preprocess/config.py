@@ -19,7 +19,9 @@ class DataSource:
     text_column: str = TEXT
     """Column holding the text."""
     label_column: str = LABEL
-    """Column holding the label (strings or integers, two or more classes)."""
+    """Column holding the label: a class (strings or integers; classification), a number (regression) or a list of labels (multilabel: a JSON list, a Parquet list, or text joined by label_separator)."""  # noqa: E501
+    label_separator: str = ""
+    """multilabel: labels joined by this separator in one text cell (e.g. "," or "|"); empty: labels come as lists."""  # noqa: E501
     data_format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "hf-disk"] = "auto"
     """File format; auto reads it from the file name."""
 
@@ -84,7 +86,7 @@ class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, Instructi
             )
         if self.min_chars < 1 or self.max_chars < self.min_chars:
             raise ConfigError(f"need 1 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
-        if self.max_seq_length < 8:
+        if self.max_seq_length < 8 and not (self.task == "auto" and self.max_seq_length == 0):
             raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
         if self.max_rows < 0 or self.augment_copies < 0:
             raise ConfigError("max_rows and augment_copies must be >= 0")

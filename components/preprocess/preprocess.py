@@ -30,13 +30,15 @@ from kftune.components.common.schema import (
     SPLITS,
     SPLITS_DIR,
     STATS_FILE,
+    TASK_FILE,
     TEXT,
     TOKENIZER_DIR,
     LabelMap,
 )
+from kftune.components.common.tasks import AUTO, BUNDLED_TASK_DATA, detect_task, encoder_task, with_task
 from kftune.components.common.text import clean_text
 from kftune.components.preprocess.config import PreprocessConfig
-from kftune.components.preprocess.reader import read_frame, read_labelled_data
+from kftune.components.preprocess.reader import read_frame, read_labelled_data, select_columns
 
 log = logging.getLogger(__name__)
 
@@ -61,32 +63,14 @@ def normalised_key(text: str) -> str:
     return _SPACE.sub(" ", _NOT_WORD.sub(" ", text.casefold())).strip()
 
 
-def _normalise_labels(labels: pd.Series) -> pd.Series:
-    """Integral numbers become ints, anything else a stripped string; blanks become None."""
-
-    def as_number(value):
-        if isinstance(value, bool):
-            return None
-        if isinstance(value, (int, np.integer)):
-            return int(value)
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-            return int(value.strip())
-        return None
-
-    present = labels[labels.notna()]
-    numbers = present.map(as_number)
-    if len(present) and numbers.notna().all():
-        return labels.map(lambda v: None if pd.isna(v) else as_number(v))
-    return labels.map(lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip())
-
-
-def clean_dataset(frame: pd.DataFrame, config: PreprocessConfig) -> tuple[pd.DataFrame, dict]:
-    """Apply the cleaning rules; return the cleaned frame and rows removed per rule."""
+def clean_dataset(frame: pd.DataFrame, config: PreprocessConfig, source: str = "") -> tuple[pd.DataFrame, dict]:
+    """Apply the cleaning rules; return the cleaned frame and rows removed per rule. The labels are first read as
+    the task takes them (``parse_labels``: class names, numbers, label sets), which names the first row it cannot
+    take."""
     removed = dict.fromkeys(RULES, 0)
     frame = frame.copy()
-    frame[LABEL] = _normalise_labels(frame[LABEL])
+    frame[LABEL] = encoder_task(config.task).parse_labels(frame[LABEL], source or config.data, config.label_column,
+                                                          config)
 
     def drop(mask: pd.Series, rule: str) -> None:
         nonlocal frame
@@ -113,48 +97,29 @@ def clean_dataset(frame: pd.DataFrame, config: PreprocessConfig) -> tuple[pd.Dat
 
 def make_label_map(labels: pd.Series) -> LabelMap:
     """Sorted label values (numerically for integer labels) in id order."""
-    return LabelMap(tuple(str(v) for v in sorted(labels.unique())))
-
-
-def _check_splittable(label_counts: Counter, config: PreprocessConfig, source: str) -> None:
-    n = sum(label_counts.values())
-    k = len(label_counts)
-    if n == 0:
-        raise DataError(f"{source}: no rows left after cleaning; expected labelled, non-empty texts")
-    if k < 2:
-        only = next(iter(label_counts))
-        raise DataError(
-            f"{source}: column {config.label_column!r} has a single class ({only!r}) after "
-            "cleaning; "
-            "classification needs at least 2"
-        )
-    rare = [(label, c) for label, c in label_counts.items() if c < 3]
-    if rare:
-        label, count = rare[0]
-        raise DataError(
-            f"{source}: class {label!r} has {count} row(s) after cleaning; a stratified "
-            "train/validation/test split needs at least 3 per class"
-        )
-    for name, fraction in (("validation", config.validation_fraction), ("test", config.test_fraction)):
-        if int(n * fraction) < k:
-            raise DataError(
-                f"{source}: {n} rows are too few for a stratified split: the {name} split "
-                f"({fraction:.0%}) would get {int(n * fraction)} rows for {k} classes; "
-                f"need at least {int(np.ceil(k / fraction))} rows"
-            )
+    return LabelMap(tuple(encoder_task("classification").label_info(labels)["labels"]))
 
 
 def split_dataset(frame: pd.DataFrame, config: PreprocessConfig) -> dict[str, pd.DataFrame]:
-    """Stratified, seeded train / validation / test split."""
+    """Seeded train / validation / test split, stratified by the task's strata (classification: the label;
+    regression: quantile bins; multilabel: the label set) where they allow it, else random."""
     from sklearn.model_selection import train_test_split
 
-    rest, test = train_test_split(
-        frame, test_size=config.test_fraction, stratify=frame[LABEL], random_state=config.seed
-    )
+    task = encoder_task(config.task)
+
+    def split(part: pd.DataFrame, size: float):
+        strata = task.strata(part[LABEL])
+        if strata is not None and config.task != "classification":  # classification was checked to be splittable
+            counts = strata.value_counts()
+            if counts.min() < 2 or int(len(part) * size) < len(counts) or len(part) - int(len(part) * size) < len(
+                    counts):
+                log.info("split not stratified: %d strata are too many for %d rows", len(counts), len(part))
+                strata = None
+        return train_test_split(part, test_size=size, stratify=strata, random_state=config.seed)
+
+    rest, test = split(frame, config.test_fraction)
     val_share = config.validation_fraction / (1 - config.test_fraction)
-    train, validation = train_test_split(
-        rest, test_size=val_share, stratify=rest[LABEL], random_state=config.seed
-    )
+    train, validation = split(rest, val_share)
     return {
         "train": train.reset_index(drop=True),
         "validation": validation.reset_index(drop=True),
@@ -187,33 +152,58 @@ def augment_texts(
     return out
 
 
-def subsample(frame: pd.DataFrame, max_rows: int, seed: int) -> pd.DataFrame:
+def subsample(frame: pd.DataFrame, max_rows: int, seed: int, task: str = "classification") -> pd.DataFrame:
     """A stratified, seeded sample of ``max_rows`` rows (all rows if there are fewer)."""
     if not max_rows or max_rows >= len(frame):
         return frame
     from sklearn.model_selection import train_test_split
 
-    counts = frame[LABEL].value_counts()
-    stratify = frame[LABEL] if counts.min() >= 2 and max_rows >= len(counts) else None
+    strata = encoder_task(task).strata(frame[LABEL])
+    counts = strata.value_counts() if strata is not None else pd.Series([0])
+    stratify = strata if counts.min() >= 2 and max_rows >= len(counts) else None
     sample, _ = train_test_split(frame, train_size=max_rows, stratify=stratify, random_state=seed)
     return sample.reset_index(drop=True)
 
 
-def prepare_rows(config: PreprocessConfig) -> tuple[pd.DataFrame, int, dict]:
+def read_data(config: PreprocessConfig) -> tuple[PreprocessConfig, pd.DataFrame | None, str]:
+    """``config`` with its task decided where it is ``auto`` (from the data, which is read for that: returned so it
+    is read once), and the reason, for the log and the data report."""
+    if config.task != AUTO:
+        return config, None, "set"
+    if config.data in BUNDLED_TASK_DATA:
+        task, reason, frame = BUNDLED_TASK_DATA[config.data], "the bundled data of that task", None
+    else:
+        frame, source = read_frame(config.data, config.data_format)
+        task, reason = detect_task(frame, config.label_column, config.label_separator)
+        reason = f"{source}: {reason}"
+    log.info("task auto: %s (%s)", task, reason)
+    return with_task(config, task), frame, f"auto: {reason}"
+
+
+def prepare_rows(config: PreprocessConfig, frame: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int, dict]:
     """Read, clean and sample the input and check it can be split: (rows, rows read, removed).
 
     Everything that can be wrong with the input shows up here, before any tokenizer or model
     is loaded; the CLI calls it to fail fast before starting a pipeline.
     """
+    if config.task == AUTO:
+        config, frame, _ = read_data(config)
     config.validate()
-    if config.data == INSTRUCTION_DATA:
-        raise ConfigError(f"data {INSTRUCTION_DATA} is instruction data for task causal-lm; task classification "
-                          f"takes labelled text ({BUNDLED_DATA} is the bundled one)")
-    frame = read_labelled_data(config.data, config.text_column, config.label_column, config.data_format)
+    task = encoder_task(config.task)
+    for data, owner in BUNDLED_TASK_DATA.items():
+        if config.data == data and owner != config.task:
+            raise ConfigError(f"data {data} is the bundled data of task {owner}; task {config.task} takes "
+                              f"{task.defaults.get('data') or 'data of its own (set data)'}")
+    if config.data == AUTO:
+        raise ConfigError(f"task {config.task} has no bundled data; set data (a file, directory or URI)")
+    if frame is None:
+        frame = read_labelled_data(config.data, config.text_column, config.label_column, config.data_format)
+    else:
+        frame = select_columns(frame, config.data, config.text_column, config.label_column)
     rows_read = len(frame)
     frame, removed = clean_dataset(frame, config)
-    frame = subsample(frame, config.max_rows, config.seed)
-    _check_splittable(Counter(frame[LABEL]), config, config.data)
+    frame = subsample(frame, config.max_rows, config.seed, config.task)
+    task.check_labels(frame[LABEL], config, config.data)
     return frame, rows_read, removed
 
 
@@ -222,14 +212,16 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     import datasets
     from transformers import AutoTokenizer
 
+    config, frame, decided = read_data(config)
     if config.task == "causal-lm":
-        return preprocess_instructions(config, output_dir)
+        return preprocess_instructions(config, output_dir, frame, decided)
 
     source = config.data
-    frame, rows_read, removed = prepare_rows(config)
+    task = encoder_task(config.task)
+    frame, rows_read, removed = prepare_rows(config, frame)
 
-    label_map = make_label_map(frame[LABEL])
-    frame[LABEL] = frame[LABEL].map(lambda v: label_map.label2id[str(v)])
+    info = {"task": config.task, **task.label_info(frame[LABEL])}
+    frame[LABEL] = task.encode_labels(frame[LABEL], info)
     splits = split_dataset(frame, config)
 
     augmented = 0
@@ -238,9 +230,7 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
         noisy = augment_texts(
             train[TEXT].tolist(), config.augment_copies, config.augment_probability, config.seed
         )
-        extra = pd.DataFrame(
-            {TEXT: [t for _, t in noisy], LABEL: [int(train[LABEL].iloc[i]) for i, _ in noisy]}
-        )
+        extra = pd.DataFrame({TEXT: [t for _, t in noisy], LABEL: [train[LABEL].iloc[i] for i, _ in noisy]})
         augmented = len(extra)
         splits["train"] = pd.concat([train, extra], ignore_index=True)
 
@@ -253,9 +243,7 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
         encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
         return encoded
 
-    features = datasets.Features(
-        {TEXT: datasets.Value("string"), LABEL: datasets.Value("int64")}
-    )
+    features = datasets.Features({TEXT: datasets.Value("string"), LABEL: task.label_feature(info)})
     dataset = datasets.DatasetDict(
         {
             name: datasets.Dataset.from_pandas(part[[TEXT, LABEL]], features=features, preserve_index=False)
@@ -267,18 +255,17 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     lengths = {name: np.asarray(dataset[name][LENGTH]) for name in SPLITS}
     all_lengths = np.concatenate(list(lengths.values()))
     stats = {
+        "task": config.task,
+        "task_decided": decided,
         "source": source,
         "rows_read": rows_read,
         "removed": removed,
         "rows_clean": rows_read - sum(removed.values()),
         "rows_used": int(len(frame)),
         "augmented_rows": augmented,
-        "labels": list(label_map.names),
+        "labels": info.get("labels", []),
         "split_sizes": {name: len(dataset[name]) for name in SPLITS},
-        "label_distribution": {
-            name: {label_map.names[k]: int(v) for k, v in sorted(Counter(dataset[name][LABEL]).items())}
-            for name in SPLITS
-        },
+        "label_distribution": {name: task.distribution(dataset[name][LABEL], info) for name in SPLITS},
         "token_length": {
             "p50": float(np.percentile(all_lengths, 50)),
             "p95": float(np.percentile(all_lengths, 95)),
@@ -289,7 +276,9 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     }
     with atomic_directory(output_dir) as tmp:
         dataset.save_to_disk(str(tmp / SPLITS_DIR))
-        label_map.save(tmp / LABELS_FILE)
+        if config.task == "classification":
+            LabelMap(tuple(info["labels"])).save(tmp / LABELS_FILE)
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
     log.info(
@@ -302,7 +291,7 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     return stats
 
 
-def prepare_instructions(config: PreprocessConfig, tokenizer=None):
+def prepare_instructions(config: PreprocessConfig, tokenizer=None, frame: pd.DataFrame | None = None):
     """causal-lm: read, recognise, clean and encode the instruction data: (rows, rows read, removed, layout).
 
     Like :func:`prepare_rows`, everything that can be wrong with the input shows up here."""
@@ -318,6 +307,8 @@ def prepare_instructions(config: PreprocessConfig, tokenizer=None):
     elif config.data == BUNDLED_DATA:
         raise ConfigError(f"data {BUNDLED_DATA} is labelled text for task classification; task causal-lm "
                           f"takes instruction data ({INSTRUCTION_DATA} is the bundled one)")
+    elif frame is not None:
+        source = config.data
     else:
         frame, source = read_frame(config.data, config.data_format)
     layout = instructions.detect_layout(frame, config.instruction_format, source)
@@ -336,7 +327,8 @@ def prepare_instructions(config: PreprocessConfig, tokenizer=None):
     return rows, len(frame), removed, layout, tokenizer
 
 
-def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) -> dict:
+def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path, frame: pd.DataFrame | None = None,
+                            decided: str = "set") -> dict:
     """The stage for task causal-lm: write the dataset artifact of instruction data; return its stats."""
     import datasets
     from sklearn.model_selection import train_test_split
@@ -345,7 +337,7 @@ def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) ->
     from kftune.components.common.schema import TASK_FILE
     from kftune.components.preprocess import instructions
 
-    rows, rows_read, removed, layout, tokenizer = prepare_instructions(config)
+    rows, rows_read, removed, layout, tokenizer = prepare_instructions(config, frame=frame)
     answers = instructions.answer_set(rows[instructions.REFERENCE].tolist())
     stratify = rows[instructions.REFERENCE].map(normalise_answer) if answers else None
     rest, test = train_test_split(rows, test_size=config.test_fraction, random_state=config.seed, stratify=stratify)
@@ -361,6 +353,7 @@ def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path) ->
     completion = np.asarray(rows["completion_length"])
     stats = {
         "task": "causal-lm",
+        "task_decided": decided,
         "source": config.data,
         "instruction_format": layout,
         "chat_template": "model" if tokenizer.chat_template != PLAIN_TEMPLATE else "plain",

@@ -217,6 +217,11 @@ def read_labelled_data(
     if data == bundled.BUNDLED_DATA:
         return read_bundled()
     frame, path = read_frame(data, data_format)
+    return select_columns(frame, path, text_column, label_column)
+
+
+def select_columns(frame: pd.DataFrame, path: str, text_column: str = TEXT, label_column: str = LABEL) -> pd.DataFrame:
+    """The text and label columns of ``frame`` (read from ``path``) as ``text`` and ``label``."""
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         available = ", ".join(map(str, frame.columns)) or "(none)"

@@ -50,8 +50,9 @@ from kserve.utils.utils import generate_uuid
 
 from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, softmax
-from kftune.components.common.schema import LABELS_FILE, LabelMap
+from kftune.components.common.schema import LABELS_FILE, LabelMap, dataset_task
 from kftune.components.common.storage import fetch, is_remote
+from kftune.components.common.tasks import TASKS, encoder_task
 from kftune.components.common.text import clean_text
 from kftune.components.serve.config import ServeConfig
 
@@ -236,6 +237,7 @@ class TextClassifier(kserve.Model):
         self.model_dir = Path(model_dir)
         self.config = config or ServeConfig(model_name=name)
         self.labels: tuple[str, ...] = ()
+        self.task, self.info = None, {}
         self._tokenizer = None
         self._session = None
         self._run = None
@@ -247,7 +249,13 @@ class TextClassifier(kserve.Model):
 
         onnx_file = check_export_dir(self.model_dir, self.config.int8)
         config = AutoConfig.from_pretrained(str(self.model_dir))
-        self.labels = read_labels(self.model_dir, config)
+        self.info = dataset_task(self.model_dir)
+        self.task = encoder_task(self.info["task"])
+        if self.task.name == CLASSIFICATION:
+            self.labels = read_labels(self.model_dir, config)
+            self.info = {**self.info, "labels": list(self.labels)}
+        else:
+            self.labels = tuple(self.info.get("labels") or ())
         if not self.config.max_seq_length:
             self.config = replace(self.config, max_seq_length=export_max_seq_length(self.model_dir))
         positions = getattr(config, "max_position_embeddings", None)
@@ -259,13 +267,15 @@ class TextClassifier(kserve.Model):
         self._session = ort.InferenceSession(str(onnx_file), session_options(threads),
                                              providers=["CPUExecutionProvider"])
         self._run = onnx_runner(self._session)
-        width = self.logits(["kftune checks the model on this text"]).shape[1]
-        if width != len(self.labels):
-            raise DataError(f"model {self.model_dir}: {onnx_file.name} gives {width} logits per text but there are "
-                            f"{len(self.labels)} labels {list(self.labels)}")
+        width, expected = self.logits(["kftune checks the model on this text"]).shape[1], self.task.head(
+            self.info)["num_labels"]
+        if width != expected:
+            raise DataError(f"model {self.model_dir}: {onnx_file.name} gives {width} logits per text but its task "
+                            f"{self.task.name} expects {expected}" + (f" (labels {list(self.labels)})" if self.labels
+                                                                       else ""))
         self.ready = True
-        log.info("model %r loaded from %s: %s, labels %s, max_seq_length %d, %d intra-op thread(s)", self.name,
-                 self.model_dir, onnx_file.name, list(self.labels), self.config.max_seq_length, threads)
+        log.info("model %r (%s) loaded from %s: %s, labels %s, max_seq_length %d, %d intra-op thread(s)", self.name,
+                 self.task.name, self.model_dir, onnx_file.name, list(self.labels), self.config.max_seq_length, threads)
         return self.ready
 
     # workers > 1: kserve hands the model to each HTTP worker process by pickling it (spawn).
@@ -300,34 +310,29 @@ class TextClassifier(kserve.Model):
         return predict_logits(self._run, EncodedTexts(encoded), self.config.batch_size,
                               self._tokenizer.pad_token_id or 0)
 
-    def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(label ids ``[n]`` int64, probabilities ``[n, num_labels]`` float32) for ``texts``."""
+    def checked_logits(self, texts: list[str]) -> np.ndarray:
         if not texts:
             raise InvalidInput("no texts given; expected at least one")
         if len(texts) > self.config.max_instances:
             raise InvalidInput(f"{len(texts)} texts in one request; at most {self.config.max_instances} are "
                                "accepted (split the request)")
-        probabilities = softmax(self.logits(texts)).astype(np.float32)
+        return self.logits(texts)
+
+    def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """classification: (label ids ``[n]`` int64, probabilities ``[n, num_labels]`` float32) for ``texts``."""
+        probabilities = softmax(self.checked_logits(texts)).astype(np.float32)
         return probabilities.argmax(axis=1).astype(np.int64), probabilities
 
     async def predict(self, payload, headers=None, response_headers=None):
-        """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``)."""
+        """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``) with the task's outputs."""
         v2 = isinstance(payload, InferRequest)
         texts = texts_from_v2(payload) if v2 else texts_from_v1(payload)
         # Inference off the event loop, so health checks and other requests are answered meanwhile.
-        ids, probabilities = await asyncio.get_running_loop().run_in_executor(None, self.classify, texts)
+        logits = await asyncio.get_running_loop().run_in_executor(None, self.checked_logits, texts)
         if not v2:
-            return {"predictions": [
-                {"label": self.labels[i], "label_id": int(i),
-                 "probabilities": {name: float(p) for name, p in zip(self.labels, row, strict=True)}}
-                for i, row in zip(ids, probabilities, strict=True)
-            ]}
-        n = len(texts)
-        outputs = [
-            InferOutput("label", [n], "BYTES", np.array([self.labels[i] for i in ids], dtype=np.object_)),
-            InferOutput("label_id", [n], "INT64", ids),
-            InferOutput("probabilities", [n, len(self.labels)], "FP32", probabilities),
-        ]
+            return {"predictions": self.task.outputs(logits, self.info)}
+        outputs = [InferOutput(name, list(array.shape), datatype, array)
+                   for name, datatype, array in self.task.v2_outputs(logits, self.info)]
         return InferResponse(payload.id or generate_uuid(), self.name, outputs,
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
@@ -335,9 +340,9 @@ class TextClassifier(kserve.Model):
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        return [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                {"name": "label_id", "datatype": "INT64", "shape": [-1]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(self.labels)]}]
+        example = self.task.v2_outputs(np.zeros((1, self.task.head(self.info)["num_labels"]), np.float32), self.info)
+        return [{"name": name, "datatype": datatype, "shape": [-1, *array.shape[1:]]}
+                for name, datatype, array in example]
 
 
 CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
@@ -358,9 +363,9 @@ def export_task(model_dir: Path) -> str:
             architectures = None
         causal = any(str(name).endswith("ForCausalLM") for name in architectures or ())
         task = CAUSAL_LM if causal else CLASSIFICATION
-    if task not in (CLASSIFICATION, CAUSAL_LM):
-        raise DataError(f"model {model_dir}: {EXPORT_REPORT} names task {task!r}; kftune serve serves "
-                        f"{CLASSIFICATION} and {CAUSAL_LM} exports")
+    if task not in TASKS:
+        raise DataError(f"model {model_dir}: {EXPORT_REPORT} names task {task!r}; kftune serve serves exports of "
+                        f"the tasks {', '.join(TASKS)}")
     return task
 
 

@@ -1,4 +1,4 @@
-"""Tasks: what a run learns from the data, and the defaults each brings.
+"""Tasks: what a run learns from the data, each one module, registered here and nowhere else.
 
 ``task`` is a run parameter of both pipelines and a flag of ``kftune run``/``tune``
 (:class:`~kftune.components.common.settings.TaskChoice`). Settings whose best value depends on
@@ -7,64 +7,31 @@ numbers, ``-1`` for gate thresholds); a config that has a ``task`` field replace
 its task's value as it is built (``TaskChoice.__post_init__``), so every stage, the CLI and
 the search see the same resolved values and a value set explicitly always wins.
 
-- ``classification``: one label per text; an encoder with a classification head, evaluated
-  against TF-IDF + logistic regression, exported to ONNX, served with KServe's V1/V2
-  protocols.
-- ``causal-lm``: instruction tuning of a causal language model on prompt/completion or chat
-  data (loss on the completion only, LoRA by default), evaluated against the base model
-  zero-shot on the same prompts, exported as a Hugging Face directory (merged weights and the
-  adapter), served with OpenAI-compatible completions and chat completions.
+``task=auto`` (the default) is decided from the data (:func:`detect_task`): the bundled default
+data is classification; otherwise preprocess reads the data and says in the log and in the
+data report what it found; later stages read the task from the dataset artifact.
+
+Each task is a module of this package (see :mod:`~kftune.components.common.tasks.base` for the
+hooks the stages call); adding one means writing its module and adding it to :data:`TASKS`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
-from kftune.components.common.bundled import BUNDLED_DATA, BUNDLED_MODEL, INSTRUCTION_DATA, LM_MODEL
+from kftune.components.common.tasks import causal_lm, classification, multilabel, regression
+from kftune.components.common.tasks.base import EncoderTask, Task
 
+TASKS: dict[str, Task] = {t.name: t for t in (
+    classification.TASK,
+    causal_lm.TASK,
+    regression.TASK,
+    multilabel.TASK,
+)}
 
-@dataclass(frozen=True)
-class Task:
-    """One task: its name, what it is, and the values its ``auto`` settings take."""
-
-    name: str
-    summary: str
-    defaults: dict = field(default_factory=dict)
-
-
-TASKS: dict[str, Task] = {
-    "classification": Task(
-        "classification",
-        "one label per text",
-        defaults={
-            "data": BUNDLED_DATA,
-            "model": BUNDLED_MODEL,
-            "max_seq_length": 128,
-            "training_mode": "full",
-            "metric_for_best_model": "f1_macro",
-            "learning_rate": 1e-4,
-            "num_train_epochs": 3,
-            "per_device_train_batch_size": 32,
-            "min_accuracy": 0.8,
-        },
-    ),
-    "causal-lm": Task(
-        "causal-lm",
-        "instruction tuning of a causal language model",
-        defaults={
-            "data": INSTRUCTION_DATA,
-            "model": LM_MODEL,
-            "max_seq_length": 256,
-            "training_mode": "lora",
-            "metric_for_best_model": "loss",
-            "learning_rate": 1e-3,
-            "num_train_epochs": 1,
-            "per_device_train_batch_size": 8,
-            "min_accuracy": 0.0,
-        },
-    ),
-}
+AUTO = "auto"
+BUNDLED_TASK_DATA = {task.defaults["data"]: name for name, task in TASKS.items() if "data" in task.defaults}
+"""The bundled data sets, and the task each is for."""
 
 
 def task_named(name: str) -> Task:
@@ -75,10 +42,98 @@ def task_named(name: str) -> Task:
     return TASKS[name]
 
 
+def encoder_task(name: str) -> EncoderTask:
+    task = task_named(name)
+    if not isinstance(task, EncoderTask):
+        raise TypeError(f"task {name} does not train an encoder with a head")
+    return task
+
+
 def apply_task_defaults(config) -> None:
     """Replace the values of ``config`` (a dataclass with a ``task`` field) still at their ``auto`` default by its
-    task's."""
+    task's. With ``task=auto`` nothing is replaced until the task is known (:func:`with_task`)."""
+    if config.task == AUTO and getattr(config, "data", None) in (AUTO, *BUNDLED_TASK_DATA):
+        config.task = BUNDLED_TASK_DATA.get(config.data, "classification")  # data=auto: the bundled default
+    if config.task == AUTO:
+        return
     defaults = task_named(config.task).defaults
     for f in dataclasses.fields(config):
         if f.name in defaults and getattr(config, f.name) == f.default:
             setattr(config, f.name, defaults[f.name])
+
+
+def with_task(config, task: str):
+    """``config`` with ``task`` (where it was ``auto``) and that task's defaults; checks an explicit task agrees."""
+    if config.task == AUTO:
+        return dataclasses.replace(config, task=task)
+    if config.task != task:
+        from kftune.components.common.errors import ConfigError
+
+        raise ConfigError(f"the data was prepared for task {task}, but task is {config.task}; preprocess it with "
+                          f"task={config.task} or run with task={task}")
+    return config
+
+
+def trained_task_info(model_dir, model, data_info: dict) -> dict:
+    """The task's part of a trained model: its ``task.json``, or for a model without one (trained before tasks had
+    one, or built elsewhere) the dataset's, with the labels of the model's ``id2label``."""
+    from pathlib import Path
+
+    from kftune.components.common.schema import TASK_FILE, dataset_task
+
+    if (Path(model_dir) / TASK_FILE).is_file():
+        return dataset_task(model_dir)
+    if "labels" not in data_info:
+        return data_info
+    return {**data_info, "labels": [model.config.id2label[i] for i in range(model.config.num_labels)]}
+
+
+TOKEN_FILE_SUFFIXES = (".conll", ".iob", ".bio")
+INSTRUCTION_COLUMNS = ("prompt", "completion", "messages", "instruction", "output")
+
+
+def detect_task(frame, label_column: str, label_separator: str = "") -> tuple[str, str]:
+    """The task ``frame`` (every column of the data) is for, and why: per-token tags are token classification;
+    instruction columns without a label column causal-lm; list-valued labels (or ones joined by
+    ``label_separator``) multilabel; non-integer numbers with 10 or more distinct values regression; anything else
+    (integer or text labels) classification."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from kftune.components.common.tasks.regression import as_float
+
+    columns = set(map(str, frame.columns))
+    if {"tokens", "tags"} <= columns and "token-classification" in TASKS:
+        return "token-classification", "columns tokens and tags"
+    if label_column not in columns:
+        found = [c for c in INSTRUCTION_COLUMNS if c in columns]
+        if found:
+            return "causal-lm", f"instruction column(s) {', '.join(found)} and no column {label_column!r}"
+        return "classification", f"no column {label_column!r} to tell otherwise"
+    values = [v for v in frame[label_column] if isinstance(v, (list, tuple, np.ndarray)) or not pd.isna(v)]
+    if not values:
+        return "classification", f"column {label_column!r} is empty"
+
+    def is_list(v) -> bool:
+        if isinstance(v, (list, tuple, np.ndarray)):
+            return True
+        if isinstance(v, str) and v.strip().startswith("["):
+            try:
+                return isinstance(json.loads(v), list)
+            except json.JSONDecodeError:
+                return False
+        return False
+
+    if any(is_list(v) for v in values[:1000]):
+        return "multilabel", f"column {label_column!r} holds lists of labels"
+    if label_separator and any(isinstance(v, str) and label_separator in v for v in values):
+        return "multilabel", f"column {label_column!r} holds labels joined by {label_separator!r}"
+    numbers = [as_float(v) for v in values]
+    if all(n is not None for n in numbers):
+        distinct = len(set(numbers))
+        if any(not float(n).is_integer() for n in numbers) and distinct >= 10:
+            return "regression", f"column {label_column!r} holds non-integer numbers ({distinct} distinct values)"
+        return "classification", f"column {label_column!r} holds {distinct} distinct number(s), integers or few"
+    return "classification", f"column {label_column!r} holds text labels"

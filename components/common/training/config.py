@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,8 +25,10 @@ from kftune.components.common.settings import (
     internal,
     searchable,
 )
+from kftune.components.common.tasks import TASKS
 
-BestMetric = Literal["auto", "f1_macro", "accuracy", "loss"]
+BestMetric = Literal["auto", "f1_macro", "accuracy", "loss", "rmse", "mae", "r2", "pearson", "spearman", "f1_micro",
+                     "subset_accuracy"]
 BEST_METRICS = typing.get_args(BestMetric)[1:]
 
 
@@ -45,7 +47,9 @@ class Optimization:
     layerwise_lr_decay: float = searchable(1.0)
     """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
     label_smoothing: float = searchable(0.0)
-    """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none)."""  # noqa: E501
+    """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none; classification only)."""  # noqa: E501
+    regression_loss: Literal["mse", "huber"] = "mse"
+    """regression: the training loss on the normalised target, mean squared error or Huber (less swayed by outliers)."""  # noqa: E501
 
 
 @dataclass
@@ -85,7 +89,7 @@ class ModelSelection:
     """Which epoch's model is kept, and when training stops early."""
 
     metric_for_best_model: BestMetric = "auto"
-    """Validation metric that picks the best epoch (and that a search optimises); auto: the task's (classification: f1_macro, causal-lm: loss; a causal LM has only loss)."""  # noqa: E501
+    """Validation metric that picks the best epoch (and that a search optimises): the task's scores or loss; auto: the task's (classification: f1_macro, causal-lm: loss, regression: rmse, multilabel: f1_micro; a causal LM has only loss)."""  # noqa: E501
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
     train_on: Literal["train", "train+validation"] = "train"
@@ -133,8 +137,18 @@ class TrainConfig(
     each epoch's validation score to, stopping the run when the study's pruner says so."""
 
     def validate(self) -> None:
-        """Reject values outside their ranges before anything is launched."""
+        """Reject values outside their ranges before anything is launched. Under ``task=auto`` (the task comes from
+        the dataset) the ranges are checked on the encoder tasks' defaults, the task's own rules once it is known."""
         check_choices(self)
+        if self.task == "auto":
+            auto_metric = self.metric_for_best_model not in ("auto", "loss", *TASKS["classification"].best_metrics)
+            replace(self, task="classification", metric_for_best_model="auto" if auto_metric else
+                    self.metric_for_best_model).validate()
+            return
+        task = TASKS[self.task]
+        if self.metric_for_best_model not in task.best_metrics:
+            raise ConfigError(f"metric_for_best_model {self.metric_for_best_model} is not a score of task {self.task}; "
+                              f"it selects by one of: {', '.join(task.best_metrics)}")
         positive = (
             "num_train_epochs",
             "per_device_train_batch_size",
@@ -161,15 +175,14 @@ class TrainConfig(
             raise ConfigError("max_train_length must be 0 (as preprocessed) or >= 2")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.label_smoothing and self.task != "classification":
+            raise ConfigError(f"label_smoothing is for task classification, not {self.task}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.task == "causal-lm":
             if self.training_mode in ("freeze_encoder", "prompt_tuning"):
                 raise ConfigError(f"training_mode {self.training_mode} is for task classification; causal-lm trains "
                                   "full, lora or qlora")
-            if self.metric_for_best_model != "loss":
-                raise ConfigError(f"metric_for_best_model {self.metric_for_best_model} needs labels; task causal-lm "
-                                  "selects and searches on validation loss")
         else:
             if self.training_mode == "qlora":
                 raise ConfigError("training_mode qlora is for task causal-lm (a 4-bit base model under LoRA)")

@@ -68,6 +68,10 @@ def launch_training(
     """Train with torchrun (processes per ``launch``) and return the training history written by rank 0."""
     import torch
 
+    from kftune.components.common.schema import dataset_task
+    from kftune.components.common.tasks import with_task
+
+    config = with_task(config, dataset_task(dataset_dir)["task"])
     config.validate()
     launch = launch or Launch()
     launch.validate()

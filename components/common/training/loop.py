@@ -39,7 +39,8 @@ from kftune.components.common.atomic import atomic_directory
 from kftune.components.common.bundled import resolve_model
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.modeling import build_classifier, save_classifier, trainable_parameters
-from kftune.components.common.schema import LABELS_FILE, LENGTH, TASK_FILE, TOKENIZER_DIR, load_splits
+from kftune.components.common.schema import LABELS_FILE, LENGTH, TASK_FILE, TOKENIZER_DIR, dataset_task, load_splits
+from kftune.components.common.tasks import encoder_task, with_task
 from kftune.components.common.training.causal_lm import (
     PEFT_MODES,
     CausalCollator,
@@ -133,9 +134,11 @@ def epoch_batches(
 
 
 class Collator:
-    """Pads a list of examples to the longest one in the batch (dynamic padding)."""
+    """Pads a list of examples to the longest one in the batch (dynamic padding); the labels are the task's
+    (``task.label_tensor``: class ids, normalised scores, multi-hot rows)."""
 
-    def __init__(self, split, tokenizer, max_length: int = 0):
+    def __init__(self, split, tokenizer, max_length: int = 0, task=None, info: dict | None = None):
+        self.task, self.info = task or encoder_task("classification"), info or {}
         # Plain lists: indexing a datasets column element by element costs milliseconds per batch
         # (bench/train_step.py times collation both ways).
         self.columns = {name: list(split[name]) for name in (*MODEL_INPUTS, "label") if name in split.column_names}
@@ -164,33 +167,32 @@ class Collator:
             pad = self.pad_id if name == "input_ids" else 0
             rows = [self.columns[name][i] for i in indices]
             batch[name] = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-        batch["labels"] = torch.tensor([self.columns["label"][i] for i in indices], dtype=torch.long)
+        batch["labels"] = self.task.label_tensor([self.columns["label"][i] for i in indices], self.info)
         return batch
 
 
 @torch.no_grad()
-def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict[str, float]:
-    """Loss, accuracy and macro F1 of ``model`` on one split (run in length order: less padding)."""
-    from sklearn.metrics import accuracy_score, f1_score
-
+def split_logits(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str):
+    """(mean loss, logits, stored labels) of ``model`` on one split, in the split's order (run in length order:
+    less padding)."""
     model.eval()
-    losses, preds, labels = [], [], []
-    n = len(lengths)
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, n, batch_size):
+    losses, logits, order = [], [], np.argsort(lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
         batch = {k: v.to(device) for k, v in collate(order[start : start + batch_size]).items()}
         with autocast(device, precision):
             out = model(**batch)
         losses.append(out.loss.float().item() * len(batch["labels"]))
-        preds.append(out.logits.float().argmax(-1).cpu())
-        labels.append(batch["labels"].cpu())
+        logits.append(out.logits.float().cpu().numpy())
     model.train()
-    y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
-    return {
-        "loss": sum(losses) / n,
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro")),
-    }
+    ordered = np.empty((len(order), *logits[0].shape[1:]), dtype=np.float32)
+    ordered[order] = np.concatenate(logits)
+    return sum(losses) / len(order), ordered, np.asarray(collate.columns["label"])
+
+
+def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict[str, float]:
+    """Loss and the task's validation scores (classification: accuracy and macro F1) of ``model`` on one split."""
+    loss, logits, labels = split_logits(model, collate, lengths, batch_size, device, precision)
+    return {"loss": loss, **collate.task.scores(logits, labels, collate.info)}
 
 
 def layer_depth(name: str, num_layers: int) -> int:
@@ -286,6 +288,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     """
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
+    config = with_task(config, dataset_task(dataset_dir)["task"])
     preemption = Preemption()
     distributed = "WORLD_SIZE" in os.environ
     if distributed and not dist.is_initialized():
@@ -305,17 +308,16 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     checkpoint_dir = Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir)
     seed_everything(config.seed)
 
-    splits, label_map = load_splits(dataset_dir)
+    splits, _ = load_splits(dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / TOKENIZER_DIR))
+    info = dataset_task(dataset_dir)
     causal = config.task == "causal-lm"
-    if causal != (label_map is None):
-        raise ConfigError(f"{dataset_dir} was preprocessed for another task than {config.task}; preprocess it with "
-                          f"task={config.task}")
+    task = None if causal else encoder_task(config.task)
     base_path = resolve_model(config.model)
     if causal:
         model = build_causal_lm(config, base_path, device)
     else:
-        model = build_classifier(config, len(label_map), label_map.id2label, label_map.label2id, base_path)
+        model = build_classifier(config, task.head(info), base_path, task)
     if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
         model.to(device)
     model.train()
@@ -357,9 +359,9 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         collate_train = CausalCollator(train_split, pad_id, config.max_train_length, config.packing)
         collate_val = CausalCollator(val_split, pad_id, config.max_train_length, config.packing)
     else:
-        collate_train = Collator(train_split, tokenizer, config.max_train_length)
-        collate_val = Collator(val_split, tokenizer, config.max_train_length)
-    loss_of = causal_training_loss if causal else training_loss
+        collate_train = Collator(train_split, tokenizer, config.max_train_length, task, info)
+        collate_val = Collator(val_split, tokenizer, config.max_train_length, task, info)
+    loss_of = causal_training_loss if causal else lambda model, batch, _: task.loss(model, batch, config)
     evaluate = evaluate_causal if causal else evaluate_split
     lengths = np.asarray(train_split[LENGTH])
     val_lengths = np.asarray(val_split[LENGTH])
@@ -378,7 +380,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
 
-    higher_is_better = config.metric_for_best_model != "loss"
+    higher_is_better = task.higher_is_better(config.metric_for_best_model) if task else False
     best_score, best_epoch, best_state = None, -1, None
     history: dict = {"epochs": [], "steps": [], "config": asdict(config), "world_size": world}
     step, stale_epochs, start_epoch, start_micro, done = 0, 0, 0, 0, False
@@ -608,7 +610,12 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 shutil.copy(dataset_dir / TASK_FILE, tmp / TASK_FILE)
             else:
                 save_classifier(model, tmp, config.training_mode)
-                shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
+                if (dataset_dir / LABELS_FILE).is_file():
+                    shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
+                _, val_logits, val_labels = split_logits(model, collate_val, val_lengths,
+                                                         config.per_device_eval_batch_size, device, precision)
+                trained_info = task.after_training(val_logits, val_labels, info)
+                (tmp / TASK_FILE).write_text(json.dumps(trained_info, indent=2), encoding="utf-8")
             tokenizer.save_pretrained(str(tmp))
             (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2), encoding="utf-8")
         log.info(
