@@ -36,6 +36,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from kftune.components.common.errors import DataError
+from kftune.components.common.tasks.base import EncoderTask
 
 NAME = "token-classification"
 TOKENS = "tokens"
@@ -714,3 +715,191 @@ def predict_entities(run_batch, tokenizer, texts: list[str], id2tag, max_length:
     for i, t, s in zip(present, tags, word_scores, strict=True):
         results[i] = entity_spans(texts[i], words[i], t, s)
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The task: the hooks the stages call
+
+
+def _padded(rows, fill: int):
+    """Ragged integer rows as one int64 array ``[n, longest]``, padded with ``fill``."""
+    import numpy as np
+
+    rows = [list(r) for r in rows]
+    out = np.full((len(rows), max((len(r) for r in rows), default=0)), fill, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+class TokenClassification(EncoderTask):
+    """Token classification (see the module docstring). The dataset artifact holds per sentence:
+    ``tokens`` (the words), ``tags`` (their tag ids), the model inputs, ``word_ids`` and ``label``
+    (the tag id on each word's first piece, -100 elsewhere); logits are ``[sentences, pieces,
+    tags]`` (padded), labels ``[sentences, pieces]`` (padded with -100)."""
+
+    auto_model = "AutoModelForTokenClassification"
+    peft_task_type = "TOKEN_CLS"
+    token_level = True
+    """Per-piece logits and labels: the stages pad them along the sequence axis and keep the
+    sequence axis dynamic in the exported graph (:data:`ONNX_LOGITS_AXES`)."""
+
+    # --- preprocess -------------------------------------------------------------------
+    def read(self, config) -> tuple:
+        """(frame with tokens and tags, source, rows read, counts per cleaning rule) of ``config.data``."""
+        frame, source = read_token_data(config.data, getattr(config, "token_format", "auto"),
+                                        getattr(config, "tokens_column", TOKENS), getattr(config, "tags_column", TAGS))
+        cleaned, counts = clean_token_data(frame, source, getattr(config, "strict_iob2", False))
+        return cleaned, source, len(frame), counts
+
+    def parse_labels(self, labels, source, column, config):
+        return labels.map(_as_list)
+
+    def label_info(self, labels) -> dict:
+        return {"labels": tag_list(labels)}
+
+    def encode_labels(self, labels, info):
+        tag2id = {t: i for i, t in enumerate(info["labels"])}
+        return [[tag2id[t] for t in tags] for tags in labels]
+
+    def label_feature(self, info):
+        import datasets
+
+        return datasets.Sequence(datasets.Value("int64"))
+
+    def strata(self, labels):
+        import pandas as pd
+
+        return pd.Series(stratify_keys(list(labels)), index=labels.index)
+
+    def check_labels(self, labels, config, source) -> None:
+        super().check_labels(labels, config, source)
+        if not any(t != OUTSIDE for tags in labels for t in tags):
+            raise DataError(f"{source}: no entity tags after cleaning (every tag is O); token classification needs "
+                            "B-TYPE/I-TYPE tags")
+
+    def distribution(self, stored, info) -> dict:
+        """Entities per type (word-level tag ids)."""
+        counts = Counter(info["labels"][i][2:] for tags in stored for i in tags if info["labels"][i].startswith("B-"))
+        return dict(sorted(counts.items()))
+
+    def encode(self, tokenizer, tokens_batch, tags_batch, info, max_length: int) -> dict:
+        """The model inputs, ``word_ids`` and ``label`` (first-piece tag ids) of word-level tag ids."""
+        id2tag = info["labels"]
+        tags = None if tags_batch is None else [[id2tag[i] for i in row] for row in tags_batch]
+        encoded = encode(tokenizer, tokens_batch, tags, {t: i for i, t in enumerate(id2tag)}, max_length)
+        if tags is not None:
+            encoded["label"] = encoded.pop("labels")
+        return encoded
+
+    # --- model and training -----------------------------------------------------------
+    def head(self, info):
+        labels = list(info["labels"])
+        return {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
+                "label2id": {t: i for i, t in enumerate(labels)}}
+
+    def label_array(self, values):
+        """Stored labels (ragged, one per piece) as ``[n, longest]`` padded with -100."""
+        return _padded(values, IGNORE)
+
+    def label_tensor(self, values, info):
+        import torch
+
+        return torch.from_numpy(_padded(values, IGNORE))
+
+    def loss(self, model, batch, config):
+        import torch
+
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
+                                                 ignore_index=IGNORE)
+
+    def scores(self, logits, labels, info, full=False):
+        labels = self.label_array(labels) if not hasattr(labels, "ndim") or labels.ndim != 2 else labels
+        width = min(logits.shape[1], labels.shape[1])
+        true, pred = tags_from_labels(logits[:, :width], labels[:, :width], info["labels"])
+        result = scores(true, pred)
+        return result if full else {k: result[k] for k in self.metrics}
+
+    # --- evaluation -------------------------------------------------------------------
+    def baselines(self, train, test, info):
+        """The most frequent tag per word form in train, on the test words the model is scored on (those that
+        kept a labelled first piece within max_seq_length)."""
+        id2tag = info["labels"]
+        train_tags = [[id2tag[i] for i in row] for row in train[TAGS]]
+        kept = [sum(1 for x in row if x != IGNORE) for row in test["label"]]
+        test_tokens = [list(t)[:n] for t, n in zip(test[TOKENS], kept, strict=True)]
+        test_tags = [[id2tag[i] for i in row][:n] for row, n in zip(test[TAGS], kept, strict=True)]
+        predicted = most_frequent_tag_baseline(train[TOKENS], train_tags, test_tokens)
+        return {"most_frequent_tag": scores(test_tags, predicted)}
+
+    def report_sections(self, result):
+        import numpy as np
+
+        from kftune.components.common.reports import figure_html, new_figure, table_html
+
+        model = result["model"]
+        names = model["confusion_labels"]
+        matrix = np.asarray(model["confusion_matrix"])
+        fig, ax = new_figure(4 + 0.4 * len(names), 3.5 + 0.4 * len(names))
+        ax.imshow(matrix, cmap="Blues")
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        ax.set_xlabel("predicted type (per word)")
+        ax.set_ylabel("true type (per word)")
+        for (i, j), value in np.ndenumerate(matrix):
+            ax.text(j, i, str(value), ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
+        base = result["baselines"].get("most_frequent_tag", {}).get("per_class", {})
+        rows = [(kind, s["precision"], s["recall"], s["f1"], base.get(kind, {}).get("f1", 0.0), s["support"])
+                for kind, s in model["per_class"].items()]
+        return ["<h2>Per entity type (strict IOB2)</h2>",
+                table_html(["type", "precision", "recall", "f1", "baseline f1", "support"], rows),
+                "<h2>Confusion of entity types, per word</h2>", figure_html(fig)]
+
+    # --- export, serving, prediction --------------------------------------------------
+    def outputs(self, logits, info):
+        raise TypeError("token classification answers need the texts (character offsets): use text_outputs")
+
+    def v2_outputs(self, logits, info):
+        raise TypeError("token classification answers need the texts (character offsets): use v2_text_outputs")
+
+    def text_outputs(self, run_batch, tokenizer, texts: list[str], info, max_length: int,
+                     batch_size: int = 32) -> list[list[dict]]:
+        """One answer per text (V1 ``predictions``, a predict step's rows): its entities
+        (:func:`entity_spans`), found through ``run_batch`` (an ONNX Runtime or PyTorch runner)."""
+        return predict_entities(run_batch, tokenizer, texts, info["labels"], max_length, batch_size)
+
+    def v2_text_outputs(self, answers: list[list[dict]]) -> list[tuple]:
+        """The Open Inference output: ``entities``, BYTES ``[n]``, each text's entities as a JSON string."""
+        import numpy as np
+
+        return [("entities", "BYTES", np.array([json.dumps(a) for a in answers], dtype=object))]
+
+
+METRICS = ("precision", "recall", "f1", "accuracy")
+
+
+def _defaults() -> dict:
+    from kftune.components.common.bundled import BUNDLED_MODEL
+
+    return {
+        "model": BUNDLED_MODEL,
+        "max_seq_length": 128,
+        "training_mode": "full",
+        "metric_for_best_model": "f1",
+        "learning_rate": 1e-4,
+        "num_train_epochs": 3,
+        "per_device_train_batch_size": 32,
+        "min_accuracy": 0.5,
+    }
+
+
+TASK = TokenClassification(
+    NAME,
+    "one IOB2 tag per word (named entities)",
+    defaults=_defaults(),
+    metrics=METRICS,
+    primary="f1",
+    best_metrics=("f1", "precision", "recall", "accuracy", "loss"),
+    baseline="most_frequent_tag",
+)

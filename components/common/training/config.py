@@ -28,7 +28,7 @@ from kftune.components.common.settings import (
 from kftune.components.common.tasks import TASKS
 
 BestMetric = Literal["auto", "f1_macro", "accuracy", "loss", "rmse", "mae", "r2", "pearson", "spearman", "f1_micro",
-                     "subset_accuracy"]
+                     "subset_accuracy", "f1", "precision", "recall"]
 BEST_METRICS = typing.get_args(BestMetric)[1:]
 
 
