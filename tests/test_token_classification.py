@@ -468,3 +468,89 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
     # a deliberately different run is caught
     shifted = [x + [0, 0, 0, 0, 10] for x in reference]
     assert tc.logits_parity(reference, shifted, encoded["word_ids"])["mismatched_words"] > 0
+
+
+# --- the stages --------------------------------------------------------------------------------
+
+
+def write_conll(path, tokens, tags):
+    path.write_text("-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts, strict=True))
+                                                   for ws, ts in zip(tokens, tags, strict=True)) + "\n",
+                    encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def token_run(tmp_path_factory, tiny_model):
+    """A CoNLL file through preprocess (task auto), train, evaluate and export, with the tiny BERT."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+
+    work = tmp_path_factory.mktemp("token-run")
+    tokens, tags = toy_sentences(400, seed=1)
+    tokens = [ws + [f"x{i}"] for i, ws in enumerate(tokens)]  # distinct sentences (no duplicates dropped)
+    tags = [ts + ["O"] for ts in tags]
+    tags[0] = ["I-PER" if t == "B-PER" else t for t in tags[0]]  # IOB1: converted and counted
+    data = write_conll(work / "people.conll", tokens, tags)
+    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), seed=1), work / "dataset")
+    train(TrainConfig(task="token-classification", model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
+                      per_device_train_batch_size=16, logging_steps=10), work / "dataset", work / "model")
+    result = evaluate(work / "model", work / "dataset", EvaluateConfig())
+    export = export_model(work / "model", work / "dataset", work / "export", ExportConfig(quantize_int8=False))
+    return work, stats, result, export
+
+
+def test_preprocess_writes_a_token_dataset(token_run):
+    from kftune.components.common.schema import SPLITS_DIR, dataset_task, load_splits
+
+    work, stats, _, _ = token_run
+    assert stats["task"] == "token-classification" and stats["task_decided"].startswith("auto:")
+    assert stats["rows_read"] == 400 and sum(stats["split_sizes"].values()) == 400
+    assert stats["converted_tags"]["iob1_to_iob2"] == 1
+    assert stats["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    assert dataset_task(work / "dataset")["labels"] == stats["labels"]
+    splits, _ = load_splits(work / "dataset")
+    test = splits["test"]
+    assert {"tokens", "tags", "input_ids", "attention_mask", "word_ids", "label", "length"} <= set(test.column_names)
+    row = test[0]
+    first = [p for p, w in enumerate(row["word_ids"]) if w >= 0 and (p == 0 or row["word_ids"][p - 1] != w)]
+    assert [row["label"][p] for p in first] == row["tags"]
+    assert (work / "dataset" / SPLITS_DIR).is_dir()
+
+
+def test_training_and_evaluation_beat_the_baseline(token_run):
+    _, _, result, _ = token_run
+    assert result["task"] == "token-classification" and result["baseline"] == "most_frequent_tag"
+    for part in (result["model"], result["baselines"]["most_frequent_tag"]):
+        assert {"precision", "recall", "f1", "accuracy", "per_class", "confusion_matrix"} <= set(part)
+    assert set(result["delta_vs_baseline"]) == {"precision", "recall", "f1", "accuracy"}
+    # the toy data: a name is a person after "met" and before "Smith" (and a first name is in both)
+    assert result["model"]["f1"] > 0.8, result["model"]
+    assert result["delta_vs_baseline"]["f1"] == pytest.approx(
+        result["model"]["f1"] - result["baselines"]["most_frequent_tag"]["f1"])
+    assert set(result["model"]["per_class"]) == {"LOC", "PER"}
+
+
+def test_export_parity_and_text_outputs(token_run, tokenizer):
+    import onnxruntime as ort
+
+    from kftune.components.common.inference import onnx_runner
+    from kftune.components.common.tasks import encoder_task
+
+    work, _, _, export = token_run
+    assert export["parity"]["prediction_mismatches"] == 0 and export["parity"]["max_abs_logit_diff"] < 1e-3
+    task = encoder_task("token-classification")
+    run = onnx_runner(ort.InferenceSession(str(work / "export" / "model.onnx")))
+    info = {"labels": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]}
+    text = "We met Grace  near Oslo today"
+    (answer,) = task.text_outputs(run, tokenizer, [text], info, max_length=64)
+    assert {(e["entity_group"], e["word"]) for e in answer} >= {("PER", "Grace"), ("LOC", "Oslo")}, answer
+    assert all(text[e["start"]:e["end"]] == e["word"] for e in answer)
+    ((name, datatype, array),) = task.v2_text_outputs([answer])
+    assert (name, datatype, array.shape) == ("entities", "BYTES", (1,)) and json.loads(array[0]) == answer

@@ -436,7 +436,8 @@ def split_token_data(frame, validation_fraction: float, test_fraction: float, se
 
 def encode(tokenizer, tokens_batch, tags_batch, tag2id: dict[str, int] | None, max_length: int) -> dict:
     """Tokenize pre-split sentences (a fast tokenizer, ``is_split_into_words=True``, truncated to
-    ``max_length``): ``input_ids``, ``attention_mask``, ``word_ids`` (the word index of each piece,
+    ``max_length``): ``input_ids``, ``attention_mask`` (and ``token_type_ids`` where the tokenizer
+    gives them), ``word_ids`` (the word index of each piece,
     -1 for special tokens) and, with ``tags_batch``, ``labels``: each word's tag id on its first
     word piece, -100 on its other pieces and on special tokens. Words cut off by truncation
     have no label (and no prediction). ``tags_batch=None`` (prediction) leaves out ``labels``."""
@@ -444,7 +445,8 @@ def encode(tokenizer, tokens_batch, tags_batch, tag2id: dict[str, int] | None, m
         raise DataError(f"token classification needs a fast tokenizer (word ids), got {type(tokenizer).__name__}")
     encoded = tokenizer([list(t) for t in tokens_batch], is_split_into_words=True, truncation=True,
                         max_length=max_length)
-    out = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"], "word_ids": []}
+    out = {name: encoded[name] for name in ("input_ids", "attention_mask", "token_type_ids") if name in encoded}
+    out["word_ids"] = []
     if tags_batch is not None:
         out["labels"] = []
     for i in range(len(encoded["input_ids"])):
@@ -743,6 +745,9 @@ class TokenClassification(EncoderTask):
     token_level = True
     """Per-piece logits and labels: the stages pad them along the sequence axis and keep the
     sequence axis dynamic in the exported graph (:data:`ONNX_LOGITS_AXES`)."""
+    logits_axes = ONNX_LOGITS_AXES
+    tokens_column, tags_column, ignore_label = TOKENS, TAGS, IGNORE
+    cleaning_rules, conversions = CLEANING_RULES, CONVERSIONS
 
     # --- preprocess -------------------------------------------------------------------
     def read(self, config) -> tuple:
