@@ -554,3 +554,30 @@ def test_export_parity_and_text_outputs(token_run, tokenizer):
     assert all(text[e["start"]:e["end"]] == e["word"] for e in answer)
     ((name, datatype, array),) = task.v2_text_outputs([answer])
     assert (name, datatype, array.shape) == ("entities", "BYTES", (1,)) and json.loads(array[0]) == answer
+
+
+def test_serving_answers_entities_over_v1_and_v2(token_run):
+    import asyncio
+
+    import numpy as np
+    from kserve import InferInput, InferRequest
+
+    from kftune.components.serve.serve import TextClassifier
+
+    work, _, _, _ = token_run
+    server = TextClassifier("ner", work / "export")
+    assert server.load()
+    texts = ["Ada Smith lives in Lima", "We met Linus near   Rome today", ""]
+    (first, second, empty) = asyncio.run(server.predict({"instances": texts}))["predictions"]
+    assert empty == []
+    for text, answer in ((texts[0], first), (texts[1], second)):
+        assert answer and all(text[e["start"]:e["end"]] == e["word"] and 0 < e["score"] <= 1 for e in answer)
+    assert ("LOC", "Rome") in {(e["entity_group"], e["word"]) for e in second}, second
+
+    tensor = InferInput("text", [2], "BYTES")
+    tensor.set_data_from_numpy(np.array(texts[:2], dtype=np.object_), binary_data=False)
+    response = asyncio.run(server.predict(InferRequest(model_name="ner", infer_inputs=[tensor])))
+    (output,) = response.outputs
+    assert output.name == "entities" and output.datatype == "BYTES"
+    assert [json.loads(x) for x in output.data] == [first, second]
+    assert server.get_output_types() == [{"name": "entities", "datatype": "BYTES", "shape": [-1]}]

@@ -267,7 +267,7 @@ class TextClassifier(kserve.Model):
         self._session = ort.InferenceSession(str(onnx_file), session_options(threads),
                                              providers=["CPUExecutionProvider"])
         self._run = onnx_runner(self._session)
-        width, expected = self.logits(["kftune checks the model on this text"]).shape[1], self.task.head(
+        width, expected = self.logits(["kftune checks the model on this text"]).shape[-1], self.task.head(
             self.info)["num_labels"]
         if width != expected:
             raise DataError(f"model {self.model_dir}: {onnx_file.name} gives {width} logits per text but its task "
@@ -310,12 +310,15 @@ class TextClassifier(kserve.Model):
         return predict_logits(self._run, EncodedTexts(encoded), self.config.batch_size,
                               self._tokenizer.pad_token_id or 0)
 
-    def checked_logits(self, texts: list[str]) -> np.ndarray:
+    def check_count(self, texts: list[str]) -> None:
         if not texts:
             raise InvalidInput("no texts given; expected at least one")
         if len(texts) > self.config.max_instances:
             raise InvalidInput(f"{len(texts)} texts in one request; at most {self.config.max_instances} are "
                                "accepted (split the request)")
+
+    def checked_logits(self, texts: list[str]) -> np.ndarray:
+        self.check_count(texts)
         return self.logits(texts)
 
     def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -323,16 +326,29 @@ class TextClassifier(kserve.Model):
         probabilities = softmax(self.checked_logits(texts)).astype(np.float32)
         return probabilities.argmax(axis=1).astype(np.int64), probabilities
 
+    def text_answers(self, texts: list[str]) -> list:
+        """Token-level tasks: each text's answer (entities with character offsets into the text as sent)."""
+        self.check_count(texts)
+        return self.task.text_outputs(self._run, self._tokenizer, texts, self.info, self.config.max_seq_length,
+                                      self.config.batch_size)
+
     async def predict(self, payload, headers=None, response_headers=None):
         """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``) with the task's outputs."""
         v2 = isinstance(payload, InferRequest)
         texts = texts_from_v2(payload) if v2 else texts_from_v1(payload)
         # Inference off the event loop, so health checks and other requests are answered meanwhile.
-        logits = await asyncio.get_running_loop().run_in_executor(None, self.checked_logits, texts)
-        if not v2:
-            return {"predictions": self.task.outputs(logits, self.info)}
-        outputs = [InferOutput(name, list(array.shape), datatype, array)
-                   for name, datatype, array in self.task.v2_outputs(logits, self.info)]
+        loop = asyncio.get_running_loop()
+        if self.task.token_level:  # answers need the texts themselves (character offsets)
+            answers = await loop.run_in_executor(None, self.text_answers, texts)
+            if not v2:
+                return {"predictions": answers}
+            arrays = self.task.v2_text_outputs(answers)
+        else:
+            logits = await loop.run_in_executor(None, self.checked_logits, texts)
+            if not v2:
+                return {"predictions": self.task.outputs(logits, self.info)}
+            arrays = self.task.v2_outputs(logits, self.info)
+        outputs = [InferOutput(name, list(array.shape), datatype, array) for name, datatype, array in arrays]
         return InferResponse(payload.id or generate_uuid(), self.name, outputs,
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
@@ -340,6 +356,9 @@ class TextClassifier(kserve.Model):
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
+        if self.task.token_level:
+            return [{"name": name, "datatype": datatype, "shape": [-1]}
+                    for name, datatype, _ in self.task.v2_text_outputs([[]])]
         example = self.task.v2_outputs(np.zeros((1, self.task.head(self.info)["num_labels"]), np.float32), self.info)
         return [{"name": name, "datatype": datatype, "shape": [-1, *array.shape[1:]]}
                 for name, datatype, array in example]
