@@ -128,9 +128,9 @@ def engine_results(model_dir: Path, export_dir: Path, texts: list[str], threads:
     import torch
     from transformers import AutoTokenizer
 
+    from kftune.components.common.exported import session_options
     from kftune.components.common.inference import onnx_runner, torch_runner
     from kftune.components.common.modeling import load_classifier
-    from kftune.components.serve.serve import session_options
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))

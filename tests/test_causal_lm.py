@@ -34,29 +34,30 @@ def _config(data: Path, model: Path, **overrides) -> PreprocessConfig:
 # --- settings ---------------------------------------------------------------------------------------
 
 def test_auto_settings_take_the_tasks_defaults_and_explicit_values_win():
-    classification, causal = TrainConfig(), TrainConfig(task="causal-lm")
+    assert TrainConfig().task == "auto" and PreprocessConfig().task == "classification"  # the bundled data's
+    classification, causal = TrainConfig(task="classification"), TrainConfig(task="causal-lm")
     assert (classification.training_mode, classification.metric_for_best_model, classification.learning_rate,
             classification.model) == ("full", "f1_macro", 1e-4, "bundled:all-MiniLM-L6-v2")
     assert (causal.training_mode, causal.metric_for_best_model, causal.model) == (
         "lora", "loss", "bundled:SmolLM2-135M-Instruct")
     assert TrainConfig(task="causal-lm", training_mode="full", learning_rate=3e-5).training_mode == "full"
     assert PreprocessConfig(task="causal-lm").data == "bundled:rotten-tomatoes-instructions"
-    with pytest.raises(ConfigError, match="needs labels"):
+    with pytest.raises(ConfigError, match="not a score of task causal-lm"):
         TrainConfig(task="causal-lm", metric_for_best_model="f1_macro").validate()
     with pytest.raises(ConfigError, match="for task classification"):
         TrainConfig(task="causal-lm", training_mode="prompt_tuning").validate()
 
 
 def test_every_auto_setting_says_what_each_task_makes_of_it():
-    """The per-task values live in one table (components/common/tasks.py); the descriptions must name them."""
+    """The per-task values live in the task modules (components/common/tasks/); the descriptions must name them."""
     from kftune.components.common.settings import settings_of
     from kftune.components.common.tasks import TASKS
     from kftune.components.evaluate.config import EvaluateConfig
 
     helps = {s.name: s.help for cls in (TrainConfig, PreprocessConfig, EvaluateConfig) for s in settings_of(cls)}
-    for name in TASKS["classification"].defaults:
-        for task, spec in TASKS.items():
-            assert f"{task}: {spec.defaults[name]}" in helps[name], (name, task)
+    for task, spec in TASKS.items():
+        for name, value in spec.defaults.items():
+            assert f"{task}: {value}" in helps[name], (name, task)
 
 
 # --- data -------------------------------------------------------------------------------------------

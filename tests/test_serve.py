@@ -355,8 +355,9 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
 
 
 def test_max_seq_length_comes_from_the_export(exported, tmp_path):
+    from kftune.components.common.exported import export_max_seq_length
     from kftune.components.serve.config import ServeConfig
-    from kftune.components.serve.serve import TextClassifier, export_max_seq_length
+    from kftune.components.serve.serve import TextClassifier
 
     assert export_max_seq_length(exported) == MAX_SEQ_LENGTH
     copy = tmp_path / "copy"

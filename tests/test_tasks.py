@@ -271,3 +271,33 @@ def test_an_explicit_task_that_the_data_contradicts_is_an_error(tmp_path, tiny_m
     pd.DataFrame({"text": [f"text {i}" for i in range(30)], "label": ["good", "bad"] * 15}).to_csv(data, index=False)
     with pytest.raises(DataError, match="row 1.*not a number"):
         preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out")
+
+
+def test_bundled_regression_data_is_vader_ground_truth():
+    from kftune.components.preprocess.reader import read_labelled_data
+
+    frame = read_labelled_data("bundled:vader-sentiment")
+    assert len(frame) == 4200 + 3708
+    assert frame[LABEL].between(-4, 4).all() and frame[LABEL].std() > 1
+    assert detect_task(frame, "label")[0] == "regression"
+    assert PreprocessConfig(task="regression").data == "bundled:vader-sentiment"
+
+
+def test_predict_round_trip_for_regression_and_multilabel(tmp_path, regression_run, multilabel_run):
+    from kftune.components.predict.config import PredictConfig
+    from kftune.components.predict.predict import predict
+
+    texts = pd.DataFrame({"doc": ["r1", "r2"], "text": ["the song was wonderful", "a gun fight and awful blood"]})
+    data = tmp_path / "in.csv"
+    texts.to_csv(data, index=False)
+    for run, column in ((regression_run, "score"), (multilabel_run, "labels")):
+        work = run[0]
+        export = work / "export"
+        if not export.exists():
+            export_model(work / "model", run[1], export, ExportConfig())
+        out = tmp_path / f"{column}.jsonl"
+        predict(str(export), PredictConfig(input=str(data), output=str(out), id_column="doc"))
+        rows = pd.read_json(out, lines=True)
+        assert rows["id"].tolist() == ["r1", "r2"] and column in rows.columns
+    labels = [json.loads(v) for v in rows["labels"]]
+    assert all(set(v) <= set(CUES) for v in labels)

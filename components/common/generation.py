@@ -25,8 +25,9 @@ def load_causal_lm(directory: str | Path):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             desc: str = "generating") -> list[str]:
-    """Greedy completions of rendered ``prompts`` (in order), batched in length order, left-padded."""
+             desc: str = "generating", progress: bool = True) -> list[str]:
+    """Greedy completions of rendered ``prompts`` (in order), batched in length order, left-padded
+    (``progress``: with a progress bar of the batches)."""
     from tqdm.auto import tqdm
 
     tokenizer.padding_side = "left"
@@ -35,7 +36,8 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     order = np.argsort(lengths, kind="stable")
     out: list[str] = [""] * len(prompts)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=2):
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", mininterval=2,
+                      disable=not progress):
         chunk = order[start : start + batch_size]
         enc = tokenizer([prompts[i] for i in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
         ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from kftune import __version__
 
-STAGES = ("preprocess", "train", "tune", "evaluate", "export", "publish", "serve", "deploy")
+STAGES = ("preprocess", "train", "tune", "evaluate", "export", "predict", "publish", "serve", "deploy")
 DEFAULT_REGISTRY = "ghcr.io/kftune"
 
 

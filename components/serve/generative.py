@@ -221,7 +221,7 @@ class CausalLM(kserve.Model):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from kftune.components.serve.serve import available_cpus
+        from kftune.components.common.exported import available_cpus
 
         if self.config.int8:
             raise ConfigError("int8 serves a classification export's model.int8.onnx; a causal LM has none")

@@ -17,7 +17,9 @@ starts an ONNX Runtime session, runs one warm-up text and marks the model ready.
   ``[n]``), ``label_id`` (INT64 ``[n]``) and ``probabilities`` (FP32 ``[n, num_labels]``, columns
   in label id order).
 
-Texts go through exactly what the evaluate step saw: preprocess's cleaning
+Loading and prediction are :class:`~kftune.components.common.exported.ExportedClassifier`'s, which
+``kftune predict`` shares, so served and batch predictions agree. Texts go through exactly what the
+evaluate step saw: preprocess's cleaning
 (:func:`~kftune.components.common.text.clean_text`), the tokenizer with truncation at
 ``max_seq_length`` (preprocess's, 128 by default), batches in length order padded per batch
 (:func:`~kftune.components.common.inference.predict_logits`). So the served predictions are the
@@ -35,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import tempfile
 import threading
@@ -48,37 +49,21 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, softmax
-from kftune.components.common.schema import LABELS_FILE, LabelMap, dataset_task
+from kftune.components.common.errors import DataError
+from kftune.components.common.exported import (
+    CAUSAL_LM,
+    EmptyText,
+    ExportedClassifier,
+    export_task,
+)
 from kftune.components.common.storage import fetch, is_remote
-from kftune.components.common.tasks import TASKS, encoder_task
-from kftune.components.common.text import clean_text
+from kftune.components.common.tasks import TASKS
 from kftune.components.serve.config import ServeConfig
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
-CONFIG_FILE = "config.json"
-EXPORT_REPORT = "export_report.json"  # the export step's report: parity figures, max_seq_length
-DEFAULT_MAX_SEQ_LENGTH = 128  # the pipelines' default
 TEXT_INPUT = "text"
 """Name of the V2 input tensor holding the texts."""
-
-
-class EncodedTexts:
-    """Tokenizer output shaped like a ``datasets`` split, for :func:`predict_logits`."""
-
-    def __init__(self, encoding):
-        self._columns = {name: encoding[name] for name in MODEL_INPUTS if name in encoding}
-        self.column_names = list(self._columns)
-
-    def __getitem__(self, name: str) -> list[list[int]]:
-        return self._columns[name]
-
-    def __len__(self) -> int:
-        return len(self._columns["input_ids"])
 
 
 def _describe(value) -> str:
@@ -144,91 +129,6 @@ def texts_from_v2(request: InferRequest) -> list[str]:
     return texts
 
 
-def read_labels(model_dir: Path, config) -> tuple[str, ...]:
-    """Label names in id order: ``labels.json`` where present, which must agree with ``config``'s ``id2label``."""
-    from_config = tuple(config.id2label[i] for i in range(config.num_labels))
-    if not (model_dir / LABELS_FILE).is_file():
-        return from_config
-    names = LabelMap.load(model_dir / LABELS_FILE).names
-    if names != from_config:
-        raise DataError(f"{model_dir}: {LABELS_FILE} labels {list(names)} differ from {CONFIG_FILE} id2label "
-                        f"{list(from_config)}")
-    return names
-
-
-def check_export_dir(model_dir: Path, int8: bool = False) -> Path:
-    """The ONNX file to serve from ``model_dir``; raises :class:`DataError` naming what is missing."""
-    if not model_dir.is_dir():
-        raise DataError(f"model {model_dir}: no such directory; expected an export directory (model.onnx, "
-                        "tokenizer files, config.json, labels.json)")
-    onnx_file = model_dir / (INT8_FILE if int8 else ONNX_FILE)
-    if not onnx_file.is_file():
-        hint = ""
-        if (model_dir / "latest").is_file():
-            hint = " (this looks like a publish location: serve one of its versions, e.g. <uri>/v1)"
-        elif (model_dir / "model.safetensors").is_file():
-            hint = " (this looks like a trained Hugging Face model: serve the export step's output)"
-        elif int8 and (model_dir / ONNX_FILE).is_file():
-            hint = " (the export ran without quantize_int8: serve without --int8)"
-        raise DataError(f"model {model_dir}: no {onnx_file.name}{hint}")
-    for name in (CONFIG_FILE, "tokenizer_config.json"):
-        if not (model_dir / name).is_file():
-            raise DataError(f"model {model_dir}: no {name}; expected an export directory with the tokenizer and "
-                            "config the export step writes")
-    return onnx_file
-
-
-def _cgroup_cpu_limit() -> float | None:
-    """The container's CPU limit in CPUs (cgroup v2 ``cpu.max``, else v1 CFS quota), or None when unlimited."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-    except (OSError, ValueError):
-        try:
-            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
-            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
-        except OSError:
-            return None
-    if quota in ("max", "-1") or not period.isdigit() or int(period) == 0:
-        return None
-    return int(quota) / int(period)
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: its CPU affinity, capped by a container CPU limit (a pod's ``limits.cpu``).
-
-    ONNX Runtime's own default is one thread per physical core of the node, which in a pod limited
-    to 1 CPU on a 64-core node means 64 threads sharing one CPU's quota.
-    """
-    cpus = len(os.sched_getaffinity(0))
-    limit = _cgroup_cpu_limit()
-    return min(cpus, max(1, math.ceil(limit))) if limit else cpus
-
-
-def session_options(threads: int):
-    """ONNX Runtime session options for serving: all graph optimisations, ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return options
-
-
-def export_max_seq_length(model_dir: Path, default: int = DEFAULT_MAX_SEQ_LENGTH) -> int:
-    """The token limit the export recorded (the preprocess step's), else ``default``."""
-    try:
-        value = json.loads((model_dir / EXPORT_REPORT).read_text(encoding="utf-8")).get("max_seq_length")
-    except (OSError, ValueError, AttributeError):
-        value = None
-    if not value:
-        log.warning("%s records no max_seq_length; truncating texts at %d tokens", model_dir / EXPORT_REPORT, default)
-        return default
-    return int(value)
-
-
 class TextClassifier(kserve.Model):
     """A kserve model that classifies texts with an exported ONNX model (see the module docstring)."""
 
@@ -237,45 +137,19 @@ class TextClassifier(kserve.Model):
         self.model_dir = Path(model_dir)
         self.config = config or ServeConfig(model_name=name)
         self.labels: tuple[str, ...] = ()
-        self.task, self.info = None, {}
-        self._tokenizer = None
-        self._session = None
-        self._run = None
+        self._model: ExportedClassifier | None = None
 
     def load(self) -> bool:
         """Open the ONNX model and tokenizer, check them on one text, and mark the model ready."""
-        import onnxruntime as ort
-        from transformers import AutoConfig, AutoTokenizer
-
-        onnx_file = check_export_dir(self.model_dir, self.config.int8)
-        config = AutoConfig.from_pretrained(str(self.model_dir))
-        self.info = dataset_task(self.model_dir)
-        self.task = encoder_task(self.info["task"])
-        if self.task.name == CLASSIFICATION:
-            self.labels = read_labels(self.model_dir, config)
-            self.info = {**self.info, "labels": list(self.labels)}
-        else:
-            self.labels = tuple(self.info.get("labels") or ())
-        if not self.config.max_seq_length:
-            self.config = replace(self.config, max_seq_length=export_max_seq_length(self.model_dir))
-        positions = getattr(config, "max_position_embeddings", None)
-        if positions and self.config.max_seq_length > positions:
-            raise ConfigError(f"max_seq_length {self.config.max_seq_length} exceeds the model's "
-                              f"max_position_embeddings ({positions})")
-        self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir))
-        threads = self.config.threads or available_cpus()
-        self._session = ort.InferenceSession(str(onnx_file), session_options(threads),
-                                             providers=["CPUExecutionProvider"])
-        self._run = onnx_runner(self._session)
-        width, expected = self.logits(["kftune checks the model on this text"]).shape[-1], self.task.head(
-            self.info)["num_labels"]
-        if width != expected:
-            raise DataError(f"model {self.model_dir}: {onnx_file.name} gives {width} logits per text but its task "
-                            f"{self.task.name} expects {expected}" + (f" (labels {list(self.labels)})" if self.labels
-                                                                       else ""))
+        self._model = ExportedClassifier(self.model_dir, int8=self.config.int8,
+                                         max_seq_length=self.config.max_seq_length,
+                                         batch_size=self.config.batch_size, threads=self.config.threads).load()
+        self.labels = self._model.labels
+        self.config = replace(self.config, max_seq_length=self._model.max_seq_length)
         self.ready = True
-        log.info("model %r (%s) loaded from %s: %s, labels %s, max_seq_length %d, %d intra-op thread(s)", self.name,
-                 self.task.name, self.model_dir, onnx_file.name, list(self.labels), self.config.max_seq_length, threads)
+        log.info("model %r loaded from %s: %s, labels %s, max_seq_length %d, %d intra-op thread(s)", self.name,
+                 self.model_dir, self._model.onnx_file.name, list(self.labels), self.config.max_seq_length,
+                 self._model.threads)
         return self.ready
 
     # workers > 1: kserve hands the model to each HTTP worker process by pickling it (spawn).
@@ -285,7 +159,7 @@ class TextClassifier(kserve.Model):
     # model not ready (HTTP 503).
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.update(_tokenizer=None, _session=None, _run=None, ready=False, _load_in_worker=self.ready)
+        state.update(_model=None, ready=False, _load_in_worker=self.ready)
         return state
 
     def __setstate__(self, state):
@@ -301,53 +175,42 @@ class TextClassifier(kserve.Model):
             log.exception("worker %d could not load model %r from %s", os.getpid(), self.name, self.model_dir)
 
     def logits(self, texts: list[str]) -> np.ndarray:
-        """Logits ``[len(texts), num_labels]`` for raw texts, tokenized as preprocess does."""
-        cleaned = [clean_text(t) for t in texts]
-        for i, text in enumerate(cleaned):
-            if not text:
-                raise InvalidInput(f"text {i} is empty (after whitespace and markup are removed); expected some text")
-        encoded = self._tokenizer(cleaned, truncation=True, max_length=self.config.max_seq_length)
-        return predict_logits(self._run, EncodedTexts(encoded), self.config.batch_size,
-                              self._tokenizer.pad_token_id or 0)
+        """Logits ``[len(texts), num_labels]`` for raw texts (at least one, at most ``max_instances``), cleaned and
+        tokenized as preprocess does."""
+        self.check_request(texts)
+        try:
+            return self._model.logits(texts)
+        except EmptyText as e:
+            raise InvalidInput(str(e)) from None
 
-    def check_count(self, texts: list[str]) -> None:
+    def check_request(self, texts: list[str]) -> None:
         if not texts:
             raise InvalidInput("no texts given; expected at least one")
         if len(texts) > self.config.max_instances:
             raise InvalidInput(f"{len(texts)} texts in one request; at most {self.config.max_instances} are "
                                "accepted (split the request)")
 
-    def checked_logits(self, texts: list[str]) -> np.ndarray:
-        self.check_count(texts)
-        return self.logits(texts)
-
-    def classify(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """classification: (label ids ``[n]`` int64, probabilities ``[n, num_labels]`` float32) for ``texts``."""
-        probabilities = softmax(self.checked_logits(texts)).astype(np.float32)
-        return probabilities.argmax(axis=1).astype(np.int64), probabilities
-
-    def text_answers(self, texts: list[str]) -> list:
-        """Token-level tasks: each text's answer (entities with character offsets into the text as sent)."""
-        self.check_count(texts)
-        return self.task.text_outputs(self._run, self._tokenizer, texts, self.info, self.config.max_seq_length,
-                                      self.config.batch_size)
+    def answers(self, texts: list[str]) -> list[dict]:
+        """A token-level task's answers (entities with character offsets into the texts as sent)."""
+        self.check_request(texts)
+        return self._model.predict(texts)
 
     async def predict(self, payload, headers=None, response_headers=None):
-        """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``) with the task's outputs."""
+        """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``)."""
         v2 = isinstance(payload, InferRequest)
         texts = texts_from_v2(payload) if v2 else texts_from_v1(payload)
         # Inference off the event loop, so health checks and other requests are answered meanwhile.
         loop = asyncio.get_running_loop()
-        if self.task.token_level:  # answers need the texts themselves (character offsets)
-            answers = await loop.run_in_executor(None, self.text_answers, texts)
+        if self._model.token_level:  # the answers need the texts themselves (character offsets)
+            answers = await loop.run_in_executor(None, self.answers, texts)
             if not v2:
                 return {"predictions": answers}
-            arrays = self.task.v2_text_outputs(answers)
+            arrays = self._model.v2_answers(answers)
         else:
-            logits = await loop.run_in_executor(None, self.checked_logits, texts)
+            logits = await loop.run_in_executor(None, self.logits, texts)
             if not v2:
-                return {"predictions": self.task.outputs(logits, self.info)}
-            arrays = self.task.v2_outputs(logits, self.info)
+                return {"predictions": TASKS[self._model.task].outputs(logits, self._model.info)}
+            arrays = self._model.v2_outputs(logits)
         outputs = [InferOutput(name, list(array.shape), datatype, array) for name, datatype, array in arrays]
         return InferResponse(payload.id or generate_uuid(), self.name, outputs,
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
@@ -356,36 +219,12 @@ class TextClassifier(kserve.Model):
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
-        if self.task.token_level:
+        if self._model.token_level:
             return [{"name": name, "datatype": datatype, "shape": [-1]}
-                    for name, datatype, _ in self.task.v2_text_outputs([[]])]
-        example = self.task.v2_outputs(np.zeros((1, self.task.head(self.info)["num_labels"]), np.float32), self.info)
+                    for name, datatype, _ in self._model.v2_answers([])]
+        width = TASKS[self._model.task].head(self._model.info)["num_labels"]
         return [{"name": name, "datatype": datatype, "shape": [-1, *array.shape[1:]]}
-                for name, datatype, array in example]
-
-
-CLASSIFICATION, CAUSAL_LM = "classification", "causal-lm"
-
-
-def export_task(model_dir: Path) -> str:
-    """What the export in ``model_dir`` is for: its report's ``task``, else ``causal-lm`` where ``config.json``
-    names a ``...ForCausalLM`` architecture, else ``classification`` (exports from before tasks had names)."""
-    try:
-        report = json.loads((model_dir / EXPORT_REPORT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        report = None
-    task = report.get("task") if isinstance(report, dict) else None
-    if task is None:
-        try:
-            architectures = json.loads((model_dir / CONFIG_FILE).read_text(encoding="utf-8")).get("architectures")
-        except (OSError, ValueError, AttributeError):
-            architectures = None
-        causal = any(str(name).endswith("ForCausalLM") for name in architectures or ())
-        task = CAUSAL_LM if causal else CLASSIFICATION
-    if task not in TASKS:
-        raise DataError(f"model {model_dir}: {EXPORT_REPORT} names task {task!r}; kftune serve serves exports of "
-                        f"the tasks {', '.join(TASKS)}")
-    return task
+                for name, datatype, array in self._model.v2_outputs(np.zeros((1, width), np.float32))]
 
 
 def serve(model: str, config: ServeConfig) -> None:

@@ -230,6 +230,35 @@ def _add_serve_parser(sub) -> None:
     serve_parser.set_defaults(handler=cmd_serve)
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict with an exported model on every text of a file, directory or prefix; write the predictions."""
+    from kftune.components.common.settings import settings_from
+    from kftune.components.predict.config import PredictConfig
+    from kftune.components.predict.predict import predict
+
+    summary = predict(args.model, settings_from(PredictConfig, vars(args)))
+    print(json.dumps(summary))
+    return 0
+
+
+def _add_predict_parser(sub) -> None:
+    from kftune.components.predict.config import PredictConfig
+
+    parser = sub.add_parser(
+        "predict", help="batch predictions of an exported model over a file, directory or bucket prefix of texts",
+        description="Run an export over every text of --input (a CSV, TSV, JSON Lines or Parquet file, a directory "
+        "of them, or an s3:// / gs:// prefix) and write one prediction row per input row to --output (a path or "
+        "URI; CSV, JSON Lines or Parquet from its extension): id (--id-column, else the row number), source file "
+        "(with several), and classification label, label_id, probability and p_<label> columns, or causal-lm "
+        "generations. Prints a JSON summary (rows, seconds, rows_per_second).",
+    )
+    parser.add_argument("model", metavar="MODEL_DIR_OR_URI",
+                        help="export directory, or an s3:// or gs:// URI of one (downloaded to a temporary directory)")
+    add_group_flags(parser, PredictConfig)
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks on errors")
+    parser.set_defaults(handler=cmd_predict)
+
+
 def _add_local_run_parser(sub, name: str, handler, settings: tuple, help: str, description: str, results: str):
     """``kftune run`` / ``kftune tune``: a pipeline's settings as flags, and where the run goes."""
     parser = sub.add_parser(name, help=help, description=description)
@@ -332,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
                                help="show tracebacks on errors")
     submit_parser.set_defaults(handler=cmd_submit)
     _add_serve_parser(sub)
+    _add_predict_parser(sub)
     return parser
 
 

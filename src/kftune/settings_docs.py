@@ -19,6 +19,7 @@ from kftune.components.common.training.search_space import SEARCHABLE
 from kftune.components.deploy.config import DeploySettings
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.export.config import ExportConfig
+from kftune.components.predict.config import PredictConfig
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.publish.config import PublishSettings
 from kftune.components.serve.config import ServeConfig
@@ -33,11 +34,12 @@ TABLES: dict[str, tuple] = {
     "components/tune/README.md": (SearchSettings,),
     "components/evaluate/README.md": (EvaluateConfig,),
     "components/export/README.md": (ExportConfig,),
+    "components/predict/README.md": (PredictConfig,),
     "components/publish/README.md": (PublishSettings,),
     "components/deploy/README.md": (DeploySettings,),
     "components/serve/README.md": (ServeConfig,),
 }
-"""Which settings each README shows (a stage's run parameters, or kftune serve's flags)."""
+"""Which settings each README shows (a stage's run parameters, or kftune serve's and kftune predict's flags)."""
 
 
 def _default(setting: Setting) -> str:

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from kftune.components.common.bundled import BUNDLED_MODEL
+from kftune.components.common.bundled import BUNDLED_MODEL, REGRESSION_DATA
 from kftune.components.common.errors import DataError
 from kftune.components.common.tasks.base import EncoderTask
 
@@ -174,6 +174,7 @@ TASK = Regression(
     "regression",
     "one number per text",
     defaults={
+        "data": REGRESSION_DATA,
         "model": BUNDLED_MODEL,
         "max_seq_length": 128,
         "training_mode": "full",

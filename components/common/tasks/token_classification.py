@@ -869,16 +869,17 @@ class TokenClassification(EncoderTask):
         raise TypeError("token classification answers need the texts (character offsets): use v2_text_outputs")
 
     def text_outputs(self, run_batch, tokenizer, texts: list[str], info, max_length: int,
-                     batch_size: int = 32) -> list[list[dict]]:
-        """One answer per text (V1 ``predictions``, a predict step's rows): its entities
-        (:func:`entity_spans`), found through ``run_batch`` (an ONNX Runtime or PyTorch runner)."""
-        return predict_entities(run_batch, tokenizer, texts, info["labels"], max_length, batch_size)
+                     batch_size: int = 32) -> list[dict]:
+        """One answer per text (V1 ``predictions``, a predict step's rows): ``{"entities": [...]}``, its
+        entities (:func:`entity_spans`) found through ``run_batch`` (an ONNX Runtime or PyTorch runner)."""
+        return [{"entities": spans}
+                for spans in predict_entities(run_batch, tokenizer, texts, info["labels"], max_length, batch_size)]
 
-    def v2_text_outputs(self, answers: list[list[dict]]) -> list[tuple]:
+    def v2_text_outputs(self, answers: list[dict]) -> list[tuple]:
         """The Open Inference output: ``entities``, BYTES ``[n]``, each text's entities as a JSON string."""
         import numpy as np
 
-        return [("entities", "BYTES", np.array([json.dumps(a) for a in answers], dtype=object))]
+        return [("entities", "BYTES", np.array([json.dumps(a["entities"]) for a in answers], dtype=object))]
 
 
 METRICS = ("precision", "recall", "f1", "accuracy")

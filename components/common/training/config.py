@@ -37,7 +37,7 @@ class Optimization:
     """AdamW with linear warmup and decay."""
 
     learning_rate: float = searchable(0.0)
-    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001)."""  # noqa: E501
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0001)."""  # noqa: E501
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
@@ -57,9 +57,9 @@ class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
     num_train_epochs: int = searchable(0)
-    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1)."""
+    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 3)."""
     per_device_train_batch_size: int = searchable(0)
-    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8)."""
+    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32)."""  # noqa: E501
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
@@ -101,7 +101,7 @@ class Adapters:
     """What is trained: the whole model, the head, or peft adapters."""
 
     training_mode: Literal["auto", "full", "freeze_encoder", "lora", "qlora", "prompt_tuning"] = "auto"
-    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora)."""  # noqa: E501
+    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora, regression: full, multilabel: full)."""  # noqa: E501
     lora_r: int = searchable(8)
     """LoRA rank (training_mode lora)."""
     lora_alpha: int = searchable(16)

@@ -1,0 +1,231 @@
+"""Batch inference of an exported model over files of texts: :func:`predict`.
+
+The export (a directory, or an ``s3://`` / ``gs://`` URI of one) is opened as its task says
+(:func:`~kftune.components.common.exported.open_export`): a classifier on ONNX Runtime, whose
+texts are cleaned and truncated as evaluation saw them, or a causal LM answering each text as
+one user turn, greedily. The input is one file, a directory of files or an object-store prefix,
+each read with the project's reader (:mod:`kftune.components.common.datafiles`: CSV, TSV, JSON
+Lines, Parquet). Every file is read and checked before the model is loaded, so a missing
+column or an empty text fails at the start, naming the file, the row and the column.
+
+One output row per input row, in input order:
+
+- ``id``: the ``id_column`` value, or the row's number counted from 0 over all input files;
+- ``source``: the file the row came from, relative to the input (only when there are several);
+- the task's columns (:data:`ROW_COLUMNS`): classification ``label``, ``label_id``,
+  ``probability`` (the label's) and ``p_<label>`` for every label; causal-lm ``generation``.
+
+The predictions are written to a temporary file and renamed onto the output path, or uploaded
+to the output URI, only once complete: a failed run leaves no output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kftune.components.common.datafiles import read_file
+from kftune.components.common.errors import DataError
+from kftune.components.common.exported import CAUSAL_LM, CLASSIFICATION, export_task, local_export, open_export
+from kftune.components.common.storage import fetch, is_remote, open_location
+from kftune.components.common.text import clean_text
+from kftune.components.predict.config import PredictConfig
+
+log = logging.getLogger(__name__)
+
+ID, SOURCE = "id", "source"
+CHUNK_BATCHES = 8
+"""Texts go to the model ``batch_size * CHUNK_BATCHES`` at a time (sorted by length within a chunk)."""
+
+
+def classification_row(output: dict) -> dict:
+    """A classification output as columns: label, label_id, the label's probability, ``p_<label>`` for each label."""
+    probabilities = output["probabilities"]
+    return {"label": output["label"], "label_id": output["label_id"],
+            "probability": probabilities[output["label"]],
+            **{f"p_{name}": p for name, p in probabilities.items()}}
+
+
+def causal_lm_row(output: dict) -> dict:
+    """A causal-LM output as columns: the generation."""
+    return {"generation": output["generation"]}
+
+
+def flat_row(output: dict) -> dict:
+    """Any other task's output as columns: scalars as they are, a dict's items as ``<key>_<name>``, lists as JSON
+    (regression ``score``; multilabel ``labels`` as a JSON list, ``probabilities_<label>``, ``thresholds_<label>``)."""
+    row = {}
+    for key, value in output.items():
+        if isinstance(value, dict):
+            row.update({f"{key}_{name}": v for name, v in value.items()})
+        elif isinstance(value, list):
+            row[key] = json.dumps(value)
+        else:
+            row[key] = value
+    return row
+
+
+ROW_COLUMNS: dict[str, Callable[[dict], dict]] = {CLASSIFICATION: classification_row, CAUSAL_LM: causal_lm_row}
+"""How a task's per-text output becomes columns of a prediction row, by the export's task (others:
+:func:`flat_row`)."""
+
+
+@dataclass
+class InputFile:
+    """One file of texts: the name messages show, the ``source`` column's (relative to the input), its texts
+    and ids."""
+
+    name: str
+    relative: str
+    texts: list[str]
+    ids: list
+
+
+@contextlib.contextmanager
+def local_inputs(data: str) -> Iterator[list[tuple[str, str, Path]]]:
+    """(name to show, name relative to ``data``, local path) of every input file: one file, a directory's files
+    in name order (a ``datasets.save_to_disk`` directory counts as one), or an ``s3://`` / ``gs://`` object or
+    prefix, fetched."""
+    if is_remote(data):
+        with tempfile.TemporaryDirectory(prefix="kftune-predict-") as tmp:
+            root = Path(tmp) / "data"
+            paths = fetch(data, root)
+            base = data.rstrip("/")
+            if len(paths) == 1 and not data.endswith("/") and paths[0].name == base.rsplit("/", 1)[-1]:
+                yield [(base, paths[0].name, paths[0])]
+            else:
+                yield [(f"{base}/{p.relative_to(root).as_posix()}", p.relative_to(root).as_posix(), p)
+                       for p in paths]
+        return
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory; expected a file or a directory of files of texts")
+    if path.is_file() or (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
+        yield [(str(path), path.name, path)]
+        return
+    files = sorted(p for p in path.rglob("*") if p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise DataError(f"{path}: the directory holds no files; expected CSV, TSV, JSON Lines or Parquet files")
+    yield [(str(p), p.relative_to(path).as_posix(), p) for p in files]
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def read_input(name: str, relative: str, path: Path, config: PredictConfig, task: str) -> InputFile:
+    """The texts (and ids) of one file, checked: the columns exist, no text is empty."""
+    try:
+        frame = read_file(path, "auto")
+    except DataError as e:  # name the file as the user gave it, not a temporary copy
+        raise DataError(str(e).replace(str(path), name)) from None
+    columns = ", ".join(map(str, frame.columns)) or "(none)"
+    for column, setting in ((config.text_column, "text_column"), (config.id_column, "id_column")):
+        if column and column not in frame.columns:
+            raise DataError(f"{name}: no column {column!r}; the columns are: {columns} (set {setting})")
+    texts = []
+    for row, value in enumerate(frame[config.text_column].tolist()):
+        text = "" if _is_missing(value) else str(value)
+        # classification sees texts cleaned as in preprocess; a causal LM sees them as they are
+        if not (clean_text(text) if task == CLASSIFICATION else text.strip()):
+            raise DataError(f"{name}: row {row} (counted from 0): column {config.text_column!r} is empty; "
+                            "expected some text")
+        texts.append(text)
+    ids = frame[config.id_column].tolist() if config.id_column else []
+    if config.id_column:
+        for row, value in enumerate(ids):
+            if _is_missing(value):
+                raise DataError(f"{name}: row {row} (counted from 0): column {config.id_column!r} (the id) is "
+                                "empty; expected a value")
+    return InputFile(name, relative, texts, ids)
+
+
+def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
+    """``frame`` to ``path`` as CSV, JSON Lines or Parquet."""
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    elif fmt == "jsonl":
+        frame.to_json(path, orient="records", lines=True, force_ascii=False)
+    else:
+        frame.to_parquet(path, index=False)
+
+
+def write_output(frame: pd.DataFrame, output: str, fmt: str) -> None:
+    """Write the predictions so that they appear complete or not at all: a temporary file renamed into place,
+    or (a URI) uploaded once written."""
+    if is_remote(output):
+        loc = open_location(output)
+        with tempfile.TemporaryDirectory(prefix="kftune-predict-out-") as tmp:
+            local = Path(tmp) / f"predictions.{fmt}"
+            write_frame(frame, local, fmt)
+            loc.backend.upload(local, loc.uri.prefix)
+        return
+    path = Path(output).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(fd)
+    try:
+        write_frame(frame, Path(tmp), fmt)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _uniform_ids(ids: list) -> list:
+    """Ids as they are, or all as strings where the files gave different types (Parquet needs one type)."""
+    return ids if len({type(i) for i in ids}) <= 1 else [str(i) for i in ids]
+
+
+def predict(model: str | Path, config: PredictConfig) -> dict:
+    """Predict on every text of ``config.input`` with the export at ``model``; write ``config.output``.
+
+    Returns a summary: task, rows, files, seconds, rows_per_second, output, format.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    fmt = config.resolved_format()
+    with contextlib.ExitStack() as stack:
+        model_dir = stack.enter_context(local_export(str(model)))
+        task = export_task(model_dir) if model_dir.is_dir() else CLASSIFICATION
+        files = [read_input(name, relative, path, config, task)
+                 for name, relative, path in stack.enter_context(local_inputs(config.input))]
+        total = sum(len(f.texts) for f in files)
+        if not total:
+            raise DataError(f"{config.input}: no rows to predict on (only header rows, or empty files)")
+        exported = open_export(model_dir, int8=config.int8, max_new_tokens=config.max_new_tokens,
+                               batch_size=config.batch_size, threads=config.threads)
+        log.info("predicting on %d text(s) from %d file(s) of %s with the %s export %s", total, len(files),
+                 config.input, task, model)
+        rows, start = [], time.perf_counter()
+        chunk = config.batch_size * (1 if task == CAUSAL_LM else CHUNK_BATCHES)
+        with tqdm(total=total, desc="predicting", unit="row", mininterval=2) as bar:
+            for f in files:
+                for first in range(0, len(f.texts), chunk):
+                    outputs = exported.predict(f.texts[first : first + chunk], progress=False)
+                    rows += [ROW_COLUMNS.get(task, flat_row)(o) for o in outputs]
+                    bar.update(len(outputs))
+        seconds = time.perf_counter() - start
+    ids = [i for f in files for i in f.ids] if config.id_column else list(range(total))
+    columns = {ID: _uniform_ids(ids)}
+    if len(files) > 1:
+        columns[SOURCE] = [f.relative for f in files for _ in f.texts]
+    frame = pd.concat([pd.DataFrame(columns), pd.DataFrame(rows, index=range(total))], axis=1)
+    write_output(frame, config.output, fmt)
+    summary = {"task": task, "rows": total, "files": len(files), "seconds": round(seconds, 3),
+               "rows_per_second": round(total / seconds, 2) if seconds > 0 else 0.0, "output": config.output,
+               "format": fmt}
+    log.info("wrote %d prediction(s) to %s (%s): %.1f rows/s", total, config.output, fmt, summary["rows_per_second"])
+    return summary
