@@ -581,3 +581,18 @@ def test_serving_answers_entities_over_v1_and_v2(token_run):
     assert output.name == "entities" and output.datatype == "BYTES"
     assert [json.loads(x) for x in output.data] == [first, second]
     assert server.get_output_types() == [{"name": "entities", "datatype": "BYTES", "shape": [-1]}]
+
+
+def test_the_predict_step_writes_entities_per_row(token_run, tmp_path):
+    from kftune.components.predict.config import PredictConfig
+    from kftune.components.predict.predict import predict
+
+    work, _, _, _ = token_run
+    texts = ["We met Alan near Paris today", "nothing here"]
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
+    summary = predict(work / "export", PredictConfig(input=str(tmp_path / "in.csv"), output=str(tmp_path / "out.csv")))
+    assert summary["task"] == "token-classification" and summary["rows"] == 2
+    out = pd.read_csv(tmp_path / "out.csv")
+    entities = [json.loads(e) for e in out["entities"]]
+    assert ("LOC", "Paris") in {(e["entity_group"], e["word"]) for e in entities[0]}, entities
+    assert all(texts[i][e["start"]:e["end"]] == e["word"] for i, row in enumerate(entities) for e in row)
