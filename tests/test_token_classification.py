@@ -596,3 +596,18 @@ def test_the_predict_step_writes_entities_per_row(token_run, tmp_path):
     entities = [json.loads(e) for e in out["entities"]]
     assert ("LOC", "Paris") in {(e["entity_group"], e["word"]) for e in entities[0]}, entities
     assert all(texts[i][e["start"]:e["end"]] == e["word"] for i, row in enumerate(entities) for e in row)
+
+
+def test_task_auto_recognises_token_data_and_the_stage_names_bad_rows(tmp_path):
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import prepare_rows, read_data
+
+    rows = [{"tokens": ["Ada", "codes"], "tags": ["B-PER", "O"]}] * 3 + [{"tokens": ["Bob"], "tags": ["B-PER", "O"]}]
+    jsonl = write_jsonl(tmp_path / "d.jsonl", rows)
+    conll = write_conll(tmp_path / "d.iob", [["Ada"]], [["B-PER"]])
+    for path in (jsonl, conll):
+        config, _, decided = read_data(PreprocessConfig(data=str(path)))
+        assert config.task == "token-classification" and decided.startswith("auto:"), decided
+    config, _, _ = read_data(PreprocessConfig(data=str(jsonl)))
+    assert error_of(lambda: prepare_rows(config)) == (
+        f"{jsonl}: line 4: 1 tokens but 2 tags; expected one tag per token")
