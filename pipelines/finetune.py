@@ -76,7 +76,8 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
                 published.set_retry(num_retries=2, backoff_duration="30s")
                 cluster.use_storage_secrets(published, values)
                 with dsl.If(values["deploy_name"] != "", name="deploy-requested"):
-                    deployed = settings_task(deploy_op, values, model_uri=published.outputs["Output"])
+                    deployed = settings_task(deploy_op, values, model_uri=published.outputs["Output"],
+                                             exported_model=exported.outputs["exported_model"])
                     deployed.set_display_name("deploy").set_cpu_request("250m").set_memory_request("512M")
 
         return Outputs(model=trained.outputs["finetuned_model"], exported_model=exported.outputs["exported_model"],

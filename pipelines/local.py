@@ -32,7 +32,9 @@ class LocalRunResult:
             artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
             extra = {"answers": ev["answers"], "primary_metric": ev["primary_metric"], "base_model": ev["base_model"]}
         else:
-            keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
+            from kftune.components.common.tasks import task_named
+
+            keys = task_named(task).metrics
             keys += ("roc_auc",) if "roc_auc" in model else ()
             artifacts = {"model": str(self.model_dir), "onnx": str(self.export_dir / "model.onnx"),
                          "onnx_dir": str(self.export_dir)}

@@ -77,7 +77,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
         values = dict(locals())
         dataset = steps.preprocess(values).outputs["dataset"]
 
-        plan = settings_task(tune_ops["plan_search"], values)
+        plan = settings_task(tune_ops["plan_search"], values, dataset=dataset)
         plan.set_display_name("plan search").set_caching_options(False)
         train_config = plan.outputs["train_config"]
 

@@ -74,7 +74,7 @@ def test_every_parameter_has_default_and_description(tmp_path):
         assert "defaultValue" in spec, name
         assert spec.get("description", "").strip(), name
     # task-dependent settings default to auto (0), resolved per task by the stages
-    assert params["task"]["defaultValue"] == "classification"
+    assert params["task"]["defaultValue"] == "auto"  # decided from the data (the bundled default: classification)
     assert params["learning_rate"]["defaultValue"] == 0.0 and "classification: 0.0001" in params["learning_rate"][
         "description"]
     assert params["data"]["defaultValue"] == "auto"

@@ -264,7 +264,7 @@ def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
         ("cpu", "0", "cpu must be > 0"),
         ("memory", "2 GB", "memory must be a Kubernetes quantity"),
         ("memory", "-2Gi", "memory must be > 0"),
-        ("task", "regression", "task must be one of classification, causal-lm"),
+        ("task", "summarization", "task must be one of classification, causal-lm, regression, multilabel"),
         ("gpus", -1, "gpus and max_model_len must be >= 0"),
         ("max_model_len", -1, "gpus and max_model_len must be >= 0"),
         ("gpus", 1, "apply to task 'causal-lm'"),
@@ -676,7 +676,8 @@ def test_component_interface():
         "serving_gpus": ("Integer", 0),
         "serving_max_model_len": ("Integer", 0),
         "deploy_timeout_minutes": ("Float", 15.0),
-        "task": ("String", "classification"),
+        "task": ("String", "auto"),
+        "exported_model": ("system.Model@0.0.1", None),
     }
     assert {name: o.type for name, o in spec.outputs.items()} == {"Output": "String"}
     assert all(i.description for i in spec.inputs.values()), "every parameter needs an Args: line (the UI shows it)"
@@ -692,7 +693,7 @@ def test_component_function_deploys_through_the_kubeconfig(kube, tmp_path, monke
     (tmp_path / "namespace").write_text("team-a")
     monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
     url = deploy_component(model_uri="s3://models/sentiment/v1", deploy_name="sentiment", serving_memory="1Gi",
-                           deploy_timeout_minutes=1)
+                           deploy_timeout_minutes=1, task="classification")
     assert url == "http://sentiment.team-a.example.com"
     model = server.inference_services[("team-a", "sentiment")].isvc["spec"]["predictor"]["model"]
     assert model["resources"]["limits"] == {"cpu": "1", "memory": "1Gi"}
@@ -705,7 +706,17 @@ def test_component_function_deploys_through_the_kubeconfig(kube, tmp_path, monke
     assert (sent.runtime, sent.model_format.name) == ("kserve-huggingfaceserver", "huggingface")
     assert sent.args == ["--model_name=assistant", "--task=text_generation", "--max_model_len=256"]
     with pytest.raises(ConfigError, match="task must be one of"):
-        deploy_component(model_uri="s3://models/a/v1", deploy_name="assistant", task="regression")
+        deploy_component(model_uri="s3://models/a/v1", deploy_name="assistant", task="summarization")
+    with pytest.raises(ConfigError, match="exported_model"):
+        deploy_component(model_uri="s3://models/a/v1", deploy_name="assistant")
+    # task auto (the pipelines' default): the export says which; a regression model goes to kftune's runtime
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "export_report.json").write_text('{"task": "regression"}')
+    deploy_component(model_uri="s3://models/scores/v1", deploy_name="scores", deploy_timeout_minutes=1,
+                     exported_model=type("Artifact", (), {"path": str(export)})())
+    (post,) = [r for r in server.calls("POST") if r.body["metadata"]["name"] == "scores"]
+    assert post.body["spec"]["predictor"]["model"]["runtime"] == "kftune-onnx"
 
 
 @pytest.mark.slow

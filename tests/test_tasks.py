@@ -301,3 +301,27 @@ def test_predict_round_trip_for_regression_and_multilabel(tmp_path, regression_r
         assert rows["id"].tolist() == ["r1", "r2"] and column in rows.columns
     labels = [json.loads(v) for v in rows["labels"]]
     assert all(set(v) <= set(CUES) for v in labels)
+
+
+def test_bundled_multilabel_data_is_the_entity_types_of_wnut16_tweets():
+    from kftune.components.common.bundled import bundled_token_sentences
+    from kftune.components.preprocess.reader import read_labelled_data
+
+    sentences = bundled_token_sentences()
+    frame = read_labelled_data("bundled:wnut16-entity-types")
+    assert len(frame) == len(sentences) == 2394
+    tokens, tags = sentences[0]
+    assert frame["text"][0] == " ".join(tokens) and frame[LABEL][0] == sorted({t[2:] for t in tags if t != "O"})
+    assert len({label for row in frame[LABEL] for label in row}) == 10
+    assert detect_task(frame, "label")[0] == "multilabel"
+    assert PreprocessConfig(task="multilabel").data == "bundled:wnut16-entity-types"
+
+
+def test_data_report_says_the_task_and_shows_the_target(regression_run, multilabel_run):
+    from kftune.components.preprocess.report import data_report_html
+
+    stats = dict(regression_run[2])
+    html = data_report_html(stats, stats["_lengths"])
+    assert "task regression (auto:" in html and "<td>mean</td>" in html
+    stats = dict(multilabel_run[2])
+    assert all(f"<td>{label}</td>" in data_report_html(stats, stats["_lengths"]) for label in CUES)

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from kftune.components.common.errors import ConfigError
+from kftune.components.common.tasks import TASKS
 from kftune.components.common.training.config import Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training, plan_processes
-from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train, training_loss
+from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train
 
 
 def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():
@@ -208,8 +209,10 @@ def test_label_smoothing_smooths_the_cross_entropy():
     log_p = torch.log_softmax(torch.tensor([[4.0, 0.0, -2.0], [0.0, 1.0, 0.0]]), dim=-1)
     plain = -(log_p[0, 0] + log_p[1, 2]) / 2
     smoothed = ((1 - 0.3) * -torch.stack([log_p[0, 0], log_p[1, 2]]) - 0.3 / 3 * log_p.sum(dim=1)).mean()
-    assert training_loss(Fixed(), batch) == pytest.approx(plain.item())
-    assert training_loss(Fixed(), batch, 0.3) == pytest.approx(smoothed.item(), rel=1e-6)
+    loss = TASKS["classification"].loss
+    assert loss(Fixed(), batch, TrainConfig(task="classification")) == pytest.approx(plain.item())
+    assert loss(Fixed(), batch, TrainConfig(task="classification", label_smoothing=0.3)) == pytest.approx(
+        smoothed.item(), rel=1e-6)
     assert smoothed > plain  # a confident, right first example now costs something
 
 

@@ -44,7 +44,8 @@ def test_lora_trains_few_parameters(tiny_model):
     from kftune.components.common.modeling import build_classifier, trainable_parameters
 
     config = TrainConfig(training_mode="lora", lora_r=4)
-    model = build_classifier(config, 2, {0: "a", 1: "b"}, {"a": 0, "b": 1}, str(tiny_model))
+    model = build_classifier(config, {"num_labels": 2, "id2label": {0: "a", 1: "b"}, "label2id": {"a": 0, "b": 1}},
+                             str(tiny_model))
     trainable, total = trainable_parameters(model)
     assert 0 < trainable < 0.05 * total
 

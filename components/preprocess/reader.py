@@ -45,6 +45,14 @@ def read_bundled_regression() -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def read_bundled_multilabel() -> pd.DataFrame:
+    """The bundled multi-label data: each WNUT-16 tweet (its tokens joined by spaces) with the set of entity types
+    it mentions (possibly none), as a list."""
+    rows = [(" ".join(tokens), sorted({tag[2:] for tag in tags if tag != "O"}))
+            for tokens, tags in bundled.bundled_token_sentences()]
+    return pd.DataFrame({TEXT: [r[0] for r in rows], LABEL: [r[1] for r in rows]})
+
+
 INSTRUCTION_PROMPT = (
     "Is the following movie review positive or negative? Answer with one word: positive or negative.\n\n"
     "Review: {text}"
@@ -83,6 +91,8 @@ def read_labelled_data(
         return read_bundled()
     if data == bundled.REGRESSION_DATA:
         return read_bundled_regression()
+    if data == bundled.MULTILABEL_DATA:
+        return read_bundled_multilabel()
     frame, path = read_frame(data, data_format)
     return select_columns(frame, path, text_column, label_column)
 

@@ -31,7 +31,12 @@ def data_report_html(stats: dict, lengths: dict[str, np.ndarray]) -> str:
         count = dist[split].get(label, 0)
         return f"{count} ({count / max(1, stats['split_sizes'][split]):.1%})"
 
-    distribution = table_html(["label", *SPLITS], [(label, *(share(s, label) for s in SPLITS)) for label in labels])
+    if labels:
+        distribution = table_html(["label", *SPLITS],
+                                  [(label, *(share(s, label) for s in SPLITS)) for label in labels])
+    else:  # a regression target: its statistics per split
+        keys = list(dist[SPLITS[0]])
+        distribution = table_html(["target", *SPLITS], [(k, *(float(dist[s][k]) for s in SPLITS)) for k in keys])
     fig, ax = new_figure()
     top = max(int(max(v.max() for v in lengths.values())), 1)
     bins = np.linspace(0, top, 41)
@@ -43,7 +48,8 @@ def data_report_html(stats: dict, lengths: dict[str, np.ndarray]) -> str:
     tokens = stats["token_length"]
     return page(
         "kftune data report",
-        f"<p>Source: <code>{stats['source']}</code></p>",
+        f"<p>Source: <code>{stats['source']}</code>; task {stats.get('task', 'classification')} "
+        f"({stats.get('task_decided', 'set')})</p>",
         "<h2>Rows</h2>",
         overview,
         "<h2>Removed per rule</h2>",

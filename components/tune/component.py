@@ -24,10 +24,11 @@ from kftune.components.tune.config import SearchSettings
 
 
 @with_settings(SearchSettings, TrainConfig)
-def plan_search() -> NamedTuple("PlanOutputs", [("train_config", str), ("trials", List[dict])]):
+def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_config", str), ("trials", List[dict])]):
     """Check the search and the base training configuration; plan the trials of a grid/random search.
 
     Args:
+        dataset: Tokenized splits from preprocess (which say the task, where task is auto).
 
     Returns:
         train_config: The base TrainConfig as JSON (trials train on the training split).
@@ -38,12 +39,15 @@ def plan_search() -> NamedTuple("PlanOutputs", [("train_config", str), ("trials"
     from collections import namedtuple
     from dataclasses import asdict
 
+    from kftune.components.common.schema import dataset_task
     from kftune.components.common.settings import settings_from
+    from kftune.components.common.tasks import with_task
     from kftune.components.common.training.config import TrainConfig
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import plan_search as plan
 
-    base, trials = plan(settings_from(SearchSettings, values), settings_from(TrainConfig, values))
+    base = with_task(settings_from(TrainConfig, values), dataset_task(dataset.path)["task"])
+    base, trials = plan(settings_from(SearchSettings, values), base)
     outputs = namedtuple("PlanOutputs", ["train_config", "trials"])
     return outputs(json.dumps(asdict(base)), trials)
 

@@ -30,7 +30,7 @@ class SearchSettings:
     max_failed_trials: int = 2
     """A Katib Experiment fails after this many failed trials."""
     direction: Literal["auto", "maximize", "minimize"] = "auto"
-    """Maximize or minimize metric_for_best_model on the validation split; auto: minimize loss, maximize the others."""  # noqa: E501
+    """Maximize or minimize metric_for_best_model on the validation split; auto: minimize loss and errors (rmse, mae), maximize the others."""  # noqa: E501
     include_defaults: bool = True
     """Make the first trial the configuration the training settings give."""
     prune: bool = True
@@ -40,7 +40,10 @@ class SearchSettings:
         """The direction of the search on ``metric``: the setting, or (auto) the one that improves it."""
         if self.direction != "auto":
             return self.direction
-        return "minimize" if metric == "loss" else "maximize"
+        from kftune.components.common.tasks import TASKS
+
+        errors = set().union(*(task.lower_is_better for task in TASKS.values()))
+        return "minimize" if metric in errors else "maximize"
 
     def validate(self) -> None:
         check_choices(self)

@@ -726,8 +726,12 @@ def launch_katib(
     ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays, for a look at what
     the trials left, and the error names it.
     """
+    from kftune.components.common.schema import dataset_task
+    from kftune.components.common.tasks import task_named, with_task
+
+    base_config = with_task(base_config, dataset_task(dataset_dir)["task"])
     base_config.validate()
-    metric = metric or base_config.metric_for_best_model
+    metric = metric if metric and metric != "auto" else base_config.metric_for_best_model
     mount_path, dataset_dir = Path(mount_path), Path(dataset_dir)
     for name in space.names if isinstance(space, SearchSpace) else []:
         if name in LORA_OPTIONS and base_config.training_mode not in ("lora", "qlora"):
@@ -747,7 +751,7 @@ def launch_katib(
         algorithm=algorithm,
         metric=metric,
         direction=direction,
-        additional_metrics=BEST_METRICS if base_config.task == "classification" else ("loss",),
+        additional_metrics=task_named(base_config.task).best_metrics,
         max_trials=max_trials,
         parallel_trials=parallel_trials,
         max_failed_trials=max_failed_trials,

@@ -128,6 +128,10 @@ def optuna_search(
     """
     import optuna
 
+    from kftune.components.common.schema import dataset_task
+    from kftune.components.common.tasks import with_task
+
+    base = with_task(base, dataset_task(dataset_dir)["task"])
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     storage_path = work_dir / STUDY_FILE

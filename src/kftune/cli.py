@@ -32,7 +32,7 @@ def preflight(arguments: dict) -> None:
     from kftune.components.common.training.loop import resolve_precision
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows
+    from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows, read_data
 
     config = settings_from(TrainConfig, arguments)
     config.validate()
@@ -49,11 +49,11 @@ def preflight(arguments: dict) -> None:
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     settings_from(EvaluateConfig, arguments).validate()
     resolve_model(config.model)
-    prepare = settings_from(PreprocessConfig, arguments)
+    prepare, frame, _ = read_data(settings_from(PreprocessConfig, arguments))  # task auto: decided from the data
     if prepare.task == "causal-lm":
-        prepare_instructions(prepare)
+        prepare_instructions(prepare, frame=frame)
     else:
-        prepare_rows(prepare)
+        prepare_rows(prepare, frame)
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):

@@ -16,7 +16,7 @@ import json
 
 import numpy as np
 
-from kftune.components.common.bundled import BUNDLED_MODEL
+from kftune.components.common.bundled import BUNDLED_MODEL, MULTILABEL_DATA
 from kftune.components.common.errors import DataError
 from kftune.components.common.tasks.base import EncoderTask, sigmoid
 
@@ -232,6 +232,7 @@ TASK = Multilabel(
     "multilabel",
     "a set of labels per text",
     defaults={
+        "data": MULTILABEL_DATA,
         "model": BUNDLED_MODEL,
         "max_seq_length": 128,
         "training_mode": "full",

@@ -75,16 +75,6 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def training_loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
-    """The loss a training step minimises: the model's own cross-entropy, or, with label
-    smoothing, cross-entropy against smoothed targets (as transformers' ``LabelSmoother``)."""
-    if not label_smoothing:
-        return model(**batch).loss
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs).logits
-    return torch.nn.functional.cross_entropy(logits.float(), batch["labels"], label_smoothing=label_smoothing)
-
-
 def resolve_precision(setting: str, device: torch.device) -> str:
     """The autocast dtype to train in: ``bf16``, ``fp16`` (CUDA, with loss scaling) or ``no``."""
     if setting == "auto":
