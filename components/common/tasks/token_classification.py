@@ -751,9 +751,20 @@ class TokenClassification(EncoderTask):
 
     # --- preprocess -------------------------------------------------------------------
     def read(self, config) -> tuple:
-        """(frame with tokens and tags, source, rows read, counts per cleaning rule) of ``config.data``."""
-        frame, source = read_token_data(config.data, getattr(config, "token_format", "auto"),
-                                        getattr(config, "tokens_column", TOKENS), getattr(config, "tags_column", TAGS))
+        """(frame with tokens and tags, source, rows read, counts per cleaning rule) of ``config.data`` (or of
+        the bundled WNUT-16 tweets)."""
+        import pandas as pd
+
+        from kftune.components.common import bundled
+
+        if config.data == bundled.TOKEN_DATA:
+            sentences = bundled.bundled_token_sentences()
+            frame, source = pd.DataFrame({TOKENS: [s[0] for s in sentences], TAGS: [s[1] for s in sentences],
+                                          WHERE: [f"sentence {i}" for i in range(1, len(sentences) + 1)]}), config.data
+        else:
+            frame, source = read_token_data(config.data, getattr(config, "token_format", "auto"),
+                                            getattr(config, "tokens_column", TOKENS),
+                                            getattr(config, "tags_column", TAGS))
         cleaned, counts = clean_token_data(frame, source, getattr(config, "strict_iob2", False))
         return cleaned, source, len(frame), counts
 
@@ -886,9 +897,10 @@ METRICS = ("precision", "recall", "f1", "accuracy")
 
 
 def _defaults() -> dict:
-    from kftune.components.common.bundled import BUNDLED_MODEL
+    from kftune.components.common.bundled import BUNDLED_MODEL, TOKEN_DATA
 
     return {
+        "data": TOKEN_DATA,
         "model": BUNDLED_MODEL,
         "max_seq_length": 128,
         "training_mode": "full",
