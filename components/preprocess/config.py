@@ -67,7 +67,7 @@ class Tokenization:
     """How texts become token ids (with the pretrained model's fast tokenizer)."""
 
     max_seq_length: int = 0
-    """Texts are tokenized and truncated to this many tokens (causal-lm: prompt and completion together); 0: the task's (classification: 128, causal-lm: 256, regression: 128, multilabel: 128)."""  # noqa: E501
+    """Texts are tokenized and truncated to this many tokens (causal-lm: prompt and completion together); 0: the task's (classification: 128, causal-lm: 256, regression: 128, multilabel: 128, token-classification: 128)."""  # noqa: E501
 
 
 @dataclass
