@@ -526,6 +526,12 @@ def test_preprocess_writes_a_token_dataset(token_run):
     first = [p for p, w in enumerate(row["word_ids"]) if w >= 0 and (p == 0 or row["word_ids"][p - 1] != w)]
     assert [row["label"][p] for p in first] == row["tags"]
     assert (work / "dataset" / SPLITS_DIR).is_dir()
+    assert sum(stats["label_distribution"]["test"].values()) == sum(len(t) for t in test["tokens"])
+    assert stats["label_distribution"]["train"]["B-PER"] == sum(row.count(3) for row in splits["train"]["tags"])
+
+    from kftune.components.preprocess.report import data_report_html
+
+    assert "B-PER" in data_report_html(stats, stats["_lengths"])
 
 
 def test_training_and_evaluation_beat_the_baseline(token_run):

@@ -795,9 +795,9 @@ class TokenClassification(EncoderTask):
                             "B-TYPE/I-TYPE tags")
 
     def distribution(self, stored, info) -> dict:
-        """Entities per type (word-level tag ids)."""
-        counts = Counter(info["labels"][i][2:] for tags in stored for i in tags if info["labels"][i].startswith("B-"))
-        return dict(sorted(counts.items()))
+        """Words per tag (word-level tag ids), in tag order: ``B-X`` counts the ``X`` entities."""
+        counts = Counter(info["labels"][i] for tags in stored for i in tags)
+        return {tag: counts[tag] for tag in info["labels"]}
 
     def encode(self, tokenizer, tokens_batch, tags_batch, info, max_length: int) -> dict:
         """The model inputs, ``word_ids`` and ``label`` (first-piece tag ids) of word-level tag ids."""
