@@ -298,7 +298,7 @@ class ExportedClassifier:
         session = ort.InferenceSession(str(self.onnx_file), session_options(self.threads),
                                        providers=["CPUExecutionProvider"])
         self._run = onnx_runner(session)
-        width = self.logits(["kftune checks the model on this text"]).shape[1]
+        width = self.logits(["kftune checks the model on this text"]).shape[-1]  # per text, or per piece
         expected = TASKS[self.task].head(self.info)["num_labels"]
         if width != expected:
             raise DataError(f"model {self.model_dir}: {self.onnx_file.name} gives {width} logits per text but its "
@@ -313,12 +313,26 @@ class ExportedClassifier:
         encoded = self._tokenizer(cleaned_texts(texts), truncation=True, max_length=self.max_seq_length)
         return predict_logits(self._run, EncodedTexts(encoded), self.batch_size, self._tokenizer.pad_token_id or 0)
 
+    @property
+    def token_level(self) -> bool:
+        """Whether the task answers per word (token classification): its answers need the texts themselves."""
+        return TASKS[self.task].token_level
+
     def predict(self, texts: list[str], progress: bool = False) -> list[dict]:
-        """The task's ``outputs`` for ``texts`` (``progress`` is for the causal LM's signature: none here)."""
-        return TASKS[self.task].outputs(self.logits(texts), self.info)
+        """The task's ``outputs`` for ``texts`` (``progress`` is for the causal LM's signature: none here); a
+        token-level task's ``text_outputs`` (entities with character offsets into the texts as given)."""
+        task = TASKS[self.task]
+        if self.token_level:
+            return task.text_outputs(self._run, self._tokenizer, texts, self.info, self.max_seq_length,
+                                     self.batch_size)
+        return task.outputs(self.logits(texts), self.info)
 
     def v2_outputs(self, logits: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
         return TASKS[self.task].v2_outputs(logits, self.info)
+
+    def v2_answers(self, outputs: list[dict]) -> list[tuple[str, str, np.ndarray]]:
+        """A token-level task's Open Inference outputs of its :meth:`predict` answers."""
+        return TASKS[self.task].v2_text_outputs(outputs)
 
 
 # --- causal-lm -----------------------------------------------------------------------------------

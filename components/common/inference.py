@@ -34,13 +34,20 @@ def padded_batches(split, batch_size: int, pad_id: int = 0):
 
 
 def predict_logits(run_batch: Callable[[dict], np.ndarray], split, batch_size: int, pad_id: int = 0) -> np.ndarray:
-    """Logits for every example of ``split``, in the split's order."""
+    """Logits for every example of ``split``, in the split's order: ``[examples, labels]``, or for per-piece logits
+    ``[examples, longest, labels]`` (zero past each example's pieces)."""
     out = None
     for indices, arrays in padded_batches(split, batch_size, pad_id):
         logits = np.asarray(run_batch(arrays), dtype=np.float32)
         if out is None:
-            out = np.empty((len(split), logits.shape[1]), dtype=np.float32)
-        out[indices] = logits
+            shape = (len(split), *logits.shape[1:])
+            if logits.ndim == 3:  # per-piece logits (token classification): zero-padded to the longest example
+                shape = (len(split), max(len(x) for x in split["input_ids"]), logits.shape[2])
+            out = np.zeros(shape, dtype=np.float32)
+        if logits.ndim == 3:
+            out[indices, : logits.shape[1]] = logits
+        else:
+            out[indices] = logits
     return out
 
 

@@ -155,7 +155,7 @@ class PretrainedModel:
     """The model fine-tuning starts from."""
 
     model: str = "auto"
-    """Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, bundled:SmolLM2-135M-Instruct, or a hub id where the hub is reachable; auto: the task's bundled model (classification: bundled:all-MiniLM-L6-v2, causal-lm: bundled:SmolLM2-135M-Instruct, regression: bundled:all-MiniLM-L6-v2, multilabel: bundled:all-MiniLM-L6-v2)."""  # noqa: E501
+    """Pretrained model: a Hugging Face model directory, local or at s3://bucket/prefix or gs://bucket/prefix, bundled:all-MiniLM-L6-v2, bundled:SmolLM2-135M-Instruct, or a hub id where the hub is reachable; auto: the task's bundled model (classification: bundled:all-MiniLM-L6-v2, causal-lm: bundled:SmolLM2-135M-Instruct, regression: bundled:all-MiniLM-L6-v2, multilabel: bundled:all-MiniLM-L6-v2, token-classification: bundled:all-MiniLM-L6-v2)."""  # noqa: E501
 
 
 @dataclass

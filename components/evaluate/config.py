@@ -13,11 +13,11 @@ class EvaluateConfig(TaskChoice):
     """Thresholds of the gate, and inference settings."""
 
     min_accuracy: float = -1.0
-    """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0)."""  # noqa: E501
+    """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; token-classification: entity F1; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0, token-classification: 0.5)."""  # noqa: E501
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
     min_gain_over_baseline: float = 0.0
-    """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model; multilabel: f1_micro) must be at least this."""  # noqa: E501
+    """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model; multilabel: f1_micro; token-classification: entity F1 over the most-frequent-tag baseline) must be at least this."""  # noqa: E501
     max_new_tokens: int = 0
     """causal-lm: greedy generations of the test prompts stop after this many tokens; 0: the longest training completion plus 4 (at most 256)."""  # noqa: E501
     batch_size: int = internal(128)

@@ -15,8 +15,6 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from kftune.components.common.errors import KftuneError
 from kftune.components.common.inference import predict_logits, torch_runner
 from kftune.components.common.modeling import load_classifier
@@ -53,7 +51,7 @@ def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateCon
             f"{model_dir}: the model's labels {info.get('labels')} differ from the dataset's "
             f"{dataset_task(dataset_dir).get('labels')}; evaluate the model on the dataset it was trained on")
     train, test = splits["train"], splits["test"]
-    y_true = np.asarray(test[LABEL])
+    y_true = task.label_array(test[LABEL])
     logits = predict_logits(torch_runner(model), test, config.batch_size)
     model_scores = task.scores(logits, y_true, info, full=True)
     baselines = task.baselines(train, test, info)

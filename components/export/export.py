@@ -34,8 +34,9 @@ INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT = "export_report.json"
 
 
-def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:
-    """Trace ``model`` to ONNX with dynamic batch and sequence axes; return its input names."""
+def _to_onnx(model, tokenizer, path: Path, opset: int, logits_axes: dict | None = None) -> list[str]:
+    """Trace ``model`` to ONNX with dynamic batch and sequence axes; return its input names. ``logits_axes``: the
+    output's dynamic axes (default: the batch; a token-level task's logits also have the sequence)."""
     import warnings
 
     import torch
@@ -47,7 +48,7 @@ def _to_onnx(model, tokenizer, path: Path, opset: int) -> list[str]:
     )
     names = [n for n in MODEL_INPUTS if n in sample]
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = logits_axes or {0: "batch"}
 
     class LogitsOnly(torch.nn.Module):
         """Positional inputs in ``names`` order -> logits (peft models order their arguments differently)."""
@@ -109,7 +110,7 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     splits, _ = load_splits(dataset_dir)
     test = splits["test"]
-    y_true = np.asarray(test[LABEL])
+    y_true = task.label_array(test[LABEL])
     pad_id = tokenizer.pad_token_id or 0
 
     def score(logits) -> float:
@@ -118,7 +119,7 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
     with atomic_directory(output_dir) as tmp:
         started = time.perf_counter()
         onnx_path = tmp / ONNX_FILE
-        inputs = _to_onnx(model, tokenizer, onnx_path, config.opset)
+        inputs = _to_onnx(model, tokenizer, onnx_path, config.opset, getattr(task, "logits_axes", None))
         onnx.checker.check_model(str(onnx_path))
         export_seconds = time.perf_counter() - started
 

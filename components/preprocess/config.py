@@ -15,7 +15,7 @@ class DataSource:
     """The labelled input data."""
 
     data: str = "auto"
-    """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative), bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs), bundled:vader-sentiment (VADER's tweets and Amazon snippets rated for sentiment intensity, -4..4) or bundled:wnut16-entity-types (WNUT-16 tweets with the set of entity types each mentions); auto: the task's bundled data (classification: bundled:rotten-tomatoes, causal-lm: bundled:rotten-tomatoes-instructions, regression: bundled:vader-sentiment, multilabel: bundled:wnut16-entity-types)."""  # noqa: E501
+    """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), for token-classification JSONL/JSON/Parquet rows with tokens and tags lists (IOB2; IOB1 and BIOES converted) or a CoNLL-style .conll/.iob/.bio file (a token and its tag per line, the tag last), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative), bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs), bundled:vader-sentiment (VADER's tweets and Amazon snippets rated for sentiment intensity, -4..4), bundled:wnut16-entity-types (WNUT-16 tweets with the set of entity types each mentions) or bundled:wnut16 (the same tweets with a BIO tag per token); auto: the task's bundled data (classification: bundled:rotten-tomatoes, causal-lm: bundled:rotten-tomatoes-instructions, regression: bundled:vader-sentiment, multilabel: bundled:wnut16-entity-types, token-classification: bundled:wnut16)."""  # noqa: E501
     text_column: str = TEXT
     """Column holding the text."""
     label_column: str = LABEL
@@ -67,7 +67,7 @@ class Tokenization:
     """How texts become token ids (with the pretrained model's fast tokenizer)."""
 
     max_seq_length: int = 0
-    """Texts are tokenized and truncated to this many tokens (causal-lm: prompt and completion together); 0: the task's (classification: 128, causal-lm: 256, regression: 128, multilabel: 128)."""  # noqa: E501
+    """Texts are tokenized and truncated to this many tokens (causal-lm: prompt and completion together); 0: the task's (classification: 128, causal-lm: 256, regression: 128, multilabel: 128, token-classification: 128)."""  # noqa: E501
 
 
 @dataclass

@@ -35,7 +35,15 @@ from kftune.components.common.schema import (
     TOKENIZER_DIR,
     LabelMap,
 )
-from kftune.components.common.tasks import AUTO, BUNDLED_TASK_DATA, detect_task, encoder_task, with_task
+from kftune.components.common.tasks import (
+    AUTO,
+    BUNDLED_TASK_DATA,
+    TASKS,
+    TOKEN_FILE_SUFFIXES,
+    detect_task,
+    encoder_task,
+    with_task,
+)
 from kftune.components.common.text import clean_text
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.reader import read_frame, read_labelled_data, select_columns
@@ -172,12 +180,93 @@ def read_data(config: PreprocessConfig) -> tuple[PreprocessConfig, pd.DataFrame 
         return config, None, "set"
     if config.data in BUNDLED_TASK_DATA:
         task, reason, frame = BUNDLED_TASK_DATA[config.data], "the bundled data of that task", None
+    elif token_file(config.data):  # CoNLL-style text: per-token tags, not a table read_frame reads
+        task, reason, frame = token_file(config.data), f"{config.data}: a CoNLL-style file", None
     else:
         frame, source = read_frame(config.data, config.data_format)
         task, reason = detect_task(frame, config.label_column, config.label_separator)
         reason = f"{source}: {reason}"
     log.info("task auto: %s (%s)", task, reason)
     return with_task(config, task), frame, f"auto: {reason}"
+
+
+def token_file(data: str) -> str | None:
+    """The task that reads ``data`` by its suffix alone (CoNLL-style files: token classification), or None."""
+    suffixes = [s.lower() for s in Path(data.rstrip("/")).suffixes]
+    suffixes = suffixes[:-1] if suffixes and suffixes[-1] in (".gz", ".bz2", ".xz") else suffixes
+    for name, spec in TASKS.items():
+        if getattr(spec, "token_level", False) and suffixes and suffixes[-1] in TOKEN_FILE_SUFFIXES:
+            return name
+    return None
+
+
+def prepare_tokens(config: PreprocessConfig):
+    """Tasks with per-token tags: read, check, clean and sample the sentences: (frame, source, rows read, counts)."""
+    config.validate()
+    task = encoder_task(config.task)
+    frame, source, rows_read, counts = task.read(config)
+    if config.max_rows and config.max_rows < len(frame):
+        frame = frame.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
+    task.check_labels(frame[task.tags_column], config, source)
+    return frame, source, rows_read, counts
+
+
+def preprocess_tokens(config: PreprocessConfig, output_dir: str | Path, decided: str = "set") -> dict:
+    """The stage for tasks with per-token tags (token classification): sentences split by the task's strata,
+    encoded with labels on each word's first piece; writes the dataset artifact and returns its stats."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    task = encoder_task(config.task)
+    frame, source, rows_read, counts = prepare_tokens(config)
+    info = {"task": config.task, **task.label_info(frame[task.tags_column])}
+    splits = split_dataset(frame.rename(columns={task.tags_column: LABEL}), config)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model), use_fast=True)
+    if not tokenizer.is_fast:
+        raise ConfigError(f"model {config.model!r} has no fast tokenizer; kftune needs one")
+    dataset = {}
+    for name, part in splits.items():
+        tokens, tags = part[task.tokens_column].tolist(), task.encode_labels(part[LABEL], info)
+        encoded = task.encode(tokenizer, tokens, tags, info, config.max_seq_length)
+        encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
+        dataset[name] = datasets.Dataset.from_dict({task.tokens_column: tokens, task.tags_column: tags, **encoded})
+    dataset = datasets.DatasetDict(dataset)
+    lengths = {name: np.asarray(dataset[name][LENGTH]) for name in SPLITS}
+    all_lengths = np.concatenate(list(lengths.values()))
+    words = sum(len(t) for t in frame[task.tokens_column])
+    labelled = sum(sum(1 for x in row if x != task.ignore_label) for name in SPLITS for row in dataset[name][LABEL])
+    removed = {k: counts[k] for k in task.cleaning_rules}
+    stats = {
+        "task": config.task,
+        "task_decided": decided,
+        "source": source,
+        "rows_read": rows_read,
+        "removed": removed,
+        "converted_tags": {k: counts[k] for k in task.conversions},
+        "rows_clean": rows_read - sum(removed.values()),
+        "rows_used": int(len(frame)),
+        "augmented_rows": 0,
+        "labels": info["labels"],
+        "split_sizes": {name: len(dataset[name]) for name in SPLITS},
+        "label_distribution": {name: task.distribution(dataset[name][task.tags_column], info) for name in SPLITS},
+        "token_length": {
+            "p50": float(np.percentile(all_lengths, 50)),
+            "p95": float(np.percentile(all_lengths, 95)),
+            "max": int(all_lengths.max()),
+            "truncated_fraction": float((all_lengths >= config.max_seq_length).mean()),
+            "words_cut": words - labelled,
+        },
+        "config": asdict(config),
+    }
+    with atomic_directory(output_dir) as tmp:
+        dataset.save_to_disk(str(tmp / SPLITS_DIR))
+        (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / STATS_FILE).write_text(json.dumps(stats, indent=2), encoding="utf-8")
+    log.info("preprocessed %d sentences -> %s (removed %s, converted %s)", rows_read, stats["split_sizes"], removed,
+             stats["converted_tags"])
+    stats["_lengths"] = lengths
+    return stats
 
 
 def prepare_rows(config: PreprocessConfig, frame: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int, dict]:
@@ -190,6 +279,9 @@ def prepare_rows(config: PreprocessConfig, frame: pd.DataFrame | None = None) ->
         config, frame, _ = read_data(config)
     config.validate()
     task = encoder_task(config.task)
+    if task.token_level:
+        frame, _, rows_read, counts = prepare_tokens(config)
+        return frame, rows_read, {k: counts[k] for k in task.cleaning_rules}
     for data, owner in BUNDLED_TASK_DATA.items():
         if config.data == data and owner != config.task:
             raise ConfigError(f"data {data} is the bundled data of task {owner}; task {config.task} takes "
@@ -215,6 +307,8 @@ def preprocess(config: PreprocessConfig, output_dir: str | Path) -> dict:
     config, frame, decided = read_data(config)
     if config.task == "causal-lm":
         return preprocess_instructions(config, output_dir, frame, decided)
+    if encoder_task(config.task).token_level:
+        return preprocess_tokens(config, output_dir, decided)
 
     source = config.data
     task = encoder_task(config.task)

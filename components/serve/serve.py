@@ -177,26 +177,41 @@ class TextClassifier(kserve.Model):
     def logits(self, texts: list[str]) -> np.ndarray:
         """Logits ``[len(texts), num_labels]`` for raw texts (at least one, at most ``max_instances``), cleaned and
         tokenized as preprocess does."""
+        self.check_request(texts)
+        try:
+            return self._model.logits(texts)
+        except EmptyText as e:
+            raise InvalidInput(str(e)) from None
+
+    def check_request(self, texts: list[str]) -> None:
         if not texts:
             raise InvalidInput("no texts given; expected at least one")
         if len(texts) > self.config.max_instances:
             raise InvalidInput(f"{len(texts)} texts in one request; at most {self.config.max_instances} are "
                                "accepted (split the request)")
-        try:
-            return self._model.logits(texts)
-        except EmptyText as e:
-            raise InvalidInput(str(e)) from None
+
+    def answers(self, texts: list[str]) -> list[dict]:
+        """A token-level task's answers (entities with character offsets into the texts as sent)."""
+        self.check_request(texts)
+        return self._model.predict(texts)
 
     async def predict(self, payload, headers=None, response_headers=None):
         """Answer a V1 body (a dict) or an Open Inference request (an ``InferRequest``)."""
         v2 = isinstance(payload, InferRequest)
         texts = texts_from_v2(payload) if v2 else texts_from_v1(payload)
         # Inference off the event loop, so health checks and other requests are answered meanwhile.
-        logits = await asyncio.get_running_loop().run_in_executor(None, self.logits, texts)
-        if not v2:
-            return {"predictions": TASKS[self._model.task].outputs(logits, self._model.info)}
-        outputs = [InferOutput(name, list(array.shape), datatype, array)
-                   for name, datatype, array in self._model.v2_outputs(logits)]
+        loop = asyncio.get_running_loop()
+        if self._model.token_level:  # the answers need the texts themselves (character offsets)
+            answers = await loop.run_in_executor(None, self.answers, texts)
+            if not v2:
+                return {"predictions": answers}
+            arrays = self._model.v2_answers(answers)
+        else:
+            logits = await loop.run_in_executor(None, self.logits, texts)
+            if not v2:
+                return {"predictions": TASKS[self._model.task].outputs(logits, self._model.info)}
+            arrays = self._model.v2_outputs(logits)
+        outputs = [InferOutput(name, list(array.shape), datatype, array) for name, datatype, array in arrays]
         return InferResponse(payload.id or generate_uuid(), self.name, outputs,
                              use_binary_outputs=payload.use_binary_outputs, requested_outputs=payload.request_outputs)
 
@@ -204,6 +219,9 @@ class TextClassifier(kserve.Model):
         return [{"name": TEXT_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
     def get_output_types(self) -> list[dict]:
+        if self._model.token_level:
+            return [{"name": name, "datatype": datatype, "shape": [-1]}
+                    for name, datatype, _ in self._model.v2_answers([])]
         width = TASKS[self._model.task].head(self._model.info)["num_labels"]
         return [{"name": name, "datatype": datatype, "shape": [-1, *array.shape[1:]]}
                 for name, datatype, array in self._model.v2_outputs(np.zeros((1, width), np.float32))]

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from kftune.components.common.tasks import causal_lm, classification, multilabel, regression
+from kftune.components.common.tasks import causal_lm, classification, multilabel, regression, token_classification
 from kftune.components.common.tasks.base import EncoderTask, Task
 
 TASKS: dict[str, Task] = {t.name: t for t in (
@@ -27,6 +27,7 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     causal_lm.TASK,
     regression.TASK,
     multilabel.TASK,
+    token_classification.TASK,
 )}
 
 AUTO = "auto"

@@ -63,6 +63,9 @@ class EncoderTask(Task):
 
     auto_model = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
+    token_level = False
+    """True for a task with one label per word piece (token classification): its logits are ``[texts, pieces,
+    labels]``, which the stages pad along the piece axis, and its export keeps that axis dynamic."""
 
     # --- preprocess -------------------------------------------------------------------
     def parse_labels(self, labels, source: str, column: str, config):
@@ -102,6 +105,10 @@ class EncoderTask(Task):
     def head(self, info: dict) -> dict:
         """Keyword arguments of ``from_pretrained`` that shape the head: num_labels, id2label, problem_type."""
         raise NotImplementedError
+
+    def label_array(self, values) -> np.ndarray:
+        """A split's stored labels as one array, as ``scores`` takes them (token classification pads them)."""
+        return np.asarray(values)
 
     def label_tensor(self, values: list, info: dict):
         """The labels of a batch as the loss takes them."""

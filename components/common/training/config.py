@@ -28,7 +28,7 @@ from kftune.components.common.settings import (
 from kftune.components.common.tasks import TASKS
 
 BestMetric = Literal["auto", "f1_macro", "accuracy", "loss", "rmse", "mae", "r2", "pearson", "spearman", "f1_micro",
-                     "subset_accuracy"]
+                     "subset_accuracy", "f1", "precision", "recall"]
 BEST_METRICS = typing.get_args(BestMetric)[1:]
 
 
@@ -37,7 +37,7 @@ class Optimization:
     """AdamW with linear warmup and decay."""
 
     learning_rate: float = searchable(0.0)
-    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0001)."""  # noqa: E501
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0001, token-classification: 0.0001)."""  # noqa: E501
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
@@ -57,9 +57,9 @@ class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
     num_train_epochs: int = searchable(0)
-    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 3)."""
+    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 3, token-classification: 3)."""  # noqa: E501
     per_device_train_batch_size: int = searchable(0)
-    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32)."""  # noqa: E501
+    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32, token-classification: 32)."""  # noqa: E501
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
@@ -89,7 +89,7 @@ class ModelSelection:
     """Which epoch's model is kept, and when training stops early."""
 
     metric_for_best_model: BestMetric = "auto"
-    """Validation metric that picks the best epoch (and that a search optimises): the task's scores or loss; auto: the task's (classification: f1_macro, causal-lm: loss, regression: rmse, multilabel: f1_micro; a causal LM has only loss)."""  # noqa: E501
+    """Validation metric that picks the best epoch (and that a search optimises): the task's scores or loss; auto: the task's (classification: f1_macro, causal-lm: loss, regression: rmse, multilabel: f1_micro, token-classification: f1; a causal LM has only loss)."""  # noqa: E501
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
     train_on: Literal["train", "train+validation"] = "train"
@@ -101,7 +101,7 @@ class Adapters:
     """What is trained: the whole model, the head, or peft adapters."""
 
     training_mode: Literal["auto", "full", "freeze_encoder", "lora", "qlora", "prompt_tuning"] = "auto"
-    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora, regression: full, multilabel: full)."""  # noqa: E501
+    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora, regression: full, multilabel: full, token-classification: full)."""  # noqa: E501
     lora_r: int = searchable(8)
     """LoRA rank (training_mode lora)."""
     lora_alpha: int = searchable(16)

@@ -138,10 +138,11 @@ class Collator:
 
     def _truncate(self, max_length: int) -> None:
         """Cut longer texts to ``max_length`` tokens, keeping the closing special token ([SEP])."""
-        for name in MODEL_INPUTS:
+        per_piece = ("label",) if self.task.token_level else ()
+        for name in (*MODEL_INPUTS, *per_piece):
             if name not in self.columns:
                 continue
-            if name == "input_ids":
+            if name in ("input_ids", "label"):  # the last piece is [SEP] (its label -100)
                 cut = [r[: max_length - 1] + r[-1:] if len(r) > max_length else r for r in self.columns[name]]
             else:
                 cut = [r[:max_length] for r in self.columns[name]]
@@ -174,9 +175,12 @@ def split_logits(model, collate, lengths: np.ndarray, batch_size: int, device, p
         losses.append(out.loss.float().item() * len(batch["labels"]))
         logits.append(out.logits.float().cpu().numpy())
     model.train()
+    if logits[0].ndim == 3:  # per-piece logits: pad every batch to the widest
+        width = max(x.shape[1] for x in logits)
+        logits = [np.pad(x, ((0, 0), (0, width - x.shape[1]), (0, 0))) for x in logits]
     ordered = np.empty((len(order), *logits[0].shape[1:]), dtype=np.float32)
     ordered[order] = np.concatenate(logits)
-    return sum(losses) / len(order), ordered, np.asarray(collate.columns["label"])
+    return sum(losses) / len(order), ordered, collate.task.label_array(collate.columns["label"])
 
 
 def evaluate_split(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict[str, float]:
