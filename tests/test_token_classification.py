@@ -622,3 +622,24 @@ def test_task_auto_recognises_token_data_and_the_stage_names_bad_rows(tmp_path):
     config, _, _ = read_data(PreprocessConfig(data=str(jsonl)))
     assert error_of(lambda: prepare_rows(config)) == (
         f"{jsonl}: line 4: 1 tokens but 2 tags; expected one tag per token")
+
+
+def test_the_evaluate_component_logs_the_entity_type_confusion_matrix(token_run, tmp_path):
+    """The evaluate component's own body on a token-classification model: KFP's ClassificationMetrics gets the
+    word-level matrix with its own row names (entity types), which differ from the task's labels (IOB2 tags)."""
+    from types import SimpleNamespace
+
+    from kfp.dsl import ClassificationMetrics, Metrics
+
+    from kftune.components.evaluate.component import evaluate as component
+
+    work, _, result, _ = token_run
+    classification, metrics = ClassificationMetrics(name="c"), Metrics(name="m")
+    passed = component(dataset=SimpleNamespace(path=str(work / "dataset")), model=SimpleNamespace(path=str(
+        work / "model")), metrics=metrics, classification=classification,
+        report=SimpleNamespace(path=str(tmp_path / "r.html")), summary=SimpleNamespace(path=str(tmp_path / "s.md")))
+    assert passed == result["passed"]
+    logged = classification.metadata["confusionMatrix"]
+    assert [c["displayName"] for c in logged["annotationSpecs"]] == result["model"]["confusion_labels"]
+    assert len(result["model"]["confusion_labels"]) != len(result["labels"])
+    assert metrics.metadata["model_f1"] == pytest.approx(result["model"]["f1"])

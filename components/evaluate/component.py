@@ -45,7 +45,9 @@ def evaluate(
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
     if "confusion_matrix" in result["model"]:
-        classification.log_confusion_matrix(result["labels"], result["model"]["confusion_matrix"])
+        # the matrix's own row names where the task has them (token-classification: entity types), else the labels
+        names = result["model"].get("confusion_labels") or result["labels"]
+        classification.log_confusion_matrix(names, result["model"]["confusion_matrix"])
     if "roc_curve" in result["model"]:
         curve = result["model"]["roc_curve"]
         # KFP stores the curve in metadata; thin it to keep the artifact small.

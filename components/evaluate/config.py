@@ -13,7 +13,7 @@ class EvaluateConfig(TaskChoice):
     """Thresholds of the gate, and inference settings."""
 
     min_accuracy: float = -1.0
-    """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; token-classification: entity F1; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0, token-classification: 0.5)."""  # noqa: E501
+    """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; token-classification: entity F1; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0, token-classification: 0.0)."""  # noqa: E501
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
     min_gain_over_baseline: float = 0.0

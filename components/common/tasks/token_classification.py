@@ -905,10 +905,10 @@ def _defaults() -> dict:
         "max_seq_length": 128,
         "training_mode": "full",
         "metric_for_best_model": "f1",
-        "learning_rate": 1e-4,
-        "num_train_epochs": 3,
-        "per_device_train_batch_size": 32,
-        "min_accuracy": 0.5,
+        "learning_rate": 3e-4,
+        "num_train_epochs": 6,
+        "per_device_train_batch_size": 16,
+        "min_accuracy": 0.0,
     }
 
 
