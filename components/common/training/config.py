@@ -37,7 +37,7 @@ class Optimization:
     """AdamW with linear warmup and decay."""
 
     learning_rate: float = searchable(0.0)
-    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0001, token-classification: 0.0003)."""  # noqa: E501
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0003, token-classification: 0.0003)."""  # noqa: E501
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
@@ -57,9 +57,9 @@ class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
     num_train_epochs: int = searchable(0)
-    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 3, token-classification: 6)."""  # noqa: E501
+    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 6, token-classification: 6)."""  # noqa: E501
     per_device_train_batch_size: int = searchable(0)
-    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 32, token-classification: 16)."""  # noqa: E501
+    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 16, token-classification: 16)."""  # noqa: E501
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
