@@ -733,7 +733,9 @@ def test_component_under_kfp_local(kube, tmp_path, monkeypatch):
 
     @dsl.pipeline(name="deploy-only")
     def deploy_only(model_uri: str) -> str:
-        return deploy_op(model_uri=model_uri, deploy_name="sentiment", canary_traffic_percent=10).output
+        # the task named: with task auto the component reads it from the exported_model artifact, not passed here
+        return deploy_op(model_uri=model_uri, deploy_name="sentiment", canary_traffic_percent=10,
+                         task="classification").output
 
     task = run_pipeline_locally(deploy_only, {"model_uri": "s3://models/sentiment/v1"}, tmp_path / "runs")
     assert task.output == "http://sentiment.default.example.com"  # no pod: the default namespace

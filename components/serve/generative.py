@@ -221,7 +221,7 @@ class CausalLM(kserve.Model):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from kftune.components.common.exported import available_cpus
+        from kftune.components.common.exported import available_cpus, read_export_report
 
         if self.config.int8:
             raise ConfigError("int8 serves a classification export's model.int8.onnx; a causal LM has none")
@@ -407,20 +407,6 @@ def replace_generation(config, **changes):
     for key, value in changes.items():
         setattr(copy, key, value)
     return copy
-
-
-def read_export_report(model_dir: Path) -> dict:
-    """The export's ``export_report.json`` ({} when there is none)."""
-    path = model_dir / EXPORT_REPORT
-    if not path.is_file():
-        return {}
-    try:
-        report = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(f"{path}: not JSON: {e}") from e
-    if not isinstance(report, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return report
 
 
 # --- endpoints -------------------------------------------------------------------------------

@@ -90,18 +90,9 @@ def detect_format(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    opener = _OPENERS.get(path.suffix.lower(), open)
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError, lzma.LZMAError) as e:
-        raise DataError(f"{path}: cannot read file: {e}") from e
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: byte 0x{raw[e.start]:02x} is not valid UTF-8; "
-                        "expected UTF-8 text") from e
+    from kftune.components.common.datafiles import read_text
+
+    return read_text(path)
 
 
 def _as_list(value):
