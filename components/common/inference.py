@@ -36,26 +36,31 @@ def padded_batches(split, batch_size: int, pad_id: int = 0):
 def predict_logits(run_batch: Callable[[dict], np.ndarray], split, batch_size: int, pad_id: int = 0) -> np.ndarray:
     """Logits for every example of ``split``, in the split's order: ``[examples, labels]``, or for per-piece logits
     ``[examples, longest, labels]`` (zero past each example's pieces)."""
-    out = None
+    out, lengths = None, np.fromiter((len(x) for x in split["input_ids"]), dtype=np.int64)
     for indices, arrays in padded_batches(split, batch_size, pad_id):
         logits = np.asarray(run_batch(arrays), dtype=np.float32)
         if out is None:
             shape = (len(split), *logits.shape[1:])
             if logits.ndim == 3:  # per-piece logits (token classification): zero-padded to the longest example
-                shape = (len(split), max(len(x) for x in split["input_ids"]), logits.shape[2])
+                shape = (len(split), lengths.max(), logits.shape[2])
             out = np.zeros(shape, dtype=np.float32)
-        if logits.ndim == 3:
-            out[indices, : logits.shape[1]] = logits
+        if logits.ndim == 3:  # zero past each example's pieces (where models differ: padding-free ones give the bias)
+            real = np.arange(logits.shape[1])[None, :] < lengths[indices][:, None]
+            out[indices, : logits.shape[1]] = logits * real[:, :, None]
         else:
             out[indices] = logits
     return out
 
 
 def torch_runner(model):
-    """A ``run_batch`` for a Hugging Face PyTorch model, in fp32 and inference mode."""
+    """A ``run_batch`` for a Hugging Face PyTorch model, in fp32 and inference mode, padding-free where the
+    architecture allows (:mod:`~kftune.components.common.training.unpadded`)."""
     import torch
 
+    from kftune.components.common.training.unpadded import enable_padding_free
+
     model.eval()
+    enable_padding_free(model)
 
     def run(arrays: dict) -> np.ndarray:
         with torch.inference_mode():

@@ -77,7 +77,7 @@ class Batching:
     logging_steps: int = 50
     """Log the training loss every this many optimizer steps."""
     packing: bool = True
-    """causal-lm: concatenate a micro-batch's examples into one sequence, attention and positions kept within each example (no padding computed; the same result as padded batches); off: pad to the longest. Classification always pads."""  # noqa: E501
+    """Compute no padding (the same result as padded batches): causal-lm concatenates a micro-batch's examples into one sequence, attention and positions kept within each example; encoder tasks (BERT-family models) run the token-wise layers on the real tokens only and attention per text (other encoders pad). Off: pad to the longest."""  # noqa: E501
     sharding: Literal["ddp", "fsdp"] = "ddp"
     """How several processes share the work: ddp (each holds the whole model) or fsdp (causal-lm; FSDP2 shards each decoder layer's weights, gradients and optimizer state over them, for a model that does not fit one GPU)."""  # noqa: E501
     gradient_checkpointing: bool = False

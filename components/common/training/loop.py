@@ -59,6 +59,7 @@ from kftune.components.common.training.sharding import (
     load_full_optimizer_state,
     shard_model,
 )
+from kftune.components.common.training.unpadded import enable_padding_free
 
 log = logging.getLogger("kftune.train")
 
@@ -312,6 +313,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         model = build_causal_lm(config, base_path, device)
     else:
         model = build_classifier(config, task.head(info), base_path, task)
+        if config.packing:
+            enable_padding_free(model)
     if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
         model.to(device)
     model.train()
