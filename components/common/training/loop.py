@@ -403,11 +403,11 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         total_steps = min(total_steps, config.max_steps)
     if device.type == "cpu":
         trainable, total = trainable_parameters(model)
-        model_config = model.config
+        shape = {name: getattr(model.config, name, 0) or 0
+                 for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}
         estimate = estimate_training_memory(
-            total, trainable, batch_size, int(lengths.max()), model_config.hidden_size,
-            model_config.num_hidden_layers, getattr(model_config, "num_attention_heads", 0),
-            model_config.vocab_size if causal else 0,
+            total, trainable, batch_size, int(lengths.max()), shape["hidden_size"], shape["num_hidden_layers"],
+            shape["num_attention_heads"], shape["vocab_size"] if causal else 0,
         )
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         if is_main:
