@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from kftune.components.common.training.causal_lm import (
 )
 from kftune.components.common.training.checkpoint import STATE_FILE, latest_checkpoint, save_checkpoint
 from kftune.components.common.training.config import TrainConfig
+from kftune.components.common.training.memory import check_training_memory, estimate_training_memory, gib
 from kftune.components.common.training.progress import ProgressLine
 from kftune.components.common.training.sharding import (
     full_model_state,
@@ -270,16 +272,45 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+def any_rank(flag: bool, distributed: bool, device) -> bool:
+    """True if ``flag`` is true on any rank (an all-reduce under DDP, so every rank must call it)."""
+    if not distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def torch_rng_state() -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+
+
+def set_torch_rng_state(state: tuple) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1])
+
+
 def default_checkpoint_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".checkpoints")
 
 
-def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
+def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_steps: Collection[int] = ()) -> dict:
     """Fine-tune in this process (one rank of a torchrun job); return the history on rank 0.
 
     Resumes from the newest valid checkpoint in the checkpoint directory if there is one:
     the resumed run continues with the same batches, RNG states and optimizer state, so its
     result equals that of a run that was never interrupted.
+
+    Out of GPU memory in a micro-batch, the loop halves the micro-batch and doubles gradient
+    accumulation (the same examples per optimizer step) and redoes the optimizer step: each
+    micro-batch of the schedule is run in ``split`` pieces (1, then 2, 4, ...), each piece's mean
+    loss weighted by its share of the examples. That is the same loss for the tasks whose loss is
+    a mean over examples (classification, regression, multilabel); for token classification and
+    causal-lm, whose loss is a mean over tokens, it is a mean of the pieces' means. The schedule,
+    checkpoints and resume positions stay those of the configured micro-batch. ``halve_at_steps``
+    (1-based optimizer steps) halves deliberately before those steps, as an out-of-memory error in
+    them would: for tests, not a setting.
     """
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -373,6 +404,20 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     total_steps = steps_per_epoch * config.num_train_epochs
     if config.max_steps:
         total_steps = min(total_steps, config.max_steps)
+    if device.type == "cpu":
+        trainable, total = trainable_parameters(model)
+        shape = {name: getattr(model.config, name, 0) or 0
+                 for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")}
+        estimate = estimate_training_memory(
+            total, trainable, batch_size, int(lengths.max()), shape["hidden_size"], shape["num_hidden_layers"],
+            shape["num_attention_heads"], shape["vocab_size"] if causal else 0,
+        )
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        if is_main:
+            log.info("estimated peak memory per process %s (weights %s, gradients and optimizer state %s, "
+                     "activations %s)", gib(estimate.total), gib(estimate.weights), gib(estimate.optimizer),
+                     gib(estimate.activations))
+        check_training_memory(estimate, processes)
     optimizer = build_optimizer(model, config, device, fused=not fsdp)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
@@ -382,6 +427,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
     history: dict = {"epochs": [], "steps": [], "config": asdict(config), "world_size": world}
     step, stale_epochs, start_epoch, start_micro, done = 0, 0, 0, 0, False
     progress = {"loss_sum": 0.0, "loss_count": 0}
+    split = 1  # each micro-batch runs in this many pieces (doubled on out-of-memory errors)
 
     resumed = find_checkpoint(checkpoint_dir, distributed)
     if resumed is not None:
@@ -409,6 +455,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
         step, start_epoch, start_micro, done = state["step"], state["epoch"], state["micro"], state["done"]
         best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], state["best_state"]
         stale_epochs, history, progress = state["stale_epochs"], state["history"], state["progress"]
+        split = state.get("micro_split", 1)
         ranks_rng = state["rng"]
         set_rng_state(ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0])
         if is_main:
@@ -445,10 +492,72 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
                 "stale_epochs": stale_epochs,
                 "history": history,
                 "progress": progress,
+                "micro_split": split,
             }
             path = save_checkpoint(checkpoint_dir, step, state, keep=config.save_total_limit)
             log.info("checkpoint written: %s", path)
         return path
+
+    def run_group(group: range, batches: list[np.ndarray]) -> list[float] | None:
+        """Forward and backward of one optimizer step's micro-batches, each in ``split`` pieces: the micro-batches'
+        losses, or None when a rank ran out of memory (then every rank returns None, and the step must be redone).
+
+        Under DDP the ranks agree after each piece, before anything that would start a collective: after the
+        backward of an unsynchronised piece, after the forward of the group's last (gradient-synchronising)
+        one. An out-of-memory error in that last backward cannot be agreed on and ends the run."""
+        losses = []
+        for micro in group:
+            indices = batches[micro]
+            pieces = np.array_split(indices, min(split, len(indices)))
+            micro_loss = 0.0
+            for n, piece in enumerate(pieces):
+                synced = distributed and micro == group[-1] and n == len(pieces) - 1
+                weight = len(piece) / len(indices)
+                out_of_memory = False
+                try:
+                    with contextlib.nullcontext() if synced or not distributed else ddp_model.no_sync():
+                        batch = {k: v.to(device, non_blocking=True) for k, v in collate_train(piece).items()}
+                        with autocast(device, precision):
+                            loss = loss_of(ddp_model, batch, config.label_smoothing)
+                        if not synced:
+                            scaler.scale(loss * weight / accum).backward()
+                except torch.OutOfMemoryError:
+                    if fsdp:  # the other ranks wait in the sharded forward's collectives
+                        raise
+                    out_of_memory, batch, loss = True, None, None
+                if any_rank(out_of_memory, distributed, device):
+                    if distributed:
+                        # DDP's state back to that of a step's start, the same on every rank (a rank whose forward
+                        # failed did not finish it): no backward expected, buffers broadcast in the next forward
+                        ddp_model.reducer._reset_state()
+                        ddp_model.require_forward_param_sync = True
+                    return None
+                if synced:
+                    try:
+                        scaler.scale(loss * weight / accum).backward()
+                    except torch.OutOfMemoryError as error:
+                        raise ConfigError(
+                            f"out of memory in the backward pass of a micro-batch of {len(piece)} (rank {rank}), "
+                            "where the ranks cannot agree to retry: lower per_device_train_batch_size"
+                        ) from error
+                micro_loss += loss.item() * weight
+            losses.append(micro_loss)
+        return losses
+
+    def change_split(new_split: int, reason: str) -> None:
+        """Run micro-batches in ``new_split`` pieces from optimizer step ``step + 1`` on."""
+        nonlocal split
+        old_micro, new_micro = math.ceil(batch_size / split), math.ceil(batch_size / new_split)
+        if is_main:
+            (log.warning if reason == "out of memory" else log.info)(
+                "%s in optimizer step %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
+                "(the same %d examples per step)%s", reason, step + 1, old_micro, new_micro, accum * split,
+                accum * new_split, batch_size * accum, "; redoing the step" if reason == "out of memory" else "",
+            )
+        history.setdefault("micro_batch_changes", []).append(
+            {"step": step + 1, "micro_batch": new_micro, "gradient_accumulation": accum * new_split, "reason": reason}
+        )
+        split = new_split
 
     if is_main:
         trainable, total = trainable_parameters(model)
@@ -473,22 +582,28 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path) -> dict:
             progress = {"loss_sum": 0.0, "loss_count": 0}
         epoch_start = window_start = time.perf_counter()
         window_samples, samples_this_run, tokens_this_run = 0, 0, 0
-        for micro in range(first, len(mine)):
-            indices = mine[micro]
-            batch = {k: v.to(device, non_blocking=True) for k, v in collate_train(indices).items()}
-            last_of_group = (micro + 1) % accum == 0 or micro + 1 == len(mine)
-            sync = ddp_model.no_sync() if distributed and not last_of_group else contextlib.nullcontext()
-            with sync:
-                with autocast(device, precision):
-                    loss = loss_of(ddp_model, batch, config.label_smoothing)
-                scaler.scale(loss / accum).backward()
-            progress["loss_sum"] += loss.item()
-            progress["loss_count"] += 1
-            window_samples += len(indices) * world
-            samples_this_run += len(indices) * world
-            tokens_this_run += int(lengths[indices].sum()) * world
-            if not last_of_group:
-                continue
+        for group_start in range(first, len(mine), accum):  # one optimizer step's micro-batches
+            group = range(group_start, min(group_start + accum, len(mine)))
+            if step + 1 in halve_at_steps:
+                change_split(split * 2, "halving requested")
+            rng_at_start = torch_rng_state()
+            while (losses := run_group(group, mine)) is None:
+                ddp_model.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                set_torch_rng_state(rng_at_start)  # the redone step draws the same dropout masks
+                if math.ceil(batch_size / split) == 1:
+                    raise ConfigError(
+                        "out of memory at micro-batch 1: use a smaller model or max_train_length, or more memory"
+                    )
+                change_split(split * 2, "out of memory")
+            for micro, loss_value in zip(group, losses, strict=True):
+                indices = mine[micro]
+                progress["loss_sum"] += loss_value
+                progress["loss_count"] += 1
+                window_samples += len(indices) * world
+                samples_this_run += len(indices) * world
+                tokens_this_run += int(lengths[indices].sum()) * world
             if config.max_grad_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
