@@ -48,8 +48,9 @@ def oom_encoder(monkeypatch, rows_over: int, from_forward: int = 0) -> list[int]
 
     def forward(self, hidden_states, *args, **kwargs):
         if torch.is_grad_enabled():
-            seen.append(hidden_states.shape[0])
-            if len(seen) > from_forward and hidden_states.shape[0] > rows_over:
+            unpadding = kwargs.get("unpadding")  # padding-free batches reach the encoder as one row of real tokens
+            seen.append(unpadding.shape[0] if unpadding is not None else hidden_states.shape[0])
+            if len(seen) > from_forward and seen[-1] > rows_over:
                 raise torch.OutOfMemoryError(OOM_MESSAGE)
         return original(self, hidden_states, *args, **kwargs)
 
@@ -140,8 +141,10 @@ RANK1_OOM = textwrap.dedent('''
 
     def forward(self, hidden_states, *args, **kwargs):
         if torch.is_grad_enabled():
-            forwards.append(hidden_states.shape[0])
-            rows, n = hidden_states.shape[0], len(forwards)
+            unpadding = kwargs.get("unpadding")  # padding-free: one row of real tokens
+            rows = unpadding.shape[0] if unpadding is not None else hidden_states.shape[0]
+            forwards.append(rows)
+            n = len(forwards)
             if (n == 2 and rows > 4) or (n >= 7 and rows > 2):
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         return original(self, hidden_states, *args, **kwargs)
