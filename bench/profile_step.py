@@ -11,9 +11,9 @@ by category (matmul, attention, layer_norm, gelu, dropout, embedding, optimizer,
 backward autograd overhead, other) and the padding ratio (token positions / real tokens).
 ``--out`` writes them as JSON, ``--trace`` a Chrome trace (chrome://tracing, ui.perfetto.dev).
 Switches for experiments: ``--threads N``, ``--no-dropout`` (dropout off, still a training
-step), ``--foreach`` (foreach AdamW instead of fused), ``--no-mkldnn``, ``--flush-denormal`` and
-``--padding-free`` (needs ``kftune.components.common.training.unpadded``). About a minute on
-2 CPU cores:
+step), ``--no-attention-dropout`` (only the attention probabilities' dropout off), ``--foreach``
+(foreach AdamW instead of fused), ``--no-mkldnn``, ``--flush-denormal`` and ``--padding-free``
+(needs ``kftune.components.common.training.unpadded``). About a minute on 2 CPU cores:
 
     .venv/bin/python bench/profile_step.py
     .venv/bin/python bench/profile_step.py --no-dropout --threads 1 --out profile.json --trace trace.json
@@ -111,6 +111,9 @@ def main() -> None:
     parser.add_argument("--group-by-length", action="store_true", help="the loop's length-grouped batches")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads(N) (0: leave torch's default)")
     parser.add_argument("--no-dropout", action="store_true", help="dropout off (model.eval()), still a training step")
+    parser.add_argument("--no-attention-dropout", action="store_true",
+                        help="attention-probability dropout off, the other dropout on (SDPA can then take its "
+                        "fused CPU kernel instead of the math path)")
     parser.add_argument("--foreach", action="store_true", help="foreach AdamW instead of the loop's fused one")
     parser.add_argument("--no-mkldnn", action="store_true", help="torch.backends.mkldnn.enabled = False")
     parser.add_argument("--flush-denormal", action="store_true", help="torch.set_flush_denormal(True)")
@@ -170,6 +173,11 @@ def main() -> None:
         torch.manual_seed(config.seed)
         model = build_classifier(config, task.head(info), resolve_model("bundled:all-MiniLM-L6-v2"), task)
         model.eval() if args.no_dropout else model.train()
+        if args.no_attention_dropout:
+            for module in model.modules():
+                if "Attention" in type(module).__name__ and isinstance(getattr(module, "dropout", None),
+                                                                       torch.nn.Dropout):
+                    module.dropout.p = 0.0
         padding_free = None
         if args.padding_free:
             from importlib import import_module
@@ -210,6 +218,7 @@ def main() -> None:
     result = {"batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup,
               "group_by_length": args.group_by_length, "precision": precision,
               "torch_threads": torch.get_num_threads(), "dropout": not args.no_dropout,
+              "attention_dropout": not (args.no_dropout or args.no_attention_dropout),
               "optimizer": "foreach AdamW" if args.foreach else "fused AdamW",
               "mkldnn": torch.backends.mkldnn.enabled, "flush_denormal": args.flush_denormal,
               "padding_free": padding_free,
