@@ -16,7 +16,12 @@ torch threads = the machine's cores. Each system trains in its own fresh process
     user after speed picks, and the one that keeps 8 examples per step (``packing=True`` with
     ``packing_strategy="bfd"`` would put 8 *bins of max_length tokens* in a batch: other batches,
     fewer optimizer steps, not the same training);
-(c) TRL's default padded batches (``--skip-padded`` leaves it out).
+(c) TRL's default padded batches (``--skip-padded`` leaves it out);
+(d) kftune with ``packing=False``: the same loop and batches, each micro-batch padded to its
+    longest example (``--skip-kftune-padded`` leaves it out). kftune's real tokens/s with
+    packing over this run's is what packing itself gains (issue 18: packing measured as real
+    tokens per second against padded batches); the padding ratio of those batches (token
+    positions / real tokens) is reported with it.
 
 TRL sees the examples in the order kftune's loop draws them (``train_sampling_strategy=
 "sequential"`` over the data in that order) and the LoRA weights start equal (same seed right
@@ -29,7 +34,7 @@ computed for every trained model (merged, eval mode) by the same code
 Reported per system: seconds of the training loop (the epoch's steps: model loading, data
 preparation, validation and saving excluded), real (non-padding) tokens of the N examples /
 those seconds, the tokens the trainer itself counted, held-out loss; and kftune's tokens/s over
-TRL's. Runs take minutes on 2 CPU cores at the default size:
+TRL's, and kftune's with packing over kftune's padded. Runs take minutes on 2 CPU cores at the default size:
 
     (trl and accelerate come with the [bench] extra, which make setup installs)
     .venv/bin/python bench/causal_lm_throughput.py --out bench-results-causal-lm.json
@@ -61,7 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import cpu_model  # noqa: E402  (the other bench's reader of /proc/cpuinfo)
 
 EVAL_BATCH = 16
-SYSTEMS = ("kftune", "trl", "trl_padded")
+SYSTEMS = ("kftune", "trl", "trl_padded", "kftune_padded")
 
 
 def machine_facts() -> dict:
@@ -110,6 +115,17 @@ def cut_train_split(dataset_dir: Path, out_dir: Path, examples: int) -> None:
     cut.save_to_disk(str(out_dir / SPLITS_DIR))
 
 
+def padded_tokens(lengths) -> int:
+    """Token positions of kftune's epoch-0 batches, each padded to its longest example (packing=False)."""
+    import numpy as np
+
+    from kftune.components.common.training.loop import epoch_batches
+
+    lengths = np.asarray(lengths)
+    batches = epoch_batches(lengths, HYPERPARAMETERS["per_device_train_batch_size"], SEED, 0, False)
+    return int(sum(len(b) * lengths[b].max() for b in batches))
+
+
 # --- what runs in each system's own process -------------------------------------------------------
 
 
@@ -156,7 +172,7 @@ def kftune_order(lengths) -> list[int]:
     return [int(i) for batch in batches for i in batch]
 
 
-def run_kftune(spec: dict) -> dict:
+def run_kftune(spec: dict, packing: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -173,13 +189,13 @@ def run_kftune(spec: dict) -> dict:
 
     loop.build_causal_lm = build_and_fingerprint
     config = TrainConfig(task="causal-lm", model=spec["model"], training_mode="lora", **HYPERPARAMETERS,
-                         mixed_precision="bf16" if spec["bf16"] else "no", packing=True, save_steps=0,
+                         mixed_precision="bf16" if spec["bf16"] else "no", packing=packing, save_steps=0,
                          early_stopping_patience=0, logging_steps=LOGGING_STEPS)
     out = Path(spec["out"])
     history = loop.train(config, Path(spec["dataset"]), out)
     epoch = history["epochs"][0]
     trained = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)  # the merged model it wrote
-    return {"setup": f"TrainConfig(task='causal-lm', packing=True, mixed_precision={config.mixed_precision!r}), "
+    return {"setup": f"TrainConfig(task='causal-lm', packing={packing}, mixed_precision={config.mixed_precision!r}), "
                      "train() in-process",
             "train_seconds": epoch["epoch_seconds"],
             "tokens_counted": round(epoch["train_tokens_per_second"] * epoch["epoch_seconds"]),
@@ -264,8 +280,8 @@ def worker(spec_path: Path) -> None:
 
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])
-    if spec["system"] == "kftune":
-        result = run_kftune(spec)
+    if spec["system"] in ("kftune", "kftune_padded"):
+        result = run_kftune(spec, packing=spec["system"] == "kftune")
     else:
         result = run_trl(spec, padding_free=spec["system"] == "trl")
     dataset_dir = Path(spec["dataset"])
@@ -294,9 +310,9 @@ def run_system(system: str, dataset_dir: Path, work: Path, model: str, bf16: boo
 
 
 def table(results: dict, tokens: int) -> str:
-    rows = [f"{'system':<11} {'train s':>9} {'tokens':>8} {'tokens/s':>9} {'held-out loss':>14}"]
+    rows = [f"{'system':<13} {'train s':>9} {'tokens':>8} {'tokens/s':>9} {'held-out loss':>14}"]
     for system, r in results.items():
-        rows.append(f"{system:<11} {r['train_seconds']:>9.2f} {tokens:>8d} {r['tokens_per_second']:>9.1f} "
+        rows.append(f"{system:<13} {r['train_seconds']:>9.2f} {tokens:>8d} {r['tokens_per_second']:>9.1f} "
                     f"{r['heldout_loss']:>14.4f}")
     return "\n".join(rows)
 
@@ -311,6 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="preprocess a sample of this many rows of the bundled data (0: all 1600; smoke runs)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast on both sides (default: fp32)")
     parser.add_argument("--skip-padded", action="store_true", help="leave out TRL's default padded batches")
+    parser.add_argument("--skip-kftune-padded", action="store_true",
+                        help="leave out kftune with padded batches (packing=False)")
     parser.add_argument("--tiny", action="store_true",
                         help="a random 2-layer Llama with SmolLM2's tokenizer, 16 examples of a 160-row sample")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
@@ -328,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = shlex.join([Path(sys.executable).name, *([sys.argv[0]] if argv is None else [__file__]),
                           *(sys.argv[1:] if argv is None else argv)])
-    systems = [s for s in SYSTEMS if not (args.skip_padded and s == "trl_padded")]
+    systems = [s for s in SYSTEMS if not (args.skip_padded and s == "trl_padded")
+               and not (args.skip_kftune_padded and s == "kftune_padded")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model
@@ -345,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
         splits = datasets.load_from_disk(str(work / "data" / "splits"))
         tokens = int(sum(splits["train"]["length"]))
         assistant_tokens = int(sum(sum(t != -100 for t in row) for row in splits["train"]["labels"]))
+        padded_positions = padded_tokens(splits["train"]["length"])
         results = {}
         for system in systems:
             r = run_system(system, work / "data", work, model, args.bf16, args.threads)
@@ -363,12 +383,16 @@ def main(argv: list[str] | None = None) -> dict:
                             "precision": "bf16 autocast" if args.bf16 else "fp32", "torch_threads": args.threads},
         "data": {"source": "bundled:rotten-tomatoes-instructions", "train_examples": args.examples,
                  "train_tokens": tokens, "train_assistant_tokens": assistant_tokens,
+                 "padded_batches_token_positions": padded_positions,
+                 "padded_batches_padding_ratio": padded_positions / tokens,
                  "validation_examples": len(splits["validation"]),
                  "order": "TRL is fed the examples in kftune's epoch-0 order (sequential sampler): same batches"},
         "measures": {
             "train_seconds": "wall seconds of the epoch's training steps (model loading, data preparation, "
                              "validation and saving excluded)",
             "tokens_per_second": "real (non-padding) tokens of the training examples / train_seconds",
+            "packing_speedup_vs_padded": "kftune's tokens/s with packing / kftune's tokens/s with padded batches "
+                                         "(packing=False), same examples, batches and settings",
             "heldout_loss": "mean cross-entropy over the assistant's tokens of the validation split, each trained "
                             "model merged and scored in eval mode by the same code (kftune's token_losses); "
                             "a comparison at equal data and epochs",
@@ -380,10 +404,17 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "trl_padded" in results:
         report["speedup_vs_trl_padded"] = kftune["tokens_per_second"] / results["trl_padded"]["tokens_per_second"]
+    if "kftune_padded" in results:
+        padded = results["kftune_padded"]
+        report["packing_speedup_vs_padded"] = kftune["tokens_per_second"] / padded["tokens_per_second"]
+        report["heldout_loss_difference_vs_padded"] = kftune["heldout_loss"] - padded["heldout_loss"]
     print(table(results, tokens))
     print(f"kftune / TRL (padding-free) tokens/s: {report['speedup_vs_trl']:.2f}x"
           + (f"; kftune / TRL (padded): {report['speedup_vs_trl_padded']:.2f}x" if "trl_padded" in results else "")
           + f"; LoRA initialisation identical: {report['lora_init_identical']}")
+    if "kftune_padded" in results:
+        print(f"kftune real tokens/s, packing / padded batches (padding ratio "
+              f"{padded_positions / tokens:.2f}): {report['packing_speedup_vs_padded']:.2f}x")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"written to {args.out}")

@@ -41,7 +41,8 @@ def main() -> None:
     from kftune.components.common.bundled import resolve_model
     from kftune.components.common.inference import MODEL_INPUTS
     from kftune.components.common.modeling import build_classifier
-    from kftune.components.common.schema import LENGTH, load_splits
+    from kftune.components.common.schema import LENGTH, dataset_task, load_splits
+    from kftune.components.common.tasks import encoder_task, with_task
     from kftune.components.common.training.config import TrainConfig
     from kftune.components.common.training.loop import (
         Collator,
@@ -55,16 +56,18 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-step-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")
-        splits, labels = load_splits(Path(tmp) / "data")
+        splits, _ = load_splits(Path(tmp) / "data")
+        info = dataset_task(Path(tmp) / "data")
         tokenizer = AutoTokenizer.from_pretrained(str(Path(tmp) / "data" / "tokenizer"))
         train_split = splits["train"]
-        config = TrainConfig(group_by_length=args.group_by_length)
+        config = with_task(TrainConfig(group_by_length=args.group_by_length), info["task"])
+        task = encoder_task(config.task)
         device = torch.device("cpu")
         precision = resolve_precision(config.mixed_precision, device)
         lengths = np.asarray(train_split[LENGTH])
         batches = epoch_batches(lengths, args.batch_size, config.seed, 0, config.group_by_length)
         batches = batches[: args.warmup + args.steps]
-        collate = Collator(train_split, tokenizer)
+        collate = Collator(train_split, tokenizer, config.max_train_length, task, info)
         inputs = [n for n in MODEL_INPUTS if n in train_split.column_names]
 
         def collate_rows(indices):  # the datasets split indexed row by row, then padded
@@ -74,8 +77,7 @@ def main() -> None:
 
         def run(freeze: bool) -> dict:
             torch.manual_seed(config.seed)
-            model = build_classifier(config, len(labels), labels.id2label, labels.label2id,
-                                     resolve_model(config.model)).train()
+            model = build_classifier(config, task.head(info), resolve_model(config.model), task).train()
             if freeze:
                 model.get_input_embeddings().weight.requires_grad_(False)
             optimizer = build_optimizer(model, config, device)
@@ -89,7 +91,7 @@ def main() -> None:
                 collate_rows(indices)
                 t2 = time.perf_counter()
                 with autocast(device, precision):
-                    loss = model(**batch).loss
+                    loss = task.loss(model, batch, config)
                 t3 = time.perf_counter()
                 loss.backward()
                 t4 = time.perf_counter()

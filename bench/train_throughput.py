@@ -1,25 +1,34 @@
 """Training throughput: kftune's loop against Hugging Face ``Trainer``, in one run, on this machine.
 
-Both fine-tune the bundled model (all-MiniLM-L6-v2) on the same preprocessed split of the
+All runs fine-tune the bundled model (all-MiniLM-L6-v2) on the same preprocessed split of the
 bundled data (max 128 tokens), with the same hyperparameters (lr 1e-4, batch 32, 3 epochs,
 warmup 10 %, weight decay 0.01, seed 42), validation after every epoch and the best epoch kept:
 
-(a) kftune's training loop, launched by torchrun as the train component does, with bf16
-    autocast where the CPU is fast at it, fused AdamW and length-grouped batches
-    (``group_by_length=True``: the loop's fast setting; the pipelines default to random batches,
-    measure those with ``--set group_by_length=False``);
+(a) kftune's training loop, launched by torchrun as the train component does, with the
+    pipeline's default settings (no overrides: random batches, bf16 autocast where the CPU is
+    fast at it, fused AdamW); ``--set KEY=VALUE`` changes a TrainConfig field, e.g.
+    ``--set group_by_length=True`` for length-grouped batches;
 (b) ``Trainer`` set up as its text-classification documentation shows: DataCollatorWithPadding
-    (dynamic padding), eval and save every epoch, ``load_best_model_at_end``.
+    (dynamic padding), fp32, random batches, eval and save every epoch, ``load_best_model_at_end``;
+(c) with ``--trainer-bf16``: the tuned ``Trainer``, (b) plus ``bf16=True`` and
+    ``train_sampling_strategy="group_by_length"``. On a CPU without fast bf16 (no AVX512-BF16 /
+    AMX) its bf16 is emulated and may be slower than fp32; the run is reported as it is.
 
-Reported: training samples/s (training examples x epochs / wall time of the training call,
-validation included for both) and test accuracy / macro F1 of the model each keeps.
-``--trainer-bf16`` adds a third run, Trainer with ``bf16=True`` and length-grouped sampling,
-to show how much of the gap those two settings explain. About 25 minutes on 2 CPU cores:
+Every seed runs each of them. Reported per run: training samples/s (training examples x epochs /
+wall time of the training call, validation included), test accuracy / macro F1 of the model it
+keeps, precision and torch threads; per seed and over the seeds' means, kftune's speedup over
+each ``Trainer`` and its accuracy minus each one's (points). The mean carries a ``criteria``
+block (issue 18): speedup over the documented ``Trainer`` >= 3, over the tuned one > 1, and
+kftune's mean accuracy >= each ``Trainer``'s mean - 0.3 points. ``Trainer``'s test predictions
+are scored against the labels ``predict`` returns with them: with group_by_length ``Trainer``
+also length-groups its evaluation batches, so predictions do not come back in dataset order.
+About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min per seed):
 
     .venv/bin/pip install accelerate==1.15.0   # Trainer needs it (or: pip install -e '.[bench]')
-    .venv/bin/python bench/train_throughput.py --out bench-results.json
-    .venv/bin/python bench/train_throughput.py --seed 42 1 2 --out bench-results.json   # 3 seeds, means
+    .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-bf16 --out bench-results.json
+    .venv/bin/python bench/train_throughput.py --out bench-results.json     # seed 42, documented Trainer only
     .venv/bin/python bench/train_throughput.py --skip-trainer --set training_mode=lora   # kftune only
+    .venv/bin/python bench/train_throughput.py --max-rows 300 --epochs 1 --trainer-bf16  # smoke run
 """
 
 from __future__ import annotations
@@ -36,7 +45,10 @@ import numpy as np
 
 HYPERPARAMETERS = {"learning_rate": 1e-4, "per_device_train_batch_size": 32, "num_train_epochs": 3,
                    "warmup_ratio": 0.1, "weight_decay": 0.01, "seed": 42}
-KFTUNE_SETTINGS = {"group_by_length": True}  # changed with --set
+KFTUNE_SETTINGS: dict = {}  # the pipeline's defaults; changed with --set
+TRAINERS = {"hf_trainer": "documented", "hf_trainer_tuned": "tuned"}  # result key -> name in comparisons
+METRICS = ("samples_per_second", "test_accuracy", "test_f1_macro")
+CRITERIA = {"min_speedup_over_documented": 3.0, "min_speedup_over_tuned": 1.0, "max_accuracy_deficit_points": 0.3}
 
 
 def _test_scores(y_true, y_pred) -> dict:
@@ -88,12 +100,14 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
-    predictions = trainer.predict(data["test"]).predictions.argmax(-1)
+    # With group_by_length, Trainer._get_eval_sampler length-groups prediction batches too: the
+    # predictions come back in another order than the split's, and label_ids in the same order as them.
+    output = trainer.predict(data["test"])
     return {"train_seconds": seconds,
             "samples_per_second": len(data["train"]) * hyper["num_train_epochs"] / seconds,
-            **_test_scores(np.asarray(data["test"]["label"]), predictions),
+            **_test_scores(np.asarray(output.label_ids), output.predictions.argmax(-1)),
             "settings": "bf16=True, train_sampling_strategy=group_by_length" if tuned else "documentation defaults",
-            "torch_threads": torch.get_num_threads()}
+            "precision": "bf16" if tuned else "fp32", "torch_threads": torch.get_num_threads()}
 
 
 def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
@@ -101,7 +115,7 @@ def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -
     from kftune.components.common.modeling import load_classifier
     from kftune.components.common.schema import load_splits
     from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.launch import launch_training
+    from kftune.components.common.training.launch import available_cpus, launch_training
 
     config = TrainConfig(**{**hyper, "early_stopping_patience": 0, **overrides})
     started = time.perf_counter()
@@ -114,22 +128,49 @@ def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -
             "samples_per_second": train_rows * len(history["epochs"]) / history["train_seconds"],
             **_test_scores(np.asarray(test["label"]), predictions),
             "best_epoch": history["best_epoch"], "precision": history["precision"],
-            "training_mode": history["training_mode"]}
+            "training_mode": history["training_mode"],
+            # one CPU worker: launch_training sets its OMP_NUM_THREADS to the available CPUs unless given
+            "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or available_cpus())}
+
+
+def compare(kftune: dict, trainer: dict) -> dict:
+    """kftune's speedup over one Trainer run (or mean) and its accuracy minus that one's, in points."""
+    return {"speedup": kftune["samples_per_second"] / trainer["samples_per_second"],
+            "accuracy_difference_points": 100 * (kftune["test_accuracy"] - trainer["test_accuracy"])}
+
+
+def comparisons(result: dict) -> dict:
+    return {f"vs_{name}": compare(result["kftune"], result[key]) for key, name in TRAINERS.items() if key in result}
+
+
+def criteria(mean: dict) -> dict:
+    """Issue 18's Done-when, read from the means: speedups and accuracy against each Trainer."""
+    out: dict = {}
+    vs = mean["comparison"]
+    if "vs_documented" in vs:
+        speedup = vs["vs_documented"]["speedup"]
+        out["speedup_over_documented"] = {"value": speedup, "required": f">= {CRITERIA['min_speedup_over_documented']}",
+                                          "met": speedup >= CRITERIA["min_speedup_over_documented"]}
+    if "vs_tuned" in vs:
+        speedup = vs["vs_tuned"]["speedup"]
+        out["speedup_over_tuned"] = {"value": speedup, "required": f"> {CRITERIA['min_speedup_over_tuned']}",
+                                     "met": speedup > CRITERIA["min_speedup_over_tuned"]}
+    for name, comparison in vs.items():
+        points = comparison["accuracy_difference_points"]
+        out[f"accuracy_{name}"] = {"kftune_minus_trainer_points": points,
+                                   "required": f">= -{CRITERIA['max_accuracy_deficit_points']} points",
+                                   "met": points >= -CRITERIA["max_accuracy_deficit_points"]}
+    out["all_met"] = all(c["met"] for c in out.values()) if out else None
+    return out
 
 
 def _means(runs: list[dict]) -> dict:
-    """Mean samples/s and test accuracy of each loop over the seeds, and their ratio / difference."""
-    def mean(loop, key):
-        values = [r[loop][key] for r in runs if loop in r]
-        return sum(values) / len(values) if values else None
-
-    means = {loop: {key: mean(loop, key) for key in ("samples_per_second", "test_accuracy", "test_f1_macro")}
-             for loop in ("kftune", "hf_trainer") if loop in runs[0]}
-    if "hf_trainer" in means:
-        means["speedup"] = means["kftune"]["samples_per_second"] / means["hf_trainer"]["samples_per_second"]
-        means["accuracy_difference_points"] = 100 * (
-            means["kftune"]["test_accuracy"] - means["hf_trainer"]["test_accuracy"])
-    return means
+    """Each loop's mean samples/s, test accuracy and macro F1 over the seeds; comparisons and criteria of the means."""
+    loops = [loop for loop in ("kftune", *TRAINERS) if loop in runs[0]]
+    mean = {loop: {key: sum(r[loop][key] for r in runs) / len(runs) for key in METRICS} for loop in loops}
+    mean["comparison"] = comparisons(mean)
+    mean["criteria"] = criteria(mean)
+    return mean
 
 
 def cpu_model() -> str:
@@ -143,20 +184,38 @@ def cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def summary(runs: list[dict], mean: dict | None) -> str:
+    """A plain table: samples/s, accuracy and macro F1 of each loop per seed (and mean), then the comparisons."""
+    loops = [loop for loop in ("kftune", *TRAINERS) if loop in runs[0]]
+    rows = [(str(r["hyperparameters"]["seed"]), r) for r in runs] + ([("mean", mean)] if mean else [])
+    lines = []
+    for label, result in rows:
+        cells = [f"{loop} {result[loop]['samples_per_second']:.1f}/s acc {result[loop]['test_accuracy']:.4f} "
+                 f"F1 {result[loop]['test_f1_macro']:.4f}" for loop in loops]
+        vs = [f"{name}: {c['speedup']:.2f}x, {c['accuracy_difference_points']:+.2f} pts"
+              for name, c in result["comparison"].items()]
+        lines.append(f"seed {label}: " + " | ".join(cells) + ("  [" + "; ".join(vs) + "]" if vs else ""))
+    if mean and mean["criteria"]:
+        lines.append("criteria: " + ", ".join(f"{k}={'met' if v['met'] else 'NOT met'}"
+                                              for k, v in mean["criteria"].items() if k != "all_met"))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=HYPERPARAMETERS["num_train_epochs"])
     parser.add_argument("--out", type=Path, default=Path("bench-results.json"))
     parser.add_argument("--skip-trainer", action="store_true", help="run only kftune's loop")
     parser.add_argument("--seed", type=int, nargs="+", default=[HYPERPARAMETERS["seed"]],
-                        help="training seed(s) of both runs (initialisation, batch order); the data split stays "
-                        "fixed. Several seeds: both loops run once per seed and the means are compared (one "
+                        help="training seed(s) of every run (initialisation, batch order); the data split stays "
+                        "fixed. Several seeds: each loop runs once per seed and the means are compared (one "
                         "run's test accuracy has a standard error of about 1 point here)")
     parser.add_argument("--max-rows", type=int, default=0, help="use a sample of this many rows (smoke runs)")
     parser.add_argument("--trainer-bf16", action="store_true",
-                        help="also run Trainer with bf16=True and train_sampling_strategy=group_by_length")
+                        help="also run the tuned Trainer (bf16=True, train_sampling_strategy=group_by_length) "
+                        "on every seed and compare kftune against it too")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a TrainConfig field for kftune's run, e.g. --set learning_rate=5e-5")
+                        help="override a TrainConfig field for kftune's run, e.g. --set group_by_length=True")
     args = parser.parse_args()
     import ast
 
@@ -182,17 +241,15 @@ def main() -> None:
                    "kftune": kftune_run(tmp / "data", tmp / f"kftune-{seed}", hyper, overrides)}
             if not args.skip_trainer:
                 run["hf_trainer"] = trainer_run(tmp / "data", tmp / f"trainer-{seed}", hyper)
-                trainer = run["hf_trainer"]
-                run["speedup"] = run["kftune"]["samples_per_second"] / trainer["samples_per_second"]
-                run["accuracy_difference_points"] = 100 * (run["kftune"]["test_accuracy"] - trainer["test_accuracy"])
             if args.trainer_bf16:
-                run["hf_trainer_bf16_grouped"] = trainer_run(tmp / "data", tmp / f"trainer-bf16-{seed}", hyper,
-                                                             tuned=True)
+                run["hf_trainer_tuned"] = trainer_run(tmp / "data", tmp / f"trainer-tuned-{seed}", hyper, tuned=True)
+            run["comparison"] = comparisons(run)
             print(json.dumps(run, indent=2), flush=True)
             runs.append(run)
-    results = {"machine": machine, **runs[0]} if len(runs) == 1 else {"machine": machine, "runs": runs,
-                                                                         "mean": _means(runs)}
+    mean = _means(runs)
+    results = {"machine": machine, "runs": runs, "mean": mean}
     print(json.dumps(results, indent=2))
+    print(summary(runs, mean))
     args.out.write_text(json.dumps(results, indent=2))
 
 

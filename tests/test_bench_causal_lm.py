@@ -19,7 +19,7 @@ def load_bench():
     return module
 
 
-@pytest.mark.slow  # three training processes, each importing torch, transformers and TRL: about a minute
+@pytest.mark.slow  # four training processes, each importing torch, transformers and TRL: about a minute
 def test_bench_compares_kftune_and_trl_on_the_same_tokens(tiny_causal_lm, tmp_path):
     pytest.importorskip("trl")
     out = tmp_path / "results.json"
@@ -27,7 +27,7 @@ def test_bench_compares_kftune_and_trl_on_the_same_tokens(tiny_causal_lm, tmp_pa
 
     report = json.loads(out.read_text())
     systems = report["systems"]
-    assert set(systems) == {"kftune", "trl", "trl_padded"}
+    assert set(systems) == {"kftune", "trl", "trl_padded", "kftune_padded"}
     tokens = report["data"]["train_tokens"]
     assert tokens > 0 and report["data"]["train_examples"] == 16
     for name, run in systems.items():
@@ -38,6 +38,12 @@ def test_bench_compares_kftune_and_trl_on_the_same_tokens(tiny_causal_lm, tmp_pa
         assert run["optimizer_steps"] == 2, name  # 16 examples in batches of 8
     assert report["lora_init_identical"]
     assert report["speedup_vs_trl"] > 0
+    # kftune against its own padded batches: the same loop and batches, only packing differs
+    assert report["packing_speedup_vs_padded"] == pytest.approx(
+        systems["kftune"]["tokens_per_second"] / systems["kftune_padded"]["tokens_per_second"])
+    assert "packing=False" in systems["kftune_padded"]["setup"] and "packing=True" in systems["kftune"]["setup"]
+    assert report["data"]["padded_batches_padding_ratio"] > 1  # the examples differ in length
+    assert systems["kftune_padded"]["heldout_loss"] == pytest.approx(systems["kftune"]["heldout_loss"], abs=0.01)
     # same initialisation, same batches: after two steps the models score almost alike (dropout masks differ)
     assert systems["kftune"]["heldout_loss"] == pytest.approx(systems["trl"]["heldout_loss"], abs=0.01)
     # the loss kftune's loop reported for its in-memory model is the merged model's, scored by the bench
