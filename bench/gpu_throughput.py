@@ -2,7 +2,9 @@
 
 Runs kftune's training step (the loop's autocast precision choice, its fused AdamW with the
 same parameter groups, gradient clipping) on full batches of fixed-length sequences, after a
-warm-up, and reports samples/s, tokens/s and MFU against the accelerator's dense bf16 peak:
+warm-up, and reports samples/s, tokens/s and MFU against the accelerator's dense bf16 peak (the
+datasheet's) and against the rate of one large matrix product in the same precision measured on
+the device in the same run:
 
     MFU = 6 * N * tokens/s (+ attention: 12 * layers * hidden * seq * tokens/s) / peak FLOP/s
 
@@ -24,6 +26,28 @@ import time
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
 
 
+def measured_matmul_flops(device, precision: str, size: int, repeats: int = 10) -> float:
+    """FLOP/s of one ``size`` x ``size`` matrix product in the training precision (bf16/fp16 autocast: that dtype;
+    fp32 otherwise, TF32 allowed on CUDA), the best of ``repeats`` timed after a warm-up: the rate the device reaches
+    on the operation training spends most of its time in, to set the measured MFU against."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for attempt in range(repeats + 2):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if attempt >= 2:
+            best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
 def main() -> None:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
@@ -41,8 +65,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or no (as TrainConfig.mixed_precision)")
     parser.add_argument("--peak-tflops", type=float, default=0, help="peak FLOP/s of the device (default: lookup)")
+    parser.add_argument("--matmul-size", type=int, default=0,
+                        help="side of the square matrix product timed for the measured rate (default: 8192 on a GPU, "
+                        "1536 on a CPU)")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    args.matmul_size = args.matmul_size or (8192 if args.device.startswith("cuda") else 1536)
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -90,12 +118,15 @@ def main() -> None:
     flops_per_token = 6 * non_embedding + 12 * args.layers * args.hidden * args.seq_len
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = args.peak_tflops * 1e12 or next((v for k, v in PEAK_BF16.items() if k in name), 0)
+    matmul = measured_matmul_flops(device, precision, args.matmul_size)
     result = {
         "device": name, "precision": precision, "layers": args.layers, "hidden": args.hidden,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": args.steps,
         "non_embedding_parameters": non_embedding, "samples_per_second": args.steps * args.batch_size / seconds,
         "tokens_per_second": tokens_per_second, "model_tflops_per_second": flops_per_token * tokens_per_second / 1e12,
         "peak_tflops": peak / 1e12 or None, "mfu": flops_per_token * tokens_per_second / peak if peak else None,
+        "measured_matmul_tflops": matmul / 1e12, "matmul_size": args.matmul_size,
+        "mfu_vs_measured_matmul": flops_per_token * tokens_per_second / matmul,
         "torch": torch.__version__,
     }
     print(json.dumps(result, indent=2))
