@@ -11,8 +11,8 @@ encoder (``BertModel``, ``RobertaModel``, ``DistilBertModel``, ...) of a Hugging
 3. attention alone is computed per text: ``unpadded_attention`` scatters queries, keys and values
    back into the padded ``[B, heads, L, head_dim]`` layout, runs the same
    ``scaled_dot_product_attention`` with the padding mask the padded model uses, and gathers the
-   real positions again (re-padding for the attention product; bench/profile_step.py compares it with
-   nested jagged tensors, which PyTorch's CPU kernels run per text and slower);
+   real positions again (re-padding for the attention product alone: the fastest of the ways
+   bench/attention_padding.py times here, nested jagged tensors among them);
 4. after the encoder, its last hidden state is scattered back to ``[B, L, hidden]`` (zeros at
    padding) and the pooler, if any, runs on it, so the heads above (classification, per-token
    tagging, masked LM) see what they see in the padded model.
