@@ -281,16 +281,6 @@ def any_rank(flag: bool, distributed: bool, device) -> bool:
     return bool(value.item())
 
 
-def torch_rng_state() -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state() if torch.cuda.is_available() else None
-
-
-def set_torch_rng_state(state: tuple) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1])
-
-
 def default_checkpoint_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".checkpoints")
 
@@ -586,12 +576,12 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
             group = range(group_start, min(group_start + accum, len(mine)))
             if step + 1 in halve_at_steps:
                 change_split(split * 2, "halving requested")
-            rng_at_start = torch_rng_state()
+            rng_at_start = rng_state()
             while (losses := run_group(group, mine)) is None:
                 ddp_model.zero_grad(set_to_none=True)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-                set_torch_rng_state(rng_at_start)  # the redone step draws the same dropout masks
+                set_rng_state(rng_at_start)  # the redone step draws the same dropout masks
                 if math.ceil(batch_size / split) == 1:
                     raise ConfigError(
                         "out of memory at micro-batch 1: use a smaller model or max_train_length, or more memory"
