@@ -643,3 +643,34 @@ def test_the_evaluate_component_logs_the_entity_type_confusion_matrix(token_run,
     assert [c["displayName"] for c in logged["annotationSpecs"]] == result["model"]["confusion_labels"]
     assert len(result["model"]["confusion_labels"]) != len(result["labels"])
     assert metrics.metadata["model_f1"] == pytest.approx(result["model"]["f1"])
+
+
+def test_the_token_data_settings_name_columns_format_and_strictness(tmp_path):
+    """tokens_column / tags_column / token_format / strict_iob2 reach the stage: other column names are read and
+    detected, a CoNLL file with another suffix is read when named, and strict IOB2 refuses what is otherwise
+    converted, naming file, line and token."""
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import prepare_rows, prepare_tokens, read_data
+
+    read = tc.TASK.read
+
+    rows = [{"words": ["Ada", "codes", "in", "Paris", str(i)], "ner": ["B-PER", "O", "O", "I-LOC", "O"]}
+            for i in range(12)]
+    jsonl = write_jsonl(tmp_path / "d.jsonl", rows)
+    named = PreprocessConfig(data=str(jsonl), tokens_column="words", tags_column="ner")
+    config, _, decided = read_data(named)
+    assert config.task == "token-classification" and "columns words and ner" in decided, decided
+    frame, _, _, counts = prepare_tokens(config)
+    assert frame[tc.TAGS].tolist()[0] == ["B-PER", "O", "O", "B-LOC", "O"] and counts["iob1_to_iob2"] == 12
+    assert "no column 'tokens'" in error_of(lambda: prepare_rows(PreprocessConfig(data=str(jsonl),
+                                                                                   task="token-classification")))
+    strict = PreprocessConfig(data=str(jsonl), task="token-classification", tokens_column="words",
+                              tags_column="ner", strict_iob2=True)
+    assert error_of(lambda: prepare_rows(strict)) == (
+        f"{jsonl}: line 1, token 3 ('Paris'): tag 'I-LOC' starts an entity; expected B- at an entity's start "
+        "(IOB2) with strict IOB2 checking")
+    dat = tmp_path / "d.dat"
+    dat.write_text(CONLL, encoding="utf-8")
+    config = PreprocessConfig(data=str(dat), task="token-classification", token_format="conll")
+    frame, _, _, _ = read(config)
+    assert frame[tc.TOKENS].tolist() == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]

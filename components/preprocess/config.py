@@ -8,6 +8,7 @@ from typing import Literal
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.schema import LABEL, TEXT
 from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, check_choices
+from kftune.components.common.tasks.token_classification import FORMATS as TOKEN_FORMATS
 
 
 @dataclass
@@ -34,6 +35,20 @@ class Instructions:
     """Columns of instruction data: prompt + completion, instruction + input + output (alpaca), or messages (a list of {role, content}); auto: the first whose columns are there."""  # noqa: E501
     overlong: Literal["drop", "truncate_prompt"] = "drop"
     """Examples longer than max_seq_length tokens: drop them (counted in the data report), or truncate_prompt: cut the last user message from its end until they fit."""  # noqa: E501
+
+
+@dataclass
+class TokenData:
+    """Token-classification data (task token-classification)."""
+
+    tokens_column: str = "tokens"
+    """token-classification: column of JSON Lines, JSON or Parquet rows holding each sentence's list of words."""
+    tags_column: str = "tags"
+    """token-classification: column holding each sentence's list of tags, one per word (IOB2: O, B-TYPE, I-TYPE)."""
+    token_format: Literal[TOKEN_FORMATS] = "auto"
+    """token-classification: file format; auto reads it from the file name (.jsonl, .json, .parquet; .conll, .iob, .bio and .txt are CoNLL-style: a word and its tag per line, the tag last, sentences split by blank lines)."""  # noqa: E501
+    strict_iob2: bool = False
+    """token-classification: refuse tags that are not strict IOB2 (an I-TYPE that starts an entity, as IOB1 writes it, or BIOES/BILOU prefixes) instead of converting them and counting the conversions in the data report."""  # noqa: E501
 
 
 @dataclass
@@ -71,8 +86,8 @@ class Tokenization:
 
 
 @dataclass
-class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, Instructions, PretrainedModel, DataSource,
-                       TaskChoice):
+class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, TokenData, Instructions, PretrainedModel,
+                       DataSource, TaskChoice):
     """What preprocessing does. Defaults are those of the finetune pipeline."""
 
     def validate(self) -> None:
@@ -88,6 +103,9 @@ class PreprocessConfig(Seeding, Tokenization, Augmentation, Splitting, Instructi
             raise ConfigError(f"need 1 <= min_chars <= max_chars, got {self.min_chars}, {self.max_chars}")
         if self.max_seq_length < 8 and not (self.task == "auto" and self.max_seq_length == 0):
             raise ConfigError(f"max_seq_length must be >= 8, got {self.max_seq_length}")
+        if not self.tokens_column or not self.tags_column or self.tokens_column == self.tags_column:
+            raise ConfigError(f"tokens_column and tags_column must be two different column names, got "
+                              f"{self.tokens_column!r} and {self.tags_column!r}")
         if self.max_rows < 0 or self.augment_copies < 0:
             raise ConfigError("max_rows and augment_copies must be >= 0")
         if not 0 <= self.augment_probability <= 0.5:

@@ -184,7 +184,8 @@ def read_data(config: PreprocessConfig) -> tuple[PreprocessConfig, pd.DataFrame 
         task, reason, frame = token_file(config.data), f"{config.data}: a CoNLL-style file", None
     else:
         frame, source = read_frame(config.data, config.data_format)
-        task, reason = detect_task(frame, config.label_column, config.label_separator)
+        task, reason = detect_task(frame, config.label_column, config.label_separator, config.tokens_column,
+                                   config.tags_column)
         reason = f"{source}: {reason}"
     log.info("task auto: %s (%s)", task, reason)
     return with_task(config, task), frame, f"auto: {reason}"

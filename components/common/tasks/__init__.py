@@ -93,8 +93,10 @@ TOKEN_FILE_SUFFIXES = (".conll", ".iob", ".bio")
 INSTRUCTION_COLUMNS = ("prompt", "completion", "messages", "instruction", "output")
 
 
-def detect_task(frame, label_column: str, label_separator: str = "") -> tuple[str, str]:
-    """The task ``frame`` (every column of the data) is for, and why: per-token tags are token classification;
+def detect_task(frame, label_column: str, label_separator: str = "", tokens_column: str = "tokens",
+                tags_column: str = "tags") -> tuple[str, str]:
+    """The task ``frame`` (every column of the data) is for, and why: per-token tags (``tokens_column`` and
+    ``tags_column``) are token classification;
     instruction columns without a label column causal-lm; list-valued labels (or ones joined by
     ``label_separator``) multilabel; non-integer numbers with 10 or more distinct values regression; anything else
     (integer or text labels) classification."""
@@ -106,8 +108,8 @@ def detect_task(frame, label_column: str, label_separator: str = "") -> tuple[st
     from kftune.components.common.tasks.regression import as_float
 
     columns = set(map(str, frame.columns))
-    if {"tokens", "tags"} <= columns and "token-classification" in TASKS:
-        return "token-classification", "columns tokens and tags"
+    if {tokens_column, tags_column} <= columns and "token-classification" in TASKS:
+        return "token-classification", f"columns {tokens_column} and {tags_column}"
     if label_column not in columns:
         found = [c for c in INSTRUCTION_COLUMNS if c in columns]
         if found:

@@ -753,10 +753,8 @@ class TokenClassification(EncoderTask):
             frame, source = pd.DataFrame({TOKENS: [s[0] for s in sentences], TAGS: [s[1] for s in sentences],
                                           WHERE: [f"sentence {i}" for i in range(1, len(sentences) + 1)]}), config.data
         else:
-            frame, source = read_token_data(config.data, getattr(config, "token_format", "auto"),
-                                            getattr(config, "tokens_column", TOKENS),
-                                            getattr(config, "tags_column", TAGS))
-        cleaned, counts = clean_token_data(frame, source, getattr(config, "strict_iob2", False))
+            frame, source = read_token_data(config.data, config.token_format, config.tokens_column, config.tags_column)
+        cleaned, counts = clean_token_data(frame, source, config.strict_iob2)
         return cleaned, source, len(frame), counts
 
     def parse_labels(self, labels, source, column, config):
