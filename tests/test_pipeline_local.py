@@ -120,6 +120,19 @@ def test_bad_predict_settings_stop_a_local_run_before_it_starts(tmp_path, flags,
     assert not (tmp_path / "runs").exists()
 
 
+def test_predict_input_is_read_and_checked_before_a_local_run_starts(tmp_path, small_csv, tiny_model, capsys):
+    """Its files and columns are checked with the data, not after training."""
+    bodies = tmp_path / "bodies.csv"
+    pd.DataFrame({"body": ["a fine film"], "review_id": ["r1"]}).to_csv(bodies, index=False)
+    for predict_input, message in ((tmp_path / "missing.csv", f"{tmp_path / 'missing.csv'}: no such file"),
+                                   (bodies, f"{bodies}: no column 'text'; the columns are: body, review_id "
+                                            "(set text_column)")):
+        assert main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--predict-input",
+                     str(predict_input), "--output-dir", str(tmp_path / "runs")]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"kftune: error: {message}")
+        assert not (tmp_path / "runs").exists()
+
+
 def test_bad_data_stops_the_pipeline_before_training(tmp_path, tiny_model):
     from kftune.pipelines.finetune import finetune
 

@@ -153,6 +153,17 @@ def read_input(name: str, relative: str, path: Path, config: PredictConfig, task
     return InputFile(name, relative, texts, ids)
 
 
+def check_inputs(config: PredictConfig, task: str) -> int:
+    """Read and check every input file as :func:`predict` does before it loads the model (columns there, no empty
+    text), for a run that predicts only after training; an ``s3://`` / ``gs://`` input is not fetched for it.
+    Returns the rows found (0 for a remote input)."""
+    config.validate()
+    if is_remote(config.predict_input):
+        return 0
+    with local_inputs(config.predict_input) as inputs:
+        return sum(len(read_input(name, relative, path, config, task).texts) for name, relative, path in inputs)
+
+
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
     """``frame`` to ``path`` as CSV, JSON Lines or Parquet."""
     if fmt == "csv":

@@ -31,6 +31,8 @@ def preflight(arguments: dict) -> None:
     from kftune.components.common.training.config import Launch, TrainConfig
     from kftune.components.common.training.loop import resolve_precision
     from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.predict.config import PredictConfig
+    from kftune.components.predict.predict import check_inputs
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows, read_data
 
@@ -49,8 +51,6 @@ def preflight(arguments: dict) -> None:
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     settings_from(EvaluateConfig, arguments).validate()
     if arguments.get("predict_input"):
-        from kftune.components.predict.config import PredictConfig
-
         settings_from(PredictConfig, arguments).validate()
     elif arguments.get("predict_output"):
         raise KftuneError("predict_output is set but predict_input is empty: set --predict-input, the texts to "
@@ -61,6 +61,8 @@ def preflight(arguments: dict) -> None:
         prepare_instructions(prepare, frame=frame)
     else:
         prepare_rows(prepare, frame)
+    if arguments.get("predict_input"):  # the texts to predict on after export: their files and columns, now
+        check_inputs(settings_from(PredictConfig, arguments), prepare.task)
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
