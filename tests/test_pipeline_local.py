@@ -107,6 +107,22 @@ def test_full_pipeline_predicts_after_export_with_the_predict_settings(tmp_path,
     assert f"predictions:      {scored}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_a_model_that_fails_the_gate_makes_no_predictions(tmp_path, small_csv, small_frame, tiny_model, capsys):
+    texts = tmp_path / "new-reviews.csv"
+    small_frame[["text"]].tail(5).to_csv(texts, index=False)
+    scored = tmp_path / "scored.csv"
+    results_file = tmp_path / "results.json"
+    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
+                 "--max-steps", "2", "--min-accuracy", "1", "--predict-input", str(texts), "--predict-output",
+                 str(scored), "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    assert results["passed"] is False and "predictions" not in results["artifacts"]
+    assert not scored.exists() and not (Path(results["artifacts"]["run_dir"]) / "predict").exists()
+    assert f"not predicted:    the gate failed, so the model made no predictions on {texts}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--predict-output", "out.csv"], "predict_output is set but predict_input is empty"),
     (["--predict-input", "new.csv", "--predict-output", "out.txt"],
