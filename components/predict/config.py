@@ -28,7 +28,7 @@ class PredictData:
     predict_input: str = ""
     """Texts to predict on with the exported model: a CSV, TSV, JSON Lines or Parquet file, a directory of such files (read in name order), or an s3://bucket/prefix or gs://bucket/prefix of them; in the finetune pipeline, empty: no predict step."""  # noqa: E501
     predict_output: str = ""
-    """Where the predictions go: a file path, or an s3:// or gs:// URI (uploaded once complete); in a pipeline also its predict step's predictions artifact (a cluster's step should write to a URI)."""  # noqa: E501
+    """Where the predictions go: a file path, or an s3:// or gs:// URI (uploaded once complete); in a pipeline, where the predict step copies its predictions artifact (on a cluster: a URI), empty: the artifact only."""  # noqa: E501
     predict_output_format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
     """Format of the predictions; auto: from predict_output's extension (.csv, .jsonl, .parquet), else JSON Lines."""  # noqa: E501
     predict_id_column: str = ""
