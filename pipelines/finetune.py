@@ -1,5 +1,6 @@
 """The finetune pipeline: preprocess -> (optional masked-LM) pretrain -> train (torchrun) -> evaluate vs baselines -> export ONNX
--> (when evaluate's gate passes) publish to object storage -> deploy on KServe.
+-> (when evaluate's gate passes) batch predictions over ``predict_input``, and publish to object storage -> deploy on
+KServe.
 
 Its run parameters are the settings of its components (each declared once, in its stage's
 dataclass) plus the train task's resources and the Secret names (:mod:`kftune.pipelines.cluster`).
@@ -19,6 +20,7 @@ from kftune.components.common.signatures import settings_task, with_settings
 from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
+from kftune.components.predict import component as predict_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.pretrain import component as pretrain_component
 from kftune.components.publish import component as publish_component
@@ -28,7 +30,7 @@ from kftune.pipelines.steps import FinetuneSteps
 
 PIPELINE_NAME = "finetune"
 STAGES = (preprocess_component.preprocess, pretrain_component.pretrain, train_component.train, evaluate_component.evaluate,
-          export_component.export, publish_component.publish, deploy_component.deploy)
+          export_component.export, predict_component.predict, publish_component.publish, deploy_component.deploy)
 """The finetune pipeline's components: its run parameters are their settings."""
 
 
@@ -44,6 +46,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
     the defaults of those run parameters, ``options`` what is fixed when compiling."""
     cluster = Cluster(resources or TrainResources(), secrets or StorageSecrets(), options)
     steps = FinetuneSteps(images, cluster)
+    predict_op = predict_component.component(images)
     publish_op = publish_component.component(images)
     deploy_op = deploy_component.component(images)
 
@@ -57,8 +60,8 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         name=PIPELINE_NAME,
         description="Fine-tune a pretrained transformer for text classification or instruction-tune a causal LM "
         "(task): preprocess, train with torchrun, evaluate against baselines (the base model, for a causal LM), "
-        "export (ONNX; a Hugging Face directory for a causal LM); when the gate passes, publish the model to "
-        "object storage and deploy it on KServe.",
+        "export (ONNX; a Hugging Face directory for a causal LM); when the gate passes, predict on predict_input "
+        "(when given) and publish the model to object storage and deploy it on KServe.",
     )
     @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def finetune() -> Outputs:
@@ -73,6 +76,11 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
             values, prep.outputs["dataset"], pretrained_model=pretrained.outputs["pretrained_model"])
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
+            # batch predictions use the model, so only one that passed the gate; independent of publishing
+            with dsl.If(values["predict_input"] != "", name="predict-requested"):
+                predicted = settings_task(predict_op, values, exported_model=exported.outputs["exported_model"])
+                predicted.set_display_name("predict").set_cpu_request("2").set_memory_request("8G")
+                cluster.use_storage_secrets(predicted, values)  # input and output may be in s3:// or gs://
             with dsl.If(values["publish_uri"] != "", name="publish-requested"):
                 published = settings_task(publish_op, values, model=exported.outputs["exported_model"])
                 published.set_display_name("publish").set_cpu_request("1").set_memory_request("2G")

@@ -21,6 +21,8 @@ class LocalRunResult:
     evaluation: dict
     passed: bool
     seconds: float
+    predictions: Path | None = None
+    """The predict step's predictions artifact, where the step ran (``predict_input`` given, the gate passed)."""
 
     def results(self) -> dict:
         """The CLI's ``--results`` document (test-split figures)."""
@@ -48,7 +50,8 @@ class LocalRunResult:
             "passed": self.passed,
             "test_size": ev["test_size"],
             **extra,
-            "artifacts": artifacts | {"run_dir": str(self.run_dir)},
+            "artifacts": artifacts | {"run_dir": str(self.run_dir)}
+            | ({"predictions": str(self.predictions)} if self.predictions else {}),
             "seconds": self.seconds,
         }
 
@@ -121,11 +124,15 @@ def run_tune_locally(arguments: dict, pipeline_root: str | Path) -> LocalTuneRes
 
 def _result(outputs, started: float) -> LocalRunResult:
     model_dir = Path(outputs["model"].path)
+    run_dir = model_dir.parent.parent
+    # a step under a condition cannot be a pipeline output: kfp.local writes its artifact under the run's directory
+    predictions = run_dir / "predict" / "predictions"
     return LocalRunResult(
-        run_dir=model_dir.parent.parent,
+        run_dir=run_dir,
         model_dir=model_dir,
         export_dir=Path(outputs["exported_model"].path),
         evaluation=json.loads(outputs["evaluation"].metadata["result"]),
         passed=bool(outputs["passed"]),
         seconds=time.perf_counter() - started,
+        predictions=predictions if predictions.is_file() else None,
     )

@@ -82,7 +82,7 @@ def test_every_parameter_has_default_and_description(tmp_path):
 
 def test_images_follow_one_scheme(tmp_path):
     doc = _compile(tmp_path, "--registry", "localhost:5001/ml", "--tag", "dev1")
-    for stage in ("preprocess", "train", "evaluate", "export", "publish", "deploy"):
+    for stage in ("preprocess", "train", "evaluate", "export", "predict", "publish", "deploy"):
         assert _executor(doc, stage)["image"] == f"localhost:5001/ml/kftune-{stage}:dev1"
 
 
@@ -245,10 +245,40 @@ def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
     assert params["serving_runtime"]["defaultValue"] == "kftune-onnx"
 
 
+def test_predict_runs_after_export_when_the_gate_passes_and_an_input_is_given(tmp_path):
+    doc = _compile(tmp_path)
+    paths = _task_paths(doc)
+    gate, predict_requested = paths["predict"]
+    assert gate == paths["publish"][0]  # the gate's sub-DAG, beside publish (not under it)
+    assert "predict_input" in predict_requested and "!= ''" in predict_requested
+    tasks = doc["components"]
+    (predict_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "predict" in c["dag"]["tasks"]]
+    predict = predict_dag["tasks"]["predict"]
+    assert predict["inputs"]["artifacts"]["exported_model"] == {
+        "componentInputArtifact": "pipelinechannel--export-exported_model"}
+    # predict's settings are run parameters: its own named predict_*, text_column and max_new_tokens shared
+    assert {name: spec["componentInputParameter"] for name, spec in predict["inputs"]["parameters"].items()} == {
+        name: f"pipelinechannel--{name}" for name in (
+            "predict_input", "predict_output", "predict_output_format", "predict_id_column", "predict_batch_size",
+            "predict_int8", "text_column", "max_new_tokens")}
+    params = doc["root"]["inputDefinitions"]["parameters"]
+    assert {name: params[name]["defaultValue"] for name in (
+        "predict_input", "predict_output", "predict_output_format", "predict_id_column", "predict_batch_size",
+        "predict_int8")} == {"predict_input": "", "predict_output": "", "predict_output_format": "auto",
+                             "predict_id_column": "", "predict_batch_size": 32, "predict_int8": False}
+    assert "files predict reads" in params["text_column"]["description"]
+    assert "predict's" in params["max_new_tokens"]["description"]
+    for generic in ("input", "output", "batch_size", "id_column", "int8", "output_format"):
+        assert generic not in params, generic
+    assert _executor(doc, "predict")["image"] == "ghcr.io/kftune/kftune-predict:0.1.0"
+    evaluate = [c for c in doc["components"].values() if "evaluate" in str(c.get("executorLabel"))]
+    assert "max_new_tokens" in evaluate[0]["inputDefinitions"]["parameters"]  # the same run parameter
+
+
 def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp_path):
     doc = _compile(tmp_path)
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for stage in ("preprocess", "train", "publish"):  # data, pretrained model, published model
+    for stage in ("preprocess", "train", "predict", "publish"):  # data, pretrained model, texts, published model
         (secret,) = executors[f"exec-{stage}"]["secretAsEnv"]
         # a run parameter (inside the gate's sub-DAG as the channel that carries it)
         assert secret["secretNameParameter"]["componentInputParameter"] in ("s3_secret", "pipelinechannel--s3_secret")
@@ -264,7 +294,7 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
 
     doc = _compile(tmp_path, "--s3-secret", "", "--s3-endpoint", "", "--gcs-secret", "gcs-key")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for stage in ("preprocess", "train", "publish"):
+    for stage in ("preprocess", "train", "predict", "publish"):
         assert "secretAsEnv" not in executors[f"exec-{stage}"]
         (volume,) = executors[f"exec-{stage}"]["secretAsVolume"]
         assert volume["mountPath"] == "/var/secrets/google" and volume["optional"] is True

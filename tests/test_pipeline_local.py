@@ -75,6 +75,78 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, tiny_mode
     assert "fine-tuned model" in out and "baseline: tfidf_logreg" in out
     run_dir = Path(results["artifacts"]["run_dir"])
     assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
+    # no predict_input: no predict step
+    assert not (run_dir / "predict").exists() and "predictions" not in results["artifacts"]
+    assert "predictions:" not in out and "not predicted" not in out
+
+
+@pytest.mark.slow
+def test_full_pipeline_predicts_after_export_with_the_predict_settings(tmp_path, small_csv, small_frame, tiny_model,
+                                                                      capsys):
+    """``kftune run --predict-input`` runs the predict step after export on the texts given: predictions with
+    their ids, as the step's artifact and at predict_output."""
+    texts = tmp_path / "new-reviews.csv"
+    new = pd.DataFrame({"review_id": [f"new-{i}" for i in range(12)], "text": small_frame["text"].tail(12).tolist(),
+                        "other": range(12)})
+    new.to_csv(texts, index=False)
+    scored = tmp_path / "scored" / "predictions.parquet"
+    results_file = tmp_path / "results.json"
+    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
+                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
+                 "--predict-input", str(texts), "--predict-output", str(scored), "--predict-id-column", "review_id",
+                 "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    assert results["passed"] is True
+    artifact = Path(results["artifacts"]["predictions"])
+    assert artifact == Path(results["artifacts"]["run_dir"]) / "predict" / "predictions"
+    assert artifact.read_bytes() == scored.read_bytes()  # Parquet, as predict_output's extension says
+    out = pd.read_parquet(scored)
+    assert out["id"].tolist() == new["review_id"].tolist()
+    assert set(out["label"]) <= {"negative", "positive"} and out["probability"].between(0.5, 1).all()
+    assert f"predictions:      {scored}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_the_gate_makes_no_predictions(tmp_path, small_csv, small_frame, tiny_model, capsys):
+    texts = tmp_path / "new-reviews.csv"
+    small_frame[["text"]].tail(5).to_csv(texts, index=False)
+    scored = tmp_path / "scored.csv"
+    results_file = tmp_path / "results.json"
+    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
+                 "--max-steps", "2", "--min-accuracy", "1", "--predict-input", str(texts), "--predict-output",
+                 str(scored), "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    assert results["passed"] is False and "predictions" not in results["artifacts"]
+    assert not scored.exists() and not (Path(results["artifacts"]["run_dir"]) / "predict").exists()
+    assert f"not predicted:    the gate failed, so the model made no predictions on {texts}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--predict-output", "out.csv"], "predict_output is set but predict_input is empty"),
+    (["--predict-input", "new.csv", "--predict-output", "out.txt"],
+     "predict_output 'out.txt': cannot tell the format from its extension"),
+    (["--predict-input", "new.csv", "--predict-batch-size", "0"], "predict_batch_size must be >= 1"),
+])
+def test_bad_predict_settings_stop_a_local_run_before_it_starts(tmp_path, flags, message, capsys):
+    assert main(["run", *flags, "--output-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"kftune: error: {message}") and "\n" not in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_predict_input_is_read_and_checked_before_a_local_run_starts(tmp_path, small_csv, tiny_model, capsys):
+    """Its files and columns are checked with the data, not after training."""
+    bodies = tmp_path / "bodies.csv"
+    pd.DataFrame({"body": ["a fine film"], "review_id": ["r1"]}).to_csv(bodies, index=False)
+    for predict_input, message in ((tmp_path / "missing.csv", f"{tmp_path / 'missing.csv'}: no such file"),
+                                   (bodies, f"{bodies}: no column 'text'; the columns are: body, review_id "
+                                            "(set text_column)")):
+        assert main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--predict-input",
+                     str(predict_input), "--output-dir", str(tmp_path / "runs")]) == 2
+        assert capsys.readouterr().err.strip().startswith(f"kftune: error: {message}")
+        assert not (tmp_path / "runs").exists()
 
 
 def test_bad_data_stops_the_pipeline_before_training(tmp_path, tiny_model):

@@ -296,7 +296,7 @@ def test_predict_round_trip_for_regression_and_multilabel(tmp_path, regression_r
         if not export.exists():
             export_model(work / "model", run[1], export, ExportConfig())
         out = tmp_path / f"{column}.jsonl"
-        predict(str(export), PredictConfig(input=str(data), output=str(out), id_column="doc"))
+        predict(str(export), PredictConfig(predict_input=str(data), predict_output=str(out), predict_id_column="doc"))
         rows = pd.read_json(out, lines=True)
         assert rows["id"].tolist() == ["r1", "r2"] and column in rows.columns
     labels = [json.loads(v) for v in rows["labels"]]

@@ -601,7 +601,8 @@ def test_the_predict_step_writes_entities_per_row(token_run, tmp_path):
     work, _, _, _ = token_run
     texts = ["We met Austin near Paris today", "nothing here"]
     pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
-    summary = predict(work / "export", PredictConfig(input=str(tmp_path / "in.csv"), output=str(tmp_path / "out.csv")))
+    summary = predict(work / "export", PredictConfig(predict_input=str(tmp_path / "in.csv"),
+                                                     predict_output=str(tmp_path / "out.csv")))
     assert summary["task"] == "token-classification" and summary["rows"] == 2
     out = pd.read_csv(tmp_path / "out.csv")
     entities = [json.loads(e) for e in out["entities"]]

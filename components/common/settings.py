@@ -19,7 +19,10 @@ task can subclass a group to change its defaults. Flat names must be unique acro
 a surface shows: :func:`settings_of` refuses two groups that declare the same name.
 
 Shared here because more than one stage reads them: :class:`PretrainedModel` (the tokenizer in
-preprocess, the weights in train) and :class:`Seeding`.
+preprocess, the weights in train), :class:`Seeding`, :class:`TextColumn` (the data's texts in
+preprocess, the texts predict reads) and :class:`GenerationBudget` (evaluate's and predict's
+greedy generations). A pipeline whose stages share a group shows it once and hands the one value
+to each of them.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Literal
 from docstring_parser import parse_from_object
 
 from kftune.components.common.errors import ConfigError
+from kftune.components.common.schema import TEXT
 from kftune.components.common.tasks import TASKS
 
 TYPES = (str, int, float, bool, dict, list)  # what KFP parameters take
@@ -164,6 +168,22 @@ class Seeding:
 
     seed: int = 42
     """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
+
+
+@dataclass
+class TextColumn:
+    """Where tabular data keeps its texts."""
+
+    text_column: str = TEXT
+    """Column holding the text: of the labelled data, and of the files predict reads (causal-lm predictions: the prompts, each asked as one user turn)."""  # noqa: E501
+
+
+@dataclass
+class GenerationBudget:
+    """How long a causal LM's greedy answers may grow."""
+
+    max_new_tokens: int = 0
+    """causal-lm: greedy generations (evaluate's answers to the test prompts, predict's) stop after this many tokens; 0: the longest training completion plus 4 (at most 256), which the export records for predict."""  # noqa: E501
 
 
 TASK_CHOICES = ("auto", *TASKS)  # the registered tasks (kftune.components.common.tasks.TASKS)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import TaskChoice, internal
+from kftune.components.common.settings import GenerationBudget, TaskChoice, internal
 
 
 @dataclass
-class EvaluateConfig(TaskChoice):
-    """Thresholds of the gate, and inference settings."""
+class EvaluateConfig(GenerationBudget, TaskChoice):
+    """Thresholds of the gate, and inference settings (the generation budget: :class:`GenerationBudget`, which
+    predict shares)."""
 
     min_accuracy: float = -1.0
     """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; token-classification: entity F1; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0, token-classification: 0.0)."""  # noqa: E501
@@ -18,8 +19,6 @@ class EvaluateConfig(TaskChoice):
     """Gate: the model's test macro F1 must be at least this."""
     min_gain_over_baseline: float = 0.0
     """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model; multilabel: f1_micro; token-classification: entity F1 over the most-frequent-tag baseline) must be at least this."""  # noqa: E501
-    max_new_tokens: int = 0
-    """causal-lm: greedy generations of the test prompts stop after this many tokens; 0: the longest training completion plus 4 (at most 256)."""  # noqa: E501
     batch_size: int = internal(128)
 
     def validate(self) -> None:

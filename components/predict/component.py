@@ -1,5 +1,6 @@
 """KFP component: batch predictions of the exported model over files of texts (thin door over predict.py;
-its settings come from PredictConfig, but ``output``, which is the component's Dataset artifact)."""
+its settings come from PredictConfig). The predictions are the component's Dataset artifact, and are also
+copied to ``predict_output`` when it is given."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -9,7 +10,7 @@ from kftune.components.common.signatures import with_settings
 from kftune.components.predict.config import PredictConfig
 
 
-@with_settings(PredictConfig, omit=("output",))
+@with_settings(PredictConfig)
 def predict(
     exported_model: Input[Model],
     predictions: Output[Dataset],
@@ -19,22 +20,20 @@ def predict(
 
     Args:
         exported_model: Exported model from export (classification ONNX, or the causal-LM Hugging Face directory).
-        predictions: Output: the predictions (JSON Lines unless output_format says otherwise): id, source file (with several), and the task's columns.
+        predictions: Output: the predictions (in predict_output_format, else the format predict_output's extension names, else JSON Lines): id, source file (with several), and the task's columns; also copied to predict_output when given.
         metrics: Output: rows, seconds, rows per second.
     """
     values = dict(locals())
     from kftune.components.common.settings import settings_from
     from kftune.components.predict.config import PredictConfig
-    from kftune.components.predict.predict import predict as run
+    from kftune.components.predict.predict import predict_to_artifact
 
     config = settings_from(PredictConfig, values)
-    fmt = "jsonl" if config.output_format == "auto" else config.output_format
-    config = settings_from(PredictConfig, values, output=predictions.path, output_format=fmt)
-    summary = run(exported_model.path, config)
+    summary = predict_to_artifact(exported_model.path, config, predictions.path)
     for name in ("rows", "seconds", "rows_per_second"):
         metrics.log_metric(name, summary[name])
-    predictions.metadata.update({"format": fmt, "task": summary["task"], "rows": summary["rows"],
-                                 "input": config.input})
+    predictions.metadata.update({"format": summary["format"], "task": summary["task"], "rows": summary["rows"],
+                                 "input": config.predict_input, "output": config.predict_output})
 
 
 def component(images: ImageScheme = ImageScheme()):

@@ -1,4 +1,12 @@
-"""Settings of the predict step: what to read, where to write, how to run the export."""
+"""Settings of the predict step: what to read, where to write, how to run the export.
+
+Every name of predict's own starts with ``predict`` so that none collides with another stage's
+in the finetune pipeline's flat run parameters (``predict_batch_size`` beside train's batch
+sizes, ``predict_input`` beside preprocess's ``data``), as pretrain's start with ``pretrain``.
+Two settings mean the same in a pipeline and are shared groups
+(:mod:`kftune.components.common.settings`): ``text_column`` (:class:`TextColumn`, preprocess's
+column of texts) and ``max_new_tokens`` (:class:`GenerationBudget`, evaluate's generation budget).
+"""
 
 from __future__ import annotations
 
@@ -6,57 +14,68 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import check_choices, internal
+from kftune.components.common.settings import GenerationBudget, TextColumn, check_choices, internal
 
 OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
+ARTIFACT_FORMAT = "jsonl"
+"""The predictions artifact's format when neither ``predict_output_format`` nor ``predict_output`` names one."""
 
 
 @dataclass
-class PredictConfig:
-    """Batch inference of an exported model over files of texts."""
+class PredictData:
+    """Which texts predict reads and where its predictions go."""
 
-    input: str = ""
-    """Texts to predict on: a CSV, TSV, JSON Lines or Parquet file, a directory of such files (read in name order), or an s3://bucket/prefix or gs://bucket/prefix of them."""  # noqa: E501
-    output: str = ""
-    """Where the predictions go: a file path, or an s3:// or gs:// URI (uploaded once complete)."""
-    output_format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
-    """Format of the predictions; auto: from the output's extension (.csv, .jsonl, .parquet)."""
-    text_column: str = "text"
-    """Column of the input holding the texts (causal-lm: the prompts, each asked as one user turn)."""
-    id_column: str = ""
-    """Column of the input whose value each prediction carries as its id; empty: the row number (from 0, counted over all input files)."""  # noqa: E501
-    batch_size: int = 32
-    """Texts run through the model at a time."""
-    max_new_tokens: int = 0
-    """causal-lm: greedy generations stop after this many tokens; 0: the export's (the evaluate step's budget)."""
-    int8: bool = False
-    """classification: run the export's dynamically quantized model.int8.onnx instead of model.onnx."""
+    predict_input: str = ""
+    """Texts to predict on with the exported model: a CSV, TSV, JSON Lines or Parquet file, a directory of such files (read in name order), or an s3://bucket/prefix or gs://bucket/prefix of them; in the finetune pipeline, empty: no predict step."""  # noqa: E501
+    predict_output: str = ""
+    """Where the predictions go: a file path, or an s3:// or gs:// URI (uploaded once complete); in a pipeline, where the predict step copies its predictions artifact (on a cluster: a URI), empty: the artifact only."""  # noqa: E501
+    predict_output_format: Literal["auto", "csv", "jsonl", "parquet"] = "auto"
+    """Format of the predictions; auto: from predict_output's extension (.csv, .jsonl, .parquet), else JSON Lines."""  # noqa: E501
+    predict_id_column: str = ""
+    """Column of predict_input whose value each prediction carries as its id; empty: the row number (from 0, counted over all input files)."""  # noqa: E501
+
+
+@dataclass
+class PredictRun:
+    """How the export runs over the texts."""
+
+    predict_batch_size: int = 32
+    """Texts run through the exported model at a time by predict."""
+    predict_int8: bool = False
+    """classification: predict with the export's dynamically quantized model.int8.onnx instead of model.onnx."""
     threads: int = internal(0)
 
+
+@dataclass
+class PredictConfig(PredictRun, GenerationBudget, TextColumn, PredictData):
+    """Batch inference of an exported model over files of texts."""
+
     def resolved_format(self) -> str:
-        """The output format: ``output_format``, or the one the output's extension names."""
-        if self.output_format != "auto":
-            return self.output_format
-        name = self.output.rstrip("/").rsplit("/", 1)[-1].lower()
+        """The output format: ``predict_output_format``, or the one ``predict_output``'s extension names
+        (:data:`ARTIFACT_FORMAT` where there is no ``predict_output``)."""
+        if self.predict_output_format != "auto":
+            return self.predict_output_format
+        if not self.predict_output:
+            return ARTIFACT_FORMAT
+        name = self.predict_output.rstrip("/").rsplit("/", 1)[-1].lower()
         for suffix, fmt in OUTPUT_SUFFIXES.items():
             if name.endswith(suffix):
                 return fmt
-        raise ConfigError(f"output {self.output!r}: cannot tell the format from its extension; expected one of "
-                          f"{', '.join(OUTPUT_SUFFIXES)}, or set output_format")
+        raise ConfigError(f"predict_output {self.predict_output!r}: cannot tell the format from its extension; "
+                          f"expected one of {', '.join(OUTPUT_SUFFIXES)}, or set predict_output_format")
 
     def validate(self) -> None:
+        """Reject values outside their ranges; ``predict_output`` may be empty (a pipeline's artifact only)."""
         check_choices(self)
-        if not self.input:
-            raise ConfigError("input is empty; expected a file, a directory or an s3:// / gs:// prefix of texts")
-        if not self.output:
-            raise ConfigError("output is empty; expected a file path or an s3:// / gs:// URI for the predictions")
+        if not self.predict_input:
+            raise ConfigError("predict_input is empty; expected a file, a directory or an s3:// / gs:// prefix of "
+                              "texts")
         self.resolved_format()
         if not self.text_column:
             raise ConfigError("text_column is empty; expected the name of the column holding the texts")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.predict_batch_size < 1:
+            raise ConfigError(f"predict_batch_size must be >= 1, got {self.predict_batch_size}")
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0 (0: the export's), got {self.max_new_tokens}")
         if self.threads < 0:
             raise ConfigError(f"threads must be >= 0 (0: the CPUs the process may use), got {self.threads}")
-

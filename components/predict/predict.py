@@ -10,13 +10,15 @@ column or an empty text fails at the start, naming the file, the row and the col
 
 One output row per input row, in input order:
 
-- ``id``: the ``id_column`` value, or the row's number counted from 0 over all input files;
+- ``id``: the ``predict_id_column`` value, or the row's number counted from 0 over all input files;
 - ``source``: the file the row came from, relative to the input (only when there are several);
 - the task's columns (:data:`ROW_COLUMNS`): classification ``label``, ``label_id``,
   ``probability`` (the label's) and ``p_<label>`` for every label; causal-lm ``generation``.
 
 The predictions are written to a temporary file and renamed onto the output path, or uploaded
-to the output URI, only once complete: a failed run leaves no output.
+to the output URI, only once complete: a failed run leaves no output. In the finetune pipeline
+(:func:`predict_to_artifact`) they are the predict step's artifact, also copied to
+``predict_output`` when it is given.
 """
 
 from __future__ import annotations
@@ -24,17 +26,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
+from kftune.components.common.atomic import atomic_file
 from kftune.components.common.datafiles import read_file
-from kftune.components.common.errors import DataError
+from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.common.exported import CAUSAL_LM, CLASSIFICATION, export_task, local_export, open_export
 from kftune.components.common.storage import fetch, is_remote, open_location
 from kftune.components.common.text import clean_text
@@ -130,7 +133,7 @@ def read_input(name: str, relative: str, path: Path, config: PredictConfig, task
     except DataError as e:  # name the file as the user gave it, not a temporary copy
         raise DataError(str(e).replace(str(path), name)) from None
     columns = ", ".join(map(str, frame.columns)) or "(none)"
-    for column, setting in ((config.text_column, "text_column"), (config.id_column, "id_column")):
+    for column, setting in ((config.text_column, "text_column"), (config.predict_id_column, "predict_id_column")):
         if column and column not in frame.columns:
             raise DataError(f"{name}: no column {column!r}; the columns are: {columns} (set {setting})")
     texts = []
@@ -141,13 +144,24 @@ def read_input(name: str, relative: str, path: Path, config: PredictConfig, task
             raise DataError(f"{name}: row {row} (counted from 0): column {config.text_column!r} is empty; "
                             "expected some text")
         texts.append(text)
-    ids = frame[config.id_column].tolist() if config.id_column else []
-    if config.id_column:
+    ids = frame[config.predict_id_column].tolist() if config.predict_id_column else []
+    if config.predict_id_column:
         for row, value in enumerate(ids):
             if _is_missing(value):
-                raise DataError(f"{name}: row {row} (counted from 0): column {config.id_column!r} (the id) is "
+                raise DataError(f"{name}: row {row} (counted from 0): column {config.predict_id_column!r} (the id) is "
                                 "empty; expected a value")
     return InputFile(name, relative, texts, ids)
+
+
+def check_inputs(config: PredictConfig, task: str) -> int:
+    """Read and check every input file as :func:`predict` does before it loads the model (columns there, no empty
+    text), for a run that predicts only after training; an ``s3://`` / ``gs://`` input is not fetched for it.
+    Returns the rows found (0 for a remote input)."""
+    config.validate()
+    if is_remote(config.predict_input):
+        return 0
+    with local_inputs(config.predict_input) as inputs:
+        return sum(len(read_input(name, relative, path, config, task).texts) for name, relative, path in inputs)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -160,27 +174,23 @@ def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
         frame.to_parquet(path, index=False)
 
 
-def write_output(frame: pd.DataFrame, output: str, fmt: str) -> None:
-    """Write the predictions so that they appear complete or not at all: a temporary file renamed into place,
-    or (a URI) uploaded once written."""
+def deliver(local: Path, output: str) -> None:
+    """Put the complete file ``local`` at ``output``: uploaded to a URI, or copied under a temporary name and
+    renamed into place, so that it appears complete or not at all."""
     if is_remote(output):
         loc = open_location(output)
-        with tempfile.TemporaryDirectory(prefix="kftune-predict-out-") as tmp:
-            local = Path(tmp) / f"predictions.{fmt}"
-            write_frame(frame, local, fmt)
-            loc.backend.upload(local, loc.uri.prefix)
+        loc.backend.upload(local, loc.uri.prefix)
         return
-    path = Path(output).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
-    os.close(fd)
-    try:
-        write_frame(frame, Path(tmp), fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(Path(output).expanduser()) as f, local.open("rb") as source:
+        shutil.copyfileobj(source, f)
+
+
+def write_output(frame: pd.DataFrame, output: str, fmt: str) -> None:
+    """Write the predictions to a temporary file, then :func:`deliver` them to ``output``."""
+    with tempfile.TemporaryDirectory(prefix="kftune-predict-out-") as tmp:
+        local = Path(tmp) / f"predictions.{fmt}"
+        write_frame(frame, local, fmt)
+        deliver(local, output)
 
 
 def _uniform_ids(ids: list) -> list:
@@ -189,28 +199,31 @@ def _uniform_ids(ids: list) -> list:
 
 
 def predict(model: str | Path, config: PredictConfig) -> dict:
-    """Predict on every text of ``config.input`` with the export at ``model``; write ``config.output``.
+    """Predict on every text of ``config.predict_input`` with the export at ``model``; write
+    ``config.predict_output``.
 
     Returns a summary: task, rows, files, seconds, rows_per_second, output, format.
     """
     from tqdm.auto import tqdm
 
     config.validate()
+    if not config.predict_output:
+        raise ConfigError("predict_output is empty; expected a file path or an s3:// / gs:// URI for the predictions")
     fmt = config.resolved_format()
     with contextlib.ExitStack() as stack:
         model_dir = stack.enter_context(local_export(str(model)))
         task = export_task(model_dir) if model_dir.is_dir() else CLASSIFICATION
         files = [read_input(name, relative, path, config, task)
-                 for name, relative, path in stack.enter_context(local_inputs(config.input))]
+                 for name, relative, path in stack.enter_context(local_inputs(config.predict_input))]
         total = sum(len(f.texts) for f in files)
         if not total:
-            raise DataError(f"{config.input}: no rows to predict on (only header rows, or empty files)")
-        exported = open_export(model_dir, int8=config.int8, max_new_tokens=config.max_new_tokens,
-                               batch_size=config.batch_size, threads=config.threads)
+            raise DataError(f"{config.predict_input}: no rows to predict on (only header rows, or empty files)")
+        exported = open_export(model_dir, int8=config.predict_int8, max_new_tokens=config.max_new_tokens,
+                               batch_size=config.predict_batch_size, threads=config.threads)
         log.info("predicting on %d text(s) from %d file(s) of %s with the %s export %s", total, len(files),
-                 config.input, task, model)
+                 config.predict_input, task, model)
         rows, start = [], time.perf_counter()
-        chunk = config.batch_size * (1 if task == CAUSAL_LM else CHUNK_BATCHES)
+        chunk = config.predict_batch_size * (1 if task == CAUSAL_LM else CHUNK_BATCHES)
         with tqdm(total=total, desc="predicting", unit="row", mininterval=2) as bar:
             for f in files:
                 for first in range(0, len(f.texts), chunk):
@@ -218,14 +231,31 @@ def predict(model: str | Path, config: PredictConfig) -> dict:
                     rows += [ROW_COLUMNS.get(task, flat_row)(o) for o in outputs]
                     bar.update(len(outputs))
         seconds = time.perf_counter() - start
-    ids = [i for f in files for i in f.ids] if config.id_column else list(range(total))
+    ids = [i for f in files for i in f.ids] if config.predict_id_column else list(range(total))
     columns = {ID: _uniform_ids(ids)}
     if len(files) > 1:
         columns[SOURCE] = [f.relative for f in files for _ in f.texts]
     frame = pd.concat([pd.DataFrame(columns), pd.DataFrame(rows, index=range(total))], axis=1)
-    write_output(frame, config.output, fmt)
+    write_output(frame, config.predict_output, fmt)
     summary = {"task": task, "rows": total, "files": len(files), "seconds": round(seconds, 3),
-               "rows_per_second": round(total / seconds, 2) if seconds > 0 else 0.0, "output": config.output,
+               "rows_per_second": round(total / seconds, 2) if seconds > 0 else 0.0, "output": config.predict_output,
                "format": fmt}
-    log.info("wrote %d prediction(s) to %s (%s): %.1f rows/s", total, config.output, fmt, summary["rows_per_second"])
+    log.info("wrote %d prediction(s) to %s (%s): %.1f rows/s", total, config.predict_output, fmt,
+             summary["rows_per_second"])
     return summary
+
+
+def predict_to_artifact(model: str | Path, config: PredictConfig, artifact: str | Path) -> dict:
+    """The pipeline's predict step: :func:`predict` into the file ``artifact`` (in ``predict_output_format``, or
+    the format ``predict_output`` names, else JSON Lines), then a copy to ``config.predict_output`` when given.
+
+    Returns :func:`predict`'s summary, its ``output`` the ``predict_output`` (or the artifact) and ``artifact``
+    the artifact's path.
+    """
+    config.validate()  # before any work: a bad predict_output fails here, not after predicting
+    fmt = config.resolved_format()
+    summary = predict(model, replace(config, predict_output=str(artifact), predict_output_format=fmt))
+    if config.predict_output:
+        deliver(Path(artifact), config.predict_output)
+        log.info("copied the predictions to %s", config.predict_output)
+    return summary | {"output": config.predict_output or str(artifact), "artifact": str(artifact)}

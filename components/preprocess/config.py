@@ -6,19 +6,17 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.components.common.errors import ConfigError
-from kftune.components.common.schema import LABEL, TEXT
-from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, check_choices
+from kftune.components.common.schema import LABEL
+from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, TextColumn, check_choices
 from kftune.components.common.tasks.token_classification import FORMATS as TOKEN_FORMATS
 
 
 @dataclass
-class DataSource:
-    """The labelled input data."""
+class DataSource(TextColumn):
+    """The labelled input data (its text column: :class:`TextColumn`, which predict shares)."""
 
     data: str = "auto"
     """Input data: a CSV/TSV/JSONL/Parquet file, a directory of such shards or a datasets.save_to_disk directory, local or s3://bucket/path or gs://bucket/path (credentials from the environment), for token-classification JSONL/JSON/Parquet rows with tokens and tags lists (IOB2; IOB1 and BIOES converted) or a CoNLL-style .conll/.iob/.bio file (a token and its tag per line, the tag last), bundled:rotten-tomatoes (Rotten Tomatoes reviews, positive/negative), bundled:rotten-tomatoes-instructions (the same reviews as prompt/completion pairs), bundled:vader-sentiment (VADER's tweets and Amazon snippets rated for sentiment intensity, -4..4), bundled:wnut16-entity-types (WNUT-16 tweets with the set of entity types each mentions) or bundled:wnut16 (the same tweets with a BIO tag per token); auto: the task's bundled data (classification: bundled:rotten-tomatoes, causal-lm: bundled:rotten-tomatoes-instructions, regression: bundled:vader-sentiment, multilabel: bundled:wnut16-entity-types, token-classification: bundled:wnut16)."""  # noqa: E501
-    text_column: str = TEXT
-    """Column holding the text."""
     label_column: str = LABEL
     """Column holding the label: a class (strings or integers; classification), a number (regression) or a list of labels (multilabel: a JSON list, a Parquet list, or text joined by label_separator)."""  # noqa: E501
     label_separator: str = ""

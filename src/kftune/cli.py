@@ -31,6 +31,8 @@ def preflight(arguments: dict) -> None:
     from kftune.components.common.training.config import Launch, TrainConfig
     from kftune.components.common.training.loop import resolve_precision
     from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.predict.config import PredictConfig
+    from kftune.components.predict.predict import check_inputs
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows, read_data
 
@@ -48,12 +50,19 @@ def preflight(arguments: dict) -> None:
                           "there); a local run can publish (--publish-uri) and serve it (kftune serve)")
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     settings_from(EvaluateConfig, arguments).validate()
+    if arguments.get("predict_input"):
+        settings_from(PredictConfig, arguments).validate()
+    elif arguments.get("predict_output"):
+        raise KftuneError("predict_output is set but predict_input is empty: set --predict-input, the texts to "
+                          "predict on after export")
     resolve_model(config.model)
     prepare, frame, _ = read_data(settings_from(PreprocessConfig, arguments))  # task auto: decided from the data
     if prepare.task == "causal-lm":
         prepare_instructions(prepare, frame=frame)
     else:
         prepare_rows(prepare, frame)
+    if arguments.get("predict_input"):  # the texts to predict on after export: their files and columns, now
+        check_inputs(settings_from(PredictConfig, arguments), prepare.task)
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
@@ -105,6 +114,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"published:        {results['artifacts']['published']}")
         else:
             print(f"not published:    the gate failed, so nothing was written under {arguments['publish_uri']}")
+    if arguments["predict_input"]:
+        if result.predictions:
+            if arguments["predict_output"]:
+                results["artifacts"]["predictions_output"] = arguments["predict_output"]
+            print(f"predictions:      {arguments['predict_output'] or result.predictions}")
+        else:
+            print(f"not predicted:    the gate failed, so the model made no predictions on "
+                  f"{arguments['predict_input']}")
     _print_artifacts(results, result.seconds, args.results)
     return 0
 
@@ -246,9 +263,10 @@ def _add_predict_parser(sub) -> None:
 
     parser = sub.add_parser(
         "predict", help="batch predictions of an exported model over a file, directory or bucket prefix of texts",
-        description="Run an export over every text of --input (a CSV, TSV, JSON Lines or Parquet file, a directory "
-        "of them, or an s3:// / gs:// prefix) and write one prediction row per input row to --output (a path or "
-        "URI; CSV, JSON Lines or Parquet from its extension): id (--id-column, else the row number), source file "
+        description="Run an export over every text of --predict-input (a CSV, TSV, JSON Lines or Parquet file, a "
+        "directory of them, or an s3:// / gs:// prefix) and write one prediction row per input row to "
+        "--predict-output (a path or URI; CSV, JSON Lines or Parquet from its extension): id (--predict-id-column, "
+        "else the row number), source file "
         "(with several), and classification label, label_id, probability and p_<label> columns, or causal-lm "
         "generations. Prints a JSON summary (rows, seconds, rows_per_second).",
     )
@@ -298,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub, "run", cmd_run, finetune.LOCAL_SETTINGS,
         help="run the finetune pipeline on this machine (kfp.local, no cluster)",
         description="Run the finetune pipeline locally with kfp.local: preprocess, train (torchrun), "
-        "evaluate against baselines, export ONNX. With no flags: the bundled Rotten Tomatoes "
+        "evaluate against baselines, export ONNX; when the gate passes, predict on --predict-input (to "
+        "--predict-output) and publish to --publish-uri where given. With no flags: the bundled Rotten Tomatoes "
         "reviews and the bundled all-MiniLM-L6-v2.",
         results="the test-split results and artifact paths",
     )

@@ -12,7 +12,7 @@ import json
 
 from kftune.components.common.settings import Setting, settings_of
 
-METAVARS = {"data": "PATH", "model": "DIR_OR_ID", "input": "PATH_OR_URI", "output": "PATH_OR_URI"}
+METAVARS = {"data": "PATH", "model": "DIR_OR_ID", "predict_input": "PATH_OR_URI", "predict_output": "PATH_OR_URI"}
 
 
 def _json(kind: type):
