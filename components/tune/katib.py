@@ -123,7 +123,10 @@ def objective_metric(metric: str) -> str:
 
 
 def default_direction(metric: str) -> str:
-    return "minimize" if metric == "loss" else "maximize"
+    """minimize a loss or an error (rmse, mae), maximize the other scores."""
+    from kftune.components.common.tasks import search_direction
+
+    return search_direction(metric)
 
 
 @dataclass
@@ -146,7 +149,7 @@ class KatibRequest:
     algorithm: str = "random"
     metric: str = "f1_macro"
     direction: str | None = None
-    """``maximize`` or ``minimize`` (None: minimize for loss, maximize otherwise)."""
+    """``maximize`` or ``minimize`` (None: minimize for a loss or an error, maximize otherwise)."""
     additional_metrics: tuple[str, ...] = ("f1_macro", "accuracy", "loss")
     """Validation scores the trials print besides the objective (a causal LM has only loss)."""
     max_trials: int = 12
