@@ -21,6 +21,11 @@ from tests.task_data import write_task_data
 # the task, its metric_for_best_model and the direction that improves it
 OBJECTIVES = {"regression": ("rmse", "minimize"), "multilabel": ("f1_micro", "maximize"),
               "token-classification": ("f1", "maximize")}
+# rows of data, batch size, epochs and the two learning rates searched: enough that the tiny model learns something
+# with one rate and not with the other, so that the trials' scores differ (multilabel in one epoch learns nothing
+# with either rate: both trials score the f1_micro of answering every label)
+SLICES = {"regression": (200, 8, 1, [1e-2, 1e-5]), "multilabel": (400, 8, 3, [3e-3, 1e-5]),
+          "token-classification": (200, 8, 1, [1e-2, 1e-5])}
 
 
 @pytest.mark.parametrize("task", list(OBJECTIVES))
@@ -37,12 +42,14 @@ def test_the_tasks_metric_and_its_direction_are_the_searchs(task):
 @pytest.mark.parametrize("task", list(OBJECTIVES))
 def test_tune_command_searches_the_tasks_metric(task, tmp_path, tiny_model, capsys):
     metric, direction = OBJECTIVES[task]
-    data = write_task_data(task, tmp_path, 200)
+    rows, batch_size, epochs, rates = SLICES[task]
+    data = write_task_data(task, tmp_path, rows)
     results_file = tmp_path / "results.json"
     code = main(["tune", "--task", task, "--data", str(data), "--model", str(tiny_model), "--max-seq-length", "32",
                  "--algorithm", "grid", "--max-trials", "2", "--no-include-defaults",
-                 "--search-space", '{"learning_rate": [1e-2, 1e-5]}', "--num-train-epochs", "1",
-                 "--per-device-train-batch-size", "8", "--min-gain-over-baseline", "-1", "--no-quantize-int8",
+                 "--search-space", json.dumps({"learning_rate": rates}), "--num-train-epochs", str(epochs),
+                 "--per-device-train-batch-size", str(batch_size), "--min-gain-over-baseline", "-1",
+                 "--no-quantize-int8",
                  "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
     assert code == 0
     results = json.loads(results_file.read_text())
@@ -50,9 +57,9 @@ def test_tune_command_searches_the_tasks_metric(task, tmp_path, tiny_model, caps
     assert (search["metric"], search["direction"]) == (metric, direction)
     trials = search["trials"]
     assert [t["state"] for t in trials] == ["complete", "complete"], trials
-    assert sorted(t["params"]["learning_rate"] for t in trials) == [1e-5, 1e-2]
+    assert [t["params"]["learning_rate"] for t in trials] == rates
     for t in trials:  # a trial's score is its best epoch's validation metric, which it reports with the others
-        assert t["score"] == t["metrics"][f"val_{metric}"] == t["epoch_scores"][0]
+        assert t["score"] == t["metrics"][f"val_{metric}"] == t["epoch_scores"][t["best_epoch"] - 1]
     scores = [t["score"] for t in trials]
     assert scores[0] != scores[1], trials  # otherwise the direction would not show
     assert search["best"]["score"] == (min(scores) if direction == "minimize" else max(scores))
