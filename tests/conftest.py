@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny randomly initialised BERT built from the bundled config, small
-slices of the bundled real data, and a preprocessed dataset / trained model made once."""
+slices of the bundled real data, and a preprocessed dataset / trained model made once; for
+regression, multilabel and token classification a run on the synthetic data of
+tests/task_data.py, made once for the modules that test the task and the ones that serve it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.causal_lm import make_tiny_causal_lm
+from tests.task_data import distinct_toy_sentences, write_conll, write_multilabel_jsonl, write_regression_csv
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,3 +121,57 @@ def trained_lm(tmp_path_factory, prepared_lm, tiny_causal_lm) -> Path:
     train(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=2, learning_rate=1e-2,
                       per_device_train_batch_size=16, logging_steps=5), prepared_lm, out)
     return out
+
+
+def _task_run(work: Path, data: Path, model: Path) -> tuple:
+    """``data`` preprocessed (task auto) and the tiny model trained on it for 6 epochs in this process."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+
+    dataset = work / "dataset"
+    stats = preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), dataset)
+    config = TrainConfig(model=str(model), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=8,
+                         warmup_ratio=0.1, early_stopping_patience=0, save_steps=0, logging_steps=20)
+    history = train(config, dataset, work / "model")
+    return work, dataset, stats, history
+
+
+@pytest.fixture(scope="session")
+def regression_run(tmp_path_factory, tiny_model) -> tuple:
+    """(work dir, dataset, preprocess stats, training history): 500 cue texts with scores."""
+    work = tmp_path_factory.mktemp("regression")
+    return _task_run(work, write_regression_csv(work / "scores.csv", 500), tiny_model)
+
+
+@pytest.fixture(scope="session")
+def multilabel_run(tmp_path_factory, tiny_model) -> tuple:
+    """(work dir, dataset, preprocess stats, training history): 500 cue texts with label sets (JSON Lines)."""
+    work = tmp_path_factory.mktemp("multilabel")
+    return _task_run(work, write_multilabel_jsonl(work / "tags.jsonl", 500), tiny_model)
+
+
+@pytest.fixture(scope="session")
+def token_run(tmp_path_factory, tiny_model) -> tuple:
+    """A CoNLL file through preprocess (task auto), train, evaluate and export (to ``work/export``), with the tiny
+    BERT: (work dir, preprocess stats, evaluation, export report)."""
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate
+    from kftune.components.export.config import ExportConfig
+    from kftune.components.export.export import export_model
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+
+    work = tmp_path_factory.mktemp("token-run")
+    tokens, tags = distinct_toy_sentences(400, seed=1)
+    tags[0] = ["I-PER" if t == "B-PER" else t for t in tags[0]]  # IOB1: converted and counted
+    data = write_conll(work / "people.conll", tokens, tags)
+    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), seed=1), work / "dataset")
+    train(TrainConfig(task="token-classification", model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
+                      per_device_train_batch_size=16, logging_steps=10), work / "dataset", work / "model")
+    result = evaluate(work / "model", work / "dataset", EvaluateConfig())
+    export = export_model(work / "model", work / "dataset", work / "export", ExportConfig(quantize_int8=False))
+    return work, stats, result, export

@@ -9,68 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from tests.object_servers import HOST, MotoS3, free_port
+from tests.object_servers import HOST, MotoS3
+from tests.serving import MODEL_NAME, Server, tokenized_like_preprocess, v2_body
 
-MODEL_NAME = "sentiment"
 MAX_SEQ_LENGTH = 128  # preprocess's default, used by the `prepared` fixture
-
-
-class Server:
-    """``kftune serve`` in a subprocess; its output goes to ``log``."""
-
-    def __init__(self, model: str, log: Path, *extra: str, threads: int = 1, env: dict | None = None):
-        self.http_port, self.grpc_port = free_port(), free_port()
-        self.url = f"http://{HOST}:{self.http_port}"
-        self.log = log
-        command = [sys.executable, "-m", "kftune", "serve", model, "--model-name", MODEL_NAME,
-                   "--threads", str(threads), "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
-                   *extra]
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
-                                         env={**os.environ, **(env or {})})
-
-    def wait_ready(self, timeout: float = 90) -> Server:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"kftune serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if requests.get(f"{self.url}/v2/health/ready", timeout=1).status_code == 200:
-                    return self
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"kftune serve not ready after {timeout} s:\n{self.log.read_text()}")
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise
-
-    def v1(self, body, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/v1/models/{MODEL_NAME}:predict", json=body, timeout=30, **kwargs)
-
-    def v2(self, body, **kwargs) -> requests.Response:
-        return requests.post(f"{self.url}/v2/models/{MODEL_NAME}/infer", json=body, timeout=30, **kwargs)
-
-
-def v2_body(texts: list[str]) -> dict:
-    return {"id": "req-1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}]}
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +48,6 @@ def evaluate_predictions(model_dir: Path, split) -> tuple[list[str], np.ndarray]
     model = load_classifier(model_dir)
     probabilities = softmax(predict_logits(torch_runner(model), split, 64))
     return [model.config.id2label[int(i)] for i in probabilities.argmax(1)], probabilities
-
-
-def tokenized_like_preprocess(texts: list[str], model_dir: Path):
-    """A split made from raw texts the way preprocess makes one: cleaned, truncated at max_seq_length."""
-    import datasets
-    from transformers import AutoTokenizer
-
-    from kftune.components.common.text import clean_text
-
-    encoded = AutoTokenizer.from_pretrained(str(model_dir))([clean_text(t) for t in texts], truncation=True,
-                                                             max_length=MAX_SEQ_LENGTH)
-    return datasets.Dataset.from_dict(dict(encoded))
 
 
 def test_v1_and_v2_answer_what_evaluate_predicts(server, prepared, trained):
@@ -155,7 +93,7 @@ def test_raw_texts_are_cleaned_and_truncated_as_in_preprocess(server, trained, p
         "  <p>A <b>sharp</b>,   funny script &amp; a cast that never   misses.</p>\n",
         " ".join(["an overlong review that keeps going and going"] * 40),  # far beyond 128 tokens
     ]
-    labels, probabilities = evaluate_predictions(trained, tokenized_like_preprocess(raw, trained))
+    labels, probabilities = evaluate_predictions(trained, tokenized_like_preprocess(raw, trained, MAX_SEQ_LENGTH))
     predictions = server.v1({"instances": raw}).json()["predictions"]
     assert [p["label"] for p in predictions] == labels
     np.testing.assert_allclose([[p["probabilities"][n] for n in names] for p in predictions], probabilities,

@@ -1,15 +1,12 @@
 """The task registry, and regression and multilabel end to end on tiny slices with a tiny random BERT.
 
-The data are cue texts (tests/test_learning.py): a few neutral words around cue words whose
-presence decides the target, so a model that scores better than the baselines' floor on held-out
-texts has learnt something. Regression: the target is the sum of the cues' values plus a small
-jitter. Multilabel: each cue group present is a label.
+The data are the cue texts of tests/task_data.py; the runs (``regression_run``, ``multilabel_run``) are fixtures
+of tests/conftest.py, shared with the serving tests.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import re
 from pathlib import Path
 
@@ -31,35 +28,7 @@ from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
-
-NEUTRAL = ("the", "film", "plot", "actor", "scene", "story", "was", "and", "its", "with", "a", "of")
-CUES = {"music": ("song", "melody", "score"), "acting": ("actor", "performance", "cast"),
-        "violence": ("gun", "fight", "blood")}
-VALUES = {"wonderful": 2.0, "superb": 1.5, "good": 0.7, "dull": -0.8, "awful": -1.7, "dreadful": -2.2}
-
-
-def regression_frame(rows: int, seed: int = 0) -> pd.DataFrame:
-    rng = random.Random(seed)
-    texts = {}
-    while len(texts) < rows:
-        cues = rng.sample(sorted(VALUES), rng.randint(1, 2))
-        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(4, 8))]
-        for cue in cues:
-            words.insert(rng.randint(0, len(words)), cue)
-        texts.setdefault(" ".join(words), round(sum(VALUES[c] for c in cues) + rng.uniform(-0.2, 0.2), 3))
-    return pd.DataFrame({"text": list(texts), "label": list(texts.values())})
-
-
-def multilabel_frame(rows: int, seed: int = 0) -> pd.DataFrame:
-    rng = random.Random(seed)
-    texts = {}
-    while len(texts) < rows:
-        groups = [g for g in CUES if rng.random() < 0.45]
-        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(4, 8))]
-        for group in groups:
-            words.insert(rng.randint(0, len(words)), rng.choice(CUES[group]))
-        texts.setdefault(" ".join(words), groups)
-    return pd.DataFrame({"text": list(texts), "label": [json.dumps(v) for v in texts.values()]})
+from tests.task_data import CUES, multilabel_frame, regression_frame
 
 
 def test_the_registry_is_the_one_list_of_tasks():
@@ -112,19 +81,6 @@ def test_gain_is_positive_where_the_model_is_better():
     assert regression.gain("rmse", 0.5, 0.8) == pytest.approx(0.3)
     assert regression.gain("spearman", 0.9, 0.7) == pytest.approx(0.2)
     assert TASKS["multilabel"].gain("hamming_loss", 0.1, 0.2) == pytest.approx(0.1)
-
-
-@pytest.fixture(scope="module")
-def regression_run(tmp_path_factory, tiny_model):
-    work = tmp_path_factory.mktemp("regression")
-    data = work / "scores.csv"
-    regression_frame(500).to_csv(data, index=False)
-    dataset = work / "dataset"
-    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), max_seq_length=32, seed=0), dataset)
-    config = TrainConfig(model=str(tiny_model), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=8,
-                         warmup_ratio=0.1, early_stopping_patience=0, save_steps=0, logging_steps=20)
-    history = train(config, dataset, work / "model")
-    return work, dataset, stats, history
 
 
 def test_regression_detected_normalised_and_stratified(regression_run):
@@ -192,20 +148,6 @@ def test_regression_bad_target_is_one_line_and_writes_nothing(tmp_path, tiny_mod
     assert str(error.value).count("\n") == 0
     assert "bad.csv" in str(error.value) and "row 8" in str(error.value) and "'label'" in str(error.value)
     assert not (tmp_path / "out").exists()
-
-
-@pytest.fixture(scope="module")
-def multilabel_run(tmp_path_factory, tiny_model):
-    work = tmp_path_factory.mktemp("multilabel")
-    data = work / "tags.jsonl"
-    frame = multilabel_frame(500)
-    frame.assign(label=[json.loads(v) for v in frame["label"]]).to_json(data, orient="records", lines=True)
-    dataset = work / "dataset"
-    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), max_seq_length=32, seed=0), dataset)
-    config = TrainConfig(model=str(tiny_model), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=8,
-                         warmup_ratio=0.1, early_stopping_patience=0, save_steps=0, logging_steps=20)
-    history = train(config, dataset, work / "model")
-    return work, dataset, stats, history
 
 
 def test_multilabel_learns_with_thresholds_chosen_on_validation(multilabel_run):

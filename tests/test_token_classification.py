@@ -10,6 +10,7 @@ import pytest
 
 from kftune.components.common.errors import DataError
 from kftune.components.common.tasks import token_classification as tc
+from tests.task_data import toy_sentences, write_conll
 
 CONLL = """-DOCSTART- -X- -X- O
 
@@ -364,25 +365,6 @@ def tiny_token_model(num_labels: int):
     return BertForTokenClassification(config)
 
 
-def toy_sentences(n: int, seed: int = 0, ambiguous: bool = False):
-    """Two templates; with ``ambiguous`` the same words are people in one and places in the other, so only the
-    context tells (the most-frequent-tag baseline cannot)."""
-    import random
-
-    rng = random.Random(seed)
-    people, places = ["Ada", "Alan", "Grace", "Linus"], ["Paris", "Rome", "Oslo", "Lima"]
-    if ambiguous:
-        people = places = ["Jordan", "Georgia", "Austin", "Florence", "Paris", "Chelsea"]
-    sentences = []
-    for _ in range(n):
-        person, place = rng.choice(people), rng.choice(places)
-        if rng.random() < 0.5:
-            sentences.append(([person, "Smith", "lives", "in", place], ["B-PER", "I-PER", "O", "O", "B-LOC"]))
-        else:
-            sentences.append((["We", "met", person, "near", place, "today"], ["O", "O", "B-PER", "O", "B-LOC", "O"]))
-    return [s[0] for s in sentences], [s[1] for s in sentences]
-
-
 def test_predict_entities_on_raw_text(tokenizer):
     from kftune.components.common.inference import torch_runner
 
@@ -475,39 +457,6 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
 
 
 # --- the stages --------------------------------------------------------------------------------
-
-
-def write_conll(path, tokens, tags):
-    path.write_text("-DOCSTART- O\n\n" + "\n\n".join("\n".join(f"{w} {t}" for w, t in zip(ws, ts, strict=True))
-                                                   for ws, ts in zip(tokens, tags, strict=True)) + "\n",
-                    encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def token_run(tmp_path_factory, tiny_model):
-    """A CoNLL file through preprocess (task auto), train, evaluate and export, with the tiny BERT."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
-    from kftune.components.evaluate.config import EvaluateConfig
-    from kftune.components.evaluate.evaluate import evaluate
-    from kftune.components.export.config import ExportConfig
-    from kftune.components.export.export import export_model
-    from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import preprocess
-
-    work = tmp_path_factory.mktemp("token-run")
-    tokens, tags = toy_sentences(400, seed=1, ambiguous=True)
-    tokens = [ws + [f"x{i}"] for i, ws in enumerate(tokens)]  # distinct sentences (no duplicates dropped)
-    tags = [ts + ["O"] for ts in tags]
-    tags[0] = ["I-PER" if t == "B-PER" else t for t in tags[0]]  # IOB1: converted and counted
-    data = write_conll(work / "people.conll", tokens, tags)
-    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), seed=1), work / "dataset")
-    train(TrainConfig(task="token-classification", model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
-                      per_device_train_batch_size=16, logging_steps=10), work / "dataset", work / "model")
-    result = evaluate(work / "model", work / "dataset", EvaluateConfig())
-    export = export_model(work / "model", work / "dataset", work / "export", ExportConfig(quantize_int8=False))
-    return work, stats, result, export
 
 
 def test_preprocess_writes_a_token_dataset(token_run):

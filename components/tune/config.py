@@ -40,10 +40,9 @@ class SearchSettings:
         """The direction of the search on ``metric``: the setting, or (auto) the one that improves it."""
         if self.direction != "auto":
             return self.direction
-        from kftune.components.common.tasks import TASKS
+        from kftune.components.common.tasks import search_direction
 
-        errors = set().union(*(task.lower_is_better for task in TASKS.values()))
-        return "minimize" if metric in errors else "maximize"
+        return search_direction(metric)
 
     def validate(self) -> None:
         check_choices(self)

@@ -8,8 +8,9 @@ finishes, deletes it, and returns the best parameters with a summary of every tr
 Each trial runs ``python -m kftune.components.tune.trial`` (torchrun, like the train
 component), with the searched options as ``--set NAME=VALUE`` and its output under
 ``<run_dir>/trials/<trial name>`` (checkpoints beside it, so no two trials share any). When it
-is done it prints the best epoch's ``val_f1_macro=...``, ``val_accuracy=...`` and
-``val_loss=...`` on stdout: Katib's ``StdOut`` metrics collector (injected into the trial pods
+is done it prints the best epoch's validation scores, ``val_<metric>=...`` for each of the task's
+(``val_f1_macro``, ``val_accuracy``, ``val_loss`` for classification; ``val_rmse`` ... for
+regression), on stdout: Katib's ``StdOut`` metrics collector (injected into the trial pods
 by Katib's webhook, in namespaces labelled ``katib.kubeflow.org/metrics-collector-injection:
 enabled`` as Kubeflow profiles are) reads them, with the ``latest`` strategy for every metric.
 
@@ -123,7 +124,10 @@ def objective_metric(metric: str) -> str:
 
 
 def default_direction(metric: str) -> str:
-    return "minimize" if metric == "loss" else "maximize"
+    """minimize a loss or an error (rmse, mae), maximize the other scores."""
+    from kftune.components.common.tasks import search_direction
+
+    return search_direction(metric)
 
 
 @dataclass
@@ -146,7 +150,7 @@ class KatibRequest:
     algorithm: str = "random"
     metric: str = "f1_macro"
     direction: str | None = None
-    """``maximize`` or ``minimize`` (None: minimize for loss, maximize otherwise)."""
+    """``maximize`` or ``minimize`` (None: minimize for a loss or an error, maximize otherwise)."""
     additional_metrics: tuple[str, ...] = ("f1_macro", "accuracy", "loss")
     """Validation scores the trials print besides the objective (a causal LM has only loss)."""
     max_trials: int = 12

@@ -24,14 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 
 from kftune.components.common.errors import KftuneError
-from kftune.components.common.training.config import Launch, TrainConfig
+from kftune.components.common.training.config import BEST_METRICS, Launch, TrainConfig
 from kftune.components.common.training.launch import launch_training
 from kftune.components.common.training.search_space import apply_hyperparameters
 
 log = logging.getLogger(__name__)
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
-VAL_METRICS = ("f1_macro", "accuracy", "loss")
 
 
 def run_trial(
@@ -67,7 +66,8 @@ def run_trial(
         result.update(
             state=PRUNED if "pruned_at_epoch" in history else COMPLETE,
             score=history["best_score"],
-            metrics={f"val_{name}": best[f"val_{name}"] for name in VAL_METRICS if f"val_{name}" in best},
+            # every validation score: Katib reads the objective (val_<metric_for_best_model>) and the task's others
+            metrics={k: v for k, v in best.items() if k.startswith("val_") and isinstance(v, (int, float))},
             epoch_scores=[e[f"val_{metric}"] for e in history["epochs"]],
             best_epoch=history["best_epoch"],
         )
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="base TrainConfig as JSON")
     parser.add_argument("--dataset", required=True, type=Path, help="preprocessed dataset directory")
     parser.add_argument("--output", required=True, type=Path, help="where the trial's model is written")
-    parser.add_argument("--metric", default="f1_macro", choices=VAL_METRICS)
+    parser.add_argument("--metric", default="f1_macro", choices=BEST_METRICS)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="a searched option")
     parser.add_argument("--keep-model", action="store_true")
     args = parser.parse_args(argv)

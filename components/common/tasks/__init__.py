@@ -43,6 +43,13 @@ def task_named(name: str) -> Task:
     return TASKS[name]
 
 
+def search_direction(metric: str) -> str:
+    """The direction that improves validation ``metric``: ``minimize`` for a loss or an error (any task's
+    ``lower_is_better``: loss, rmse, mae), ``maximize`` for the others."""
+    errors = set().union(*(task.lower_is_better for task in TASKS.values()))
+    return "minimize" if metric in errors else "maximize"
+
+
 def encoder_task(name: str) -> EncoderTask:
     task = task_named(name)
     if not isinstance(task, EncoderTask):

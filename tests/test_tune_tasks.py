@@ -1,0 +1,100 @@
+"""The tune pipeline for regression, multilabel and token classification, run as a user runs it: ``kftune tune
+--task T`` on a small file of that task's data (tests/task_data.py) with the tiny random BERT, a grid of two
+learning rates, one epoch each. The search must optimise the task's validation metric in the direction that
+improves it, and the final model, its evaluation and its export must carry the task.
+
+Also the pieces a Katib search of these tasks needs (it runs on a cluster, so it is not run here): the direction
+of each task's metric, and the trial command scoring and printing it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kftune.cli import main
+from kftune.components.common.tasks import TASKS
+from tests.task_data import write_task_data
+
+# the task, its metric_for_best_model and the direction that improves it
+OBJECTIVES = {"regression": ("rmse", "minimize"), "multilabel": ("f1_micro", "maximize"),
+              "token-classification": ("f1", "maximize")}
+# rows of data, batch size, epochs and the two learning rates searched: enough that the tiny model learns something
+# with one rate and not with the other, so that the trials' scores differ (multilabel in one epoch learns nothing
+# with either rate: both trials score the f1_micro of answering every label)
+SLICES = {"regression": (200, 8, 1, [1e-2, 1e-5]), "multilabel": (400, 8, 3, [3e-3, 1e-5]),
+          "token-classification": (200, 8, 1, [1e-2, 1e-5])}
+
+
+@pytest.mark.parametrize("task", list(OBJECTIVES))
+def test_the_tasks_metric_and_its_direction_are_the_searchs(task):
+    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.katib import default_direction
+
+    metric, direction = OBJECTIVES[task]
+    assert TASKS[task].defaults["metric_for_best_model"] == TASKS[task].primary == metric
+    assert SearchSettings().direction_for(metric) == default_direction(metric) == direction
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", list(OBJECTIVES))
+def test_tune_command_searches_the_tasks_metric(task, tmp_path, tiny_model, capsys):
+    metric, direction = OBJECTIVES[task]
+    rows, batch_size, epochs, rates = SLICES[task]
+    data = write_task_data(task, tmp_path, rows)
+    results_file = tmp_path / "results.json"
+    code = main(["tune", "--task", task, "--data", str(data), "--model", str(tiny_model), "--max-seq-length", "32",
+                 "--algorithm", "grid", "--max-trials", "2", "--no-include-defaults",
+                 "--search-space", json.dumps({"learning_rate": rates}), "--num-train-epochs", str(epochs),
+                 "--per-device-train-batch-size", str(batch_size), "--min-gain-over-baseline", "-1",
+                 "--no-quantize-int8",
+                 "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
+    assert code == 0
+    results = json.loads(results_file.read_text())
+    search = results["search"]
+    assert (search["metric"], search["direction"]) == (metric, direction)
+    trials = search["trials"]
+    assert [t["state"] for t in trials] == ["complete", "complete"], trials
+    assert [t["params"]["learning_rate"] for t in trials] == rates
+    for t in trials:  # a trial's score is its best epoch's validation metric, which it reports with the others
+        assert t["score"] == t["metrics"][f"val_{metric}"] == t["epoch_scores"][t["best_epoch"] - 1]
+    scores = [t["score"] for t in trials]
+    assert scores[0] != scores[1], trials  # otherwise the direction would not show
+    assert search["best"]["score"] == (min(scores) if direction == "minimize" else max(scores))
+    assert results["best_params"] == search["best"]["params"]
+    out = capsys.readouterr().out
+    assert f"({direction} validation {metric})" in out
+
+    # the final model trained with the best parameters, on the task's metric, and was evaluated and exported as it
+    model_dir = Path(results["artifacts"]["model"])
+    history = json.loads((model_dir / "training_history.json").read_text())
+    assert history["best_metric"] == metric
+    assert history["config"]["task"] == task
+    assert history["config"]["learning_rate"] == search["best"]["params"]["learning_rate"]
+    assert results["task"] == task and results["baseline"]["name"] == TASKS[task].baseline
+    assert set(TASKS[task].metrics) <= set(results["model"]) and metric in results["delta_vs_baseline"]
+    exported = Path(results["artifacts"]["onnx_dir"])
+    assert json.loads((exported / "export_report.json").read_text())["task"] == task
+    assert (exported / "model.onnx").is_file()
+
+
+def test_a_katib_trial_scores_and_prints_the_tasks_metric(tmp_path, regression_run, tiny_model, capsys):
+    """The trial command Katib runs takes the task's metric and prints it (and the task's other scores) for
+    Katib's StdOut collector; here a regression trial on rmse."""
+    from dataclasses import asdict
+
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.tune.trial import main as trial_main
+
+    _, dataset, _, _ = regression_run
+    config = tmp_path / "config.json"
+    base = TrainConfig(task="regression", model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=32,
+                       save_steps=0)
+    config.write_text(json.dumps(asdict(base)))
+    assert trial_main(["--config", str(config), "--dataset", str(dataset), "--output", str(tmp_path / "trial"),
+                       "--metric", "rmse", "--set", "learning_rate=3e-3"]) == 0
+    printed = dict(line.split("=") for line in capsys.readouterr().out.split())
+    assert {"val_rmse", "val_mae", "val_r2", "val_pearson", "val_spearman", "val_loss"} <= set(printed)
+    assert float(printed["val_rmse"]) > 0
