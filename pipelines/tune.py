@@ -65,8 +65,8 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
-        description="Search hyperparameters (grid, random, Optuna TPE or Katib), then fine-tune with the best, "
-        "evaluate against baselines and export (task classification or causal-lm).",
+        description="Search hyperparameters (grid, random, Optuna TPE or Katib) on the task's validation metric, then "
+        "fine-tune with the best, evaluate against baselines and export.",
     )
     @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def tune() -> Outputs:

@@ -98,3 +98,18 @@ def test_a_katib_trial_scores_and_prints_the_tasks_metric(tmp_path, regression_r
     printed = dict(line.split("=") for line in capsys.readouterr().out.split())
     assert {"val_rmse", "val_mae", "val_r2", "val_pearson", "val_spearman", "val_loss"} <= set(printed)
     assert float(printed["val_rmse"]) > 0
+
+
+def test_the_gain_gate_is_bounded_only_where_the_primary_metric_is_a_score():
+    """RMSE gains are in the target's units (a gain below -1 switches the regression gate off); a score's gain is in
+    [-1, 1]; under auto the task is not known yet."""
+    from kftune.components.common.errors import ConfigError
+    from kftune.components.evaluate.config import EvaluateConfig
+
+    EvaluateConfig(task="regression", min_gain_over_baseline=-5.0).validate()
+    EvaluateConfig(task="auto", min_gain_over_baseline=-5.0).validate()
+    for task in ("classification", "multilabel", "token-classification"):
+        with pytest.raises(ConfigError, match=r"must be in \[-1, 1\]"):
+            EvaluateConfig(task=task, min_gain_over_baseline=-5.0).validate()
+    with pytest.raises(ConfigError, match="finite"):
+        EvaluateConfig(task="regression", min_gain_over_baseline=float("nan")).validate()

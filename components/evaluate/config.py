@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kftune.components.common.errors import ConfigError
 from kftune.components.common.settings import GenerationBudget, TaskChoice, internal
+from kftune.components.common.tasks import TASKS
 
 
 @dataclass
@@ -18,7 +20,7 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
     min_gain_over_baseline: float = 0.0
-    """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model; multilabel: f1_micro; token-classification: entity F1 over the most-frequent-tag baseline) must be at least this."""  # noqa: E501
+    """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model, in the target's units; multilabel: f1_micro; token-classification: entity F1 over the most-frequent-tag baseline) must be at least this; within [-1, 1] where the primary metric is a score."""  # noqa: E501
     batch_size: int = internal(128)
 
     def validate(self) -> None:
@@ -27,8 +29,13 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
                 continue  # the task's, once the data says which task it is
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not -1 <= self.min_gain_over_baseline <= 1:
-            raise ConfigError(f"min_gain_over_baseline must be in [-1, 1], got {self.min_gain_over_baseline}")
+        if not math.isfinite(self.min_gain_over_baseline):
+            raise ConfigError(f"min_gain_over_baseline must be a finite number, got {self.min_gain_over_baseline}")
+        task = TASKS.get(self.task)  # auto: known once the data says which task it is
+        if task and task.higher_is_better(task.primary) and not -1 <= self.min_gain_over_baseline <= 1:
+            # a score in [0, 1] gains at most 1; an error (RMSE) gains in the target's own units
+            raise ConfigError(f"min_gain_over_baseline must be in [-1, 1] (a gain in {task.primary}, a score), got "
+                              f"{self.min_gain_over_baseline}")
         if self.max_new_tokens < 0:
             raise ConfigError(f"max_new_tokens must be >= 0 (0: from the data), got {self.max_new_tokens}")
         if self.batch_size < 1:
