@@ -80,3 +80,29 @@ def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tin
     assert logits.shape == (len(test), 2) and np.isfinite(logits).all()
     report = export_model(out, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
     assert report["parity"]["prediction_mismatches"] == 0
+
+
+@pytest.mark.parametrize("run", ["regression_run", "multilabel_run", "token_run"])
+def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request, run, tiny_model, tmp_path):
+    """Prompt tuning with each new task's head (peft's SEQ_CLS for scores and label sets, TOKEN_CLS for tags): the
+    virtual tokens and the head train, the adapter reloads, and the ONNX export matches it."""
+    from kftune.components.common.schema import dataset_task
+    from kftune.components.common.tasks import encoder_task
+
+    work = request.getfixturevalue(run)[0]
+    dataset = work / "dataset"
+    task = dataset_task(dataset)["task"]
+    out = tmp_path / "model"
+    train(TrainConfig(task=task, model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
+                      learning_rate=1e-2, training_mode="prompt_tuning", num_virtual_tokens=4), dataset, out)
+    assert is_adapter(out)
+    model = load_classifier(out, encoder_task(task))
+    prompt = model.prompt_encoder["default"].embedding.weight
+    assert prompt.shape == (4, 32)
+    test = load_splits(dataset)[0]["test"]
+    logits = predict_logits(torch_runner(model), test, 16)
+    assert len(logits) == len(test) and np.isfinite(logits).all()
+    if logits.ndim == 3:  # per-token logits: the text's positions, not the virtual tokens before them
+        assert logits.shape[1] == max(len(ids) for ids in test["input_ids"])
+    report = export_model(out, dataset, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    assert report["task"] == task and report["parity"]["max_abs_logit_diff"] < 1e-4, report["parity"]

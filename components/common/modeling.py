@@ -52,6 +52,38 @@ def build_classifier(config, head: dict, model_path: str, task=None):
         model = get_peft_model(
             model, PromptTuningConfig(task_type=TaskType[peft_type], num_virtual_tokens=config.num_virtual_tokens)
         )
+        if getattr(task, "token_level", False):
+            keep_text_positions(model)
+    return model
+
+
+def keep_text_positions(model):
+    """``model`` (prompt-tuned, with a per-token head) with logits, and loss, for the text's own positions only.
+
+    Prompt tuning puts its virtual tokens before the text, so a per-token head also scores them; the hooks
+    drop those leading positions, so that logits line up with ``input_ids`` and labels in training,
+    validation, inference and the exported graph alike, and compute the head's cross-entropy on them (the
+    base model would compare labels with the longer logits)."""
+    import torch
+
+    labels = {}
+
+    def before(module, args, kwargs):
+        labels["batch"] = kwargs.pop("labels", None)
+        return args, kwargs
+
+    def after(module, args, kwargs, output):
+        text = kwargs.get("input_ids")
+        if text is None:
+            text = kwargs.get("inputs_embeds") if args == () else args[0]
+        output.logits = output.logits[:, -text.shape[1]:]
+        target = labels.pop("batch", None)
+        if target is not None:
+            output.loss = torch.nn.functional.cross_entropy(output.logits.flatten(0, 1).float(), target.flatten())
+        return output
+
+    model.register_forward_pre_hook(before, with_kwargs=True)
+    model.register_forward_hook(after, with_kwargs=True)
     return model
 
 
@@ -93,4 +125,5 @@ def load_classifier(directory: str | Path, task=None):
     from peft import PeftModel
 
     base = auto.from_pretrained(str(directory / BASE_MODEL_DIR))
-    return PeftModel.from_pretrained(base, str(directory)).eval()
+    model = PeftModel.from_pretrained(base, str(directory)).eval()
+    return keep_text_positions(model) if getattr(task, "token_level", False) else model
