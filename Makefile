@@ -25,7 +25,7 @@ run: setup
 	$(BIN)/kftune run --results kftune-runs/results.json
 
 test: setup
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=40
 
 test-quick: setup
 	$(BIN)/pytest -m "not slow"
