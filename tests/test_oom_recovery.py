@@ -187,6 +187,69 @@ def test_ranks_agree_to_halve_when_one_runs_out_of_memory(tmp_path, prepared, ti
     assert _losses(history) == _losses(halved)
 
 
+BACKWARD_OOM = textwrap.dedent('''
+    """argv: oom|halve CONFIG DATASET OUTPUT. oom: on rank 1 only, the backward pass of step 2's micro-batch of 8
+    runs out of memory (raised by a hook on the encoder's output, inside autograd). halve: no error, the
+    micro-batch halved deliberately before step 2."""
+    import logging
+    import os
+    import sys
+    from pathlib import Path
+
+    import torch
+    from transformers.models.bert import modeling_bert
+
+    from kftune.components.common.training.config import TrainConfig
+    from kftune.components.common.training.loop import train
+
+    original = modeling_bert.BertEncoder.forward
+    forwards = []
+
+    def fail(grad):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+
+    def forward(self, hidden_states, *args, **kwargs):
+        output = original(self, hidden_states, *args, **kwargs)
+        if torch.is_grad_enabled():
+            unpadding = kwargs.get("unpadding")  # padding-free: one row of real tokens
+            forwards.append(unpadding.shape[0] if unpadding is not None else hidden_states.shape[0])
+            if len(forwards) == 2 and forwards[-1] > 4:
+                output[0].register_hook(fail)
+        return output
+
+    mode, config, dataset, output = sys.argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    if mode == "oom" and os.environ["RANK"] == "1":
+        modeling_bert.BertEncoder.forward = forward
+    train(TrainConfig.from_json(config), Path(dataset), Path(output), halve_at_steps={2} if mode == "halve" else ())
+''')
+
+
+def test_an_out_of_memory_error_in_the_backward_pass_is_recovered_with_gradients_averaged_after_it(
+    tmp_path, prepared, tiny_model
+):
+    """ddp_gradient_sync=after_backward: rank 1 runs out of memory inside step 2's backward pass, where DDP would
+    be averaging gradients; both ranks halve and redo the step. The run ends where one with DDP's in-backward
+    averaging (overlap) does when it halves deliberately before step 2 (and so switches to after_backward
+    there): the same weights, so the gradients averaged after the backward equal DDP's in step 1."""
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=8, max_steps=4,
+                         logging_steps=1, learning_rate=1e-3, early_stopping_patience=0)
+    replace(config, ddp_gradient_sync="after_backward").to_json(tmp_path / "after.json")
+    config.to_json(tmp_path / "overlap.json")
+    (tmp_path / "rank1_oom.py").write_text(BACKWARD_OOM)
+    done = _torchrun_2(tmp_path, "oom", tmp_path / "after.json", prepared)
+    history = json.loads((tmp_path / "oom" / HISTORY_FILE).read_text())
+    assert [(c["step"], c["micro_batch"], c["reason"]) for c in history["micro_batch_changes"]] == [
+        (2, 4, "out of memory")
+    ]
+    assert [r["step"] for r in history["steps"]] == [1, 2, 3, 4]
+    assert "out of memory in optimizer step 2: micro-batch 8 -> 4" in done.stdout + done.stderr
+    halved = _torchrun_2(tmp_path, "halve", tmp_path / "overlap.json", prepared)
+    assert "gradients are averaged after the backward pass" in halved.stdout + halved.stderr
+    assert _same_weights(tmp_path / "oom", tmp_path / "halve")
+    assert _losses(history) == _losses(json.loads((tmp_path / "halve" / HISTORY_FILE).read_text()))
+
+
 # --- the CPU memory estimate -------------------------------------------------------------------------------
 
 

@@ -78,6 +78,8 @@ class Batching:
     """Log the training loss every this many optimizer steps."""
     packing: bool = True
     """Compute no padding (the same result as padded batches): causal-lm concatenates a micro-batch's examples into one sequence, attention and positions kept within each example; encoder tasks (BERT-family models) run the token-wise layers on the real tokens only and attention per text (other encoders pad). Off: pad to the longest."""  # noqa: E501
+    ddp_gradient_sync: Literal["overlap", "after_backward"] = "overlap"
+    """ddp: average gradients in buckets during the backward pass (overlap, fastest), or after every rank's backward pass has finished and the ranks agreed that none ran out of memory (after_backward: an out-of-memory error in the backward pass is recovered too, at the cost of the overlap). The loop switches to after_backward after a first out-of-memory error."""  # noqa: E501
     sharding: Literal["ddp", "fsdp"] = "ddp"
     """How several processes share the work: ddp (each holds the whole model) or fsdp (causal-lm; FSDP2 shards each decoder layer's weights, gradients and optimizer state over them, for a model that does not fit one GPU)."""  # noqa: E501
     gradient_checkpointing: bool = False

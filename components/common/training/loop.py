@@ -281,6 +281,31 @@ def any_rank(flag: bool, distributed: bool, device) -> bool:
     return bool(value.item())
 
 
+def average_gradients(model: torch.nn.Module, world: int, bucket_bytes: int = 25 * 1024**2) -> None:
+    """Average the trainable parameters' gradients over the ranks as DDP does (divided by the world size, then
+    summed by all-reduce, in buckets of about ``bucket_bytes``), for gradients accumulated under ``no_sync``."""
+    grads = []
+    for param in model.parameters():
+        if param.requires_grad:
+            if param.grad is None:  # unused in this rank's forward: DDP counts it as zero
+                param.grad = torch.zeros_like(param)
+            grads.append(param.grad)
+    bucket, size = [], 0
+    for grad in [*grads, None]:
+        if grad is not None and (not bucket or (size < bucket_bytes and grad.dtype == bucket[0].dtype)):
+            bucket.append(grad)
+            size += grad.numel() * grad.element_size()
+            continue
+        if bucket:
+            flat = torch.cat([g.reshape(-1) for g in bucket]).div_(world)
+            dist.all_reduce(flat)
+            offset = 0
+            for g in bucket:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        bucket, size = ([grad], grad.numel() * grad.element_size()) if grad is not None else ([], 0)
+
+
 def default_checkpoint_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".checkpoints")
 
@@ -418,6 +443,9 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
     step, stale_epochs, start_epoch, start_micro, done = 0, 0, 0, 0, False
     progress = {"loss_sum": 0.0, "loss_count": 0}
     split = 1  # each micro-batch runs in this many pieces (doubled on out-of-memory errors)
+    # DDP averages gradients during the last piece's backward, unless after_backward: then every piece runs under
+    # no_sync and the gradients are averaged once the ranks have agreed that no backward ran out of memory
+    sync_after_backward = config.ddp_gradient_sync == "after_backward"
 
     resumed = find_checkpoint(checkpoint_dir, distributed)
     if resumed is not None:
@@ -446,6 +474,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         best_score, best_epoch, best_state = state["best_score"], state["best_epoch"], state["best_state"]
         stale_epochs, history, progress = state["stale_epochs"], state["history"], state["progress"]
         split = state.get("micro_split", 1)
+        sync_after_backward = state.get("sync_after_backward", sync_after_backward)
         ranks_rng = state["rng"]
         set_rng_state(ranks_rng[rank] if rank < len(ranks_rng) else ranks_rng[0])
         if is_main:
@@ -483,6 +512,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
                 "history": history,
                 "progress": progress,
                 "micro_split": split,
+                "sync_after_backward": sync_after_backward,
             }
             path = save_checkpoint(checkpoint_dir, step, state, keep=config.save_total_limit)
             log.info("checkpoint written: %s", path)
@@ -494,14 +524,16 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
 
         Under DDP the ranks agree after each piece, before anything that would start a collective: after the
         backward of an unsynchronised piece, after the forward of the group's last (gradient-synchronising)
-        one. An out-of-memory error in that last backward cannot be agreed on and ends the run."""
+        one. An out-of-memory error in that last backward cannot be agreed on and ends the run, unless gradients
+        are averaged after the backward pass (``sync_after_backward``): then every piece is unsynchronised."""
         losses = []
+        sync_in_backward = distributed and not (sync_after_backward and not fsdp)
         for micro in group:
             indices = batches[micro]
             pieces = np.array_split(indices, min(split, len(indices)))
             micro_loss = 0.0
             for n, piece in enumerate(pieces):
-                synced = distributed and micro == group[-1] and n == len(pieces) - 1
+                synced = sync_in_backward and micro == group[-1] and n == len(pieces) - 1
                 weight = len(piece) / len(indices)
                 out_of_memory = False
                 try:
@@ -528,16 +560,25 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
                     except torch.OutOfMemoryError as error:
                         raise ConfigError(
                             f"out of memory in the backward pass of a micro-batch of {len(piece)} (rank {rank}), "
-                            "where the ranks cannot agree to retry: lower per_device_train_batch_size"
+                            "where the ranks cannot agree to retry: lower per_device_train_batch_size, or set "
+                            "ddp_gradient_sync=after_backward"
                         ) from error
                 micro_loss += loss.item() * weight
             losses.append(micro_loss)
+        if distributed and not sync_in_backward:
+            average_gradients(model, world)
         return losses
 
     def change_split(new_split: int, reason: str) -> None:
         """Run micro-batches in ``new_split`` pieces from optimizer step ``step + 1`` on."""
-        nonlocal split
+        nonlocal split, sync_after_backward
         old_micro, new_micro = math.ceil(batch_size / split), math.ceil(batch_size / new_split)
+        if distributed and not fsdp and not sync_after_backward:
+            sync_after_backward = True  # memory is tight: the next error may come in the backward pass
+            if is_main:
+                log.warning("from optimizer step %d on, gradients are averaged after the backward pass "
+                            "(ddp_gradient_sync=after_backward), so that an out-of-memory error there can be "
+                            "recovered too", step + 1)
         if is_main:
             (log.warning if reason == "out of memory" else log.info)(
                 "%s in optimizer step %d: micro-batch %d -> %d, gradient accumulation %d -> %d "
