@@ -130,6 +130,23 @@ def test_early_stopping(tmp_path, prepared, tiny_model):
     assert history["best_epoch"] == 1
 
 
+def test_one_process_runs_without_torchrun_and_trains_what_torchrun_would(tmp_path, prepared, tiny_model, caplog):
+    """One process, no restarts: the loop runs directly (no torchrun agent, no DDP), with the same weights as
+    under torchrun (forced here by max_restarts), where DDP averages over a world of one rank."""
+    import logging
+
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16, max_steps=6,
+                         logging_steps=1, learning_rate=1e-3)
+    with caplog.at_level(logging.INFO, logger="kftune.components.common.training.launch"):
+        alone = launch_training(config, prepared, tmp_path / "alone")
+        launched = launch_training(config, prepared, tmp_path / "torchrun", Launch(max_restarts=1))
+    commands = [r.getMessage() for r in caplog.records if r.getMessage().startswith("launching")]
+    assert "torch.distributed.run" not in commands[0] and "torch.distributed.run" in commands[1]
+    assert [s["loss"] for s in alone["steps"]] == [s["loss"] for s in launched["steps"]] and len(alone["steps"]) == 6
+    a, b = load_file(tmp_path / "alone" / "model.safetensors"), load_file(tmp_path / "torchrun" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_torchrun_two_cpu_processes(tmp_path, prepared, tiny_model):
     """The real launcher: torchrun --nproc_per_node=2, gloo, DistributedDataParallel."""
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=8,
@@ -146,7 +163,7 @@ def test_failed_training_raises_and_leaves_no_model(tmp_path, prepared):
     from kftune.components.common.errors import KftuneError
 
     config = TrainConfig(model=str(tmp_path / "no-such-model"), num_train_epochs=1)
-    with pytest.raises(KftuneError, match="training failed: torchrun exited"):
+    with pytest.raises(KftuneError, match="training failed: the training process exited"):
         launch_training(config, prepared, tmp_path / "m")
     assert not (tmp_path / "m").exists()
 

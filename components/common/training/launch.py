@@ -1,7 +1,8 @@
 """Launch the training loop under torchrun from inside the train component.
 
 One process per visible GPU (NCCL), or N CPU processes (gloo) sharing the cores. The
-component calls :func:`launch_training`; torchrun runs :mod:`kftune.components.common.training.loop`.
+component calls :func:`launch_training`; torchrun runs :mod:`kftune.components.common.training.loop`
+(a single process that torchrun would not restart runs it directly).
 """
 
 from __future__ import annotations
@@ -62,6 +63,17 @@ def torchrun_command(
     ]
 
 
+def training_command(
+    nproc: int, config_file: Path, dataset_dir: Path, output_dir: Path, max_restarts: int = 0
+) -> list[str]:
+    """torchrun's command, or for one process that torchrun would not restart the loop's own: torchrun's agent
+    adds ~3 s of start-up, and a world of one rank gains nothing from DDP (its gradients are the same)."""
+    if nproc == 1 and max_restarts == 0:
+        return [sys.executable, "-m", "kftune.components.common.training.loop",
+                "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir)]
+    return torchrun_command(nproc, config_file, dataset_dir, output_dir, max_restarts)
+
+
 def launch_training(
     config: TrainConfig, dataset_dir: str | Path, output_dir: str | Path, launch: Launch | None = None
 ) -> dict:
@@ -90,7 +102,10 @@ def launch_training(
     with tempfile.TemporaryDirectory(prefix="kftune-train-") as tmp:
         config_file = Path(tmp) / "train_config.json"
         config.to_json(config_file)
-        command = torchrun_command(nproc, config_file, dataset_dir, output_dir, launch.max_restarts)
+        command = training_command(nproc, config_file, dataset_dir, output_dir, launch.max_restarts)
+        if "torch.distributed.run" not in command:  # one process, on its own: not a rank of an outer job
+            for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+                env.pop(name, None)
         log.info("launching %d %s process(es), checkpoints in %s: %s", nproc, kind, checkpoint_dir, " ".join(command))
         returncode, terminated = run_forwarding_sigterm(command, env)
     if terminated:
@@ -98,7 +113,8 @@ def launch_training(
             f"training was stopped by SIGTERM; its checkpoint is in {checkpoint_dir} and a retry resumes from it"
         )
     if returncode != 0:
-        raise KftuneError(f"training failed: torchrun exited with code {returncode} (see the log above)")
+        launcher = "torchrun" if command[2] == "torch.distributed.run" else "the training process"
+        raise KftuneError(f"training failed: {launcher} exited with code {returncode} (see the log above)")
     if not config_checkpoint_dir_given:
         # beside the model, inside this pod or local run: of no use once the model is written
         shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -792,7 +792,9 @@ def find_checkpoint(checkpoint_dir: Path, distributed: bool) -> tuple[Path, dict
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="kftune training worker (started by torchrun)")
+    parser = argparse.ArgumentParser(
+        description="kftune training worker (started by torchrun, or alone for one process)"
+    )
     parser.add_argument("--config", required=True, type=Path, help="TrainConfig as JSON")
     parser.add_argument("--dataset", required=True, type=Path, help="preprocessed dataset artifact")
     parser.add_argument("--output", required=True, type=Path, help="model directory to write")
