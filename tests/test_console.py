@@ -271,31 +271,3 @@ def test_the_training_loop_reports_progress(monkeypatch, capsys, tmp_path, prepa
     assert steps == list(range(1, 9))
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
     assert all(r["loss"] > 0 and r["samples_per_second"] > 0 for r in records if r["kind"] == "step")
-
-
-@pytest.mark.slow
-def test_a_tiny_kftune_run_prints_steps_progress_and_results_in_at_most_60_lines(tmp_path, small_csv, tiny_model,
-                                                                                  capsys):
-    from kftune.cli import main
-
-    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
-                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
-                 "--output-dir", str(tmp_path / "runs")])
-    assert code == 0
-    captured = capsys.readouterr()
-    lines = (captured.out + captured.err).rstrip("\n").split("\n")  # a bar's \r redraws stay within its line
-    assert len(lines) <= 60, "\n".join(lines)
-    [run_dir] = (tmp_path / "runs").glob("finetune-*")
-    log_file = run_dir / LOG_FILE
-    assert lines[:2] == [f"run directory: {run_dir}", f"log file:      {log_file}"]
-    for step in ("preprocess", "train", "evaluate", "export"):
-        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), step
-        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), step
-    [bar] = [line.split("\r")[-1] for line in lines if "steps [" in line]
-    assert re.search(r"train +100%.*\| (\d+)/\1 steps \[.*loss [\d.]+, [\d.]+ samples/s, epoch 2 val f1_macro", bar)
-    assert "kftune finetune results (test split)" in captured.out and "| fine-tuned model |" in captured.out
-    assert f"log file:         {log_file}" in captured.out
-    assert "executor_input" not in captured.out + captured.err
-    log = log_file.read_text()
-    assert "Got executor_input" in log and "[rank 0] training" in log and PROGRESS_MARKER in log
-    assert "Task 'export' finished with status SUCCESS" in log

@@ -1,6 +1,7 @@
 """Components run by kfp.local inside small pipelines, and the whole pipeline on a slice."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -8,8 +9,10 @@ import pytest
 from kfp import dsl
 
 from kftune.cli import main
+from kftune.components.common.training.progress import PROGRESS_MARKER
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
+from kftune.console import LOG_FILE
 from kftune.pipelines.local import run_pipeline_locally
 
 
@@ -50,14 +53,24 @@ def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
 
 
 @pytest.mark.slow
-def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, tiny_model, capsys):
+def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_frame, tiny_model, capsys):
+    """``kftune run`` on a slice, as a user runs it: the quiet console (steps, one progress bar, the results; the
+    full log in its file), the gate, the publication of the ONNX export, and the predict step on the texts given
+    by ``--predict-input`` (predictions with their ids, as the step's artifact and at predict_output)."""
+    texts = tmp_path / "new-reviews.csv"
+    new = pd.DataFrame({"review_id": [f"new-{i}" for i in range(12)], "text": small_frame["text"].tail(12).tolist(),
+                        "other": range(12)})
+    new.to_csv(texts, index=False)
+    scored = tmp_path / "scored" / "predictions.parquet"
     results_file = tmp_path / "results.json"
     published = tmp_path / "published"
     code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
                  "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
                  "--publish-uri", str(published),
+                 "--predict-input", str(texts), "--predict-output", str(scored), "--predict-id-column", "review_id",
                  "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
     assert code == 0
+    captured = capsys.readouterr()
     results = json.loads(results_file.read_text())
     # the gate passed (min accuracy 0), so the ONNX export was published as v1 and latest points to it
     assert results["passed"] is True
@@ -71,40 +84,35 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, tiny_mode
     assert Path(results["artifacts"]["onnx"]).is_file()
     assert (Path(results["artifacts"]["model"]) / "model.safetensors").is_file()
     assert results["test_size"] == 30
-    out = capsys.readouterr().out
-    assert "fine-tuned model" in out and "baseline: tfidf_logreg" in out
     run_dir = Path(results["artifacts"]["run_dir"])
     assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
-    # no predict_input: no predict step
-    assert not (run_dir / "predict").exists() and "predictions" not in results["artifacts"]
-    assert "predictions:" not in out and "not predicted" not in out
 
-
-@pytest.mark.slow
-def test_full_pipeline_predicts_after_export_with_the_predict_settings(tmp_path, small_csv, small_frame, tiny_model,
-                                                                      capsys):
-    """``kftune run --predict-input`` runs the predict step after export on the texts given: predictions with
-    their ids, as the step's artifact and at predict_output."""
-    texts = tmp_path / "new-reviews.csv"
-    new = pd.DataFrame({"review_id": [f"new-{i}" for i in range(12)], "text": small_frame["text"].tail(12).tolist(),
-                        "other": range(12)})
-    new.to_csv(texts, index=False)
-    scored = tmp_path / "scored" / "predictions.parquet"
-    results_file = tmp_path / "results.json"
-    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
-                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
-                 "--predict-input", str(texts), "--predict-output", str(scored), "--predict-id-column", "review_id",
-                 "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
-    assert code == 0
-    results = json.loads(results_file.read_text())
-    assert results["passed"] is True
+    # predictions, after export
     artifact = Path(results["artifacts"]["predictions"])
-    assert artifact == Path(results["artifacts"]["run_dir"]) / "predict" / "predictions"
+    assert artifact == run_dir / "predict" / "predictions"
     assert artifact.read_bytes() == scored.read_bytes()  # Parquet, as predict_output's extension says
     out = pd.read_parquet(scored)
     assert out["id"].tolist() == new["review_id"].tolist()
     assert set(out["label"]) <= {"negative", "positive"} and out["probability"].between(0.5, 1).all()
-    assert f"predictions:      {scored}" in capsys.readouterr().out
+    assert f"predictions:      {scored}" in captured.out
+
+    # the console: steps, one progress bar, the results, at most 60 lines; everything else in the log file
+    lines = (captured.out + captured.err).rstrip("\n").split("\n")  # a bar's \r redraws stay within its line
+    assert len(lines) <= 60, "\n".join(lines)
+    log_file = run_dir / LOG_FILE
+    assert lines[:2] == [f"run directory: {run_dir}", f"log file:      {log_file}"]
+    for step in ("preprocess", "train", "evaluate", "export", "publish", "predict"):
+        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), step
+        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), step
+    [bar] = [line.split("\r")[-1] for line in lines if "steps [" in line]
+    assert re.search(r"train +100%.*\| (\d+)/\1 steps \[.*loss [\d.]+, [\d.]+ samples/s, epoch 2 val f1_macro", bar)
+    assert "kftune finetune results (test split)" in captured.out and "| fine-tuned model |" in captured.out
+    assert "fine-tuned model" in captured.out and "baseline: tfidf_logreg" in captured.out
+    assert f"log file:         {log_file}" in captured.out
+    assert "executor_input" not in captured.out + captured.err
+    log = log_file.read_text()
+    assert "Got executor_input" in log and "[rank 0] training" in log and PROGRESS_MARKER in log
+    assert "Task 'export' finished with status SUCCESS" in log
 
 
 @pytest.mark.slow

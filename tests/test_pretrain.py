@@ -171,15 +171,18 @@ def test_local_run_with_pretraining_feeds_train(tmp_path, small_csv, tiny_model)
         if (result.model_dir.parent / "executor_output.json").is_file() else None
     assert result.evaluation["test_size"] > 0
     assert train_metadata is None or "pretrained" in json.dumps(train_metadata)
+    # no predict_input: no predict step
+    assert result.predictions is None and not (result.run_dir / "predict").exists()
 
 
 @pytest.mark.slow
 def test_the_bundled_model_adapts_in_a_few_steps(prepared, tmp_path):
-    """The real all-MiniLM-L6-v2 (its MLM head is new: the held-out loss starts high) for 30 steps."""
+    """The real all-MiniLM-L6-v2 (its MLM head is new: the held-out loss starts high) for 15 steps."""
     from transformers import AutoModelForSequenceClassification
 
     report = pretrain(PretrainConfig(pretrain=True, pretrain_corpus="bundled:rotten-tomatoes-plots",
-                                     pretrain_max_steps=30, seed=1), prepared, tmp_path / "model")
+                                     pretrain_max_steps=15, pretrain_holdout_fraction=0.01, seed=1),
+                      prepared, tmp_path / "model")
     assert report["heldout_loss_after"] < report["heldout_loss_before"]
     AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "model"), num_labels=2)
 
