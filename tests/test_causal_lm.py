@@ -353,6 +353,8 @@ def test_finetune_pipeline_runs_the_task_through_the_cli_and_publishes(tmp_path,
     run_dir = Path(results["artifacts"]["run_dir"])
     assert "Sample answers" in (run_dir / "evaluate" / "report").read_text()
     assert "answer_accuracy" in capsys.readouterr().out
+    # no predict_input: no predict step
+    assert "predictions" not in results["artifacts"] and not (run_dir / "predict").exists()
 
 
 @pytest.mark.slow

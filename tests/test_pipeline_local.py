@@ -11,6 +11,7 @@ from kfp import dsl
 from kftune.cli import main
 from kftune.components.common.training.progress import PROGRESS_MARKER
 from kftune.components.preprocess import component as preprocess_component
+from kftune.components.pretrain.pretrain import REPORT_FILE as PRETRAIN_REPORT
 from kftune.components.train import component as train_component
 from kftune.console import LOG_FILE
 from kftune.pipelines.local import run_pipeline_locally
@@ -54,9 +55,10 @@ def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
 
 @pytest.mark.slow
 def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_frame, tiny_model, capsys):
-    """``kftune run`` on a slice, as a user runs it: the quiet console (steps, one progress bar, the results; the
-    full log in its file), the gate, the publication of the ONNX export, and the predict step on the texts given
-    by ``--predict-input`` (predictions with their ids, as the step's artifact and at predict_output)."""
+    """``kftune run`` on a slice with every optional step on, as a user runs it: the quiet console (steps, one
+    progress bar, the results; the full log in its file), domain-adaptive pretraining feeding train, the gate, the
+    publication of the ONNX export, and the predict step on the texts given by ``--predict-input`` (predictions
+    with their ids, as the step's artifact and at predict_output)."""
     texts = tmp_path / "new-reviews.csv"
     new = pd.DataFrame({"review_id": [f"new-{i}" for i in range(12)], "text": small_frame["text"].tail(12).tolist(),
                         "other": range(12)})
@@ -66,7 +68,8 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     published = tmp_path / "published"
     code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
                  "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
-                 "--publish-uri", str(published),
+                 "--publish-uri", str(published), "--pretrain", "--pretrain-corpus", "bundled:rotten-tomatoes-plots",
+                 "--pretrain-max-steps", "5", "--pretrain-batch-size", "16",
                  "--predict-input", str(texts), "--predict-output", str(scored), "--predict-id-column", "review_id",
                  "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
     assert code == 0
@@ -87,6 +90,14 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     run_dir = Path(results["artifacts"]["run_dir"])
     assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
 
+    # masked-LM pretraining on the bundled plots (and the training texts) ran, and train started from its model
+    [report] = run_dir.rglob(PRETRAIN_REPORT)
+    pretrained = json.loads(report.read_text())
+    assert pretrained["steps"] == 5 and pretrained["texts"]["corpus"] > 1000
+    assert pretrained["heldout_loss_after"] < pretrained["heldout_loss_before"]
+    history = json.loads((Path(results["artifacts"]["model"]) / "training_history.json").read_text())
+    assert history["config"]["model"] == str(report.parent)
+
     # predictions, after export
     artifact = Path(results["artifacts"]["predictions"])
     assert artifact == run_dir / "predict" / "predictions"
@@ -101,7 +112,7 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     assert len(lines) <= 60, "\n".join(lines)
     log_file = run_dir / LOG_FILE
     assert lines[:2] == [f"run directory: {run_dir}", f"log file:      {log_file}"]
-    for step in ("preprocess", "train", "evaluate", "export", "publish", "predict"):
+    for step in ("preprocess", "pretrain", "train", "evaluate", "export", "publish", "predict"):
         assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), step
         assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), step
     [bar] = [line.split("\r")[-1] for line in lines if "steps [" in line]

@@ -153,28 +153,6 @@ def test_pretrain_settings_do_not_collide_with_the_pipelines():
     assert {"pretrain", "pretrain_corpus", "pretrain_learning_rate"} <= set(names)
 
 
-def test_local_run_with_pretraining_feeds_train(tmp_path, small_csv, tiny_model):
-    from kftune.pipelines.local import run_finetune_locally
-
-    arguments = dict(data=str(small_csv), model=str(tiny_model), num_train_epochs=1, learning_rate=1e-3,
-                     per_device_train_batch_size=16, min_accuracy=0.0, min_gain_over_baseline=-1.0,
-                     quantize_int8=False, pretrain=True, pretrain_corpus="bundled:rotten-tomatoes-plots",
-                     pretrain_max_steps=5, pretrain_batch_size=16)
-    result = run_finetune_locally(arguments, tmp_path / "run")
-    reports = list((tmp_path / "run").rglob(REPORT_FILE))
-    assert len(reports) == 1
-    report = json.loads(reports[0].read_text())
-    assert report["steps"] == 5 and report["texts"]["corpus"] > 1000
-    base = json.loads((result.model_dir / "config.json").read_text())
-    assert (result.model_dir / "config.json").is_file() and base["model_type"] == "bert"
-    train_metadata = json.loads((result.model_dir.parent / "executor_output.json").read_text()) \
-        if (result.model_dir.parent / "executor_output.json").is_file() else None
-    assert result.evaluation["test_size"] > 0
-    assert train_metadata is None or "pretrained" in json.dumps(train_metadata)
-    # no predict_input: no predict step
-    assert result.predictions is None and not (result.run_dir / "predict").exists()
-
-
 @pytest.mark.slow
 def test_the_bundled_model_adapts_in_a_few_steps(prepared, tmp_path):
     """The real all-MiniLM-L6-v2 (its MLM head is new: the held-out loss starts high) for 15 steps."""

@@ -25,23 +25,23 @@ def test_train_on_train_and_validation_keeps_the_last_epoch(tmp_path, prepared, 
 def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny_model):
     # Two processes per trial: batch 4096 leaves one batch for two ranks, so that trial fails.
     result = run_tune_locally({
-        "data": str(small_csv), "model": str(tiny_model), "algorithm": "grid", "max_trials": 3,
-        "search_space": '{"per_device_train_batch_size": [8, 4096]}', "num_train_epochs": 1,
+        "data": str(small_csv), "model": str(tiny_model), "algorithm": "grid", "max_trials": 2,
+        "search_space": '{"per_device_train_batch_size": [4096]}', "num_train_epochs": 1,
         "nproc_per_node": 2, "learning_rate": 1e-3, "train_on": "train+validation",
         "min_accuracy": 0.0, "quantize_int8": False,
     }, tmp_path)
     trials = result.search["trials"]
-    assert [t["params"]["per_device_train_batch_size"] for t in trials] == [32, 8, 4096]  # defaults first
-    assert [t["state"] for t in trials] == ["complete", "complete", "failed"]
-    assert "torchrun exited with code" in trials[2]["error"]
-    best = max(trials[:2], key=lambda t: (t["score"], -t["number"]))
+    assert [t["params"]["per_device_train_batch_size"] for t in trials] == [32, 4096]  # defaults first
+    assert [t["state"] for t in trials] == ["complete", "failed"]
+    assert "torchrun exited with code" in trials[1]["error"]
+    best = trials[0]  # the one that completed (picking among completed trials: test_tune.py's random search)
     assert result.best_params == best["params"]
     history = json.loads((result.model_dir / "training_history.json").read_text())
     assert history["config"]["per_device_train_batch_size"] == best["params"]["per_device_train_batch_size"]
     assert history["config"]["train_on"] == "train+validation"
     assert (result.export_dir / "model.onnx").is_file() and "accuracy" in result.evaluation["model"]
     html = result.search_report.read_text()
-    assert html.count("<tr>") == 4 and "failed" in html
+    assert html.count("<tr>") == 3 and "failed" in html
 
 
 @pytest.mark.parametrize(
