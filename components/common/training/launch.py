@@ -103,7 +103,8 @@ def launch_training(
         config_file = Path(tmp) / "train_config.json"
         config.to_json(config_file)
         command = training_command(nproc, config_file, dataset_dir, output_dir, launch.max_restarts)
-        if "torch.distributed.run" not in command:  # one process, on its own: not a rank of an outer job
+        under_torchrun = "torch.distributed.run" in command
+        if not under_torchrun:  # one process, on its own: not a rank of an outer job
             for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
                 env.pop(name, None)
         log.info("launching %d %s process(es), checkpoints in %s: %s", nproc, kind, checkpoint_dir, " ".join(command))
@@ -113,7 +114,7 @@ def launch_training(
             f"training was stopped by SIGTERM; its checkpoint is in {checkpoint_dir} and a retry resumes from it"
         )
     if returncode != 0:
-        launcher = "torchrun" if command[2] == "torch.distributed.run" else "the training process"
+        launcher = "torchrun" if under_torchrun else "the training process"
         raise KftuneError(f"training failed: {launcher} exited with code {returncode} (see the log above)")
     if not config_checkpoint_dir_given:
         # beside the model, inside this pod or local run: of no use once the model is written

@@ -284,26 +284,23 @@ def any_rank(flag: bool, distributed: bool, device) -> bool:
 def average_gradients(model: torch.nn.Module, world: int, bucket_bytes: int = 25 * 1024**2) -> None:
     """Average the trainable parameters' gradients over the ranks as DDP does (divided by the world size, then
     summed by all-reduce, in buckets of about ``bucket_bytes``), for gradients accumulated under ``no_sync``."""
-    grads = []
+    buckets, size = [[]], 0
     for param in model.parameters():
-        if param.requires_grad:
-            if param.grad is None:  # unused in this rank's forward: DDP counts it as zero
-                param.grad = torch.zeros_like(param)
-            grads.append(param.grad)
-    bucket, size = [], 0
-    for grad in [*grads, None]:
-        if grad is not None and (not bucket or (size < bucket_bytes and grad.dtype == bucket[0].dtype)):
-            bucket.append(grad)
-            size += grad.numel() * grad.element_size()
+        if not param.requires_grad:
             continue
-        if bucket:
-            flat = torch.cat([g.reshape(-1) for g in bucket]).div_(world)
-            dist.all_reduce(flat)
-            offset = 0
-            for g in bucket:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-        bucket, size = ([grad], grad.numel() * grad.element_size()) if grad is not None else ([], 0)
+        if param.grad is None:  # unused in this rank's forward: DDP counts it as zero
+            param.grad = torch.zeros_like(param)
+        grad = param.grad
+        if buckets[-1] and (size >= bucket_bytes or grad.dtype != buckets[-1][0].dtype):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += grad.numel() * grad.element_size()
+    for bucket in filter(None, buckets):
+        flat = torch.cat([g.reshape(-1) for g in bucket]).div_(world)
+        dist.all_reduce(flat)
+        for g, averaged in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+            g.copy_(averaged.view_as(g))
 
 
 def default_checkpoint_dir(output_dir: Path) -> Path:
