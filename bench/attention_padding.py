@@ -1,6 +1,6 @@
 """Attention of padding-free batches: the ways to run each text's attention over packed tokens, timed.
 
-Padding-free training (``components/common/training/unpadded.py``) keeps a batch's T real tokens
+Padding-free training (``src/kftune/training/unpadded.py``) keeps a batch's T real tokens
 packed (``[T, heads, head_dim]``) and must still let each text attend only to itself. This times
 forward + backward of the attention product with dropout 0.1 for a batch of 32 texts whose lengths
 follow the bundled reviews' (log-normal, median ~22 tokens), in four ways:

@@ -86,7 +86,7 @@ def make_tiny_causal_lm(path: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from kftune.components.common.bundled import bundled_causal_lm_dir
+    from kftune.data.bundled import bundled_causal_lm_dir
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_causal_lm_dir())
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -105,7 +105,7 @@ def cut_train_split(dataset_dir: Path, out_dir: Path, examples: int) -> None:
 
     import datasets
 
-    from kftune.components.common.schema import SPLITS_DIR
+    from kftune.data.schema import SPLITS_DIR
 
     splits = datasets.load_from_disk(str(dataset_dir / SPLITS_DIR))
     if examples > len(splits["train"]):
@@ -119,7 +119,7 @@ def padded_tokens(lengths) -> int:
     """Token positions of kftune's epoch-0 batches, each padded to its longest example (packing=False)."""
     import numpy as np
 
-    from kftune.components.common.training.loop import epoch_batches
+    from kftune.training.loop import epoch_batches
 
     lengths = np.asarray(lengths)
     batches = epoch_batches(lengths, HYPERPARAMETERS["per_device_train_batch_size"], SEED, 0, False)
@@ -144,7 +144,7 @@ def heldout_loss(model, split, pad_id: int) -> float:
     import numpy as np
     import torch
 
-    from kftune.components.common.training.causal_lm import CausalCollator, token_losses
+    from kftune.training.causal_lm import CausalCollator, token_losses
 
     model.eval()
     # A model as saved has use_cache=True; its forward then makes a cache before the attention mask, and
@@ -166,7 +166,7 @@ def kftune_order(lengths) -> list[int]:
     """The examples in the order kftune's loop draws them in epoch 0 (its own batching function)."""
     import numpy as np
 
-    from kftune.components.common.training.loop import epoch_batches
+    from kftune.training.loop import epoch_batches
 
     batches = epoch_batches(np.asarray(lengths), HYPERPARAMETERS["per_device_train_batch_size"], SEED, 0, False)
     return [int(i) for batch in batches for i in batch]
@@ -176,8 +176,8 @@ def run_kftune(spec: dict, packing: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kftune.components.common.training import loop
-    from kftune.components.common.training.config import TrainConfig
+    from kftune.training import loop
+    from kftune.training.config import TrainConfig
 
     fingerprints = []
     build = loop.build_causal_lm
@@ -211,7 +211,7 @@ def run_trl(spec: dict, padding_free: bool) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from kftune.components.common.schema import SPLITS_DIR, TOKENIZER_DIR
+    from kftune.data.schema import SPLITS_DIR, TOKENIZER_DIR
 
     dataset_dir = Path(spec["dataset"])
     train = datasets.load_from_disk(str(dataset_dir / SPLITS_DIR))["train"]
@@ -276,7 +276,7 @@ def worker(spec_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kftune.components.common.schema import SPLITS_DIR, TOKENIZER_DIR
+    from kftune.data.schema import SPLITS_DIR, TOKENIZER_DIR
 
     spec = json.loads(spec_path.read_text())
     torch.set_num_threads(spec["threads"])
@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
         worker(args.worker)
         return {}
 
-    from kftune.components.common.bundled import resolve_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.bundled import resolve_model
 
     command = shlex.join([Path(sys.executable).name, *([sys.argv[0]] if argv is None else [__file__]),
                           *(sys.argv[1:] if argv is None else argv)])

@@ -30,11 +30,11 @@ def main() -> None:
     import torch
     from transformers import get_linear_schedule_with_warmup
 
-    from kftune.components.common.bundled import resolve_model
-    from kftune.components.common.modeling import build_classifier
-    from kftune.components.common.training.checkpoint import STATE_FILE, save_checkpoint
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import build_optimizer, rng_state
+    from kftune.data.bundled import resolve_model
+    from kftune.models.encoder import build_classifier
+    from kftune.training.checkpoint import STATE_FILE, save_checkpoint
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import build_optimizer, rng_state
 
     config = TrainConfig()
     device = torch.device("cpu")

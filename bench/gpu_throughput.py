@@ -52,8 +52,9 @@ def main() -> None:
     import torch
     from transformers import BertConfig, BertForSequenceClassification
 
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import autocast, build_optimizer, resolve_precision
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import build_optimizer
+    from kftune.training.precision import autocast, resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -26,7 +26,7 @@ SCHEMES = {"random batches": (False, 0), "mega-batches of 4": (True, 4), "mega-b
 
 
 def padding_ratio(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, grouped: bool, group: int) -> float:
-    from kftune.components.common.training.loop import epoch_batches
+    from kftune.training.loop import epoch_batches
 
     batches = epoch_batches(lengths, batch_size, seed, epoch, grouped, group or 8)
     padded = sum(len(b) * int(lengths[b].max()) for b in batches)
@@ -41,9 +41,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from kftune.components.common.schema import LENGTH, load_splits
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.schema import LENGTH, load_splits
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-padding-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

@@ -33,15 +33,15 @@ from statistics import mean, stdev
 
 import torch
 
-from kftune.components.common.bundled import BUNDLED_MODEL, PLOTS_CORPUS
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import HISTORY_FILE, train
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.evaluate.evaluate import evaluate
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
 from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.pretrain.pretrain import REPORT_FILE, pretrain
+from kftune.data.bundled import BUNDLED_MODEL, PLOTS_CORPUS
+from kftune.training.config import TrainConfig
+from kftune.training.loop import HISTORY_FILE, train
 
 ARMS = ("base", "pretrained")
 KEYS = ("val_accuracy", "test_accuracy", "val_f1_macro", "test_f1_macro")

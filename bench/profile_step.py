@@ -13,7 +13,7 @@ backward autograd overhead, other) and the padding ratio (token positions / real
 Switches for experiments: ``--threads N``, ``--no-dropout`` (dropout off, still a training
 step), ``--no-attention-dropout`` (only the attention probabilities' dropout off), ``--foreach``
 (foreach AdamW instead of fused), ``--no-mkldnn``, ``--flush-denormal`` and ``--padding-free``
-(needs ``kftune.components.common.training.unpadded``). About a minute on 2 CPU cores:
+(needs ``kftune.training.unpadded``). About a minute on 2 CPU cores:
 
     .venv/bin/python bench/profile_step.py
     .venv/bin/python bench/profile_step.py --no-dropout --threads 1 --out profile.json --trace trace.json
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-UNPADDED_MODULE = "kftune.components.common.training.unpadded"
+UNPADDED_MODULE = "kftune.training.unpadded"
 # category -> substrings of an operator's name; the first category that matches takes it
 CATEGORIES = {
     "optimizer": ("optimizer.step", "optimizer.zero_grad", "_fused_adamw", "_foreach", "adamw"),
@@ -131,20 +131,20 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import AutoTokenizer
 
-    from kftune.components.common.bundled import resolve_model
-    from kftune.components.common.modeling import build_classifier
-    from kftune.components.common.schema import LENGTH, dataset_task, load_splits
-    from kftune.components.common.tasks import encoder_task, with_task
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import (
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.bundled import resolve_model
+    from kftune.data.schema import LENGTH, dataset_task, load_splits
+    from kftune.models.encoder import build_classifier
+    from kftune.tasks import encoder_task, with_task
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import (
         Collator,
         autocast,
         build_optimizer,
         epoch_batches,
         resolve_precision,
     )
-    from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import preprocess
 
     if args.threads:
         torch.set_num_threads(args.threads)

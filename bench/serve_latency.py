@@ -55,12 +55,12 @@ def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from kftune.components.common.bundled import bundled_model_dir
-    from kftune.components.common.schema import LABELS_FILE, LabelMap
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.bundled import bundled_model_dir
+    from kftune.data.schema import LABELS_FILE, LabelMap
 
     dataset = work / "dataset"
     tokenizer_source = model or str(bundled_model_dir())
@@ -85,7 +85,7 @@ def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
 
 
 def bench_texts(dataset: Path) -> list[str]:
-    from kftune.components.common.schema import SPLITS, TEXT, load_splits
+    from kftune.data.schema import SPLITS, TEXT, load_splits
 
     splits, _ = load_splits(dataset)
     return [t for name in SPLITS for t in splits[name][TEXT]]
@@ -128,9 +128,9 @@ def engine_results(model_dir: Path, export_dir: Path, texts: list[str], threads:
     import torch
     from transformers import AutoTokenizer
 
-    from kftune.components.common.exported import session_options
-    from kftune.components.common.inference import onnx_runner, torch_runner
-    from kftune.components.common.modeling import load_classifier
+    from kftune.inference.exported import session_options
+    from kftune.inference.runners import onnx_runner, torch_runner
+    from kftune.models.encoder import load_classifier
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))

@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import train
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
+from kftune.training.config import TrainConfig
+from kftune.training.loop import train
 
 
 def main(out: Path) -> dict:

@@ -38,21 +38,21 @@ def main() -> None:
     import torch
     from transformers import AutoTokenizer
 
-    from kftune.components.common.bundled import resolve_model
-    from kftune.components.common.inference import MODEL_INPUTS
-    from kftune.components.common.modeling import build_classifier
-    from kftune.components.common.schema import LENGTH, dataset_task, load_splits
-    from kftune.components.common.tasks import encoder_task, with_task
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import (
+    from kftune.components.preprocess.config import PreprocessConfig
+    from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.bundled import resolve_model
+    from kftune.data.schema import LENGTH, dataset_task, load_splits
+    from kftune.inference.runners import MODEL_INPUTS
+    from kftune.models.encoder import build_classifier
+    from kftune.tasks import encoder_task, with_task
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import (
         Collator,
         autocast,
         build_optimizer,
         epoch_batches,
         resolve_precision,
     )
-    from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import preprocess
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-step-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

@@ -68,8 +68,8 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
         TrainingArguments,
     )
 
-    from kftune.components.common.bundled import bundled_model_dir
-    from kftune.components.common.schema import load_splits
+    from kftune.data.bundled import bundled_model_dir
+    from kftune.data.schema import load_splits
 
     splits, labels = load_splits(dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / "tokenizer"))
@@ -111,11 +111,11 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
 
 
 def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
-    from kftune.components.common.inference import predict_logits, torch_runner
-    from kftune.components.common.modeling import load_classifier
-    from kftune.components.common.schema import load_splits
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.launch import available_cpus, launch_training
+    from kftune.data.schema import load_splits
+    from kftune.inference.runners import predict_logits, torch_runner
+    from kftune.models.encoder import load_classifier
+    from kftune.training.config import TrainConfig
+    from kftune.training.launch import available_cpus, launch_training
 
     config = TrainConfig(**{**hyper, "early_stopping_patience": 0, **overrides})
     started = time.perf_counter()

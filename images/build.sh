@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build or push the kftune images under the one naming scheme {REGISTRY}/kftune-{stage}:{TAG}
-# (components/common/images.py). `make images` and `make push-images` call this, and so does CI.
+# (src/kftune/cluster/images.py). `make images` and `make push-images` call this, and so does CI.
 #
 #   images/build.sh build     the base image(s), then one image per stage
 #   images/build.sh push      push the stage images (build them first)
@@ -35,14 +35,14 @@ def constants(path):
     return {t.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
             for t in node.targets if isinstance(t, ast.Name) and isinstance(node.value, (ast.Constant, ast.Tuple))}
 
-images = constants("components/common/images.py")
+images = constants("src/kftune/cluster/images.py")
 print(images["DEFAULT_REGISTRY"])
 print(constants("src/kftune/__init__.py")["__version__"])
 print(" ".join(images["STAGES"]))
 EOF
 )
 if [ -z "${all_stages:-}" ]; then
-    echo "images/build.sh: could not read the image scheme from components/common/images.py (needs python3)" >&2
+    echo "images/build.sh: could not read the image scheme from src/kftune/cluster/images.py (needs python3)" >&2
     exit 1
 fi
 registry=${REGISTRY:-$default_registry}

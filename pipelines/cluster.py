@@ -3,7 +3,7 @@ Secrets that carry object-store credentials, and the few options KFP fixes when 
 
 Run parameters (their compile flags only choose the defaults): the train task's and search
 trials' GPUs, accelerator type, CPU, memory, node selector, tolerations and PVC name
-(:class:`~kftune.components.common.resources.TrainResources`) and the Secret names
+(:class:`~kftune.cluster.resources.TrainResources`) and the Secret names
 (:class:`StorageSecrets`). KFP resolves them when each pod starts: backend 2.4.0 and newer for
 GPUs, CPU and memory, 2.5.0 and newer for node selectors, tolerations, PVC and Secret names
 (manifests/upstream/README.md). Compile-time only (:class:`ClusterOptions`): what
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
-from kftune.components.common.resources import SHARED_MOUNT, TrainResources
+from kftune.cluster.resources import SHARED_MOUNT, TrainResources
 from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 
 
@@ -59,7 +59,7 @@ class ClusterOptions:
     """Key of the secret key in the S3 Secret."""
 
     def validate(self) -> None:
-        from kftune.components.common.errors import ConfigError
+        from kftune.errors import ConfigError
 
         if self.retries < 0:
             raise ConfigError(f"retries must be >= 0, got {self.retries}")

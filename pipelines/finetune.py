@@ -14,9 +14,8 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Metrics, Model
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.resources import TrainResources
-from kftune.components.common.signatures import settings_task, with_settings
+from kftune.cluster.images import ImageScheme
+from kftune.cluster.resources import TrainResources
 from kftune.components.deploy import component as deploy_component
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
@@ -27,6 +26,7 @@ from kftune.components.publish import component as publish_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.pipelines.steps import FinetuneSteps
+from kftune.settings.signatures import settings_task, with_settings
 
 PIPELINE_NAME = "finetune"
 STAGES = (preprocess_component.preprocess, pretrain_component.pretrain, train_component.train, evaluate_component.evaluate,

@@ -34,7 +34,7 @@ class LocalRunResult:
             artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
             extra = {"answers": ev["answers"], "primary_metric": ev["primary_metric"], "base_model": ev["base_model"]}
         else:
-            from kftune.components.common.tasks import task_named
+            from kftune.tasks import task_named
 
             keys = task_named(task).metrics
             keys += ("roc_auc",) if "roc_auc" in model else ()
@@ -59,7 +59,7 @@ class LocalRunResult:
 def local_cluster(**options) -> dict:
     """No cluster volume here: checkpoints stay beside the model and are dropped after success. No
     Secrets either: object-store settings and credentials come from this environment."""
-    from kftune.components.common.resources import TrainResources
+    from kftune.cluster.resources import TrainResources
     from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
 
     return {"resources": TrainResources(shared_pvc=""), "secrets": StorageSecrets(s3_secret="", gcs_secret=""),

@@ -2,7 +2,7 @@
 
 Only a Secret's name and key names reach the compiled YAML; Kubernetes injects the values
 when the pod starts, as environment variables or a mounted file that
-``kftune.components.common.storage`` reads.
+``kftune.storage`` reads.
 
 The Secret's name may be a plain string or a pipeline parameter (a string parameter of the
 pipeline function, or a task's string output), so one compiled pipeline can run against
@@ -21,8 +21,8 @@ from __future__ import annotations
 from kfp import dsl, kubernetes
 from kfp.dsl.pipeline_channel import PipelineParameterChannel
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.storage.s3 import parse_endpoint
+from kftune.errors import ConfigError
+from kftune.storage.s3 import parse_endpoint
 
 #: A Secret's name: fixed when compiling (str), or a string pipeline parameter / task output.
 SecretName = str | PipelineParameterChannel

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from kfp import dsl
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import settings_task
+from kftune.cluster.images import ImageScheme
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.pretrain import component as pretrain_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.cluster import Cluster
+from kftune.settings.signatures import settings_task
 
 
 class FinetuneSteps:

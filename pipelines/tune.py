@@ -18,9 +18,8 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Metrics, Model
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.resources import SHARED_MOUNT, TrainResources
-from kftune.components.common.signatures import settings_task, with_settings
+from kftune.cluster.images import ImageScheme
+from kftune.cluster.resources import SHARED_MOUNT, TrainResources
 from kftune.components.evaluate import component as evaluate_component
 from kftune.components.export import component as export_component
 from kftune.components.preprocess import component as preprocess_component
@@ -28,6 +27,7 @@ from kftune.components.train import component as train_component
 from kftune.components.tune import component as tune_component
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.pipelines.steps import FinetuneSteps
+from kftune.settings.signatures import settings_task, with_settings
 
 PIPELINE_NAME = "tune"
 STAGES = (

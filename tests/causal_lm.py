@@ -21,7 +21,7 @@ def make_tiny_causal_lm(path: Path, seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    from kftune.components.common.bundled import bundled_causal_lm_dir
+    from kftune.data.bundled import bundled_causal_lm_dir
 
     tokenizer = AutoTokenizer.from_pretrained(bundled_causal_lm_dir())
     ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,

@@ -23,7 +23,7 @@ def make_tiny_model(path: Path, num_labels: int = 2) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from kftune.components.common.bundled import bundled_model_dir
+    from kftune.data.bundled import bundled_model_dir
 
     source = bundled_model_dir()
     config = BertConfig.from_pretrained(source)
@@ -75,8 +75,8 @@ def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, prepared, tiny_model) -> Path:
     """The tiny model fine-tuned for 2 epochs in this process (no torchrun)."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     out = tmp_path_factory.mktemp("trained") / "model"
     train(TrainConfig(model=str(tiny_model), num_train_epochs=2, learning_rate=1e-3,
@@ -114,8 +114,8 @@ def prepared_lm(tmp_path_factory, instructions_jsonl, tiny_causal_lm) -> Path:
 @pytest.fixture(scope="session")
 def trained_lm(tmp_path_factory, prepared_lm, tiny_causal_lm) -> Path:
     """The tiny causal LM fine-tuned with LoRA for 2 epochs in this process (no torchrun)."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     out = tmp_path_factory.mktemp("trained-lm") / "model"
     train(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), num_train_epochs=2, learning_rate=1e-2,
@@ -125,10 +125,10 @@ def trained_lm(tmp_path_factory, prepared_lm, tiny_causal_lm) -> Path:
 
 def _task_run(work: Path, data: Path, model: Path) -> tuple:
     """``data`` preprocessed (task auto) and the tiny model trained on it for 6 epochs in this process."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     dataset = work / "dataset"
     stats = preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), dataset)
@@ -156,14 +156,14 @@ def multilabel_run(tmp_path_factory, tiny_model) -> tuple:
 def token_run(tmp_path_factory, tiny_model) -> tuple:
     """A CoNLL file through preprocess (task auto), train, evaluate and export (to ``work/export``), with the tiny
     BERT: (work dir, preprocess stats, evaluation, export report)."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     work = tmp_path_factory.mktemp("token-run")
     tokens, tags = distinct_toy_sentences(400, seed=1)

@@ -69,7 +69,7 @@ def tokenized_like_preprocess(texts: list[str], model_dir: Path, max_length: int
     import datasets
     from transformers import AutoTokenizer
 
-    from kftune.components.common.text import clean_text
+    from kftune.data.text import clean_text
 
     encoded = AutoTokenizer.from_pretrained(str(model_dir))([clean_text(t) for t in texts], truncation=True,
                                                              max_length=max_length)

@@ -1,5 +1,11 @@
-"""Stage boundaries as code: no stage imports another; pipelines import component definitions and
-shared definitions only (as kubeflow/pipelines-components checks its components' imports in CI).
+"""The house rules as code (as kubeflow/pipelines-components checks its components' imports in CI).
+
+- A stage (``components/<stage>/``, one image each) imports its own modules and the layers, never another stage.
+- A layer (every ``kftune`` module outside the stages, the pipelines and the CLI: ``kftune.settings``,
+  ``kftune.data``, ``kftune.tasks``, ``kftune.training``, ...) imports other layers only: never a stage, a pipeline
+  or the CLI.
+- Pipelines import component definitions (``component.py``) and layers.
+- No module imports, directly or through others, a module that imports it back.
 
 Every import counts, also those inside functions (a component's body runs in its own image).
 """
@@ -13,74 +19,154 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 COMPONENTS = REPO / "components"
-STAGES = sorted(p.name for p in COMPONENTS.iterdir() if p.is_dir() and (p / "__init__.py").exists()
-                and p.name != "common")
-PREFIX = "kftune.components."
+SOURCES = {"kftune": REPO / "src" / "kftune", "kftune.components": COMPONENTS, "kftune.pipelines": REPO / "pipelines"}
+STAGES = sorted(p.name for p in COMPONENTS.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+STAGE_PREFIX = "kftune.components."
+
+
+def module_files() -> dict[str, Path]:
+    """Every module of the kftune package, by dotted name."""
+    found = {}
+    for package, root in SOURCES.items():
+        for path in sorted(root.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join((package, *parts))
+            if package == "kftune" and parts[:1] in (("components",), ("pipelines",)):
+                continue
+            found[name] = path
+    return found
+
+
+MODULES = module_files()
 
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every import in ``path``, anywhere in the file."""
+    """(line, module) of every import in ``path``, anywhere in the file: ``from kftune.components.train import
+    component`` imports the module ``kftune.components.train.component``, ``from kftune.data.schema import LABEL``
+    the module ``kftune.data.schema``."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.append((node.lineno, node.module))
-            # `from kftune.components.train import component` imports a module too
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
+            found += sorted({(node.lineno, f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in MODULES
+                              else node.module) for alias in node.names})
     return found
 
 
-def stage_of(module: str) -> str | None:
-    """The stage (or "common") a kftune.components module belongs to."""
-    if not module.startswith(PREFIX):
-        return None
-    return module[len(PREFIX):].split(".")[0]
+def resolved(module: str) -> str | None:
+    """The kftune module an import names (``from kftune.data.schema import LABEL`` names kftune.data.schema), or
+    None outside kftune."""
+    while module and module not in MODULES:
+        module = module.rpartition(".")[0]
+    return module or None
 
 
-def violations(path: Path, allowed) -> list[str]:
-    rel = path.relative_to(REPO) if path.is_relative_to(REPO) else path
-    return [f"{rel}:{line} imports {module}" for line, module in imported_modules(path)
-            if stage_of(module) and not allowed(module)]
+def kind(module: str) -> str:
+    """``stage:<name>``, ``pipeline``, ``cli`` or ``layer``."""
+    if module.startswith(STAGE_PREFIX):
+        return "stage:" + module[len(STAGE_PREFIX):].split(".")[0]
+    if module == "kftune.components":
+        return "layer"
+    if module.startswith("kftune.pipelines"):
+        return "pipeline"
+    if module.startswith("kftune.cli") or module == "kftune.__main__":
+        return "cli"
+    return "layer"
 
 
-def test_the_walk_sees_every_stage():
-    expected = {"preprocess", "pretrain", "train", "tune", "evaluate", "export", "predict", "publish", "serve",
-                "deploy"}
-    assert expected <= set(STAGES)
+def edges(path: Path) -> list[tuple[int, str]]:
+    """(line, kftune module) of each import in ``path``."""
+    return [(line, target) for line, name in imported_modules(path) if (target := resolved(name))]
 
 
-def within(stage: str):
-    """Imports a module of ``stage`` may make: its own and common's."""
-    return lambda module: stage_of(module) in (stage, "common")
+def violations(name: str, allowed) -> list[str]:
+    path = MODULES[name]
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return [f"{shown}:{line} imports {target}" for line, target in edges(path)
+            if not allowed(target)]
+
+
+def test_the_walk_sees_every_stage_and_layer():
+    assert {"preprocess", "pretrain", "train", "tune", "evaluate", "export", "predict", "publish", "serve",
+            "deploy"} <= set(STAGES)
+    layers = {name.split(".")[1] for name in MODULES if kind(name) == "layer" and name.count(".") >= 1}
+    assert {"settings", "data", "tasks", "training", "inference", "cluster", "storage"} <= layers
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_a_stage_imports_only_itself_and_common(stage):
-    found = [v for path in sorted((COMPONENTS / stage).rglob("*.py")) for v in violations(path, within(stage))]
+def test_a_stage_imports_only_itself_and_layers(stage):
+    own = f"stage:{stage}"
+    found = [v for name in MODULES if kind(name) == own
+             for v in violations(name, lambda target: kind(target) in (own, "layer"))]
     assert not found, "\n".join(found)
 
 
-def test_common_imports_no_stage():
-    found = [v for path in sorted((COMPONENTS / "common").rglob("*.py"))
-             for v in violations(path, lambda module: stage_of(module) == "common")]
+def test_a_layer_imports_no_stage_pipeline_or_cli():
+    found = [v for name in MODULES if kind(name) == "layer"
+             for v in violations(name, lambda target: kind(target) == "layer")]
     assert not found, "\n".join(found)
 
 
-def test_pipelines_import_component_definitions_and_shared_code_only():
-    def allowed(module: str) -> bool:
-        stage = stage_of(module)
-        rest = module[len(PREFIX) + len(stage):].lstrip(".")
-        return stage == "common" or rest in ("", "component")
+def test_pipelines_import_component_definitions_and_layers_only():
+    def allowed(target: str) -> bool:
+        return kind(target) in ("layer", "pipeline") or (
+            kind(target).startswith("stage:") and target.rsplit(".", 1)[-1] == "component")
 
-    found = [v for path in sorted((REPO / "pipelines").glob("*.py")) for v in violations(path, allowed)]
+    found = [v for name in MODULES if kind(name) == "pipeline" for v in violations(name, allowed)]
     assert not found, "\n".join(found)
 
 
-def test_the_check_catches_a_cross_stage_import(tmp_path):
+def import_cycles() -> list[list[str]]:
+    """The strongly connected components of more than one module in the graph of kftune's imports (Tarjan)."""
+    graph = {name: sorted({t for _, t in edges(path) if t != name}) for name, path in MODULES.items()}
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in graph:
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycles_at_any_level():
+    """Function-level imports count: a cycle hidden inside a function is still a cycle."""
+    assert not import_cycles(), "\n".join(" <-> ".join(c) for c in import_cycles())
+
+
+def test_the_checks_catch_a_cross_stage_import_and_a_cycle(tmp_path, monkeypatch):
     """The walk must see imports inside functions too, where component bodies keep theirs."""
     source = tmp_path / "component.py"
     source.write_text("import json\n\ndef f():\n    from kftune.components.tune.search import plan_search\n"
-                      "    from kftune.components.common.settings import settings_from\n")
-    (found,) = {v.split(" imports ")[0] for v in violations(source, within("train"))}
-    assert found == f"{source}:4"
+                      "    from kftune.settings.fields import settings_from\n")
+    monkeypatch.setitem(MODULES, "kftune.components.train.probe", source)
+    (found,) = violations("kftune.components.train.probe", lambda target: kind(target) in ("stage:train", "layer"))
+    assert found.endswith(":4 imports kftune.components.tune.search")
+
+    layer = tmp_path / "layer.py"
+    layer.write_text("def f():\n    from kftune.components.train.probe import x\n")
+    monkeypatch.setitem(MODULES, "kftune.data.probe", layer)
+    source.write_text("from kftune.data.probe import f\n")
+    assert ["kftune.components.train.probe", "kftune.data.probe"] in import_cycles()

@@ -18,13 +18,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kftune.components.common.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.training.causal_lm import CausalCollator, token_losses
-from kftune.components.common.training.checkpoint import latest_checkpoint
-from kftune.components.common.training.config import TrainConfig
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import prepare_instructions, preprocess
+from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
+from kftune.errors import ConfigError, DataError
+from kftune.training.causal_lm import CausalCollator, token_losses
+from kftune.training.checkpoint import latest_checkpoint
+from kftune.training.config import TrainConfig
 
 
 def _config(data: Path, model: Path, **overrides) -> PreprocessConfig:
@@ -49,10 +49,10 @@ def test_auto_settings_take_the_tasks_defaults_and_explicit_values_win():
 
 
 def test_every_auto_setting_says_what_each_task_makes_of_it():
-    """The per-task values live in the task modules (components/common/tasks/); the descriptions must name them."""
-    from kftune.components.common.settings import settings_of
-    from kftune.components.common.tasks import TASKS
+    """The per-task values live in the task modules (src/kftune/tasks/); the descriptions must name them."""
     from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.settings.fields import settings_of
+    from kftune.tasks import TASKS
 
     helps = {s.name: s.help for cls in (TrainConfig, PreprocessConfig, EvaluateConfig) for s in settings_of(cls)}
     for task, spec in TASKS.items():
@@ -190,7 +190,7 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
 
 def test_qlora_needs_cuda_and_says_so(tiny_causal_lm):
     """QLoRA's 4-bit base is a bitsandbytes CUDA kernel; on a CPU the run stops with one clear line."""
-    from kftune.components.common.training.causal_lm import build_causal_lm
+    from kftune.training.causal_lm import build_causal_lm
 
     config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode="qlora")
     config.validate()
@@ -212,8 +212,8 @@ def test_lora_training_writes_merged_model_and_adapter(trained_lm):
 
 def test_gradient_checkpointing_recomputes_the_same_training(tmp_path, prepared_lm, tiny_causal_lm):
     """Activations recomputed in the backward pass (RNG state kept for dropout): the same weights come out."""
-    from kftune.components.common.training.causal_lm import build_causal_lm
-    from kftune.components.common.training.loop import train
+    from kftune.training.causal_lm import build_causal_lm
+    from kftune.training.loop import train
 
     on = build_causal_lm(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), gradient_checkpointing=True),
                          str(tiny_causal_lm), torch.device("cpu"))
@@ -237,7 +237,7 @@ def _lm_config(model: Path, checkpoint_dir: Path) -> TrainConfig:
 def _run(config: TrainConfig, dataset: Path, out: Path, work: Path) -> list[str]:
     work.mkdir(parents=True, exist_ok=True)
     config.to_json(work / "config.json")
-    return [sys.executable, "-m", "kftune.components.common.training.loop", "--config", str(work / "config.json"),
+    return [sys.executable, "-m", "kftune.training.loop", "--config", str(work / "config.json"),
             "--dataset", str(dataset), "--output", str(out)]
 
 
@@ -288,9 +288,9 @@ def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm,
 
 
 def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm):
-    from kftune.components.common.generation import generate, load_causal_lm
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
+    from kftune.inference.generation import generate, load_causal_lm
 
     report = export_model(trained_lm, prepared_lm, tmp_path / "export", ExportConfig(task="causal-lm"))
     assert report["task"] == "causal-lm" and report["parity"]["merged_generation_mismatches"] == 0
@@ -306,7 +306,7 @@ def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained
 
 def test_fsdp_sharding_on_two_cpu_processes_matches_ddp(tmp_path, prepared_lm, tiny_causal_lm):
     """FSDP2 (gloo, 2 processes) trains to the weights DDP trains to (up to the order of float sums)."""
-    from kftune.components.common.training.launch import torchrun_command
+    from kftune.training.launch import torchrun_command
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     adapters = {}
@@ -335,7 +335,7 @@ def test_fsdp_sharding_on_two_cpu_processes_matches_ddp(tmp_path, prepared_lm, t
 @pytest.mark.slow
 def test_finetune_pipeline_runs_the_task_through_the_cli_and_publishes(tmp_path, instructions_jsonl, tiny_causal_lm,
                                                                       capsys):
-    from kftune.cli import main
+    from kftune.cli.main import main
 
     results_file, published = tmp_path / "results.json", tmp_path / "published"
     code = main(["run", "--task", "causal-lm", "--data", str(instructions_jsonl), "--model", str(tiny_causal_lm),

@@ -20,8 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.training.checkpoint import (
+from kftune.errors import ConfigError
+from kftune.training.checkpoint import (
     STATE_FILE,
     checkpoint_step,
     latest_checkpoint,
@@ -29,9 +29,9 @@ from kftune.components.common.training.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.launch import torchrun_command
-from kftune.components.common.training.loop import train
+from kftune.training.config import TrainConfig
+from kftune.training.launch import torchrun_command
+from kftune.training.loop import train
 
 
 def test_save_and_load_latest(tmp_path):
@@ -181,9 +181,9 @@ def test_sigkill_mid_epoch_then_resume_gives_identical_weights(tmp_path, prepare
 
 LAUNCH = """
 import logging, sys
-from kftune.components.common.errors import KftuneError
-from kftune.components.common.training.config import Launch, TrainConfig
-from kftune.components.common.training.launch import launch_training
+from kftune.errors import KftuneError
+from kftune.training.config import Launch, TrainConfig
+from kftune.training.launch import launch_training
 logging.basicConfig(level=logging.INFO)
 try:
     launch_training(TrainConfig.from_json(sys.argv[1]), sys.argv[2], sys.argv[3], Launch(nproc_per_node=2))

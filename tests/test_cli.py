@@ -9,10 +9,10 @@ import sys
 import pandas as pd
 import pytest
 
-from kftune.cli import build_parser, main
-from kftune.components.common.resources import TrainResources
-from kftune.components.common.settings import settings_of
+from kftune.cli.main import build_parser, main
+from kftune.cluster.resources import TrainResources
 from kftune.pipelines import finetune
+from kftune.settings.fields import settings_of
 
 
 def test_run_help_covers_every_run_parameter_but_the_cluster_ones():

@@ -1,4 +1,4 @@
-"""The shared lifecycle of cluster resources (components/common/cluster_resource.py): adopting what a
+"""The shared lifecycle of cluster resources (src/kftune/cluster/lifecycle.py): adopting what a
 lost create made, one deadline for the whole run, retries of single calls, and the cleanup policy of
 each kind, through the three launchers and through a resource defined here, all against the fake
 Kubernetes API server (no real one can run here)."""
@@ -13,18 +13,18 @@ import signal
 
 import pytest
 
-from kftune.components.common.cluster_resource import (
+from kftune.cluster.kube import MAX_API_ERRORS
+from kftune.cluster.lifecycle import (
     DELETE_RETRIES,
     Cleanup,
     ClusterResource,
     Outcome,
     run_resource,
 )
-from kftune.components.common.errors import KftuneError
-from kftune.components.common.kube import MAX_API_ERRORS
 from kftune.components.deploy.deploy import deploy_inference_service, inference_service_doc
 from kftune.components.train.trainjob import build_trainjob, run_trainjob
 from kftune.components.tune.katib import run_experiment
+from kftune.errors import KftuneError
 from tests.fake_kube_api import FakeKatibScenario, FakeKServeScenario, FakeKubeApiServer, Scenario
 from tests.test_deploy import make_request as make_deploy_request
 from tests.test_katib import make_request as make_katib_request
@@ -33,7 +33,7 @@ from tests.test_trainjob import make_request as make_trainjob_request
 FAST = dict(poll_seconds=0.01, timeout_seconds=10)
 TRAINJOB = "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs"
 JOB_NAME = "kftune-train-test0001"
-CLUSTER_RESOURCE_LOGGER = "kftune.components.common.cluster_resource"
+CLUSTER_RESOURCE_LOGGER = "kftune.cluster.lifecycle"
 
 
 @pytest.fixture

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kftune.components.common.atomic import atomic_directory, write_text_atomic
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.inference import padded_batches, predict_logits
+from kftune.cluster.images import ImageScheme
+from kftune.inference.runners import padded_batches, predict_logits
+from kftune.storage.atomic import atomic_directory, write_text_atomic
 
 
 def test_atomic_directory_appears_only_when_complete(tmp_path):

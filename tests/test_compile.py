@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kftune.cli import main
+from kftune.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 COMPILED = REPO / "pipelines" / "compiled" / "finetune.yaml"
@@ -192,7 +192,7 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     assert params["gpus"]["defaultValue"] == "2"
     for name, spec in params.items():
         assert "defaultValue" in spec and spec.get("description", "").strip(), name
-    from kftune.components.common.training.search_space import parse_space
+    from kftune.training.search_space import parse_space
 
     assert parse_space(params["search_space"]["defaultValue"]).names == [
         "learning_rate", "per_device_train_batch_size", "warmup_ratio", "weight_decay"]

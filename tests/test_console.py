@@ -12,9 +12,9 @@ import pytest
 from kfp import dsl
 from kfp.local import logging_utils, status
 
-from kftune.components.common.training.progress import PROGRESS_ENV, PROGRESS_MARKER, ProgressLine, parse_progress
-from kftune.console import LOG_FILE, RunConsole, format_duration, local_run_console
+from kftune.cli.console import LOG_FILE, RunConsole, format_duration, local_run_console
 from kftune.pipelines.local import run_pipeline_locally
+from kftune.training.progress import PROGRESS_ENV, PROGRESS_MARKER, ProgressLine, parse_progress
 
 EXECUTOR_INPUT = json.dumps({"inputs": {"parameterValues": {"seed": 42}},
                              "outputs": {"outputFile": "/runs/finetune-x/train/executor_output.json"}}, indent=4)
@@ -71,7 +71,7 @@ def feed_run(sink: RunConsole, run_dir: Path, clock: Clock, train_ok: bool = Tru
                              progress(kind="step", step=2, total_steps=2, loss=0.5, samples_per_second=9.0)]
         if not train_ok:
             train_output += ["Traceback (most recent call last):", '  File "loop.py", line 9, in train',
-                             "kftune.components.common.errors.ConfigError: out of memory in step 3"]
+                             "kftune.errors.ConfigError: out of memory in step 3"]
         kfp_task("train", train_output, clock, 71.0, ok=train_ok)
         if train_ok:
             kfp_task("evaluate", ["[KFP Executor 2026-11-29 08:37:41,740 INFO]: test accuracy 0.5667"], clock, 3.04)
@@ -129,7 +129,7 @@ def test_a_failed_step_shows_the_end_of_its_log_and_the_error_points_to_the_log_
     shown = screen.getvalue()
     assert re.search(r"\d\d:\d\d:\d\d  train +FAILED after 1 min 11 s; the end of its log:", shown)
     tail = shown.split("the end of its log:\n", 1)[1].splitlines()
-    assert tail[-1] == "    kftune.components.common.errors.ConfigError: out of memory in step 3"
+    assert tail[-1] == "    kftune.errors.ConfigError: out of memory in step 3"
     assert tail[-3:-1] == ["    Traceback (most recent call last):", '      File "loop.py", line 9, in train']
     assert len(tail) <= 12 and not any(PROGRESS_MARKER in line for line in tail)
     assert "evaluate" not in shown
@@ -259,8 +259,8 @@ def test_parse_progress_ignores_other_lines():
 
 
 def test_the_training_loop_reports_progress(monkeypatch, capsys, tmp_path, prepared, tiny_model):
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     monkeypatch.setenv(PROGRESS_ENV, "0")
     train(TrainConfig(model=str(tiny_model), num_train_epochs=2, per_device_train_batch_size=64), prepared,

@@ -13,9 +13,8 @@ import pytest
 from kubernetes import client
 from kubernetes.config import kube_config
 
-from kftune.components.common import kube as kube_helpers
-from kftune.components.common.cluster_resource import ResourceApi
-from kftune.components.common.errors import ConfigError, KftuneError
+from kftune.cluster import kube as kube_helpers
+from kftune.cluster.lifecycle import ResourceApi
 from kftune.components.deploy import deploy as deploy_module
 from kftune.components.deploy.config import DeploySettings
 from kftune.components.deploy.deploy import (
@@ -24,11 +23,13 @@ from kftune.components.deploy.deploy import (
     _Target,
     build_inference_service,
     deploy_inference_service,
+    deploy_request,
     inference_service_doc,
     is_current,
     is_ready,
     update_patch,
 )
+from kftune.errors import ConfigError, KftuneError
 from tests.fake_kube_api import FakeKServeScenario, FakeKubeApiServer, merge_patch
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10, failure_grace_seconds=0, retry_delay_seconds=0.01)
@@ -183,7 +184,7 @@ def test_the_other_implementations_are_predictor_fields():
 def causal_lm_request(**settings) -> DeployRequest:
     """What the deploy component asks for with ``task="causal-lm"``."""
     values = dict(deploy_name="assistant", deploy_namespace="team-a") | settings
-    return DeploySettings(**values).request("s3://models/assistant/v2", "causal-lm")
+    return deploy_request(DeploySettings(**values), "s3://models/assistant/v2", "causal-lm")
 
 
 def test_causal_lm_spec_names_the_hugging_face_runtime_and_its_arguments():
@@ -213,7 +214,7 @@ def test_causal_lm_defaults_leave_the_context_to_the_model_and_take_no_gpu():
     runtime = causal_lm_request(causal_lm_serving_runtime="hf-vllm-gpu")
     assert inference_service_doc(runtime)["spec"]["predictor"]["model"]["runtime"] == "hf-vllm-gpu"
     # classification is unchanged: kftune's runtime, no container arguments
-    classification = DeploySettings(deploy_name="sentiment", deploy_namespace="team-a").request("s3://m/v1")
+    classification = deploy_request(DeploySettings(deploy_name="sentiment", deploy_namespace="team-a"), "s3://m/v1")
     model = inference_service_doc(classification)["spec"]["predictor"]["model"]
     assert (model["runtime"], model["modelFormat"], "args" in model) == ("kftune-onnx", {"name": "kftune-onnx"}, False)
 
@@ -221,7 +222,7 @@ def test_causal_lm_defaults_leave_the_context_to_the_model_and_take_no_gpu():
 def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
     causal = causal_lm_request(serving_gpus=1)
     existing = inference_service_doc(causal)
-    back = DeploySettings(deploy_name="assistant", deploy_namespace="team-a").request("s3://models/other/v1")
+    back = deploy_request(DeploySettings(deploy_name="assistant", deploy_namespace="team-a"), "s3://models/other/v1")
     patch = update_patch(back, existing)
     sdk_model({k: v for k, v in patch["spec"]["predictor"].items() if v is not None}, "V1beta1PredictorSpec")
     model = merge_patch(existing, patch)["spec"]["predictor"]["model"]
@@ -653,7 +654,7 @@ def write_kubeconfig(path: Path, server: FakeKubeApiServer) -> Path:
 
 
 def test_component_interface():
-    from kftune.components.common.images import ImageScheme
+    from kftune.cluster.images import ImageScheme
     from kftune.components.deploy import component
 
     op = component.component(ImageScheme(registry="registry.example/ml", tag="1.2.3"))

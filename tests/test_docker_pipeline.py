@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kftune.components.common.images import STAGES, ImageScheme
+from kftune.cluster.images import STAGES, ImageScheme
 from tests.tools import in_ci
 
 pytestmark = pytest.mark.docker

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kftune.components.common.errors import ConfigError, KftuneError
 from kftune.components.evaluate.evaluate import (
     EvaluateConfig,
     classification_scores,
@@ -15,6 +14,7 @@ from kftune.components.evaluate.evaluate import (
     tfidf_baseline,
 )
 from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
+from kftune.errors import ConfigError, KftuneError
 
 
 def test_scores_match_hand_computation():

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from kftune.components.common.errors import KftuneError
 from kftune.components.export import export as export_module
 from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
+from kftune.errors import KftuneError
 
 
 def test_export_with_parity_and_int8(tmp_path, trained, prepared):

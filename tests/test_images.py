@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kftune.components.common.images import STAGES, ImageScheme
+from kftune.cluster.images import STAGES, ImageScheme
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILES = sorted([*ROOT.glob("images/**/Dockerfile"), *ROOT.glob("components/*/Dockerfile")])

@@ -14,10 +14,7 @@ from pathlib import Path
 import pytest
 from kubeflow_katib_api import models
 
-from kftune.components.common import kube as kube_helpers
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
+from kftune.cluster import kube as kube_helpers
 from kftune.components.train import trainjob
 from kftune.components.tune import katib
 from kftune.components.tune.katib import (
@@ -29,6 +26,9 @@ from kftune.components.tune.katib import (
     run_experiment,
     typed_value,
 )
+from kftune.errors import ConfigError, KftuneError
+from kftune.training.config import TrainConfig
+from kftune.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10)

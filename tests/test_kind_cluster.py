@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kftune.components.common.images import ImageScheme
+from kftune.cluster.images import ImageScheme
 from tests.tools import need, versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -252,7 +252,7 @@ def test_up_gpu_variant_uses_nvkind_and_the_device_plugin(sandbox):
 
 def cli_flags(command: str) -> set[str]:
     """The options `kftune <command>` accepts, from the CLI's own parser."""
-    from kftune.cli import build_parser
+    from kftune.cli.main import build_parser
 
     parser = build_parser()._subparsers._group_actions[0].choices[command]
     return {flag for action in parser._actions for flag in action.option_strings}

@@ -16,11 +16,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.components.common.inference import predict_logits, torch_runner
-from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, TEXT, load_splits
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import train
+from kftune.data.schema import LABEL, TEXT, load_splits
+from kftune.inference.runners import predict_logits, torch_runner
+from kftune.models.encoder import load_classifier
+from kftune.training.config import TrainConfig
+from kftune.training.loop import train
 
 POSITIVE_CUES = ("wonderful", "superb", "delightful", "brilliant", "charming", "moving")
 NEGATIVE_CUES = ("dreadful", "tedious", "awful", "boring", "clumsy", "bland")

@@ -27,9 +27,9 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.kube import SHARED_VOLUME
-from kftune.components.common.resources import TrainResources
+from kftune.cluster.images import ImageScheme
+from kftune.cluster.kube import SHARED_VOLUME
+from kftune.cluster.resources import TrainResources
 from kftune.components.train.trainjob import run_trainjob
 from kftune.components.tune.katib import run_experiment
 from kftune.pipelines.cluster import ClusterOptions, StorageSecrets

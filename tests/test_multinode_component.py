@@ -15,10 +15,10 @@ from typing import NamedTuple
 import pytest
 from kfp import dsl
 
-from kftune.components.common.training.loop import HISTORY_FILE
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.local import run_pipeline_locally
+from kftune.training.loop import HISTORY_FILE
 from tests.fake_kube_api import FakeKubeApiServer, Scenario
 
 

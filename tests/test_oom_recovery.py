@@ -18,11 +18,11 @@ import torch
 from safetensors.torch import load_file
 from transformers.models.bert import modeling_bert
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.training import memory
-from kftune.components.common.training.checkpoint import checkpoint_step, list_checkpoints
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import HISTORY_FILE, train
+from kftune.errors import ConfigError
+from kftune.training import memory
+from kftune.training.checkpoint import checkpoint_step, list_checkpoints
+from kftune.training.config import TrainConfig
+from kftune.training.loop import HISTORY_FILE, train
 
 OOM_MESSAGE = "CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 15.77 GiB total capacity)"
 
@@ -133,8 +133,8 @@ RANK1_OOM = textwrap.dedent('''
     import torch
     from transformers.models.bert import modeling_bert
 
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     original = modeling_bert.BertEncoder.forward
     forwards = []
@@ -199,8 +199,8 @@ BACKWARD_OOM = textwrap.dedent('''
     import torch
     from transformers.models.bert import modeling_bert
 
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     original = modeling_bert.BertEncoder.forward
     forwards = []

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 from kfp import dsl
 
-from kftune.cli import main
-from kftune.components.common.training.progress import PROGRESS_MARKER
+from kftune.cli.console import LOG_FILE
+from kftune.cli.main import main
 from kftune.components.preprocess import component as preprocess_component
 from kftune.components.pretrain.pretrain import REPORT_FILE as PRETRAIN_REPORT
 from kftune.components.train import component as train_component
-from kftune.console import LOG_FILE
 from kftune.pipelines.local import run_pipeline_locally
+from kftune.training.progress import PROGRESS_MARKER
 
 
 def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):

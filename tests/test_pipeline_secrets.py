@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kfp import compiler, dsl
 
-from kftune.components.common.errors import ConfigError
+from kftune.errors import ConfigError
 from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 
 DEFAULT_S3_SECRET = "default-s3-secret-name"

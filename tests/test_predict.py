@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.schema import LabelMap
 from kftune.components.predict.config import PredictConfig
 from kftune.components.predict.predict import predict
+from kftune.data.schema import LabelMap
+from kftune.errors import ConfigError, DataError
 from tests.object_servers import MotoS3
 
 RAW = ["<p>A moving, beautifully   acted film.</p>", "tedious &amp; far too long", "Not bad at all"]
@@ -84,9 +84,9 @@ def evaluate_probabilities(model_dir: Path, texts: list[str], max_length: int = 
     import datasets
     from transformers import AutoTokenizer
 
-    from kftune.components.common.inference import predict_logits, softmax, torch_runner
-    from kftune.components.common.modeling import load_classifier
-    from kftune.components.common.text import clean_text
+    from kftune.data.text import clean_text
+    from kftune.inference.runners import predict_logits, softmax, torch_runner
+    from kftune.models.encoder import load_classifier
 
     encoded = AutoTokenizer.from_pretrained(str(model_dir))([clean_text(t) for t in texts], truncation=True,
                                                              max_length=max_length)
@@ -245,8 +245,8 @@ def test_settings_are_checked(tmp_path):
 
 
 def test_causal_lm_generations_are_the_shared_greedy_ones(tmp_path):
-    from kftune.components.common.chat import render
-    from kftune.components.common.generation import generate, load_causal_lm
+    from kftune.data.chat import render
+    from kftune.inference.generation import generate, load_causal_lm
     from tests.causal_lm import MAX_NEW_TOKENS, tiny_causal_lm_export
 
     export = tiny_causal_lm_export(tmp_path / "export")
@@ -332,7 +332,7 @@ def test_the_component_compiles_with_its_image_and_settings(tmp_path):
     import yaml
     from kfp import compiler, dsl
 
-    from kftune.components.common.images import ImageScheme
+    from kftune.cluster.images import ImageScheme
     from kftune.components.predict import component as predict_component
 
     predict_op = predict_component.component(ImageScheme(registry="registry.example/ml", tag="t1"))

@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.schema import LabelMap, load_splits
 from kftune.components.preprocess.preprocess import (
     PreprocessConfig,
     augment_texts,
@@ -20,6 +18,8 @@ from kftune.components.preprocess.preprocess import (
     preprocess,
     split_dataset,
 )
+from kftune.data.schema import LabelMap, load_splits
+from kftune.errors import ConfigError, DataError
 
 
 def test_clean_text_normalises():

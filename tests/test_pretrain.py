@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.pretrain.corpus import read_corpus
 from kftune.components.pretrain.pretrain import REPORT_FILE, collate, masking_collator, pretrain
+from kftune.errors import ConfigError, DataError
 
 
 def tiny_config(tiny_model: Path, **overrides) -> PretrainConfig:
@@ -77,8 +77,8 @@ def test_whole_word_masking_masks_every_piece_of_a_word(tiny_model):
 def test_the_output_fine_tunes_through_the_train_step(pretrained, prepared, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     out, _ = pretrained
     classifier = AutoModelForSequenceClassification.from_pretrained(str(out), num_labels=2)
@@ -145,8 +145,8 @@ def test_config_refuses_nothing_to_train_on_and_other_tasks():
 
 
 def test_pretrain_settings_do_not_collide_with_the_pipelines():
-    from kftune.components.common.settings import settings_of
     from kftune.pipelines.finetune import SETTINGS
+    from kftune.settings.fields import settings_of
 
     names = [s.name for s in settings_of(*SETTINGS)]
     assert len(names) == len(set(names))

@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from kftune.components.common.errors import DataError
 from kftune.components.preprocess.reader import read_bundled, read_labelled_data
+from kftune.errors import DataError
 
 ROWS = pd.DataFrame({"review": ["good film", "bad film", "fine, I guess"], "stars": [1, 0, 1]})
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kftune.components.common import bundled
-from kftune.components.common.errors import KftuneError
+from kftune.data import bundled
+from kftune.errors import KftuneError
 
 
 def test_bundled_model_weights_are_verified():
@@ -26,14 +26,14 @@ def test_tampered_weights_are_refused(monkeypatch):
 @pytest.mark.slow
 def test_real_model_fine_tunes_and_exports(tmp_path, small_csv):
     """all-MiniLM-L6-v2 on 300 real reviews: training moves it, ONNX export keeps parity."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     preprocess(PreprocessConfig(data=str(small_csv)), tmp_path / "data")
     # 3 epochs: with 2 on 240 training reviews the best epoch can still predict one class only
@@ -66,20 +66,20 @@ def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_p
     """SmolLM2-135M-Instruct on 60 bundled instruction examples: a few LoRA steps lower the validation
     loss, the base model answers zero-shot, and the export's merged model and adapter reproduce the trained
     model's answers (greedy tokens)."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     preprocess(PreprocessConfig(task="causal-lm", max_rows=80), tmp_path / "data")
     history = train(TrainConfig(task="causal-lm", num_train_epochs=2, max_steps=12, logging_steps=4),
                     tmp_path / "data", tmp_path / "model")
     from datasets import load_from_disk
 
-    from kftune.components.common.generation import load_causal_lm
     from kftune.components.evaluate.generation import reference_loss
+    from kftune.inference.generation import load_causal_lm
 
     base, tokenizer = load_causal_lm(bundled.bundled_causal_lm_dir())
     base_loss = reference_loss(base, load_from_disk(str(tmp_path / "data" / "splits"))["validation"],
@@ -99,13 +99,13 @@ def test_real_model_on_each_new_tasks_bundled_data(tmp_path, task, metric):
     parity."""
     import numpy as np
 
-    from kftune.components.common.schema import LABEL, load_splits
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
+    from kftune.data.schema import LABEL, load_splits
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     stats = preprocess(PreprocessConfig(task=task, max_rows=600), tmp_path / "data")
     assert stats["task"] == task and stats["rows_used"] == 600

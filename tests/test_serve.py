@@ -42,8 +42,8 @@ def server(exported, tmp_path_factory):
 
 def evaluate_predictions(model_dir: Path, split) -> tuple[list[str], np.ndarray]:
     """(labels, probabilities) as the evaluate step computes them: PyTorch over a tokenized split."""
-    from kftune.components.common.inference import predict_logits, softmax, torch_runner
-    from kftune.components.common.modeling import load_classifier
+    from kftune.inference.runners import predict_logits, softmax, torch_runner
+    from kftune.models.encoder import load_classifier
 
     model = load_classifier(model_dir)
     probabilities = softmax(predict_logits(torch_runner(model), split, 64))
@@ -51,7 +51,7 @@ def evaluate_predictions(model_dir: Path, split) -> tuple[list[str], np.ndarray]
 
 
 def test_v1_and_v2_answer_what_evaluate_predicts(server, prepared, trained):
-    from kftune.components.common.schema import TEXT, load_splits
+    from kftune.data.schema import TEXT, load_splits
 
     splits, label_map = load_splits(prepared)
     test, names = splits["test"], list(label_map.names)
@@ -86,7 +86,7 @@ def test_v1_and_v2_answer_what_evaluate_predicts(server, prepared, trained):
 
 
 def test_raw_texts_are_cleaned_and_truncated_as_in_preprocess(server, trained, prepared):
-    from kftune.components.common.schema import LABELS_FILE, LabelMap
+    from kftune.data.schema import LABELS_FILE, LabelMap
 
     names = LabelMap.load(prepared / LABELS_FILE).names
     raw = [
@@ -103,7 +103,7 @@ def test_raw_texts_are_cleaned_and_truncated_as_in_preprocess(server, trained, p
 def test_concurrent_requests_get_their_own_answers(server, prepared):
     from concurrent.futures import ThreadPoolExecutor
 
-    from kftune.components.common.schema import TEXT, load_splits
+    from kftune.data.schema import TEXT, load_splits
 
     texts = list(load_splits(prepared)[0]["test"][TEXT])
     requests_ = [texts[i : i + size] for i, size in zip(range(0, 24, 3), [1, 3, 2, 3, 1, 3, 2, 3], strict=True)]
@@ -241,7 +241,7 @@ def test_serves_from_s3(exported, server, tmp_path):
     ],
 )
 def test_cli_errors_are_one_line(tmp_path, trained, capsys, make_model, extra, message):
-    from kftune.cli import main
+    from kftune.cli.main import main
 
     assert main(["serve", make_model(tmp_path, trained), *extra]) == 2
     err = capsys.readouterr().err
@@ -251,7 +251,7 @@ def test_cli_errors_are_one_line(tmp_path, trained, capsys, make_model, extra, m
 
 
 def test_cli_without_kserve_says_what_to_install(tmp_path, monkeypatch, capsys):
-    from kftune.cli import main
+    from kftune.cli.main import main
 
     monkeypatch.setitem(sys.modules, "kserve", None)  # import kserve -> ModuleNotFoundError
     monkeypatch.delitem(sys.modules, "kftune.components.serve.serve", raising=False)
@@ -266,10 +266,10 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from kftune.components.common.bundled import bundled_model_dir
-    from kftune.components.common.schema import LABELS_FILE, TEXT, LabelMap, load_splits
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
+    from kftune.data.bundled import bundled_model_dir
+    from kftune.data.schema import LABELS_FILE, TEXT, LabelMap, load_splits
 
     labels = LabelMap.load(prepared / LABELS_FILE)
     model_dir = tmp_path / "model"
@@ -293,9 +293,9 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
 
 
 def test_max_seq_length_comes_from_the_export(exported, tmp_path):
-    from kftune.components.common.exported import export_max_seq_length
     from kftune.components.serve.config import ServeConfig
     from kftune.components.serve.serve import TextClassifier
+    from kftune.inference.exported import export_max_seq_length
 
     assert export_max_seq_length(exported) == MAX_SEQ_LENGTH
     copy = tmp_path / "copy"

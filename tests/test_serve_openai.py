@@ -199,8 +199,8 @@ def test_other_errors(client, server):
 
 
 def test_the_export_says_what_is_served(tmp_path, export):
-    from kftune.components.common.errors import DataError
     from kftune.components.serve.serve import export_task
+    from kftune.errors import DataError
 
     assert export_task(export) == "causal-lm"
     (tmp_path / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
@@ -220,7 +220,7 @@ def test_the_export_says_what_is_served(tmp_path, export):
     (["--max-seq-length", "1024"], "exceeds the model's max_position_embeddings (512)"),
 ])  # fmt: skip
 def test_cli_errors_are_one_line(export, capsys, extra, message):
-    from kftune.cli import main
+    from kftune.cli.main import main
 
     assert main(["serve", str(export), "--no-grpc", *extra]) == 2
     err = capsys.readouterr().err

@@ -71,11 +71,11 @@ def pytorch_answers(task: str, model_dir: Path, export: Path, texts: list[str]) 
     """The task's V1 answers computed with PyTorch on the trained model, tokenized as the export says."""
     from transformers import AutoTokenizer
 
-    from kftune.components.common.exported import export_max_seq_length
-    from kftune.components.common.inference import predict_logits, torch_runner
-    from kftune.components.common.modeling import load_classifier
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import encoder_task
+    from kftune.data.schema import dataset_task
+    from kftune.inference.exported import export_max_seq_length
+    from kftune.inference.runners import predict_logits, torch_runner
+    from kftune.models.encoder import load_classifier
+    from kftune.tasks import encoder_task
 
     spec, info, max_length = encoder_task(task), dataset_task(model_dir), export_max_seq_length(export)
     run = torch_runner(load_classifier(model_dir, spec))
@@ -124,7 +124,7 @@ def test_regression_answers_a_score_over_v1_and_v2(servers, model_dirs):
 
 
 def test_multilabel_answers_labels_probabilities_and_thresholds_over_v1_and_v2(servers, model_dirs):
-    from kftune.components.common.schema import dataset_task
+    from kftune.data.schema import dataset_task
 
     srv, (model_dir, export), texts = servers["multilabel"], model_dirs["multilabel"], TEXTS["multilabel"]
     names, thresholds = dataset_task(model_dir)["labels"], dataset_task(model_dir)["thresholds"]

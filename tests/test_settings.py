@@ -12,16 +12,16 @@ from typing import Literal
 import pytest
 import yaml
 
-from kftune.cli import build_parser
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.resources import TrainResources
-from kftune.components.common.settings import PretrainedModel, check_choices, internal, settings_from, settings_of
-from kftune.components.common.signatures import with_settings
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space
+from kftune.cli.main import build_parser
+from kftune.cli.settings_docs import main as settings_docs
+from kftune.cluster.resources import TrainResources
+from kftune.errors import ConfigError
 from kftune.pipelines import finetune, tune
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
-from kftune.settings_docs import main as settings_docs
+from kftune.settings.fields import PretrainedModel, check_choices, internal, settings_from, settings_of
+from kftune.settings.signatures import with_settings
+from kftune.training.config import TrainConfig
+from kftune.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space
 
 REPO = Path(__file__).resolve().parents[1]
 KFP_TYPES = {str: "STRING", int: "NUMBER_INTEGER", float: "NUMBER_DOUBLE", bool: "BOOLEAN", dict: "STRUCT",
@@ -106,7 +106,7 @@ def test_search_space_takes_every_searchable_setting_with_its_type():
 
 
 def test_readme_tables_are_generated_from_the_settings():
-    assert settings_docs(["--root", str(REPO), "--check"]) == 0, "run: python -m kftune.settings_docs"
+    assert settings_docs(["--root", str(REPO), "--check"]) == 0, "run: python -m kftune.cli.settings_docs"
 
 
 # --- the mechanism --------------------------------------------------------------------------------

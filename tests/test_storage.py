@@ -22,19 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kftune.components.common import checksums, storage
-from kftune.components.common.checksums import digest_file
-from kftune.components.common.errors import ConfigError, DataError, KftuneError
-from kftune.components.common.storage import (
-    PreconditionFailed,
-    RetryPolicy,
-    S3Settings,
-    StorageUnavailable,
-    fetch,
-    open_location,
-    parse_uri,
-)
-from kftune.components.common.storage.retry import Transient
+from kftune import storage
 from kftune.components.publish import publish as pub
 from kftune.components.publish.publish import (
     download_published,
@@ -42,6 +30,19 @@ from kftune.components.publish.publish import (
     publish_model,
     resolve_published,
 )
+from kftune.errors import ConfigError, DataError, KftuneError
+from kftune.storage import (
+    PreconditionFailed,
+    RetryPolicy,
+    S3Settings,
+    StorageUnavailable,
+    checksums,
+    fetch,
+    open_location,
+    parse_uri,
+)
+from kftune.storage.checksums import digest_file
+from kftune.storage.retry import Transient
 from tests.object_servers import GcsEmulator, MotoS3, MotoS3WithAuth, S3rver, s3rver_command
 
 # Distinctive fake credentials: the tests look for them in logs, errors and YAML.
@@ -809,7 +810,7 @@ def test_preprocess_ingests_a_prefix_of_shards_and_names_the_object_on_bad_rows(
 
 
 def test_no_credential_value_reaches_the_compiled_pipelines(tmp_path, monkeypatch):
-    from kftune.cli import main
+    from kftune.cli.main import main
 
     _set_env(monkeypatch, {"AWS_ACCESS_KEY_ID": FAKE_KEY, "AWS_SECRET_ACCESS_KEY": FAKE_SECRET,
                            "AWS_SESSION_TOKEN": FAKE_TOKEN, "AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
@@ -825,8 +826,8 @@ def test_no_credential_value_reaches_the_compiled_pipelines(tmp_path, monkeypatc
 def test_pretrained_model_from_s3_is_fetched_once_into_the_cache(s3, moto, tiny_model, tmp_path, monkeypatch):
     from transformers import AutoConfig, AutoTokenizer
 
-    from kftune.components.common import storage as storage_module
-    from kftune.components.common.bundled import resolve_model
+    from kftune import storage as storage_module
+    from kftune.data.bundled import resolve_model
 
     monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
     client, bucket = _minio(moto.endpoint), s3[5:]
@@ -851,7 +852,7 @@ def test_pretrained_model_from_s3_is_fetched_once_into_the_cache(s3, moto, tiny_
 
 
 def test_prefix_without_a_model_is_refused_and_nothing_is_cached(s3, moto, tmp_path, monkeypatch):
-    from kftune.components.common.bundled import model_cache_dir, resolve_model
+    from kftune.data.bundled import model_cache_dir, resolve_model
 
     monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
     client, bucket = _minio(moto.endpoint), s3[5:]
@@ -864,8 +865,8 @@ def test_prefix_without_a_model_is_refused_and_nothing_is_cached(s3, moto, tmp_p
 def test_multinode_and_katib_runs_stage_a_remote_pretrained_model_on_the_shared_volume(
         s3, moto, tiny_model, tmp_path, monkeypatch):
     """Worker and trial pods get no storage Secret: the launcher fetches the model and copies it to the volume."""
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.staging import CONFIG_FILE, stage_run_dir
+    from kftune.training.config import TrainConfig
+    from kftune.training.staging import CONFIG_FILE, stage_run_dir
 
     monkeypatch.setenv("KFTUNE_CACHE", str(tmp_path / "cache"))
     client, bucket = _minio(moto.endpoint), s3[5:]

@@ -16,10 +16,9 @@ from pathlib import Path
 import kfp
 import pytest
 
-from kftune import submit as submit_module
-from kftune.cli import main
-from kftune.components.common.errors import KftuneError
-from kftune.submit import (
+from kftune.cli import submit as submit_module
+from kftune.cli.main import main
+from kftune.cli.submit import (
     PipelinePackage,
     SubmitSettings,
     coerce_parameters,
@@ -28,6 +27,7 @@ from kftune.submit import (
     resolve_host,
     resolve_token,
 )
+from kftune.errors import KftuneError
 from tests.fake_kfp_api import Failure, FakeKfpApiServer, self_signed_certificate
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipelines" / "compiled" / "finetune.yaml"

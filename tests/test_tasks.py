@@ -14,13 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.components.common.errors import DataError
-from kftune.components.common.inference import predict_logits, torch_runner
-from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, TASK_FILE, dataset_task, load_splits
-from kftune.components.common.tasks import TASKS, detect_task, encoder_task
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import train
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.evaluate.evaluate import evaluate, flat_metrics
 from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
@@ -28,11 +21,18 @@ from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
+from kftune.data.schema import LABEL, TASK_FILE, dataset_task, load_splits
+from kftune.errors import DataError
+from kftune.inference.runners import predict_logits, torch_runner
+from kftune.models.encoder import load_classifier
+from kftune.tasks import TASKS, detect_task, encoder_task
+from kftune.training.config import TrainConfig
+from kftune.training.loop import train
 from tests.task_data import CUES, multilabel_frame, regression_frame
 
 
 def test_the_registry_is_the_one_list_of_tasks():
-    from kftune.components.common.settings import TaskChoice, settings_of
+    from kftune.settings.fields import TaskChoice, settings_of
 
     (task,) = settings_of(TaskChoice)
     assert task.choices == ("auto", *TASKS)
@@ -246,8 +246,8 @@ def test_predict_round_trip_for_regression_and_multilabel(tmp_path, regression_r
 
 
 def test_bundled_multilabel_data_is_the_entity_types_of_wnut16_tweets():
-    from kftune.components.common.bundled import bundled_token_sentences
     from kftune.components.preprocess.reader import read_labelled_data
+    from kftune.data.bundled import bundled_token_sentences
 
     sentences = bundled_token_sentences()
     frame = read_labelled_data("bundled:wnut16-entity-types")
@@ -271,9 +271,9 @@ def test_data_report_says_the_task_and_shows_the_target(regression_run, multilab
 
 
 def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp_path, regression_run, tiny_model):
-    from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import optuna_search
+    from kftune.training.search_space import parse_space
 
     _, dataset, _, _ = regression_run
     base = TrainConfig(model=str(tiny_model), num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16,
@@ -303,7 +303,7 @@ def test_bundled_regression_data_is_read_from_the_installed_copy_first(tmp_path,
     import shutil
     import subprocess
 
-    from kftune.components.common import bundled
+    from kftune.data import bundled
 
     installed = tmp_path / "share"
     installed.mkdir()

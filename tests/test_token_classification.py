@@ -8,8 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from kftune.components.common.errors import DataError
-from kftune.components.common.tasks import token_classification as tc
+from kftune.errors import DataError
+from kftune.tasks import token_classification as tc
 from tests.task_data import toy_sentences, write_conll
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -29,7 +29,7 @@ Blackburn NNP I-NP I-PER
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from kftune.components.common.bundled import bundled_model_dir
+    from kftune.data.bundled import bundled_model_dir
 
     return AutoTokenizer.from_pretrained(bundled_model_dir())
 
@@ -356,7 +356,7 @@ def tiny_token_model(num_labels: int):
     import torch
     from transformers import BertConfig, BertForTokenClassification
 
-    from kftune.components.common.bundled import bundled_model_dir
+    from kftune.data.bundled import bundled_model_dir
 
     config = BertConfig.from_pretrained(bundled_model_dir())
     config.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -366,7 +366,7 @@ def tiny_token_model(num_labels: int):
 
 
 def test_predict_entities_on_raw_text(tokenizer):
-    from kftune.components.common.inference import torch_runner
+    from kftune.inference.runners import torch_runner
 
     model = tiny_token_model(5).eval()
     texts = ["Ada Smith lives in Paris.", "", "Grace met   Linus in Oslo today"]
@@ -416,7 +416,7 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
     import onnxruntime as ort
     import torch
 
-    from kftune.components.common.inference import onnx_runner, torch_runner
+    from kftune.inference.runners import onnx_runner, torch_runner
 
     model = tiny_token_model(5).eval()
     sample = tokenizer(["a short one", "a second, somewhat longer example sentence"], padding=True,
@@ -460,7 +460,7 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
 
 
 def test_preprocess_writes_a_token_dataset(token_run):
-    from kftune.components.common.schema import SPLITS_DIR, dataset_task, load_splits
+    from kftune.data.schema import SPLITS_DIR, dataset_task, load_splits
 
     work, stats, _, _ = token_run
     assert stats["task"] == "token-classification" and stats["task_decided"].startswith("auto:")
@@ -500,8 +500,8 @@ def test_training_and_evaluation_beat_the_baseline(token_run):
 def test_export_parity_and_text_outputs(token_run, tokenizer):
     import onnxruntime as ort
 
-    from kftune.components.common.inference import onnx_runner
-    from kftune.components.common.tasks import encoder_task
+    from kftune.inference.runners import onnx_runner
+    from kftune.tasks import encoder_task
 
     work, _, _, export = token_run
     assert export["parity"]["prediction_mismatches"] == 0 and export["parity"]["max_abs_logit_diff"] < 1e-3

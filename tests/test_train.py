@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.tasks import TASKS
-from kftune.components.common.training.config import Launch, TrainConfig
-from kftune.components.common.training.launch import launch_training, plan_processes
-from kftune.components.common.training.loop import HISTORY_FILE, epoch_batches, train
+from kftune.errors import ConfigError
+from kftune.tasks import TASKS
+from kftune.training.config import Launch, TrainConfig
+from kftune.training.launch import launch_training, plan_processes
+from kftune.training.loop import HISTORY_FILE, epoch_batches, train
 
 
 def test_epoch_batches_cover_every_example_once_and_repeat_by_seed():
@@ -137,7 +137,7 @@ def test_one_process_runs_without_torchrun_and_trains_what_torchrun_would(tmp_pa
 
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16, max_steps=6,
                          logging_steps=1, learning_rate=1e-3)
-    with caplog.at_level(logging.INFO, logger="kftune.components.common.training.launch"):
+    with caplog.at_level(logging.INFO, logger="kftune.training.launch"):
         alone = launch_training(config, prepared, tmp_path / "alone")
         launched = launch_training(config, prepared, tmp_path / "torchrun", Launch(max_restarts=1))
     commands = [r.getMessage() for r in caplog.records if r.getMessage().startswith("launching")]
@@ -160,7 +160,7 @@ def test_torchrun_two_cpu_processes(tmp_path, prepared, tiny_model):
 
 
 def test_failed_training_raises_and_leaves_no_model(tmp_path, prepared):
-    from kftune.components.common.errors import KftuneError
+    from kftune.errors import KftuneError
 
     config = TrainConfig(model=str(tmp_path / "no-such-model"), num_train_epochs=1)
     with pytest.raises(KftuneError, match="training failed: the training process exited"):
@@ -184,7 +184,7 @@ def test_cuda_fp16_training_with_loss_scaling(tmp_path, prepared, tiny_model):
 
 
 def test_precision_resolution_on_cpu():
-    from kftune.components.common.training.loop import cpu_has_fast_bf16, resolve_precision
+    from kftune.training.precision import cpu_has_fast_bf16, resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "no")
@@ -196,7 +196,7 @@ def test_precision_resolution_on_cpu():
 def test_layerwise_lr_decay_scales_lower_layers(tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from kftune.components.common.training.loop import build_optimizer
+    from kftune.training.loop import build_optimizer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model))
     head = model.classifier.weight

@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kftune.components.common.inference import predict_logits, torch_runner
-from kftune.components.common.modeling import is_adapter, load_classifier
-from kftune.components.common.schema import load_splits
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import HISTORY_FILE, train
 from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
+from kftune.data.schema import load_splits
+from kftune.inference.runners import predict_logits, torch_runner
+from kftune.models.encoder import is_adapter, load_classifier
+from kftune.training.config import TrainConfig
+from kftune.training.loop import HISTORY_FILE, train
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_lora_trains_adapters_and_writes_a_merged_plain_model(lora_model, tiny_m
 
 
 def test_lora_trains_few_parameters(tiny_model):
-    from kftune.components.common.modeling import build_classifier, trainable_parameters
+    from kftune.models.encoder import build_classifier, trainable_parameters
 
     config = TrainConfig(training_mode="lora", lora_r=4)
     model = build_classifier(config, {"num_labels": 2, "id2label": {0: "a", 1: "b"}, "label2id": {"a": 0, "b": 1}},
@@ -56,7 +56,7 @@ def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepare
     # and independently: ONNX predictions equal those of the merged PyTorch model on the test split
     import onnxruntime as ort
 
-    from kftune.components.common.inference import onnx_runner
+    from kftune.inference.runners import onnx_runner
 
     test = load_splits(prepared)[0]["test"]
     merged = predict_logits(torch_runner(load_classifier(lora_model)), test, 16)
@@ -86,8 +86,8 @@ def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tin
 def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request, run, tiny_model, tmp_path):
     """Prompt tuning with each new task's head (peft's SEQ_CLS for scores and label sets, TOKEN_CLS for tags): the
     virtual tokens and the head train, the adapter reloads, and the ONNX export matches it."""
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import encoder_task
+    from kftune.data.schema import dataset_task
+    from kftune.tasks import encoder_task
 
     work = request.getfixturevalue(run)[0]
     dataset = work / "dataset"

@@ -13,11 +13,8 @@ from pathlib import Path
 import pytest
 from kubeflow_trainer_api import models
 
-from kftune.components.common import kube as kube_helpers
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import current_namespace
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import HISTORY_FILE
+from kftune.cluster import kube as kube_helpers
+from kftune.cluster.kube import current_namespace
 from kftune.components.train import trainjob
 from kftune.components.train.trainjob import (
     TrainJobRequest,
@@ -26,6 +23,9 @@ from kftune.components.train.trainjob import (
     run_trainjob,
     worker_command,
 )
+from kftune.errors import ConfigError, KftuneError
+from kftune.training.config import TrainConfig
+from kftune.training.loop import HISTORY_FILE
 from tests.fake_kube_api import FakeKubeApiServer, Scenario
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10)
@@ -66,7 +66,7 @@ def test_worker_command_leaves_the_topology_to_the_torch_runtime():
     command = worker_command("/v/run/c.json", "/v/run/dataset", "/v/run/model", max_restarts=2)
     assert command[:3] == ["python", "-m", "torch.distributed.run"]
     assert "--max-restarts=2" in command
-    assert command[command.index("-m", 3) + 1] == "kftune.components.common.training.loop"
+    assert command[command.index("-m", 3) + 1] == "kftune.training.loop"
     assert command[-6:] == ["--config", "/v/run/c.json", "--dataset", "/v/run/dataset", "--output", "/v/run/model"]
     # PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_* set these; an option would override them
     for option in ("--standalone", "--nnodes", "--nproc_per_node", "--nproc-per-node", "--node-rank", "--master-addr"):

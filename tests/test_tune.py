@@ -7,14 +7,14 @@ import random
 import optuna
 import pytest
 
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import Launch, TrainConfig
-from kftune.components.common.training.loop import train
-from kftune.components.common.training.pruning import PruningTarget, journal_storage
-from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
 from kftune.components.tune.report import search_html, search_markdown
 from kftune.components.tune.search import optuna_search, plan_trials, select_best, summary
 from kftune.components.tune.trial import FAILED, run_trial
+from kftune.errors import ConfigError, KftuneError
+from kftune.training.config import Launch, TrainConfig
+from kftune.training.loop import train
+from kftune.training.pruning import PruningTarget, journal_storage
+from kftune.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
 from tests.test_learning import make_cue_dataset
 
 
@@ -187,7 +187,7 @@ def test_tpe_search_is_reproducible_and_prunes(tmp_path, cue_dataset, tiny_model
 
 
 def test_hyperparameters_replace_searchable_options_with_checked_types():
-    from kftune.components.common.training.search_space import apply_hyperparameters
+    from kftune.training.search_space import apply_hyperparameters
 
     config = apply_hyperparameters(TrainConfig(), {"learning_rate": 3e-5, "per_device_train_batch_size": 16.0})
     assert config.learning_rate == 3e-5 and config.per_device_train_batch_size == 16
@@ -204,7 +204,7 @@ def test_max_seq_length_cuts_texts_and_keeps_the_closing_token(prepared):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from kftune.components.common.training.loop import Collator
+    from kftune.training.loop import Collator
 
     split = load_from_disk(str(prepared / "splits"))["train"]
     tokenizer = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from kftune.cli import main
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import train
+from kftune.cli.main import main
 from kftune.pipelines.local import run_tune_locally
+from kftune.training.config import TrainConfig
+from kftune.training.loop import train
 
 
 def test_train_on_train_and_validation_keeps_the_last_epoch(tmp_path, prepared, tiny_model):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kftune.cli import main
-from kftune.components.common.tasks import TASKS
+from kftune.cli.main import main
+from kftune.tasks import TASKS
 from tests.task_data import write_task_data
 
 # the task, its metric_for_best_model and the direction that improves it
@@ -97,8 +97,8 @@ def test_a_katib_trial_scores_and_prints_the_tasks_metric(task, tmp_path, tiny_m
     with the task's other scores, for Katib's StdOut collector; its score is the best epoch's."""
     from dataclasses import asdict
 
-    from kftune.components.common.training.config import TrainConfig
     from kftune.components.tune.trial import main as trial_main
+    from kftune.training.config import TrainConfig
 
     fixture, scores = TRIAL_SCORES[task]
     dataset = request.getfixturevalue(fixture)[0] / "dataset"
@@ -117,8 +117,8 @@ def test_a_katib_trial_scores_and_prints_the_tasks_metric(task, tmp_path, tiny_m
 def test_the_gain_gate_is_bounded_only_where_the_primary_metric_is_a_score():
     """RMSE gains are in the target's units (a gain below -1 switches the regression gate off); a score's gain is in
     [-1, 1]; under auto the task is not known yet."""
-    from kftune.components.common.errors import ConfigError
     from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.errors import ConfigError
 
     EvaluateConfig(task="regression", min_gain_over_baseline=-5.0).validate()
     EvaluateConfig(task="auto", min_gain_over_baseline=-5.0).validate()

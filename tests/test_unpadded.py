@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kftune.components.common.training.unpadded import enable_padding_free
+from kftune.training.unpadded import enable_padding_free
 
 WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=80, vocab_size=300, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -134,7 +134,7 @@ def test_saved_model_keeps_its_attention_setting(tmp_path):
 
 
 def test_per_token_logits_are_zero_past_each_example():
-    from kftune.components.common.inference import predict_logits
+    from kftune.inference.runners import predict_logits
 
     class Split(dict):
         column_names = ["input_ids"]
@@ -155,8 +155,8 @@ def test_training_loop_packing_on_and_off_agree_without_dropout(tmp_path, prepar
     is off: the same step losses and weights to float tolerance."""
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.loop import train
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
 
     source = prepared / "tokenizer"
     config = BertConfig(**{**WIDTH, "vocab_size": AutoTokenizer.from_pretrained(source).vocab_size,

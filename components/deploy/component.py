@@ -10,10 +10,10 @@ from the secrets of ``serving_service_account``, the predictor's service account
 from kfp import dsl
 from kfp.dsl import Input, Model
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.settings import TaskChoice
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.deploy.config import DeploySettings
+from kftune.settings.fields import TaskChoice
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(DeploySettings, TaskChoice)
@@ -30,24 +30,24 @@ def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
     values = dict(locals())
     import logging
 
-    from kftune.components.common.settings import TaskChoice, check_choices, settings_from
     from kftune.components.deploy.config import DeploySettings
-    from kftune.components.deploy.deploy import deploy_inference_service
+    from kftune.components.deploy.deploy import deploy_inference_service, deploy_request
+    from kftune.settings.fields import TaskChoice, check_choices, settings_from
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(DeploySettings, values)
     task = settings_from(TaskChoice, values)
     check_choices(task)
     if task.task == "auto":
-        from kftune.components.common.errors import ConfigError
-        from kftune.components.common.exported import export_task
+        from kftune.errors import ConfigError
+        from kftune.inference.exported import export_task
 
         if exported_model is None:
             raise ConfigError("task auto: deploy reads the task from the exported_model artifact; pass it or set task")
         from pathlib import Path
 
         task.task = export_task(Path(exported_model.path))
-    request = settings.request(model_uri, task.task)
+    request = deploy_request(settings, model_uri, task.task)
     return deploy_inference_service(request, timeout_seconds=settings.deploy_timeout_minutes * 60)["url"]
 
 

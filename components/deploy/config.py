@@ -48,20 +48,3 @@ class DeploySettings:
     """causal-lm: the most tokens of prompt and completion the served model takes (the runtime's --max_model_len); 0: the model's own limit (max_position_embeddings). Give the run's max_seq_length to serve what was trained."""  # noqa: E501
     deploy_timeout_minutes: float = 15.0
     """How long to wait for the InferenceService to become Ready before failing (it is left in place either way)."""
-
-    def request(self, model_uri: str, task: str = "classification"):
-        """The checked DeployRequest for the ``task``'s model at ``model_uri`` (raises ConfigError naming a bad
-        value): a causal-lm model goes to ``causal_lm_serving_runtime`` as format huggingface."""
-        from kftune.components.deploy.deploy import DeployRequest
-
-        if task == "causal-lm":
-            runtime, model_format = self.causal_lm_serving_runtime, CAUSAL_LM_MODEL_FORMAT
-        else:
-            runtime, model_format = self.serving_runtime, self.serving_model_format
-        return DeployRequest(
-            model_uri=model_uri, name=self.deploy_name, namespace=self.deploy_namespace, runtime=runtime,
-            model_format=model_format, service_account=self.serving_service_account,
-            min_replicas=self.serving_min_replicas, max_replicas=self.serving_max_replicas,
-            canary_traffic_percent=self.canary_traffic_percent, cpu=self.serving_cpu, memory=self.serving_memory,
-            task=task, gpus=self.serving_gpus, max_model_len=self.serving_max_model_len,
-        )

@@ -65,7 +65,16 @@ from kserve.constants import constants as kserve_constants
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kftune.components.common.cluster_resource import (
+from kftune.cluster.kube import (
+    api_error,
+    check_integers,
+    check_name,
+    check_namespace,
+    check_quantity,
+    current_namespace,
+    is_dns_subdomain,
+)
+from kftune.cluster.lifecycle import (
     RETRY_DELAY_SECONDS,
     Cleanup,
     ClusterResource,
@@ -75,18 +84,15 @@ from kftune.components.common.cluster_resource import (
     names_object,
     run_resource,
 )
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import (
-    api_error,
-    check_integers,
-    check_name,
-    check_namespace,
-    check_quantity,
-    current_namespace,
-    is_dns_subdomain,
+from kftune.components.deploy.config import (
+    CAUSAL_LM_MODEL_FORMAT,
+    DEFAULT_MODEL_FORMAT,
+    DEFAULT_RUNTIME,
+    DEFAULT_SERVICE_ACCOUNT,
+    DeploySettings,
 )
-from kftune.components.common.tasks import TASKS
-from kftune.components.deploy.config import DEFAULT_MODEL_FORMAT, DEFAULT_RUNTIME, DEFAULT_SERVICE_ACCOUNT
+from kftune.errors import ConfigError, KftuneError
+from kftune.tasks import TASKS
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # KServe's Hugging Face runtime (python/huggingfaceserver/huggingfaceserver/__main__.py): its MLTask names
@@ -235,6 +241,23 @@ class DeployRequest:
             )
         for name in ("cpu", "memory"):
             check_quantity(name, getattr(self, name), "'1', '500m' or '2Gi'")
+
+
+def deploy_request(settings: DeploySettings, model_uri: str, task: str = "classification") -> DeployRequest:
+    """The checked DeployRequest for the ``task``'s model at ``model_uri`` under ``settings`` (raises ConfigError
+    naming a bad value): a causal-lm model goes to ``causal_lm_serving_runtime`` as format huggingface."""
+    if task == "causal-lm":
+        runtime, model_format = settings.causal_lm_serving_runtime, CAUSAL_LM_MODEL_FORMAT
+    else:
+        runtime, model_format = settings.serving_runtime, settings.serving_model_format
+    return DeployRequest(
+        model_uri=model_uri, name=settings.deploy_name, namespace=settings.deploy_namespace, runtime=runtime,
+        model_format=model_format, service_account=settings.serving_service_account,
+        min_replicas=settings.serving_min_replicas, max_replicas=settings.serving_max_replicas,
+        canary_traffic_percent=settings.canary_traffic_percent, cpu=settings.serving_cpu,
+        memory=settings.serving_memory, task=task, gpus=settings.serving_gpus,
+        max_model_len=settings.serving_max_model_len,
+    )
 
 
 def check_model_uri(uri: str) -> None:

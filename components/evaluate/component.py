@@ -4,9 +4,9 @@ settings come from EvaluateConfig)."""
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.evaluate.config import EvaluateConfig
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(EvaluateConfig)
@@ -35,11 +35,11 @@ def evaluate(
     import json
     from pathlib import Path
 
-    from kftune.components.common.settings import settings_from
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate as run
     from kftune.components.evaluate.evaluate import flat_metrics
     from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
+    from kftune.settings.fields import settings_from
 
     result = run(model.path, dataset.path, settings_from(EvaluateConfig, values))
     for name, value in flat_metrics(result).items():

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import GenerationBudget, TaskChoice, internal
-from kftune.components.common.tasks import TASKS
+from kftune.errors import ConfigError
+from kftune.settings.fields import GenerationBudget, TaskChoice, internal
+from kftune.tasks import TASKS
 
 
 @dataclass

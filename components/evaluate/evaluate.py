@@ -1,6 +1,6 @@
 """Score the fine-tuned model on the test split against baselines, and gate it.
 
-Each task brings its scores and baselines (:mod:`kftune.components.common.tasks`): for
+Each task brings its scores and baselines (:mod:`kftune.tasks`): for
 classification the majority class and TF-IDF + logistic regression (scikit-learn defaults);
 regression the training mean and TF-IDF + ridge; multilabel the most frequent label set and
 TF-IDF + one-vs-rest logistic regression. Baselines are fitted on the same train split and
@@ -15,18 +15,18 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from kftune.components.common.errors import KftuneError
-from kftune.components.common.inference import predict_logits, torch_runner
-from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, dataset_task, load_splits
-from kftune.components.common.tasks import encoder_task, task_named, trained_task_info, with_task
-from kftune.components.common.tasks.classification import (  # noqa: F401 (re-exported: bench, tests)
+from kftune.components.evaluate.config import EvaluateConfig
+from kftune.data.schema import LABEL, dataset_task, load_splits
+from kftune.errors import KftuneError
+from kftune.inference.runners import predict_logits, torch_runner
+from kftune.models.encoder import load_classifier
+from kftune.tasks import encoder_task, task_named, trained_task_info, with_task
+from kftune.tasks.classification import (  # noqa: F401 (re-exported: bench, tests)
     SUMMARY_KEYS,
     classification_scores,
     majority_baseline,
     tfidf_baseline,
 )
-from kftune.components.evaluate.config import EvaluateConfig
 
 log = logging.getLogger(__name__)
 

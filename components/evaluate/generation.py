@@ -4,7 +4,7 @@ Both models answer every test prompt greedily (``max_new_tokens`` bounded, batch
 progress bar). Scores per model:
 
 - ``exact_match``: the generation equals the reference after normalisation (case folded,
-  surrounding whitespace and punctuation stripped: :func:`~kftune.components.common.chat.normalise_answer`);
+  surrounding whitespace and punctuation stripped: :func:`~kftune.data.chat.normalise_answer`);
 - ``answer_accuracy`` (short-answer data, whose references take a few distinct values): the
   allowed answer the generation *starts with* equals the reference's;
 - ``rouge_l``: ROUGE-L F-measure (Google's ``rouge-score``);
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kftune.components.common.bundled import resolve_model
-from kftune.components.common.chat import normalise_answer, read_answer
-from kftune.components.common.generation import generate, load_causal_lm, max_new_tokens_for
-from kftune.components.common.schema import dataset_task, load_splits
+from kftune.data.bundled import resolve_model
+from kftune.data.chat import normalise_answer, read_answer
+from kftune.data.schema import dataset_task, load_splits
+from kftune.inference.generation import generate, load_causal_lm, max_new_tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def generation_scores(generations: list[str], references: list[str], answers: li
 @torch.no_grad()
 def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
     """Mean cross-entropy of ``model`` over the reference (assistant) tokens of ``split``."""
-    from kftune.components.common.training.causal_lm import CausalCollator, token_batches, token_losses
+    from kftune.training.causal_lm import CausalCollator, token_batches, token_losses
 
     collate = CausalCollator(split, pad_id, packing=True)
     total, count = 0.0, 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kftune.components.common.reports import figure_html, markdown_table, new_figure, page, table_html
-from kftune.components.common.tasks import task_named
+from kftune.reports import figure_html, markdown_table, new_figure, page, table_html
+from kftune.tasks import task_named
 
 
 def comparison_rows(result: dict) -> list[tuple]:

@@ -4,9 +4,9 @@ settings come from ExportConfig)."""
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.export.config import ExportConfig
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(ExportConfig)
@@ -25,9 +25,9 @@ def export(
         metrics: Output: parity figures, accuracies and file sizes.
     """
     values = dict(locals())
-    from kftune.components.common.settings import settings_from
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
+    from kftune.settings.fields import settings_from
 
     config = settings_from(ExportConfig, values)
     report = export_model(model.path, dataset.path, exported_model.path, config)

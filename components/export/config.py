@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import TaskChoice, internal
+from kftune.errors import ConfigError
+from kftune.settings.fields import TaskChoice, internal
 
 
 @dataclass

@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.errors import KftuneError
-from kftune.components.common.inference import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
-from kftune.components.common.modeling import load_classifier
-from kftune.components.common.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_splits
-from kftune.components.common.tasks import encoder_task, trained_task_info, with_task
 from kftune.components.export.config import ExportConfig
+from kftune.data.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_splits
+from kftune.errors import KftuneError
+from kftune.inference.runners import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
+from kftune.models.encoder import load_classifier
+from kftune.storage.atomic import atomic_directory
+from kftune.tasks import encoder_task, trained_task_info, with_task
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,10 @@ def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir:
     """
     import torch
 
-    from kftune.components.common.bundled import resolve_model
-    from kftune.components.common.generation import generate, load_causal_lm, max_new_tokens_for
-    from kftune.components.common.schema import TASK_FILE, dataset_task
-    from kftune.components.common.training.causal_lm import ADAPTER_DIR, CausalCollator
+    from kftune.data.bundled import resolve_model
+    from kftune.data.schema import TASK_FILE, dataset_task
+    from kftune.inference.generation import generate, load_causal_lm, max_new_tokens_for
+    from kftune.training.causal_lm import ADAPTER_DIR, CausalCollator
 
     config.validate()
     model_dir = Path(model_dir)

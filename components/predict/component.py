@@ -5,9 +5,9 @@ copied to ``predict_output`` when it is given."""
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.predict.config import PredictConfig
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(PredictConfig)
@@ -24,9 +24,9 @@ def predict(
         metrics: Output: rows, seconds, rows per second.
     """
     values = dict(locals())
-    from kftune.components.common.settings import settings_from
     from kftune.components.predict.config import PredictConfig
     from kftune.components.predict.predict import predict_to_artifact
+    from kftune.settings.fields import settings_from
 
     config = settings_from(PredictConfig, values)
     summary = predict_to_artifact(exported_model.path, config, predictions.path)

@@ -4,7 +4,7 @@ Every name of predict's own starts with ``predict`` so that none collides with a
 in the finetune pipeline's flat run parameters (``predict_batch_size`` beside train's batch
 sizes, ``predict_input`` beside preprocess's ``data``), as pretrain's start with ``pretrain``.
 Two settings mean the same in a pipeline and are shared groups
-(:mod:`kftune.components.common.settings`): ``text_column`` (:class:`TextColumn`, preprocess's
+(:mod:`kftune.settings.fields`): ``text_column`` (:class:`TextColumn`, preprocess's
 column of texts) and ``max_new_tokens`` (:class:`GenerationBudget`, evaluate's generation budget).
 """
 
@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import GenerationBudget, TextColumn, check_choices, internal
+from kftune.errors import ConfigError
+from kftune.settings.fields import GenerationBudget, TextColumn, check_choices, internal
 
 OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 ARTIFACT_FORMAT = "jsonl"

@@ -1,10 +1,10 @@
 """Batch inference of an exported model over files of texts: :func:`predict`.
 
 The export (a directory, or an ``s3://`` / ``gs://`` URI of one) is opened as its task says
-(:func:`~kftune.components.common.exported.open_export`): a classifier on ONNX Runtime, whose
+(:func:`~kftune.inference.exported.open_export`): a classifier on ONNX Runtime, whose
 texts are cleaned and truncated as evaluation saw them, or a causal LM answering each text as
 one user turn, greedily. The input is one file, a directory of files or an object-store prefix,
-each read with the project's reader (:mod:`kftune.components.common.datafiles`: CSV, TSV, JSON
+each read with the project's reader (:mod:`kftune.data.files`: CSV, TSV, JSON
 Lines, Parquet). Every file is read and checked before the model is loaded, so a missing
 column or an empty text fails at the start, naming the file, the row and the column.
 
@@ -35,13 +35,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from kftune.components.common.atomic import atomic_file
-from kftune.components.common.datafiles import read_file
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.exported import CAUSAL_LM, CLASSIFICATION, export_task, local_export, open_export
-from kftune.components.common.storage import fetch, is_remote, open_location
-from kftune.components.common.text import clean_text
 from kftune.components.predict.config import PredictConfig
+from kftune.data.files import read_file
+from kftune.data.text import clean_text
+from kftune.errors import ConfigError, DataError
+from kftune.inference.exported import CAUSAL_LM, CLASSIFICATION, export_task, local_export, open_export
+from kftune.storage import fetch, is_remote, open_location
+from kftune.storage.atomic import atomic_file
 
 log = logging.getLogger(__name__)
 

@@ -4,9 +4,9 @@ settings come from PreprocessConfig)."""
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Metrics, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.preprocess.config import PreprocessConfig
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(PreprocessConfig)
@@ -26,10 +26,10 @@ def preprocess(
     import json
     from pathlib import Path
 
-    from kftune.components.common.settings import settings_from
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess as run
     from kftune.components.preprocess.report import data_report_html, data_report_metrics
+    from kftune.settings.fields import settings_from
 
     stats = run(settings_from(PreprocessConfig, values), dataset.path)
     lengths = stats.pop("_lengths")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.schema import LABEL
-from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, TextColumn, check_choices
-from kftune.components.common.tasks.token_classification import FORMATS as TOKEN_FORMATS
+from kftune.data.schema import LABEL
+from kftune.errors import ConfigError
+from kftune.settings.fields import PretrainedModel, Seeding, TaskChoice, TextColumn, check_choices
+from kftune.tasks.token_classification import FORMATS as TOKEN_FORMATS
 
 
 @dataclass

@@ -10,7 +10,7 @@ all present, in this order), each turned into a conversation of ``{role, content
 - ``prompt-completion``: ``prompt`` and ``completion``.
 
 The conversation is rendered with the model's chat template (or the documented plain one,
-:mod:`kftune.components.common.chat`); the tokens of every assistant turn are the training
+:mod:`kftune.data.chat`); the tokens of every assistant turn are the training
 targets (``labels``), all others are masked (-100). Cleaning counts what it drops: examples
 with nothing to learn or nothing to ask (``empty_example``), exact duplicates, and examples
 longer than ``max_seq_length`` tokens (``too_long``), unless ``overlong=truncate_prompt``,
@@ -28,8 +28,8 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 
-from kftune.components.common.chat import ROLES, normalise_answer, render
-from kftune.components.common.errors import DataError
+from kftune.data.chat import ROLES, normalise_answer, render
+from kftune.errors import DataError
 
 log = logging.getLogger(__name__)
 

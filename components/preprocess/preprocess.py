@@ -3,7 +3,7 @@
 ``preprocess`` is the stage: it reads the input, cleans it rule by rule (counting what each
 rule removes), optionally subsamples, splits stratified and seeded into train / validation /
 test, optionally augments the train split, tokenizes once with the model's fast tokenizer and
-writes the dataset artifact described in :mod:`kftune.components.common.schema`.
+writes the dataset artifact described in :mod:`kftune.data.schema`.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.bundled import BUNDLED_DATA, INSTRUCTION_DATA, resolve_model
-from kftune.components.common.chat import PLAIN_TEMPLATE
-from kftune.components.common.errors import ConfigError, DataError
-from kftune.components.common.schema import (
+from kftune.components.preprocess.config import PreprocessConfig
+from kftune.components.preprocess.reader import read_frame, read_labelled_data, select_columns
+from kftune.data.bundled import BUNDLED_DATA, INSTRUCTION_DATA, resolve_model
+from kftune.data.chat import PLAIN_TEMPLATE
+from kftune.data.schema import (
     LABEL,
     LABELS_FILE,
     LENGTH,
@@ -35,7 +35,10 @@ from kftune.components.common.schema import (
     TOKENIZER_DIR,
     LabelMap,
 )
-from kftune.components.common.tasks import (
+from kftune.data.text import clean_text
+from kftune.errors import ConfigError, DataError
+from kftune.storage.atomic import atomic_directory
+from kftune.tasks import (
     AUTO,
     BUNDLED_TASK_DATA,
     TASKS,
@@ -44,9 +47,6 @@ from kftune.components.common.tasks import (
     encoder_task,
     with_task,
 )
-from kftune.components.common.text import clean_text
-from kftune.components.preprocess.config import PreprocessConfig
-from kftune.components.preprocess.reader import read_frame, read_labelled_data, select_columns
 
 log = logging.getLogger(__name__)
 
@@ -392,9 +392,9 @@ def prepare_instructions(config: PreprocessConfig, tokenizer=None, frame: pd.Dat
     Like :func:`prepare_rows`, everything that can be wrong with the input shows up here."""
     from transformers import AutoTokenizer
 
-    from kftune.components.common.chat import ensure_chat_template
     from kftune.components.preprocess import instructions
     from kftune.components.preprocess.reader import read_bundled_instructions
+    from kftune.data.chat import ensure_chat_template
 
     config.validate()
     if config.data == INSTRUCTION_DATA:
@@ -428,9 +428,9 @@ def preprocess_instructions(config: PreprocessConfig, output_dir: str | Path, fr
     import datasets
     from sklearn.model_selection import train_test_split
 
-    from kftune.components.common.chat import normalise_answer
-    from kftune.components.common.schema import TASK_FILE
     from kftune.components.preprocess import instructions
+    from kftune.data.chat import normalise_answer
+    from kftune.data.schema import TASK_FILE
 
     rows, rows_read, removed, layout, tokenizer = prepare_instructions(config, frame=frame)
     answers = instructions.answer_set(rows[instructions.REFERENCE].tolist())

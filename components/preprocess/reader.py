@@ -3,7 +3,7 @@
 Formats: CSV, TSV, JSON Lines, Parquet (each optionally .gz/.bz2/.xz compressed for the
 text formats) and a directory written by ``datasets.save_to_disk`` (a Dataset, or a
 DatasetDict whose splits are concatenated: kftune makes its own split), read by
-:mod:`kftune.components.common.datafiles` (which predict shares). Every problem is raised as a
+:mod:`kftune.data.files` (which predict shares). Every problem is raised as a
 :class:`DataError` naming the file, and the row or column where there is one.
 """
 
@@ -13,10 +13,10 @@ import io
 
 import pandas as pd
 
-from kftune.components.common import bundled
-from kftune.components.common.datafiles import read_frame, read_text
-from kftune.components.common.errors import DataError
-from kftune.components.common.schema import LABEL, TEXT
+from kftune.data import bundled
+from kftune.data.files import read_frame, read_text
+from kftune.data.schema import LABEL, TEXT
+from kftune.errors import DataError
 
 
 def read_bundled() -> pd.DataFrame:
@@ -67,7 +67,7 @@ within 15 minutes on 2 CPU cores."""
 def read_bundled_instructions() -> pd.DataFrame:
     """The bundled reviews as prompt/completion pairs: a seeded sample of :data:`INSTRUCTION_ROWS`."""
     reviews = read_bundled().sample(frac=1.0, random_state=0).head(INSTRUCTION_ROWS)
-    from kftune.components.common.text import clean_text
+    from kftune.data.text import clean_text
 
     return pd.DataFrame({"prompt": [INSTRUCTION_PROMPT.format(text=clean_text(str(t))) for t in reviews[TEXT]],
                          "completion": reviews[LABEL].to_numpy()})

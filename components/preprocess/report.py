@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kftune.components.common.reports import figure_html, new_figure, page, table_html
-from kftune.components.common.schema import SPLITS
+from kftune.data.schema import SPLITS
+from kftune.reports import figure_html, new_figure, page, table_html
 
 
 def data_report_html(stats: dict, lengths: dict[str, np.ndarray]) -> str:

@@ -9,9 +9,9 @@ says so, and the train step, seeing no model in the artifact, fine-tunes ``model
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.pretrain.config import PretrainConfig
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(PretrainConfig)
@@ -32,10 +32,10 @@ def pretrain(
     import logging
     from pathlib import Path
 
-    from kftune.components.common.settings import settings_from
     from kftune.components.pretrain.config import PretrainConfig
     from kftune.components.pretrain.pretrain import REPORT_FILE
     from kftune.components.pretrain.pretrain import pretrain as run
+    from kftune.settings.fields import settings_from
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = settings_from(PretrainConfig, values)

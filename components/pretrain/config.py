@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import PretrainedModel, Seeding, TaskChoice, check_choices
+from kftune.errors import ConfigError
+from kftune.settings.fields import PretrainedModel, Seeding, TaskChoice, check_choices
 
 
 @dataclass
@@ -50,7 +50,7 @@ class PretrainConfig(MaskedLanguageModeling, PretrainedModel, Seeding, TaskChoic
     def validate(self) -> None:
         """Reject values outside their ranges before any work starts."""
         check_choices(self)
-        from kftune.components.common.tasks import TASKS, EncoderTask
+        from kftune.tasks import TASKS, EncoderTask
 
         if self.task != "auto" and not isinstance(TASKS[self.task], EncoderTask):
             encoders = ", ".join(name for name, task in TASKS.items() if isinstance(task, EncoderTask))

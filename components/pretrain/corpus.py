@@ -14,8 +14,8 @@ import lzma
 import tempfile
 from pathlib import Path
 
-from kftune.components.common import bundled
-from kftune.components.common.errors import DataError
+from kftune.data import bundled
+from kftune.errors import DataError
 
 _COMPRESSED = (".gz", ".bz2", ".xz")
 TABULAR = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
@@ -75,7 +75,7 @@ def read_corpus(corpus: str, text_column: str = "text") -> list[str]:
     if corpus == bundled.PLOTS_CORPUS:
         texts = bundled.bundled_plot_texts()
     elif corpus.startswith(("s3://", "gs://")):
-        from kftune.components.common.storage import fetch
+        from kftune.storage import fetch
 
         with tempfile.TemporaryDirectory(prefix="kftune-corpus-") as tmp:
             paths = fetch(corpus, tmp)

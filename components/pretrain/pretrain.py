@@ -26,13 +26,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
-from kftune.components.common.bundled import resolve_model
-from kftune.components.common.errors import DataError
-from kftune.components.common.schema import SPLITS_DIR, TEXT, TOKENIZER_DIR, load_splits
-from kftune.components.common.training.loop import epoch_batches, seed_everything
 from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.pretrain.corpus import read_corpus
+from kftune.data.bundled import resolve_model
+from kftune.data.schema import SPLITS_DIR, TEXT, TOKENIZER_DIR, load_splits
+from kftune.errors import DataError
+from kftune.storage.atomic import atomic_directory, refuse_existing_artifact
+from kftune.training.loop import epoch_batches, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -141,8 +141,8 @@ def pretrain(config: PretrainConfig, dataset_dir: str | Path, output_dir: str | 
     """Masked-LM training of ``config.model`` on the gathered texts; write the model to ``output_dir``; return the report."""  # noqa: E501
     from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import with_task
+    from kftune.data.schema import dataset_task
+    from kftune.tasks import with_task
 
     config = with_task(config, dataset_task(dataset_dir)["task"])
     config.validate()

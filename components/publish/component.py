@@ -9,9 +9,9 @@ that gives it).
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.signatures import with_settings
+from kftune.cluster.images import ImageScheme
 from kftune.components.publish.config import PublishSettings
+from kftune.settings.signatures import with_settings
 
 
 @with_settings(PublishSettings)
@@ -31,9 +31,9 @@ def publish(
     values = dict(locals())
     import logging
 
-    from kftune.components.common.settings import settings_from
     from kftune.components.publish.config import PublishSettings
     from kftune.components.publish.publish import publish_model
+    from kftune.settings.fields import settings_from
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(PublishSettings, values)

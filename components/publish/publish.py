@@ -59,10 +59,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kftune.components.common.atomic import atomic_directory
-from kftune.components.common.checksums import FileDigest, digest_file, sha256_of
-from kftune.components.common.errors import ConfigError, DataError, KftuneError
-from kftune.components.common.storage import (
+from kftune.errors import ConfigError, DataError, KftuneError
+from kftune.storage import (
     Backend,
     Location,
     PreconditionFailed,
@@ -70,6 +68,8 @@ from kftune.components.common.storage import (
     format_bytes,
     open_location,
 )
+from kftune.storage.atomic import atomic_directory
+from kftune.storage.checksums import FileDigest, digest_file, sha256_of
 
 log = logging.getLogger("kftune.publish")
 

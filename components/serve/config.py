@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kftune.components.common.errors import ConfigError
+from kftune.errors import ConfigError
 
 
 @dataclass

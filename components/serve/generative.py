@@ -51,8 +51,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from kftune.components.common.errors import ConfigError, DataError
 from kftune.components.serve.config import ServeConfig
+from kftune.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,7 @@ class CausalLM(kserve.Model):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from kftune.components.common.exported import available_cpus, read_export_report
+        from kftune.inference.exported import available_cpus, read_export_report
 
         if self.config.int8:
             raise ConfigError("int8 serves a classification export's model.int8.onnx; a causal LM has none")

@@ -17,12 +17,12 @@ starts an ONNX Runtime session, runs one warm-up text and marks the model ready.
   ``[n]``), ``label_id`` (INT64 ``[n]``) and ``probabilities`` (FP32 ``[n, num_labels]``, columns
   in label id order).
 
-Loading and prediction are :class:`~kftune.components.common.exported.ExportedClassifier`'s, which
+Loading and prediction are :class:`~kftune.inference.exported.ExportedClassifier`'s, which
 ``kftune predict`` shares, so served and batch predictions agree. Texts go through exactly what the
 evaluate step saw: preprocess's cleaning
-(:func:`~kftune.components.common.text.clean_text`), the tokenizer with truncation at
+(:func:`~kftune.data.text.clean_text`), the tokenizer with truncation at
 ``max_seq_length`` (preprocess's, 128 by default), batches in length order padded per batch
-(:func:`~kftune.components.common.inference.predict_logits`). So the served predictions are the
+(:func:`~kftune.inference.runners.predict_logits`). So the served predictions are the
 evaluate step's, up to the ONNX/PyTorch difference that export checked (max |logit diff| within
 its ``atol``, every test prediction identical).
 
@@ -49,16 +49,16 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.utils import generate_uuid
 
-from kftune.components.common.errors import DataError
-from kftune.components.common.exported import (
+from kftune.components.serve.config import ServeConfig
+from kftune.errors import DataError
+from kftune.inference.exported import (
     CAUSAL_LM,
     EmptyText,
     ExportedClassifier,
     export_task,
 )
-from kftune.components.common.storage import fetch, is_remote
-from kftune.components.common.tasks import TASKS
-from kftune.components.serve.config import ServeConfig
+from kftune.storage import fetch, is_remote
+from kftune.tasks import TASKS
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.resources import TrainResources
-from kftune.components.common.signatures import with_settings
-from kftune.components.common.training.config import Launch, TrainConfig
+from kftune.cluster.images import ImageScheme
+from kftune.cluster.resources import TrainResources
+from kftune.settings.signatures import with_settings
+from kftune.training.config import Launch, TrainConfig
 
 
 @with_settings(TrainConfig, Launch, TrainResources)
@@ -48,12 +48,12 @@ def train(
     import logging
     from pathlib import Path
 
-    from kftune.components.common.resources import TrainResources
-    from kftune.components.common.settings import settings_from
-    from kftune.components.common.training.config import Launch, TrainConfig
-    from kftune.components.common.training.launch import launch_training, shared_checkpoint_dir
-    from kftune.components.common.training.search_space import apply_hyperparameters
+    from kftune.cluster.resources import TrainResources
     from kftune.components.train.report import curves_html, history_metrics
+    from kftune.settings.fields import settings_from
+    from kftune.training.config import Launch, TrainConfig
+    from kftune.training.launch import launch_training, shared_checkpoint_dir
+    from kftune.training.search_space import apply_hyperparameters
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources = settings_from(TrainResources, values)
@@ -70,7 +70,7 @@ def train(
         base_model = f"{base_model} (pretrained by the pretrain step)"
     handle = {}
     if launch.num_nodes > 1 and base_model != config.model:
-        from kftune.components.common.errors import ConfigError
+        from kftune.errors import ConfigError
 
         raise ConfigError("a pretrained model from the pretrain step is not staged for a multi-node TrainJob yet: "
                           "set num_nodes 1 or pretrain false")

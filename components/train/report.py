@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kftune.components.common.reports import figure_html, new_figure, page, table_html
+from kftune.reports import figure_html, new_figure, page, table_html
 
 
 def history_metrics(history: dict) -> dict[str, float]:

@@ -13,7 +13,7 @@ and ``PET_MASTER_PORT`` into the ``node`` container; torchrun reads its options 
 ``PET_*`` variables, so the worker command passes none of them.
 
 The run directory on the shared volume is laid out by
-:mod:`kftune.components.common.training.staging`.
+:mod:`kftune.training.staging`.
 """
 
 from __future__ import annotations
@@ -32,17 +32,7 @@ from kubeflow_trainer_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kftune.components.common.atomic import atomic_directory, refuse_existing_artifact
-from kftune.components.common.cluster_resource import (
-    ClusterResource,
-    Outcome,
-    ResourceApi,
-    emitter,
-    holding_condition,
-    run_resource,
-)
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import (
+from kftune.cluster.kube import (
     REQUEST_TIMEOUT_SECONDS,
     api_error,
     check_integers,
@@ -52,10 +42,20 @@ from kftune.components.common.kube import (
     is_dns_subdomain,
     new_job_name,
 )
-from kftune.components.common.pod_spec import check_training_pod, resource_quantities, training_pod_spec
-from kftune.components.common.training.config import TrainConfig
-from kftune.components.common.training.loop import HISTORY_FILE, default_checkpoint_dir
-from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
+from kftune.cluster.lifecycle import (
+    ClusterResource,
+    Outcome,
+    ResourceApi,
+    emitter,
+    holding_condition,
+    run_resource,
+)
+from kftune.cluster.pod_spec import check_training_pod, resource_quantities, training_pod_spec
+from kftune.errors import ConfigError, KftuneError
+from kftune.storage.atomic import atomic_directory, refuse_existing_artifact
+from kftune.training.config import TrainConfig
+from kftune.training.loop import HISTORY_FILE, default_checkpoint_dir
+from kftune.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def worker_command(
     """
     return [
         python, "-m", "torch.distributed.run", f"--max-restarts={max_restarts}",
-        "-m", "kftune.components.common.training.loop",
+        "-m", "kftune.training.loop",
         "--config", str(config_file), "--dataset", str(dataset_dir), "--output", str(output_dir),
     ]  # fmt: skip
 
@@ -230,7 +230,7 @@ def run_trainjob(
     they come. Raises :class:`KftuneError` when the job fails (with the job's reason and message),
     when it has not finished after ``timeout_seconds``, or when the API server keeps failing.
     Whatever happens, a job that was created is deleted, SIGTERM (the run being cancelled)
-    included (see :mod:`~kftune.components.common.cluster_resource`).
+    included (see :mod:`~kftune.cluster.lifecycle`).
     """
     body = build_trainjob(request).to_dict()
     finished = run_resource(
@@ -395,8 +395,8 @@ def launch_multinode(
     and the model rank 0 writes there is copied to ``output_dir`` (atomically). On success the
     run directory is removed (unless ``keep_run_dir``); on failure it stays, with its checkpoints.
     """
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import with_task
+    from kftune.data.schema import dataset_task
+    from kftune.tasks import with_task
 
     config = with_task(config, dataset_task(dataset_dir)["task"])
     config.validate()

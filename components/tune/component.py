@@ -16,11 +16,11 @@ from typing import List, NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
-from kftune.components.common.images import ImageScheme
-from kftune.components.common.resources import TrainResources
-from kftune.components.common.signatures import with_settings
-from kftune.components.common.training.config import Launch, TrainConfig
+from kftune.cluster.images import ImageScheme
+from kftune.cluster.resources import TrainResources
 from kftune.components.tune.config import SearchSettings
+from kftune.settings.signatures import with_settings
+from kftune.training.config import Launch, TrainConfig
 
 
 @with_settings(SearchSettings, TrainConfig)
@@ -39,12 +39,12 @@ def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_c
     from collections import namedtuple
     from dataclasses import asdict
 
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.settings import settings_from
-    from kftune.components.common.tasks import with_task
-    from kftune.components.common.training.config import TrainConfig
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import plan_search as plan
+    from kftune.data.schema import dataset_task
+    from kftune.settings.fields import settings_from
+    from kftune.tasks import with_task
+    from kftune.training.config import TrainConfig
 
     base = with_task(settings_from(TrainConfig, values), dataset_task(dataset.path)["task"])
     base, trials = plan(settings_from(SearchSettings, values), base)
@@ -69,9 +69,9 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
     import logging
     import tempfile
 
-    from kftune.components.common.settings import settings_from
-    from kftune.components.common.training.config import Launch, TrainConfig
     from kftune.components.tune.trial import run_trial
+    from kftune.settings.fields import settings_from
+    from kftune.training.config import Launch, TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = TrainConfig(**json.loads(train_config))
@@ -95,9 +95,9 @@ def select_best(results: List[str], train_config: str) -> str:
     values = dict(locals())
     import json
 
-    from kftune.components.common.settings import settings_from
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import summary as search_summary
+    from kftune.settings.fields import settings_from
 
     settings = settings_from(SearchSettings, values)
     metric = json.loads(train_config)["metric_for_best_model"]
@@ -120,11 +120,11 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     import logging
     import tempfile
 
-    from kftune.components.common.settings import settings_from
-    from kftune.components.common.training.config import Launch, TrainConfig
-    from kftune.components.common.training.search_space import parse_space
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import optuna_search as run_study
+    from kftune.settings.fields import settings_from
+    from kftune.training.config import Launch, TrainConfig
+    from kftune.training.search_space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(SearchSettings, values)
@@ -161,13 +161,13 @@ def katib_search(
     import json
     import logging
 
-    from kftune.components.common.resources import TrainResources
-    from kftune.components.common.settings import settings_from
-    from kftune.components.common.training.config import TrainConfig
-    from kftune.components.common.training.search_space import parse_space
+    from kftune.cluster.resources import TrainResources
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.katib import launch_katib
     from kftune.components.tune.search import record_from_katib
+    from kftune.settings.fields import settings_from
+    from kftune.training.config import TrainConfig
+    from kftune.training.search_space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources = settings_from(TrainResources, values)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from kftune.components.common.errors import ConfigError
-from kftune.components.common.settings import check_choices
-from kftune.components.common.training.search_space import DEFAULT_SEARCH_SPACE
+from kftune.errors import ConfigError
+from kftune.settings.fields import check_choices
+from kftune.training.search_space import DEFAULT_SEARCH_SPACE
 
 PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 """What the pipeline backend runs (Katib adds bayesianoptimization)."""
@@ -40,7 +40,7 @@ class SearchSettings:
         """The direction of the search on ``metric``: the setting, or (auto) the one that improves it."""
         if self.direction != "auto":
             return self.direction
-        from kftune.components.common.tasks import search_direction
+        from kftune.tasks import search_direction
 
         return search_direction(metric)
 

@@ -22,7 +22,7 @@ enabled`` as Kubeflow profiles are) reads them, with the ``latest`` strategy for
 
 The Experiment is built from Katib's own API models (``kubeflow_katib_api``, the models the
 Kubeflow SDK's optimizer sends); the trial's Job is a plain document around the training pod
-of :mod:`~kftune.components.common.pod_spec` (as a TrainJob's nodes run it), its pod template
+of :mod:`~kftune.cluster.pod_spec` (as a TrainJob's nodes run it), its pod template
 checked against Katib's copy of the core models. Some Katib facts the spec follows:
 
 * Katib's StdOut collector rewrites the container's command into one ``sh -c`` line, its
@@ -57,7 +57,16 @@ from kubeflow_katib_api import models
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from kftune.components.common.cluster_resource import (
+from kftune.cluster.kube import (
+    api_error,
+    check_integers,
+    check_name,
+    check_namespace,
+    current_namespace,
+    is_dns_subdomain,
+    new_job_name,
+)
+from kftune.cluster.lifecycle import (
     Cleanup,
     ClusterResource,
     Finished,
@@ -67,20 +76,11 @@ from kftune.components.common.cluster_resource import (
     holding_condition,
     run_resource,
 )
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.kube import (
-    api_error,
-    check_integers,
-    check_name,
-    check_namespace,
-    current_namespace,
-    is_dns_subdomain,
-    new_job_name,
-)
-from kftune.components.common.pod_spec import check_training_pod, resource_quantities, training_pod_spec
-from kftune.components.common.training.config import BEST_METRICS, TrainConfig
-from kftune.components.common.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
-from kftune.components.common.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
+from kftune.cluster.pod_spec import check_training_pod, resource_quantities, training_pod_spec
+from kftune.errors import ConfigError, KftuneError
+from kftune.training.config import BEST_METRICS, TrainConfig
+from kftune.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
+from kftune.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def objective_metric(metric: str) -> str:
 
 def default_direction(metric: str) -> str:
     """minimize a loss or an error (rmse, mae), maximize the other scores."""
-    from kftune.components.common.tasks import search_direction
+    from kftune.tasks import search_direction
 
     return search_direction(metric)
 
@@ -415,7 +415,7 @@ def run_experiment(
     finishes without any trial reporting the objective, when it has not finished after
     ``timeout_seconds``, or when the API server keeps failing. With ``delete`` a created
     Experiment is deleted whatever happens, SIGTERM (the run being cancelled) included (see
-    :mod:`~kftune.components.common.cluster_resource`).
+    :mod:`~kftune.cluster.lifecycle`).
     """
     body = build_experiment(request).to_dict()
     experiment = _Experiment(request, body, emitter(log, logger), Cleanup.DELETE if delete else Cleanup.KEEP)
@@ -730,8 +730,8 @@ def launch_katib(
     ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays, for a look at what
     the trials left, and the error names it.
     """
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import task_named, with_task
+    from kftune.data.schema import dataset_task
+    from kftune.tasks import task_named, with_task
 
     base_config = with_task(base_config, dataset_task(dataset_dir)["task"])
     base_config.validate()

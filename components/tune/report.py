@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from kftune.components.common.reports import figure_html, markdown_table, new_figure, page, table_html
 from kftune.components.tune.search import counts
+from kftune.reports import figure_html, markdown_table, new_figure, page, table_html
 
 
 def _rows(search: dict) -> tuple[list[str], list[list]]:

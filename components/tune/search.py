@@ -20,12 +20,12 @@ import random
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from kftune.components.common.errors import ConfigError, KftuneError
-from kftune.components.common.training.config import Launch, TrainConfig
-from kftune.components.common.training.pruning import PruningTarget, journal_storage
-from kftune.components.common.training.search_space import SearchSpace, parse_space
 from kftune.components.tune.config import SearchSettings
 from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
+from kftune.errors import ConfigError, KftuneError
+from kftune.training.config import Launch, TrainConfig
+from kftune.training.pruning import PruningTarget, journal_storage
+from kftune.training.search_space import SearchSpace, parse_space
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,8 @@ def optuna_search(
     """
     import optuna
 
-    from kftune.components.common.schema import dataset_task
-    from kftune.components.common.tasks import with_task
+    from kftune.data.schema import dataset_task
+    from kftune.tasks import with_task
 
     base = with_task(base, dataset_task(dataset_dir)["task"])
     work_dir = Path(work_dir)

@@ -23,10 +23,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from kftune.components.common.errors import KftuneError
-from kftune.components.common.training.config import BEST_METRICS, Launch, TrainConfig
-from kftune.components.common.training.launch import launch_training
-from kftune.components.common.training.search_space import apply_hyperparameters
+from kftune.errors import KftuneError
+from kftune.training.config import BEST_METRICS, Launch, TrainConfig
+from kftune.training.launch import launch_training
+from kftune.training.search_space import apply_hyperparameters
 
 log = logging.getLogger(__name__)
 

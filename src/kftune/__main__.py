@@ -1,5 +1,5 @@
 import sys
 
-from kftune.cli import main
+from kftune.cli.main import main
 
 sys.exit(main())

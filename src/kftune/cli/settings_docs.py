@@ -1,0 +1,102 @@
+"""The settings tables of the component READMEs, generated from the settings dataclasses.
+
+Each README holds its stage's table between two marker lines; ``python -m kftune.cli.settings_docs``
+rewrites them (``--check`` only compares, as the test suite does), so a table cannot drift from
+the dataclass it shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kftune.cluster.resources import TrainResources
+from kftune.components.deploy.config import DeploySettings
+from kftune.components.evaluate.config import EvaluateConfig
+from kftune.components.export.config import ExportConfig
+from kftune.components.predict.config import PredictConfig
+from kftune.components.preprocess.config import PreprocessConfig
+from kftune.components.pretrain.config import PretrainConfig
+from kftune.components.publish.config import PublishSettings
+from kftune.components.serve.config import ServeConfig
+from kftune.components.tune.config import SearchSettings
+from kftune.settings.fields import Setting, settings_of
+from kftune.training.config import Launch, TrainConfig
+from kftune.training.search_space import SEARCHABLE
+
+BEGIN = ("<!-- settings: generated from the settings dataclasses by `python -m kftune.cli.settings_docs`; "
+         "do not edit -->")
+END = "<!-- end of settings -->"
+
+TABLES: dict[str, tuple] = {
+    "components/preprocess/README.md": (PreprocessConfig,),
+    "components/pretrain/README.md": (PretrainConfig,),
+    "components/train/README.md": (TrainConfig, Launch, TrainResources),
+    "components/tune/README.md": (SearchSettings,),
+    "components/evaluate/README.md": (EvaluateConfig,),
+    "components/export/README.md": (ExportConfig,),
+    "components/predict/README.md": (PredictConfig,),
+    "components/publish/README.md": (PublishSettings,),
+    "components/deploy/README.md": (DeploySettings,),
+    "components/serve/README.md": (ServeConfig,),
+}
+"""Which settings each README shows (a stage's run parameters, or kftune serve's and kftune predict's flags)."""
+
+
+def _default(setting: Setting) -> str:
+    value = json.dumps(setting.default) if setting.type in (dict, list, bool) else repr(setting.default)
+    return f"`{value}`"
+
+
+def settings_table(*groups) -> str:
+    """A Markdown table of the settings of ``groups``: name (CLI flag), group, type, default, description."""
+    rows = ["| setting (flag) | group | type | default | description |", "|---|---|---|---|---|"]
+    for s in settings_of(*groups):
+        kind = "choice" if s.choices else s.type.__name__
+        flag = "--" + s.name.replace("_", "-")
+        rows.append(f"| `{s.name}` (`{flag}`) | {s.owner.__name__} | {kind} | {_default(s)} | "
+                    f"{s.help.replace('|', '&#124;')} |")
+    return "\n".join(rows)
+
+
+def section(path: str) -> str:
+    """What goes between the markers of README ``path``."""
+    text = settings_table(*TABLES[path])
+    if path == "components/tune/README.md":
+        searchable = ", ".join(f"`{name}` ({kind.__name__})" for name, kind in SEARCHABLE.items())
+        text += f"\n\nSearchable training options (keys of `search_space`): {searchable}."
+    return text
+
+
+def rendered(readme: str, path: str) -> str:
+    """``readme`` with its settings section regenerated (added at the end where it has none)."""
+    block = f"{BEGIN}\n{section(path)}\n{END}"
+    if BEGIN in readme and END in readme:
+        before, rest = readme.split(BEGIN, 1)
+        return before + block + rest.split(END, 1)[1]
+    return readme.rstrip("\n") + f"\n\n## Settings\n\n{block}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: .)")
+    parser.add_argument("--check", action="store_true", help="only report READMEs whose table is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for path in TABLES:
+        readme = args.root / path
+        text = readme.read_text(encoding="utf-8")
+        fresh = rendered(text, path)
+        if fresh != text:
+            stale.append(path)
+            if not args.check:
+                readme.write_text(fresh, encoding="utf-8")
+    for path in stale:
+        print(f"{'stale' if args.check else 'rewrote'}: {path}")
+    return 1 if stale and args.check else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

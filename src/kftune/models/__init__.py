@@ -1,0 +1,1 @@
+"""Models layer: building, saving and loading the models kftune trains, in every training mode."""

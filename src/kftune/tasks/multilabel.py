@@ -1,0 +1,256 @@
+"""multilabel: a set of labels per text (topics, intents, moderation categories), possibly empty.
+
+Labels come as a list column (a JSON list in CSV/JSONL, a Parquet list) or as text joined by
+``label_separator``. Head: ``AutoModelForSequenceClassification`` with one logit per label
+(``problem_type="multi_label_classification"``); loss: binary cross-entropy with logits. Each
+label's decision threshold is chosen on the validation split after training (the one that
+maximises that label's F1; recorded in ``task.json``, used by evaluation, export, serving and
+prediction). Scores: micro and macro F1, subset accuracy, Hamming loss, per-label P/R/F1.
+Baselines: the most frequent label set, and TF-IDF + one-vs-rest logistic regression. The
+split is stratified by label set (sets seen fewer than 3 times pooled).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from kftune.data.bundled import BUNDLED_MODEL, MULTILABEL_DATA
+from kftune.errors import DataError
+from kftune.tasks.base import EncoderTask, sigmoid
+
+METRICS = ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
+THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def label_list(value, separator: str):
+    """The labels of one cell as a list of strings, or None where the cell holds no list (raises ValueError where
+    it holds something else)."""
+    import pandas as pd
+
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                items = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{text[:40]!r} is not a JSON list ({error.msg})") from None
+            if not isinstance(items, list):
+                raise ValueError(f"{text[:40]!r} is not a JSON list")
+        elif separator:
+            items = text.split(separator) if text else []
+        else:
+            raise ValueError(f"{text[:40]!r} is neither a list nor a JSON list (set label_separator for labels "
+                             "joined by a separator)")
+    else:
+        raise ValueError(f"{value!r} is not a list of labels")
+    labels = []
+    for item in items:
+        if isinstance(item, (dict, list)) or item is None:
+            raise ValueError(f"list item {item!r} is not a label")
+        text = str(item).strip()
+        if text:
+            labels.append(text)
+    return labels
+
+
+def multilabel_scores(y_true: np.ndarray, y_pred: np.ndarray, names: list[str], full: bool = False) -> dict:
+    from sklearn.metrics import accuracy_score, f1_score, hamming_loss, precision_recall_fscore_support
+
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    scores = {
+        "f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "f1_macro": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "subset_accuracy": float(accuracy_score(y_true, y_pred)),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+    }
+    if full:
+        p, r, f, s = precision_recall_fscore_support(y_true, y_pred, zero_division=0)
+        scores["per_label"] = {n: {"precision": float(a), "recall": float(b), "f1": float(c), "support": int(d)}
+                               for n, a, b, c, d in zip(names, p, r, f, s, strict=True)}
+    return scores
+
+
+def best_thresholds(probabilities: np.ndarray, y_true: np.ndarray) -> list[float]:
+    """Per label, the threshold of :data:`THRESHOLDS` with the best F1 on these examples (0.5 on ties with it, and
+    for labels absent here)."""
+    from sklearn.metrics import f1_score
+
+    chosen = []
+    for j in range(y_true.shape[1]):
+        if not y_true[:, j].any():
+            chosen.append(0.5)
+            continue
+        f1 = [f1_score(y_true[:, j], probabilities[:, j] >= t, zero_division=0) for t in THRESHOLDS]
+        at_half = f1[int(np.flatnonzero(THRESHOLDS == 0.5)[0])]
+        chosen.append(0.5 if at_half == max(f1) else float(THRESHOLDS[int(np.argmax(f1))]))
+    return chosen
+
+
+class Multilabel(EncoderTask):
+    def parse_labels(self, labels, source, column, config):
+        parsed = []
+        for i, value in zip(labels.index, labels, strict=True):
+            try:
+                items = label_list(value, config.label_separator)
+            except ValueError as error:
+                raise DataError(f"{source}: row {int(i) + 1}, column {column!r}: {error}; task multilabel needs a "
+                                "list of labels in every row") from None
+            parsed.append(None if items is None else tuple(sorted(set(items))))
+        return labels.__class__(parsed, index=labels.index, dtype=object)
+
+    def label_info(self, labels):
+        return {"labels": sorted({label for row in labels for label in row})}
+
+    def encode_labels(self, labels, info):
+        index = {name: i for i, name in enumerate(info["labels"])}
+        rows = []
+        for row in labels:
+            hot = [0.0] * len(index)
+            for label in row:
+                hot[index[label]] = 1.0
+            rows.append(hot)
+        return rows
+
+    def label_feature(self, info):
+        import datasets
+
+        return datasets.Sequence(datasets.Value("float32"))
+
+    def strata(self, labels):
+        """The label set, with sets seen fewer than 3 times pooled into one stratum."""
+        keys = labels.map(lambda row: "|".join(map(str, row)))
+        counts = keys.value_counts()
+        return keys.where(keys.map(counts) >= 3, "<rare>")
+
+    def check_labels(self, labels, config, source):
+        super().check_labels(labels, config, source)
+        names = {label for row in labels for label in row}
+        if len(names) < 2:
+            raise DataError(f"{source}: column {config.label_column!r} holds {len(names)} distinct label(s) after "
+                            "cleaning; multilabel needs at least 2")
+
+    def distribution(self, stored, info):
+        counts = np.asarray(stored, dtype=np.float64).sum(axis=0) if len(stored) else np.zeros(len(info["labels"]))
+        return {name: int(c) for name, c in zip(info["labels"], counts, strict=True)}
+
+    def head(self, info):
+        names = info["labels"]
+        return {"num_labels": len(names), "problem_type": "multi_label_classification",
+                "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+    def label_tensor(self, values, info):
+        import torch
+
+        return torch.tensor(values, dtype=torch.float32)
+
+    def loss(self, model, batch, config):
+        import torch
+
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["labels"])
+
+    def thresholds(self, info) -> np.ndarray:
+        return np.asarray(info.get("thresholds") or [0.5] * len(info["labels"]))
+
+    def decisions(self, logits, info):
+        return (sigmoid(np.asarray(logits, dtype=np.float64)) >= self.thresholds(info)).astype(np.int64)
+
+    def scores(self, logits, labels, info, full=False):
+        """At the model's thresholds; during training (no thresholds yet) at the thresholds that
+        :meth:`after_training` would choose on these very examples, so that the validation score that picks the
+        best epoch is the one the kept model will have (at a fixed 0.5, a model whose rare labels never reach 0.5
+        scores 0 whatever it learnt)."""
+        if "thresholds" not in info:
+            info = self.after_training(logits, labels, info)
+        scores = multilabel_scores(np.asarray(labels), self.decisions(logits, info), info["labels"], full)
+        if full:
+            scores["thresholds"] = dict(zip(info["labels"], self.thresholds(info).tolist(), strict=True))
+        return scores
+
+    def after_training(self, logits, labels, info):
+        return {**info, "thresholds": best_thresholds(sigmoid(np.asarray(logits, dtype=np.float64)),
+                                                     np.asarray(labels, dtype=int))}
+
+    def baselines(self, train, test, info):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.multiclass import OneVsRestClassifier
+        from sklearn.pipeline import make_pipeline
+
+        from kftune.data.schema import LABEL, TEXT
+
+        names = info["labels"]
+        y_train, y_test = np.asarray(train[LABEL], dtype=int), np.asarray(test[LABEL], dtype=int)
+        sets, counts = np.unique(y_train, axis=0, return_counts=True)
+        frequent = np.tile(sets[np.argmax(counts)], (len(y_test), 1))
+        # Labels that never occur in train cannot be learned; one-vs-rest needs both values in every column.
+        seen = (y_train.min(axis=0) == 0) & (y_train.max(axis=0) == 1)
+        tfidf = np.zeros_like(y_test)
+        model = make_pipeline(TfidfVectorizer(), OneVsRestClassifier(LogisticRegression(max_iter=1000)))
+        model.fit(list(train[TEXT]), y_train[:, seen])
+        tfidf[:, seen] = model.predict(list(test[TEXT]))
+        tfidf[:, ~seen] = y_train[0, ~seen]
+        return {"most_frequent_set": multilabel_scores(y_test, frequent, names, full=True),
+                "tfidf_ovr_logreg": multilabel_scores(y_test, tfidf, names, full=True)}
+
+    def report_sections(self, result):
+        from kftune.reports import figure_html, new_figure, table_html
+
+        names = list(result["model"]["per_label"])
+        fig, ax = new_figure(max(6, 0.5 * len(names)), 3.5)
+        x = np.arange(len(names))
+        base = result["baselines"]["tfidf_ovr_logreg"]["per_label"]
+        ax.bar(x - 0.2, [base[n]["f1"] for n in names], 0.4, label="TF-IDF + one-vs-rest")
+        ax.bar(x + 0.2, [result["model"]["per_label"][n]["f1"] for n in names], 0.4, label="fine-tuned")
+        ax.set_xticks(x, names, rotation=45, ha="right")
+        ax.set_ylabel("F1")
+        ax.set_ylim(0, 1)
+        ax.legend()
+        thresholds = result["model"].get("thresholds", {})
+        rows = [(n, s["precision"], s["recall"], s["f1"], s["support"], thresholds.get(n, 0.5))
+                for n, s in result["model"]["per_label"].items()]
+        return ["<h2>Per label</h2>", table_html(["label", "precision", "recall", "f1", "support", "threshold"], rows),
+                figure_html(fig)]
+
+    def outputs(self, logits, info):
+        names, thresholds = info["labels"], self.thresholds(info)
+        probabilities = sigmoid(np.asarray(logits, dtype=np.float64))
+        return [{"labels": [n for n, p, t in zip(names, row, thresholds, strict=True) if p >= t],
+                 "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)},
+                 "thresholds": {n: float(t) for n, t in zip(names, thresholds, strict=True)}} for row in probabilities]
+
+    def v2_outputs(self, logits, info):
+        probabilities = sigmoid(np.asarray(logits, dtype=np.float64)).astype(np.float32)
+        chosen = self.decisions(logits, info)
+        labels = [json.dumps([n for n, c in zip(info["labels"], row, strict=True) if c]) for row in chosen]
+        return [("labels", "BYTES", np.array(labels, dtype=np.object_)), ("predicted", "INT64", chosen),
+                ("probabilities", "FP32", probabilities),
+                ("thresholds", "FP32", self.thresholds(info).astype(np.float32)[None, :].repeat(len(chosen), 0))]
+
+
+TASK = Multilabel(
+    "multilabel",
+    "a set of labels per text",
+    defaults={
+        "data": MULTILABEL_DATA,
+        "model": BUNDLED_MODEL,
+        "max_seq_length": 128,
+        "training_mode": "full",
+        "metric_for_best_model": "f1_micro",
+        "learning_rate": 3e-4,
+        "num_train_epochs": 6,
+        "per_device_train_batch_size": 16,
+        "min_accuracy": 0.0,
+    },
+    metrics=METRICS,
+    primary="f1_micro",
+    lower_is_better=frozenset({"loss", "hamming_loss"}),
+    best_metrics=("f1_micro", "f1_macro", "subset_accuracy", "loss"),
+    baseline="tfidf_ovr_logreg",
+)

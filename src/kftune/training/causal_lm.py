@@ -1,0 +1,166 @@
+"""What the training loop does differently for task causal-lm: the model, batches, loss, validation, output.
+
+- The model is an ``AutoModelForCausalLM``; ``lora`` (the task's default) wraps it with peft
+  (all linear layers unless ``lora_target_modules`` names others), ``qlora`` loads the base in
+  4 bits with bitsandbytes first (CUDA only), ``full`` trains every weight.
+- Batches hold ``per_device_train_batch_size`` examples either padded to the longest, or with
+  ``packing`` concatenated into one sequence whose position ids restart at each example:
+  transformers then keeps attention within each example (a block-diagonal causal mask), so the
+  result is the padded batch's, without computing a single padding token.
+- The loss is the mean cross-entropy over the assistant's tokens only, and the vocabulary
+  projection runs only at the positions that predict one of them (``logits_to_keep``): with
+  short answers that is most of the output layer's cost saved.
+- Validation reports loss and perplexity on the assistant's tokens.
+- The output directory holds the merged model (LoRA folded into the base weights: an ordinary
+  Hugging Face model) and, for LoRA, the adapter alone in ``adapter/``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kftune.errors import ConfigError
+from kftune.training.precision import autocast
+
+ADAPTER_DIR = "adapter"
+PEFT_MODES = ("lora", "qlora")
+
+
+def build_causal_lm(config, model_path: str, device: torch.device):
+    """The causal LM to train for ``config.training_mode`` (full, lora or qlora)."""
+    from transformers import AutoModelForCausalLM
+
+    mode = config.training_mode
+    kwargs: dict = {"dtype": torch.float32}
+    if mode == "qlora":
+        if device.type != "cuda":
+            raise ConfigError("training_mode qlora quantizes the base model with bitsandbytes on a CUDA GPU; on a CPU "
+                              "use lora")
+        from transformers import BitsAndBytesConfig
+
+        kwargs = {"quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16), "device_map": {"": device.index or 0}}
+    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+    model.config.use_cache = False
+    if mode == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
+    elif config.gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        if mode in PEFT_MODES:
+            model.enable_input_require_grads()
+    if mode in PEFT_MODES:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout, target_modules=config.lora_targets() or "all-linear")
+        model = get_peft_model(model, lora)
+    return model
+
+
+def next_token_targets(labels: list[int]) -> list[int]:
+    """What each position predicts: the next token where it is an assistant token, else -100."""
+    return labels[1:] + [-100]
+
+
+class CausalCollator:
+    """Batches of tokenized conversations: padded (``attention_mask``) or packed (``position_ids``)."""
+
+    def __init__(self, split, pad_id: int, max_length: int = 0, packing: bool = False):
+        ids, labels = list(split["input_ids"]), list(split["labels"])
+        if max_length:
+            ids, labels = [r[:max_length] for r in ids], [r[:max_length] for r in labels]
+        self.ids, self.targets = ids, [next_token_targets(r) for r in labels]
+        self.pad_id, self.packing = pad_id, packing
+
+    def lengths(self) -> np.ndarray:
+        return np.asarray([len(r) for r in self.ids])
+
+    def __call__(self, indices) -> dict[str, torch.Tensor]:
+        rows = [self.ids[i] for i in indices]
+        targets = [self.targets[i] for i in indices]
+        if self.packing:
+            return {
+                "input_ids": torch.tensor([[t for r in rows for t in r]], dtype=torch.long),
+                "position_ids": torch.tensor([[p for r in rows for p in range(len(r))]], dtype=torch.long),
+                "targets": torch.tensor([[t for r in targets for t in r]], dtype=torch.long),
+            }
+        width = max(len(r) for r in rows)
+        return {
+            "input_ids": torch.tensor([r + [self.pad_id] * (width - len(r)) for r in rows], dtype=torch.long),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long),
+            "targets": torch.tensor([r + [-100] * (width - len(r)) for r in targets], dtype=torch.long),
+        }
+
+
+def token_losses(model, batch: dict, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """(sum of the cross-entropy over the batch's target tokens, their count); logits only where needed."""
+    targets = batch["targets"]
+    keep = (targets != -100).any(0).nonzero().squeeze(-1)
+    inputs = {k: v for k, v in batch.items() if k != "targets"}
+    # use_cache=False: without a cache, transformers reads packed position ids as separate sequences
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    chosen = targets[:, keep]
+    loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chosen.flatten(), ignore_index=-100,
+                                             reduction="sum", label_smoothing=label_smoothing)
+    return loss, int((chosen != -100).sum())
+
+
+def causal_training_loss(model, batch: dict, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the micro-batch's assistant tokens."""
+    total, count = token_losses(model, batch, label_smoothing)
+    return total / max(count, 1)
+
+
+EVAL_TOKENS = 2048
+"""Tokens per validation batch at most: a packed sequence's attention grows with the square of its length."""
+
+
+def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int = EVAL_TOKENS) -> list[np.ndarray]:
+    """Example indices in length order, in batches of at most ``batch_size`` examples and ``max_tokens`` tokens."""
+    batches, current, tokens = [], [], 0
+    for i in np.argsort(lengths, kind="stable"):
+        if current and (len(current) == batch_size or tokens + lengths[i] > max_tokens):
+            batches.append(np.asarray(current))
+            current, tokens = [], 0
+        current.append(i)
+        tokens += int(lengths[i])
+    return batches + ([np.asarray(current)] if current else [])
+
+
+@torch.no_grad()
+def evaluate_causal(model, collate, lengths: np.ndarray, batch_size: int, device, precision: str) -> dict:
+    """Loss and perplexity over the assistant tokens of one split."""
+    model.eval()
+    total, count = 0.0, 0
+    for indices in token_batches(lengths, batch_size):
+        batch = {k: v.to(device) for k, v in collate(indices).items()}
+        with autocast(device, precision):
+            loss, n = token_losses(model, batch)
+        total, count = total + loss.float().item(), count + n
+    model.train()
+    mean = total / max(count, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
+
+
+def save_causal_lm(model, directory: Path, config, base_path: str) -> None:
+    """The merged model in ``directory``; for LoRA the adapter alone in ``directory/adapter``."""
+    if config.training_mode not in PEFT_MODES:
+        model.save_pretrained(str(directory), safe_serialization=True)
+        return
+    model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
+    if config.training_mode == "qlora":  # merge into the full-precision base, not the 4-bit one
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, str(directory / ADAPTER_DIR))
+    merged = model.merge_and_unload()
+    merged.config.use_cache = True
+    merged.save_pretrained(str(directory), safe_serialization=True)
