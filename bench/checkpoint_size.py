@@ -31,14 +31,14 @@ def main() -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from kftune.data.bundled import resolve_model
-    from kftune.models.encoder import build_classifier
+    from kftune.models.encoder import build_encoder_model
     from kftune.training.checkpoint import STATE_FILE, save_checkpoint
     from kftune.training.config import TrainConfig
     from kftune.training.loop import build_optimizer, rng_state
 
     config = TrainConfig()
     device = torch.device("cpu")
-    model = build_classifier(config, 2, {0: "fresh", 1: "rotten"}, {"fresh": 0, "rotten": 1},
+    model = build_encoder_model(config, 2, {0: "fresh", 1: "rotten"}, {"fresh": 0, "rotten": 1},
                              resolve_model(config.model)).train()
     optimizer = build_optimizer(model, config, device)
     scheduler = get_linear_schedule_with_warmup(optimizer, 10, 100)

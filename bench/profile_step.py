@@ -135,8 +135,8 @@ def main() -> None:
     from kftune.components.preprocess.preprocess import preprocess
     from kftune.data.bundled import resolve_model
     from kftune.data.schema import LENGTH, dataset_task, load_splits
-    from kftune.models.encoder import build_classifier
-    from kftune.tasks import encoder_task, with_task
+    from kftune.models.encoder import build_encoder_model
+    from kftune.tasks import task_named, with_task
     from kftune.training.config import TrainConfig
     from kftune.training.loop import (
         Collator,
@@ -162,7 +162,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
         info = dataset_task(data)
         config = with_task(config, info["task"])
-        task = encoder_task(config.task)
+        task = task_named(config.task)
         train_split = splits["train"]
         lengths = np.asarray(train_split[LENGTH])
         batches = epoch_batches(lengths, args.batch_size, config.seed, 0, config.group_by_length,
@@ -171,7 +171,7 @@ def main() -> None:
             parser.error(f"the training split gives {len(batches)} batches, fewer than --warmup + --steps")
         collate = Collator(train_split, tokenizer, config.max_train_length, task, info)
         torch.manual_seed(config.seed)
-        model = build_classifier(config, task.head(info), resolve_model("bundled:all-MiniLM-L6-v2"), task)
+        model = build_encoder_model(config, task.head(info), resolve_model("bundled:all-MiniLM-L6-v2"), task)
         model.eval() if args.no_dropout else model.train()
         if args.no_attention_dropout:
             for module in model.modules():

@@ -130,12 +130,12 @@ def engine_results(model_dir: Path, export_dir: Path, texts: list[str], threads:
 
     from kftune.inference.exported import session_options
     from kftune.inference.runners import onnx_runner, torch_runner
-    from kftune.models.encoder import load_classifier
+    from kftune.models.encoder import load_encoder_model
 
     torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(str(export_dir))
     engines = {
-        "PyTorch eager fp32": torch_runner(load_classifier(model_dir)),
+        "PyTorch eager fp32": torch_runner(load_encoder_model(model_dir)),
         "ONNX Runtime fp32": onnx_runner(ort.InferenceSession(
             str(export_dir / "model.onnx"), session_options(threads), providers=["CPUExecutionProvider"])),
         "ONNX Runtime int8": onnx_runner(ort.InferenceSession(

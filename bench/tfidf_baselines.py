@@ -38,10 +38,10 @@ def main() -> None:
 
     from sklearn.metrics import accuracy_score, f1_score
 
-    from kftune.components.evaluate.evaluate import majority_baseline, tfidf_baseline
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
     from kftune.data.schema import LABEL, TEXT, load_splits
+    from kftune.tasks.classification import majority_baseline, tfidf_baseline
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-baselines-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

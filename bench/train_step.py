@@ -43,8 +43,8 @@ def main() -> None:
     from kftune.data.bundled import resolve_model
     from kftune.data.schema import LENGTH, dataset_task, load_splits
     from kftune.inference.runners import MODEL_INPUTS
-    from kftune.models.encoder import build_classifier
-    from kftune.tasks import encoder_task, with_task
+    from kftune.models.encoder import build_encoder_model
+    from kftune.tasks import task_named, with_task
     from kftune.training.config import TrainConfig
     from kftune.training.loop import (
         Collator,
@@ -61,7 +61,7 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(str(Path(tmp) / "data" / "tokenizer"))
         train_split = splits["train"]
         config = with_task(TrainConfig(group_by_length=args.group_by_length), info["task"])
-        task = encoder_task(config.task)
+        task = task_named(config.task)
         device = torch.device("cpu")
         precision = resolve_precision(config.mixed_precision, device)
         lengths = np.asarray(train_split[LENGTH])
@@ -77,7 +77,7 @@ def main() -> None:
 
         def run(freeze: bool) -> dict:
             torch.manual_seed(config.seed)
-            model = build_classifier(config, task.head(info), resolve_model(config.model), task).train()
+            model = build_encoder_model(config, task.head(info), resolve_model(config.model), task).train()
             if freeze:
                 model.get_input_embeddings().weight.requires_grad_(False)
             optimizer = build_optimizer(model, config, device)

@@ -111,18 +111,19 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
 
 
 def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
+    from kftune.cpus import available_cpus
     from kftune.data.schema import load_splits
     from kftune.inference.runners import predict_logits, torch_runner
-    from kftune.models.encoder import load_classifier
+    from kftune.models.encoder import load_encoder_model
     from kftune.training.config import TrainConfig
-    from kftune.training.launch import available_cpus, launch_training
+    from kftune.training.launch import launch_training
 
     config = TrainConfig(**{**hyper, "early_stopping_patience": 0, **overrides})
     started = time.perf_counter()
     history = launch_training(config, dataset_dir, out_dir)
     seconds = time.perf_counter() - started
     test = load_splits(dataset_dir)[0]["test"]
-    predictions = predict_logits(torch_runner(load_classifier(out_dir)), test, 128).argmax(1)
+    predictions = predict_logits(torch_runner(load_encoder_model(out_dir)), test, 128).argmax(1)
     train_rows = json.loads((dataset_dir / "stats.json").read_text())["split_sizes"]["train"]
     return {"train_seconds": history["train_seconds"], "wall_seconds_incl_launch": seconds,
             "samples_per_second": train_rows * len(history["epochs"]) / history["train_seconds"],

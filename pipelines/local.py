@@ -17,7 +17,7 @@ class LocalRunResult:
     run_dir: Path
     model_dir: Path
     export_dir: Path
-    """The export step's output: ONNX (classification) or a Hugging Face directory (causal-lm)."""
+    """The export step's output, in the task's format: ONNX, or a Hugging Face directory."""
     evaluation: dict
     passed: bool
     seconds: float
@@ -26,30 +26,24 @@ class LocalRunResult:
 
     def results(self) -> dict:
         """The CLI's ``--results`` document (test-split figures)."""
-        ev = self.evaluation
-        task = ev.get("task", "classification")
-        model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
-        if task == "causal-lm":
-            keys = tuple(k for k in ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss") if k in model)
-            artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
-            extra = {"answers": ev["answers"], "primary_metric": ev["primary_metric"], "base_model": ev["base_model"]}
-        else:
-            from kftune.tasks import task_named
+        from kftune.tasks import task_named
 
-            keys = task_named(task).metrics
-            keys += ("roc_auc",) if "roc_auc" in model else ()
-            artifacts = {"model": str(self.model_dir), "onnx": str(self.export_dir / "model.onnx"),
-                         "onnx_dir": str(self.export_dir)}
-            extra = {"labels": ev["labels"]}
+        ev = self.evaluation
+        task = task_named(ev["task"])
+        keys = task.result_metrics(ev)
+        model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
+        artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
+        if task.export_format == "onnx":
+            artifacts |= {"onnx": str(self.export_dir / "model.onnx"), "onnx_dir": str(self.export_dir)}
         return {
-            "task": task,
+            "task": task.name,
             "model": {k: model[k] for k in keys},
             "baseline": {"name": ev["baseline"], **{k: baseline[k] for k in keys if k in baseline}},
             "baselines": {name: {k: s[k] for k in keys if k in s} for name, s in ev["baselines"].items()},
             "delta_vs_baseline": ev["delta_vs_baseline"],
             "passed": self.passed,
             "test_size": ev["test_size"],
-            **extra,
+            **task.result_extras(ev),
             "artifacts": artifacts | {"run_dir": str(self.run_dir)}
             | ({"predictions": str(self.predictions)} if self.predictions else {}),
             "seconds": self.seconds,

@@ -43,7 +43,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def bundled_frame() -> pd.DataFrame:
     """The bundled Rotten Tomatoes reviews (text, label)."""
-    from kftune.components.preprocess.reader import read_bundled
+    from kftune.data.labelled import read_bundled
 
     return read_bundled()
 
@@ -92,7 +92,7 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def instructions_jsonl(tmp_path_factory) -> Path:
     """240 prompt/completion pairs from the bundled instruction data (real reviews), as JSON Lines."""
-    from kftune.components.preprocess.reader import read_bundled_instructions
+    from kftune.data.labelled import read_bundled_instructions
 
     path = tmp_path_factory.mktemp("instructions") / "reviews.jsonl"
     read_bundled_instructions().head(240).to_json(path, orient="records", lines=True)

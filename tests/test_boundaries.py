@@ -170,3 +170,56 @@ def test_the_checks_catch_a_cross_stage_import_and_a_cycle(tmp_path, monkeypatch
     monkeypatch.setitem(MODULES, "kftune.data.probe", layer)
     source.write_text("from kftune.data.probe import f\n")
     assert ["kftune.components.train.probe", "kftune.data.probe"] in import_cycles()
+
+
+TASKS_DIR = REPO / "src" / "kftune" / "tasks"
+TASK_PACKAGES = sorted(p.name for p in TASKS_DIR.iterdir() if (p / "__init__.py").is_file())
+
+
+def in_a_task_package(module: str) -> bool:
+    return any(module == f"kftune.tasks.{name}" or module.startswith(f"kftune.tasks.{name}.")
+               for name in TASK_PACKAGES)
+
+
+def task_mentions(path: Path, task_names: set[str]) -> list[str]:
+    """Where ``path`` names a task: a string literal equal to a task's name, a read of ``token_level``, an import of
+    a task package."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in task_names:
+            found.append(f"{shown}:{node.lineno} names task {node.value!r}")
+        elif (isinstance(node, ast.Attribute) and node.attr == "token_level") or (
+                isinstance(node, ast.Name) and node.id == "token_level"):
+            found.append(f"{shown}:{node.lineno} reads token_level")
+    found += [f"{shown}:{line} imports {target}" for line, target in edges(path) if in_a_task_package(target)]
+    return found
+
+
+def test_no_module_outside_the_task_packages_names_a_task():
+    """Stages, pipelines, the CLI and the layers ask the task (the registry hands it over); none names one."""
+    from kftune.tasks import TASKS
+
+    assert {"classification", "regression", "multilabel", "token-classification", "causal-lm"} <= set(TASKS)
+    found = [v for name, path in MODULES.items() if not in_a_task_package(name)
+             for v in task_mentions(path, set(TASKS))]
+    assert not found, "\n".join(found)
+
+
+def test_the_task_check_catches_a_name_a_flag_and_a_task_import(tmp_path):
+    source = tmp_path / "stage.py"
+    source.write_text('def f(config, task):\n    if config.task == "regression":\n        return task.token_level\n'
+                      "    from kftune.tasks.multilabel import TASK\n")
+    assert [v.split(" ", 1)[1] for v in task_mentions(source, {"regression"})] == [
+        "names task 'regression'", "reads token_level", "imports kftune.tasks.multilabel"]
+
+
+
+def test_every_package_is_in_the_distribution():
+    """pyproject.toml lists the packages (the images install the distribution, not the tree): each must be there."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
+    assert packages <= listed, sorted(packages - listed)

@@ -19,12 +19,20 @@ import torch
 from safetensors.torch import load_file
 
 from kftune.components.preprocess.config import PreprocessConfig
-from kftune.components.preprocess.preprocess import prepare_instructions, preprocess
+from kftune.components.preprocess.preprocess import prepare, preprocess
 from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
 from kftune.errors import ConfigError, DataError
 from kftune.training.causal_lm import CausalCollator, token_losses
 from kftune.training.checkpoint import latest_checkpoint
 from kftune.training.config import TrainConfig
+
+
+def prepare_instructions(config):
+    """(rows, rows read, removed per rule with ``prompt_truncated``, layout, tokenizer): causal-LM data as the task
+    prepares it."""
+    prepared = prepare(config)
+    removed = {**prepared.removed, "prompt_truncated": prepared.stats["prompt_truncated"]}
+    return prepared.frame, prepared.rows_read, removed, prepared.stats["instruction_format"], prepared.tokenizer
 
 
 def _config(data: Path, model: Path, **overrides) -> PreprocessConfig:
@@ -44,14 +52,14 @@ def test_auto_settings_take_the_tasks_defaults_and_explicit_values_win():
     assert PreprocessConfig(task="causal-lm").data == "bundled:rotten-tomatoes-instructions"
     with pytest.raises(ConfigError, match="not a score of task causal-lm"):
         TrainConfig(task="causal-lm", metric_for_best_model="f1_macro").validate()
-    with pytest.raises(ConfigError, match="for task classification"):
+    with pytest.raises(ConfigError, match="prompt_tuning is for tasks classification, .*; task causal-lm trains with"):
         TrainConfig(task="causal-lm", training_mode="prompt_tuning").validate()
 
 
 def test_every_auto_setting_says_what_each_task_makes_of_it():
     """The per-task values live in the task modules (src/kftune/tasks/); the descriptions must name them."""
     from kftune.components.evaluate.config import EvaluateConfig
-    from kftune.settings.fields import settings_of
+    from kftune.settings.catalog import settings_of
     from kftune.tasks import TASKS
 
     helps = {s.name: s.help for cls in (TrainConfig, PreprocessConfig, EvaluateConfig) for s in settings_of(cls)}

@@ -12,7 +12,7 @@ import pytest
 from kftune.cli.main import build_parser, main
 from kftune.cluster.resources import TrainResources
 from kftune.pipelines import finetune
-from kftune.settings.fields import settings_of
+from kftune.settings.catalog import settings_of
 
 
 def test_run_help_covers_every_run_parameter_but_the_cluster_ones():

@@ -192,10 +192,9 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     assert params["gpus"]["defaultValue"] == "2"
     for name, spec in params.items():
         assert "defaultValue" in spec and spec.get("description", "").strip(), name
-    from kftune.training.search_space import parse_space
-
-    assert parse_space(params["search_space"]["defaultValue"]).names == [
-        "learning_rate", "per_device_train_batch_size", "warmup_ratio", "weight_decay"]
+    # empty: each task's own space, which the form's description shows
+    assert params["search_space"]["defaultValue"] == ""
+    assert '"learning_rate": {"low": 3e-05, "high": 0.0002, "log": true}' in params["search_space"]["description"]
     assert params["algorithm"]["defaultValue"] == "tpe"
     mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-katib-search"]
     assert mounts["pvcMount"][0]["mountPath"] == "/kftune/shared"

@@ -119,7 +119,7 @@ def test_preprocess_image_reads_the_bundled_regression_data_without_a_network(do
     """vaderSentiment's source distribution is in the image (put there at build time), so the regression default
     needs no PyPI access in a pod."""
     out = run_in(docker_client, images.image("preprocess"),
-                 "KFTUNE_CACHE=/tmp/cache python -W ignore -c 'from kftune.components.preprocess.reader import "
+                 "KFTUNE_CACHE=/tmp/cache python -W ignore -c 'from kftune.data.labelled import "
                  "read_bundled_regression; print(len(read_bundled_regression()))'")
     assert int(out.split()[-1]) > 7000, out
 

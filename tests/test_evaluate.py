@@ -5,16 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kftune.components.evaluate.evaluate import (
-    EvaluateConfig,
-    classification_scores,
-    evaluate,
-    flat_metrics,
-    majority_baseline,
-    tfidf_baseline,
-)
+from kftune.components.evaluate.config import EvaluateConfig
+from kftune.components.evaluate.evaluate import evaluate, flat_metrics
 from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
 from kftune.errors import ConfigError, KftuneError
+from kftune.tasks.classification import classification_scores, majority_baseline, tfidf_baseline
 
 
 def test_scores_match_hand_computation():

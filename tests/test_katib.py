@@ -27,9 +27,12 @@ from kftune.components.tune.katib import (
     typed_value,
 )
 from kftune.errors import ConfigError, KftuneError
+from kftune.tasks import TASKS
 from kftune.training.config import TrainConfig
-from kftune.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
+from kftune.training.search_space import parse_space
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer
+
+DEFAULT_SEARCH_SPACE = json.dumps(TASKS["classification"].search_space)  # the default task's
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10)
 QUIET = dict(log=lambda line: None)

@@ -18,7 +18,7 @@ import pytest
 
 from kftune.data.schema import LABEL, TEXT, load_splits
 from kftune.inference.runners import predict_logits, torch_runner
-from kftune.models.encoder import load_classifier
+from kftune.models.encoder import load_encoder_model
 from kftune.training.config import TrainConfig
 from kftune.training.loop import train
 
@@ -68,7 +68,7 @@ def test_training_beats_the_majority_class_on_held_out_texts(tmp_path, cue_datas
     assert 0.55 <= majority_accuracy <= 0.75  # the task is unbalanced: predicting one class scores well
 
     # before training the random model does no better than the majority class
-    before = predict_logits(torch_runner(load_classifier(tiny_model)), splits["test"], 64).argmax(1)
+    before = predict_logits(torch_runner(load_encoder_model(tiny_model)), splits["test"], 64).argmax(1)
     assert (before == test_labels).mean() <= majority_accuracy + 0.05
 
     config = TrainConfig(model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
@@ -76,7 +76,7 @@ def test_training_beats_the_majority_class_on_held_out_texts(tmp_path, cue_datas
                          save_steps=0, logging_steps=10)
     history = train(config, cue_dataset, tmp_path / "model")
 
-    predictions = predict_logits(torch_runner(load_classifier(tmp_path / "model")), splits["test"], 64).argmax(1)
+    predictions = predict_logits(torch_runner(load_encoder_model(tmp_path / "model")), splits["test"], 64).argmax(1)
     accuracy = float((predictions == test_labels).mean())
     # well above the majority class (and the random start): the rule was learnt, not a class prior
     assert accuracy >= majority_accuracy + 0.2, (accuracy, majority_accuracy, history["epochs"])

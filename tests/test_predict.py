@@ -70,11 +70,11 @@ def read_output(path: Path) -> pd.DataFrame:
 
 
 def served_predictions(model_dir: Path, texts: list[str]) -> list[dict]:
-    """What `kftune serve` answers for ``texts`` over V1 (the TextClassifier itself, no HTTP)."""
+    """What `kftune serve` answers for ``texts`` over V1 (the TextModel itself, no HTTP)."""
     pytest.importorskip("kserve")
-    from kftune.components.serve.serve import TextClassifier
+    from kftune.components.serve.serve import TextModel
 
-    classifier = TextClassifier("m", model_dir)
+    classifier = TextModel("m", model_dir)
     classifier.load()
     return asyncio.run(classifier.predict({"instances": texts}))["predictions"]
 
@@ -86,12 +86,12 @@ def evaluate_probabilities(model_dir: Path, texts: list[str], max_length: int = 
 
     from kftune.data.text import clean_text
     from kftune.inference.runners import predict_logits, softmax, torch_runner
-    from kftune.models.encoder import load_classifier
+    from kftune.models.encoder import load_encoder_model
 
     encoded = AutoTokenizer.from_pretrained(str(model_dir))([clean_text(t) for t in texts], truncation=True,
                                                              max_length=max_length)
-    return softmax(predict_logits(torch_runner(load_classifier(model_dir)), datasets.Dataset.from_dict(dict(encoded)),
-                                  64))
+    return softmax(predict_logits(torch_runner(load_encoder_model(model_dir)),
+                                  datasets.Dataset.from_dict(dict(encoded)), 64))
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
@@ -267,7 +267,7 @@ def test_causal_lm_generations_are_the_shared_greedy_ones(tmp_path):
     shorter = tmp_path / "short.jsonl"
     predict(export, config(source, shorter, text_column="question", max_new_tokens=2))
     assert pd.read_json(shorter, lines=True)["generation"].tolist() == generate(model, tokenizer, rendered, 2)
-    with pytest.raises(ConfigError, match="int8 runs a classification export"):
+    with pytest.raises(ConfigError, match="int8 runs an ONNX export"):
         predict(export, config(source, shorter, text_column="question", predict_int8=True))
 
 

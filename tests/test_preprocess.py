@@ -8,18 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.components.preprocess.preprocess import (
-    PreprocessConfig,
-    augment_texts,
-    clean_dataset,
-    clean_text,
-    make_label_map,
-    prepare_rows,
-    preprocess,
-    split_dataset,
-)
+from kftune.components.preprocess.config import PreprocessConfig
+from kftune.components.preprocess.preprocess import augment_texts, preprocess, split_dataset
+from kftune.components.preprocess.preprocess import prepare as prepare_rows
 from kftune.data.schema import LabelMap, load_splits
+from kftune.data.text import clean_text
 from kftune.errors import ConfigError, DataError
+from kftune.tasks import task_named
+
+CLASSIFICATION = task_named("classification")
+
+
+def clean_dataset(frame, config):
+    """The classification task's cleaning rules (the default task's, which reads labelled text rows)."""
+    return CLASSIFICATION.clean(frame, config)
+
+
+def make_label_map(labels) -> LabelMap:
+    return LabelMap(tuple(CLASSIFICATION.label_info(labels)["labels"]))
+
+
+def stratified_split(frame, config):
+    return split_dataset(frame, config, lambda part: CLASSIFICATION.strata(part, {}), CLASSIFICATION.strata_checked)
 
 
 def test_clean_text_normalises():
@@ -64,9 +74,9 @@ def test_string_labels_sorted_alphabetically(tmp_path):
 def test_split_is_stratified_seeded_and_disjoint(small_frame):
     frame, _ = clean_dataset(small_frame, PreprocessConfig())
     frame["label"] = frame["label"].map({"negative": 0, "positive": 1})
-    a = split_dataset(frame, PreprocessConfig(seed=3))
-    b = split_dataset(frame, PreprocessConfig(seed=3))
-    c = split_dataset(frame, PreprocessConfig(seed=4))
+    a = stratified_split(frame, PreprocessConfig(seed=3))
+    b = stratified_split(frame, PreprocessConfig(seed=3))
+    c = stratified_split(frame, PreprocessConfig(seed=4))
     assert all(a[s]["text"].tolist() == b[s]["text"].tolist() for s in a)
     assert a["test"]["text"].tolist() != c["test"]["text"].tolist()
     texts = [set(a[s]["text"]) for s in ("train", "validation", "test")]

@@ -146,7 +146,7 @@ def test_config_refuses_nothing_to_train_on_and_other_tasks():
 
 def test_pretrain_settings_do_not_collide_with_the_pipelines():
     from kftune.pipelines.finetune import SETTINGS
-    from kftune.settings.fields import settings_of
+    from kftune.settings.catalog import settings_of
 
     names = [s.name for s in settings_of(*SETTINGS)]
     assert len(names) == len(set(names))

@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-from kftune.components.preprocess.reader import read_bundled, read_labelled_data
+from kftune.data.labelled import read_bundled, read_labelled_data
 from kftune.errors import DataError
 
 ROWS = pd.DataFrame({"review": ["good film", "bad film", "fine, I guess"], "stars": [1, 0, 1]})

@@ -43,9 +43,9 @@ def server(exported, tmp_path_factory):
 def evaluate_predictions(model_dir: Path, split) -> tuple[list[str], np.ndarray]:
     """(labels, probabilities) as the evaluate step computes them: PyTorch over a tokenized split."""
     from kftune.inference.runners import predict_logits, softmax, torch_runner
-    from kftune.models.encoder import load_classifier
+    from kftune.models.encoder import load_encoder_model
 
-    model = load_classifier(model_dir)
+    model = load_encoder_model(model_dir)
     probabilities = softmax(predict_logits(torch_runner(model), split, 64))
     return [model.config.id2label[int(i)] for i in probabilities.argmax(1)], probabilities
 
@@ -294,7 +294,7 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
 
 def test_max_seq_length_comes_from_the_export(exported, tmp_path):
     from kftune.components.serve.config import ServeConfig
-    from kftune.components.serve.serve import TextClassifier
+    from kftune.components.serve.serve import TextModel
     from kftune.inference.exported import export_max_seq_length
 
     assert export_max_seq_length(exported) == MAX_SEQ_LENGTH
@@ -302,10 +302,10 @@ def test_max_seq_length_comes_from_the_export(exported, tmp_path):
     shutil.copytree(exported, copy)
     report = json.loads((copy / "export_report.json").read_text())
     (copy / "export_report.json").write_text(json.dumps(report | {"max_seq_length": 16}))
-    model = TextClassifier("m", copy)
+    model = TextModel("m", copy)
     assert model.load() and model.config.max_seq_length == 16
     # an explicit --max-seq-length wins; a report without the field falls back to 128
-    explicit = TextClassifier("m", copy, ServeConfig(model_name="m", max_seq_length=32))
+    explicit = TextModel("m", copy, ServeConfig(model_name="m", max_seq_length=32))
     assert explicit.load() and explicit.config.max_seq_length == 32
     del report["max_seq_length"]
     (copy / "export_report.json").write_text(json.dumps(report))

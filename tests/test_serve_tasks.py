@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.serving import Server, tokenized_like_preprocess, v2_body
+from tests.serving import Server, v2_body
 
 TEXTS = {
     "regression": ["the film was wonderful and superb", "  an <b>awful</b>,   dreadful plot &amp; a dull scene\n",
@@ -60,9 +60,9 @@ def servers(model_dirs, tmp_path_factory):
 
 def in_process(export: Path, name: str, body):
     """The kserve model's answer to ``body`` in this process."""
-    from kftune.components.serve.serve import TextClassifier
+    from kftune.components.serve.serve import TextModel
 
-    server = TextClassifier(name, export)
+    server = TextModel(name, export)
     assert server.load()
     return asyncio.run(server.predict(body))
 
@@ -73,15 +73,15 @@ def pytorch_answers(task: str, model_dir: Path, export: Path, texts: list[str]) 
 
     from kftune.data.schema import dataset_task
     from kftune.inference.exported import export_max_seq_length
-    from kftune.inference.runners import predict_logits, torch_runner
-    from kftune.models.encoder import load_classifier
-    from kftune.tasks import encoder_task
+    from kftune.inference.runners import torch_runner
+    from kftune.models.encoder import load_encoder_model
+    from kftune.tasks import task_named
 
-    spec, info, max_length = encoder_task(task), dataset_task(model_dir), export_max_seq_length(export)
-    run = torch_runner(load_classifier(model_dir, spec))
-    if spec.token_level:
-        return spec.text_outputs(run, AutoTokenizer.from_pretrained(str(model_dir)), texts, info, max_length)
-    return spec.outputs(predict_logits(run, tokenized_like_preprocess(texts, model_dir, max_length), 64), info)
+    spec, info, max_length = task_named(task), dataset_task(model_dir), export_max_seq_length(export)
+    run = torch_runner(load_encoder_model(model_dir, spec))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    answers, _ = spec.answers(run, tokenizer, {"text": texts}, info, max_length, 64)
+    return answers
 
 
 def assert_same_answers(got: list[dict], expected: list[dict], atol: float = 1e-4) -> None:

@@ -18,7 +18,9 @@ from kftune.cluster.resources import TrainResources
 from kftune.errors import ConfigError
 from kftune.pipelines import finetune, tune
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
-from kftune.settings.fields import PretrainedModel, check_choices, internal, settings_from, settings_of
+from kftune.settings.catalog import settings_of
+from kftune.settings.fields import check_choices, internal, settings_from
+from kftune.settings.groups import PretrainedModel
 from kftune.settings.signatures import with_settings
 from kftune.training.config import TrainConfig
 from kftune.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space

@@ -788,7 +788,7 @@ def test_component_compiles_with_secret_and_no_credential_values(tmp_path, monke
 
 
 def test_preprocess_ingests_a_prefix_of_shards_and_names_the_object_on_bad_rows(s3, moto, bundled_frame, tmp_path):
-    from kftune.components.preprocess.reader import read_labelled_data
+    from kftune.data.labelled import read_labelled_data
 
     frame = bundled_frame.head(900).reset_index(drop=True)
     shards = _write_shards(frame, 3)

@@ -10,6 +10,8 @@ import pytest
 
 from kftune.errors import DataError
 from kftune.tasks import token_classification as tc
+from kftune.tasks.token_classification import data as tcd
+from kftune.tasks.token_classification import entities as tce
 from tests.task_data import toy_sentences, write_conll
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -53,28 +55,28 @@ def error_of(call) -> str:
 def test_conll_reads_last_column_skips_docstart_and_splits_on_blank_lines(tmp_path):
     path = tmp_path / "train.conll"
     path.write_text(CONLL, encoding="utf-8")
-    frame, source = tc.read_token_data(str(path))
+    frame, source = tcd.read_token_data(str(path))
     assert source == str(path)
-    assert frame[tc.TOKENS].tolist() == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
-    assert frame[tc.TAGS].tolist() == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"]]
-    assert frame[tc.WHERE].tolist() == ["sentence 1 (line 3)", "sentence 2 (line 8)"]
-    assert frame[tc.LINE].tolist() == [3, 8]
+    assert frame[tcd.TOKENS].tolist() == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    assert frame[tcd.TAGS].tolist() == [["B-ORG", "O", "B-MISC", "O"], ["B-PER", "I-PER"]]
+    assert frame[tcd.WHERE].tolist() == ["sentence 1 (line 3)", "sentence 2 (line 8)"]
+    assert frame[tcd.LINE].tolist() == [3, 8]
 
 
 def test_txt_is_conll_and_two_column_files_read(tmp_path):
     path = tmp_path / "data.txt"
     path.write_text("Paris B-LOC\n\nis O\nnice O", encoding="utf-8")  # no trailing blank line
-    frame, _ = tc.read_token_data(str(path))
-    assert frame[tc.TOKENS].tolist() == [["Paris"], ["is", "nice"]]
+    frame, _ = tcd.read_token_data(str(path))
+    assert frame[tcd.TOKENS].tolist() == [["Paris"], ["is", "nice"]]
 
 
 def test_jsonl_with_named_columns(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"words": ["Ada", "codes"], "ner": ["B-PER", "O"], "id": 1},
                                               {"words": ["Bob"], "ner": ["B-PER"], "id": 2}])
-    frame, _ = tc.read_token_data(str(path), tokens_column="words", tags_column="ner")
-    assert frame[tc.TOKENS].tolist() == [["Ada", "codes"], ["Bob"]]
-    assert frame[tc.TAGS].tolist() == [["B-PER", "O"], ["B-PER"]]
-    assert frame[tc.WHERE].tolist() == ["line 1", "line 2"]
+    frame, _ = tcd.read_token_data(str(path), tokens_column="words", tags_column="ner")
+    assert frame[tcd.TOKENS].tolist() == [["Ada", "codes"], ["Bob"]]
+    assert frame[tcd.TAGS].tolist() == [["B-PER", "O"], ["B-PER"]]
+    assert frame[tcd.WHERE].tolist() == ["line 1", "line 2"]
 
 
 def test_parquet_and_json_read_lists(tmp_path):
@@ -82,19 +84,19 @@ def test_parquet_and_json_read_lists(tmp_path):
     pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
     (tmp_path / "d.json").write_text(json.dumps(rows), encoding="utf-8")
     for name in ("d.parquet", "d.json"):
-        frame, _ = tc.read_token_data(str(tmp_path / name))
-        assert frame[tc.TOKENS].tolist() == [["Ada", "codes"], ["in", "Rome"]], name
-        assert all(isinstance(t, list) for t in frame[tc.TAGS]), name  # not numpy arrays
-        cleaned, _ = tc.clean_token_data(frame, name)
-        assert cleaned[tc.TAGS].tolist() == [["B-PER", "O"], ["O", "B-LOC"]]
+        frame, _ = tcd.read_token_data(str(tmp_path / name))
+        assert frame[tcd.TOKENS].tolist() == [["Ada", "codes"], ["in", "Rome"]], name
+        assert all(isinstance(t, list) for t in frame[tcd.TAGS]), name  # not numpy arrays
+        cleaned, _ = tcd.clean_token_data(frame, name)
+        assert cleaned[tcd.TAGS].tolist() == [["B-PER", "O"], ["O", "B-LOC"]]
 
 
 def test_directory_of_shards_names_each_file(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"tokens": ["x"], "tags": ["O"]}])
     write_jsonl(tmp_path / "b.jsonl", [{"tokens": ["y", "z"], "tags": ["O"]}])
-    frame, source = tc.read_token_data(str(tmp_path))
-    assert frame[tc.TOKENS].tolist() == [["x"], ["y", "z"]]
-    message = error_of(lambda: tc.clean_token_data(frame, source))
+    frame, source = tcd.read_token_data(str(tmp_path))
+    assert frame[tcd.TOKENS].tolist() == [["x"], ["y", "z"]]
+    message = error_of(lambda: tcd.clean_token_data(frame, source))
     assert message == f"{tmp_path}: b.jsonl: line 1: 2 tokens but 1 tags; expected one tag per token"
 
 
@@ -104,16 +106,16 @@ def test_directory_of_shards_names_each_file(tmp_path):
 def test_length_mismatch_names_file_line_and_both_lengths(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"tokens": ["a"], "tags": ["O"]},
                                               {"tokens": ["a", "b", "c"], "tags": ["O", "O"]}])
-    frame, source = tc.read_token_data(str(path))
-    message = error_of(lambda: tc.clean_token_data(frame, source))
+    frame, source = tcd.read_token_data(str(path))
+    message = error_of(lambda: tcd.clean_token_data(frame, source))
     assert message == f"{path}: line 2: 3 tokens but 2 tags; expected one tag per token"
 
 
 def test_unknown_tag_names_sentence_token_and_line(tmp_path):
     path = tmp_path / "d.conll"
     path.write_text("a O\n\nJohn PER\nsmiles O\n", encoding="utf-8")
-    frame, source = tc.read_token_data(str(path))
-    message = error_of(lambda: tc.clean_token_data(frame, source))
+    frame, source = tcd.read_token_data(str(path))
+    message = error_of(lambda: tcd.clean_token_data(frame, source))
     assert message.startswith(f"{path}: sentence 2 (line 3), token 0 (line 3) ('John'): tag 'PER' is not IOB2; "
                               "expected O, B-TYPE or I-TYPE")
 
@@ -126,44 +128,44 @@ def test_conll_line_without_tag(tmp_path, content, expected):
     path = tmp_path / "d.iob"
     path.write_text(content, encoding="utf-8")
     if expected is None:
-        assert len(tc.read_token_data(str(path))[0]) == 1
+        assert len(tcd.read_token_data(str(path))[0]) == 1
     else:
-        assert error_of(lambda: tc.read_token_data(str(path))).startswith(f"{path}: {expected}")
+        assert error_of(lambda: tcd.read_token_data(str(path))).startswith(f"{path}: {expected}")
 
 
 def test_other_bad_input_errors(tmp_path):
     bad_json = tmp_path / "bad.jsonl"
     bad_json.write_text('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": [\n', encoding="utf-8")
-    assert error_of(lambda: tc.read_token_data(str(bad_json))).startswith(f"{bad_json}: line 2: invalid JSON")
+    assert error_of(lambda: tcd.read_token_data(str(bad_json))).startswith(f"{bad_json}: line 2: invalid JSON")
 
     columns = write_jsonl(tmp_path / "c.jsonl", [{"text": "a", "label": "O"}])
-    assert error_of(lambda: tc.read_token_data(str(columns))) == (
+    assert error_of(lambda: tcd.read_token_data(str(columns))) == (
         f"{columns}: no column 'tokens'; the columns are: label, text (set tokens_column / tags_column)")
 
     string = write_jsonl(tmp_path / "s.jsonl", [{"tokens": "John smiles", "tags": ["B-PER", "O"]}])
-    frame, source = tc.read_token_data(str(string))
-    assert error_of(lambda: tc.clean_token_data(frame, source)) == (
+    frame, source = tcd.read_token_data(str(string))
+    assert error_of(lambda: tcd.clean_token_data(frame, source)) == (
         f"{string}: line 1: tokens must be a list of strings, got a string")
 
     blank = write_jsonl(tmp_path / "b.jsonl", [{"tokens": ["John", " "], "tags": ["B-PER", "O"]}])
-    frame, source = tc.read_token_data(str(blank))
-    assert error_of(lambda: tc.clean_token_data(frame, source)).startswith(f"{blank}: line 1, token 1: empty token")
+    frame, source = tcd.read_token_data(str(blank))
+    assert error_of(lambda: tcd.clean_token_data(frame, source)).startswith(f"{blank}: line 1, token 1: empty token")
 
     unknown = tmp_path / "d.csv"
     unknown.write_text("x", encoding="utf-8")
-    assert "unknown token-classification data format '.csv'" in error_of(lambda: tc.read_token_data(str(unknown)))
-    assert error_of(lambda: tc.read_token_data(str(tmp_path / "missing.conll"))).endswith("no such file or directory")
+    assert "unknown token-classification data format '.csv'" in error_of(lambda: tcd.read_token_data(str(unknown)))
+    assert error_of(lambda: tcd.read_token_data(str(tmp_path / "missing.conll"))).endswith("no such file or directory")
     empty = tmp_path / "e.jsonl"
     empty.write_text("\n", encoding="utf-8")
-    assert error_of(lambda: tc.read_token_data(str(empty))).startswith(f"{empty}: no rows; expected one object")
-    assert error_of(lambda: tc.split_token_data(pd.DataFrame({tc.TOKENS: [["a"]], tc.TAGS: [["O"]]}), 0.1, 0.1, 0,
+    assert error_of(lambda: tcd.read_token_data(str(empty))).startswith(f"{empty}: no rows; expected one object")
+    assert error_of(lambda: tcd.split_token_data(pd.DataFrame({tcd.TOKENS: [["a"]], tcd.TAGS: [["O"]]}), 0.1, 0.1, 0,
                                                 "d.conll")) == (
         "d.conll: 1 sentence(s) after cleaning; a train/validation/test split needs at least 3")
 
 
 def test_bioes_tag_with_no_known_prefix_is_an_error(tmp_path):
-    frame = pd.DataFrame({tc.TOKENS: [["a", "b"]], tc.TAGS: [["O", "X-PER"]]})
-    assert error_of(lambda: tc.clean_token_data(frame, "f.jsonl")).startswith(
+    frame = pd.DataFrame({tcd.TOKENS: [["a", "b"]], tcd.TAGS: [["O", "X-PER"]]})
+    assert error_of(lambda: tcd.clean_token_data(frame, "f.jsonl")).startswith(
         "f.jsonl: row 1, token 1 ('b'): tag 'X-PER' is not IOB2")
 
 
@@ -172,33 +174,33 @@ def test_bioes_tag_with_no_known_prefix_is_an_error(tmp_path):
 
 def test_iob1_bioes_conversions_and_drops_are_counted():
     frame = pd.DataFrame({
-        tc.TOKENS: [["John", "Smith", "and", "Mary"], ["New", "York", "City"], ["Paris"], [],
+        tcd.TOKENS: [["John", "Smith", "and", "Mary"], ["New", "York", "City"], ["Paris"], [],
                     ["John", "Smith", "and", "Mary"], ["x"]],
-        tc.TAGS: [["I-PER", "I-PER", "O", "I-PER"],  # IOB1: 2 entity starts written I-
+        tcd.TAGS: [["I-PER", "I-PER", "O", "I-PER"],  # IOB1: 2 entity starts written I-
                   ["B-LOC", "I-LOC", "E-LOC"],      # BIOES: E- -> I-
                   ["S-LOC"],                          # BIOES: S- -> B-
                   [],
                   ["B-PER", "I-PER", "O", "B-PER"],  # same as row 1 once converted
                   ["O"]],
     })
-    cleaned, counts = tc.clean_token_data(frame, "f")
+    cleaned, counts = tcd.clean_token_data(frame, "f")
     assert counts == {"empty": 1, "exact_duplicate": 1, "iob1_to_iob2": 2, "bioes_to_iob2": 2}
-    assert cleaned[tc.TAGS].tolist() == [["B-PER", "I-PER", "O", "B-PER"], ["B-LOC", "I-LOC", "I-LOC"], ["B-LOC"],
+    assert cleaned[tcd.TAGS].tolist() == [["B-PER", "I-PER", "O", "B-PER"], ["B-LOC", "I-LOC", "I-LOC"], ["B-LOC"],
                                          ["O"]]
-    assert list(cleaned.columns) == [tc.TOKENS, tc.TAGS]
+    assert list(cleaned.columns) == [tcd.TOKENS, tcd.TAGS]
 
 
 def test_strict_iob2_refuses_iob1_and_bioes():
-    iob1 = pd.DataFrame({tc.TOKENS: [["a", "Mary"]], tc.TAGS: [["O", "I-PER"]]})
-    assert error_of(lambda: tc.clean_token_data(iob1, "f", strict_iob2=True)) == (
+    iob1 = pd.DataFrame({tcd.TOKENS: [["a", "Mary"]], tcd.TAGS: [["O", "I-PER"]]})
+    assert error_of(lambda: tcd.clean_token_data(iob1, "f", strict_iob2=True)) == (
         "f: row 1, token 1 ('Mary'): tag 'I-PER' starts an entity; expected B- at an entity's start (IOB2) "
         "with strict IOB2 checking")
-    bioes = pd.DataFrame({tc.TOKENS: [["Mary"]], tc.TAGS: [["S-PER"]]})
-    assert "is BIOES/BILOU" in error_of(lambda: tc.clean_token_data(bioes, "f", strict_iob2=True))
+    bioes = pd.DataFrame({tcd.TOKENS: [["Mary"]], tcd.TAGS: [["S-PER"]]})
+    assert "is BIOES/BILOU" in error_of(lambda: tcd.clean_token_data(bioes, "f", strict_iob2=True))
 
 
 def test_tag_list_order():
-    assert tc.tag_list([["B-PER", "O"], ["B-LOC", "I-LOC"], ["I-MISC"]]) == [
+    assert tcd.tag_list([["B-PER", "O"], ["B-LOC", "I-LOC"], ["I-MISC"]]) == [
         "O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-PER", "I-PER"]
 
 
@@ -207,20 +209,20 @@ def test_tag_list_order():
 
 def test_stratify_keys_merge_rare_sets():
     tags = [["B-PER"]] * 4 + [["B-LOC", "O", "B-PER"]] * 3 + [["O"]] * 3 + [["B-ORG"]] * 2 + [["B-MISC"]]
-    keys = tc.stratify_keys(tags)
+    keys = tcd.stratify_keys(tags)
     assert keys[:10] == ["PER"] * 4 + ["LOC+PER"] * 3 + ["O"] * 3
-    assert keys[10:] == [tc.RARE] * 3  # ORG (2) and MISC (1) together make 3
-    assert tc.stratify_keys([["B-PER"]] * 3 + [["B-ORG"]]) == ["PER"] * 4  # a lone rare key joins the most common
+    assert keys[10:] == [tcd.RARE] * 3  # ORG (2) and MISC (1) together make 3
+    assert tcd.stratify_keys([["B-PER"]] * 3 + [["B-ORG"]]) == ["PER"] * 4  # a lone rare key joins the most common
 
 
 def test_split_is_seeded_and_stratified():
     tags = [["B-PER", "O"]] * 40 + [["O", "O"]] * 40 + [["B-LOC", "I-LOC"]] * 20
-    frame = pd.DataFrame({tc.TOKENS: [[f"w{i}", "x"] for i in range(100)], tc.TAGS: tags})
-    a = tc.split_token_data(frame, 0.1, 0.2, seed=3)
-    b = tc.split_token_data(frame, 0.1, 0.2, seed=3)
+    frame = pd.DataFrame({tcd.TOKENS: [[f"w{i}", "x"] for i in range(100)], tcd.TAGS: tags})
+    a = tcd.split_token_data(frame, 0.1, 0.2, seed=3)
+    b = tcd.split_token_data(frame, 0.1, 0.2, seed=3)
     assert [len(a[s]) for s in ("train", "validation", "test")] == [70, 10, 20]
-    assert a["test"][tc.TOKENS].tolist() == b["test"][tc.TOKENS].tolist()
-    test_keys = pd.Series(tc.stratify_keys(a["test"][tc.TAGS], min_count=1)).value_counts().to_dict()
+    assert a["test"][tcd.TOKENS].tolist() == b["test"][tcd.TOKENS].tolist()
+    test_keys = pd.Series(tcd.stratify_keys(a["test"][tcd.TAGS], min_count=1)).value_counts().to_dict()
     assert test_keys == {"PER": 8, "O": 8, "LOC": 4}  # the 40/40/20 proportions
 
 
@@ -232,7 +234,7 @@ def test_labels_on_first_word_piece_only(tokenizer):
     words = ["Kubeflow", "hired", "Ada", "Lovelace"]
     pieces = [tokenizer.tokenize(w) for w in words]
     assert len(pieces[0]) > 1 and len(pieces[3]) > 1, pieces  # the example needs split words
-    encoded = tc.encode(tokenizer, [words], [["B-ORG", "O", "B-PER", "I-PER"]], tag2id, max_length=64)
+    encoded = tcd.encode(tokenizer, [words], [["B-ORG", "O", "B-PER", "I-PER"]], tag2id, max_length=64)
     labels, word_ids = encoded["labels"][0], encoded["word_ids"][0]
     expected_word_ids = [-1] + [w for w, p in enumerate(pieces) for _ in p] + [-1]
     assert word_ids == expected_word_ids
@@ -245,15 +247,15 @@ def test_labels_on_first_word_piece_only(tokenizer):
 
 def test_truncation_and_prediction_encoding(tokenizer):
     tag2id = {"O": 0}
-    encoded = tc.encode(tokenizer, [["a"] * 20], [["O"] * 20], tag2id, max_length=8)
+    encoded = tcd.encode(tokenizer, [["a"] * 20], [["O"] * 20], tag2id, max_length=8)
     assert len(encoded["input_ids"][0]) == 8 and encoded["word_ids"][0] == [-1, 0, 1, 2, 3, 4, 5, -1]
-    assert "labels" not in tc.encode(tokenizer, [["a"]], None, None, max_length=8)
+    assert "labels" not in tcd.encode(tokenizer, [["a"]], None, None, max_length=8)
     assert "'B-X' is not in the label list" in error_of(
-        lambda: tc.encode(tokenizer, [["a"]], [["B-X"]], tag2id, max_length=8))
+        lambda: tcd.encode(tokenizer, [["a"]], [["B-X"]], tag2id, max_length=8))
 
 
 def test_collate_pads_labels_with_ignore_index():
-    batch = tc.collate([{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": [-100, 2, -100],
+    batch = tcd.collate([{"input_ids": [101, 7, 102], "attention_mask": [1, 1, 1], "labels": [-100, 2, -100],
                          "word_ids": [-1, 0, -1]},
                         {"input_ids": [101, 102], "attention_mask": [1, 1], "labels": [-100, -100],
                          "word_ids": [-1, -1]}], pad_token_id=0)
@@ -271,7 +273,7 @@ def test_scores_by_hand():
     pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "O", "B-PER"]]
     # true entities: PER, LOC, ORG(2 words), PER; predicted: PER (right), ORG (wrong type),
     # ORG (1 word: wrong boundary), PER (right) -> 2 of 4 right either way
-    s = tc.scores(true, pred)
+    s = tce.scores(true, pred)
     assert (s["precision"], s["recall"], s["f1"]) == (0.5, 0.5, 0.5)
     assert s["accuracy"] == 6 / 8  # wrong: LOC->ORG and I-ORG->O
     assert s["per_class"]["PER"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}
@@ -284,7 +286,7 @@ def test_scores_by_hand():
 
 def test_scores_are_strict_iob2():
     # conlleval's lenient reading would count the I-PER I-PER entity; strict IOB2 does not
-    s = tc.scores([["B-PER", "I-PER"]], [["I-PER", "I-PER"]])
+    s = tce.scores([["B-PER", "I-PER"]], [["I-PER", "I-PER"]])
     assert s["f1"] == 0.0 and s["accuracy"] == 0.5
 
 
@@ -292,11 +294,11 @@ def test_most_frequent_tag_baseline():
     train_tokens = [["New", "York", "is", "big"], ["York", "is", "old"], ["Apple", "is", "new"], ["Apple", "pie"]]
     train_tags = [["B-LOC", "I-LOC", "O", "O"], ["B-LOC", "O", "O"], ["B-ORG", "O", "O"], ["O", "O"]]
     # York: I-LOC once, B-LOC once -> tie to the alphabetically first, B-LOC; Apple: B-ORG once, O once -> B-ORG
-    predicted = tc.most_frequent_tag_baseline(train_tokens, train_tags,
+    predicted = tce.most_frequent_tag_baseline(train_tokens, train_tags,
                                               [["New", "York", "rocks"], ["Apple", "is", "unseen"]])
     assert predicted == [["B-LOC", "B-LOC", "O"], ["B-ORG", "O", "O"]]
     # a word mostly tagged I-X after O starts an entity (valid IOB2)
-    assert tc.most_frequent_tag_baseline([["a", "Smith"]] * 2, [["B-PER", "I-PER"]] * 2, [["the", "Smith"]]) == [
+    assert tce.most_frequent_tag_baseline([["a", "Smith"]] * 2, [["B-PER", "I-PER"]] * 2, [["the", "Smith"]]) == [
         ["O", "B-PER"]]
 
 
@@ -305,13 +307,13 @@ def test_tags_from_labels_reads_first_pieces():
     labels = [[-100, 1, -100, 2, -100], [-100, 0, -100, -100, -100]]
     logits = [[[9, 0, 0], [0, 0, 3], [0, 5, 0], [0, 0, 1], [0, 0, 0]],  # I-PER I-PER -> repaired B-PER I-PER
               [[0, 0, 0], [0, 4, 0], [9, 0, 0], [9, 0, 0], [9, 0, 0]]]
-    true, pred = tc.tags_from_labels(logits, labels, id2tag)
+    true, pred = tce.tags_from_labels(logits, labels, id2tag)
     assert true == [["B-PER", "I-PER"], ["O"]]
     assert pred == [["B-PER", "I-PER"], ["B-PER"]]
 
 
 def test_repair_iob2():
-    assert tc.repair_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]) == (
+    assert tcd.repair_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]) == (
         ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-PER"], 3)
 
 
@@ -327,7 +329,7 @@ def test_word_predictions_take_first_piece():
               [5, 0, 0],   # word 0 second piece (ignored)
               [0, 0, 1],   # word 1 -> I-PER
               [9, 0, 0]]   # [SEP]
-    tags, word_scores = tc.word_predictions(logits, [None, 0, 0, 1, None], id2tag, num_words=3)
+    tags, word_scores = tce.word_predictions(logits, [None, 0, 0, 1, None], id2tag, num_words=3)
     assert tags == ["B-PER", "I-PER", "O"]  # word 2 was truncated away
     assert word_scores[0] == pytest.approx(math.exp(2) / (math.exp(2) + 2))
     assert word_scores[1] == pytest.approx(math.e / (math.e + 2))
@@ -336,19 +338,19 @@ def test_word_predictions_take_first_piece():
 
 def test_entity_spans_have_offsets_into_the_original_text(tokenizer):
     text = "Zoë  Saldaña visited São Paulo, then Kubeflow-Land."
-    words = tc.text_words(tokenizer, text)
+    words = tce.text_words(tokenizer, text)
     assert [w for w, _, _ in words] == ["Zoë", "Saldaña", "visited", "São", "Paulo", ",", "then", "Kubeflow", "-",
                                         "Land", "."]
     assert all(text[s:e] == w for w, s, e in words)
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "O", "O", "I-ORG", "I-ORG", "I-ORG", "O"]
     word_scores = [0.9, 0.7, 0.99, 0.6, 0.8, 0.9, 0.9, 0.5, 0.4, 0.3, 0.9]
-    spans = tc.entity_spans(text, words, tags, word_scores)
+    spans = tce.entity_spans(text, words, tags, word_scores)
     assert [(s["entity_group"], s["word"], s["start"], s["end"]) for s in spans] == [
         ("PER", "Zoë  Saldaña", 0, 12), ("LOC", "São Paulo", 21, 30), ("ORG", "Kubeflow-Land", 37, 50)]
     assert [s["score"] for s in spans] == pytest.approx([0.8, 0.7, 0.4])
     assert all(text[s["start"]:s["end"]] == s["word"] for s in spans)
     # a type change without B- starts a new entity
-    assert [s["entity_group"] for s in tc.entity_spans("a b", [(0, 1), (2, 3)], ["I-PER", "I-LOC"], [1, 1])] == [
+    assert [s["entity_group"] for s in tce.entity_spans("a b", [(0, 1), (2, 3)], ["I-PER", "I-LOC"], [1, 1])] == [
         "PER", "LOC"]
 
 
@@ -371,7 +373,7 @@ def test_predict_entities_on_raw_text(tokenizer):
     model = tiny_token_model(5).eval()
     texts = ["Ada Smith lives in Paris.", "", "Grace met   Linus in Oslo today"]
     id2tag = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
-    results = tc.predict_entities(torch_runner(model), tokenizer, texts, id2tag, max_length=32)
+    results = tce.predict_entities(torch_runner(model), tokenizer, texts, id2tag, max_length=32)
     assert len(results) == 3 and results[1] == []
     for text, spans in zip(texts, results, strict=True):
         for span in spans:
@@ -384,16 +386,16 @@ def test_a_tiny_token_classifier_learns(tokenizer):
     import torch
 
     tokens, tags = toy_sentences(64)
-    names = tc.tag_list(tags)
+    names = tcd.tag_list(tags)
     tag2id = {t: i for i, t in enumerate(names)}
-    encoded = tc.encode(tokenizer, tokens, tags, tag2id, max_length=32)
+    encoded = tcd.encode(tokenizer, tokens, tags, tag2id, max_length=32)
     examples = [{k: encoded[k][i] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(tokens))]
     model = tiny_token_model(len(names))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
     for _ in range(4):
         for start in range(0, len(examples), 16):
-            batch = tc.collate(examples[start:start + 16], tokenizer.pad_token_id)
+            batch = tcd.collate(examples[start:start + 16], tokenizer.pad_token_id)
             loss = model(**batch).loss
             optimizer.zero_grad()
             loss.backward()
@@ -402,11 +404,11 @@ def test_a_tiny_token_classifier_learns(tokenizer):
     assert sum(losses[-4:]) / 4 < 0.5 * sum(losses[:4]) / 4, losses
     model.eval()
     with torch.no_grad():
-        logits = model(**tc.collate(examples[:8], tokenizer.pad_token_id)).logits.numpy()
-    predicted = [tc.repair_iob2(tc.word_predictions(row, encoded["word_ids"][i], names,
+        logits = model(**tcd.collate(examples[:8], tokenizer.pad_token_id)).logits.numpy()
+    predicted = [tcd.repair_iob2(tce.word_predictions(row, encoded["word_ids"][i], names,
                                                     num_words=len(tokens[i]))[0])[0]
                  for i, row in enumerate(logits)]
-    assert tc.scores(tags[:8], predicted)["accuracy"] > 0.6
+    assert tce.scores(tags[:8], predicted)["accuracy"] > 0.6
 
 
 def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
@@ -432,7 +434,7 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
     path = tmp_path / "model.onnx"
-    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": tc.ONNX_LOGITS_AXES}
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": tce.ONNX_LOGITS_AXES}
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings; parity is checked below
         torch.onnx.export(LogitsOnly(model), tuple(sample[n] for n in names), str(path), input_names=names,
@@ -440,20 +442,20 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
     tokens, tags = toy_sentences(10)
     tokens[3] = tokens[3] * 4  # a longer sentence: batches of different widths
     tags[3] = tags[3] * 4
-    encoded = tc.encode(tokenizer, tokens, None, None, max_length=64)
-    reference = tc.piece_logits(torch_runner(model), encoded, batch_size=4)
-    exported = tc.piece_logits(onnx_runner(ort.InferenceSession(str(path))), encoded, batch_size=4)
+    encoded = tcd.encode(tokenizer, tokens, None, None, max_length=64)
+    reference = tce.piece_logits(torch_runner(model), encoded, batch_size=4)
+    exported = tce.piece_logits(onnx_runner(ort.InferenceSession(str(path))), encoded, batch_size=4)
     assert [len(x) for x in exported] == [len(x) for x in encoded["input_ids"]]
-    parity = tc.logits_parity(reference, exported, encoded["word_ids"])
+    parity = tce.logits_parity(reference, exported, encoded["word_ids"])
     assert parity["max_abs_diff"] < 1e-4 and parity["mismatched_words"] == 0
     assert parity["words"] == sum(len(t) for t in tokens)
-    predicted, word_scores = tc.predict_word_tags(torch_runner(model), encoded, [len(t) for t in tokens],
+    predicted, word_scores = tce.predict_word_tags(torch_runner(model), encoded, [len(t) for t in tokens],
                                                   ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"])
     assert [len(p) for p in predicted] == [len(t) for t in tokens]
-    assert all(tc.repair_iob2(p)[1] == 0 for p in predicted)  # valid IOB2
+    assert all(tcd.repair_iob2(p)[1] == 0 for p in predicted)  # valid IOB2
     # a deliberately different run is caught
     shifted = [x + [0, 0, 0, 0, 10] for x in reference]
-    assert tc.logits_parity(reference, shifted, encoded["word_ids"])["mismatched_words"] > 0
+    assert tce.logits_parity(reference, shifted, encoded["word_ids"])["mismatched_words"] > 0
 
 
 # --- the stages --------------------------------------------------------------------------------
@@ -501,18 +503,19 @@ def test_export_parity_and_text_outputs(token_run, tokenizer):
     import onnxruntime as ort
 
     from kftune.inference.runners import onnx_runner
-    from kftune.tasks import encoder_task
+    from kftune.tasks import task_named
 
     work, _, _, export = token_run
     assert export["parity"]["prediction_mismatches"] == 0 and export["parity"]["max_abs_logit_diff"] < 1e-3
-    task = encoder_task("token-classification")
+    task = task_named("token-classification")
     run = onnx_runner(ort.InferenceSession(str(work / "export" / "model.onnx")))
     info = {"labels": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]}
     text = "We met Jordan  near Paris today"
-    ((answer,),) = [[a["entities"]] for a in task.text_outputs(run, tokenizer, [text], info, max_length=64)]
+    answers, v2 = task.answers(run, tokenizer, {"text": [text]}, info, max_length=64)
+    ((answer,),) = [[a["entities"]] for a in answers]
     assert {(e["entity_group"], e["word"]) for e in answer} >= {("PER", "Jordan"), ("LOC", "Paris")}, answer
     assert all(text[e["start"]:e["end"]] == e["word"] for e in answer)
-    ((name, datatype, array),) = task.v2_text_outputs([{"entities": answer}])
+    ((name, datatype, array),) = v2
     assert (name, datatype, array.shape) == ("entities", "BYTES", (1,)) and json.loads(array[0]) == answer
 
 
@@ -522,10 +525,10 @@ def test_serving_answers_entities_over_v1_and_v2(token_run):
     import numpy as np
     from kserve import InferInput, InferRequest
 
-    from kftune.components.serve.serve import TextClassifier
+    from kftune.components.serve.serve import TextModel
 
     work, _, _, _ = token_run
-    server = TextClassifier("ner", work / "export")
+    server = TextModel("ner", work / "export")
     assert server.load()
     texts = ["Chelsea Smith lives in Austin", "We met Florence near   Georgia today", ""]
     first, second, empty = (a["entities"] for a in asyncio.run(server.predict({"instances": texts}))["predictions"])
@@ -561,7 +564,8 @@ def test_the_predict_step_writes_entities_per_row(token_run, tmp_path):
 
 def test_task_auto_recognises_token_data_and_the_stage_names_bad_rows(tmp_path):
     from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import prepare_rows, read_data
+    from kftune.components.preprocess.preprocess import prepare as prepare_rows
+    from kftune.components.preprocess.preprocess import read_data
 
     rows = [{"tokens": ["Ada", "codes"], "tags": ["B-PER", "O"]}] * 3 + [{"tokens": ["Bob"], "tags": ["B-PER", "O"]}]
     jsonl = write_jsonl(tmp_path / "d.jsonl", rows)
@@ -600,9 +604,15 @@ def test_the_token_data_settings_name_columns_format_and_strictness(tmp_path):
     detected, a CoNLL file with another suffix is read when named, and strict IOB2 refuses what is otherwise
     converted, naming file, line and token."""
     from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import prepare_rows, prepare_tokens, read_data
+    from kftune.components.preprocess.preprocess import prepare as prepare_rows
+    from kftune.components.preprocess.preprocess import read_data
 
     read = tc.TASK.read
+
+    def prepare_tokens(config):
+        prepared = prepare_rows(config)
+        return prepared.frame, prepared.source, prepared.rows_read, {**prepared.removed,
+                                                                      **prepared.stats["converted_tags"]}
 
     rows = [{"words": ["Ada", "codes", "in", "Paris", str(i)], "ner": ["B-PER", "O", "O", "I-LOC", "O"]}
             for i in range(12)]
@@ -611,7 +621,7 @@ def test_the_token_data_settings_name_columns_format_and_strictness(tmp_path):
     config, _, decided = read_data(named)
     assert config.task == "token-classification" and "columns words and ner" in decided, decided
     frame, _, _, counts = prepare_tokens(config)
-    assert frame[tc.TAGS].tolist()[0] == ["B-PER", "O", "O", "B-LOC", "O"] and counts["iob1_to_iob2"] == 12
+    assert frame[tcd.TAGS].tolist()[0] == ["B-PER", "O", "O", "B-LOC", "O"] and counts["iob1_to_iob2"] == 12
     assert "no column 'tokens'" in error_of(lambda: prepare_rows(PreprocessConfig(data=str(jsonl),
                                                                                    task="token-classification")))
     strict = PreprocessConfig(data=str(jsonl), task="token-classification", tokens_column="words",
@@ -623,4 +633,4 @@ def test_the_token_data_settings_name_columns_format_and_strictness(tmp_path):
     dat.write_text(CONLL, encoding="utf-8")
     config = PreprocessConfig(data=str(dat), task="token-classification", token_format="conll")
     frame, _, _, _ = read(config)
-    assert frame[tc.TOKENS].tolist() == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]
+    assert frame[tcd.TOKENS].tolist() == [["EU", "rejects", "German", "call"], ["Peter", "Blackburn"]]

@@ -13,7 +13,7 @@ from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
 from kftune.data.schema import load_splits
 from kftune.inference.runners import predict_logits, torch_runner
-from kftune.models.encoder import is_adapter, load_classifier
+from kftune.models.encoder import is_adapter, load_encoder_model
 from kftune.training.config import TrainConfig
 from kftune.training.loop import HISTORY_FILE, train
 
@@ -41,10 +41,10 @@ def test_lora_trains_adapters_and_writes_a_merged_plain_model(lora_model, tiny_m
 
 
 def test_lora_trains_few_parameters(tiny_model):
-    from kftune.models.encoder import build_classifier, trainable_parameters
+    from kftune.models.encoder import build_encoder_model, trainable_parameters
 
     config = TrainConfig(training_mode="lora", lora_r=4)
-    model = build_classifier(config, {"num_labels": 2, "id2label": {0: "a", 1: "b"}, "label2id": {"a": 0, "b": 1}},
+    model = build_encoder_model(config, {"num_labels": 2, "id2label": {0: "a", 1: "b"}, "label2id": {"a": 0, "b": 1}},
                              str(tiny_model))
     trainable, total = trainable_parameters(model)
     assert 0 < trainable < 0.05 * total
@@ -59,7 +59,7 @@ def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepare
     from kftune.inference.runners import onnx_runner
 
     test = load_splits(prepared)[0]["test"]
-    merged = predict_logits(torch_runner(load_classifier(lora_model)), test, 16)
+    merged = predict_logits(torch_runner(load_encoder_model(lora_model)), test, 16)
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     exported = predict_logits(onnx_runner(session), test, 16)
     assert (merged.argmax(1) == exported.argmax(1)).all()
@@ -72,7 +72,7 @@ def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tin
                          learning_rate=1e-2, training_mode="prompt_tuning", num_virtual_tokens=4)
     train(config, prepared, out)
     assert is_adapter(out)
-    model = load_classifier(out)
+    model = load_encoder_model(out)
     prompt = model.prompt_encoder["default"].embedding.weight
     assert prompt.shape == (4, 32)
     test = load_splits(prepared)[0]["test"]
@@ -87,7 +87,7 @@ def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request
     """Prompt tuning with each new task's head (peft's SEQ_CLS for scores and label sets, TOKEN_CLS for tags): the
     virtual tokens and the head train, the adapter reloads, and the ONNX export matches it."""
     from kftune.data.schema import dataset_task
-    from kftune.tasks import encoder_task
+    from kftune.tasks import task_named
 
     work = request.getfixturevalue(run)[0]
     dataset = work / "dataset"
@@ -96,7 +96,7 @@ def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request
     train(TrainConfig(task=task, model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
                       learning_rate=1e-2, training_mode="prompt_tuning", num_virtual_tokens=4), dataset, out)
     assert is_adapter(out)
-    model = load_classifier(out, encoder_task(task))
+    model = load_encoder_model(out, task_named(task))
     prompt = model.prompt_encoder["default"].embedding.weight
     assert prompt.shape == (4, 32)
     test = load_splits(dataset)[0]["test"]

@@ -11,11 +11,14 @@ from kftune.components.tune.report import search_html, search_markdown
 from kftune.components.tune.search import optuna_search, plan_trials, select_best, summary
 from kftune.components.tune.trial import FAILED, run_trial
 from kftune.errors import ConfigError, KftuneError
+from kftune.tasks import TASKS
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.loop import train
 from kftune.training.pruning import PruningTarget, journal_storage
-from kftune.training.search_space import DEFAULT_SEARCH_SPACE, parse_space
+from kftune.training.search_space import parse_space
 from tests.test_learning import make_cue_dataset
+
+DEFAULT_SEARCH_SPACE = json.dumps(TASKS["classification"].search_space)  # the default task's
 
 
 def test_default_space_parses_with_log_learning_rate():

@@ -12,13 +12,13 @@ from kfp.dsl import Input, Model
 
 from kftune.cluster.images import ImageScheme
 from kftune.components.deploy.config import DeploySettings
-from kftune.settings.fields import TaskChoice
 from kftune.settings.signatures import with_settings
+from kftune.tasks import TaskChoice
 
 
 @with_settings(DeploySettings, TaskChoice)
 def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
-    """Create or update the KServe InferenceService deploy_name serving the model at model_uri (a classification model on serving_runtime, a causal-lm model on causal_lm_serving_runtime), wait until it is Ready, and return its URL.
+    """Create or update the KServe InferenceService deploy_name serving the model at model_uri (an ONNX export on serving_runtime, a causal LM on causal_lm_serving_runtime), wait until it is Ready, and return its URL.
 
     Args:
         model_uri: The published model version to serve: s3://bucket/path, gs://bucket/path, pvc://claim/path or http(s)://; KServe's storage initializer copies it to /mnt/models.
@@ -32,15 +32,16 @@ def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
 
     from kftune.components.deploy.config import DeploySettings
     from kftune.components.deploy.deploy import deploy_inference_service, deploy_request
-    from kftune.settings.fields import TaskChoice, check_choices, settings_from
+    from kftune.settings.fields import check_choices, settings_from
+    from kftune.tasks import AUTO, TaskChoice
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(DeploySettings, values)
     task = settings_from(TaskChoice, values)
     check_choices(task)
-    if task.task == "auto":
+    if task.task == AUTO:
         from kftune.errors import ConfigError
-        from kftune.inference.exported import export_task
+        from kftune.tasks import export_task
 
         if exported_model is None:
             raise ConfigError("task auto: deploy reads the task from the exported_model artifact; pass it or set task")

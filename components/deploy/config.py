@@ -25,11 +25,11 @@ class DeploySettings:
     deploy_namespace: str = ""
     """Namespace of the InferenceService (empty: the namespace the pipeline runs in)."""
     serving_runtime: str = DEFAULT_RUNTIME
-    """KServe ServingRuntime that serves a classification model (manifests/ installs kftune-onnx, which runs kftune serve)."""  # noqa: E501
+    """KServe ServingRuntime that serves an ONNX export (manifests/ installs kftune-onnx, which runs kftune serve)."""  # noqa: E501
     serving_model_format: str = DEFAULT_MODEL_FORMAT
-    """Model format name of a classification model, one the runtime lists among its supported formats."""
+    """Model format name of an ONNX export, one the runtime lists among its supported formats."""
     causal_lm_serving_runtime: str = CAUSAL_LM_RUNTIME
-    """KServe ServingRuntime (or ClusterServingRuntime) that serves a causal-lm model, with model format huggingface: KServe's Hugging Face runtime (vLLM on a GPU, transformers on a CPU; OpenAI completions and chat completions)."""  # noqa: E501
+    """KServe ServingRuntime (or ClusterServingRuntime) that serves a causal LM, with model format huggingface: KServe's Hugging Face runtime (vLLM on a GPU, transformers on a CPU; OpenAI completions and chat completions)."""  # noqa: E501
     serving_service_account: str = DEFAULT_SERVICE_ACCOUNT
     """Service account of the predictor pods, whose secrets give KServe's storage initializer access to the model (empty: the namespace's default)."""  # noqa: E501
     serving_min_replicas: int = 1
@@ -43,8 +43,8 @@ class DeploySettings:
     serving_memory: str = "2Gi"
     """Memory request and limit of each predictor replica, a Kubernetes quantity such as 2Gi."""
     serving_gpus: int = 0
-    """GPUs (nvidia.com/gpu) of each predictor replica, for a causal-lm model (KServe's Hugging Face runtime then generates with vLLM); 0 for classification."""  # noqa: E501
+    """GPUs (nvidia.com/gpu) of each predictor replica, for a causal LM (KServe's Hugging Face runtime then generates with vLLM); 0 for an ONNX export."""  # noqa: E501
     serving_max_model_len: int = 0
-    """causal-lm: the most tokens of prompt and completion the served model takes (the runtime's --max_model_len); 0: the model's own limit (max_position_embeddings). Give the run's max_seq_length to serve what was trained."""  # noqa: E501
+    """Causal LMs: the most tokens of prompt and completion the served model takes (the runtime's --max_model_len); 0: the model's own limit (max_position_embeddings). Give the run's max_seq_length to serve what was trained."""  # noqa: E501
     deploy_timeout_minutes: float = 15.0
     """How long to wait for the InferenceService to become Ready before failing (it is left in place either way)."""

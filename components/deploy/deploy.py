@@ -92,7 +92,7 @@ from kftune.components.deploy.config import (
     DeploySettings,
 )
 from kftune.errors import ConfigError, KftuneError
-from kftune.tasks import TASKS
+from kftune.tasks import DEFAULT_TASK, TASKS, task_named
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # KServe's Hugging Face runtime (python/huggingfaceserver/huggingfaceserver/__main__.py): its MLTask names
@@ -172,19 +172,24 @@ class DeployRequest:
     """CPU request and limit per replica, a Kubernetes quantity."""
     memory: str = "2Gi"
     """Memory request and limit per replica, a Kubernetes quantity."""
-    task: str = "classification"
-    """What the model does: ``classification`` (kftune's ONNX runtime) or ``causal-lm`` (a Hugging Face causal
-    LM, served by KServe's Hugging Face runtime, which is then given its arguments)."""
+    task: str = DEFAULT_TASK
+    """The model's task, whose ``serving`` protocol says the runtime: ``kserve`` (kftune serve on ONNX Runtime) or
+    ``openai`` (a causal LM, served by KServe's Hugging Face runtime, which is then given its arguments)."""
     gpus: int = 0
-    """GPUs (``nvidia.com/gpu``) requested and limited per replica (causal-lm only)."""
+    """GPUs (``nvidia.com/gpu``) requested and limited per replica (OpenAI-protocol models only)."""
     max_model_len: int = 0
-    """causal-lm: the runtime's ``--max_model_len``, the most tokens of prompt and completion (0: the model's
-    ``max_position_embeddings``)."""
+    """OpenAI-protocol models: the runtime's ``--max_model_len``, the most tokens of prompt and completion (0: the
+    model's ``max_position_embeddings``)."""
 
     def __post_init__(self):
         if self.namespace == "":
             self.namespace = current_namespace()
         self.validate()
+
+    @property
+    def generative(self) -> bool:
+        """Whether the model is served over OpenAI-compatible endpoints (KServe's Hugging Face runtime)."""
+        return TASKS[self.task].serving == "openai"
 
     @property
     def sizing(self) -> str:
@@ -222,10 +227,12 @@ class DeployRequest:
         check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent", "gpus", "max_model_len"))
         if self.gpus < 0 or self.max_model_len < 0:
             raise ConfigError(f"gpus and max_model_len must be >= 0, got {self.gpus}, {self.max_model_len}")
-        if self.task != "causal-lm" and (self.gpus or self.max_model_len):
+        if not self.generative and (self.gpus or self.max_model_len):
+            generative = [name for name, task in TASKS.items() if task.serving == "openai"]
             raise ConfigError(
-                f"gpus ({self.gpus}) and max_model_len ({self.max_model_len}) apply to task 'causal-lm'; a "
-                f"{self.task} model is served by kftune serve on ONNX Runtime (CPU), so leave them 0"
+                f"gpus ({self.gpus}) and max_model_len ({self.max_model_len}) apply to task"
+                f"{'s' * (len(generative) > 1)} {', '.join(map(repr, generative))}; a {self.task} model is served by "
+                "kftune serve on ONNX Runtime (CPU), so leave them 0"
             )
         if self.max_replicas < 1:
             raise ConfigError(f"max_replicas must be >= 1, got {self.max_replicas}")
@@ -243,10 +250,11 @@ class DeployRequest:
             check_quantity(name, getattr(self, name), "'1', '500m' or '2Gi'")
 
 
-def deploy_request(settings: DeploySettings, model_uri: str, task: str = "classification") -> DeployRequest:
+def deploy_request(settings: DeploySettings, model_uri: str, task: str = DEFAULT_TASK) -> DeployRequest:
     """The checked DeployRequest for the ``task``'s model at ``model_uri`` under ``settings`` (raises ConfigError
-    naming a bad value): a causal-lm model goes to ``causal_lm_serving_runtime`` as format huggingface."""
-    if task == "causal-lm":
+    naming a bad value): a model served over OpenAI-compatible endpoints (a causal LM) goes to
+    ``causal_lm_serving_runtime`` as format huggingface."""
+    if task_named(task).serving == "openai":
         runtime, model_format = settings.causal_lm_serving_runtime, CAUSAL_LM_MODEL_FORMAT
     else:
         runtime, model_format = settings.serving_runtime, settings.serving_model_format
@@ -313,7 +321,7 @@ def build_inference_service(request: DeployRequest, *, update: bool = False) -> 
 def runtime_args(request: DeployRequest) -> list[str]:
     """Arguments for the runtime's container: for a causal LM, those of KServe's Hugging Face runtime (its
     ClusterServingRuntime passes ``--model_name={{.Name}}`` too; the same value, said where it is read)."""
-    if request.task != "causal-lm":
+    if not request.generative:
         return []
     args = [f"--model_name={request.name}", f"--task={HF_TEXT_GENERATION}"]
     if request.max_model_len:

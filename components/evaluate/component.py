@@ -18,13 +18,13 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> bool:
-    """Score the fine-tuned model on the test split against the task's baselines (classification: majority and TF-IDF + logistic regression; regression: the mean and TF-IDF + ridge; multilabel: the most frequent label set and TF-IDF + one-vs-rest; causal-lm: the base model, zero-shot, on the same prompts).
+    """Score the fine-tuned model on the test split against the task's baselines (fitted on the train split, or a causal LM's base model on the same prompts), and gate it.
 
     Args:
         dataset: Tokenized splits from preprocess (the baselines train on its train split).
         model: Fine-tuned model from train.
-        metrics: Output: accuracy, precision, recall, F1 of the model and baselines, deltas, gate.
-        classification: Output: confusion matrix (and ROC curve for binary tasks).
+        metrics: Output: the task's test scores of the model and baselines, deltas, gate.
+        classification: Output: confusion matrix (and ROC curve for binary classification), where the task has one.
         report: Output: HTML report with tables and plots.
         summary: Output: Markdown table, model vs baselines.
 

@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import GenerationBudget, TaskChoice, internal
-from kftune.tasks import TASKS
+from kftune.settings.fields import internal, per_task
+from kftune.settings.groups import GenerationBudget
+from kftune.tasks import TASKS, TaskChoice
 
 
 @dataclass
@@ -16,11 +17,11 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     predict shares)."""
 
     min_accuracy: float = -1.0
-    """Gate: the model's test score in the task's primary metric must be at least this (classification: accuracy; causal-lm: answer accuracy where the answers are a short list, else exact match; multilabel: f1_micro; token-classification: entity F1; not used by regression, whose primary metric is an error, RMSE); -1: the task's (classification: 0.8, causal-lm: 0.0, regression: 0.0, multilabel: 0.0, token-classification: 0.0)."""  # noqa: E501
+    """Gate: the model's test score in the task's primary metric must be at least this (where the primary metric is a score, not an error such as RMSE); -1: the task's."""  # noqa: E501
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
-    min_gain_over_baseline: float = 0.0
-    """Gate: the model's gain over the task's TF-IDF baseline in its primary metric (classification: accuracy; regression: RMSE, baseline minus model, in the target's units; multilabel: f1_micro; token-classification: entity F1 over the most-frequent-tag baseline) must be at least this; within [-1, 1] where the primary metric is a score."""  # noqa: E501
+    min_gain_over_baseline: float = per_task(0.0, "primary")
+    """Gate: the model's gain over the task's baseline in its primary metric must be at least this (for an error, baseline minus model, in the target's units); within [-1, 1] where the primary metric is a score. The primary metrics."""  # noqa: E501
     batch_size: int = internal(128)
 
     def validate(self) -> None:

@@ -16,12 +16,12 @@ def export(
     exported_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Export the fine-tuned model and verify it: classification to ONNX (dynamic batch and sequence axes), causal-lm as a Hugging Face directory (merged weights, and the LoRA adapter).
+    """Export the fine-tuned model in its task's format and verify it: an encoder's logits as ONNX (dynamic batch and sequence axes), a causal LM as a Hugging Face directory (merged weights, and the LoRA adapter).
 
     Args:
         dataset: Tokenized splits from preprocess; parity is checked on the test split.
         model: Fine-tuned Hugging Face model from train.
-        exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; causal-lm: the merged Hugging Face model and adapter/.
+        exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; or the merged Hugging Face model and adapter/.
         metrics: Output: parity figures, accuracies and file sizes.
     """
     values = dict(locals())
@@ -37,10 +37,8 @@ def export(
         metrics.log_metric(f"test_accuracy_{name}", value)
     for name, value in report["size_bytes"].items():
         metrics.log_metric(f"size_mb_{name}", round(value / 2**20, 2))
-    if config.task == "causal-lm":
-        exported_model.metadata.update({"framework": "huggingface", "task": config.task, "files": report["files"]})
-    else:
-        exported_model.metadata.update({"framework": "onnx", "opset": config.opset, "files": report["files"]})
+    exported_model.metadata.update({"framework": report["format"], "task": report["task"], "files": report["files"],
+                                    **({"opset": report["opset"]} if "opset" in report else {})})
 
 
 def component(images: ImageScheme = ImageScheme()):

@@ -5,19 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import TaskChoice, internal
+from kftune.settings.fields import internal
+from kftune.tasks import TaskChoice
 
 
 @dataclass
 class ExportConfig(TaskChoice):
-    """Export settings (classification: ONNX; causal-lm: a Hugging Face directory) and the parity tolerance."""
+    """Export settings (the task's format: an ONNX graph, or a Hugging Face directory) and the parity tolerance."""
 
     opset: int = 17
     """ONNX opset version."""
     atol: float = 1e-3
     """Largest allowed absolute difference between the trained model's logits and the export's on the test split (causal-lm: the base model + adapter against the merged model)."""  # noqa: E501
     quantize_int8: bool = True
-    """Also export an int8 dynamically quantized ONNX model (model.int8.onnx) and report its accuracy (classification)."""  # noqa: E501
+    """Also export an int8 dynamically quantized ONNX model (model.int8.onnx) and report its accuracy (ONNX exports)."""  # noqa: E501
     batch_size: int = internal(64)
 
     def validate(self) -> None:

@@ -23,9 +23,9 @@ from kftune.components.export.config import ExportConfig
 from kftune.data.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_splits
 from kftune.errors import KftuneError
 from kftune.inference.runners import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
-from kftune.models.encoder import load_classifier
+from kftune.models.encoder import load_encoder_model
 from kftune.storage.atomic import atomic_directory
-from kftune.tasks import encoder_task, trained_task_info, with_task
+from kftune.tasks import resolve_task, task_named
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +95,21 @@ def _max_seq_length(dataset_dir: Path) -> int | None:
 
 
 def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, config: ExportConfig) -> dict:
-    """Export, check parity on the test split, optionally quantize; write ``output_dir``."""
+    """Export in the task's format (:data:`FORMATS`), check parity on the test split; write ``output_dir``."""
+    config = resolve_task(config, dataset_dir)
+    config.validate()
+    task = task_named(config.task)
+    return FORMATS[task.export_format](Path(model_dir), Path(dataset_dir), output_dir, config, task)
+
+
+def export_onnx(model_dir: Path, dataset_dir: Path, output_dir: str | Path, config: ExportConfig, task) -> dict:
+    """An encoder's logits as an ONNX graph with dynamic axes, its parity with PyTorch checked on the test split
+    (optionally also int8-quantized)."""
     import onnx
     from transformers import AutoTokenizer
 
-    config = with_task(config, dataset_task(dataset_dir)["task"])
-    config.validate()
-    if config.task == "causal-lm":
-        return export_causal_lm(model_dir, dataset_dir, output_dir, config)
-    model_dir = Path(model_dir)
-    task = encoder_task(config.task)
-    model = load_classifier(model_dir, task)
-    info = trained_task_info(model_dir, model, dataset_task(dataset_dir))
+    model = load_encoder_model(model_dir, task)
+    info = task.trained_info(model_dir, model, dataset_task(dataset_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     splits, _ = load_splits(dataset_dir)
     test = splits["test"]
@@ -119,7 +122,7 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
     with atomic_directory(output_dir) as tmp:
         started = time.perf_counter()
         onnx_path = tmp / ONNX_FILE
-        inputs = _to_onnx(model, tokenizer, onnx_path, config.opset, getattr(task, "logits_axes", None))
+        inputs = _to_onnx(model, tokenizer, onnx_path, config.opset, task.logits_axes)
         onnx.checker.check_model(str(onnx_path))
         export_seconds = time.perf_counter() - started
 
@@ -139,6 +142,7 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
             )
         report = {
             "task": config.task,
+            "format": "onnx",
             "inputs": inputs,
             "opset": config.opset,
             "export_seconds": export_seconds,
@@ -178,9 +182,9 @@ def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str
 PARITY_PROMPTS = 32
 
 
-def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path,
-                     config: ExportConfig) -> dict:
-    """causal-lm: the merged model as a Hugging Face directory, the LoRA adapter in ``adapter/``, both checked.
+def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Path, config: ExportConfig,
+                       task) -> dict:
+    """A causal LM as a Hugging Face directory: the merged model, the LoRA adapter in ``adapter/``, both checked.
 
     Both are reloaded from what was written and run on the first test prompts: the merged copy
     must give exactly the trained model's greedy tokens (the same weights), and base model +
@@ -194,7 +198,6 @@ def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir:
     from kftune.inference.generation import generate, load_causal_lm, max_new_tokens_for
     from kftune.training.causal_lm import ADAPTER_DIR, CausalCollator
 
-    config.validate()
     model_dir = Path(model_dir)
     splits, _ = load_splits(dataset_dir)
     info = dataset_task(dataset_dir)
@@ -242,7 +245,7 @@ def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir:
             parity |= {"adapter_max_abs_logit_diff": diff, "adapter_generation_agreement": agreement}
             files["adapter"] = ADAPTER_DIR
         report = {
-            "task": "causal-lm",
+            "task": config.task,
             "format": "huggingface",
             "base_model": history["config"]["model"],
             "training_mode": history["config"]["training_mode"],
@@ -258,3 +261,7 @@ def export_causal_lm(model_dir: str | Path, dataset_dir: str | Path, output_dir:
         report["size_bytes"] = {"model": (tmp / "model.safetensors").stat().st_size}
         (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+FORMATS = {"onnx": export_onnx, "huggingface": export_huggingface}
+"""What export writes for a task's ``export_format``."""

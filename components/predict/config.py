@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import GenerationBudget, TextColumn, check_choices, internal
+from kftune.settings.fields import check_choices, internal
+from kftune.settings.groups import GenerationBudget, TextColumn
+from kftune.tasks import task_groups
 
 OUTPUT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 ARTIFACT_FORMAT = "jsonl"
@@ -42,12 +44,12 @@ class PredictRun:
     predict_batch_size: int = 32
     """Texts run through the exported model at a time by predict."""
     predict_int8: bool = False
-    """classification: predict with the export's dynamically quantized model.int8.onnx instead of model.onnx."""
+    """Predict with an ONNX export's dynamically quantized model.int8.onnx instead of model.onnx."""
     threads: int = internal(0)
 
 
 @dataclass
-class PredictConfig(PredictRun, GenerationBudget, TextColumn, PredictData):
+class PredictConfig(PredictRun, GenerationBudget, *task_groups("predict"), TextColumn, PredictData):
     """Batch inference of an exported model over files of texts."""
 
     def resolved_format(self) -> str:

@@ -1,19 +1,20 @@
 """Batch inference of an exported model over files of texts: :func:`predict`.
 
 The export (a directory, or an ``s3://`` / ``gs://`` URI of one) is opened as its task says
-(:func:`~kftune.inference.exported.open_export`): a classifier on ONNX Runtime, whose
-texts are cleaned and truncated as evaluation saw them, or a causal LM answering each text as
-one user turn, greedily. The input is one file, a directory of files or an object-store prefix,
-each read with the project's reader (:mod:`kftune.data.files`: CSV, TSV, JSON
-Lines, Parquet). Every file is read and checked before the model is loaded, so a missing
-column or an empty text fails at the start, naming the file, the row and the column.
+(:func:`~kftune.tasks.open_export`): an encoder's ONNX graph, whose texts are cleaned and
+truncated as evaluation saw them, or a causal LM answering each text as one user turn, greedily.
+The input is one file, a directory of files or an object-store prefix, each read with the
+project's reader (:mod:`kftune.data.files`: CSV, TSV, JSON Lines, Parquet). Every file is read
+and checked before the model is loaded, so a missing column or an empty text fails at the start,
+naming the file, the row and the column.
 
 One output row per input row, in input order:
 
 - ``id``: the ``predict_id_column`` value, or the row's number counted from 0 over all input files;
 - ``source``: the file the row came from, relative to the input (only when there are several);
-- the task's columns (:data:`ROW_COLUMNS`): classification ``label``, ``label_id``,
-  ``probability`` (the label's) and ``p_<label>`` for every label; causal-lm ``generation``.
+- the task's columns (:meth:`~kftune.tasks.base.Task.prediction_row`): e.g. a class's ``label``,
+  ``label_id``, ``probability`` (the label's) and ``p_<label>`` for every label; a causal LM's
+  ``generation``.
 
 The predictions are written to a temporary file and renamed onto the output path, or uploaded
 to the output URI, only once complete: a failed run leaves no output. In the finetune pipeline
@@ -24,12 +25,11 @@ to the output URI, only once complete: a failed run leaves no output. In the fin
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -37,60 +37,32 @@ import pandas as pd
 
 from kftune.components.predict.config import PredictConfig
 from kftune.data.files import read_file
-from kftune.data.text import clean_text
 from kftune.errors import ConfigError, DataError
-from kftune.inference.exported import CAUSAL_LM, CLASSIFICATION, export_task, local_export, open_export
+from kftune.inference.exported import local_export
 from kftune.storage import fetch, is_remote, open_location
 from kftune.storage.atomic import atomic_file
+from kftune.tasks import DEFAULT_TASK, export_task, open_export, task_named
 
 log = logging.getLogger(__name__)
 
 ID, SOURCE = "id", "source"
-CHUNK_BATCHES = 8
-"""Texts go to the model ``batch_size * CHUNK_BATCHES`` at a time (sorted by length within a chunk)."""
-
-
-def classification_row(output: dict) -> dict:
-    """A classification output as columns: label, label_id, the label's probability, ``p_<label>`` for each label."""
-    probabilities = output["probabilities"]
-    return {"label": output["label"], "label_id": output["label_id"],
-            "probability": probabilities[output["label"]],
-            **{f"p_{name}": p for name, p in probabilities.items()}}
-
-
-def causal_lm_row(output: dict) -> dict:
-    """A causal-LM output as columns: the generation."""
-    return {"generation": output["generation"]}
-
-
-def flat_row(output: dict) -> dict:
-    """Any other task's output as columns: scalars as they are, a dict's items as ``<key>_<name>``, lists as JSON
-    (regression ``score``; multilabel ``labels`` as a JSON list, ``probabilities_<label>``, ``thresholds_<label>``)."""
-    row = {}
-    for key, value in output.items():
-        if isinstance(value, dict):
-            row.update({f"{key}_{name}": v for name, v in value.items()})
-        elif isinstance(value, list):
-            row[key] = json.dumps(value)
-        else:
-            row[key] = value
-    return row
-
-
-ROW_COLUMNS: dict[str, Callable[[dict], dict]] = {CLASSIFICATION: classification_row, CAUSAL_LM: causal_lm_row}
-"""How a task's per-text output becomes columns of a prediction row, by the export's task (others:
-:func:`flat_row`)."""
 
 
 @dataclass
 class InputFile:
-    """One file of texts: the name messages show, the ``source`` column's (relative to the input), its texts
-    and ids."""
+    """One file of examples: the name messages show, the ``source`` column's (relative to the input), its texts
+    (per input field of the task) and ids."""
 
     name: str
     relative: str
-    texts: list[str]
+    texts: dict[str, list[str]]
     ids: list
+
+    def __len__(self) -> int:
+        return len(next(iter(self.texts.values())))
+
+    def chunk(self, first: int, size: int) -> dict[str, list[str]]:
+        return {name: texts[first : first + size] for name, texts in self.texts.items()}
 
 
 @contextlib.contextmanager
@@ -127,23 +99,27 @@ def _is_missing(value) -> bool:
 
 
 def read_input(name: str, relative: str, path: Path, config: PredictConfig, task: str) -> InputFile:
-    """The texts (and ids) of one file, checked: the columns exist, no text is empty."""
+    """The texts (and ids) of one file, checked: the columns the task reads exist, no text is empty as the model
+    would see it (an encoder's, cleaned as in preprocess; a causal LM's, as they are)."""
+    spec = task_named(task)
     try:
         frame = read_file(path, "auto")
     except DataError as e:  # name the file as the user gave it, not a temporary copy
         raise DataError(str(e).replace(str(path), name)) from None
     columns = ", ".join(map(str, frame.columns)) or "(none)"
-    for column, setting in ((config.text_column, "text_column"), (config.predict_id_column, "predict_id_column")):
+    wanted = {column: f"{field}_column" if field != "text" else "text_column"
+              for field, column in spec.input_columns(config).items()}
+    for column, setting in (*wanted.items(), (config.predict_id_column, "predict_id_column")):
         if column and column not in frame.columns:
             raise DataError(f"{name}: no column {column!r}; the columns are: {columns} (set {setting})")
-    texts = []
-    for row, value in enumerate(frame[config.text_column].tolist()):
-        text = "" if _is_missing(value) else str(value)
-        # classification sees texts cleaned as in preprocess; a causal LM sees them as they are
-        if not (clean_text(text) if task == CLASSIFICATION else text.strip()):
-            raise DataError(f"{name}: row {row} (counted from 0): column {config.text_column!r} is empty; "
-                            "expected some text")
-        texts.append(text)
+    texts = {}
+    for field, column in spec.input_columns(config).items():
+        texts[field] = []
+        for row, value in enumerate(frame[column].tolist()):
+            text = "" if _is_missing(value) else str(value)
+            if spec.is_empty(text):
+                raise DataError(f"{name}: row {row} (counted from 0): column {column!r} is empty; expected some text")
+            texts[field].append(text)
     ids = frame[config.predict_id_column].tolist() if config.predict_id_column else []
     if config.predict_id_column:
         for row, value in enumerate(ids):
@@ -161,7 +137,7 @@ def check_inputs(config: PredictConfig, task: str) -> int:
     if is_remote(config.predict_input):
         return 0
     with local_inputs(config.predict_input) as inputs:
-        return sum(len(read_input(name, relative, path, config, task).texts) for name, relative, path in inputs)
+        return sum(len(read_input(name, relative, path, config, task)) for name, relative, path in inputs)
 
 
 def write_frame(frame: pd.DataFrame, path: Path, fmt: str) -> None:
@@ -212,10 +188,10 @@ def predict(model: str | Path, config: PredictConfig) -> dict:
     fmt = config.resolved_format()
     with contextlib.ExitStack() as stack:
         model_dir = stack.enter_context(local_export(str(model)))
-        task = export_task(model_dir) if model_dir.is_dir() else CLASSIFICATION
+        task = export_task(model_dir) if model_dir.is_dir() else DEFAULT_TASK
         files = [read_input(name, relative, path, config, task)
                  for name, relative, path in stack.enter_context(local_inputs(config.predict_input))]
-        total = sum(len(f.texts) for f in files)
+        total = sum(len(f) for f in files)
         if not total:
             raise DataError(f"{config.predict_input}: no rows to predict on (only header rows, or empty files)")
         exported = open_export(model_dir, int8=config.predict_int8, max_new_tokens=config.max_new_tokens,
@@ -223,18 +199,19 @@ def predict(model: str | Path, config: PredictConfig) -> dict:
         log.info("predicting on %d text(s) from %d file(s) of %s with the %s export %s", total, len(files),
                  config.predict_input, task, model)
         rows, start = [], time.perf_counter()
-        chunk = config.predict_batch_size * (1 if task == CAUSAL_LM else CHUNK_BATCHES)
+        spec = task_named(task)
+        chunk = config.predict_batch_size * spec.predict_chunk_batches
         with tqdm(total=total, desc="predicting", unit="row", mininterval=2) as bar:
             for f in files:
-                for first in range(0, len(f.texts), chunk):
-                    outputs = exported.predict(f.texts[first : first + chunk], progress=False)
-                    rows += [ROW_COLUMNS.get(task, flat_row)(o) for o in outputs]
+                for first in range(0, len(f), chunk):
+                    outputs = exported.predict(f.chunk(first, chunk), progress=False)
+                    rows += [spec.prediction_row(o) for o in outputs]
                     bar.update(len(outputs))
         seconds = time.perf_counter() - start
     ids = [i for f in files for i in f.ids] if config.predict_id_column else list(range(total))
     columns = {ID: _uniform_ids(ids)}
     if len(files) > 1:
-        columns[SOURCE] = [f.relative for f in files for _ in f.texts]
+        columns[SOURCE] = [f.relative for f in files for _ in range(len(f))]
     frame = pd.concat([pd.DataFrame(columns), pd.DataFrame(rows, index=range(total))], axis=1)
     write_output(frame, config.predict_output, fmt)
     summary = {"task": task, "rows": total, "files": len(files), "seconds": round(seconds, 3),

@@ -48,7 +48,7 @@ def data_report_html(stats: dict, lengths: dict[str, np.ndarray]) -> str:
     tokens = stats["token_length"]
     return page(
         "kftune data report",
-        f"<p>Source: <code>{stats['source']}</code>; task {stats.get('task', 'classification')} "
+        f"<p>Source: <code>{stats['source']}</code>; task {stats['task']} "
         f"({stats.get('task_decided', 'set')})</p>",
         "<h2>Rows</h2>",
         overview,

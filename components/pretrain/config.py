@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import PretrainedModel, Seeding, TaskChoice, check_choices
+from kftune.settings.fields import check_choices
+from kftune.settings.groups import PretrainedModel, Seeding
+from kftune.tasks import AUTO, TASKS, TaskChoice
 
 
 @dataclass
@@ -50,10 +52,8 @@ class PretrainConfig(MaskedLanguageModeling, PretrainedModel, Seeding, TaskChoic
     def validate(self) -> None:
         """Reject values outside their ranges before any work starts."""
         check_choices(self)
-        from kftune.tasks import TASKS, EncoderTask
-
-        if self.task != "auto" and not isinstance(TASKS[self.task], EncoderTask):
-            encoders = ", ".join(name for name, task in TASKS.items() if isinstance(task, EncoderTask))
+        if self.task != AUTO and not TASKS[self.task].pretrainable:
+            encoders = ", ".join(name for name, task in TASKS.items() if task.pretrainable)
             raise ConfigError(f"pretrain is masked-language-model training of an encoder (tasks {encoders}), "
                               f"not of task {self.task}")
         if not self.pretrain_on_train_texts and not self.pretrain_corpus.strip():

@@ -141,10 +141,9 @@ def pretrain(config: PretrainConfig, dataset_dir: str | Path, output_dir: str | 
     """Masked-LM training of ``config.model`` on the gathered texts; write the model to ``output_dir``; return the report."""  # noqa: E501
     from transformers import AutoModelForMaskedLM, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from kftune.data.schema import dataset_task
-    from kftune.tasks import with_task
+    from kftune.tasks import resolve_task
 
-    config = with_task(config, dataset_task(dataset_dir)["task"])
+    config = resolve_task(config, dataset_dir)
     config.validate()
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     refuse_existing_artifact(output_dir)

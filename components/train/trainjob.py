@@ -395,10 +395,9 @@ def launch_multinode(
     and the model rank 0 writes there is copied to ``output_dir`` (atomically). On success the
     run directory is removed (unless ``keep_run_dir``); on failure it stays, with its checkpoints.
     """
-    from kftune.data.schema import dataset_task
-    from kftune.tasks import with_task
+    from kftune.tasks import resolve_task
 
-    config = with_task(config, dataset_task(dataset_dir)["task"])
+    config = resolve_task(config, dataset_dir)
     config.validate()
     dataset_dir, output_dir, mount_path = Path(dataset_dir), Path(output_dir), Path(mount_path)
     refuse_existing_artifact(output_dir)  # before submitting the job, not after it

@@ -41,12 +41,11 @@ def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_c
 
     from kftune.components.tune.config import SearchSettings
     from kftune.components.tune.search import plan_search as plan
-    from kftune.data.schema import dataset_task
     from kftune.settings.fields import settings_from
-    from kftune.tasks import with_task
+    from kftune.tasks import resolve_task
     from kftune.training.config import TrainConfig
 
-    base = with_task(settings_from(TrainConfig, values), dataset_task(dataset.path)["task"])
+    base = resolve_task(settings_from(TrainConfig, values), dataset.path)
     base, trials = plan(settings_from(SearchSettings, values), base)
     outputs = namedtuple("PlanOutputs", ["train_config", "trials"])
     return outputs(json.dumps(asdict(base)), trials)
@@ -124,12 +123,11 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     from kftune.components.tune.search import optuna_search as run_study
     from kftune.settings.fields import settings_from
     from kftune.training.config import Launch, TrainConfig
-    from kftune.training.search_space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(SearchSettings, values)
     base = TrainConfig(**json.loads(train_config))
-    space = parse_space(settings.search_space, base.training_mode)
+    space = settings.space(base)
     with tempfile.TemporaryDirectory(prefix="kftune-study-") as tmp:
         record = run_study(base, space, dataset.path, tmp, max_trials=settings.max_trials, seed=base.seed,
                            direction=settings.direction_for(base.metric_for_best_model), include_defaults=settings.include_defaults,
@@ -167,14 +165,13 @@ def katib_search(
     from kftune.components.tune.search import record_from_katib
     from kftune.settings.fields import settings_from
     from kftune.training.config import TrainConfig
-    from kftune.training.search_space import parse_space
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources = settings_from(TrainResources, values)
     resources.validate()  # run parameters: checked on the values the run was started with
     settings = settings_from(SearchSettings, values)
     base = TrainConfig(**json.loads(train_config))
-    space = parse_space(settings.search_space, base.training_mode)
+    space = settings.space(base)
     outcome = launch_katib(
         base, dataset.path, space, algorithm=settings.algorithm, metric=base.metric_for_best_model,
         direction=settings.direction_for(base.metric_for_best_model), max_trials=settings.max_trials, parallel_trials=settings.parallel_trials,

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import check_choices
-from kftune.training.search_space import DEFAULT_SEARCH_SPACE
+from kftune.settings.fields import check_choices, per_task
+from kftune.tasks import AUTO, DEFAULT_TASK, search_direction, task_named
 
 PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 """What the pipeline backend runs (Katib adds bayesianoptimization)."""
@@ -17,8 +17,8 @@ PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 class SearchSettings:
     """A hyperparameter search over training settings; each trial is a real training run."""
 
-    search_space: str = DEFAULT_SEARCH_SPACE
-    """JSON: per training option a range {"low", "high", "log", "step", "grid"} or a list of choices; the searchable options are listed in components/tune/README.md (the lora_ ones need training_mode lora)."""  # noqa: E501
+    search_space: str = per_task("", "search_space")
+    """JSON: per training option a range {"low", "high", "log", "step", "grid"} or a list of choices; the searchable options are listed in components/tune/README.md (the lora_ ones need training_mode lora); empty: the task's."""  # noqa: E501
     algorithm: Literal["grid", "random", "tpe", "bayesianoptimization"] = "tpe"
     """Search algorithm: grid, random, tpe (Bayesian, Optuna); bayesianoptimization with search_backend katib only."""  # noqa: E501
     search_backend: Literal["pipeline", "katib"] = "pipeline"
@@ -40,9 +40,17 @@ class SearchSettings:
         """The direction of the search on ``metric``: the setting, or (auto) the one that improves it."""
         if self.direction != "auto":
             return self.direction
-        from kftune.tasks import search_direction
-
         return search_direction(metric)
+
+    def space(self, base):
+        """The search space of trials based on ``base`` (a TrainConfig): ``search_space``, or its task's (the
+        default task's while the task is still ``auto``)."""
+        import json
+
+        from kftune.training.search_space import parse_space
+
+        task = task_named(DEFAULT_TASK if base.task == AUTO else base.task)
+        return parse_space(self.search_space or json.dumps(task.search_space), base.training_mode)
 
     def validate(self) -> None:
         check_choices(self)

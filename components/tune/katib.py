@@ -730,10 +730,9 @@ def launch_katib(
     ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays, for a look at what
     the trials left, and the error names it.
     """
-    from kftune.data.schema import dataset_task
-    from kftune.tasks import task_named, with_task
+    from kftune.tasks import resolve_task, task_named
 
-    base_config = with_task(base_config, dataset_task(dataset_dir)["task"])
+    base_config = resolve_task(base_config, dataset_dir)
     base_config.validate()
     metric = metric if metric and metric != "auto" else base_config.metric_for_best_model
     mount_path, dataset_dir = Path(mount_path), Path(dataset_dir)

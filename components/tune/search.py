@@ -25,7 +25,7 @@ from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
 from kftune.errors import ConfigError, KftuneError
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.pruning import PruningTarget, journal_storage
-from kftune.training.search_space import SearchSpace, parse_space
+from kftune.training.search_space import SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def plan_search(settings: SearchSettings, base: TrainConfig) -> tuple[TrainConfi
     """
     settings.validate()
     base.validate()
-    space = parse_space(settings.search_space, base.training_mode)
+    space = settings.space(base)
     if base.train_on != "train":
         log.info("search trials train on the training split; train_on=%s applies to the final model", base.train_on)
         base = replace(base, train_on="train")
@@ -128,10 +128,9 @@ def optuna_search(
     """
     import optuna
 
-    from kftune.data.schema import dataset_task
-    from kftune.tasks import with_task
+    from kftune.tasks import resolve_task
 
-    base = with_task(base, dataset_task(dataset_dir)["task"])
+    base = resolve_task(base, dataset_dir)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     storage_path = work_dir / STUDY_FILE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from kftune.settings.fields import Setting, settings_of
+from kftune.settings.catalog import Setting, settings_of
 
 METAVARS = {"data": "PATH", "model": "DIR_OR_ID", "predict_input": "PATH_OR_URI", "predict_output": "PATH_OR_URI"}
 

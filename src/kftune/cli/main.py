@@ -30,7 +30,7 @@ def preflight(arguments: dict) -> None:
     from kftune.components.predict.config import PredictConfig
     from kftune.components.predict.predict import check_inputs
     from kftune.components.preprocess.config import PreprocessConfig
-    from kftune.components.preprocess.preprocess import prepare_instructions, prepare_rows, read_data
+    from kftune.components.preprocess.preprocess import prepare, read_data
     from kftune.data.bundled import resolve_model
     from kftune.settings.fields import settings_from
     from kftune.training.config import Launch, TrainConfig
@@ -56,13 +56,10 @@ def preflight(arguments: dict) -> None:
         raise KftuneError("predict_output is set but predict_input is empty: set --predict-input, the texts to "
                           "predict on after export")
     resolve_model(config.model)
-    prepare, frame, _ = read_data(settings_from(PreprocessConfig, arguments))  # task auto: decided from the data
-    if prepare.task == "causal-lm":
-        prepare_instructions(prepare, frame=frame)
-    else:
-        prepare_rows(prepare, frame)
+    data, frame, _ = read_data(settings_from(PreprocessConfig, arguments))  # task auto: decided from the data
+    prepare(data, frame)
     if arguments.get("predict_input"):  # the texts to predict on after export: their files and columns, now
-        check_inputs(settings_from(PredictConfig, arguments), prepare.task)
+        check_inputs(settings_from(PredictConfig, arguments), data.task)
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
@@ -302,11 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     from kftune.cluster.resources import TrainResources
     from kftune.pipelines import finetune, tune
     from kftune.pipelines.cluster import ClusterOptions, StorageSecrets
+    from kftune.tasks import TASKS
 
     images = ImageScheme.from_env()
     parser = _Parser(
         prog="kftune",
-        description="Fine-tune pretrained transformers for text classification with Kubeflow Pipelines.",
+        description="Fine-tune pretrained transformers with Kubeflow Pipelines: " + "; ".join(
+            f"{name} ({task.summary})" for name, task in TASKS.items()) + ".",
     )
     parser.add_argument("--version", action="version", version=f"kftune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -22,7 +22,7 @@ from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.publish.config import PublishSettings
 from kftune.components.serve.config import ServeConfig
 from kftune.components.tune.config import SearchSettings
-from kftune.settings.fields import Setting, settings_of
+from kftune.settings.catalog import Setting, settings_of
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.search_space import SEARCHABLE
 

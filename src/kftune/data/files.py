@@ -34,6 +34,15 @@ _SUFFIX_FORMATS = {
 _OPENERS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 
 
+def format_from_suffix(path: Path, formats: dict[str, str]) -> str | None:
+    """The format ``formats`` gives ``path``'s last suffix, looking through a compression suffix (.gz, .bz2,
+    .xz), or None: the one format-and-compression detector of every reader."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in _OPENERS:
+        suffixes = suffixes[:-1]
+    return formats.get(suffixes[-1]) if suffixes else None
+
+
 def detect_format(path: Path) -> str:
     """Infer the format from a directory's marker files or a file's suffixes."""
     if path.is_dir():
@@ -43,11 +52,9 @@ def detect_format(path: Path) -> str:
             f"{path}: a directory must be written by datasets.save_to_disk "
             "(dataset_dict.json or state.json expected)"
         )
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _OPENERS:
-        suffixes = suffixes[:-1]
-    if suffixes and suffixes[-1] in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffixes[-1]]
+    fmt = format_from_suffix(path, _SUFFIX_FORMATS)
+    if fmt:
+        return fmt
     raise DataError(
         f"{path}: unknown data format {''.join(path.suffixes) or '(no suffix)'!r}; expected one "
         "of .csv, .tsv, .jsonl, .parquet (text formats may end .gz/.bz2/.xz) or a "
@@ -85,8 +92,10 @@ def _read_delimited(path: Path, sep: str) -> pd.DataFrame:
         raise DataError(f"{path}: malformed row: {detail}") from e
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows = []
+def jsonl_records(path: Path) -> list[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSON Lines file; a DataError names the line of anything
+    else."""
+    records = []
     for number, line in enumerate(read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
@@ -98,8 +107,12 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
             raise DataError(
                 f"{path}: line {number}: expected a JSON object per line, got {type(row).__name__}"
             )
-        rows.append(row)
-    return pd.DataFrame(rows)
+        records.append((number, row))
+    return records
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame([row for _, row in jsonl_records(path)])
 
 
 def _read_parquet(path: Path) -> pd.DataFrame:

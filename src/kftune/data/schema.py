@@ -35,6 +35,8 @@ LABELS_FILE = "labels.json"
 TOKENIZER_DIR = "tokenizer"
 STATS_FILE = "stats.json"
 TASK_FILE = "task.json"
+EXPORT_REPORT = "export_report.json"
+"""The export step's report in an export directory: its task, format, parity figures, ``max_seq_length``."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +79,11 @@ def load_splits(dataset_dir: str | Path):
 
 def dataset_task(dataset_dir: str | Path) -> dict:
     """The task's part of a dataset, model or export directory: its ``task.json``, or, for one written before
-    tasks had one, classification with the labels of its ``labels.json``."""
+    tasks had one, the labels of its ``labels.json`` (and no ``task``: the registry reads that as its default
+    task's, :func:`kftune.tasks.resolve_task`)."""
     directory = Path(dataset_dir)
     path = directory / TASK_FILE
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     labels = directory / LABELS_FILE
-    return {"task": "classification", "labels": list(LabelMap.load(labels).names) if labels.is_file() else []}
+    return {"labels": list(LabelMap.load(labels).names) if labels.is_file() else []}

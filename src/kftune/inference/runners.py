@@ -10,7 +10,51 @@ from collections.abc import Callable
 
 import numpy as np
 
+from kftune.errors import DataError
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class EncodedTexts:
+    """Tokenizer output shaped like a ``datasets`` split, for :func:`predict_logits`."""
+
+    def __init__(self, encoding):
+        self._columns = {name: encoding[name] for name in MODEL_INPUTS if name in encoding}
+        self.column_names = list(self._columns)
+
+    def __getitem__(self, name: str) -> list[list[int]]:
+        return self._columns[name]
+
+    def __len__(self) -> int:
+        return len(self._columns["input_ids"])
+
+
+class EmptyText(DataError):
+    """A text that is empty once cleaned; ``index`` is its position in the list given."""
+
+    def __init__(self, index: int):
+        super().__init__(f"text {index} is empty (after whitespace and markup are removed); expected some text")
+        self.index = index
+
+
+def cleaned_texts(texts: list[str]) -> list[str]:
+    """``texts`` cleaned as preprocess cleans them; raises :class:`EmptyText` for the first that comes out empty."""
+    from kftune.data.text import clean_text
+
+    cleaned = [clean_text(t) for t in texts]
+    for i, text in enumerate(cleaned):
+        if not text:
+            raise EmptyText(i)
+    return cleaned
+
+
+def encode_texts(tokenizer, inputs: dict[str, list[str]], fields: tuple[str, ...], max_length: int) -> EncodedTexts:
+    """Raw texts of each of ``fields`` (one text, or a pair) cleaned and tokenized as preprocess does them."""
+    lengths = {len(inputs[name]) for name in fields}
+    if len(lengths) > 1:
+        raise DataError(f"the fields {', '.join(fields)} hold different numbers of texts: {sorted(lengths)}")
+    encoded = tokenizer(*(cleaned_texts(inputs[name]) for name in fields), truncation=True, max_length=max_length)
+    return EncodedTexts(encoded)
 
 
 def padded_batches(split, batch_size: int, pad_id: int = 0):
@@ -81,6 +125,12 @@ def onnx_runner(session):
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
+    """Probabilities of logits over the last axis."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Independent probabilities of logits (multi-label)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))

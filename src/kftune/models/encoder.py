@@ -1,8 +1,8 @@
-"""Building, saving and loading the classifier in each training mode.
+"""Building, saving and loading an encoder with a task's head, in each training mode.
 
-``full`` and ``freeze_encoder`` train a plain ``AutoModelForSequenceClassification``; ``lora``
-and ``prompt_tuning`` wrap it with ``peft``. What training writes is always loadable by
-:func:`load_classifier`:
+``full`` and ``freeze_encoder`` train a plain ``AutoModelFor...`` (the task's ``auto_model``:
+sequence or token classification); ``lora`` and ``prompt_tuning`` wrap it with ``peft``. What
+training writes is always loadable by :func:`load_encoder_model`:
 
 - full / freeze_encoder / lora: a plain Hugging Face model directory (LoRA weights merged
   into the base weights, so evaluation, ONNX export and serving see an ordinary model);
@@ -20,13 +20,13 @@ BASE_MODEL_DIR = "base_model"
 
 
 def auto_model_class(task=None):
-    """The transformers ``AutoModelFor...`` class of an encoder task (sequence classification by default)."""
+    """The transformers ``AutoModelFor...`` class of an encoder task (sequence classification without one)."""
     import transformers
 
     return getattr(transformers, task.auto_model if task is not None else "AutoModelForSequenceClassification")
 
 
-def build_classifier(config, head: dict, model_path: str, task=None):
+def build_encoder_model(config, head: dict, model_path: str, task=None):
     """The model to train for ``config.training_mode`` (a TrainConfig), on top of ``model_path``, with the head
     ``head`` describes (``num_labels``, ``id2label``, ``label2id``, ``problem_type``: the task's ``head(info)``)."""
     model = auto_model_class(task).from_pretrained(model_path, ignore_mismatched_sizes=True, **head)
@@ -52,8 +52,7 @@ def build_classifier(config, head: dict, model_path: str, task=None):
         model = get_peft_model(
             model, PromptTuningConfig(task_type=TaskType[peft_type], num_virtual_tokens=config.num_virtual_tokens)
         )
-        if getattr(task, "token_level", False):
-            keep_text_positions(model)
+        model = task.wrap_prompt_tuned(model) if task is not None else model
     return model
 
 
@@ -93,8 +92,8 @@ def trainable_parameters(model) -> tuple[int, int]:
     return trainable, sum(p.numel() for p in model.parameters())
 
 
-def save_classifier(model, directory: Path, training_mode: str) -> None:
-    """Write ``model`` (as trained) into ``directory`` in the layout :func:`load_classifier` reads."""
+def save_encoder_model(model, directory: Path, training_mode: str) -> None:
+    """Write ``model`` (as trained) into ``directory`` in the layout :func:`load_encoder_model` reads."""
     if training_mode == "lora":
         model = model.merge_and_unload()
     if training_mode == "prompt_tuning":
@@ -116,7 +115,7 @@ def is_adapter(directory: str | Path) -> bool:
     return (Path(directory) / ADAPTER_CONFIG).is_file()
 
 
-def load_classifier(directory: str | Path, task=None):
+def load_encoder_model(directory: str | Path, task=None):
     """The trained model of an encoder ``task`` in ``directory`` (plain or prompt-tuned), in eval mode."""
     auto = auto_model_class(task)
     directory = Path(directory)
@@ -126,4 +125,4 @@ def load_classifier(directory: str | Path, task=None):
 
     base = auto.from_pretrained(str(directory / BASE_MODEL_DIR))
     model = PeftModel.from_pretrained(base, str(directory)).eval()
-    return keep_text_positions(model) if getattr(task, "token_level", False) else model
+    return task.wrap_prompt_tuned(model) if task is not None else model

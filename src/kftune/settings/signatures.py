@@ -32,7 +32,7 @@ import linecache
 import textwrap
 from collections.abc import Callable, Iterable
 
-from kftune.settings.fields import Setting, settings_of
+from kftune.settings.catalog import Setting, settings_of
 
 _ARGS_INDENT = " " * 8
 

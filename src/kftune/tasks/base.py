@@ -1,44 +1,70 @@
-"""What a task is: its defaults, its metrics, and the hooks the stages call.
+"""What a task is, and everything a stage asks of it.
 
-A :class:`Task` holds what every task has: a name, the values its ``auto`` settings take,
-the metrics of its results and which way each is better. :class:`EncoderTask` is a task that
-fine-tunes an encoder with a head on one text per row (classification, regression,
-multi-label): the stages call its hooks and nothing else of it, so a new task of that kind is
-one subclass in one module plus its line in :data:`~kftune.tasks.TASKS`:
+A task is one package of :mod:`kftune.tasks` holding a :class:`Task`: the stages, the pipelines
+and the CLI ask it what differs and never name it. What each stage asks:
 
-========================  ==============================================================
-stage                     hooks
-========================  ==============================================================
-preprocess                ``parse_labels``, ``label_info``, ``encode_labels``,
-                          ``label_feature``, ``strata``, ``check_labels``, ``distribution``
-train                     ``head`` (model class, ``num_labels``, ``problem_type``),
-                          ``label_tensor`` (the collator's labels), ``loss``, ``scores``
-                          (validation), ``after_training`` (e.g. thresholds)
-evaluate                  ``scores``, ``baselines``, ``checks``, ``report_sections``
-export                    ``decisions`` (what the ONNX parity check compares)
-serve / predict           ``outputs`` (V1 and files), ``v2_outputs``
-========================  ==============================================================
+===========  ======================================================================================
+stage        hooks
+===========  ======================================================================================
+preprocess   ``detect`` / ``reads_file`` (task auto), ``prepare`` (read, clean, sample, check: every
+             error in the input surfaces here, before a tokenizer loads; the CLI calls it to fail
+             fast), ``data_info``, ``store_labels``, ``strata``, ``encode``, ``distribution``,
+             ``dataset_stats``, ``write_files``; ``augmentable``
+train        ``recipe`` (model, batches, objective, validation, what the trained model directory
+             holds), ``training_modes``, ``shardings``, ``best_metrics``, ``defaults``
+tune         ``search_space``, ``best_metrics``, ``lower_is_better``
+evaluate     ``evaluate`` (test scores and baselines), ``checks`` (the gate), ``flat_metrics``,
+             ``summary_table``, ``report_intro``, ``report_figures``, ``report_sections``
+export       ``export_format`` and, for ONNX, ``decisions`` and ``logits_axes`` (the parity check)
+serve        ``serving`` (the protocol), ``open_export``
+predict      ``open_export``, ``input_columns``, ``is_empty``, ``prediction_row``
+===========  ======================================================================================
+
+A task's own settings (``settings``: dataclass groups by stage, e.g. token classification's
+``TokenData`` in preprocess) join the stage's config and every surface; set while another task
+runs they are an error. Settings left at ``auto`` take ``defaults``.
 
 ``info`` is the task's part of the artifacts (``task.json``): the label names, a regression
-target's mean and standard deviation, a multi-label model's thresholds; preprocess writes it
-into the dataset, train copies it (with what training added) into the model, export into
-the export directory.
+target's mean and standard deviation, a multi-label model's thresholds, a causal LM's allowed
+answers; preprocess writes it into the dataset, train copies it (with what training added) into
+the model, export into the export directory.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+
+@dataclass
+class Prepared:
+    """A task's data, read, cleaned, sampled and checked (:meth:`Task.prepare`)."""
+
+    frame: Any
+    """The examples (a pandas DataFrame) in the columns the task keeps."""
+    source: str
+    """What was read, for messages and the data report."""
+    rows_read: int
+    removed: dict[str, int]
+    """Rows removed, per cleaning rule."""
+    stats: dict = field(default_factory=dict)
+    """What the data report shows besides the common figures (conversions, layouts, ...)."""
+    tokenizer: Any = None
+    """The tokenizer, where preparing needed one (a causal LM's data is encoded while it is cleaned)."""
 
 
 @dataclass(frozen=True)
 class Task:
-    """One task: its name, what it is, the values its ``auto`` settings take, its metrics."""
+    """One task: its name and defaults, its metrics, and the hooks of the module docstring."""
 
     name: str
     summary: str
+    """What it learns, in a few words (the ``task`` setting's description lists it)."""
     defaults: dict = field(default_factory=dict)
+    """Values of the settings left at ``auto``."""
+    search_space: dict = field(default_factory=dict)
+    """The default search space of a hyperparameter search (see :mod:`kftune.training.search_space`)."""
     metrics: tuple[str, ...] = ()
     """The scores of the results JSON's ``model``, ``baselines`` and ``delta_vs_baseline``."""
     primary: str = ""
@@ -48,7 +74,34 @@ class Task:
     """Validation scores that may pick the best epoch (``metric_for_best_model``)."""
     baseline: str = ""
     """The baseline ``delta_vs_baseline`` compares with."""
+    settings: dict = field(default_factory=dict)
+    """Its own settings groups, by stage (``{"preprocess": (TokenData,)}``)."""
+    is_default: bool = False
+    """The task of a run that says nothing (no task, no data): the bundled default."""
 
+    # What a family of tasks shares (class attributes, so that a subclass sets them once):
+    training_modes = ("full",)
+    """The ``training_mode`` values it trains with."""
+    shardings = ("ddp",)
+    """The ``sharding`` values it trains with."""
+    detect_order = 100
+    """Where ``detect`` is asked among the tasks (lowest first); the default task is asked last."""
+    export_format = "onnx"
+    """What export writes: ``onnx`` (a graph of the logits) or ``huggingface`` (a model directory)."""
+    serving = "kserve"
+    """The protocol ``kftune serve`` speaks for it: ``kserve`` (V1 and Open Inference) or ``openai``."""
+    pretrainable = False
+    """Whether its encoder can be pretrained first (masked-language-model training, the pretrain step)."""
+    augmentable = False
+    """Whether its training texts can be augmented with noisy copies."""
+    strata_checked = False
+    """Whether ``prepare`` already proved its strata splittable (else the split falls back to random)."""
+    comparison_heading = "Model vs baselines"
+    """The heading of the evaluation report's summary table."""
+    predict_chunk_batches = 8
+    """Prediction batches handed to the export at a time."""
+
+    # --- metrics ----------------------------------------------------------------------
     def higher_is_better(self, metric: str) -> bool:
         return metric not in self.lower_is_better
 
@@ -57,83 +110,73 @@ class Task:
         as RMSE, baseline minus model)."""
         return model - baseline if self.higher_is_better(metric) else baseline - model
 
-
-class EncoderTask(Task):
-    """A task that trains an encoder with a head on text rows; see the module docstring for the hooks."""
-
-    auto_model = "AutoModelForSequenceClassification"
-    peft_task_type = "SEQ_CLS"
-    token_level = False
-    """True for a task with one label per word piece (token classification): its logits are ``[texts, pieces,
-    labels]``, which the stages pad along the piece axis, and its export keeps that axis dynamic."""
+    def check_settings(self, config) -> None:
+        """Refuse values of its own settings that cannot work together (a ConfigError naming them)."""
 
     # --- preprocess -------------------------------------------------------------------
-    def parse_labels(self, labels, source: str, column: str, config):
-        """The label column as hashable Python values (None where missing); raises DataError naming the first
-        row whose value the task cannot take."""
-        raise NotImplementedError
-
-    def label_info(self, labels) -> dict:
-        """What the dataset artifact records about the (cleaned, parsed) labels."""
-        raise NotImplementedError
-
-    def encode_labels(self, labels, info: dict) -> list:
-        """The label column as the dataset stores it."""
-        raise NotImplementedError
-
-    def label_feature(self, info: dict):
-        """The ``datasets`` feature of the stored label column."""
-        raise NotImplementedError
-
-    def strata(self, labels):
-        """Values to stratify the split by (a Series aligned with ``labels``), or None for a plain random split."""
+    def detect(self, frame, config) -> str | None:
+        """Why ``frame`` (every column of the data, as read) holds this task's data, or None."""
         return None
 
-    def check_labels(self, labels, config, source: str) -> None:
-        """Raise DataError if the cleaned labels cannot be split and learned."""
-        if len(labels) < 10:
-            from kftune.errors import DataError
+    def recognises_export(self, model_config: dict) -> bool:
+        """Whether an export without a named task (from before tasks had names) is this task's, by its
+        ``config.json``."""
+        return False
 
-            raise DataError(f"{source}: {len(labels)} rows after cleaning; a train/validation/test split needs at "
-                            "least 10")
+    def reads_file(self, data: str) -> bool:
+        """Whether this task's data is told by the file name alone (a CoNLL file), before any reading."""
+        return False
 
-    def distribution(self, stored: list, info: dict) -> dict:
+    def prepare(self, config, frame=None) -> Prepared:
+        """Read ``config.data`` (or take ``frame``, already read from it), clean, sample and check it."""
+        raise NotImplementedError
+
+    def data_info(self, prepared: Prepared, config) -> dict:
+        """What the dataset's ``task.json`` records besides the task's name."""
+        return {}
+
+    def store_labels(self, frame, info: dict):
+        """``frame`` with its labels as the dataset stores them (before the split: the strata see them so)."""
+        return frame
+
+    def strata(self, frame, info: dict):
+        """Values to stratify the split by (a Series aligned with ``frame``), or None for a random split."""
+        return None
+
+    def encode(self, splits: dict, info: dict, tokenizer, config, prepared: Prepared):
+        """The split frames as a tokenized ``datasets.DatasetDict`` (with a ``length`` column)."""
+        raise NotImplementedError
+
+    def distribution(self, split, info: dict) -> dict:
         """A split's labels as the data report shows them."""
         return {}
 
-    # --- model and training -----------------------------------------------------------
-    def head(self, info: dict) -> dict:
-        """Keyword arguments of ``from_pretrained`` that shape the head: num_labels, id2label, problem_type."""
+    def stats_labels(self, info: dict) -> list:
+        """The label names the data report shows."""
+        return list(info.get("labels", []))
+
+    def dataset_stats(self, dataset, info: dict, config, prepared: Prepared) -> dict:
+        """Figures of the encoded dataset the data report adds (they replace common ones of the same name)."""
+        return {}
+
+    def write_files(self, directory: Path, info: dict) -> None:
+        """Files the dataset artifact holds besides the splits, ``task.json``, tokenizer and stats."""
+
+    # --- training ---------------------------------------------------------------------
+    def recipe(self):
+        """What the training loop asks of the task: its model, batches, objective and output."""
         raise NotImplementedError
-
-    def label_array(self, values) -> np.ndarray:
-        """A split's stored labels as one array, as ``scores`` takes them (token classification pads them)."""
-        return np.asarray(values)
-
-    def label_tensor(self, values: list, info: dict):
-        """The labels of a batch as the loss takes them."""
-        raise NotImplementedError
-
-    def loss(self, model, batch: dict, config):
-        """The loss a training step minimises on ``batch`` (model inputs and ``labels``)."""
-        raise NotImplementedError
-
-    def scores(self, logits: np.ndarray, labels: np.ndarray, info: dict, full: bool = False) -> dict:
-        """Scores of ``logits`` against stored ``labels``: the summary metrics (validation), and with ``full``
-        everything the test report shows."""
-        raise NotImplementedError
-
-    def after_training(self, logits: np.ndarray, labels: np.ndarray, info: dict) -> dict:
-        """``info`` for the trained model, given its validation logits (multi-label picks its thresholds here)."""
-        return info
 
     # --- evaluation -------------------------------------------------------------------
-    def baselines(self, train, test, info: dict) -> dict[str, dict]:
-        """Baselines fitted on the train split and scored (``full``) on the test split, by name."""
+    def evaluate(self, model_dir: Path, dataset_dir: Path, config) -> dict:
+        """The trained model and the baselines scored on the test split: ``task``, ``test_size``, ``model``,
+        ``baselines``, ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
         raise NotImplementedError
 
-    def checks(self, model: dict, deltas: dict, config) -> dict[str, bool]:
-        """The gate's checks (``min_accuracy`` applies to the task's primary score where higher is better)."""
+    def checks(self, result: dict, config) -> dict[str, bool]:
+        """The gate's checks of ``result``: the primary score against ``min_accuracy`` where higher is better,
+        the gain over the baseline against ``min_gain_over_baseline``."""
+        model, deltas = result["model"], result["delta_vs_baseline"]
         checks = {}
         if self.higher_is_better(self.primary):
             checks[f"{self.primary} >= {config.min_accuracy}"] = model[self.primary] >= config.min_accuracy
@@ -141,29 +184,70 @@ class EncoderTask(Task):
             deltas[self.primary] >= config.min_gain_over_baseline)
         return checks
 
+    def result_metrics(self, result: dict) -> tuple[str, ...]:
+        """The scores of ``result`` the results JSON and the summary table show."""
+        return self.metrics
+
+    def result_extras(self, result: dict) -> dict:
+        """What the results JSON shows of ``result`` besides its scores."""
+        return {"labels": result.get("labels", [])}
+
+    def flat_metrics(self, result: dict) -> dict[str, float]:
+        """Scalars for a KFP ``Metrics`` artifact: model, baselines, deltas, gate."""
+        keys = self.result_metrics(result)
+        flat = {f"model_{k}": result["model"][k] for k in keys}
+        for name, scores in result["baselines"].items():
+            flat.update({f"{name}_{k}": scores[k] for k in keys if k in scores})
+        flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        flat["passed"] = float(result["passed"])
+        return flat
+
+    def summary_table(self, result: dict) -> tuple[list[str], list[tuple]]:
+        """(score names, rows) of the model-vs-baselines table: the model, each baseline, the delta."""
+        keys = list(self.result_metrics(result))
+        rows = [("fine-tuned model", *(result["model"][k] for k in keys))]
+        for name, scores in result["baselines"].items():
+            rows.append((f"baseline: {name}", *(scores.get(k) for k in keys)))
+        rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"].get(k) for k in keys)))
+        return keys, rows
+
+    def report_intro(self, result: dict) -> str:
+        """The evaluation report's first paragraph (HTML)."""
+        return f"<p>Task {self.name}; test split: {result['test_size']} examples.</p>"
+
+    def report_figures(self, result: dict) -> list[str]:
+        """HTML figures shown under the summary table."""
+        return []
+
     def report_sections(self, result: dict) -> list[str]:
-        """HTML sections (tables, plots) of the evaluation report after the summary table and the gate."""
+        """HTML sections (tables, plots) of the evaluation report after the gate."""
         return []
 
     # --- export, serving, prediction --------------------------------------------------
-    def decisions(self, logits: np.ndarray, info: dict) -> np.ndarray | None:
-        """The discrete predictions the ONNX parity check requires to be identical (None: logits only)."""
-        return logits.argmax(-1)
-
-    def outputs(self, logits: np.ndarray, info: dict) -> list[dict]:
-        """One answer per text (V1 ``predictions``, a predict step's rows)."""
+    def open_export(self, model_dir: Path, **options):
+        """The export in ``model_dir`` opened for inference: an object with ``predict(inputs)`` (one answer per
+        example) and ``input_fields``."""
         raise NotImplementedError
 
-    def v2_outputs(self, logits: np.ndarray, info: dict) -> list[tuple[str, str, np.ndarray]]:
-        """The Open Inference outputs: (name, datatype, array) each."""
-        raise NotImplementedError
+    def input_columns(self, config) -> dict[str, str]:
+        """The columns of a prediction input that hold each input field (``{"text": config.text_column}``)."""
+        return {"text": config.text_column}
 
+    def is_empty(self, text: str) -> bool:
+        """Whether an input text is empty as the model would see it."""
+        return not text.strip()
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
+    def prediction_row(self, output: dict) -> dict:
+        """One answer as columns of a prediction row: scalars as they are, a dict's items as ``<key>_<name>``,
+        lists as JSON."""
+        import json
 
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+        row = {}
+        for key, value in output.items():
+            if isinstance(value, dict):
+                row.update({f"{key}_{name}": v for name, v in value.items()})
+            elif isinstance(value, list):
+                row[key] = json.dumps(value)
+            else:
+                row[key] = value
+        return row

@@ -11,25 +11,18 @@ signatures, CLI flags, search space and docs tables are derived from it
 from __future__ import annotations
 
 import json
-import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import (
-    PretrainedModel,
-    Seeding,
-    TaskChoice,
-    check_choices,
-    internal,
-    searchable,
-)
-from kftune.tasks import TASKS
+from kftune.settings.fields import check_choices, internal, searchable
+from kftune.settings.groups import PretrainedModel, Seeding
+from kftune.tasks import AUTO, DEFAULT_TASK, TASKS, TaskChoice, check_task_settings, task_groups
 
-BestMetric = Literal["auto", "f1_macro", "accuracy", "loss", "rmse", "mae", "r2", "pearson", "spearman", "f1_micro",
-                     "subset_accuracy", "f1", "precision", "recall"]
-BEST_METRICS = typing.get_args(BestMetric)[1:]
+BEST_METRICS = tuple(dict.fromkeys(metric for task in TASKS.values() for metric in task.best_metrics))
+"""Every validation score a registered task can pick its best epoch by."""
+BestMetric = Literal[(AUTO, *BEST_METRICS)]
 
 
 @dataclass
@@ -37,7 +30,7 @@ class Optimization:
     """AdamW with linear warmup and decay."""
 
     learning_rate: float = searchable(0.0)
-    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's (classification: 0.0001, causal-lm: 0.001, regression: 0.0001, multilabel: 0.0003, token-classification: 0.0003)."""  # noqa: E501
+    """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's."""
     weight_decay: float = searchable(0.01)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
     warmup_ratio: float = searchable(0.1)
@@ -46,10 +39,6 @@ class Optimization:
     """Gradients are clipped to this global norm (0: no clipping)."""
     layerwise_lr_decay: float = searchable(1.0)
     """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
-    label_smoothing: float = searchable(0.0)
-    """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none; classification only)."""  # noqa: E501
-    regression_loss: Literal["mse", "huber"] = "mse"
-    """regression: the training loss on the normalised target, mean squared error or Huber (less swayed by outliers)."""  # noqa: E501
 
 
 @dataclass
@@ -57,9 +46,9 @@ class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
     num_train_epochs: int = searchable(0)
-    """Passes over the training split; 0: the task's (classification: 3, causal-lm: 1, regression: 3, multilabel: 6, token-classification: 6)."""  # noqa: E501
+    """Passes over the training split; 0: the task's."""
     per_device_train_batch_size: int = searchable(0)
-    """Examples per training process per micro-batch; 0: the task's (classification: 32, causal-lm: 8, regression: 32, multilabel: 16, token-classification: 16)."""  # noqa: E501
+    """Examples per training process per micro-batch; 0: the task's."""
     per_device_eval_batch_size: int = 128
     """Examples per process per validation batch."""
     gradient_accumulation_steps: int = searchable(1)
@@ -77,13 +66,13 @@ class Batching:
     logging_steps: int = 50
     """Log the training loss every this many optimizer steps."""
     packing: bool = True
-    """Compute no padding (the same result as padded batches): causal-lm concatenates a micro-batch's examples into one sequence, attention and positions kept within each example; encoder tasks (BERT-family models) run the token-wise layers on the real tokens only and attention per text (other encoders pad). Off: pad to the longest."""  # noqa: E501
+    """Compute no padding (the same result as padded batches): a causal LM concatenates a micro-batch's examples into one sequence, attention and positions kept within each example; an encoder (BERT-family models) runs the token-wise layers on the real tokens only and attention per text (other encoders pad). Off: pad to the longest."""  # noqa: E501
     ddp_gradient_sync: Literal["overlap", "after_backward"] = "overlap"
     """ddp: average gradients in buckets during the backward pass (overlap, fastest), or after every rank's backward pass has finished and the ranks agreed that none ran out of memory (after_backward: an out-of-memory error in the backward pass is recovered too, at the cost of the overlap). The loop switches to after_backward after a first out-of-memory error."""  # noqa: E501
     sharding: Literal["ddp", "fsdp"] = "ddp"
-    """How several processes share the work: ddp (each holds the whole model) or fsdp (causal-lm; FSDP2 shards each decoder layer's weights, gradients and optimizer state over them, for a model that does not fit one GPU)."""  # noqa: E501
+    """How several processes share the work: ddp (each holds the whole model) or fsdp (FSDP2 shards each decoder layer's weights, gradients and optimizer state over them, for a causal LM that does not fit one GPU)."""  # noqa: E501
     gradient_checkpointing: bool = False
-    """causal-lm: recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)."""  # noqa: E501
+    """Causal LMs: recompute activations in the backward pass instead of keeping them (less memory, about a third more compute)."""  # noqa: E501
 
 
 @dataclass
@@ -91,7 +80,7 @@ class ModelSelection:
     """Which epoch's model is kept, and when training stops early."""
 
     metric_for_best_model: BestMetric = "auto"
-    """Validation metric that picks the best epoch (and that a search optimises): the task's scores or loss; auto: the task's (classification: f1_macro, causal-lm: loss, regression: rmse, multilabel: f1_micro, token-classification: f1; a causal LM has only loss)."""  # noqa: E501
+    """Validation metric that picks the best epoch (and that a search optimises): one of the task's validation scores, or loss; auto: the task's."""  # noqa: E501
     early_stopping_patience: int = 2
     """Stop after this many epochs without improvement of the best metric (0: never)."""
     train_on: Literal["train", "train+validation"] = "train"
@@ -103,7 +92,7 @@ class Adapters:
     """What is trained: the whole model, the head, or peft adapters."""
 
     training_mode: Literal["auto", "full", "freeze_encoder", "lora", "qlora", "prompt_tuning"] = "auto"
-    """full fine-tuning, freeze_encoder (train the head only; classification), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal-lm) or prompt_tuning (peft; classification); auto: the task's (classification: full, causal-lm: lora, regression: full, multilabel: full, token-classification: full)."""  # noqa: E501
+    """full fine-tuning, freeze_encoder (train an encoder's head only), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal LMs) or prompt_tuning (peft; encoders); each task says which it trains with; auto: the task's."""  # noqa: E501
     lora_r: int = searchable(8)
     """LoRA rank (training_mode lora)."""
     lora_alpha: int = searchable(16)
@@ -111,7 +100,7 @@ class Adapters:
     lora_dropout: float = searchable(0.1)
     """Dropout on the LoRA branch."""
     lora_target_modules: str = ""
-    """Comma-separated module names LoRA adapts (empty: classification peft's default for the architecture, causal-lm all linear layers)."""  # noqa: E501
+    """Comma-separated module names LoRA adapts (empty: for an encoder peft's default for the architecture, for a causal LM all linear layers)."""  # noqa: E501
     num_virtual_tokens: int = 20
     """Prompt tuning: trained virtual tokens prepended to every input."""
 
@@ -130,9 +119,10 @@ class Checkpointing:
 
 @dataclass
 class TrainConfig(
-    Checkpointing, Adapters, ModelSelection, Batching, Optimization, PretrainedModel, Seeding, TaskChoice
+    Checkpointing, Adapters, ModelSelection, Batching, *task_groups("train"), Optimization, PretrainedModel, Seeding,
+    TaskChoice,
 ):
-    """How to fine-tune: every group the training loop reads."""
+    """How to fine-tune: every group the training loop reads (with the tasks' own training settings)."""
 
     pruning: str = internal("")
     """Set by a hyperparameter search: JSON naming the Optuna study and trial that rank 0 reports
@@ -140,17 +130,25 @@ class TrainConfig(
 
     def validate(self) -> None:
         """Reject values outside their ranges before anything is launched. Under ``task=auto`` (the task comes from
-        the dataset) the ranges are checked on the encoder tasks' defaults, the task's own rules once it is known."""
+        the dataset) the ranges are checked on the default task's values, the task's own rules once it is known."""
         check_choices(self)
-        if self.task == "auto":
-            auto_metric = self.metric_for_best_model not in ("auto", "loss", *TASKS["classification"].best_metrics)
-            replace(self, task="classification", metric_for_best_model="auto" if auto_metric else
-                    self.metric_for_best_model).validate()
+        if self.task == AUTO:
+            default = TASKS[DEFAULT_TASK]
+            metric = self.metric_for_best_model
+            replace(self, task=DEFAULT_TASK, metric_for_best_model=metric if metric in (AUTO, *default.best_metrics)
+                    else AUTO).validate()
             return
         task = TASKS[self.task]
+        check_task_settings(self)
         if self.metric_for_best_model not in task.best_metrics:
             raise ConfigError(f"metric_for_best_model {self.metric_for_best_model} is not a score of task {self.task}; "
                               f"it selects by one of: {', '.join(task.best_metrics)}")
+        for name, allowed in (("training_mode", task.training_modes), ("sharding", task.shardings)):
+            value = getattr(self, name)
+            if value not in allowed:
+                others = [t.name for t in TASKS.values() if value in getattr(t, name + "s")]
+                raise ConfigError(f"{name} {value} is for task{'s' * (len(others) > 1)} {', '.join(others)}; task "
+                                  f"{self.task} trains with {name} {' or '.join(allowed)}")
         positive = (
             "num_train_epochs",
             "per_device_train_batch_size",
@@ -175,21 +173,8 @@ class TrainConfig(
             raise ConfigError("weight_decay and max_grad_norm must be >= 0")
         if self.max_train_length == 1:
             raise ConfigError("max_train_length must be 0 (as preprocessed) or >= 2")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.label_smoothing and self.task != "classification":
-            raise ConfigError(f"label_smoothing is for task classification, not {self.task}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.task == "causal-lm":
-            if self.training_mode in ("freeze_encoder", "prompt_tuning"):
-                raise ConfigError(f"training_mode {self.training_mode} is for task classification; causal-lm trains "
-                                  "full, lora or qlora")
-        else:
-            if self.training_mode == "qlora":
-                raise ConfigError("training_mode qlora is for task causal-lm (a 4-bit base model under LoRA)")
-            if self.sharding == "fsdp":
-                raise ConfigError("sharding fsdp is for task causal-lm; a classifier fits one device (ddp)")
         for name in ("early_stopping_patience", "max_steps", "save_steps", "save_total_limit", "max_train_length"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -19,6 +19,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
+from kftune.cpus import available_cpus
 from kftune.errors import ConfigError, KftuneError
 from kftune.storage.atomic import refuse_existing_artifact
 from kftune.training.config import Launch, TrainConfig
@@ -26,14 +27,6 @@ from kftune.training.loop import HISTORY_FILE, default_checkpoint_dir
 from kftune.training.precision import resolve_precision
 
 log = logging.getLogger(__name__)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (respects affinity / cgroup cpusets)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def plan_processes(requested: int, gpus: int) -> tuple[int, str]:
@@ -81,10 +74,9 @@ def launch_training(
     """Train with torchrun (processes per ``launch``) and return the training history written by rank 0."""
     import torch
 
-    from kftune.data.schema import dataset_task
-    from kftune.tasks import with_task
+    from kftune.tasks import resolve_task
 
-    config = with_task(config, dataset_task(dataset_dir)["task"])
+    config = resolve_task(config, dataset_dir)
     config.validate()
     launch = launch or Launch()
     launch.validate()

@@ -39,9 +39,10 @@ import torch.distributed as dist
 from kftune.data.bundled import resolve_model
 from kftune.data.schema import LABELS_FILE, LENGTH, TASK_FILE, TOKENIZER_DIR, dataset_task, load_splits
 from kftune.errors import ConfigError
-from kftune.models.encoder import build_classifier, save_classifier, trainable_parameters
+from kftune.models.encoder import build_encoder_model, save_encoder_model, trainable_parameters
 from kftune.storage.atomic import atomic_directory
-from kftune.tasks import encoder_task, with_task
+from kftune.tasks import DEFAULT_TASK, resolve_task, task_named
+from kftune.tasks.encoder import EncoderTask
 from kftune.training.causal_lm import (
     PEFT_MODES,
     CausalCollator,
@@ -103,7 +104,7 @@ class Collator:
     (``task.label_tensor``: class ids, normalised scores, multi-hot rows)."""
 
     def __init__(self, split, tokenizer, max_length: int = 0, task=None, info: dict | None = None):
-        self.task, self.info = task or encoder_task("classification"), info or {}
+        self.task, self.info = task or task_named(DEFAULT_TASK), info or {}
         # Plain lists: indexing a datasets column element by element costs milliseconds per batch
         # (bench/train_step.py times collation both ways).
         self.columns = {name: list(split[name]) for name in (*MODEL_INPUTS, "label") if name in split.column_names}
@@ -113,15 +114,16 @@ class Collator:
 
     def _truncate(self, max_length: int) -> None:
         """Cut longer texts to ``max_length`` tokens, keeping the closing special token ([SEP])."""
-        per_piece = ("label",) if self.task.token_level else ()
-        for name in (*MODEL_INPUTS, *per_piece):
+        for name in MODEL_INPUTS:
             if name not in self.columns:
                 continue
-            if name in ("input_ids", "label"):  # the last piece is [SEP] (its label -100)
+            if name == "input_ids":  # the last piece is [SEP]
                 cut = [r[: max_length - 1] + r[-1:] if len(r) > max_length else r for r in self.columns[name]]
             else:
                 cut = [r[:max_length] for r in self.columns[name]]
             self.columns[name] = cut
+        if "label" in self.columns:
+            self.columns["label"] = self.task.truncate_labels(self.columns["label"], max_length)
 
     def __call__(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
         ids = [self.columns["input_ids"][i] for i in indices]
@@ -298,7 +300,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
     """
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
-    config = with_task(config, dataset_task(dataset_dir)["task"])
+    config = resolve_task(config, dataset_dir)
     preemption = Preemption()
     distributed = "WORLD_SIZE" in os.environ
     if distributed and not dist.is_initialized():
@@ -321,13 +323,13 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
     splits, _ = load_splits(dataset_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / TOKENIZER_DIR))
     info = dataset_task(dataset_dir)
-    causal = config.task == "causal-lm"
-    task = None if causal else encoder_task(config.task)
+    task = task_named(config.task)
+    causal = not isinstance(task, EncoderTask)
     base_path = resolve_model(config.model)
     if causal:
         model = build_causal_lm(config, base_path, device)
     else:
-        model = build_classifier(config, task.head(info), base_path, task)
+        model = build_encoder_model(config, task.head(info), base_path, task)
         if config.packing:
             enable_padding_free(model)
     if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
@@ -721,7 +723,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
                 save_causal_lm(model, tmp, config, base_path)
                 shutil.copy(dataset_dir / TASK_FILE, tmp / TASK_FILE)
             else:
-                save_classifier(model, tmp, config.training_mode)
+                save_encoder_model(model, tmp, config.training_mode)
                 if (dataset_dir / LABELS_FILE).is_file():
                     shutil.copy(dataset_dir / LABELS_FILE, tmp / LABELS_FILE)
                 _, val_logits, val_labels = split_logits(model, collate_val, val_lengths,

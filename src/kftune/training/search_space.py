@@ -24,23 +24,13 @@ import math
 from dataclasses import dataclass, fields
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import settings_of
+from kftune.settings.catalog import settings_of
 from kftune.training.config import Adapters, TrainConfig
 
 # What a search may vary, and each option's type: the settings of TrainConfig declared searchable().
 SEARCHABLE: dict[str, type] = {s.name: s.type for s in settings_of(TrainConfig) if s.searchable}
 LORA_OPTIONS = tuple(name for name in SEARCHABLE if name in {f.name for f in fields(Adapters)})
 DEFAULT_GRID_POINTS = 3
-
-DEFAULT_SEARCH_SPACE = json.dumps(
-    {
-        "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},
-        "per_device_train_batch_size": [16, 32],
-        "warmup_ratio": {"low": 0.0, "high": 0.2},
-        "weight_decay": {"low": 0.0, "high": 0.1},
-    }
-)
-
 
 @dataclass(frozen=True)
 class Param:

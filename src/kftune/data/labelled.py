@@ -1,9 +1,9 @@
-"""Read labelled text from a local file or directory into a two-column frame.
+"""Read labelled text: a file, a directory of shards, an object-store prefix, or a bundled data set.
 
-Formats: CSV, TSV, JSON Lines, Parquet (each optionally .gz/.bz2/.xz compressed for the
-text formats) and a directory written by ``datasets.save_to_disk`` (a Dataset, or a
-DatasetDict whose splits are concatenated: kftune makes its own split), read by
-:mod:`kftune.data.files` (which predict shares). Every problem is raised as a
+Formats: CSV, TSV, JSON Lines, Parquet (each optionally .gz/.bz2/.xz compressed for the text formats) and a
+directory written by ``datasets.save_to_disk`` (a Dataset, or a DatasetDict whose splits are concatenated:
+kftune makes its own split), read by :mod:`kftune.data.files` (which predict shares). The bundled data sets
+(:mod:`kftune.data.bundled`) are read from their installed packages. Every problem is raised as a
 :class:`DataError` naming the file, and the row or column where there is one.
 """
 
@@ -16,6 +16,7 @@ import pandas as pd
 from kftune.data import bundled
 from kftune.data.files import read_frame, read_text
 from kftune.data.schema import LABEL, TEXT
+from kftune.data.text import clean_text
 from kftune.errors import DataError
 
 
@@ -57,20 +58,27 @@ INSTRUCTION_PROMPT = (
     "Is the following movie review positive or negative? Answer with one word: positive or negative.\n\n"
     "Review: {text}"
 )
-"""The bundled instruction task's prompt: it states the task and the allowed answers, so the base
+"""The bundled instruction data's prompt: it states the task and the allowed answers, so the base
 model, asked zero-shot, knows what is wanted (a fair baseline)."""
 INSTRUCTION_ROWS = 1250
-"""Reviews in the bundled instruction data: sized so that ``kftune run --task causal-lm`` finishes
+"""Reviews in the bundled instruction data: sized so that a default causal-LM run finishes
 within 15 minutes on 2 CPU cores."""
 
 
 def read_bundled_instructions() -> pd.DataFrame:
     """The bundled reviews as prompt/completion pairs: a seeded sample of :data:`INSTRUCTION_ROWS`."""
     reviews = read_bundled().sample(frac=1.0, random_state=0).head(INSTRUCTION_ROWS)
-    from kftune.data.text import clean_text
-
     return pd.DataFrame({"prompt": [INSTRUCTION_PROMPT.format(text=clean_text(str(t))) for t in reviews[TEXT]],
                          "completion": reviews[LABEL].to_numpy()})
+
+
+BUNDLED_TABLES = {
+    bundled.BUNDLED_DATA: read_bundled,
+    bundled.REGRESSION_DATA: read_bundled_regression,
+    bundled.MULTILABEL_DATA: read_bundled_multilabel,
+    bundled.INSTRUCTION_DATA: read_bundled_instructions,
+}
+"""The bundled data sets that are tables, and their readers."""
 
 
 def read_labelled_data(
@@ -78,36 +86,37 @@ def read_labelled_data(
     text_column: str = TEXT,
     label_column: str = LABEL,
     data_format: str = "auto",
+    more_texts: dict[str, str] | None = None,
 ) -> pd.DataFrame:
-    """Read ``data`` and return a frame with exactly the columns ``text`` and ``label``.
+    """Read ``data`` and return a frame with exactly the columns ``text`` and ``label`` (and one per field of
+    ``more_texts``, ``{field: column}``, for examples of several texts).
 
     Args:
-        data: What :func:`read_frame` reads, or ``bundled:rotten-tomatoes``.
+        data: What :func:`read_frame` reads, or a bundled data set of :data:`BUNDLED_TABLES`.
         text_column: Column holding the text.
         label_column: Column holding the label (strings or integers).
         data_format: One of ``FORMATS``; ``auto`` infers it from the path.
+        more_texts: Further text fields and the columns holding them.
     """
-    if data == bundled.BUNDLED_DATA:
-        return read_bundled()
-    if data == bundled.REGRESSION_DATA:
-        return read_bundled_regression()
-    if data == bundled.MULTILABEL_DATA:
-        return read_bundled_multilabel()
+    if data in BUNDLED_TABLES:
+        return BUNDLED_TABLES[data]()
     frame, path = read_frame(data, data_format)
-    return select_columns(frame, path, text_column, label_column)
+    return select_columns(frame, path, text_column, label_column, more_texts)
 
 
-def select_columns(frame: pd.DataFrame, path: str, text_column: str = TEXT, label_column: str = LABEL) -> pd.DataFrame:
-    """The text and label columns of ``frame`` (read from ``path``) as ``text`` and ``label``."""
-    missing = [c for c in (text_column, label_column) if c not in frame.columns]
+def select_columns(frame: pd.DataFrame, path: str, text_column: str = TEXT, label_column: str = LABEL,
+                   more_texts: dict[str, str] | None = None) -> pd.DataFrame:
+    """The text and label columns of ``frame`` (read from ``path``) as ``text`` and ``label`` (and the columns of
+    ``more_texts`` under their fields' names)."""
+    columns = {TEXT: text_column, **(more_texts or {}), LABEL: label_column}
+    missing = [c for c in columns.values() if c not in frame.columns]
     if missing:
         available = ", ".join(map(str, frame.columns)) or "(none)"
         raise DataError(
             f"{path}: no column {missing[0]!r}; the columns are: {available} "
             "(set the text/label column parameters)"
         )
-    if text_column == label_column:
-        raise DataError(f"{path}: text and label column are both {text_column!r}")
-    return pd.DataFrame(
-        {TEXT: frame[text_column].to_numpy(), LABEL: frame[label_column].to_numpy()}
-    )
+    if len(set(columns.values())) < len(columns):
+        raise DataError(f"{path}: text and label column are both {text_column!r}" if text_column == label_column
+                        else f"{path}: one column holds two fields: {columns}")
+    return pd.DataFrame({name: frame[column].to_numpy() for name, column in columns.items()})

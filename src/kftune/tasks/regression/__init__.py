@@ -11,26 +11,17 @@ score. The split is stratified by quantile bins of the target.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from kftune.data.bundled import BUNDLED_MODEL, REGRESSION_DATA
 from kftune.errors import DataError
-from kftune.tasks.base import EncoderTask
+from kftune.tasks.encoder import EncoderTask, as_float, label_values
 
 METRICS = ("rmse", "mae", "r2", "pearson", "spearman")
 POINTS_SHOWN = 2000  # predicted-vs-true pairs kept in the results for the report's plots
-
-
-def as_float(value):
-    """A finite float, or None for a value that is not one."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value.strip()) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def regression_scores(y_true, y_pred, full: bool = False) -> dict:
@@ -67,7 +58,28 @@ def tfidf_ridge(train_texts, train_targets, test_texts) -> np.ndarray:
     return model.predict(list(test_texts))
 
 
+@dataclass
+class RegressionLoss:
+    """Regression's training loss."""
+
+    regression_loss: Literal["mse", "huber"] = "mse"
+    """The training loss on the normalised target: mean squared error, or Huber (less swayed by outliers)."""
+
+
 class Regression(EncoderTask):
+    detect_order = 40
+
+    def detect(self, frame, config):
+        """Non-integer numbers with 10 or more distinct values."""
+        values = label_values(frame, config)
+        numbers = [as_float(v) for v in values or ()]
+        if not numbers or any(n is None for n in numbers) or all(float(n).is_integer() for n in numbers):
+            return None
+        distinct = len(set(numbers))
+        if distinct < 10:
+            return None
+        return f"column {config.label_column!r} holds non-integer numbers ({distinct} distinct values)"
+
     def parse_labels(self, labels, source, column, config):
         import pandas as pd
 
@@ -93,7 +105,7 @@ class Regression(EncoderTask):
 
         return datasets.Value("float32")
 
-    def strata(self, labels):
+    def label_strata(self, labels):
         """Quantile bins of the target (up to 10, fewer for small data)."""
         import pandas as pd
 
@@ -106,7 +118,7 @@ class Regression(EncoderTask):
             raise DataError(f"{source}: column {config.label_column!r} holds one value ({labels.iloc[0]}) after "
                             "cleaning; regression needs targets that vary")
 
-    def distribution(self, stored, info):
+    def label_distribution(self, stored, info):
         values = np.asarray(stored, dtype=np.float64)
         return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
                 "p50": float(np.median(values)), "max": float(values.max())}
@@ -184,9 +196,16 @@ TASK = Regression(
         "per_device_train_batch_size": 32,
         "min_accuracy": 0.0,
     },
+    search_space={
+        "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},
+        "per_device_train_batch_size": [16, 32],
+        "warmup_ratio": {"low": 0.0, "high": 0.2},
+        "weight_decay": {"low": 0.0, "high": 0.1},
+    },
     metrics=METRICS,
     primary="rmse",
     lower_is_better=frozenset({"loss", "rmse", "mae"}),
     best_metrics=("rmse", "mae", "r2", "pearson", "spearman", "loss"),
     baseline="tfidf_ridge",
+    settings={"train": (RegressionLoss,)},
 )

@@ -9,12 +9,15 @@ regression. Serving: the label, its id and every class's probability.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
 from kftune.data.bundled import BUNDLED_DATA, BUNDLED_MODEL
-from kftune.errors import DataError
-from kftune.tasks.base import EncoderTask, softmax
+from kftune.errors import ConfigError, DataError
+from kftune.inference.runners import softmax
+from kftune.settings.fields import searchable
+from kftune.tasks.encoder import EncoderTask, as_float, label_values
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
@@ -84,7 +87,35 @@ def tfidf_baseline(train_texts, train_labels, test_texts, seed: int = 0):
     return model.predict(list(test_texts)), model.predict_proba(list(test_texts))
 
 
+@dataclass
+class LabelSmoothing:
+    """Classification's training loss."""
+
+    label_smoothing: float = searchable(0.0)
+    """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none)."""  # noqa: E501
+
+
 class Classification(EncoderTask):
+    strata_checked = True  # check_labels proved every class splittable
+    detect_order = 1000
+
+    def check_settings(self, config):
+        if isinstance(config, LabelSmoothing) and not 0 <= config.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+
+    def detect(self, frame, config):
+        """The default task: integer or text labels, or no label column to tell otherwise."""
+        values = label_values(frame, config)
+        if values is None:
+            return f"no column {config.label_column!r} to tell otherwise"
+        if not values:
+            return f"column {config.label_column!r} is empty"
+        numbers = [as_float(v) for v in values]
+        if all(n is not None for n in numbers):
+            return (f"column {config.label_column!r} holds {len(set(numbers))} distinct number(s), integers or "
+                    "few")
+        return f"column {config.label_column!r} holds text labels"
+
     def parse_labels(self, labels, source, column, config):
         """Integral numbers become ints, anything else a stripped string; blanks become None."""
         import pandas as pd
@@ -108,7 +139,7 @@ class Classification(EncoderTask):
 
         return datasets.Value("int64")
 
-    def strata(self, labels):
+    def label_strata(self, labels):
         return labels
 
     def check_labels(self, labels, config, source):
@@ -132,7 +163,7 @@ class Classification(EncoderTask):
                     f"{source}: {n} rows are too few for a stratified split: the {name} split ({fraction:.0%}) would "
                     f"get {int(n * fraction)} rows for {k} classes; need at least {int(np.ceil(k / fraction))} rows")
 
-    def distribution(self, stored, info):
+    def label_distribution(self, stored, info):
         from collections import Counter
 
         return {info["labels"][k]: int(v) for k, v in sorted(Counter(stored).items())}
@@ -168,6 +199,11 @@ class Classification(EncoderTask):
                                                                                                 average="macro"))}
         return classification_scores(labels, logits.argmax(-1), names, softmax(logits))
 
+    def write_files(self, directory, info):
+        from kftune.data.schema import LABELS_FILE, LabelMap
+
+        LabelMap(tuple(info["labels"])).save(directory / LABELS_FILE)
+
     def baselines(self, train, test, info):
         from kftune.data.schema import LABEL, TEXT
 
@@ -176,7 +212,8 @@ class Classification(EncoderTask):
         tfidf_pred, tfidf_prob = tfidf_baseline(train[TEXT], train[LABEL], test[TEXT])
         return {"majority": majority, "tfidf_logreg": classification_scores(y_true, tfidf_pred, names, tfidf_prob)}
 
-    def checks(self, model, deltas, config):
+    def checks(self, result, config):
+        model, deltas = result["model"], result["delta_vs_baseline"]
         return {
             f"accuracy >= {config.min_accuracy}": model["accuracy"] >= config.min_accuracy,
             f"f1_macro >= {config.min_f1_macro}": model["f1_macro"] >= config.min_f1_macro,
@@ -226,6 +263,13 @@ class Classification(EncoderTask):
         return [{"label": names[int(row.argmax())], "label_id": int(row.argmax()),
                  "probabilities": {n: float(p) for n, p in zip(names, row, strict=True)}} for row in probabilities]
 
+    def prediction_row(self, output):
+        """label, label_id, the label's probability, ``p_<label>`` for each label."""
+        probabilities = output["probabilities"]
+        return {"label": output["label"], "label_id": output["label_id"],
+                "probability": probabilities[output["label"]],
+                **{f"p_{name}": p for name, p in probabilities.items()}}
+
     def v2_outputs(self, logits, info):
         names = info["labels"]
         probabilities = softmax(logits).astype(np.float32)
@@ -248,8 +292,16 @@ TASK = Classification(
         "per_device_train_batch_size": 32,
         "min_accuracy": 0.8,
     },
+    search_space={
+        "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},
+        "per_device_train_batch_size": [16, 32],
+        "warmup_ratio": {"low": 0.0, "high": 0.2},
+        "weight_decay": {"low": 0.0, "high": 0.1},
+    },
     metrics=SUMMARY_KEYS,
     primary="accuracy",
     best_metrics=("f1_macro", "accuracy", "loss"),
     baseline="tfidf_logreg",
+    settings={"train": (LabelSmoothing,)},
+    is_default=True,
 )

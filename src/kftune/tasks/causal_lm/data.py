@@ -1,4 +1,4 @@
-"""Instruction data for the causal-lm task: read, recognise, clean, tokenize with completion-only labels.
+"""Instruction data of a causal LM: read, recognise, clean, tokenize with completion-only labels.
 
 Three layouts are recognised (``instruction_format=auto`` picks the first whose columns are
 all present, in this order), each turned into a conversation of ``{role, content}`` messages:
@@ -24,6 +24,8 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -43,6 +45,18 @@ ANSWER_SET_MAX = 20
 data: evaluation then also reads the answer from the start of each generation."""
 
 RULES = ("empty_example", "exact_duplicate", "too_long")
+INSTRUCTION_COLUMNS = ("prompt", "completion", "messages", "instruction", "output")
+"""Columns that tell instruction data (task auto)."""
+
+
+@dataclass
+class Instructions:
+    """Instruction data."""
+
+    instruction_format: Literal["auto", "prompt-completion", "alpaca", "messages"] = "auto"
+    """Columns of instruction data: prompt + completion, instruction + input + output (alpaca), or messages (a list of {role, content}); auto: the first whose columns are there."""  # noqa: E501
+    overlong: Literal["drop", "truncate_prompt"] = "drop"
+    """Examples longer than max_seq_length tokens: drop them (counted in the data report), or truncate_prompt: cut the last user message from its end until they fit."""  # noqa: E501
 
 # Split columns of a causal-lm dataset artifact
 MESSAGES = "messages"  # the conversation, as JSON
@@ -212,3 +226,17 @@ def answer_set(references: list[str]) -> list[str]:
     if len(counts) < 2 or min(counts.values()) < 3:
         return []
     return sorted(counts)
+
+
+def read_instructions(config, frame: pd.DataFrame | None = None) -> tuple[pd.DataFrame, str]:
+    """(every column of the instruction data, what was read): the bundled instructions, ``frame`` (already read
+    from ``config.data``) or ``config.data`` itself."""
+    from kftune.data.bundled import INSTRUCTION_DATA
+    from kftune.data.files import read_frame
+    from kftune.data.labelled import read_bundled_instructions
+
+    if config.data == INSTRUCTION_DATA:
+        return read_bundled_instructions(), config.data
+    if frame is not None:
+        return frame, config.data
+    return read_frame(config.data, config.data_format)

@@ -1,6 +1,6 @@
 """Serve a causal-LM export over OpenAI-compatible endpoints, on KServe's Python model server.
 
-:class:`CausalLM` is a ``kserve.Model``: ``load()`` opens the export directory's Hugging Face
+:class:`GenerativeModel` is a ``kserve.Model``: ``load()`` opens the export directory's Hugging Face
 model and tokenizer (the merged fine-tuned model the export step writes at its root), generates
 one token to check them and marks the model ready, so KServe's health endpoints
 (``/v2/health/ready``, ``/v1/models/<name>``, ...) cover it. :func:`openai_router` adds the
@@ -200,7 +200,7 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> int | None:
     return min(found) if found else None
 
 
-class CausalLM(kserve.Model):
+class GenerativeModel(kserve.Model):
     """A kserve model that generates text with a causal-LM export (see the module docstring)."""
 
     def __init__(self, name: str, model_dir: str | Path, config: ServeConfig | None = None):
@@ -221,7 +221,8 @@ class CausalLM(kserve.Model):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from kftune.inference.exported import available_cpus, read_export_report
+        from kftune.cpus import available_cpus
+        from kftune.inference.exported import read_export_report
 
         if self.config.int8:
             raise ConfigError("int8 serves a classification export's model.int8.onnx; a causal LM has none")
@@ -446,9 +447,9 @@ CHAT = Kind("chatcmpl-", "chat.completion", "chat.completion.chunk", chat=True)
 
 
 class OpenAIEndpoints:
-    """The OpenAI endpoints of one :class:`CausalLM`."""
+    """The OpenAI endpoints of one :class:`GenerativeModel`."""
 
-    def __init__(self, model: CausalLM, kserve_v1: bool = False):
+    def __init__(self, model: GenerativeModel, kserve_v1: bool = False):
         self.model = model
         self.kserve_v1 = kserve_v1
         """These routes stand where KServe's V1 ones would (``GET /v1/models``, ``/v1/models/<name>``): answer both."""
@@ -555,7 +556,7 @@ async def _json_body(request: Request):
                            "application/json") from None
 
 
-def openai_router(model: CausalLM, prefix: str) -> APIRouter:
+def openai_router(model: GenerativeModel, prefix: str) -> APIRouter:
     """The OpenAI routes of ``model`` under ``prefix`` (``/openai`` or "")."""
     endpoints = OpenAIEndpoints(model, kserve_v1=prefix == "")
     router = APIRouter(prefix=prefix, tags=["OpenAI"])
@@ -566,7 +567,7 @@ def openai_router(model: CausalLM, prefix: str) -> APIRouter:
     return router
 
 
-def serve_openai(model: CausalLM, config: ServeConfig) -> None:
+def serve_openai(model: GenerativeModel, config: ServeConfig) -> None:
     """Serve the loaded ``model`` on KServe's model server, with the OpenAI routes, until stopped."""
     from kserve.model_server import app  # the application KServe's REST server runs (imported by name)
 

@@ -13,12 +13,14 @@ split is stratified by label set (sets seen fewer than 3 times pooled).
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 
 from kftune.data.bundled import BUNDLED_MODEL, MULTILABEL_DATA
 from kftune.errors import DataError
-from kftune.tasks.base import EncoderTask, sigmoid
+from kftune.inference.runners import sigmoid
+from kftune.tasks.encoder import EncoderTask, label_values
 
 METRICS = ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -92,7 +94,40 @@ def best_thresholds(probabilities: np.ndarray, y_true: np.ndarray) -> list[float
     return chosen
 
 
+@dataclass
+class LabelList:
+    """How multi-label data writes a set of labels in one cell."""
+
+    label_separator: str = ""
+    """Labels joined by this separator in one text cell (e.g. "," or "|"); empty: labels come as lists (a JSON list, a Parquet list)."""  # noqa: E501
+
+
+def _is_list(value) -> bool:
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return True
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            return isinstance(json.loads(value), list)
+        except json.JSONDecodeError:
+            return False
+    return False
+
+
 class Multilabel(EncoderTask):
+    detect_order = 30
+
+    def detect(self, frame, config):
+        """A label column of lists, or of labels joined by ``label_separator``."""
+        values = label_values(frame, config)
+        if not values:
+            return None
+        if any(_is_list(v) for v in values[:1000]):
+            return f"column {config.label_column!r} holds lists of labels"
+        separator = getattr(config, "label_separator", "")
+        if separator and any(isinstance(v, str) and separator in v for v in values):
+            return f"column {config.label_column!r} holds labels joined by {separator!r}"
+        return None
+
     def parse_labels(self, labels, source, column, config):
         parsed = []
         for i, value in zip(labels.index, labels, strict=True):
@@ -122,7 +157,7 @@ class Multilabel(EncoderTask):
 
         return datasets.Sequence(datasets.Value("float32"))
 
-    def strata(self, labels):
+    def label_strata(self, labels):
         """The label set, with sets seen fewer than 3 times pooled into one stratum."""
         keys = labels.map(lambda row: "|".join(map(str, row)))
         counts = keys.value_counts()
@@ -135,7 +170,7 @@ class Multilabel(EncoderTask):
             raise DataError(f"{source}: column {config.label_column!r} holds {len(names)} distinct label(s) after "
                             "cleaning; multilabel needs at least 2")
 
-    def distribution(self, stored, info):
+    def label_distribution(self, stored, info):
         counts = np.asarray(stored, dtype=np.float64).sum(axis=0) if len(stored) else np.zeros(len(info["labels"]))
         return {name: int(c) for name, c in zip(info["labels"], counts, strict=True)}
 
@@ -248,9 +283,16 @@ TASK = Multilabel(
         "per_device_train_batch_size": 16,
         "min_accuracy": 0.0,
     },
+    search_space={
+        "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
+        "per_device_train_batch_size": [16, 32],
+        "warmup_ratio": {"low": 0.0, "high": 0.2},
+        "weight_decay": {"low": 0.0, "high": 0.1},
+    },
     metrics=METRICS,
     primary="f1_micro",
     lower_is_better=frozenset({"loss", "hamming_loss"}),
     best_metrics=("f1_micro", "f1_macro", "subset_accuracy", "loss"),
     baseline="tfidf_ovr_logreg",
+    settings={"preprocess": (LabelList,)},
 )

@@ -1,0 +1,221 @@
+"""causal-lm: instruction tuning of a causal language model on prompt/completion or chat data.
+
+Data: prompt/completion, alpaca or chat-message rows rendered with the model's chat template,
+loss on the assistant's tokens only (:mod:`~kftune.tasks.causal_lm.data`). LoRA by default;
+evaluated against the base model zero-shot on the same prompts
+(:mod:`~kftune.tasks.causal_lm.evaluation`); exported as a Hugging Face directory (merged weights
+and the adapter); served with OpenAI-compatible completions and chat completions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from kftune.data.bundled import INSTRUCTION_DATA, LM_MODEL
+from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer
+from kftune.tasks.base import Prepared, Task
+from kftune.tasks.causal_lm.data import (
+    INSTRUCTION_COLUMNS,
+    REFERENCE,
+    RULES,
+    Instructions,
+    answer_set,
+    clean_and_encode,
+    conversations,
+    detect_layout,
+    read_instructions,
+)
+
+SUMMARY_KEYS = ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss")
+"""The scores the results JSON shows, where the data has them (``answer_accuracy``: short-answer data)."""
+TABLE_KEYS = ("answer_accuracy", "exact_match", "rouge_l", "perplexity")
+
+
+class CausalLMTask(Task):
+    """Instruction tuning of a causal LM (see the module docstring)."""
+
+    training_modes = ("full", "lora", "qlora")
+    shardings = ("ddp", "fsdp")
+    detect_order = 20
+    export_format = "huggingface"
+    serving = "openai"
+    comparison_heading = "Fine-tuned vs base model"
+    predict_chunk_batches = 1
+
+    # --- preprocess -------------------------------------------------------------------
+    def detect(self, frame, config):
+        """Instruction columns and no label column."""
+        columns = set(map(str, frame.columns))
+        found = [c for c in INSTRUCTION_COLUMNS if c in columns]
+        if config.label_column in columns or not found:
+            return None
+        return f"instruction column(s) {', '.join(found)} and no column {config.label_column!r}"
+
+    def recognises_export(self, model_config):
+        return any(str(name).endswith("ForCausalLM") for name in model_config.get("architectures") or ())
+
+    def prepare(self, config, frame=None) -> Prepared:
+        """Read, recognise, clean and encode the instruction data (with the model's tokenizer, whose chat template
+        renders it: an overlong example is told by its tokens)."""
+        from transformers import AutoTokenizer
+
+        from kftune.data.bundled import resolve_model
+        from kftune.data.chat import ensure_chat_template
+        from kftune.errors import DataError
+
+        frame, source = read_instructions(config, frame)
+        layout = detect_layout(frame, config.instruction_format, source)
+        chats = conversations(frame, layout, source)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(config.model), use_fast=True)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        ensure_chat_template(tokenizer)
+        rows, removed = clean_and_encode(chats, tokenizer, config.max_seq_length, config.overlong, source)
+        if config.max_rows and config.max_rows < len(rows):
+            rows = rows.sample(n=config.max_rows, random_state=config.seed).reset_index(drop=True)
+        if len(rows) < 10:
+            raise DataError(f"{source}: {len(rows)} examples after cleaning; a train/validation/test split needs at "
+                            "least 10")
+        stats = {"instruction_format": layout,
+                 "chat_template": "model" if tokenizer.chat_template != PLAIN_TEMPLATE else "plain",
+                 "prompt_truncated": removed["prompt_truncated"]}
+        return Prepared(rows, source, len(frame), {k: v for k, v in removed.items() if k in RULES}, stats, tokenizer)
+
+    def data_info(self, prepared, config):
+        completion = np.asarray(prepared.frame["completion_length"])
+        return {"answers": answer_set(prepared.frame[REFERENCE].tolist()), "max_seq_length": config.max_seq_length,
+                "completion_max_tokens": int(completion.max()), "instruction_format": prepared.stats[
+                    "instruction_format"]}
+
+    def strata(self, frame, info):
+        """Short-answer data is split stratified by the (normalised) answer."""
+        return frame[REFERENCE].map(normalise_answer) if info.get("answers") else None
+
+    def encode(self, splits, info, tokenizer, config, prepared):
+        import datasets
+
+        return datasets.DatasetDict({name: datasets.Dataset.from_pandas(part.reset_index(drop=True),
+                                                                         preserve_index=False)
+                                     for name, part in splits.items()})
+
+    def distribution(self, split, info):
+        if not info.get("answers"):
+            return {}
+        return dict(sorted(Counter(normalise_answer(r) for r in split[REFERENCE]).items()))
+
+    def stats_labels(self, info):
+        return list(info.get("answers") or [])  # short-answer data: the answers are the classes the report shows
+
+    def dataset_stats(self, dataset, info, config, prepared):
+        completion = np.asarray(prepared.frame["completion_length"])
+        return {"answers": info["answers"], "token_length": {
+            "completion_p95": float(np.percentile(completion, 95)), "completion_max": int(completion.max()),
+            "truncated_fraction": prepared.stats["prompt_truncated"] / max(1, len(prepared.frame))}}
+
+    # --- evaluation -------------------------------------------------------------------
+    def evaluate(self, model_dir, dataset_dir, config):
+        from dataclasses import replace
+
+        from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm
+
+        return evaluate_causal_lm(model_dir, dataset_dir, replace(config, batch_size=min(config.batch_size, 16)),
+                                  self.name)
+
+    def checks(self, result, config):
+        """The primary score (``answer_accuracy`` for short-answer data, else ``exact_match``) against
+        ``min_accuracy``, and its gain over the base model against ``min_gain_over_baseline``."""
+        primary = result["primary_metric"]
+        return {
+            f"{primary} >= {config.min_accuracy}": result["model"][primary] >= config.min_accuracy,
+            f"{primary} - base model {primary} >= {config.min_gain_over_baseline}":
+                result["delta_vs_baseline"][primary] >= config.min_gain_over_baseline,
+        }
+
+    def result_metrics(self, result):
+        return tuple(k for k in SUMMARY_KEYS if k in result["model"])
+
+    def result_extras(self, result):
+        return {"answers": result["answers"], "primary_metric": result["primary_metric"],
+                "base_model": result["base_model"]}
+
+    def flat_metrics(self, result):
+        flat = {f"{who}_{k}": v for who, scores in (("model", result["model"]),
+                                                   ("base_model", result["baselines"]["base_model"]))
+                for k, v in scores.items()}
+        flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        flat["passed"] = float(result["passed"])
+        return flat
+
+    def summary_table(self, result):
+        keys = [k for k in TABLE_KEYS if k in result["model"]]
+        rows = [("fine-tuned model", *(result["model"][k] for k in keys)),
+                ("baseline: base model (zero-shot, same prompts)",
+                 *(result["baselines"]["base_model"][k] for k in keys)),
+                ("delta vs base model", *(result["delta_vs_baseline"].get(k) for k in keys))]
+        return keys, rows
+
+    def report_intro(self, result):
+        return (f"<p>Test split: {result['test_size']} prompts; greedy generations of at most "
+                f"{result['max_new_tokens']} tokens; base model {result['base_model']}."
+                + (f" Allowed answers: {', '.join(result['answers'])}." if result["answers"] else "") + "</p>")
+
+    def report_figures(self, result):
+        from kftune.reports import figure_html, new_figure
+
+        shown = [k for k in TABLE_KEYS if k in result["model"] and k != "perplexity"]
+        fig, ax = new_figure(6, 3)
+        x = np.arange(len(shown))
+        ax.bar(x - 0.2, [result["baselines"]["base_model"][k] for k in shown], 0.4, label="base model")
+        ax.bar(x + 0.2, [result["model"][k] for k in shown], 0.4, label="fine-tuned")
+        ax.set_xticks(x, shown)
+        ax.set_ylim(0, 1)
+        ax.legend()
+        return [figure_html(fig)]
+
+    def report_sections(self, result):
+        from kftune.reports import table_html
+
+        samples = [(s["prompt"], s["reference"], s["base_model"], s["fine_tuned"]) for s in result["samples"]]
+        return ["<h2>Sample answers</h2>", table_html(["prompt", "reference", "base model", "fine-tuned"], samples)]
+
+    # --- export, serving, prediction --------------------------------------------------
+    def open_export(self, model_dir: Path, *, int8: bool = False, max_new_tokens: int = 0, batch_size: int = 16,
+                    threads: int = 0, **ignored):
+        from kftune.errors import ConfigError
+        from kftune.inference.exported import ExportedCausalLM
+
+        if int8:
+            raise ConfigError("int8 runs an ONNX export's model.int8.onnx; a causal-LM export has none")
+        return ExportedCausalLM(model_dir, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                threads=threads).load()
+
+
+TASK = CausalLMTask(
+    "causal-lm",
+    "instruction tuning of a causal language model on prompt/completion or chat data",
+    defaults={
+        "data": INSTRUCTION_DATA,
+        "model": LM_MODEL,
+        "max_seq_length": 256,
+        "training_mode": "lora",
+        "metric_for_best_model": "loss",
+        "learning_rate": 1e-3,
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 8,
+        "min_accuracy": 0.0,
+    },
+    search_space={
+        "learning_rate": {"low": 3e-4, "high": 3e-3, "log": True},
+        "lora_r": [8, 16],
+        "warmup_ratio": {"low": 0.0, "high": 0.1},
+    },
+    metrics=("answer_accuracy", "exact_match", "rouge_l", "perplexity"),
+    primary="answer_accuracy",
+    lower_is_better=frozenset({"loss", "perplexity"}),
+    best_metrics=("loss",),
+    baseline="base_model",
+    settings={"preprocess": (Instructions,)},
+)

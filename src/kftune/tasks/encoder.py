@@ -1,0 +1,299 @@
+"""Tasks that fine-tune an encoder with a head on labelled text rows: what they share.
+
+:class:`EncoderTask` implements the stages' hooks (:mod:`kftune.tasks.base`) for a task whose
+examples are rows of one text (or a few: ``text_fields``) and a label: the rows are read and
+cleaned rule by rule (:mod:`kftune.data.cleaning`), tokenized with the model's fast tokenizer,
+trained with an ``AutoModelFor...`` head, scored on the test split from the model's logits and
+exported as an ONNX graph of them. A task of that kind is a subclass that brings its labels
+(``parse_labels``, ``label_info``, ``encode_labels``, ``label_feature``, ``label_strata``,
+``check_labels``), its head and loss, its scores and baselines, and its answers (``outputs``,
+``v2_outputs``). Token classification, whose examples are words with a tag each, overrides the
+data hooks too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kftune.data.schema import LABEL, LENGTH, TEXT
+from kftune.tasks.base import Prepared, Task
+
+
+class EncoderTask(Task):
+    """A task that trains an encoder with a head on text rows; see the module docstring."""
+
+    auto_model = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
+    logits_axes = None
+    """Dynamic axes of the exported graph's logits beyond the batch's (None: ``{0: "batch"}``)."""
+    text_fields = (TEXT,)
+    """The texts of one example (a sentence pair has two); the first is ``text_column``'s."""
+    training_modes = ("full", "freeze_encoder", "lora", "prompt_tuning")
+    pretrainable = True
+    augmentable = True
+
+    # --- preprocess: labelled text rows -------------------------------------------------
+    def input_columns(self, config) -> dict[str, str]:
+        """The column of each text field: ``text`` is ``text_column``'s; a task of several texts adds its own."""
+        return {TEXT: config.text_column}
+
+    def parse_labels(self, labels, source: str, column: str, config):
+        """The label column as hashable Python values (None where missing); raises DataError naming the first
+        row whose value the task cannot take."""
+        raise NotImplementedError
+
+    def label_info(self, labels) -> dict:
+        """What the dataset artifact records about the (cleaned, parsed) labels."""
+        raise NotImplementedError
+
+    def encode_labels(self, labels, info: dict) -> list:
+        """The label column as the dataset stores it."""
+        raise NotImplementedError
+
+    def label_feature(self, info: dict):
+        """The ``datasets`` feature of the stored label column."""
+        raise NotImplementedError
+
+    def label_strata(self, labels):
+        """Values to stratify by, from the labels (a Series aligned with them), or None."""
+        return None
+
+    def check_labels(self, labels, config, source: str) -> None:
+        """Raise DataError if the cleaned labels cannot be split and learned."""
+        if len(labels) < 10:
+            from kftune.errors import DataError
+
+            raise DataError(f"{source}: {len(labels)} rows after cleaning; a train/validation/test split needs at "
+                            "least 10")
+
+    def label_distribution(self, stored: list, info: dict) -> dict:
+        """A split's stored labels as the data report shows them."""
+        return {}
+
+    def read(self, config, frame=None):
+        """(rows of the text fields and ``label``, rows read) of ``config.data`` (or of ``frame``, read from it)."""
+        from kftune.data.labelled import read_labelled_data, select_columns
+
+        columns = self.input_columns(config)
+        more = {name: column for name, column in columns.items() if name != TEXT}
+        if frame is None:
+            frame = read_labelled_data(config.data, columns[TEXT], config.label_column, config.data_format, more)
+        else:
+            frame = select_columns(frame, config.data, columns[TEXT], config.label_column, more)
+        return frame, len(frame)
+
+    def clean(self, frame, config, source: str = ""):
+        """The cleaning rules on ``frame`` (text fields and ``label``): (cleaned frame, rows removed per rule)."""
+        from kftune.data.cleaning import clean_rows
+
+        return clean_rows(frame, lambda labels: self.parse_labels(labels, source or config.data, config.label_column,
+                                                                  config),
+                          config.min_chars, config.max_chars, self.text_fields)
+
+    def prepare(self, config, frame=None) -> Prepared:
+        from kftune.data.cleaning import stratified_sample
+
+        frame, rows_read = self.read(config, frame)
+        frame, removed = self.clean(frame, config)
+        frame = stratified_sample(frame, config.max_rows, config.seed, self.label_strata(frame[LABEL]))
+        self.check_labels(frame[LABEL], config, config.data)
+        return Prepared(frame, config.data, rows_read, removed)
+
+    def data_info(self, prepared: Prepared, config) -> dict:
+        return self.label_info(prepared.frame[LABEL])
+
+    def store_labels(self, frame, info: dict):
+        frame = frame.copy()
+        frame[LABEL] = self.encode_labels(frame[LABEL], info)
+        return frame
+
+    def strata(self, frame, info):
+        return self.label_strata(frame[LABEL])
+
+    def encode(self, splits: dict, info: dict, tokenizer, config, prepared: Prepared):
+        import datasets
+
+        fields = self.text_fields
+
+        def tokenize(batch):
+            encoded = tokenizer(*(batch[name] for name in fields), truncation=True, max_length=config.max_seq_length)
+            encoded[LENGTH] = [len(ids) for ids in encoded["input_ids"]]
+            return encoded
+
+        features = datasets.Features({**{name: datasets.Value("string") for name in fields},
+                                      LABEL: self.label_feature(info)})
+        dataset = datasets.DatasetDict({
+            name: datasets.Dataset.from_pandas(part[[*fields, LABEL]], features=features, preserve_index=False)
+            for name, part in splits.items()})
+        return dataset.map(tokenize, batched=True, batch_size=1000, desc="tokenizing")
+
+    def distribution(self, split, info: dict) -> dict:
+        return self.label_distribution(split[LABEL], info)
+
+    # --- model and training -----------------------------------------------------------
+    def head(self, info: dict) -> dict:
+        """Keyword arguments of ``from_pretrained`` that shape the head: num_labels, id2label, problem_type."""
+        raise NotImplementedError
+
+    def wrap_prompt_tuned(self, model):
+        """A prompt-tuned model made to answer as the plain one does (token classification drops the virtual
+        tokens' positions)."""
+        return model
+
+    def truncate_labels(self, rows: list, max_length: int) -> list:
+        """Stored labels of examples cut to ``max_length`` tokens (per-token labels are cut with the tokens)."""
+        return rows
+
+    def label_array(self, values) -> np.ndarray:
+        """A split's stored labels as one array, as ``scores`` takes them (token classification pads them)."""
+        return np.asarray(values)
+
+    def label_tensor(self, values: list, info: dict):
+        """The labels of a batch as the loss takes them."""
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict, config):
+        """The loss a training step minimises on ``batch`` (model inputs and ``labels``)."""
+        raise NotImplementedError
+
+    def scores(self, logits: np.ndarray, labels: np.ndarray, info: dict, full: bool = False) -> dict:
+        """Scores of ``logits`` against stored ``labels``: the summary metrics (validation), and with ``full``
+        everything the test report shows."""
+        raise NotImplementedError
+
+    def after_training(self, logits: np.ndarray, labels: np.ndarray, info: dict) -> dict:
+        """``info`` for the trained model, given its validation logits (multi-label picks its thresholds here)."""
+        return info
+
+    # --- evaluation -------------------------------------------------------------------
+    def baselines(self, train, test, info: dict) -> dict[str, dict]:
+        """Baselines fitted on the train split and scored (``full``) on the test split, by name."""
+        raise NotImplementedError
+
+    def trained_info(self, model_dir: Path, model, data_info: dict) -> dict:
+        """The task's part of a trained model: its ``task.json``, or for a model without one (trained before
+        tasks had one, or built elsewhere) the dataset's, with the labels of the model's ``id2label``."""
+        from kftune.data.schema import TASK_FILE, dataset_task
+
+        if (Path(model_dir) / TASK_FILE).is_file():
+            return dataset_task(model_dir)
+        if "labels" not in data_info:
+            return data_info
+        return {**data_info, "labels": [model.config.id2label[i] for i in range(model.config.num_labels)]}
+
+    def evaluate(self, model_dir: Path, dataset_dir: Path, config) -> dict:
+        from kftune.data.schema import dataset_task, load_splits
+        from kftune.errors import KftuneError
+        from kftune.inference.runners import predict_logits, torch_runner
+        from kftune.models.encoder import load_encoder_model
+
+        splits, _ = load_splits(dataset_dir)
+        model = load_encoder_model(model_dir, self)
+        data_info = dataset_task(dataset_dir)
+        info = self.trained_info(model_dir, model, data_info)
+        if info.get("task", self.name) != self.name:
+            raise KftuneError(f"{model_dir}: the model was trained for task {info['task']}, the dataset is for "
+                              f"{self.name}; evaluate the model on the dataset it was trained on")
+        if info.get("labels") != data_info.get("labels"):
+            raise KftuneError(
+                f"{model_dir}: the model's labels {info.get('labels')} differ from the dataset's "
+                f"{data_info.get('labels')}; evaluate the model on the dataset it was trained on")
+        train, test = splits["train"], splits["test"]
+        logits = predict_logits(torch_runner(model), test, config.batch_size)
+        model_scores = self.scores(logits, self.label_array(test[LABEL]), info, full=True)
+        baselines = self.baselines(train, test, info)
+        baseline = baselines[self.baseline]
+        return {
+            "task": self.name,
+            "labels": info.get("labels", []),
+            "test_size": len(test),
+            "model": model_scores,
+            "baselines": baselines,
+            "baseline": self.baseline,
+            "delta_vs_baseline": {k: self.gain(k, model_scores[k], baseline[k]) for k in self.metrics},
+        }
+
+    def result_metrics(self, result: dict) -> tuple[str, ...]:
+        return self.metrics + (("roc_auc",) if "roc_auc" in result["model"] else ())
+
+    def flat_metrics(self, result: dict) -> dict[str, float]:
+        flat = {f"model_{k}": result["model"][k] for k in self.result_metrics(result)}
+        for name, scores in result["baselines"].items():
+            flat.update({f"{name}_{k}": scores[k] for k in self.metrics})
+        flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        for label, scores in (result["model"].get("per_class") or result["model"].get("per_label") or {}).items():
+            flat[f"model_f1_{label}"] = scores["f1"]
+        flat["passed"] = float(result["passed"])
+        return flat
+
+    def summary_table(self, result: dict) -> tuple[list[str], list[tuple]]:
+        keys = list(self.metrics)
+        rows = [("fine-tuned model", *(result["model"][k] for k in keys))]
+        for name, scores in result["baselines"].items():
+            rows.append((f"baseline: {name}", *(scores[k] for k in keys)))
+        rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"][k] for k in keys)))
+        return keys, rows
+
+    # --- export, serving, prediction --------------------------------------------------
+    def decisions(self, logits: np.ndarray, info: dict) -> np.ndarray | None:
+        """The discrete predictions the ONNX parity check requires to be identical (None: logits only)."""
+        return logits.argmax(-1)
+
+    def outputs(self, logits: np.ndarray, info: dict) -> list[dict]:
+        """One answer per example (V1 ``predictions``, a predict step's rows)."""
+        raise NotImplementedError
+
+    def v2_outputs(self, logits: np.ndarray, info: dict) -> list[tuple[str, str, np.ndarray]]:
+        """The Open Inference outputs: (name, datatype, array) each."""
+        raise NotImplementedError
+
+    def answers(self, run_batch, tokenizer, inputs: dict[str, list[str]], info: dict, max_length: int,
+                batch_size: int = 32) -> tuple[list[dict], list[tuple[str, str, np.ndarray]]]:
+        """(one answer per example, the Open Inference outputs) for raw texts per field (``inputs``), run through
+        ``run_batch`` (an ONNX Runtime or PyTorch runner): from the logits of the texts, cleaned and tokenized as
+        preprocess did them."""
+        from kftune.inference.runners import encode_texts, predict_logits
+
+        encoded = encode_texts(tokenizer, inputs, self.text_fields, max_length)
+        logits = predict_logits(run_batch, encoded, batch_size, tokenizer.pad_token_id or 0)
+        return self.outputs(logits, info), self.v2_outputs(logits, info)
+
+    def output_types(self, info: dict) -> list[dict]:
+        """The Open Inference outputs' metadata (name, datatype, shape)."""
+        width = self.head(info)["num_labels"]
+        return [{"name": name, "datatype": datatype, "shape": [-1, *array.shape[1:]]}
+                for name, datatype, array in self.v2_outputs(np.zeros((1, width), np.float32), info)]
+
+    def open_export(self, model_dir: Path, **options):
+        from kftune.inference.exported import ExportedEncoder
+
+        return ExportedEncoder(model_dir, self, **options).load()
+
+    def is_empty(self, text: str) -> bool:
+        from kftune.data.text import clean_text
+
+        return not clean_text(text)
+
+
+def as_float(value):
+    """A finite float, or None for a value that is not one."""
+    import math
+
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value.strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def label_values(frame, config) -> list | None:
+    """The label column's values present in ``frame`` (lists count, blanks do not), or None without the column."""
+    import pandas as pd
+
+    if config.label_column not in set(map(str, frame.columns)):
+        return None
+    return [v for v in frame[config.label_column] if isinstance(v, (list, tuple, np.ndarray)) or not pd.isna(v)]
