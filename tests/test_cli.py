@@ -65,3 +65,12 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert "kftune 0.1.0" in capsys.readouterr().out
+
+
+def test_a_renamed_setting_is_a_one_line_error_naming_the_new_one(capsys):
+    for command in ("run", "tune"):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--min-accuracy", "0.8"])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1, err
+        assert "--min-accuracy is now --min-primary-score" in err

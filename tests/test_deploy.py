@@ -16,7 +16,7 @@ from kubernetes.config import kube_config
 from kftune.cluster import kube as kube_helpers
 from kftune.cluster.lifecycle import ResourceApi
 from kftune.components.deploy import deploy as deploy_module
-from kftune.components.deploy.config import DeploySettings
+from kftune.components.deploy.config import DeployConfig
 from kftune.components.deploy.deploy import (
     OTHER_IMPLEMENTATIONS,
     DeployRequest,
@@ -184,7 +184,7 @@ def test_the_other_implementations_are_predictor_fields():
 def causal_lm_request(**settings) -> DeployRequest:
     """What the deploy component asks for with ``task="causal-lm"``."""
     values = dict(deploy_name="assistant", deploy_namespace="team-a") | settings
-    return deploy_request(DeploySettings(**values), "s3://models/assistant/v2", "causal-lm")
+    return deploy_request(DeployConfig(**values), "s3://models/assistant/v2", "causal-lm")
 
 
 def test_causal_lm_spec_names_the_hugging_face_runtime_and_its_arguments():
@@ -214,7 +214,7 @@ def test_causal_lm_defaults_leave_the_context_to_the_model_and_take_no_gpu():
     runtime = causal_lm_request(causal_lm_serving_runtime="hf-vllm-gpu")
     assert inference_service_doc(runtime)["spec"]["predictor"]["model"]["runtime"] == "hf-vllm-gpu"
     # classification is unchanged: kftune's runtime, no container arguments
-    classification = deploy_request(DeploySettings(deploy_name="sentiment", deploy_namespace="team-a"), "s3://m/v1")
+    classification = deploy_request(DeployConfig(deploy_name="sentiment", deploy_namespace="team-a"), "s3://m/v1")
     model = inference_service_doc(classification)["spec"]["predictor"]["model"]
     assert (model["runtime"], model["modelFormat"], "args" in model) == ("kftune-onnx", {"name": "kftune-onnx"}, False)
 
@@ -222,7 +222,7 @@ def test_causal_lm_defaults_leave_the_context_to_the_model_and_take_no_gpu():
 def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
     causal = causal_lm_request(serving_gpus=1)
     existing = inference_service_doc(causal)
-    back = deploy_request(DeploySettings(deploy_name="assistant", deploy_namespace="team-a"), "s3://models/other/v1")
+    back = deploy_request(DeployConfig(deploy_name="assistant", deploy_namespace="team-a"), "s3://models/other/v1")
     patch = update_patch(back, existing)
     sdk_model({k: v for k, v in patch["spec"]["predictor"].items() if v is not None}, "V1beta1PredictorSpec")
     model = merge_patch(existing, patch)["spec"]["predictor"]["model"]

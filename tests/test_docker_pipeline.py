@@ -176,7 +176,7 @@ def test_finetune_pipeline_runs_each_step_in_its_stage_image(docker_client, imag
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
         run = finetune(data=str(data), model=str(model), num_train_epochs=2, learning_rate=1e-3,
-                       per_device_train_batch_size=16, min_accuracy=0.0, publish_uri=str(published))
+                       per_device_train_batch_size=16, min_primary_score=0.0, publish_uri=str(published))
 
     log = capsys.readouterr().out
     for stage in PIPELINE_STAGES:
@@ -191,5 +191,5 @@ def test_finetune_pipeline_runs_each_step_in_its_stage_image(docker_client, imag
     assert evaluation["test_size"] == 30
     assert 0 <= evaluation["model"]["accuracy"] <= 1
     assert run.outputs["passed"] is True
-    # the gate passed (min_accuracy 0): publish ran in its image and wrote the ONNX model as v1
+    # the gate passed (min_primary_score 0): publish ran in its image and wrote the ONNX model as v1
     assert (published / "v1" / "model.onnx").read_bytes() == (onnx_dir / "model.onnx").read_bytes()

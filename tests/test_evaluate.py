@@ -44,7 +44,7 @@ def test_baselines():
 
 
 def test_evaluate_tiny_model(trained, prepared):
-    result = evaluate(trained, prepared, EvaluateConfig(min_accuracy=0.0, min_gain_over_baseline=-1))
+    result = evaluate(trained, prepared, EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=-1))
     assert result["test_size"] == 30
     assert set(result["baselines"]) == {"majority", "tfidf_logreg"}
     assert result["passed"] is True
@@ -53,7 +53,7 @@ def test_evaluate_tiny_model(trained, prepared):
     assert np.asarray(result["model"]["confusion_matrix"]).sum() == 30
     flat = flat_metrics(result)
     assert flat["passed"] == 1.0 and "model_roc_auc" in flat
-    failing = evaluate(trained, prepared, EvaluateConfig(min_accuracy=1.0))
+    failing = evaluate(trained, prepared, EvaluateConfig(min_primary_score=1.0))
     assert failing["passed"] is False
     assert "FAIL: accuracy >= 1.0" in evaluation_markdown(failing)
     html = evaluation_report_html(result)
@@ -69,5 +69,5 @@ def test_label_mismatch_is_refused(tmp_path, prepared):
 
 
 def test_bad_thresholds():
-    with pytest.raises(ConfigError, match="min_accuracy"):
-        EvaluateConfig(min_accuracy=1.5).validate()
+    with pytest.raises(ConfigError, match="min_primary_score"):
+        EvaluateConfig(min_primary_score=1.5).validate()

@@ -67,7 +67,7 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     results_file = tmp_path / "results.json"
     published = tmp_path / "published"
     code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "2",
-                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-accuracy", "0",
+                 "--learning-rate", "1e-3", "--per-device-train-batch-size", "16", "--min-primary-score", "0",
                  "--publish-uri", str(published), "--pretrain", "--pretrain-corpus", "bundled:rotten-tomatoes-plots",
                  "--pretrain-max-steps", "5", "--pretrain-batch-size", "16",
                  "--predict-input", str(texts), "--predict-output", str(scored), "--predict-id-column", "review_id",
@@ -133,7 +133,7 @@ def test_a_model_that_fails_the_gate_makes_no_predictions(tmp_path, small_csv, s
     scored = tmp_path / "scored.csv"
     results_file = tmp_path / "results.json"
     code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
-                 "--max-steps", "2", "--min-accuracy", "1", "--predict-input", str(texts), "--predict-output",
+                 "--max-steps", "2", "--min-primary-score", "1", "--predict-input", str(texts), "--predict-output",
                  str(scored), "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
     assert code == 0
     results = json.loads(results_file.read_text())

@@ -139,11 +139,11 @@ def test_unchanged_yaml_reuses_its_version(fake, capsys, monkeypatch):
 def test_parameters_are_sent_with_their_declared_types(fake, capsys, monkeypatch):
     code, _, err = run_submit(capsys, "--host", fake.url, "--param", "learning_rate=3e-5", "--param",
                               "num_train_epochs=2", "--param", "group_by_length=false", "--param", "data=reviews.csv",
-                              "--param", "min_accuracy=1", monkeypatch=monkeypatch)
+                              "--param", "min_primary_score=1", monkeypatch=monkeypatch)
     assert code == 0, err
     parameters = fake.calls("create_run")[0].body["runtime_config"]["parameters"]
     assert parameters == {"learning_rate": 3e-5, "num_train_epochs": 2, "group_by_length": False,
-                          "data": "reviews.csv", "min_accuracy": 1.0}
+                          "data": "reviews.csv", "min_primary_score": 1.0}
     assert type(parameters["num_train_epochs"]) is int and type(parameters["group_by_length"]) is bool
 
 
@@ -189,6 +189,9 @@ def test_coerce_parameters_structs_lists_and_required():
     with pytest.raises(KftuneError, match="its type TASK_FINAL_STATUS cannot be set"):
         coerce_parameters(declared, {"config": {}, "name": "x", "status": "{}"})
     assert parse_param_assignments(["a=b=c", "empty="]) == {"a": "b=c", "empty": ""}
+    gate = {"min_primary_score": {"parameterType": "NUMBER_DOUBLE", "isOptional": True}}
+    with pytest.raises(KftuneError, match="renamed pipeline parameter: min_accuracy is now min_primary_score"):
+        coerce_parameters(gate, {"min_accuracy": "0.8"})
 
 
 def test_no_token_is_401_with_the_hint(fake, capsys, monkeypatch):

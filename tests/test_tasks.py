@@ -296,7 +296,7 @@ def test_data_report_says_the_task_and_shows_the_target(regression_run, multilab
 
 
 def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp_path, regression_run, tiny_model):
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import optuna_search
     from kftune.training.search_space import parse_space
 
@@ -304,7 +304,7 @@ def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp
     base = TrainConfig(model=str(tiny_model), num_train_epochs=1, learning_rate=3e-3, per_device_train_batch_size=16,
                        early_stopping_patience=0, save_steps=0)
     metric = TrainConfig(task="regression").metric_for_best_model
-    direction = SearchSettings().direction_for(metric)
+    direction = SearchConfig().direction_for(metric)
     assert (metric, direction) == ("rmse", "minimize")
     space = parse_space('{"learning_rate": {"low": 1e-4, "high": 1e-2, "log": true}}')
     record = optuna_search(base, space, dataset, tmp_path / "study", max_trials=2, seed=1, direction=direction,

@@ -28,7 +28,7 @@ def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny
         "data": str(small_csv), "model": str(tiny_model), "algorithm": "grid", "max_trials": 2,
         "search_space": '{"per_device_train_batch_size": [4096]}', "num_train_epochs": 1,
         "nproc_per_node": 2, "learning_rate": 1e-3, "train_on": "train+validation",
-        "min_accuracy": 0.0, "quantize_int8": False,
+        "min_primary_score": 0.0, "quantize_int8": False,
     }, tmp_path)
     trials = result.search["trials"]
     assert [t["params"]["per_device_train_batch_size"] for t in trials] == [32, 4096]  # defaults first

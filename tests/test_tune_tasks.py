@@ -32,12 +32,12 @@ SLICES = {"regression": (200, 8, 1, [1e-2, 1e-5]), "multilabel": (400, 8, 3, [3e
 
 @pytest.mark.parametrize("task", list(OBJECTIVES))
 def test_the_tasks_metric_and_its_direction_are_the_searchs(task):
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.katib import default_direction
 
     metric, direction = OBJECTIVES[task]
     assert TASKS[task].defaults["metric_for_best_model"] == TASKS[task].primary == metric
-    assert SearchSettings().direction_for(metric) == default_direction(metric) == direction
+    assert SearchConfig().direction_for(metric) == default_direction(metric) == direction
 
 
 @pytest.mark.slow

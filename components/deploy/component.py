@@ -1,5 +1,5 @@
 """KFP component: serve a published model as a KServe InferenceService (thin door over deploy.py;
-its settings come from DeploySettings).
+its settings come from DeployConfig).
 
 The task's pod talks to the Kubernetes API with the pipeline's service account, which needs
 get, create and patch on inferenceservices.serving.kserve.io (manifests/base/rbac.yaml). The
@@ -11,12 +11,12 @@ from kfp import dsl
 from kfp.dsl import Input, Model
 
 from kftune.cluster.images import ImageScheme
-from kftune.components.deploy.config import DeploySettings
+from kftune.components.deploy.config import DeployConfig
 from kftune.settings.signatures import with_settings
 from kftune.tasks import TaskChoice
 
 
-@with_settings(DeploySettings, TaskChoice)
+@with_settings(DeployConfig, TaskChoice)
 def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
     """Create or update the KServe InferenceService deploy_name serving the model at model_uri (an ONNX export on serving_runtime, a causal LM on causal_lm_serving_runtime), wait until it is Ready, and return its URL.
 
@@ -30,13 +30,13 @@ def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
     values = dict(locals())
     import logging
 
-    from kftune.components.deploy.config import DeploySettings
+    from kftune.components.deploy.config import DeployConfig
     from kftune.components.deploy.deploy import deploy_inference_service, deploy_request
     from kftune.settings.fields import check_choices, settings_from
     from kftune.tasks import AUTO, TaskChoice
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from(DeploySettings, values)
+    settings = settings_from(DeployConfig, values)
     task = settings_from(TaskChoice, values)
     check_choices(task)
     if task.task == AUTO:

@@ -1,7 +1,7 @@
 """Deployment settings: the KServe InferenceService that serves a published model.
 
 Named for the pipeline form (``deploy_name``, ``serving_cpu``, ...), where they stand beside
-the training settings; :meth:`DeploySettings.request` maps them onto the
+the training settings; :meth:`DeployConfig.request` maps them onto the
 :class:`~kftune.components.deploy.deploy.DeployRequest` the launcher checks and sends.
 """
 
@@ -17,7 +17,7 @@ CAUSAL_LM_MODEL_FORMAT = "huggingface"  # the one it supports
 
 
 @dataclass
-class DeploySettings:
+class DeployConfig:
     """The InferenceService that serves the published model."""
 
     deploy_name: str = ""

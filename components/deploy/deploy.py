@@ -89,7 +89,7 @@ from kftune.components.deploy.config import (
     DEFAULT_MODEL_FORMAT,
     DEFAULT_RUNTIME,
     DEFAULT_SERVICE_ACCOUNT,
-    DeploySettings,
+    DeployConfig,
 )
 from kftune.errors import ConfigError, KftuneError
 from kftune.tasks import DEFAULT_TASK, TASKS, task_named
@@ -250,7 +250,7 @@ class DeployRequest:
             check_quantity(name, getattr(self, name), "'1', '500m' or '2Gi'")
 
 
-def deploy_request(settings: DeploySettings, model_uri: str, task: str = DEFAULT_TASK) -> DeployRequest:
+def deploy_request(settings: DeployConfig, model_uri: str, task: str = DEFAULT_TASK) -> DeployRequest:
     """The checked DeployRequest for the ``task``'s model at ``model_uri`` under ``settings`` (raises ConfigError
     naming a bad value): a model served over OpenAI-compatible endpoints (a causal LM) goes to
     ``causal_lm_serving_runtime`` as format huggingface."""

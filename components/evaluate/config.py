@@ -16,7 +16,7 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     """Thresholds of the gate, and inference settings (the generation budget: :class:`GenerationBudget`, which
     predict shares)."""
 
-    min_accuracy: float = -1.0
+    min_primary_score: float = -1.0
     """Gate: the model's test score in the task's primary metric must be at least this (where the primary metric is a score, not an error such as RMSE); -1: the task's."""  # noqa: E501
     min_f1_macro: float = 0.0
     """Gate: the model's test macro F1 must be at least this."""
@@ -25,8 +25,8 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     batch_size: int = internal(128)
 
     def validate(self) -> None:
-        for name in ("min_accuracy", "min_f1_macro"):
-            if name == "min_accuracy" and self.task == "auto" and self.min_accuracy == -1:
+        for name in ("min_primary_score", "min_f1_macro"):
+            if name == "min_primary_score" and self.task == "auto" and self.min_primary_score == -1:
                 continue  # the task's, once the data says which task it is
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")

@@ -10,11 +10,11 @@ from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output
 
 from kftune.cluster.images import ImageScheme
-from kftune.components.publish.config import PublishSettings
+from kftune.components.publish.config import PublishConfig
 from kftune.settings.signatures import with_settings
 
 
-@with_settings(PublishSettings)
+@with_settings(PublishConfig)
 def publish(
     model: Input[Model],
     metrics: Output[Metrics],
@@ -31,12 +31,12 @@ def publish(
     values = dict(locals())
     import logging
 
-    from kftune.components.publish.config import PublishSettings
+    from kftune.components.publish.config import PublishConfig
     from kftune.components.publish.publish import publish_model
     from kftune.settings.fields import settings_from
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from(PublishSettings, values)
+    settings = settings_from(PublishConfig, values)
     result = publish_model(model.path, settings.publish_uri, stale_after_s=settings.stale_after_hours * 3600)
     metrics.log_metric("version", int(result["version"][1:]))
     metrics.log_metric("files", result["files"])

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 
 @dataclass
-class PublishSettings:
+class PublishConfig:
     """Where the exported model is published as a new version (v1, v2, ...; latest moves to it)."""
 
     publish_uri: str = ""

@@ -1,5 +1,5 @@
 """KFP components of the hyperparameter search (thin doors over search.py, trial.py, katib.py and
-report.py; their settings come from SearchSettings, TrainConfig, Launch and TrainResources).
+report.py; their settings come from SearchConfig, TrainConfig, Launch and TrainResources).
 
 - ``plan_search``: checks the search and the base configuration, and plans grid/random trials;
 - ``search_trial``: one trial (a real training run), fanned out with ``dsl.ParallelFor``;
@@ -18,12 +18,12 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Output
 
 from kftune.cluster.images import ImageScheme
 from kftune.cluster.resources import TrainResources
-from kftune.components.tune.config import SearchSettings
+from kftune.components.tune.config import SearchConfig
 from kftune.settings.signatures import with_settings
 from kftune.training.config import Launch, TrainConfig
 
 
-@with_settings(SearchSettings, TrainConfig)
+@with_settings(SearchConfig, TrainConfig)
 def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_config", str), ("trials", List[dict])]):
     """Check the search and the base training configuration; plan the trials of a grid/random search.
 
@@ -39,14 +39,14 @@ def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_c
     from collections import namedtuple
     from dataclasses import asdict
 
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import plan_search as plan
     from kftune.settings.fields import settings_from
     from kftune.tasks import resolve_task
     from kftune.training.config import TrainConfig
 
     base = resolve_task(settings_from(TrainConfig, values), dataset.path)
-    base, trials = plan(settings_from(SearchSettings, values), base)
+    base, trials = plan(settings_from(SearchConfig, values), base)
     outputs = namedtuple("PlanOutputs", ["train_config", "trials"])
     return outputs(json.dumps(asdict(base)), trials)
 
@@ -80,7 +80,7 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
     return json.dumps(result)
 
 
-@with_settings(SearchSettings)
+@with_settings(SearchConfig)
 def select_best(results: List[str], train_config: str) -> str:
     """Collect the trials of a grid/random search and pick the best by validation score.
 
@@ -94,16 +94,16 @@ def select_best(results: List[str], train_config: str) -> str:
     values = dict(locals())
     import json
 
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import summary as search_summary
     from kftune.settings.fields import settings_from
 
-    settings = settings_from(SearchSettings, values)
+    settings = settings_from(SearchConfig, values)
     metric = json.loads(train_config)["metric_for_best_model"]
     return json.dumps(search_summary(settings.algorithm, metric, settings.direction_for(metric), [json.loads(r) for r in results]))
 
 
-@with_settings(SearchSettings, Launch)
+@with_settings(SearchConfig, Launch)
 def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     """Bayesian search: an Optuna study (TPE sampler, median pruning) whose trials train for real.
 
@@ -119,13 +119,13 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     import logging
     import tempfile
 
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import optuna_search as run_study
     from kftune.settings.fields import settings_from
     from kftune.training.config import Launch, TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = settings_from(SearchSettings, values)
+    settings = settings_from(SearchConfig, values)
     base = TrainConfig(**json.loads(train_config))
     space = settings.space(base)
     with tempfile.TemporaryDirectory(prefix="kftune-study-") as tmp:
@@ -135,7 +135,7 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     return json.dumps(record)
 
 
-@with_settings(SearchSettings, TrainResources)
+@with_settings(SearchConfig, TrainResources)
 def katib_search(
     dataset: Input[Dataset],
     train_config: str,
@@ -160,7 +160,7 @@ def katib_search(
     import logging
 
     from kftune.cluster.resources import TrainResources
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.katib import launch_katib
     from kftune.components.tune.search import record_from_katib
     from kftune.settings.fields import settings_from
@@ -169,7 +169,7 @@ def katib_search(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resources = settings_from(TrainResources, values)
     resources.validate()  # run parameters: checked on the values the run was started with
-    settings = settings_from(SearchSettings, values)
+    settings = settings_from(SearchConfig, values)
     base = TrainConfig(**json.loads(train_config))
     space = settings.space(base)
     outcome = launch_katib(

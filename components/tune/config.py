@@ -14,7 +14,7 @@ PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 
 
 @dataclass
-class SearchSettings:
+class SearchConfig:
     """A hyperparameter search over training settings; each trial is a real training run."""
 
     search_space: str = per_task("", "search_space")

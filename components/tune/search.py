@@ -20,7 +20,7 @@ import random
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from kftune.components.tune.config import SearchSettings
+from kftune.components.tune.config import SearchConfig
 from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
 from kftune.errors import ConfigError, KftuneError
 from kftune.training.config import Launch, TrainConfig
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 STUDY_FILE = "study.journal"
 
 
-def plan_search(settings: SearchSettings, base: TrainConfig) -> tuple[TrainConfig, list[dict]]:
+def plan_search(settings: SearchConfig, base: TrainConfig) -> tuple[TrainConfig, list[dict]]:
     """Check a search before any trial starts; return the trials' base configuration and, for a
     grid/random search in the pipeline, the planned trials ([] otherwise).
 

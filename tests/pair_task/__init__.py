@@ -67,7 +67,7 @@ TASK = SentencePair(
     "a score for a pair of texts (a test task)",
     defaults={"max_seq_length": 48, "training_mode": "full", "metric_for_best_model": "rmse",
               "learning_rate": 3e-3, "num_train_epochs": 4, "per_device_train_batch_size": 16,
-              "min_accuracy": 0.0},
+              "min_primary_score": 0.0},
     search_space={"learning_rate": {"low": 1e-3, "high": 5e-3, "log": True}},
     metrics=("rmse", "mae", "r2", "pearson", "spearman"),
     primary="rmse",

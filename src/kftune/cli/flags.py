@@ -11,6 +11,7 @@ import argparse
 import json
 
 from kftune.settings.catalog import Setting, settings_of
+from kftune.settings.fields import RENAMED
 
 METAVARS = {"data": "PATH", "model": "DIR_OR_ID", "predict_input": "PATH_OR_URI", "predict_output": "PATH_OR_URI"}
 
@@ -46,9 +47,27 @@ def add_setting_flags(parser: argparse.ArgumentParser, settings: list[Setting]) 
                             metavar=None if s.choices else metavar, help=help_text)
 
 
+class _Renamed(argparse.Action):
+    """A flag of a renamed setting: one line naming the flag it is now."""
+
+    def __init__(self, option_strings, dest, now: str, **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.now = now
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string} is now {self.now}")
+
+
 def add_group_flags(parser: argparse.ArgumentParser, *groups) -> None:
-    """Flags for the settings of dataclasses (or instances, whose values become the defaults)."""
-    add_setting_flags(parser, settings_of(*groups))
+    """Flags for the settings of dataclasses (or instances, whose values become the defaults), and a one-line error
+    for the old flag of a renamed one."""
+    settings = settings_of(*groups)
+    add_setting_flags(parser, settings)
+    names = {s.name for s in settings}
+    for old, new in RENAMED.items():
+        if new in names:
+            parser.add_argument("--" + old.replace("_", "-"), dest=f"renamed_{old}", action=_Renamed,
+                                now="--" + new.replace("_", "-"))
 
 
 def setting_values(args: argparse.Namespace, *groups) -> dict:

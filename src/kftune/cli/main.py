@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     """Run the tune pipeline locally: search, train the best, evaluate, export."""
     from kftune.components.evaluate.report import evaluation_markdown
-    from kftune.components.tune.config import SearchSettings
+    from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.report import search_markdown
     from kftune.components.tune.search import plan_search
     from kftune.pipelines.local import run_tune_locally
@@ -138,7 +138,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if arguments["search_backend"] != "pipeline":
         raise KftuneError("search_backend katib creates a Katib Experiment on a cluster (kftune compile --pipeline "
                           "tune, then run it there); a local search uses --search-backend pipeline")
-    plan_search(settings_from(SearchSettings, arguments), settings_from(TrainConfig, arguments))
+    plan_search(settings_from(SearchConfig, arguments), settings_from(TrainConfig, arguments))
     preflight(arguments)
     result, log_file = _run_locally(run_tune_locally, arguments, args.output_dir, args.verbose)
     results = result.results() | {"best_params": result.best_params, "search": result.search,

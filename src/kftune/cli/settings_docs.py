@@ -13,15 +13,15 @@ import sys
 from pathlib import Path
 
 from kftune.cluster.resources import TrainResources
-from kftune.components.deploy.config import DeploySettings
+from kftune.components.deploy.config import DeployConfig
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.export.config import ExportConfig
 from kftune.components.predict.config import PredictConfig
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.pretrain.config import PretrainConfig
-from kftune.components.publish.config import PublishSettings
+from kftune.components.publish.config import PublishConfig
 from kftune.components.serve.config import ServeConfig
-from kftune.components.tune.config import SearchSettings
+from kftune.components.tune.config import SearchConfig
 from kftune.settings.catalog import Setting, settings_of
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.search_space import SEARCHABLE
@@ -34,12 +34,12 @@ TABLES: dict[str, tuple] = {
     "components/preprocess/README.md": (PreprocessConfig,),
     "components/pretrain/README.md": (PretrainConfig,),
     "components/train/README.md": (TrainConfig, Launch, TrainResources),
-    "components/tune/README.md": (SearchSettings,),
+    "components/tune/README.md": (SearchConfig,),
     "components/evaluate/README.md": (EvaluateConfig,),
     "components/export/README.md": (ExportConfig,),
     "components/predict/README.md": (PredictConfig,),
-    "components/publish/README.md": (PublishSettings,),
-    "components/deploy/README.md": (DeploySettings,),
+    "components/publish/README.md": (PublishConfig,),
+    "components/deploy/README.md": (DeployConfig,),
     "components/serve/README.md": (ServeConfig,),
 }
 """Which settings each README shows (a stage's run parameters, or kftune serve's and kftune predict's flags)."""

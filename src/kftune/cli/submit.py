@@ -77,6 +77,7 @@ from kfp.client import ServiceAccountTokenVolumeCredentials
 
 from kftune import __version__
 from kftune.errors import KftuneError
+from kftune.settings.fields import RENAMED
 
 HOST_ENV = "KFP_HOST"
 KFP_HOST_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client's own variable, honoured too
@@ -197,6 +198,9 @@ def coerce_parameters(declared: Mapping[str, dict], given: Mapping[str, Any]) ->
     raise :class:`KftuneError` naming the parameter.
     """
     unknown = sorted(set(given) - set(declared))
+    renamed = [f"{name} is now {RENAMED[name]}" for name in unknown if RENAMED.get(name) in declared]
+    if renamed:
+        raise KftuneError(f"renamed pipeline parameter: {'; '.join(renamed)}")
     if unknown:
         raise KftuneError(f"unknown pipeline parameter {', '.join(unknown)}; the pipeline takes: "
                           f"{', '.join(sorted(declared)) or '(none)'}")

@@ -30,6 +30,9 @@ from docstring_parser import parse_from_object
 from kftune.errors import ConfigError
 
 TYPES = (str, int, float, bool, dict, list)  # what KFP parameters take
+RENAMED = {"min_accuracy": "min_primary_score"}
+"""Settings that were renamed, and their names now: a flag or run parameter of the old name is a one-line error
+naming the new one."""
 
 
 def internal(default: Any) -> Any:

@@ -174,12 +174,12 @@ class Task:
         raise NotImplementedError
 
     def checks(self, result: dict, config) -> dict[str, bool]:
-        """The gate's checks of ``result``: the primary score against ``min_accuracy`` where higher is better,
+        """The gate's checks of ``result``: the primary score against ``min_primary_score`` where higher is better,
         the gain over the baseline against ``min_gain_over_baseline``."""
         model, deltas = result["model"], result["delta_vs_baseline"]
         checks = {}
         if self.higher_is_better(self.primary):
-            checks[f"{self.primary} >= {config.min_accuracy}"] = model[self.primary] >= config.min_accuracy
+            checks[f"{self.primary} >= {config.min_primary_score}"] = model[self.primary] >= config.min_primary_score
         checks[f"{self.primary} gain over {self.baseline} >= {config.min_gain_over_baseline}"] = (
             deltas[self.primary] >= config.min_gain_over_baseline)
         return checks

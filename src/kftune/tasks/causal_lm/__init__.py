@@ -126,10 +126,10 @@ class CausalLMTask(Task):
 
     def checks(self, result, config):
         """The primary score (``answer_accuracy`` for short-answer data, else ``exact_match``) against
-        ``min_accuracy``, and its gain over the base model against ``min_gain_over_baseline``."""
+        ``min_primary_score``, and its gain over the base model against ``min_gain_over_baseline``."""
         primary = result["primary_metric"]
         return {
-            f"{primary} >= {config.min_accuracy}": result["model"][primary] >= config.min_accuracy,
+            f"{primary} >= {config.min_primary_score}": result["model"][primary] >= config.min_primary_score,
             f"{primary} - base model {primary} >= {config.min_gain_over_baseline}":
                 result["delta_vs_baseline"][primary] >= config.min_gain_over_baseline,
         }
@@ -205,7 +205,7 @@ TASK = CausalLMTask(
         "learning_rate": 1e-3,
         "num_train_epochs": 1,
         "per_device_train_batch_size": 8,
-        "min_accuracy": 0.0,
+        "min_primary_score": 0.0,
     },
     search_space={
         "learning_rate": {"low": 3e-4, "high": 3e-3, "log": True},

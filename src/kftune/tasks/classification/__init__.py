@@ -215,7 +215,7 @@ class Classification(EncoderTask):
     def checks(self, result, config):
         model, deltas = result["model"], result["delta_vs_baseline"]
         return {
-            f"accuracy >= {config.min_accuracy}": model["accuracy"] >= config.min_accuracy,
+            f"accuracy >= {config.min_primary_score}": model["accuracy"] >= config.min_primary_score,
             f"f1_macro >= {config.min_f1_macro}": model["f1_macro"] >= config.min_f1_macro,
             f"accuracy - baseline accuracy >= {config.min_gain_over_baseline}":
                 deltas["accuracy"] >= config.min_gain_over_baseline,
@@ -290,7 +290,7 @@ TASK = Classification(
         "learning_rate": 1e-4,
         "num_train_epochs": 3,
         "per_device_train_batch_size": 32,
-        "min_accuracy": 0.8,
+        "min_primary_score": 0.8,
     },
     search_space={
         "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},

@@ -281,7 +281,7 @@ TASK = Multilabel(
         "learning_rate": 3e-4,
         "num_train_epochs": 6,
         "per_device_train_batch_size": 16,
-        "min_accuracy": 0.0,
+        "min_primary_score": 0.0,
     },
     search_space={
         "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},

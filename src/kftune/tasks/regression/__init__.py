@@ -194,7 +194,7 @@ TASK = Regression(
         "learning_rate": 1e-4,
         "num_train_epochs": 3,
         "per_device_train_batch_size": 32,
-        "min_accuracy": 0.0,
+        "min_primary_score": 0.0,
     },
     search_space={
         "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},

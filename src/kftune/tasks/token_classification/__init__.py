@@ -305,7 +305,7 @@ def _defaults() -> dict:
         "learning_rate": 3e-4,
         "num_train_epochs": 6,
         "per_device_train_batch_size": 16,
-        "min_accuracy": 0.0,
+        "min_primary_score": 0.0,
     }
 
 
