@@ -42,7 +42,7 @@ def test_the_registry_is_the_one_list_of_tasks():
 
 def test_a_tasks_default_reaches_every_surface(monkeypatch, tmp_path, capsys):
     """A per-task default is written once, in its task package: changed there (in memory), the settings'
-    description, the config built, ``--help``, the README table and the compiled pipeline's UI form all follow."""
+    description, the config built, ``--help``, the README tables and the compiled pipeline's UI form all follow."""
     import dataclasses
     import importlib
 
@@ -65,6 +65,7 @@ def test_a_tasks_default_reaches_every_surface(monkeypatch, tmp_path, capsys):
             main(["run", "--help"])
         assert expected in " ".join(capsys.readouterr().out.split())
         assert expected in section("components/train/README.md")
+        assert "`0.000777`" in section("README.md") and "sets of labels, said once" in section("README.md")
         importlib.reload(train_component)  # a component's signature is written when its module is imported
         assert main(["compile", "--output", str(tmp_path / "finetune.yaml")]) == 0
         form = yaml.safe_load_all((tmp_path / "finetune.yaml").read_text())

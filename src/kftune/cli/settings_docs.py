@@ -61,8 +61,30 @@ def settings_table(*groups) -> str:
     return "\n".join(rows)
 
 
+TASKS_README = "README.md"
+"""The README whose generated section is the table of the registered tasks (:func:`tasks_table`)."""
+
+
+def tasks_table() -> str:
+    """A Markdown table of the registered tasks: what each learns, the values its ``auto`` settings take, the
+    score the gate goes by, the baseline, what export writes and how it is served."""
+    from kftune.tasks import TASKS
+
+    keys = list(dict.fromkeys(key for task in TASKS.values() for key in task.defaults))
+    rows = [f"| task | what it learns | {' | '.join(f'`{k}`' for k in keys)} | primary score | baseline | export "
+            "| served over |", "|---|---|" + "---|" * (len(keys) + 4)]
+    for task in TASKS.values():
+        direction = "lower is better" if not task.higher_is_better(task.primary) else "higher is better"
+        values = " | ".join(f"`{task.defaults[k]}`" if k in task.defaults else "(set it)" for k in keys)
+        rows.append(f"| `{task.name}` | {task.summary} | {values} | `{task.primary}` ({direction}) | "
+                    f"`{task.baseline}` | {task.export_format} | {task.serving} |")
+    return "\n".join(rows)
+
+
 def section(path: str) -> str:
     """What goes between the markers of README ``path``."""
+    if path == TASKS_README:
+        return tasks_table()
     text = settings_table(*TABLES[path])
     if path == "components/tune/README.md":
         searchable = ", ".join(f"`{name}` ({kind.__name__})" for name, kind in SEARCHABLE.items())
@@ -76,7 +98,8 @@ def rendered(readme: str, path: str) -> str:
     if BEGIN in readme and END in readme:
         before, rest = readme.split(BEGIN, 1)
         return before + block + rest.split(END, 1)[1]
-    return readme.rstrip("\n") + f"\n\n## Settings\n\n{block}\n"
+    heading = "Tasks" if path == TASKS_README else "Settings"
+    return readme.rstrip("\n") + f"\n\n## {heading}\n\n{block}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="only report READMEs whose table is stale")
     args = parser.parse_args(argv)
     stale = []
-    for path in TABLES:
+    for path in (*TABLES, TASKS_README):
         readme = args.root / path
         text = readme.read_text(encoding="utf-8")
         fresh = rendered(text, path)
