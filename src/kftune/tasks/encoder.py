@@ -17,8 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
+from kftune.data.bundled import BUNDLED_MODEL
 from kftune.data.schema import LABEL, LENGTH, TEXT
 from kftune.tasks.base import Prepared, Task
+
+ENCODER_DEFAULTS = {"model": BUNDLED_MODEL, "max_seq_length": 128, "training_mode": "full", "min_primary_score": 0.0}
+"""What the encoder tasks' ``auto`` settings share (each task adds or replaces its own)."""
+
+
+def encoder_search_space(learning_rate: tuple[float, float]) -> dict:
+    """The encoder tasks' default search space: the learning rate over ``learning_rate`` (log scale; around the
+    task's default), batch size, warmup and weight decay."""
+    low, high = learning_rate
+    return {"learning_rate": {"low": low, "high": high, "log": True}, "per_device_train_batch_size": [16, 32],
+            "warmup_ratio": {"low": 0.0, "high": 0.2}, "weight_decay": {"low": 0.0, "high": 0.1}}
 
 
 class EncoderTask(Task):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kftune.data.bundled import BUNDLED_DATA, BUNDLED_MODEL
+from kftune.data.bundled import BUNDLED_DATA
 from kftune.errors import ConfigError, DataError
 from kftune.inference.runners import softmax
 from kftune.settings.fields import searchable
-from kftune.tasks.encoder import EncoderTask, as_float, label_values
+from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
 
@@ -281,23 +281,9 @@ class Classification(EncoderTask):
 TASK = Classification(
     "classification",
     "one label per text",
-    defaults={
-        "data": BUNDLED_DATA,
-        "model": BUNDLED_MODEL,
-        "max_seq_length": 128,
-        "training_mode": "full",
-        "metric_for_best_model": "f1_macro",
-        "learning_rate": 1e-4,
-        "num_train_epochs": 3,
-        "per_device_train_batch_size": 32,
-        "min_primary_score": 0.8,
-    },
-    search_space={
-        "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},
-        "per_device_train_batch_size": [16, 32],
-        "warmup_ratio": {"low": 0.0, "high": 0.2},
-        "weight_decay": {"low": 0.0, "high": 0.1},
-    },
+    defaults={"data": BUNDLED_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "f1_macro", "learning_rate": 1e-4,
+              "num_train_epochs": 3, "per_device_train_batch_size": 32, "min_primary_score": 0.8},
+    search_space=encoder_search_space((3e-5, 2e-4)),
     metrics=SUMMARY_KEYS,
     primary="accuracy",
     best_metrics=("f1_macro", "accuracy", "loss"),

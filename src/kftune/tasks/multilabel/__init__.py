@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kftune.data.bundled import BUNDLED_MODEL, MULTILABEL_DATA
+from kftune.data.bundled import MULTILABEL_DATA
 from kftune.errors import DataError
 from kftune.inference.runners import sigmoid
-from kftune.tasks.encoder import EncoderTask, label_values
+from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, encoder_search_space, label_values
 
 METRICS = ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
 THRESHOLDS = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -272,23 +272,9 @@ class Multilabel(EncoderTask):
 TASK = Multilabel(
     "multilabel",
     "a set of labels per text",
-    defaults={
-        "data": MULTILABEL_DATA,
-        "model": BUNDLED_MODEL,
-        "max_seq_length": 128,
-        "training_mode": "full",
-        "metric_for_best_model": "f1_micro",
-        "learning_rate": 3e-4,
-        "num_train_epochs": 6,
-        "per_device_train_batch_size": 16,
-        "min_primary_score": 0.0,
-    },
-    search_space={
-        "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
-        "per_device_train_batch_size": [16, 32],
-        "warmup_ratio": {"low": 0.0, "high": 0.2},
-        "weight_decay": {"low": 0.0, "high": 0.1},
-    },
+    defaults={"data": MULTILABEL_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "f1_micro", "learning_rate": 3e-4,
+              "num_train_epochs": 6, "per_device_train_batch_size": 16},
+    search_space=encoder_search_space((1e-4, 1e-3)),
     metrics=METRICS,
     primary="f1_micro",
     lower_is_better=frozenset({"loss", "hamming_loss"}),

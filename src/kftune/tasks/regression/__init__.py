@@ -16,9 +16,9 @@ from typing import Literal
 
 import numpy as np
 
-from kftune.data.bundled import BUNDLED_MODEL, REGRESSION_DATA
+from kftune.data.bundled import REGRESSION_DATA
 from kftune.errors import DataError
-from kftune.tasks.encoder import EncoderTask, as_float, label_values
+from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
 METRICS = ("rmse", "mae", "r2", "pearson", "spearman")
 POINTS_SHOWN = 2000  # predicted-vs-true pairs kept in the results for the report's plots
@@ -185,23 +185,9 @@ class Regression(EncoderTask):
 TASK = Regression(
     "regression",
     "one number per text",
-    defaults={
-        "data": REGRESSION_DATA,
-        "model": BUNDLED_MODEL,
-        "max_seq_length": 128,
-        "training_mode": "full",
-        "metric_for_best_model": "rmse",
-        "learning_rate": 1e-4,
-        "num_train_epochs": 3,
-        "per_device_train_batch_size": 32,
-        "min_primary_score": 0.0,
-    },
-    search_space={
-        "learning_rate": {"low": 3e-5, "high": 2e-4, "log": True},
-        "per_device_train_batch_size": [16, 32],
-        "warmup_ratio": {"low": 0.0, "high": 0.2},
-        "weight_decay": {"low": 0.0, "high": 0.1},
-    },
+    defaults={"data": REGRESSION_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "rmse", "learning_rate": 1e-4,
+              "num_train_epochs": 3, "per_device_train_batch_size": 32},
+    search_space=encoder_search_space((3e-5, 2e-4)),
     metrics=METRICS,
     primary="rmse",
     lower_is_better=frozenset({"loss", "rmse", "mae"}),

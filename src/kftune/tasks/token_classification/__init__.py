@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from kftune.data.bundled import TOKEN_DATA
 from kftune.data.schema import LENGTH
 from kftune.errors import ConfigError, DataError
 from kftune.tasks.base import Prepared
-from kftune.tasks.encoder import EncoderTask
+from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, encoder_search_space
 from kftune.tasks.token_classification.data import (
     CLEANING_RULES,
     CONVERSIONS,
@@ -293,32 +294,12 @@ class TokenClassification(EncoderTask):
 METRICS = ("precision", "recall", "f1", "accuracy")
 
 
-def _defaults() -> dict:
-    from kftune.data.bundled import BUNDLED_MODEL, TOKEN_DATA
-
-    return {
-        "data": TOKEN_DATA,
-        "model": BUNDLED_MODEL,
-        "max_seq_length": 128,
-        "training_mode": "full",
-        "metric_for_best_model": "f1",
-        "learning_rate": 3e-4,
-        "num_train_epochs": 6,
-        "per_device_train_batch_size": 16,
-        "min_primary_score": 0.0,
-    }
-
-
 TASK = TokenClassification(
     NAME,
     "one IOB2 tag per word (named entities)",
-    defaults=_defaults(),
-    search_space={
-        "learning_rate": {"low": 1e-4, "high": 1e-3, "log": True},
-        "per_device_train_batch_size": [16, 32],
-        "warmup_ratio": {"low": 0.0, "high": 0.2},
-        "weight_decay": {"low": 0.0, "high": 0.1},
-    },
+    defaults={"data": TOKEN_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "f1", "learning_rate": 3e-4,
+              "num_train_epochs": 6, "per_device_train_batch_size": 16},
+    search_space=encoder_search_space((1e-4, 1e-3)),
     metrics=METRICS,
     primary="f1",
     best_metrics=("f1", "precision", "recall", "accuracy", "loss"),
