@@ -1,4 +1,4 @@
-"""kftune: Kubeflow Pipelines components that fine-tune pretrained transformers for text classification.
+"""kftune: Kubeflow Pipelines components that fine-tune pretrained transformers, one task package per kind of task.
 
 Stages live in :mod:`kftune.components` (one sub-package per stage, logic apart from the thin KFP
 ``component.py``), pipelines in :mod:`kftune.pipelines`, the CLI in :mod:`kftune.cli`; the code they share is
