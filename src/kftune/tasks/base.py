@@ -11,9 +11,10 @@ stage                     hooks
 ========================  ==============================================================
 preprocess                ``parse_labels``, ``label_info``, ``encode_labels``,
                           ``label_feature``, ``strata``, ``check_labels``, ``distribution``
-train                     ``head`` (model class, ``num_labels``, ``problem_type``),
-                          ``label_tensor`` (the collator's labels), ``loss``, ``scores``
-                          (validation), ``after_training`` (e.g. thresholds)
+train                     ``recipe`` (the training loop's), whose recipe calls ``head``
+                          (model class, ``num_labels``, ``problem_type``), ``label_tensor``
+                          and ``truncate_labels`` (the collator's labels), ``loss``,
+                          ``scores`` (validation), ``after_training`` (e.g. thresholds)
 evaluate                  ``scores``, ``baselines``, ``checks``, ``report_sections``
 export                    ``decisions`` (what the ONNX parity check compares)
 serve / predict           ``outputs`` (V1 and files), ``v2_outputs``
@@ -114,6 +115,11 @@ class EncoderTask(Task):
         """The labels of a batch as the loss takes them."""
         raise NotImplementedError
 
+    def truncate_labels(self, rows: list, max_length: int) -> list:
+        """A split's stored labels once its texts are cut to ``max_length`` tokens (one label per text: as they
+        are)."""
+        return rows
+
     def loss(self, model, batch: dict, config):
         """The loss a training step minimises on ``batch`` (model inputs and ``labels``)."""
         raise NotImplementedError
@@ -126,6 +132,12 @@ class EncoderTask(Task):
     def after_training(self, logits: np.ndarray, labels: np.ndarray, info: dict) -> dict:
         """``info`` for the trained model, given its validation logits (multi-label picks its thresholds here)."""
         return info
+
+    def recipe(self):
+        """What the training loop does for this task (:class:`~kftune.training.encoder_recipe.EncoderRecipe`)."""
+        from kftune.training.encoder_recipe import EncoderRecipe
+
+        return EncoderRecipe(self)
 
     # --- evaluation -------------------------------------------------------------------
     def baselines(self, train, test, info: dict) -> dict[str, dict]:

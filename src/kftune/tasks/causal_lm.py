@@ -12,7 +12,16 @@ from __future__ import annotations
 from kftune.data.bundled import INSTRUCTION_DATA, LM_MODEL
 from kftune.tasks.base import Task
 
-TASK = Task(
+
+class CausalLMTask(Task):
+    def recipe(self):
+        """What the training loop does for this task (:class:`~kftune.training.causal_lm.CausalLMRecipe`)."""
+        from kftune.training.causal_lm import CausalLMRecipe
+
+        return CausalLMRecipe()
+
+
+TASK = CausalLMTask(
     "causal-lm",
     "instruction tuning of a causal language model",
     defaults={

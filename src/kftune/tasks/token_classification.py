@@ -812,6 +812,10 @@ class TokenClassification(EncoderTask):
 
         return torch.from_numpy(_padded(values, IGNORE))
 
+    def truncate_labels(self, rows, max_length):
+        """Cut as the collator cuts ``input_ids``: the first ``max_length - 1`` pieces and the closing [SEP]'s."""
+        return [r[: max_length - 1] + r[-1:] if len(r) > max_length else r for r in rows]
+
     def loss(self, model, batch, config):
         import torch
 

@@ -13,18 +13,23 @@
 - Validation reports loss and perplexity on the assistant's tokens.
 - The output directory holds the merged model (LoRA folded into the base weights: an ordinary
   Hugging Face model) and, for LoRA, the adapter alone in ``adapter/``.
+
+:class:`CausalLMRecipe` hands these to the training loop.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from kftune.data.schema import TASK_FILE
 from kftune.errors import ConfigError
 from kftune.training.precision import autocast
+from kftune.training.recipe import Run, Split
 
 ADAPTER_DIR = "adapter"
 PEFT_MODES = ("lora", "qlora")
@@ -164,3 +169,31 @@ def save_causal_lm(model, directory: Path, config, base_path: str) -> None:
     merged = model.merge_and_unload()
     merged.config.use_cache = True
     merged.save_pretrained(str(directory), safe_serialization=True)
+
+
+class CausalLMRecipe:
+    """The :class:`~kftune.training.recipe.Recipe` of task causal-lm (see the module docstring)."""
+
+    def build_model(self, run: Run) -> torch.nn.Module:
+        return build_causal_lm(run.config, run.base_path, run.device)
+
+    def trains_adapters_only(self, config) -> bool:
+        return config.training_mode in PEFT_MODES
+
+    def collator(self, split, tokenizer, run: Run) -> CausalCollator:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return CausalCollator(split, pad_id, run.config.max_train_length, run.config.packing)
+
+    def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
+        return causal_training_loss(model, batch, config.label_smoothing)
+
+    def validate(self, model, split: Split, run: Run) -> dict[str, float]:
+        return evaluate_causal(model, split.collate, split.lengths, run.config.per_device_eval_batch_size, run.device,
+                               run.precision)
+
+    def vocabulary_size(self, model) -> int:
+        return getattr(model.config, "vocab_size", 0) or 0
+
+    def write_model(self, model, directory: Path, validation: Split, run: Run) -> None:
+        save_causal_lm(model, directory, run.config, run.base_path)
+        shutil.copy(run.dataset_dir / TASK_FILE, directory / TASK_FILE)
