@@ -123,7 +123,7 @@ def default_checkpoint_dir(output_dir: Path) -> Path:
     return output_dir.with_name(output_dir.name + ".checkpoints")
 
 
-def load_data(recipe: Recipe, run: Run) -> tuple:
+def load_data(recipe: Recipe, run: Run) -> tuple[object, Split, Split]:
     """(tokenizer, train split, validation split) of the dataset, the texts cut to ``max_train_length``; with
     ``train_on=train+validation`` the validation examples are trained on too."""
     from transformers import AutoTokenizer
@@ -135,10 +135,10 @@ def load_data(recipe: Recipe, run: Run) -> tuple:
         from datasets import concatenate_datasets
 
         train_split = concatenate_datasets([train_split, val_split])
-    return tokenizer, drawn(train_split, tokenizer, recipe, run), drawn(val_split, tokenizer, recipe, run)
+    return tokenizer, loop_split(train_split, tokenizer, recipe, run), loop_split(val_split, tokenizer, recipe, run)
 
 
-def drawn(split, tokenizer, recipe: Recipe, run: Run) -> Split:
+def loop_split(split, tokenizer, recipe: Recipe, run: Run) -> Split:
     """A tokenized split as the loop draws from it: the recipe's collator, and lengths cut to max_train_length."""
     lengths = np.asarray(split[LENGTH])
     if run.config.max_train_length:
