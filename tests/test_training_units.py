@@ -365,3 +365,17 @@ def test_the_training_log_records_steps_epochs_and_how_the_run_went():
     changed = MicroBatching(changes=[{"step": 1}])
     history = records.finish(BestModel(score=0.8, epoch=0, pruned_at_epoch=1), changed, "f1_macro", "no", "full")
     assert history["micro_batch_changes"] == [{"step": 1}] and history["pruned_at_epoch"] == 1
+
+
+def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model():
+    """Encoder tasks take freeze_encoder and prompt_tuning, not qlora or fsdp; the causal LM the other way round."""
+    TrainConfig(task="causal-lm", training_mode="qlora", sharding="fsdp").validate()
+    for mode in ("freeze_encoder", "prompt_tuning"):
+        with pytest.raises(ConfigError, match=f"training_mode {mode} is for task classification"):
+            TrainConfig(task="causal-lm", training_mode=mode).validate()
+    for task in ("classification", "regression", "multilabel", "token-classification"):
+        TrainConfig(task=task, training_mode="prompt_tuning").validate()
+        with pytest.raises(ConfigError, match="qlora is for task causal-lm"):
+            TrainConfig(task=task, training_mode="qlora").validate()
+        with pytest.raises(ConfigError, match="sharding fsdp is for task causal-lm"):
+            TrainConfig(task=task, sharding="fsdp").validate()

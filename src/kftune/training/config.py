@@ -25,7 +25,7 @@ from kftune.settings.fields import (
     internal,
     searchable,
 )
-from kftune.tasks import TASKS
+from kftune.tasks import TASKS, EncoderTask
 
 BestMetric = Literal["auto", "f1_macro", "accuracy", "loss", "rmse", "mae", "r2", "pearson", "spearman", "f1_micro",
                      "subset_accuracy", "f1", "precision", "recall"]
@@ -181,7 +181,7 @@ class TrainConfig(
             raise ConfigError(f"label_smoothing is for task classification, not {self.task}")
         if not 0 <= self.lora_dropout < 1:
             raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        if self.task == "causal-lm":
+        if not isinstance(task, EncoderTask):  # a causal LM: no encoder to freeze or prompt, and it may shard
             if self.training_mode in ("freeze_encoder", "prompt_tuning"):
                 raise ConfigError(f"training_mode {self.training_mode} is for task classification; causal-lm trains "
                                   "full, lora or qlora")
