@@ -14,6 +14,8 @@ from kftune.tasks.base import Task
 
 
 class CausalLMTask(Task):
+    """The causal-lm task: a plain Task whose training loop recipe is the causal LM's."""
+
     def recipe(self):
         """What the training loop does for this task (:class:`~kftune.training.causal_lm.CausalLMRecipe`)."""
         from kftune.training.causal_lm import CausalLMRecipe
