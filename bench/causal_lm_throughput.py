@@ -144,7 +144,7 @@ def heldout_loss(model, split, pad_id: int) -> float:
     import numpy as np
     import torch
 
-    from kftune.training.causal_lm import CausalCollator, token_losses
+    from kftune.training.causal_lm_recipe import CausalCollator, token_losses
 
     model.eval()
     # A model as saved has use_cache=True; its forward then makes a cache before the attention mask, and
@@ -176,18 +176,18 @@ def run_kftune(spec: dict, packing: bool = True) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from kftune.training import loop
+    from kftune.training import causal_lm_recipe, loop
     from kftune.training.config import TrainConfig
 
     fingerprints = []
-    build = loop.build_causal_lm
+    build = causal_lm_recipe.build_causal_lm  # the causal-lm recipe builds the model through it
 
     def build_and_fingerprint(*args, **kwargs):  # observe the adapter the loop starts from
         model = build(*args, **kwargs)
         fingerprints.append(lora_fingerprint(model))
         return model
 
-    loop.build_causal_lm = build_and_fingerprint
+    causal_lm_recipe.build_causal_lm = build_and_fingerprint
     config = TrainConfig(task="causal-lm", model=spec["model"], training_mode="lora", **HYPERPARAMETERS,
                          mixed_precision="bf16" if spec["bf16"] else "no", packing=packing, save_steps=0,
                          early_stopping_patience=0, logging_steps=LOGGING_STEPS)

@@ -34,7 +34,8 @@ def main() -> None:
     from kftune.models.encoder import build_encoder_model
     from kftune.training.checkpoint import STATE_FILE, save_checkpoint
     from kftune.training.config import TrainConfig
-    from kftune.training.loop import build_optimizer, rng_state
+    from kftune.training.optimizer import build_optimizer
+    from kftune.training.rng import rng_state
 
     config = TrainConfig()
     device = torch.device("cpu")

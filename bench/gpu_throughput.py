@@ -53,7 +53,7 @@ def main() -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
     from kftune.training.config import TrainConfig
-    from kftune.training.loop import build_optimizer
+    from kftune.training.optimizer import build_optimizer
     from kftune.training.precision import autocast, resolve_precision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

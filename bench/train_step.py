@@ -46,13 +46,10 @@ def main() -> None:
     from kftune.models.encoder import build_encoder_model
     from kftune.tasks import task_named, with_task
     from kftune.training.config import TrainConfig
-    from kftune.training.loop import (
-        Collator,
-        autocast,
-        build_optimizer,
-        epoch_batches,
-        resolve_precision,
-    )
+    from kftune.training.encoder_recipe import Collator
+    from kftune.training.loop import epoch_batches
+    from kftune.training.optimizer import build_optimizer
+    from kftune.training.precision import autocast, resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-step-") as tmp:
         preprocess(PreprocessConfig(), Path(tmp) / "data")

@@ -215,7 +215,6 @@ def test_the_task_check_catches_a_name_a_flag_and_a_task_import(tmp_path):
         "names task 'regression'", "reads token_level", "imports kftune.tasks.multilabel"]
 
 
-
 def test_every_package_is_in_the_distribution():
     """pyproject.toml lists the packages (the images install the distribution, not the tree): each must be there."""
     import tomllib
@@ -223,3 +222,30 @@ def test_every_package_is_in_the_distribution():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
     assert packages <= listed, sorted(packages - listed)
+
+
+MAX_FUNCTION_LINES = 120
+"""A function of the training layer fits on a screen (kftune issue 26: the loop reads top to bottom)."""
+
+
+def long_functions(root: Path, limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (n lines)`` of every function or method under ``root`` (path relative to it) longer than
+    ``limit`` lines, counted from its ``def`` line to its last line."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > limit:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({length} lines)")
+    return found
+
+
+def test_no_function_in_the_training_layer_is_longer_than_a_screen(tmp_path):
+    too_long = long_functions(REPO / "src" / "kftune" / "training")
+    assert not too_long, "\n".join(too_long)
+    # the walk sees methods and nested functions too
+    body = "\n".join(f"            x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (tmp_path / "probe.py").write_text(f"class A:\n    def f(self):\n        def g():\n{body}\n", encoding="utf-8")
+    assert long_functions(tmp_path) == [f"probe.py:2 f ({MAX_FUNCTION_LINES + 2} lines)",
+                                        f"probe.py:3 g ({MAX_FUNCTION_LINES + 1} lines)"]

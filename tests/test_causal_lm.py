@@ -22,7 +22,7 @@ from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import prepare, preprocess
 from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
 from kftune.errors import ConfigError, DataError
-from kftune.training.causal_lm import CausalCollator, token_losses
+from kftune.training.causal_lm_recipe import CausalCollator, token_losses
 from kftune.training.checkpoint import latest_checkpoint
 from kftune.training.config import TrainConfig
 
@@ -198,7 +198,7 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
 
 def test_qlora_needs_cuda_and_says_so(tiny_causal_lm):
     """QLoRA's 4-bit base is a bitsandbytes CUDA kernel; on a CPU the run stops with one clear line."""
-    from kftune.training.causal_lm import build_causal_lm
+    from kftune.models.causal_lm import build_causal_lm
 
     config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode="qlora")
     config.validate()
@@ -220,7 +220,7 @@ def test_lora_training_writes_merged_model_and_adapter(trained_lm):
 
 def test_gradient_checkpointing_recomputes_the_same_training(tmp_path, prepared_lm, tiny_causal_lm):
     """Activations recomputed in the backward pass (RNG state kept for dropout): the same weights come out."""
-    from kftune.training.causal_lm import build_causal_lm
+    from kftune.models.causal_lm import build_causal_lm
     from kftune.training.loop import train
 
     on = build_causal_lm(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), gradient_checkpointing=True),
@@ -298,7 +298,8 @@ def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm,
 def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm):
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
-    from kftune.inference.generation import generate, load_causal_lm
+    from kftune.inference.generation import generate
+    from kftune.models.causal_lm import load_causal_lm
 
     report = export_model(trained_lm, prepared_lm, tmp_path / "export", ExportConfig(task="causal-lm"))
     assert report["task"] == "causal-lm" and report["parity"]["merged_generation_mismatches"] == 0

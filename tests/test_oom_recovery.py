@@ -250,6 +250,41 @@ def test_an_out_of_memory_error_in_the_backward_pass_is_recovered_with_gradients
     assert _losses(history) == _losses(json.loads((tmp_path / "halve" / HISTORY_FILE).read_text()))
 
 
+SHORT_LAST_BATCH = textwrap.dedent('''
+    """argv: CONFIG DATASET OUTPUT: the micro-batch halved before steps 1 to 4, to 16 pieces."""
+    import logging
+    import sys
+    from pathlib import Path
+
+    from kftune.training.config import TrainConfig
+    from kftune.training.loop import train
+
+    config, dataset, output = sys.argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    train(TrainConfig.from_json(config), Path(dataset), Path(output), halve_at_steps={1, 2, 3, 4})
+''')
+
+
+def test_a_rank_with_the_short_last_micro_batch_runs_as_many_pieces(tmp_path, prepared, tiny_model):
+    """239 examples in micro-batches of 15: 16 batches, the last of 14 examples, rank 1's 8th. Halved to 16 pieces,
+    rank 0's micro-batches of 15 run 15 pieces of one example and an empty one, rank 1's last 14 and two empty ones:
+    as many agreements on both ranks, so the collective calls pair up (with one piece per example the ranks made
+    15 and 14 pieces, and rank 1's gradient all-reduce met rank 0's last agreement)."""
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=15, max_steps=8,
+                         logging_steps=1, learning_rate=1e-3, early_stopping_patience=0, save_steps=0)
+    config.to_json(tmp_path / "config.json")
+    (tmp_path / "short.py").write_text(SHORT_LAST_BATCH)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--local-addr=127.0.0.1",
+               "--nproc_per_node=2", str(tmp_path / "short.py"), str(tmp_path / "config.json"), str(prepared),
+               str(tmp_path / "m")]
+    done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    history = json.loads((tmp_path / "m" / HISTORY_FILE).read_text())
+    assert [c["micro_batch"] for c in history["micro_batch_changes"]] == [8, 4, 2, 1]
+    assert [r["step"] for r in history["steps"]] == list(range(1, 9))
+
+
 # --- the CPU memory estimate -------------------------------------------------------------------------------
 
 

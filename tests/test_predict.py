@@ -246,7 +246,8 @@ def test_settings_are_checked(tmp_path):
 
 def test_causal_lm_generations_are_the_shared_greedy_ones(tmp_path):
     from kftune.data.chat import render
-    from kftune.inference.generation import generate, load_causal_lm
+    from kftune.inference.generation import generate
+    from kftune.models.causal_lm import load_causal_lm
     from tests.causal_lm import MAX_NEW_TOKENS, tiny_causal_lm_export
 
     export = tiny_causal_lm_export(tmp_path / "export")

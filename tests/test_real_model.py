@@ -79,7 +79,7 @@ def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_p
     from datasets import load_from_disk
 
     from kftune.components.evaluate.generation import reference_loss
-    from kftune.inference.generation import load_causal_lm
+    from kftune.models.causal_lm import load_causal_lm
 
     base, tokenizer = load_causal_lm(bundled.bundled_causal_lm_dir())
     base_loss = reference_loss(base, load_from_disk(str(tmp_path / "data" / "splits"))["validation"],

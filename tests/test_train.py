@@ -196,7 +196,7 @@ def test_precision_resolution_on_cpu():
 def test_layerwise_lr_decay_scales_lower_layers(tiny_model):
     from transformers import AutoModelForSequenceClassification
 
-    from kftune.training.loop import build_optimizer
+    from kftune.training.optimizer import build_optimizer
 
     model = AutoModelForSequenceClassification.from_pretrained(str(tiny_model))
     head = model.classifier.weight

@@ -207,13 +207,14 @@ def test_max_seq_length_cuts_texts_and_keeps_the_closing_token(prepared):
     from datasets import load_from_disk
     from transformers import AutoTokenizer
 
-    from kftune.training.loop import Collator
+    from kftune.tasks import TASKS
+    from kftune.training.encoder_recipe import Collator
 
     split = load_from_disk(str(prepared / "splits"))["train"]
     tokenizer = AutoTokenizer.from_pretrained(str(prepared / "tokenizer"))
     longest = max(range(len(split)), key=lambda i: len(split[i]["input_ids"]))
     assert len(split[longest]["input_ids"]) > 8
-    batch = Collator(split, tokenizer, max_length=8)([longest])
+    batch = Collator(split, tokenizer, 8, TASKS["classification"])([longest])
     full = split[longest]["input_ids"]
     assert batch["input_ids"].shape == (1, 8) and batch["attention_mask"].shape == (1, 8)
     assert batch["input_ids"][0].tolist() == full[:7] + [full[-1]]

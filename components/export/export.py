@@ -195,8 +195,9 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Pat
 
     from kftune.data.bundled import resolve_model
     from kftune.data.schema import TASK_FILE, dataset_task
-    from kftune.inference.generation import generate, load_causal_lm, max_new_tokens_for
-    from kftune.training.causal_lm import ADAPTER_DIR, CausalCollator
+    from kftune.inference.generation import generate, max_new_tokens_for
+    from kftune.models.causal_lm import ADAPTER_DIR, load_causal_lm
+    from kftune.training.causal_lm_recipe import CausalCollator
 
     model_dir = Path(model_dir)
     splits, _ = load_splits(dataset_dir)

@@ -241,7 +241,7 @@ class ExportedCausalLM:
         import torch
 
         from kftune.data.chat import ensure_chat_template
-        from kftune.inference.generation import load_causal_lm
+        from kftune.models.causal_lm import load_causal_lm
 
         for name in (CONFIG_FILE, "tokenizer_config.json"):
             if not (self.model_dir / name).is_file():

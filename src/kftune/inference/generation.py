@@ -6,21 +6,11 @@ length order, left-padded, and answered greedily, with a progress bar.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 GENERATION_LIMIT = 256
 """Most new tokens an evaluation generates by default."""
-
-
-def load_causal_lm(directory: str | Path):
-    """(model in eval mode, fp32; tokenizer) from a Hugging Face directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(str(directory))
 
 
 @torch.no_grad()

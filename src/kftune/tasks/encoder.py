@@ -154,6 +154,12 @@ class EncoderTask(Task):
         tokens' positions)."""
         return model
 
+    def recipe(self):
+        """What the training loop does for this task (:class:`~kftune.training.encoder_recipe.EncoderRecipe`)."""
+        from kftune.training.encoder_recipe import EncoderRecipe
+
+        return EncoderRecipe(self)
+
     def truncate_labels(self, rows: list, max_length: int) -> list:
         """Stored labels of examples cut to ``max_length`` tokens (per-token labels are cut with the tokens)."""
         return rows

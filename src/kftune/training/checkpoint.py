@@ -1,11 +1,14 @@
 """Training checkpoints that survive preemption: written atomically, verified on load.
 
 A checkpoint is a directory ``checkpoint-<step>`` holding ``state.pt`` (model, optimizer,
-scheduler, every rank's RNG states, the position in the epoch, best-so-far and history)
-and ``manifest.json`` (size and SHA-256 of ``state.pt``). It is written under a temporary
-name and renamed into place, so a crash mid-write leaves no directory that looks complete;
-a checkpoint whose file is truncated or corrupted later fails the manifest check and
-:func:`latest_checkpoint` falls back to the previous one.
+scheduler, loss scaler, every rank's RNG states and the :class:`~kftune.training.state.TrainState`:
+the position in the epoch, best-so-far and history) and ``manifest.json`` (size and SHA-256 of
+``state.pt``). It is written under a temporary name and renamed into place, so a crash mid-write
+leaves no directory that looks complete; a checkpoint whose file is truncated or corrupted later
+fails the manifest check and :func:`latest_checkpoint` falls back to the previous one.
+
+:class:`Checkpointer` saves and restores a run: it gathers what the file holds from every rank
+(under FSDP the full weights and optimizer state, collective calls) and rank 0 writes it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import logging
 import os
 import shutil
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from kftune.errors import ConfigError
 from kftune.storage.checksums import sha256_of
+from kftune.training.distributed import Ranks
+from kftune.training.rng import rng_state, set_rng_state
+from kftune.training.sharding import (
+    full_model_state,
+    full_optimizer_state,
+    load_full_model_state,
+    load_full_optimizer_state,
+)
+from kftune.training.state import TrainState
 
 log = logging.getLogger("kftune.train")
 
@@ -110,3 +124,100 @@ def latest_checkpoint(directory: Path) -> tuple[Path, dict] | None:
                 problem = f"{STATE_FILE} does not load: {err}"
         log.warning("skipping checkpoint %s: %s", path, problem)
     return None
+
+
+def find_checkpoint(directory: Path, ranks: Ranks) -> tuple[Path, dict] | None:
+    """The newest valid checkpoint and its contents, chosen by rank 0 so that every rank resumes from the same one
+    (a collective call)."""
+    found = latest_checkpoint(directory) if ranks.is_main else None
+    chosen = ranks.from_main(str(found[0]) if found else None)
+    if chosen is None:
+        return None
+    if found is None:  # another rank: read the file rank 0 chose
+        found = Path(chosen), torch.load(Path(chosen) / STATE_FILE, map_location="cpu", weights_only=True)
+    return found
+
+
+class Checkpointer:
+    """Saves a run's :class:`TrainState` with its model, optimizer, scheduler, loss scaler and every rank's RNG
+    states into ``directory``, and restores the newest valid checkpoint there.
+
+    With a frozen base (``trained_only``: LoRA on a causal LM) checkpoints keep the trained weights only. Under
+    FSDP (``fsdp``) the model holds shards: weights and optimizer state are gathered into full state dicts, as
+    unsharded training writes them, so either kind of run resumes from either kind of checkpoint."""
+
+    def __init__(self, directory: Path, config, model: torch.nn.Module, optimizer, scheduler, scaler, ranks: Ranks,
+                 fsdp: bool = False, trained_only: bool = False):
+        self.directory, self.keep, self.config = directory, config.save_total_limit, config
+        self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
+        self.ranks, self.fsdp, self.trained_only = ranks, fsdp, trained_only
+        self.trained_names = {name for name, p in model.named_parameters() if p.requires_grad}
+
+    def model_weights(self) -> dict:
+        """What checkpoints keep of the model (a collective call under FSDP, which gathers the shards)."""
+        state = full_model_state(self.model) if self.fsdp else self.model.state_dict()
+        return {k: v for k, v in state.items() if k in self.trained_names} if self.trained_only else state
+
+    def load_model_weights(self, weights: dict) -> None:
+        if self.fsdp:
+            load_full_model_state(self.model, weights, strict=not self.trained_only)
+            return
+        missing, unexpected = self.model.load_state_dict(weights, strict=not self.trained_only)
+        if unexpected:
+            raise ConfigError(f"checkpoint weights do not fit the model: {unexpected[:3]}")
+
+    def save(self, state: TrainState) -> Path | None:
+        """Checkpoint ``state`` (a collective call); the checkpoint's path on rank 0, None on the others."""
+        rng = self.ranks.gather(rng_state())
+        weights = self.model_weights()
+        optimizer = full_optimizer_state(self.model, self.optimizer) if self.fsdp else self.optimizer.state_dict()
+        if not self.ranks.is_main:
+            return None
+        saved = {
+            **state.to_checkpoint(),
+            "world_size": self.ranks.world,
+            "config": asdict(self.config),
+            "model": weights,
+            "optimizer": optimizer,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        }
+        path = save_checkpoint(self.directory, state.step, saved, keep=self.keep)
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def restore(self) -> TrainState | None:
+        """Load the newest valid checkpoint into the model, optimizer, scheduler, loss scaler and this rank's RNGs
+        and return its state; None (and nothing loaded) where there is none. A collective call."""
+        found = find_checkpoint(self.directory, self.ranks)
+        if found is None:
+            return None
+        path, saved = found
+        differences = self.config.resume_differences(saved["config"])
+        if differences:
+            raise ConfigError(
+                f"{self.directory} holds checkpoints of a different training run "
+                f"(differs in {', '.join(differences)}); use another checkpoint_dir or remove it"
+            )
+        try:
+            state = TrainState.from_checkpoint(saved)
+        except ValueError as err:
+            raise ConfigError(f"checkpoint {path} cannot be resumed: {err}; use another checkpoint_dir or remove "
+                              "it") from err
+        if saved["world_size"] != self.ranks.world:
+            log.warning("checkpoint %s was written by %d process(es), resuming with %d: batch order changes",
+                        path, saved["world_size"], self.ranks.world)
+        self.load_model_weights(saved["model"])
+        if self.fsdp:
+            load_full_optimizer_state(self.model, self.optimizer, saved["optimizer"])
+        else:
+            self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        ranks_rng = saved["rng"]
+        set_rng_state(ranks_rng[self.ranks.rank] if self.ranks.rank < len(ranks_rng) else ranks_rng[0])
+        if self.ranks.is_main:
+            log.info("resumed from %s: step %d, epoch %d, %d micro-batches into it", path, state.step, state.epoch + 1,
+                     state.micro)
+        return state

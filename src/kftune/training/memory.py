@@ -18,10 +18,14 @@ with a clear message instead of the kernel's OOM killer, not an exact figure.
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kftune.errors import ConfigError
+
+log = logging.getLogger("kftune.train")
 
 GIB = 1024**3
 BYTES = 4  # fp32
@@ -105,3 +109,20 @@ def check_training_memory(estimate: MemoryEstimate, processes: int = 1, availabl
             "lower per_device_train_batch_size (raising gradient_accumulation_steps keeps the effective batch), "
             "lower max_train_length, or use training_mode=lora"
         )
+
+
+def check_model_fits(model, batch_size: int, seq_len: int, vocab_size: int = 0, log_estimate: bool = True) -> None:
+    """Refuse (ConfigError) to train ``model`` on micro-batches of ``batch_size`` texts of up to ``seq_len`` tokens
+    where this machine's processes (``LOCAL_WORLD_SIZE``) would not fit its memory; ``vocab_size`` for a causal
+    LM's output layer. The estimate goes to the log (``log_estimate``: on one rank)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    shape = {name: getattr(model.config, name, 0) or 0
+             for name in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+    estimate = estimate_training_memory(total, trainable, batch_size, seq_len, shape["hidden_size"],
+                                        shape["num_hidden_layers"], shape["num_attention_heads"], vocab_size)
+    if log_estimate:
+        log.info("estimated peak memory per process %s (weights %s, gradients and optimizer state %s, "
+                 "activations %s)", gib(estimate.total), gib(estimate.weights), gib(estimate.optimizer),
+                 gib(estimate.activations))
+    check_training_memory(estimate, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))

@@ -1,4 +1,5 @@
-"""Mixed precision in one place: which autocast dtype a run trains in, and the autocast context for it."""
+"""Mixed precision in one place: which autocast dtype a run trains in, the autocast context for it, and the loss
+scaling fp16 needs."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str):
+    """The autocast context of the forward passes (training and validation) in ``precision``; off for ``no``."""
     return torch.autocast(
         device.type, dtype=AUTOCAST_DTYPES.get(precision, torch.bfloat16), enabled=precision in AUTOCAST_DTYPES
     )
+
+
+def loss_scaler(precision: str) -> torch.amp.GradScaler:
+    """fp16's loss scaling (its gradients underflow without it); a pass-through for every other precision."""
+    return torch.amp.GradScaler("cuda", enabled=precision == "fp16")

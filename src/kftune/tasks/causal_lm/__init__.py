@@ -115,6 +115,13 @@ class CausalLMTask(Task):
             "completion_p95": float(np.percentile(completion, 95)), "completion_max": int(completion.max()),
             "truncated_fraction": prepared.stats["prompt_truncated"] / max(1, len(prepared.frame))}}
 
+    # --- training ---------------------------------------------------------------------
+    def recipe(self):
+        """What the training loop does for a causal LM (:class:`~kftune.training.causal_lm_recipe.CausalLMRecipe`)."""
+        from kftune.training.causal_lm_recipe import CausalLMRecipe
+
+        return CausalLMRecipe()
+
     # --- evaluation -------------------------------------------------------------------
     def evaluate(self, model_dir, dataset_dir, config):
         from dataclasses import replace

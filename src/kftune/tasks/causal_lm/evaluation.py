@@ -28,7 +28,8 @@ import torch
 from kftune.data.bundled import resolve_model
 from kftune.data.chat import normalise_answer, read_answer
 from kftune.data.schema import dataset_task, load_splits
-from kftune.inference.generation import generate, load_causal_lm, max_new_tokens_for
+from kftune.inference.generation import generate, max_new_tokens_for
+from kftune.models.causal_lm import load_causal_lm
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def generation_scores(generations: list[str], references: list[str], answers: li
 @torch.no_grad()
 def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
     """Mean cross-entropy of ``model`` over the reference (assistant) tokens of ``split``."""
-    from kftune.training.causal_lm import CausalCollator, token_batches, token_losses
+    from kftune.training.causal_lm_recipe import CausalCollator, token_batches, token_losses
 
     collate = CausalCollator(split, pad_id, packing=True)
     total, count = 0.0, 0

@@ -1,7 +1,7 @@
-"""What the training loop does differently for task causal-lm: the model, batches, loss, validation, output.
+"""What the training loop does for a causal LM (task causal-lm): the model, batches, loss, validation, output.
 
-- The model is an ``AutoModelForCausalLM``; ``lora`` (the task's default) wraps it with peft
-  (all linear layers unless ``lora_target_modules`` names others), ``qlora`` loads the base in
+- The model (:mod:`kftune.models.causal_lm`) is an ``AutoModelForCausalLM``; ``lora`` (the task's default) wraps
+  it with peft (all linear layers unless ``lora_target_modules`` names others), ``qlora`` loads the base in
   4 bits with bitsandbytes first (CUDA only), ``full`` trains every weight.
 - Batches hold ``per_device_train_batch_size`` examples either padded to the longest, or with
   ``packing`` concatenated into one sequence whose position ids restart at each example:
@@ -13,55 +13,23 @@
 - Validation reports loss and perplexity on the assistant's tokens.
 - The output directory holds the merged model (LoRA folded into the base weights: an ordinary
   Hugging Face model) and, for LoRA, the adapter alone in ``adapter/``.
+
+:class:`CausalLMRecipe` hands these to the training loop.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from kftune.errors import ConfigError
+from kftune.data.schema import TASK_FILE
+from kftune.models.causal_lm import PEFT_MODES, build_causal_lm, save_causal_lm
 from kftune.training.precision import autocast
-
-ADAPTER_DIR = "adapter"
-PEFT_MODES = ("lora", "qlora")
-
-
-def build_causal_lm(config, model_path: str, device: torch.device):
-    """The causal LM to train for ``config.training_mode`` (full, lora or qlora)."""
-    from transformers import AutoModelForCausalLM
-
-    mode = config.training_mode
-    kwargs: dict = {"dtype": torch.float32}
-    if mode == "qlora":
-        if device.type != "cuda":
-            raise ConfigError("training_mode qlora quantizes the base model with bitsandbytes on a CUDA GPU; on a CPU "
-                              "use lora")
-        from transformers import BitsAndBytesConfig
-
-        kwargs = {"quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16), "device_map": {"": device.index or 0}}
-    model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
-    model.config.use_cache = False
-    if mode == "qlora":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
-    elif config.gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        if mode in PEFT_MODES:
-            model.enable_input_require_grads()
-    if mode in PEFT_MODES:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        lora = LoraConfig(task_type=TaskType.CAUSAL_LM, r=config.lora_r, lora_alpha=config.lora_alpha,
-                          lora_dropout=config.lora_dropout, target_modules=config.lora_targets() or "all-linear")
-        model = get_peft_model(model, lora)
-    return model
+from kftune.training.recipe import Run, Split
 
 
 def next_token_targets(labels: list[int]) -> list[int]:
@@ -149,18 +117,29 @@ def evaluate_causal(model, collate, lengths: np.ndarray, batch_size: int, device
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0))}
 
 
-def save_causal_lm(model, directory: Path, config, base_path: str) -> None:
-    """The merged model in ``directory``; for LoRA the adapter alone in ``directory/adapter``."""
-    if config.training_mode not in PEFT_MODES:
-        model.save_pretrained(str(directory), safe_serialization=True)
-        return
-    model.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
-    if config.training_mode == "qlora":  # merge into the full-precision base, not the 4-bit one
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
+class CausalLMRecipe:
+    """The :class:`~kftune.training.recipe.Recipe` of task causal-lm (see the module docstring)."""
 
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, str(directory / ADAPTER_DIR))
-    merged = model.merge_and_unload()
-    merged.config.use_cache = True
-    merged.save_pretrained(str(directory), safe_serialization=True)
+    def build_model(self, run: Run) -> torch.nn.Module:
+        return build_causal_lm(run.config, run.base_path, run.device)
+
+    def trains_adapters_only(self, config) -> bool:
+        return config.training_mode in PEFT_MODES
+
+    def collator(self, split, tokenizer, run: Run) -> CausalCollator:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return CausalCollator(split, pad_id, run.config.max_train_length, run.config.packing)
+
+    def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
+        return causal_training_loss(model, batch)
+
+    def validate(self, model, split: Split, run: Run) -> dict[str, float]:
+        return evaluate_causal(model, split.collate, split.lengths, run.config.per_device_eval_batch_size, run.device,
+                               run.precision)
+
+    def vocabulary_size(self, model) -> int:
+        return getattr(model.config, "vocab_size", 0) or 0
+
+    def write_model(self, model, directory: Path, validation: Split, run: Run) -> None:
+        save_causal_lm(model, directory, run.config, run.base_path)
+        shutil.copy(run.dataset_dir / TASK_FILE, directory / TASK_FILE)

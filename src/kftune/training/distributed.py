@@ -1,0 +1,140 @@
+"""The processes of a training job: which one this is, its device, and what the ranks agree on.
+
+torchrun starts one process per GPU (or N CPU processes) and tells each its place through the environment
+(``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); a process started alone is a job of one. :class:`Ranks` is that
+place, decided once at start-up; the collective calls the loop needs (agree on a flag, take rank 0's decision,
+gather every rank's value) are its methods, each a no-op in a job of one, so the loop calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
+"""How long a rank waits in a collective call. The default (10 minutes for NCCL) is shorter than what the other
+ranks may spend waiting while rank 0 alone validates a large split or writes (and for LoRA merges) the model."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the training job."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    distributed: bool
+    """Started by torchrun (even for a world of one): DDP or FSDP wraps the model and the ranks talk."""
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: it logs, validates, writes checkpoints and the model."""
+        return self.rank == 0
+
+    @classmethod
+    def start(cls) -> Ranks:
+        """Set up this process's device (CUDA ``LOCAL_RANK``, else the CPU) and, under torchrun, join the process
+        group (NCCL on CUDA, gloo on CPUs)."""
+        distributed = "WORLD_SIZE" in os.environ
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if torch.cuda.is_available():
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            device = torch.device("cpu")
+        if distributed and not dist.is_initialized():
+            # device_id binds the NCCL communicator to this rank's GPU now rather than at the first collective
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
+                                    device_id=device if device.type == "cuda" else None)
+        return cls(
+            rank=dist.get_rank() if distributed else 0,
+            world=dist.get_world_size() if distributed else 1,
+            local_rank=local_rank,
+            device=device,
+            distributed=distributed,
+        )
+
+    def any(self, flag: bool) -> bool:
+        """True if ``flag`` is true on any rank (an all-reduce: every rank must call it)."""
+        if not self.distributed:
+            return flag
+        value = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def from_main(self, value):
+        """Rank 0's ``value`` on every rank (a broadcast: every rank must call it)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, value) -> list:
+        """Every rank's ``value``, in rank order (an all-gather: every rank must call it)."""
+        if not self.distributed:
+            return [value]
+        values = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def finish(self) -> None:
+        """Wait for every rank, then leave the process group."""
+        if self.distributed:
+            dist.barrier()
+            dist.destroy_process_group()
+
+
+class Preemption:
+    """Turns SIGTERM into a request to checkpoint and stop at the next optimizer step.
+
+    Every rank gets SIGTERM (torchrun forwards it), but not at the same step, so the ranks
+    agree through an all-reduce before anyone stops."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+    def agreed(self, ranks: Ranks) -> bool:
+        """True once any rank has been asked to stop (every rank must call it)."""
+        return ranks.any(self.requested)
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def average_gradients(model: torch.nn.Module, world: int, bucket_bytes: int = 25 * 1024**2) -> None:
+    """Average the trainable parameters' gradients over the ranks as DDP does (divided by the world size, then
+    summed by all-reduce, in buckets of about ``bucket_bytes``), for gradients accumulated under ``no_sync``."""
+    buckets, size = [[]], 0
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        if param.grad is None:  # unused in this rank's forward: DDP counts it as zero
+            param.grad = torch.zeros_like(param)
+        grad = param.grad
+        if buckets[-1] and (size >= bucket_bytes or grad.dtype != buckets[-1][0].dtype):
+            buckets.append([])
+            size = 0
+        buckets[-1].append(grad)
+        size += grad.numel() * grad.element_size()
+    for bucket in filter(None, buckets):
+        flat = torch.cat([g.reshape(-1) for g in bucket]).div_(world)
+        dist.all_reduce(flat)
+        for g, averaged in zip(bucket, flat.split([g.numel() for g in bucket]), strict=True):
+            g.copy_(averaged.view_as(g))
