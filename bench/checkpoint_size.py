@@ -2,9 +2,9 @@
 
 Builds the bundled all-MiniLM-L6-v2 classifier (2 labels) and its fused AdamW as the loop does,
 takes one optimizer step (so the optimizer holds its two moment buffers per parameter), and
-writes the state the loop checkpoints (model, optimizer, scheduler, scaler, RNG states and a
-copy of the best weights) with ``save_checkpoint`` (torch.save, fsync, SHA-256 manifest,
-atomic rename). Reported: the ``state.pt`` size and the seconds of each write. About 10 s:
+writes what the loop checkpoints (model, optimizer, scheduler, scaler, RNG states and a copy of
+the best weights in its ``TrainState``) with the loop's ``Checkpointer`` (torch.save, fsync,
+SHA-256 manifest, atomic rename). Reported: the ``state.pt`` size and the seconds of each write. About 10 s:
 
     .venv/bin/python bench/checkpoint_size.py
     .venv/bin/python bench/checkpoint_size.py --repeats 5 --out checkpoint.json
@@ -16,7 +16,6 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 
@@ -28,40 +27,41 @@ def main() -> None:
     args = parser.parse_args()
 
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     from kftune.data.bundled import resolve_model
     from kftune.models.encoder import build_encoder_model
-    from kftune.training.checkpoint import STATE_FILE, save_checkpoint
+    from kftune.training.checkpoint import STATE_FILE, Checkpointer
     from kftune.training.config import TrainConfig
-    from kftune.training.optimizer import build_optimizer
-    from kftune.training.rng import rng_state
+    from kftune.training.distributed import Ranks
+    from kftune.training.optimizer import build_optimizer, build_scheduler
+    from kftune.training.precision import loss_scaler
+    from kftune.training.state import TrainState
 
-    config = TrainConfig()
-    device = torch.device("cpu")
-    model = build_encoder_model(config, 2, {0: "fresh", 1: "rotten"}, {"fresh": 0, "rotten": 1},
-                             resolve_model(config.model)).train()
-    optimizer = build_optimizer(model, config, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, 10, 100)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    config = TrainConfig(task="classification")
+    ranks = Ranks.start()
+    head = {"num_labels": 2, "id2label": {0: "fresh", 1: "rotten"}, "label2id": {"fresh": 0, "rotten": 1}}
+    model = build_encoder_model(config, head, resolve_model(config.model)).train()
+    optimizer = build_optimizer(model, config, ranks.device)
+    scheduler = build_scheduler(optimizer, config, 100)
     batch = {"input_ids": torch.randint(1000, 20000, (4, 32)), "attention_mask": torch.ones(4, 32, dtype=torch.long),
              "labels": torch.tensor([0, 1, 0, 1])}
     model(**batch).loss.backward()
     optimizer.step()
     scheduler.step()
-    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    state = {"step": 1, "epoch": 0, "micro": 1, "done": False, "world_size": 1, "config": asdict(config),
-             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "scaler": scaler.state_dict(), "rng": [rng_state()], "best_score": 0.5, "best_epoch": 1,
-             "best_state": best_state, "stale_epochs": 0, "history": {"epochs": [], "steps": []},
-             "progress": {"loss_sum": 0.0, "loss_count": 0}}
+    state = TrainState.start(config, ranks.world)
+    state.step, state.micro = 1, 1
+    state.best.score, state.best.epoch = 0.5, 1
+    state.best.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     parameters = sum(p.numel() for p in model.parameters())
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-checkpoint-", dir=args.dir) as tmp:
+        config.save_total_limit = 1
+        checkpointer = Checkpointer(Path(tmp), config, model, optimizer, scheduler, loss_scaler("no"), ranks)
         seconds, size = [], 0
         for step in range(1, args.repeats + 1):
+            state.step = step
             started = time.perf_counter()
-            path = save_checkpoint(Path(tmp), step, state, keep=1)
+            path = checkpointer.save(state)
             seconds.append(time.perf_counter() - started)
             size = (path / STATE_FILE).stat().st_size
     result = {"parameters": parameters, "state_bytes": size, "write_seconds": seconds}
