@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
-from kftune.cluster.resources import SHARED_MOUNT, TrainResources
+from kftune.cluster.resources import SHARED_MOUNT, SHM_SIZE, TrainResources
 from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
 from kftune.settings.fields import check_settings, setting
 
@@ -44,7 +44,7 @@ class StorageSecrets:
 class ClusterOptions:
     """What KFP fixes when a pipeline is compiled."""
 
-    shm_size: str = "8Gi"
+    shm_size: str = SHM_SIZE
     """Size of the train task's memory-backed /dev/shm (NCCL and data loading need more than the 64M default; empty: none)."""  # noqa: E501
     retries: int = setting(2, ge=0)
     """KFP retries of a failed (e.g. preempted) train task; each resumes from the newest checkpoint."""

@@ -26,6 +26,10 @@ TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 SHARED_MOUNT = "/kftune/shared"
 """Where the shared PVC is mounted in the train and search tasks."""
+SHM_SIZE = "8Gi"
+"""Size of the memory-backed /dev/shm of the training pods: the pipelines' train task (the default of the compile
+flag --shm-size) and a TrainJob's nodes. NCCL and the data loaders need more than the 64M default;
+it counts against the pod's memory only as far as it is used."""
 
 
 @dataclass
