@@ -5,6 +5,7 @@ name, type, default and description of its dataclass field."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 from pathlib import Path
 from typing import Literal
@@ -257,3 +258,56 @@ def test_a_range_is_declared_once():
     with pytest.raises(ConfigError, match="^count must be >= 1, got 0$"):
         check_settings(Request(count=0))
 
+
+SETTINGS_SOURCES = [path for root in ("src/kftune", "components", "pipelines") for path in (REPO / root).rglob("*.py")]
+RANGES_ELSEWHERE = {("EvaluateConfig", "min_gain_over_baseline")}
+"""Single-field comparisons that are not a field's range: min_gain_over_baseline's bounds depend on the task's
+primary metric (a score gains at most 1, an error gains in the target's units)."""
+
+
+def _field_compared(node, loops: dict) -> list[str]:
+    """The fields ``node`` reads (``self.x``, ``config.x``, ``getattr(self, name)`` in a loop over names)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "config"):
+        return [node.attr]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+            and isinstance(node.args[1], ast.Name)):
+        return loops.get(node.args[1].id, ["?"])
+    return []
+
+
+def _is_number(node) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool)
+
+
+def single_field_range_checks(tree: ast.Module) -> list[tuple[str, str, str]]:
+    """(class, field, comparison) of every comparison of one field with numbers in a ``validate`` or
+    ``check_settings`` method."""
+    found = []
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for method in cls.body:
+            if not (isinstance(method, ast.FunctionDef) and method.name in ("validate", "check_settings")):
+                continue
+            loops: dict[str, list[str]] = {}
+            for node in ast.walk(method):
+                if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
+                    loops[node.target.id] = [e.value for e in node.iter.elts if isinstance(e, ast.Constant)]
+                if isinstance(node, ast.Compare):
+                    operands = [node.left, *node.comparators]
+                    fields = [_field_compared(o, loops) for o in operands]
+                    numbers = all(f or _is_number(o) for f, o in zip(fields, operands, strict=True))
+                    if sum(map(bool, fields)) == 1 and numbers:
+                        found += [(cls.name, name, ast.unparse(node)) for name in next(f for f in fields if f)]
+    return found
+
+
+def test_no_validate_holds_a_single_field_range_check():
+    """A setting's range is declared on its field; validate() keeps what relates fields and what is no range."""
+    found = [check for path in SETTINGS_SOURCES for check in single_field_range_checks(ast.parse(path.read_text()))
+             if check[:2] not in RANGES_ELSEWHERE]
+    assert found == [], "declare these ranges on the fields: setting(default, ge=..., le=...)"
+    # the scan sees what it looks for
+    sample = ast.parse("class C:\n def validate(self):\n  for n in ('a', 'b'):\n   if getattr(self, n) < 1: pass\n"
+                       "  if not 0 < self.c <= 1 or self.d > self.e: pass")
+    assert [check[1] for check in single_field_range_checks(sample)] == ["a", "b", "c"]
