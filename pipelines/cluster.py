@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
-from kftune.cluster.resources import SHARED_MOUNT, TrainResources
+from kftune.cluster.resources import SHARED_MOUNT, SHM_SIZE, TrainResources
 from kftune.pipelines.secrets import use_gcs_secret, use_s3_secret
+from kftune.settings.fields import check_settings, setting
 
 
 @dataclass
@@ -43,11 +44,11 @@ class StorageSecrets:
 class ClusterOptions:
     """What KFP fixes when a pipeline is compiled."""
 
-    shm_size: str = "8Gi"
+    shm_size: str = SHM_SIZE
     """Size of the train task's memory-backed /dev/shm (NCCL and data loading need more than the 64M default; empty: none)."""  # noqa: E501
-    retries: int = 2
+    retries: int = setting(2, ge=0)
     """KFP retries of a failed (e.g. preempted) train task; each resumes from the newest checkpoint."""
-    trial_parallelism: int = 2
+    trial_parallelism: int = setting(2, ge=1)
     """tune: grid/random trials running at once, each with the train task's resources."""
     s3_endpoint: str = "http://seaweedfs.kubeflow:9000"
     """S3 endpoint of the tasks that use object storage ("": AWS S3, or the image's AWS_ENDPOINT_URL); minio-service.kubeflow:9000 on older Kubeflow installs."""  # noqa: E501
@@ -59,12 +60,8 @@ class ClusterOptions:
     """Key of the secret key in the S3 Secret."""
 
     def validate(self) -> None:
-        from kftune.errors import ConfigError
-
-        if self.retries < 0:
-            raise ConfigError(f"retries must be >= 0, got {self.retries}")
-        if self.trial_parallelism < 1:
-            raise ConfigError(f"trial_parallelism must be >= 1, got {self.trial_parallelism}")
+        """Reject values outside their ranges."""
+        check_settings(self)
 
 
 @dataclass(frozen=True)

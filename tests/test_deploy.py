@@ -254,20 +254,20 @@ def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
         ("model_format", "", "model_format must be a model format name"),
         ("model_format", "onnx format", "model_format must be a model format name"),
         ("service_account", "Model Reader", "service_account must be a service account name"),
-        ("min_replicas", -1, "min_replicas must be between 0"),
+        ("min_replicas", -1, "min_replicas must be >= 0"),
         ("min_replicas", 2, "min_replicas must be between 0 (scale to zero) and max_replicas (1)"),
         ("min_replicas", 1.5, "min_replicas must be an integer"),
         ("min_replicas", True, "min_replicas must be an integer"),
         ("max_replicas", 0, "max_replicas must be >= 1"),
-        ("canary_traffic_percent", 101, "canary_traffic_percent must be -1"),
-        ("canary_traffic_percent", -2, "canary_traffic_percent must be -1"),
+        ("canary_traffic_percent", 101, "canary_traffic_percent must be in [0, 100] or -1"),
+        ("canary_traffic_percent", -2, "canary_traffic_percent must be in [0, 100] or -1"),
         ("cpu", "one", "cpu must be a Kubernetes quantity"),
         ("cpu", "0", "cpu must be > 0"),
         ("memory", "2 GB", "memory must be a Kubernetes quantity"),
         ("memory", "-2Gi", "memory must be > 0"),
         ("task", "summarization", "task must be one of classification, causal-lm, regression, multilabel"),
-        ("gpus", -1, "gpus and max_model_len must be >= 0"),
-        ("max_model_len", -1, "gpus and max_model_len must be >= 0"),
+        ("gpus", -1, "gpus must be >= 0"),
+        ("max_model_len", -1, "max_model_len must be >= 0"),
         ("gpus", 1, "apply to task 'causal-lm'"),
         ("max_model_len", 512, "apply to task 'causal-lm'"),
     ],
@@ -276,6 +276,16 @@ def test_bad_inputs_are_rejected_naming_the_parameter(field, value, message):
     with pytest.raises(ConfigError, match=re.escape(message)) as error:
         make_request(**{field: value})
     assert field in str(error.value) and repr(value)[:20].strip("'") in str(error.value)
+
+
+def test_request_defaults_and_ranges_are_the_deploy_settings():
+    """The launcher takes DeployConfig: a request built from the default settings is the request's defaults."""
+    settings = DeployConfig(deploy_name="sentiment", deploy_namespace="team-a")
+    assert deploy_request(settings, "s3://models/sentiment/v1") == make_request()
+    with pytest.raises(ConfigError, match="^serving_max_replicas must be >= 1, got 0$"):  # named as the user set it
+        deploy_request(DeployConfig(deploy_name="sentiment", serving_max_replicas=0), "s3://models/sentiment/v1")
+    with pytest.raises(ConfigError, match="^deploy_timeout_minutes must be > 0, got 0.0$"):
+        deploy_request(DeployConfig(deploy_name="sentiment", deploy_timeout_minutes=0.0), "s3://models/sentiment/v1")
 
 
 def test_bad_inputs_reach_no_api_server(kube):

@@ -15,8 +15,10 @@ import pytest
 from kubeflow_katib_api import models
 
 from kftune.cluster import kube as kube_helpers
+from kftune.cluster.resources import SHM_SIZE, TrainResources
 from kftune.components.train import trainjob
 from kftune.components.tune import katib
+from kftune.components.tune.config import SearchConfig
 from kftune.components.tune.katib import (
     ALGORITHMS,
     KatibRequest,
@@ -27,7 +29,9 @@ from kftune.components.tune.katib import (
     typed_value,
 )
 from kftune.errors import ConfigError, KftuneError
-from kftune.tasks import TASKS
+from kftune.pipelines.cluster import ClusterOptions
+from kftune.settings.groups import Seeding
+from kftune.tasks import DEFAULT_TASK, TASKS
 from kftune.training.config import TrainConfig
 from kftune.training.search_space import parse_space
 from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer
@@ -228,7 +232,7 @@ def test_trial_pod_spec():
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["kftune-shared"]["persistentVolumeClaim"] == {"claimName": "kftune-shared"}
-    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "2Gi"}
+    assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": SHM_SIZE}
     (container,) = spec["containers"]
     assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]} == {
         "kftune-shared": "/mnt/shared",
@@ -256,6 +260,43 @@ def test_loss_is_minimized():
     objective = build_experiment(request).to_dict()["spec"]["objective"]
     assert objective["type"] == "minimize" and objective["objectiveMetricName"] == "val_loss"
     assert objective["additionalMetricNames"] == ["val_f1_macro", "val_accuracy"]
+
+
+def test_request_defaults_are_the_settings_defaults():
+    bare = KatibRequest(image="kftune-train:dev", space=SPACE, config_path="/mnt/shared/run/train_config.json",
+                        dataset_path="/mnt/shared/run/dataset", output_root="/mnt/shared/run/trials",
+                        pvc_name="kftune-shared", mount_path="/mnt/shared")
+    search, resources = SearchConfig(), TrainResources()
+    assert (bare.algorithm, bare.max_trials, bare.parallel_trials, bare.max_failed_trials) == (
+        search.algorithm, search.max_trials, search.parallel_trials, search.max_failed_trials)
+    # metric and direction auto: the default task's metric, in the direction that improves it
+    default_metric = TASKS[DEFAULT_TASK].defaults["metric_for_best_model"]
+    assert (bare.metric, bare.direction) == (default_metric, search.direction_for(default_metric))
+    assert bare.seed == Seeding().seed
+    assert (bare.gpus_per_trial, bare.accelerator_type, bare.cpu, bare.memory) == (
+        int(resources.gpus), resources.accelerator_type, resources.train_cpu, resources.train_memory)
+    assert bare.shm_size == SHM_SIZE == ClusterOptions().shm_size  # one /dev/shm size for every training pod
+
+
+def test_launch_katib_takes_the_search_and_resources_settings(kube, tmp_path, dataset):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    server, api_client = kube()
+    search = SearchConfig(max_trials=3, parallel_trials=3, max_failed_trials=1, algorithm="random")
+    resources = TrainResources(gpus="2", accelerator_type="amd.com/gpu", train_cpu="8", train_memory="32Gi",
+                               node_selector={"pool": "gpu"}, shared_pvc="team-shared")
+    launch_katib(TrainConfig(seed=5), dataset, SPACE, search, resources, image="kftune-train:dev", mount_path=shared,
+                 namespace="team-a", api_client=api_client, **QUIET, poll_seconds=0.01)
+    spec = server.calls("POST")[0].body["spec"]
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (3, 3, 1)
+    assert spec["algorithm"] == {"algorithmName": "random", "algorithmSettings": [{"name": "random_state",
+                                                                                   "value": "5"}]}
+    pod = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "amd.com/gpu": "2"}
+    assert pod["nodeSelector"] == {"pool": "gpu"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kftune-shared"]["persistentVolumeClaim"] == {"claimName": "team-shared"}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"] == SHM_SIZE
 
 
 def test_generated_names_are_fresh_and_katib_valid():
@@ -501,12 +542,15 @@ def dataset(tmp_path) -> Path:
     return path
 
 
-def launch(dataset, shared, api_client, **overrides):
-    values = dict(image="kftune-train:dev", pvc_name="kftune-shared", mount_path=shared, namespace="team-a",
-                  max_trials=4, parallel_trials=2, max_failed_trials=1, api_client=api_client, poll_seconds=0.01,
-                  log=lambda line: None)  # fmt: skip
+def launch(dataset, shared, api_client, config=None, search=None, resources=None, **overrides):
+    """launch_katib with the settings these tests share: a random search of 4 trials, 2 at a time, of CPU pods."""
+    search = SearchConfig(**{"algorithm": "random", "max_trials": 4, "parallel_trials": 2, "max_failed_trials": 1,
+                             **(search or {})})
+    resources = TrainResources(**{"gpus": "0", "shared_pvc": "kftune-shared", **(resources or {})})
+    values = dict(image="kftune-train:dev", mount_path=shared, namespace="team-a", api_client=api_client,
+                  poll_seconds=0.01, log=lambda line: None)  # fmt: skip
     values.update(overrides)
-    return launch_katib(TrainConfig(**values.pop("config", {})), dataset, SPACE, **values)
+    return launch_katib(TrainConfig(**(config or {})), dataset, SPACE, search, resources, **values)
 
 
 def test_launch_katib_stages_the_inputs_on_the_shared_volume(kube, tmp_path, dataset, monkeypatch):
@@ -530,7 +574,7 @@ def test_launch_katib_stages_the_inputs_on_the_shared_volume(kube, tmp_path, dat
 
     server, api_client = kube(score=score_after_checking_the_volume)
     result = launch(
-        dataset, shared, api_client, namespace=None, algorithm="tpe", gpus_per_trial=1,
+        dataset, shared, api_client, namespace=None, search=dict(algorithm="tpe"), resources=dict(gpus="1"),
         config=dict(model=str(pretrained), seed=7, checkpoint_dir="/somewhere/else", metric_for_best_model="accuracy"),
     )  # fmt: skip
 
@@ -585,11 +629,42 @@ def test_launch_katib_checks_before_staging(tmp_path, dataset):
     with pytest.raises(ConfigError, match="mount_path .* is not a directory: the PVC 'kftune-shared' must be mounted"):
         launch(dataset, tmp_path / "not-mounted", None)
     with pytest.raises(ConfigError, match="parallel_trials"):
-        launch(dataset, shared, None, parallel_trials=9)
+        launch(dataset, shared, None, search=dict(parallel_trials=9))
     lora_space = parse_space({"lora_r": [4, 8]}, training_mode="lora")
     with pytest.raises(ConfigError, match="lora_r is searched but training_mode is 'full'"):
-        launch_katib(TrainConfig(), dataset, lora_space, image="x", pvc_name="kftune-shared", mount_path=shared)
+        launch_katib(TrainConfig(), dataset, lora_space, SearchConfig(), TrainResources(), image="x", mount_path=shared)
     assert not (shared / trainjob.RUNS_DIR).exists()
+
+
+def test_katib_search_component_hands_its_settings_to_the_launcher(kube, tmp_path, dataset, monkeypatch):
+    """The katib_search component's own body, outside KFP: its run parameters become the SearchConfig and the
+    TrainResources launch_katib takes (kube config from KUBECONFIG)."""
+    from dataclasses import asdict
+
+    from kubernetes.config import kube_config
+
+    from kftune.components.tune.component import katib_search
+
+    server, _ = kube(finish_on_poll=1)  # finished on the first poll: no 15 s poll interval
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "users": [{"name": "fake", "user": {}}],
+    }))  # fmt: skip
+    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    record = katib_search(dataset=type("Artifact", (), {"path": str(dataset)})(),
+                          train_config=json.dumps(asdict(TrainConfig(task=DEFAULT_TASK))), image="kftune-tune:dev",
+                          shared_dir=str(shared), namespace="team-a", search_backend="katib", algorithm="random",
+                          max_trials=3, parallel_trials=3, max_failed_trials=1, gpus="0", train_cpu="2")
+    assert json.loads(record)["best"]["params"]
+    spec = server.calls("POST")[0].body["spec"]
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (3, 3, 1)
+    pod = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": TrainResources().train_memory}
 
 
 # --- RBAC ---------------------------------------------------------------------------------------
@@ -633,7 +708,7 @@ def test_katib_result_becomes_the_search_record_and_report(kube, tmp_path, datas
             assignments["learning_rate"]) * 100
 
     server, api_client = kube(score=score, seed=1)
-    outcome = launch(dataset, shared, api_client, algorithm="random", max_trials=6, max_failed_trials=6)
+    outcome = launch(dataset, shared, api_client, search=dict(algorithm="random", max_trials=6, max_failed_trials=6))
     record = record_from_katib(outcome, "random", "f1_macro", "maximize")
     assert record["best"]["params"] == outcome["best_params"]
     assert record["best"]["score"] == pytest.approx(outcome["best_score"])

@@ -5,6 +5,7 @@ name, type, default and description of its dataclass field."""
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 from pathlib import Path
 from typing import Literal
@@ -15,13 +16,16 @@ import yaml
 from kftune.cli.main import build_parser
 from kftune.cli.settings_docs import main as settings_docs
 from kftune.cluster.resources import TrainResources
+from kftune.components.evaluate.config import EvaluateConfig
+from kftune.components.preprocess.config import PreprocessConfig
 from kftune.errors import ConfigError
 from kftune.pipelines import finetune, tune
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.settings.catalog import settings_of
-from kftune.settings.fields import check_choices, internal, settings_from
+from kftune.settings.fields import check_settings, internal, same_as, setting, settings_from
 from kftune.settings.groups import PretrainedModel
 from kftune.settings.signatures import with_settings
+from kftune.tasks import TASKS
 from kftune.training.config import TrainConfig
 from kftune.training.search_space import SEARCHABLE, apply_hyperparameters, parse_space
 
@@ -132,7 +136,7 @@ def test_settings_carry_type_default_choices_and_docstring():
     assert (mode.type, mode.choices, mode.help) == (str, ("a", "b"), "Which mode. One of: a, b.")
     assert [s.default for s in settings_of(Example(speed=3.0))][1] == 3.0  # an instance gives the defaults
     with pytest.raises(ConfigError, match="mode must be one of a, b, got 'c'"):
-        check_choices(Example(mode="c"))
+        check_settings(Example(mode="c"))
 
 
 def test_a_name_declared_twice_is_refused():
@@ -180,3 +184,130 @@ def test_with_settings_writes_source_that_kfp_embeds():
     assert inputs["speed"].default == 1.5 and inputs["speed"].description == "How fast."
     source = component.component_spec.implementation.container.command[-1]
     assert "speed: float = 1.5," in source and "secret" not in source
+
+
+# --- a setting's rules live with it ---------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Ranged:
+    """Settings with ranges, for these tests."""
+
+    rate: float = setting(0.0, gt=0, lt=1, auto=True)
+    """Learning speed; 0: the task's."""
+    steps: int = setting(10, ge=1)
+    """How many steps."""
+    port: int = setting(8080, ge=1, le=65535)
+    """Where to listen."""
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"rate": 1.0}, "rate must be in (0, 1) or 0, got 1.0"),
+    ({"rate": float("nan")}, "rate must be in (0, 1) or 0, got nan"),
+    ({"rate": "fast"}, "rate must be a number, got 'fast'"),
+    ({"steps": 0}, "steps must be >= 1, got 0"),
+    ({"steps": 2.0}, "steps must be an integer, got 2.0"),  # settings_from mends KFP's 2.0; a config keeps it
+    ({"steps": True}, "steps must be an integer, got True"),
+    ({"port": 65536}, "port must be in [1, 65535], got 65536"),
+])
+def test_a_value_outside_its_range_is_a_one_line_error_naming_the_setting(values, message):
+    check_settings(Ranged())
+    with pytest.raises(ConfigError) as error:
+        check_settings(Ranged(**values))
+    assert str(error.value) == message
+
+
+def test_the_range_is_shown_on_every_surface():
+    rate, steps, port = settings_of(Ranged)
+    assert rate.help == "Learning speed; 0: the task's. Range: (0, 1) or 0."
+    assert (steps.help, port.help) == ("How many steps. Range: >= 1.", "Where to listen. Range: [1, 65535].")
+    learning_rate = next(s for s in settings_of(TrainConfig) if s.name == "learning_rate")
+    assert learning_rate.help.endswith(". Range: (0, 1) or 0.")
+    # what --help, the KFP form and the README tables show is the help (the tests above compare them all with it)
+    assert _flags("run")["learning_rate"].help.startswith(learning_rate.help)
+    form = compiled("finetune")["root"]["inputDefinitions"]["parameters"]["learning_rate"]["description"]
+    assert form == learning_rate.help
+    assert learning_rate.help in (REPO / "components" / "train" / "README.md").read_text()
+
+
+def test_the_auto_sentinel_is_allowed_and_the_rule_applies_to_the_resolved_value():
+    check_settings(Ranged(rate=0.0))
+    assert TrainConfig(task="classification").learning_rate == TASKS["classification"].defaults["learning_rate"]
+    TrainConfig(learning_rate=0.0).validate()  # task auto: checked on the default task's value
+    with pytest.raises(ConfigError, match=r"^learning_rate must be in \(0, 1\) or 0, got -0.0001$"):
+        TrainConfig(learning_rate=-1e-4).validate()
+    PreprocessConfig(task="auto", data="reviews.csv", max_seq_length=0).validate()  # the task's, once known
+    with pytest.raises(ConfigError, match="max_seq_length must be >= 8 or 0, got 4"):
+        PreprocessConfig(max_seq_length=4).validate()
+    EvaluateConfig(min_primary_score=-1).validate()
+    with pytest.raises(ConfigError, match=r"min_primary_score must be in \[0, 1\] or -1, got 1.5"):
+        EvaluateConfig(min_primary_score=1.5).validate()
+
+
+def test_a_range_is_declared_once():
+    with pytest.raises(TypeError, match="default 0 is outside its own range >= 1"):
+        setting(0, ge=1)
+    with pytest.raises(TypeError, match="this setting has no range"):
+        setting(0, auto=True)
+
+    @dataclasses.dataclass
+    class Request:  # a launcher's request takes a setting's default and range under its own name
+        count: int = same_as(Ranged, "steps")
+
+    assert Request().count == 10
+    with pytest.raises(ConfigError, match="^count must be >= 1, got 0$"):
+        check_settings(Request(count=0))
+
+
+SETTINGS_SOURCES = [path for root in ("src/kftune", "components", "pipelines") for path in (REPO / root).rglob("*.py")]
+RANGES_ELSEWHERE = {("EvaluateConfig", "min_gain_over_baseline")}
+"""Single-field comparisons that are not a field's range: min_gain_over_baseline's bounds depend on the task's
+primary metric (a score gains at most 1, an error gains in the target's units)."""
+
+
+def _field_compared(node, loops: dict) -> list[str]:
+    """The fields ``node`` reads (``self.x``, ``config.x``, ``getattr(self, name)`` in a loop over names)."""
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("self", "config"):
+        return [node.attr]
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+            and isinstance(node.args[1], ast.Name)):
+        return loops.get(node.args[1].id, ["?"])
+    return []
+
+
+def _is_number(node) -> bool:
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        node = node.operand
+    return isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool)
+
+
+def single_field_range_checks(tree: ast.Module) -> list[tuple[str, str, str]]:
+    """(class, field, comparison) of every comparison of one field with numbers in a ``validate`` or
+    ``check_settings`` method."""
+    found = []
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        for method in cls.body:
+            if not (isinstance(method, ast.FunctionDef) and method.name in ("validate", "check_settings")):
+                continue
+            loops: dict[str, list[str]] = {}
+            for node in ast.walk(method):
+                if isinstance(node, ast.For) and isinstance(node.target, ast.Name) and isinstance(node.iter, ast.Tuple):
+                    loops[node.target.id] = [e.value for e in node.iter.elts if isinstance(e, ast.Constant)]
+                if isinstance(node, ast.Compare):
+                    operands = [node.left, *node.comparators]
+                    fields = [_field_compared(o, loops) for o in operands]
+                    numbers = all(f or _is_number(o) for f, o in zip(fields, operands, strict=True))
+                    if sum(map(bool, fields)) == 1 and numbers:
+                        found += [(cls.name, name, ast.unparse(node)) for name in next(f for f in fields if f)]
+    return found
+
+
+def test_no_validate_holds_a_single_field_range_check():
+    """A setting's range is declared on its field; validate() keeps what relates fields and what is no range."""
+    found = [check for path in SETTINGS_SOURCES for check in single_field_range_checks(ast.parse(path.read_text()))
+             if check[:2] not in RANGES_ELSEWHERE]
+    assert found == [], "declare these ranges on the fields: setting(default, ge=..., le=...)"
+    # the scan sees what it looks for
+    sample = ast.parse("class C:\n def validate(self):\n  for n in ('a', 'b'):\n   if getattr(self, n) < 1: pass\n"
+                       "  if not 0 < self.c <= 1 or self.d > self.e: pass")
+    assert [check[1] for check in single_field_range_checks(sample)] == ["a", "b", "c"]

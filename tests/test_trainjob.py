@@ -15,6 +15,7 @@ from kubeflow_trainer_api import models
 
 from kftune.cluster import kube as kube_helpers
 from kftune.cluster.kube import current_namespace
+from kftune.cluster.resources import SHM_SIZE, TrainResources
 from kftune.components.train import trainjob
 from kftune.components.train.trainjob import (
     TrainJobRequest,
@@ -24,7 +25,8 @@ from kftune.components.train.trainjob import (
     worker_command,
 )
 from kftune.errors import ConfigError, KftuneError
-from kftune.training.config import TrainConfig
+from kftune.pipelines.cluster import ClusterOptions
+from kftune.training.config import Launch, TrainConfig
 from kftune.training.loop import HISTORY_FILE
 from tests.fake_kube_api import FakeKubeApiServer, Scenario
 
@@ -322,11 +324,9 @@ def test_launch_multinode_end_to_end(kube, tmp_path, dataset, monkeypatch):
         TrainConfig(model=str(pretrained)),
         dataset,
         tmp_path / "out" / "model",
-        num_nodes=2,
-        gpus_per_node=1,
-        max_restarts=3,
+        Launch(num_nodes=2, gpus_per_node=1, max_restarts=3),
+        TrainResources(shared_pvc="kftune-shared"),
         image="ghcr.io/kftune/kftune-train:0.1.0",
-        pvc_name="kftune-shared",
         mount_path=shared,
         api_client=api_client,
         log=lambda line: None,
@@ -348,11 +348,48 @@ def test_launch_multinode_end_to_end(kube, tmp_path, dataset, monkeypatch):
     assert list((shared / trainjob.RUNS_DIR).iterdir()) == []  # the run directory is removed after success
 
 
+def test_request_defaults_and_ranges_are_the_launch_settings():
+    request = TrainJobRequest(image="kftune-train:dev", command=["python"], pvc_name="kftune-shared", mount_path="/v")
+    launch = Launch()
+    assert (request.num_nodes, request.gpus_per_node, request.procs_per_node) == (
+        launch.num_nodes, launch.gpus_per_node, launch.nproc_per_node)
+    assert request.shm_size == SHM_SIZE == ClusterOptions().shm_size  # one /dev/shm size for every training pod
+    with pytest.raises(ConfigError, match="^procs_per_node must be >= 0, got -1$"):
+        make_request(procs_per_node=-1)
+
+
+def test_launch_multinode_takes_the_launch_and_resources_settings(kube, tmp_path, dataset):
+    server, api_client = kube(on_finish=write_model_as_rank0)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    selector = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    tolerations = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    launch = Launch(num_nodes=3, gpus_per_node=2, nproc_per_node=1, max_restarts=1)
+    resources = TrainResources(train_cpu="8", train_memory="32Gi", node_selector=selector, tolerations=tolerations,
+                               shared_pvc="team-shared")
+    launch_multinode(TrainConfig(), dataset, tmp_path / "out", launch, resources, image="kftune-train:dev",
+                     mount_path=shared, namespace="team-a", api_client=api_client, log=lambda line: None,
+                     poll_seconds=0.01)
+    body = server.calls("POST")[0].body
+    trainer = body["spec"]["trainer"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 1) and "--max-restarts=1" in trainer["command"]
+    assert trainer["resourcesPerNode"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
+    pod = body["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = pod["template"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == selector and pod["tolerations"] == tolerations
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["kftune-shared"]["persistentVolumeClaim"] == {"claimName": "team-shared"}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"] == SHM_SIZE
+    with pytest.raises(ConfigError, match="^num_nodes must be >= 1, got 0$"):  # checked before anything is staged
+        launch_multinode(TrainConfig(), dataset, tmp_path / "out2", Launch(num_nodes=0), resources,
+                         image="kftune-train:dev", mount_path=shared)
+
+
 def launch_two_nodes(config, dataset, output, mount_path, api_client=None):
     """launch_multinode with the settings these tests share: 2 CPU nodes in team-a."""
     return launch_multinode(
-        config, dataset, output, num_nodes=2, gpus_per_node=0, image="kftune-train:dev",
-        pvc_name="kftune-shared", mount_path=mount_path, namespace="team-a", api_client=api_client,
+        config, dataset, output, Launch(num_nodes=2, gpus_per_node=0), TrainResources(shared_pvc="kftune-shared"),
+        image="kftune-train:dev", mount_path=mount_path, namespace="team-a", api_client=api_client,
         log=lambda line: None, poll_seconds=0.01,
     )
 

@@ -32,13 +32,13 @@ def deploy(model_uri: str, exported_model: Input[Model] = None) -> str:
 
     from kftune.components.deploy.config import DeployConfig
     from kftune.components.deploy.deploy import deploy_inference_service, deploy_request
-    from kftune.settings.fields import check_choices, settings_from
+    from kftune.settings.fields import check_settings, settings_from
     from kftune.tasks import AUTO, TaskChoice
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(DeployConfig, values)
     task = settings_from(TaskChoice, values)
-    check_choices(task)
+    check_settings(task)
     if task.task == AUTO:
         from kftune.errors import ConfigError
         from kftune.tasks import export_task

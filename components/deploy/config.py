@@ -1,13 +1,16 @@
 """Deployment settings: the KServe InferenceService that serves a published model.
 
 Named for the pipeline form (``deploy_name``, ``serving_cpu``, ...), where they stand beside
-the training settings; :meth:`DeployConfig.request` maps them onto the
-:class:`~kftune.components.deploy.deploy.DeployRequest` the launcher checks and sends.
+the training settings; :func:`~kftune.components.deploy.deploy.deploy_request` maps them onto the
+:class:`~kftune.components.deploy.deploy.DeployRequest` the launcher checks and sends, whose
+fields take their defaults and ranges from here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kftune.settings.fields import setting
 
 DEFAULT_RUNTIME = "kftune-onnx"  # the ServingRuntime manifests/ installs
 DEFAULT_MODEL_FORMAT = "kftune-onnx"
@@ -32,19 +35,19 @@ class DeployConfig:
     """KServe ServingRuntime (or ClusterServingRuntime) that serves a causal LM, with model format huggingface: KServe's Hugging Face runtime (vLLM on a GPU, transformers on a CPU; OpenAI completions and chat completions)."""  # noqa: E501
     serving_service_account: str = DEFAULT_SERVICE_ACCOUNT
     """Service account of the predictor pods, whose secrets give KServe's storage initializer access to the model (empty: the namespace's default)."""  # noqa: E501
-    serving_min_replicas: int = 1
+    serving_min_replicas: int = setting(1, ge=0)
     """Minimum predictor replicas (0 lets KServe scale to zero when idle, serverless mode)."""
-    serving_max_replicas: int = 1
+    serving_max_replicas: int = setting(1, ge=1)
     """Maximum predictor replicas."""
-    canary_traffic_percent: int = -1
+    canary_traffic_percent: int = setting(-1, ge=0, le=100, auto=True)
     """On an update, the share of traffic (0-100) the new model gets while the rest stays on the previous one; -1 sends it all."""  # noqa: E501
     serving_cpu: str = "1"
     """CPU request and limit of each predictor replica, a Kubernetes quantity such as 1 or 500m."""
     serving_memory: str = "2Gi"
     """Memory request and limit of each predictor replica, a Kubernetes quantity such as 2Gi."""
-    serving_gpus: int = 0
+    serving_gpus: int = setting(0, ge=0)
     """GPUs (nvidia.com/gpu) of each predictor replica, for a causal LM (KServe's Hugging Face runtime then generates with vLLM); 0 for an ONNX export."""  # noqa: E501
-    serving_max_model_len: int = 0
+    serving_max_model_len: int = setting(0, ge=0)
     """Causal LMs: the most tokens of prompt and completion the served model takes (the runtime's --max_model_len); 0: the model's own limit (max_position_embeddings). Give the run's max_seq_length to serve what was trained."""  # noqa: E501
-    deploy_timeout_minutes: float = 15.0
+    deploy_timeout_minutes: float = setting(15.0, gt=0)
     """How long to wait for the InferenceService to become Ready before failing (it is left in place either way)."""

@@ -67,7 +67,6 @@ from kubernetes.client.rest import ApiException
 
 from kftune.cluster.kube import (
     api_error,
-    check_integers,
     check_name,
     check_namespace,
     check_quantity,
@@ -84,14 +83,9 @@ from kftune.cluster.lifecycle import (
     names_object,
     run_resource,
 )
-from kftune.components.deploy.config import (
-    CAUSAL_LM_MODEL_FORMAT,
-    DEFAULT_MODEL_FORMAT,
-    DEFAULT_RUNTIME,
-    DEFAULT_SERVICE_ACCOUNT,
-    DeployConfig,
-)
+from kftune.components.deploy.config import CAUSAL_LM_MODEL_FORMAT, DeployConfig
 from kftune.errors import ConfigError, KftuneError
+from kftune.settings.fields import check_settings, same_as
 from kftune.tasks import DEFAULT_TASK, TASKS, task_named
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -147,37 +141,38 @@ COMPONENT_CONDITIONS = (
 
 @dataclass
 class DeployRequest:
-    """What to serve, where, and with what: the InferenceService's predictor."""
+    """What to serve, where, and with what: the InferenceService's predictor. Its defaults and ranges are those of
+    the :class:`DeployConfig` settings it is made from (:func:`deploy_request`)."""
 
     model_uri: str
     """The published model: s3://, gs://, pvc:// or http(s)://; KServe's storage initializer copies it to
     /mnt/models."""
     name: str
     """The InferenceService's name (a DNS-1035 label); its URL starts with it."""
-    namespace: str = ""
+    namespace: str = same_as(DeployConfig, "deploy_namespace")
     """"": this pod's namespace (``default`` outside a cluster)."""
-    runtime: str = DEFAULT_RUNTIME
+    runtime: str = same_as(DeployConfig, "serving_runtime")
     """The ServingRuntime (or ClusterServingRuntime) that serves the model."""
-    model_format: str = DEFAULT_MODEL_FORMAT
+    model_format: str = same_as(DeployConfig, "serving_model_format")
     """The model format, one the runtime lists in its supportedModelFormats."""
-    service_account: str = DEFAULT_SERVICE_ACCOUNT
+    service_account: str = same_as(DeployConfig, "serving_service_account")
     """Service account of the predictor pods, whose secrets carry the storage credentials ("": the
     namespace's default)."""
-    min_replicas: int = 1
+    min_replicas: int = same_as(DeployConfig, "serving_min_replicas")
     """0 lets KServe scale to zero (serverless mode only)."""
-    max_replicas: int = 1
-    canary_traffic_percent: int = -1
+    max_replicas: int = same_as(DeployConfig, "serving_max_replicas")
+    canary_traffic_percent: int = same_as(DeployConfig, "canary_traffic_percent")
     """-1: the new revision gets all traffic; 0-100: its share, the rest staying on the previous one (updates only)."""
-    cpu: str = "1"
+    cpu: str = same_as(DeployConfig, "serving_cpu")
     """CPU request and limit per replica, a Kubernetes quantity."""
-    memory: str = "2Gi"
+    memory: str = same_as(DeployConfig, "serving_memory")
     """Memory request and limit per replica, a Kubernetes quantity."""
     task: str = DEFAULT_TASK
     """The model's task, whose ``serving`` protocol says the runtime: ``kserve`` (kftune serve on ONNX Runtime) or
     ``openai`` (a causal LM, served by KServe's Hugging Face runtime, which is then given its arguments)."""
-    gpus: int = 0
+    gpus: int = same_as(DeployConfig, "serving_gpus")
     """GPUs (``nvidia.com/gpu``) requested and limited per replica (OpenAI-protocol models only)."""
-    max_model_len: int = 0
+    max_model_len: int = same_as(DeployConfig, "serving_max_model_len")
     """OpenAI-protocol models: the runtime's ``--max_model_len``, the most tokens of prompt and completion (0: the
     model's ``max_position_embeddings``)."""
 
@@ -204,6 +199,7 @@ class DeployRequest:
 
     def validate(self) -> None:
         """Reject what KServe or the cluster would reject (or misread), naming the parameter."""
+        check_settings(self)
         check_model_uri(self.model_uri)
         check_name(self.name, MAX_NAME_LENGTH, "a DNS-1035 label, as KServe requires")
         check_namespace(self.namespace, " (or '' for this pod's own)")
@@ -224,9 +220,6 @@ class DeployRequest:
             )
         if self.task not in TASKS:
             raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
-        check_integers(self, ("min_replicas", "max_replicas", "canary_traffic_percent", "gpus", "max_model_len"))
-        if self.gpus < 0 or self.max_model_len < 0:
-            raise ConfigError(f"gpus and max_model_len must be >= 0, got {self.gpus}, {self.max_model_len}")
         if not self.generative and (self.gpus or self.max_model_len):
             generative = [name for name, task in TASKS.items() if task.serving == "openai"]
             raise ConfigError(
@@ -234,17 +227,10 @@ class DeployRequest:
                 f"{'s' * (len(generative) > 1)} {', '.join(map(repr, generative))}; a {self.task} model is served by "
                 "kftune serve on ONNX Runtime (CPU), so leave them 0"
             )
-        if self.max_replicas < 1:
-            raise ConfigError(f"max_replicas must be >= 1, got {self.max_replicas}")
-        if not 0 <= self.min_replicas <= self.max_replicas:
+        if self.min_replicas > self.max_replicas:
             raise ConfigError(
                 f"min_replicas must be between 0 (scale to zero) and max_replicas ({self.max_replicas}), "
                 f"got {self.min_replicas}"
-            )
-        if self.canary_traffic_percent != -1 and not 0 <= self.canary_traffic_percent <= 100:
-            raise ConfigError(
-                f"canary_traffic_percent must be -1 (no canary: all traffic to the new revision) or 0-100, "
-                f"got {self.canary_traffic_percent}"
             )
         for name in ("cpu", "memory"):
             check_quantity(name, getattr(self, name), "'1', '500m' or '2Gi'")
@@ -254,6 +240,7 @@ def deploy_request(settings: DeployConfig, model_uri: str, task: str = DEFAULT_T
     """The checked DeployRequest for the ``task``'s model at ``model_uri`` under ``settings`` (raises ConfigError
     naming a bad value): a model served over OpenAI-compatible endpoints (a causal LM) goes to
     ``causal_lm_serving_runtime`` as format huggingface."""
+    check_settings(settings)
     if task_named(task).serving == "openai":
         runtime, model_format = settings.causal_lm_serving_runtime, CAUSAL_LM_MODEL_FORMAT
     else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import check_choices, internal
+from kftune.settings.fields import check_settings, internal, setting
 from kftune.settings.groups import GenerationBudget, TextColumn
 from kftune.tasks import task_groups
 
@@ -41,11 +41,11 @@ class PredictData:
 class PredictRun:
     """How the export runs over the texts."""
 
-    predict_batch_size: int = 32
+    predict_batch_size: int = setting(32, ge=1)
     """Texts run through the exported model at a time by predict."""
     predict_int8: bool = False
     """Predict with an ONNX export's dynamically quantized model.int8.onnx instead of model.onnx."""
-    threads: int = internal(0)
+    threads: int = internal(0, ge=0)
 
 
 @dataclass
@@ -68,16 +68,10 @@ class PredictConfig(PredictRun, GenerationBudget, *task_groups("predict"), TextC
 
     def validate(self) -> None:
         """Reject values outside their ranges; ``predict_output`` may be empty (a pipeline's artifact only)."""
-        check_choices(self)
+        check_settings(self)
         if not self.predict_input:
             raise ConfigError("predict_input is empty; expected a file, a directory or an s3:// / gs:// prefix of "
                               "texts")
         self.resolved_format()
         if not self.text_column:
             raise ConfigError("text_column is empty; expected the name of the column holding the texts")
-        if self.predict_batch_size < 1:
-            raise ConfigError(f"predict_batch_size must be >= 1, got {self.predict_batch_size}")
-        if self.max_new_tokens < 0:
-            raise ConfigError(f"max_new_tokens must be >= 0 (0: the export's), got {self.max_new_tokens}")
-        if self.threads < 0:
-            raise ConfigError(f"threads must be >= 0 (0: the CPUs the process may use), got {self.threads}")

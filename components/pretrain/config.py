@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import check_choices
+from kftune.settings.fields import check_settings, setting
 from kftune.settings.groups import PretrainedModel, Seeding
 from kftune.tasks import AUTO, TASKS, TaskChoice
 
@@ -27,21 +27,21 @@ class MaskedLanguageModeling:
     """Column of pretrain_corpus that holds the text (tabular formats)."""
     pretrain_on_train_texts: bool = True
     """Also pretrain on the texts of the preprocessed training split (never validation or test)."""
-    pretrain_mlm_probability: float = 0.15
+    pretrain_mlm_probability: float = setting(0.15, gt=0, lt=1)
     """Share of tokens (with whole-word masking: of words) masked and predicted."""
     pretrain_whole_word_mask: bool = True
     """Mask all word pieces of a word together (words split at whitespace, from the fast tokenizer's offsets)."""
-    pretrain_epochs: int = 1
+    pretrain_epochs: int = setting(1, ge=1)
     """Passes over the pretraining texts."""
-    pretrain_learning_rate: float = 1e-4
+    pretrain_learning_rate: float = setting(1e-4, gt=0, lt=1)
     """Peak AdamW learning rate of pretraining (linear warmup over 6% of the steps, then linear decay)."""
-    pretrain_batch_size: int = 32
+    pretrain_batch_size: int = setting(32, ge=1)
     """Texts per pretraining batch (batched by length)."""
-    pretrain_max_steps: int = 0
+    pretrain_max_steps: int = setting(0, ge=0)
     """Stop pretraining after this many optimizer steps (0: no limit)."""
-    pretrain_max_length: int = 128
+    pretrain_max_length: int = setting(128, ge=8)
     """Texts are truncated to this many tokens for pretraining."""
-    pretrain_holdout_fraction: float = 0.05
+    pretrain_holdout_fraction: float = setting(0.05, gt=0, lt=0.5)
     """Share of the pretraining texts held out to measure the masked-LM loss before and after (not trained on)."""
 
 
@@ -50,24 +50,11 @@ class PretrainConfig(MaskedLanguageModeling, PretrainedModel, Seeding, TaskChoic
     """What the pretrain step does: its own settings, the base model, the seed and the task."""
 
     def validate(self) -> None:
-        """Reject values outside their ranges before any work starts."""
-        check_choices(self)
+        """Reject values outside their ranges, and settings that do not go together, before any work starts."""
+        check_settings(self)
         if self.task != AUTO and not TASKS[self.task].pretrainable:
             encoders = ", ".join(name for name, task in TASKS.items() if task.pretrainable)
             raise ConfigError(f"pretrain is masked-language-model training of an encoder (tasks {encoders}), "
                               f"not of task {self.task}")
         if not self.pretrain_on_train_texts and not self.pretrain_corpus.strip():
             raise ConfigError("pretrain has nothing to train on: set pretrain_corpus or pretrain_on_train_texts")
-        if not 0 < self.pretrain_mlm_probability < 1:
-            raise ConfigError(f"pretrain_mlm_probability must be in (0, 1), got {self.pretrain_mlm_probability}")
-        if not 0 < self.pretrain_learning_rate < 1:
-            raise ConfigError(f"pretrain_learning_rate must be in (0, 1), got {self.pretrain_learning_rate}")
-        if not 0 < self.pretrain_holdout_fraction < 0.5:
-            raise ConfigError(f"pretrain_holdout_fraction must be in (0, 0.5), got {self.pretrain_holdout_fraction}")
-        for name in ("pretrain_epochs", "pretrain_batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.pretrain_max_steps < 0:
-            raise ConfigError(f"pretrain_max_steps must be >= 0, got {self.pretrain_max_steps}")
-        if self.pretrain_max_length < 8:
-            raise ConfigError(f"pretrain_max_length must be >= 8, got {self.pretrain_max_length}")

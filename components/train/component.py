@@ -77,12 +77,8 @@ def train(
     if launch.num_nodes > 1:
         from kftune.components.train.trainjob import launch_multinode
 
-        result = launch_multinode(
-            config, dataset.path, finetuned_model.path, num_nodes=launch.num_nodes,
-            gpus_per_node=launch.gpus_per_node, nproc_per_node=launch.nproc_per_node,
-            max_restarts=launch.max_restarts, image=trainjob_image, namespace=namespace or None,
-            pvc_name=resources.shared_pvc, mount_path=shared_dir, runtime=trainjob_runtime, **resources.placement(),
-        )
+        result = launch_multinode(config, dataset.path, finetuned_model.path, launch, resources, image=trainjob_image,
+                                  mount_path=shared_dir, namespace=namespace or None, runtime=trainjob_runtime)
         history, handle = result["history"], result["trainjob"]
         finetuned_model.metadata["trainjob"] = handle
     else:

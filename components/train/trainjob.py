@@ -35,7 +35,6 @@ from kubernetes.client.rest import ApiException
 from kftune.cluster.kube import (
     REQUEST_TIMEOUT_SECONDS,
     api_error,
-    check_integers,
     check_name,
     check_namespace,
     current_namespace,
@@ -51,9 +50,11 @@ from kftune.cluster.lifecycle import (
     run_resource,
 )
 from kftune.cluster.pod_spec import check_training_pod, resource_quantities, training_pod_spec
+from kftune.cluster.resources import SHM_SIZE, TrainResources
 from kftune.errors import ConfigError, KftuneError
+from kftune.settings.fields import check_settings, same_as
 from kftune.storage.atomic import atomic_directory, refuse_existing_artifact
-from kftune.training.config import TrainConfig
+from kftune.training.config import Launch, TrainConfig
 from kftune.training.loop import HISTORY_FILE, default_checkpoint_dir
 from kftune.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
@@ -79,27 +80,28 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 @dataclass
 class TrainJobRequest:
-    """What to run as a TrainJob, and where."""
+    """What to run as a TrainJob, and where. The node count, GPUs and processes per node take their defaults and
+    ranges from the :class:`~kftune.training.config.Launch` settings they come from."""
 
     image: str
     """The training image (the train component's own image)."""
     command: list[str]
     """What every node runs: see :func:`worker_command`."""
-    num_nodes: int
     pvc_name: str
     """ReadWriteMany PersistentVolumeClaim shared by this pod and the workers."""
     mount_path: str
     """Where the PVC is mounted, in the workers and in this pod."""
+    num_nodes: int = same_as(Launch, "num_nodes")
     namespace: str = "default"
-    gpus_per_node: int = 0
-    procs_per_node: int = 0
+    gpus_per_node: int = same_as(Launch, "gpus_per_node")
+    procs_per_node: int = same_as(Launch, "nproc_per_node")
     """Training processes per node (0: one per GPU, or 1 on CPU nodes)."""
     runtime: str = DEFAULT_RUNTIME
     cpu: str | None = None
     """CPU request and limit per node, a Kubernetes quantity such as ``"8"`` (None: the runtime's)."""
     memory: str | None = None
     """Memory request and limit per node, such as ``"32Gi"`` (None: the runtime's)."""
-    shm_size: str | None = "2Gi"
+    shm_size: str | None = SHM_SIZE
     """Size of a memory-backed /dev/shm for NCCL and the data loaders (None: the container's 64 MiB)."""
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: list[dict] = field(default_factory=list)
@@ -113,19 +115,13 @@ class TrainJobRequest:
 
     def validate(self) -> None:
         """Reject values the cluster would reject (or misread), naming the field."""
+        check_settings(self)
         check_name(self.name, MAX_NAME_LENGTH, "a DNS-1123 label")
         check_namespace(self.namespace)
         if not isinstance(self.image, str) or not self.image.strip():
             raise ConfigError("image is required: the training image the workers run")
         if not self.command or not all(isinstance(part, str) for part in self.command):
             raise ConfigError(f"command must be a non-empty list of strings, got {self.command!r}")
-        check_integers(self, ("num_nodes", "gpus_per_node", "procs_per_node"))
-        if self.num_nodes < 1:
-            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
-        if self.gpus_per_node < 0:
-            raise ConfigError(f"gpus_per_node must be >= 0, got {self.gpus_per_node}")
-        if self.procs_per_node < 0:
-            raise ConfigError(f"procs_per_node must be >= 0, got {self.procs_per_node}")
         if self.gpus_per_node and self.procs_per_node > self.gpus_per_node:
             raise ConfigError(
                 f"procs_per_node={self.procs_per_node} but each node has only {self.gpus_per_node} GPU(s)"
@@ -367,20 +363,13 @@ def launch_multinode(
     config: TrainConfig,
     dataset_dir: str | Path,
     output_dir: str | Path,
+    launch: Launch,
+    resources: TrainResources,
     *,
-    num_nodes: int,
-    gpus_per_node: int,
     image: str,
-    nproc_per_node: int = 0,
-    max_restarts: int = 0,
-    pvc_name: str,
     mount_path: str | Path,
     namespace: str | None = None,
     runtime: str = DEFAULT_RUNTIME,
-    cpu: str | None = None,
-    memory: str | None = None,
-    node_selector: dict[str, str] | None = None,
-    tolerations: list[dict] | None = None,
     env: dict[str, str] | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
@@ -388,17 +377,22 @@ def launch_multinode(
     log: Callable[[str], None] | None = None,
     keep_run_dir: bool = False,
 ) -> dict:
-    """Train on ``num_nodes`` nodes as a TrainJob; return ``{"history": ..., "trainjob": handle}``.
+    """Train on ``launch.num_nodes`` nodes as a TrainJob; return ``{"history": ..., "trainjob": handle}``.
 
-    The shared volume ``pvc_name`` must be mounted at ``mount_path`` in this pod too: the dataset
-    and the config are copied into a fresh run directory on it, the workers train from there,
-    and the model rank 0 writes there is copied to ``output_dir`` (atomically). On success the
-    run directory is removed (unless ``keep_run_dir``); on failure it stays, with its checkpoints.
+    ``launch`` says the nodes, GPUs and processes per node and torchrun's restarts; ``resources`` each node's CPU,
+    memory, node selector and tolerations, and the shared volume (``shared_pvc``), which must be mounted at
+    ``mount_path`` in this pod too: the dataset and the config are copied into a fresh run directory on it, the
+    workers train from there, and the model rank 0 writes there is copied to ``output_dir`` (atomically). On success
+    the run directory is removed (unless ``keep_run_dir``); on failure it stays, with its checkpoints. ``image``,
+    ``runtime`` and ``namespace`` (None: this pod's) say what runs where.
     """
     from kftune.tasks import resolve_task
 
     config = resolve_task(config, dataset_dir)
     config.validate()
+    launch.validate()
+    resources.validate()
+    pvc_name = resources.shared_pvc
     dataset_dir, output_dir, mount_path = Path(dataset_dir), Path(output_dir), Path(mount_path)
     refuse_existing_artifact(output_dir)  # before submitting the job, not after it
     emit = emitter(log, logger)
@@ -416,17 +410,17 @@ def launch_multinode(
         name=name,
         namespace=namespace or current_namespace(),
         image=image,
-        command=worker_command(run_dir / CONFIG_FILE, run_dir / "dataset", run_dir / "model", max_restarts),
-        num_nodes=num_nodes,
-        gpus_per_node=gpus_per_node,
-        procs_per_node=nproc_per_node,
+        command=worker_command(run_dir / CONFIG_FILE, run_dir / "dataset", run_dir / "model", launch.max_restarts),
+        num_nodes=launch.num_nodes,
+        gpus_per_node=launch.gpus_per_node,
+        procs_per_node=launch.nproc_per_node,
         pvc_name=pvc_name,
         mount_path=str(mount_path),
         runtime=runtime,
-        cpu=cpu,
-        memory=memory,
-        node_selector=dict(node_selector or {}),
-        tolerations=list(tolerations or []),
+        cpu=resources.train_cpu,
+        memory=resources.train_memory,
+        node_selector=dict(resources.node_selector),
+        tolerations=list(resources.tolerations),
         env=dict(env or {}),
         active_deadline_seconds=math.ceil(timeout_seconds),
     )

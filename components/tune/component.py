@@ -172,13 +172,8 @@ def katib_search(
     settings = settings_from(SearchConfig, values)
     base = TrainConfig(**json.loads(train_config))
     space = settings.space(base)
-    outcome = launch_katib(
-        base, dataset.path, space, algorithm=settings.algorithm, metric=base.metric_for_best_model,
-        direction=settings.direction_for(base.metric_for_best_model), max_trials=settings.max_trials, parallel_trials=settings.parallel_trials,
-        max_failed_trials=settings.max_failed_trials, seed=base.seed, image=image, pvc_name=resources.shared_pvc, mount_path=shared_dir, namespace=namespace or None,
-        gpus_per_trial=int(resources.gpus), accelerator_type=resources.accelerator_type or "nvidia.com/gpu",
-        **resources.placement(),
-    )
+    outcome = launch_katib(base, dataset.path, space, settings, resources, image=image, mount_path=shared_dir,
+                           namespace=namespace or None)
     return json.dumps(record_from_katib(outcome, settings.algorithm, base.metric_for_best_model,
                                         settings.direction_for(base.metric_for_best_model)))
 

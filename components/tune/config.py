@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import check_choices, per_task
+from kftune.settings.fields import check_settings, setting
 from kftune.tasks import AUTO, DEFAULT_TASK, search_direction, task_named
 
+Algorithm = Literal["grid", "random", "tpe", "bayesianoptimization"]
+Direction = Literal["auto", "maximize", "minimize"]
 PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 """What the pipeline backend runs (Katib adds bayesianoptimization)."""
 
@@ -17,19 +19,19 @@ PIPELINE_ALGORITHMS = ("grid", "random", "tpe")
 class SearchConfig:
     """A hyperparameter search over training settings; each trial is a real training run."""
 
-    search_space: str = per_task("", "search_space")
+    search_space: str = setting("", per_task="search_space")
     """JSON: per training option a range {"low", "high", "log", "step", "grid"} or a list of choices; the searchable options are listed in components/tune/README.md (the lora_ ones need training_mode lora); empty: the task's."""  # noqa: E501
-    algorithm: Literal["grid", "random", "tpe", "bayesianoptimization"] = "tpe"
+    algorithm: Algorithm = "tpe"
     """Search algorithm: grid, random, tpe (Bayesian, Optuna); bayesianoptimization with search_backend katib only."""  # noqa: E501
     search_backend: Literal["pipeline", "katib"] = "pipeline"
     """pipeline: trials as pipeline tasks (grid, random) or one Optuna task (tpe); katib: a Katib Experiment on the cluster."""  # noqa: E501
-    max_trials: int = 4
+    max_trials: int = setting(4, ge=1)
     """Trials in all (the default configuration counts when include_defaults)."""
-    parallel_trials: int = 2
+    parallel_trials: int = setting(2, ge=1)
     """Katib trials running at once (the grid/random fan-out's limit is set when compiling)."""
-    max_failed_trials: int = 2
+    max_failed_trials: int = setting(2, ge=0)
     """A Katib Experiment fails after this many failed trials."""
-    direction: Literal["auto", "maximize", "minimize"] = "auto"
+    direction: Direction = "auto"
     """Maximize or minimize metric_for_best_model on the validation split; auto: minimize loss and errors (rmse, mae), maximize the others."""  # noqa: E501
     include_defaults: bool = True
     """Make the first trial the configuration the training settings give."""
@@ -53,12 +55,8 @@ class SearchConfig:
         return parse_space(self.search_space or json.dumps(task.search_space), base.training_mode)
 
     def validate(self) -> None:
-        check_choices(self)
+        """Reject values outside their ranges and an algorithm the backend does not run."""
+        check_settings(self)
         if self.search_backend == "pipeline" and self.algorithm not in PIPELINE_ALGORITHMS:
             raise ConfigError(f"algorithm {self.algorithm!r} needs search_backend katib; the pipeline backend runs "
                               f"{', '.join(PIPELINE_ALGORITHMS)}")
-        for name in ("max_trials", "parallel_trials"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_failed_trials < 0:
-            raise ConfigError(f"max_failed_trials must be >= 0, got {self.max_failed_trials}")

@@ -59,7 +59,6 @@ from kubernetes.client.rest import ApiException
 
 from kftune.cluster.kube import (
     api_error,
-    check_integers,
     check_name,
     check_namespace,
     current_namespace,
@@ -77,14 +76,19 @@ from kftune.cluster.lifecycle import (
     run_resource,
 )
 from kftune.cluster.pod_spec import check_training_pod, resource_quantities, training_pod_spec
+from kftune.cluster.resources import SHM_SIZE, TrainResources
+from kftune.components.tune.config import Algorithm, Direction, SearchConfig
 from kftune.errors import ConfigError, KftuneError
-from kftune.training.config import BEST_METRICS, TrainConfig
+from kftune.settings.fields import check_settings, choices_of, same_as, setting
+from kftune.settings.groups import Seeding
+from kftune.tasks import AUTO, DEFAULT_TASK, task_named
+from kftune.training.config import BestMetric, TrainConfig
 from kftune.training.search_space import LORA_OPTIONS, SEARCHABLE, Param, SearchSpace
 from kftune.training.staging import CONFIG_FILE, RUNS_DIR, check_mounted, stage_run_dir
 
 logger = logging.getLogger(__name__)
 
-ALGORITHMS = ("grid", "random", "tpe", "bayesianoptimization")
+ALGORITHMS = choices_of(Algorithm)
 SEEDED_ALGORITHMS = ("random", "tpe", "bayesianoptimization")  # their services read random_state
 DIRECTIONS = ("maximize", "minimize")
 
@@ -132,7 +136,9 @@ def default_direction(metric: str) -> str:
 
 @dataclass
 class KatibRequest:
-    """What to search as a Katib Experiment, and where the trials run."""
+    """What to search as a Katib Experiment, and where the trials run. The search's and the trials' settings take
+    their defaults and ranges from the settings they come from (:class:`SearchConfig`, :class:`TrainResources`, the
+    seed and the metric of :class:`TrainConfig`)."""
 
     image: str
     """The training image (it has the trial module)."""
@@ -147,32 +153,34 @@ class KatibRequest:
     """ReadWriteMany PersistentVolumeClaim shared by this pod and the trials."""
     mount_path: str
     """Where the PVC is mounted, in the trials and in this pod."""
-    algorithm: str = "random"
-    metric: str = "f1_macro"
-    direction: str | None = None
-    """``maximize`` or ``minimize`` (None: minimize for a loss or an error, maximize otherwise)."""
-    additional_metrics: tuple[str, ...] = ("f1_macro", "accuracy", "loss")
+    algorithm: Algorithm = same_as(SearchConfig, "algorithm")
+    metric: BestMetric = same_as(TrainConfig, "metric_for_best_model")
+    """The validation score the trials are ranked by; auto: the default task's (the launcher gives the base config's,
+    its task's)."""
+    direction: Direction = same_as(SearchConfig, "direction")
+    """``maximize`` or ``minimize``; auto: minimize a loss or an error, maximize the others."""
+    additional_metrics: tuple[str, ...] = field(default_factory=lambda: task_named(DEFAULT_TASK).best_metrics)
     """Validation scores the trials print besides the objective (a causal LM has only loss)."""
-    max_trials: int = 12
-    parallel_trials: int = 3
-    max_failed_trials: int = 3
+    max_trials: int = same_as(SearchConfig, "max_trials")
+    parallel_trials: int = same_as(SearchConfig, "parallel_trials")
+    max_failed_trials: int = same_as(SearchConfig, "max_failed_trials")
     """The Experiment fails once more trials than this have failed."""
-    seed: int = 42
+    seed: int = same_as(Seeding, "seed")
     namespace: str = "default"
-    gpus_per_trial: int = 0
-    accelerator_type: str = "nvidia.com/gpu"
+    gpus_per_trial: int = setting(int(TrainResources.gpus), ge=0)
+    accelerator_type: str = same_as(TrainResources, "accelerator_type")
     """The extended resource the GPUs are requested as."""
-    cpu: str | None = "4"
+    cpu: str | None = same_as(TrainResources, "train_cpu")
     """CPU request and limit per trial, a Kubernetes quantity (None: none)."""
-    memory: str | None = "16G"
+    memory: str | None = same_as(TrainResources, "train_memory")
     """Memory request and limit per trial (None: none)."""
-    shm_size: str | None = "2Gi"
+    shm_size: str | None = SHM_SIZE
     """Size of a memory-backed /dev/shm for the data loaders and NCCL (None: the container's 64 MiB)."""
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: list[dict] = field(default_factory=list)
+    node_selector: dict[str, str] = same_as(TrainResources, "node_selector")
+    tolerations: list[dict] = same_as(TrainResources, "tolerations")
     service_account: str | None = None
     """Service account of the trial pods (None: the namespace's default)."""
-    trial_retries: int = 0
+    trial_retries: int = setting(0, ge=0)
     """Retries of a failed trial pod (the Job's backoffLimit); a failed trial counts towards max_failed_trials."""
     active_deadline_seconds: int | None = None
     """Deadline of each trial's Job, enforced by the cluster should this pod die without deleting the Experiment."""
@@ -180,20 +188,19 @@ class KatibRequest:
     name: str = field(default_factory=lambda: new_job_name(NAME_PREFIX))
 
     def __post_init__(self):
-        if self.direction is None:
+        if self.metric == AUTO:
+            self.metric = task_named(DEFAULT_TASK).defaults["metric_for_best_model"]
+        if self.direction == AUTO:
             self.direction = default_direction(self.metric)
         self.validate()
 
     def validate(self) -> None:
         """Reject what Katib or the cluster would reject (or misread), naming the field."""
+        check_settings(self)
         check_name(self.name, MAX_NAME_LENGTH, "Katib's rule for Experiments")
         check_namespace(self.namespace)
         if not isinstance(self.image, str) or not self.image.strip() or any(c.isspace() for c in self.image):
             raise ConfigError(f"image is required (the training image the trials run), got {self.image!r}")
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {self.algorithm!r}")
-        if self.metric not in BEST_METRICS:
-            raise ConfigError(f"metric must be one of {', '.join(BEST_METRICS)}, got {self.metric!r}")
         if self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
         if self.direction != default_direction(self.metric):
@@ -202,27 +209,14 @@ class KatibRequest:
                 f"{self.metric} is to be {default_direction(self.metric)}d"
             )
         self._validate_space()
-        check_integers(
-            self, ("max_trials", "parallel_trials", "max_failed_trials", "seed", "gpus_per_trial", "trial_retries")
-        )
-        if self.max_trials < 1:
-            raise ConfigError(f"max_trials must be >= 1, got {self.max_trials}")
-        if self.parallel_trials < 1:
-            raise ConfigError(f"parallel_trials must be >= 1, got {self.parallel_trials}")
         if self.parallel_trials > self.max_trials:
             raise ConfigError(
                 f"parallel_trials ({self.parallel_trials}) must not exceed max_trials ({self.max_trials})"
             )
-        if not 0 <= self.max_failed_trials <= self.max_trials:
+        if self.max_failed_trials > self.max_trials:
             raise ConfigError(
                 f"max_failed_trials must be between 0 and max_trials ({self.max_trials}), got {self.max_failed_trials}"
             )
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0 (Katib's random_state), got {self.seed}")
-        if self.gpus_per_trial < 0:
-            raise ConfigError(f"gpus_per_trial must be >= 0, got {self.gpus_per_trial}")
-        if self.trial_retries < 0:
-            raise ConfigError(f"trial_retries must be >= 0, got {self.trial_retries}")
         if self.algorithm == "grid":
             combinations = math.prod(len(p.grid_values()) for p in self.space.params)
             if self.max_trials > combinations:
@@ -694,25 +688,12 @@ def launch_katib(
     base_config: TrainConfig,
     dataset_dir: str | Path,
     space: SearchSpace,
+    search: SearchConfig,
+    resources: TrainResources,
     *,
     image: str,
-    pvc_name: str,
     mount_path: str | Path,
-    algorithm: str = "random",
-    metric: str | None = None,
-    direction: str | None = None,
-    max_trials: int = 12,
-    parallel_trials: int = 3,
-    max_failed_trials: int = 3,
-    seed: int | None = None,
     namespace: str | None = None,
-    gpus_per_trial: int = 0,
-    accelerator_type: str = "nvidia.com/gpu",
-    cpu: str | None = "4",
-    memory: str | None = "16G",
-    shm_size: str | None = "2Gi",
-    node_selector: dict[str, str] | None = None,
-    tolerations: list[dict] | None = None,
     service_account: str | None = None,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     poll_seconds: float = DEFAULT_POLL_SECONDS,
@@ -723,18 +704,20 @@ def launch_katib(
     """Search ``space`` with Katib, each trial training ``base_config`` with its values; return
     :func:`run_experiment`'s result.
 
-    ``metric`` defaults to the config's ``metric_for_best_model`` and ``seed`` to its ``seed``.
-    The shared volume ``pvc_name`` must be mounted at ``mount_path`` in this pod too: the dataset
-    and the config are copied into a fresh run directory on it, which the trials read and write
-    their models under. On success the run directory (the trials' models) is removed unless
-    ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays, for a look at what
-    the trials left, and the error names it.
+    ``search`` says the algorithm, the direction and the trial counts; the objective is the config's
+    ``metric_for_best_model`` and the seed its ``seed``. ``resources`` says each trial's GPUs, CPU, memory,
+    node selector and tolerations, and the shared volume (``shared_pvc``), which must be mounted at
+    ``mount_path`` in this pod too: the dataset and the config are copied into a fresh run directory on
+    it, which the trials read and write their models under. On success the run directory (the trials'
+    models) is removed unless ``keep_run_dir`` (then the result has ``run_dir``); on failure it stays,
+    for a look at what the trials left, and the error names it.
     """
-    from kftune.tasks import resolve_task, task_named
+    from kftune.tasks import resolve_task
 
     base_config = resolve_task(base_config, dataset_dir)
     base_config.validate()
-    metric = metric if metric and metric != "auto" else base_config.metric_for_best_model
+    resources.validate()
+    metric, pvc_name = base_config.metric_for_best_model, resources.shared_pvc
     mount_path, dataset_dir = Path(mount_path), Path(dataset_dir)
     for name in space.names if isinstance(space, SearchSpace) else []:
         if name in LORA_OPTIONS and base_config.training_mode not in ("lora", "qlora"):
@@ -751,21 +734,21 @@ def launch_katib(
         output_root=str(run_dir / TRIALS_DIR),
         pvc_name=pvc_name,
         mount_path=str(mount_path),
-        algorithm=algorithm,
+        algorithm=search.algorithm,
         metric=metric,
-        direction=direction,
+        direction=search.direction_for(metric),
         additional_metrics=task_named(base_config.task).best_metrics,
-        max_trials=max_trials,
-        parallel_trials=parallel_trials,
-        max_failed_trials=max_failed_trials,
-        seed=base_config.seed if seed is None else seed,
-        gpus_per_trial=gpus_per_trial,
-        accelerator_type=accelerator_type,
-        cpu=cpu,
-        memory=memory,
-        shm_size=shm_size,
-        node_selector=dict(node_selector or {}),
-        tolerations=list(tolerations or []),
+        max_trials=search.max_trials,
+        parallel_trials=search.parallel_trials,
+        max_failed_trials=search.max_failed_trials,
+        seed=base_config.seed,
+        gpus_per_trial=int(resources.gpus),
+        # an empty accelerator type leaves a pod without GPUs alone; a trial with GPUs names the default one
+        accelerator_type=resources.accelerator_type or TrainResources.accelerator_type,
+        cpu=resources.train_cpu,
+        memory=resources.train_memory,
+        node_selector=dict(resources.node_selector),
+        tolerations=list(resources.tolerations),
         service_account=service_account,
         active_deadline_seconds=math.ceil(timeout_seconds),
     )
@@ -775,7 +758,7 @@ def launch_katib(
 
     # Each trial checkpoints beside its own output; a shared checkpoint_dir would let one trial
     # resume another's run. Optuna pruning is for the in-process search, not Katib's.
-    config = replace(base_config, checkpoint_dir="", pruning="", metric_for_best_model=metric)
+    config = replace(base_config, checkpoint_dir="", pruning="")
     stage_run_dir(config, dataset_dir, run_dir, mount_path)
     (run_dir / TRIALS_DIR).mkdir()
     emitter(log, logger)(f"Katib run directory: {run_dir}")

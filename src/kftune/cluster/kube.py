@@ -151,14 +151,6 @@ def check_namespace(namespace, note: str = "") -> None:
         raise ConfigError(f"namespace must be a DNS-1123 label{note}, got {namespace!r}")
 
 
-def check_integers(request, names) -> None:
-    """Check that each of the ``names`` attributes of ``request`` is an int (not a bool)."""
-    for name in names:
-        value = getattr(request, name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{name} must be an integer, got {value!r}")
-
-
 def check_quantity(name: str, value, examples: str = "'8' or '32Gi'") -> None:
     """Check that ``value`` is a Kubernetes quantity > 0 (``examples`` show the setting's usual ones)."""
     try:

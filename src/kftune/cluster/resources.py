@@ -26,6 +26,10 @@ TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 TOLERATION_OPERATORS = ("Equal", "Exists")
 SHARED_MOUNT = "/kftune/shared"
 """Where the shared PVC is mounted in the train and search tasks."""
+SHM_SIZE = "8Gi"
+"""Size of the memory-backed /dev/shm of every training pod: the pipelines' train task (the default of the compile
+flag --shm-size), a TrainJob's nodes and Katib's trials. NCCL and the data loaders need more than the 64M default;
+it counts against the pod's memory only as far as it is used."""
 
 
 @dataclass
@@ -69,11 +73,6 @@ class TrainResources:
             raise ConfigError(f"node_selector must map label names to values (strings), got {self.node_selector!r}")
         for toleration in self.tolerations:
             check_toleration(toleration)
-
-    def placement(self) -> dict:
-        """Per-pod resources and placement for the pods a task starts itself (TrainJob nodes, Katib trials)."""
-        return {"cpu": self.train_cpu, "memory": self.train_memory, "node_selector": dict(self.node_selector),
-                "tolerations": list(self.tolerations)}
 
 
 def check_toleration(toleration) -> None:

@@ -3,8 +3,9 @@ flags, the README tables and the search space's keys all read :func:`settings_of
 
 A description is the field's attribute docstring, followed by what the task registry says of it: each task's
 value of a setting whose ``auto`` value comes from the task (``learning_rate``: "(classification: 0.0001,
-causal-lm: 0.001, ...)"), each task's value of a :func:`~kftune.settings.fields.per_task` attribute, and the
-choices of a ``Literal``. So a task's default is written once, in its package, and every surface follows it.
+causal-lm: 0.001, ...)"), each task's value of a ``per_task`` attribute (:func:`~kftune.settings.fields.setting`),
+the choices of a ``Literal`` and the field's range ("Range: (0, 1)."). So a task's default is written once, in its
+package, a rule once, on its field, and every surface follows them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from kftune.settings.fields import TYPES, attribute_docs, choices_of
+from kftune.settings.fields import TYPES, attribute_docs, choices_of, rule_of
 from kftune.tasks import TASKS
 
 
@@ -27,7 +28,8 @@ class Setting:
     """``str``, ``int``, ``float``, ``bool``, ``dict`` or ``list`` (a choice is a ``str``)."""
     default: Any
     help: str
-    """The attribute docstring on one line, with what each task makes of it and the allowed values of a choice."""
+    """The attribute docstring on one line, with what each task makes of it, the allowed values of a choice and the
+    range of a number."""
     choices: tuple[str, ...] | None
     owner: type
     """The dataclass that declares it."""
@@ -67,7 +69,8 @@ def describe(cls: type, f: dataclasses.Field) -> str:
     text, end = (doc[:-1], ".") if doc.endswith(".") else (doc, "")
     text += per_task_text(f.name, f.metadata.get("per_task")) + end
     choices = choices_of(typing.get_type_hints(cls)[f.name])
-    return text + (f" One of: {', '.join(choices)}." if choices else "")
+    rule = rule_of(f)
+    return text + (f" One of: {', '.join(choices)}." if choices else "") + (f" Range: {rule}." if rule else "")
 
 
 def settings_of(*groups) -> list[Setting]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kftune.data.schema import TEXT
+from kftune.settings.fields import setting
 
 
 @dataclass
@@ -22,7 +23,7 @@ class PretrainedModel:
 class Seeding:
     """One seed for the whole run."""
 
-    seed: int = 42
+    seed: int = setting(42, ge=0)
     """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
 
 
@@ -38,5 +39,5 @@ class TextColumn:
 class GenerationBudget:
     """How long a causal LM's greedy answers may grow."""
 
-    max_new_tokens: int = 0
+    max_new_tokens: int = setting(0, ge=0)
     """Causal LMs: greedy generations (evaluate's answers to the test prompts, predict's) stop after this many tokens; 0: the longest training completion plus 4 (at most 256), which the export records for predict."""  # noqa: E501

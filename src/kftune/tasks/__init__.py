@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from kftune.errors import ConfigError, DataError
-from kftune.settings.fields import per_task
+from kftune.settings.fields import setting
 from kftune.tasks.base import Task
 
 BUILTIN = (
@@ -115,7 +115,7 @@ class TaskChoice:
     """What the run learns. Settings left at ``auto`` take the task's defaults when a config with this group is
     built."""
 
-    task: Literal[TASK_CHOICES] = per_task(AUTO, "summary")
+    task: Literal[TASK_CHOICES] = setting(AUTO, per_task="summary")
     """auto (decided from the data; the bundled default data is the default task's), or one of the tasks."""
 
     def __post_init__(self) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from kftune.errors import ConfigError
-from kftune.settings.fields import check_choices, internal, searchable
+from kftune.settings.fields import check_settings, internal, setting
 from kftune.settings.groups import PretrainedModel, Seeding
 from kftune.tasks import AUTO, DEFAULT_TASK, TASKS, TaskChoice, check_task_settings, task_groups
 
@@ -29,15 +29,15 @@ BestMetric = Literal[(AUTO, *BEST_METRICS)]
 class Optimization:
     """AdamW with linear warmup and decay."""
 
-    learning_rate: float = searchable(0.0)
+    learning_rate: float = setting(0.0, searchable=True, gt=0, lt=1, auto=True)
     """Peak AdamW learning rate (linear warmup, then linear decay); 0: the task's."""
-    weight_decay: float = searchable(0.01)
+    weight_decay: float = setting(0.01, searchable=True, ge=0)
     """AdamW weight decay (not applied to biases and LayerNorm)."""
-    warmup_ratio: float = searchable(0.1)
+    warmup_ratio: float = setting(0.1, searchable=True, ge=0, lt=1)
     """Share of optimizer steps spent warming the learning rate up."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = setting(1.0, ge=0)
     """Gradients are clipped to this global norm (0: no clipping)."""
-    layerwise_lr_decay: float = searchable(1.0)
+    layerwise_lr_decay: float = setting(1.0, searchable=True, gt=0, le=1)
     """Learning rate multiplier per layer going down from the head (1.0: the same everywhere)."""
 
 
@@ -45,25 +45,25 @@ class Optimization:
 class Batching:
     """Epochs, batches, sequence lengths and precision."""
 
-    num_train_epochs: int = searchable(0)
+    num_train_epochs: int = setting(0, searchable=True, ge=1, auto=True)
     """Passes over the training split; 0: the task's."""
-    per_device_train_batch_size: int = searchable(0)
+    per_device_train_batch_size: int = setting(0, searchable=True, ge=1, auto=True)
     """Examples per training process per micro-batch; 0: the task's."""
-    per_device_eval_batch_size: int = 128
+    per_device_eval_batch_size: int = setting(128, ge=1)
     """Examples per process per validation batch."""
-    gradient_accumulation_steps: int = searchable(1)
+    gradient_accumulation_steps: int = setting(1, searchable=True, ge=1)
     """Micro-batches per optimizer step."""
     group_by_length: bool = False
     """Batch texts of similar length together: less padding, 1.5x the samples/s on a CPU, but it changes the optimisation and has not been shown to keep accuracy (docs/benchmarks.md)."""  # noqa: E501
-    length_group_batches: int = 8
+    length_group_batches: int = setting(8, ge=1)
     """With group_by_length: how many batches' worth of shuffled examples are sorted by length together (transformers uses 50)."""  # noqa: E501
-    max_train_length: int = searchable(0)
+    max_train_length: int = setting(0, searchable=True, ge=2, auto=True)
     """Truncate texts further to this many tokens when training and validating (0: as preprocessed, at max_seq_length)."""  # noqa: E501
-    max_steps: int = 0
+    max_steps: int = setting(0, ge=0)
     """Stop after this many optimizer steps in total (0: no limit); for smoke runs."""
     mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
     """auto: bf16 where the hardware is fast at it, else fp16 with loss scaling on CUDA, else fp32; fp16 needs CUDA."""
-    logging_steps: int = 50
+    logging_steps: int = setting(50, ge=1)
     """Log the training loss every this many optimizer steps."""
     packing: bool = True
     """Compute no padding (the same result as padded batches): a causal LM concatenates a micro-batch's examples into one sequence, attention and positions kept within each example; an encoder (BERT-family models) runs the token-wise layers on the real tokens only and attention per text (other encoders pad). Off: pad to the longest."""  # noqa: E501
@@ -81,7 +81,7 @@ class ModelSelection:
 
     metric_for_best_model: BestMetric = "auto"
     """Validation metric that picks the best epoch (and that a search optimises): one of the task's validation scores, or loss; auto: the task's."""  # noqa: E501
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = setting(2, ge=0)
     """Stop after this many epochs without improvement of the best metric (0: never)."""
     train_on: Literal["train", "train+validation"] = "train"
     """train, or train+validation (e.g. the final run after a search): validation scores are then on seen data, the last epoch is kept and early stopping is off."""  # noqa: E501
@@ -93,15 +93,15 @@ class Adapters:
 
     training_mode: Literal["auto", "full", "freeze_encoder", "lora", "qlora", "prompt_tuning"] = "auto"
     """full fine-tuning, freeze_encoder (train an encoder's head only), lora, qlora (LoRA on a 4-bit base, bitsandbytes on CUDA; causal LMs) or prompt_tuning (peft; encoders); each task says which it trains with; auto: the task's."""  # noqa: E501
-    lora_r: int = searchable(8)
+    lora_r: int = setting(8, searchable=True, ge=1)
     """LoRA rank (training_mode lora)."""
-    lora_alpha: int = searchable(16)
+    lora_alpha: int = setting(16, searchable=True, ge=1)
     """LoRA alpha; the update is scaled by alpha / r."""
-    lora_dropout: float = searchable(0.1)
+    lora_dropout: float = setting(0.1, searchable=True, ge=0, lt=1)
     """Dropout on the LoRA branch."""
     lora_target_modules: str = ""
     """Comma-separated module names LoRA adapts (empty: for an encoder peft's default for the architecture, for a causal LM all linear layers)."""  # noqa: E501
-    num_virtual_tokens: int = 20
+    num_virtual_tokens: int = setting(20, ge=1)
     """Prompt tuning: trained virtual tokens prepended to every input."""
 
 
@@ -109,9 +109,9 @@ class Adapters:
 class Checkpointing:
     """Atomic checkpoints that a restarted run resumes from."""
 
-    save_steps: int = 500
+    save_steps: int = setting(500, ge=0)
     """Checkpoint every this many optimizer steps, and at each epoch end (0: epoch ends only)."""
-    save_total_limit: int = 2
+    save_total_limit: int = setting(2, ge=0)
     """Checkpoints kept, newest first (0 keeps all)."""
     checkpoint_dir: str = internal("")
     """Where checkpoints go ("": beside the output model); on a cluster a PVC path that outlives the pod."""
@@ -129,9 +129,10 @@ class TrainConfig(
     each epoch's validation score to, stopping the run when the study's pruner says so."""
 
     def validate(self) -> None:
-        """Reject values outside their ranges before anything is launched. Under ``task=auto`` (the task comes from
-        the dataset) the ranges are checked on the default task's values, the task's own rules once it is known."""
-        check_choices(self)
+        """Reject values outside their ranges (:func:`check_settings`) and settings that do not go together before
+        anything is launched. Under ``task=auto`` (the task comes from the dataset) the ranges are checked on the
+        default task's values, the task's own rules once it is known."""
+        check_settings(self)
         if self.task == AUTO:
             default = TASKS[DEFAULT_TASK]
             metric = self.metric_for_best_model
@@ -149,35 +150,6 @@ class TrainConfig(
                 others = [t.name for t in TASKS.values() if value in getattr(t, name + "s")]
                 raise ConfigError(f"{name} {value} is for task{'s' * (len(others) > 1)} {', '.join(others)}; task "
                                   f"{self.task} trains with {name} {' or '.join(allowed)}")
-        positive = (
-            "num_train_epochs",
-            "per_device_train_batch_size",
-            "per_device_eval_batch_size",
-            "gradient_accumulation_steps",
-            "logging_steps",
-            "length_group_batches",
-            "lora_r",
-            "lora_alpha",
-            "num_virtual_tokens",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.learning_rate < 1:
-            raise ConfigError(f"learning_rate must be in (0, 1), got {self.learning_rate}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if not 0 < self.layerwise_lr_decay <= 1:
-            raise ConfigError(f"layerwise_lr_decay must be in (0, 1], got {self.layerwise_lr_decay}")
-        if self.weight_decay < 0 or self.max_grad_norm < 0:
-            raise ConfigError("weight_decay and max_grad_norm must be >= 0")
-        if self.max_train_length == 1:
-            raise ConfigError("max_train_length must be 0 (as preprocessed) or >= 2")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
-        for name in ("early_stopping_patience", "max_steps", "save_steps", "save_total_limit", "max_train_length"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def lora_targets(self) -> list[str] | None:
         return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()] or None
@@ -209,18 +181,15 @@ class TrainConfig(
 class Launch:
     """How many processes and nodes train: launch settings, apart from the hyperparameters."""
 
-    nproc_per_node: int = 0
+    nproc_per_node: int = setting(0, ge=0)
     """Training processes per node: 0 = one per visible GPU, or 1 on CPU (2 threads beat 2x1 processes there)."""
-    max_restarts: int = 0
+    max_restarts: int = setting(0, ge=0)
     """torchrun restarts of failed workers; each restart resumes from the newest checkpoint."""
-    num_nodes: int = 1
+    num_nodes: int = setting(1, ge=1)
     """Nodes to train on; above 1 the train step runs a Kubeflow Trainer TrainJob on the cluster."""
-    gpus_per_node: int = 1
+    gpus_per_node: int = setting(1, ge=0)
     """GPUs per node of that TrainJob (num_nodes > 1)."""
 
     def validate(self) -> None:
-        for name in ("nproc_per_node", "max_restarts", "gpus_per_node"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_nodes < 1:
-            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
+        """Reject values outside their ranges."""
+        check_settings(self)

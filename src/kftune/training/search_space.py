@@ -27,7 +27,7 @@ from kftune.errors import ConfigError
 from kftune.settings.catalog import settings_of
 from kftune.training.config import Adapters, TrainConfig
 
-# What a search may vary, and each option's type: the settings of TrainConfig declared searchable().
+# What a search may vary, and each option's type: the settings of TrainConfig declared setting(..., searchable=True).
 SEARCHABLE: dict[str, type] = {s.name: s.type for s in settings_of(TrainConfig) if s.searchable}
 LORA_OPTIONS = tuple(name for name in SEARCHABLE if name in {f.name for f in fields(Adapters)})
 DEFAULT_GRID_POINTS = 3

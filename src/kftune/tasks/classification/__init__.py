@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kftune.data.bundled import BUNDLED_DATA
-from kftune.errors import ConfigError, DataError
+from kftune.errors import DataError
 from kftune.inference.runners import softmax
-from kftune.settings.fields import searchable
+from kftune.settings.fields import setting
 from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -91,17 +91,13 @@ def tfidf_baseline(train_texts, train_labels, test_texts, seed: int = 0):
 class LabelSmoothing:
     """Classification's training loss."""
 
-    label_smoothing: float = searchable(0.0)
+    label_smoothing: float = setting(0.0, searchable=True, ge=0, lt=1)
     """Label smoothing of the training loss: the target gives the true class 1 - label_smoothing and spreads the rest evenly over all classes (0: none)."""  # noqa: E501
 
 
 class Classification(EncoderTask):
     strata_checked = True  # check_labels proved every class splittable
     detect_order = 1000
-
-    def check_settings(self, config):
-        if isinstance(config, LabelSmoothing) and not 0 <= config.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
 
     def detect(self, frame, config):
         """The default task: integer or text labels, or no label column to tell otherwise."""
