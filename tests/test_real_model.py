@@ -78,8 +78,8 @@ def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_p
                     tmp_path / "data", tmp_path / "model")
     from datasets import load_from_disk
 
-    from kftune.components.evaluate.generation import reference_loss
     from kftune.models.causal_lm import load_causal_lm
+    from kftune.tasks.causal_lm.evaluation import reference_loss
 
     base, tokenizer = load_causal_lm(bundled.bundled_causal_lm_dir())
     base_loss = reference_loss(base, load_from_disk(str(tmp_path / "data" / "splits"))["validation"],

@@ -25,13 +25,15 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import pandas as pd
 
 from kftune.data.chat import ROLES, normalise_answer, render
 from kftune.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +217,8 @@ def clean_and_encode(conversations_: list[list[dict]], tokenizer, max_length: in
         hint = (f" (every example is longer than max_seq_length={max_length} tokens: raise it, or set "
                 "overlong=truncate_prompt)") if removed["too_long"] and all_too_long else ""
         raise DataError(f"{source}: no examples left after cleaning ({reasons}){hint}")
+    import pandas as pd
+
     return pd.DataFrame(rows), removed | {"prompt_truncated": truncated}
 
 
