@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/kftune run --results kftune-runs/results.json
 
+# Two to four worker processes (pytest-xdist), a test file per worker at a time (its module fixtures built once):
+# much of a pipeline test is process start-up, which a second core overlaps.
 test: setup
-	$(BIN)/pytest --durations=40
+	$(BIN)/pytest --numprocesses auto --maxprocesses 4 --dist loadfile --durations=40
 
 test-quick: setup
 	$(BIN)/pytest -m "not slow"
