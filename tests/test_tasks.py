@@ -115,12 +115,35 @@ def test_regression_detected_normalised_and_stratified(regression_run):
     info = dataset_task(dataset)
     splits, _ = load_splits(dataset)
     every = np.concatenate([np.asarray(splits[s][LABEL]) for s in ("train", "validation", "test")])
-    assert info["target_mean"] == pytest.approx(every.mean(), abs=1e-4)
-    assert info["target_std"] == pytest.approx(every.std(), abs=1e-4)
+    train = np.asarray(splits["train"][LABEL])  # the normalisation is fitted on the training split alone
+    assert info["target_mean"] == pytest.approx(train.mean(), abs=1e-4)
+    assert abs(info["target_mean"] - every.mean()) > 1e-6
+    assert info["target_std"] == pytest.approx(train.std(), abs=1e-4)
     # quantile-stratified: each split's mean is close to the whole's
     for name in ("validation", "test"):
         assert abs(np.mean(splits[name][LABEL]) - every.mean()) < 0.35 * every.std()
     assert history["best_metric"] == "rmse"
+
+
+def test_a_test_target_does_not_change_the_normalisation(tmp_path, tiny_model):
+    """Nudging the target of a test row (within its quantile bin, so the split stays the same) leaves the
+    recorded normalisation as it was: it is fitted on the training split alone."""
+    from kftune.data.schema import TEXT
+
+    def prepared(frame, name):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+        out = tmp_path / name
+        preprocess(PreprocessConfig(data=str(tmp_path / f"{name}.csv"), model=str(tiny_model), seed=0), out)
+        return dataset_task(out), load_splits(out)[0]
+
+    frame = regression_frame(150)
+    info, splits = prepared(frame, "before")
+    row = frame.index[frame["text"] == splits["test"][0][TEXT]][0]
+    frame.loc[row, "label"] += 1e-3
+    nudged_info, nudged = prepared(frame, "after")
+    assert nudged["test"][TEXT] == splits["test"][TEXT]  # the same split
+    assert nudged["test"][0][LABEL] != splits["test"][0][LABEL]
+    assert (nudged_info["target_mean"], nudged_info["target_std"]) == (info["target_mean"], info["target_std"])
 
 
 def test_regression_learns_evaluates_exports_and_serves(regression_run):

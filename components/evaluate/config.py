@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from kftune.errors import ConfigError
 from kftune.settings.fields import check_settings, internal, setting
@@ -18,8 +18,10 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
 
     min_primary_score: float = setting(-1.0, ge=0, le=1, auto=True)
     """Gate: the model's test score in the task's primary metric must be at least this (where the primary metric is a score, not an error such as RMSE); -1: the task's."""  # noqa: E501
+    max_primary_error: float = setting(-1.0, ge=0, auto=True)
+    """Gate: the model's test error in the task's primary metric must be at most this (where the primary metric is an error, such as RMSE, in the target's units); -1: no limit."""  # noqa: E501
     min_f1_macro: float = setting(0.0, ge=0, le=1)
-    """Gate: the model's test macro F1 must be at least this."""
+    """Gate: the model's test macro F1 must be at least this (tasks that score macro F1)."""
     min_gain_over_baseline: float = setting(0.0, per_task="primary")
     """Gate: the model's gain over the task's baseline in its primary metric must be at least this (for an error, baseline minus model, in the target's units); within [-1, 1] where the primary metric is a score. The primary metrics."""  # noqa: E501
     batch_size: int = internal(128, ge=1)
@@ -30,7 +32,24 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
         if not math.isfinite(self.min_gain_over_baseline):
             raise ConfigError(f"min_gain_over_baseline must be a finite number, got {self.min_gain_over_baseline}")
         task = TASKS.get(self.task)  # auto: known once the data says which task it is
+        if task:
+            self.check_gates(task)
         if task and task.higher_is_better(task.primary) and not -1 <= self.min_gain_over_baseline <= 1:
             # a score in [0, 1] gains at most 1; an error (RMSE) gains in the target's own units
             raise ConfigError(f"min_gain_over_baseline must be in [-1, 1] (a gain in {task.primary}, a score), got "
                               f"{self.min_gain_over_baseline}")
+
+    def check_gates(self, task) -> None:
+        """Refuse a gate setting the task has no score for (an F1 threshold for regression), set away from its
+        defaults: the gate would silently ignore it."""
+        gates = task.gates()
+        for name in GATE_SETTINGS:
+            value = getattr(self, name)
+            if name not in gates and value not in (DEFAULTS[name], task.defaults.get(name, DEFAULTS[name])):
+                raise ConfigError(f"{name} does not apply to task {task.name} (its gate settings: "
+                                  f"{', '.join(gates)}); leave it at its default")
+
+
+GATE_SETTINGS = ("min_primary_score", "max_primary_error", "min_f1_macro", "min_gain_over_baseline")
+"""The thresholds of the gate; :meth:`~kftune.tasks.base.Task.gates` says which apply to a task."""
+DEFAULTS = {f.name: f.default for f in fields(EvaluateConfig)}

@@ -177,6 +177,7 @@ def preprocess(config, output_dir: str | Path) -> dict:
     info = {"task": config.task, **task.data_info(prepared, config)}
     splits = split_dataset(task.store_labels(prepared.frame, info), config, lambda part: task.strata(part, info),
                            task.strata_checked)
+    info |= task.train_info(splits["train"], info)  # before augmenting: statistics of the rows read
     augmented = 0
     if config.augment_copies:
         rows = len(splits["train"])

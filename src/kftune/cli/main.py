@@ -58,6 +58,7 @@ def preflight(arguments: dict) -> None:
     resolve_model(config.model)
     data, frame, _ = read_data(settings_from(PreprocessConfig, arguments))  # task auto: decided from the data
     prepare(data, frame)
+    settings_from(EvaluateConfig, arguments, task=data.task).validate()  # the gate settings the task has
     if arguments.get("predict_input"):  # the texts to predict on after export: their files and columns, now
         check_inputs(settings_from(PredictConfig, arguments), data.task)
 

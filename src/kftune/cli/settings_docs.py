@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kftune.cluster.resources import TrainResources
 from kftune.components.deploy.config import DeployConfig
-from kftune.components.evaluate.config import EvaluateConfig
+from kftune.components.evaluate.config import GATE_SETTINGS, EvaluateConfig
 from kftune.components.export.config import ExportConfig
 from kftune.components.predict.config import PredictConfig
 from kftune.components.preprocess.config import PreprocessConfig
@@ -75,9 +75,29 @@ def tasks_table() -> str:
             "| served over |", "|---|---|" + "---|" * (len(keys) + 4)]
     for task in TASKS.values():
         direction = "lower is better" if not task.higher_is_better(task.primary) else "higher is better"
-        values = " | ".join(f"`{task.defaults[k]}`" if k in task.defaults else "(set it)" for k in keys)
+        values = " | ".join(_task_default(task, k) for k in keys)
         rows.append(f"| `{task.name}` | {task.summary} | {values} | `{task.primary}` ({direction}) | "
                     f"`{task.baseline}` | {task.export_format} | {task.serving} |")
+    return "\n".join(rows)
+
+
+def _task_default(task, key: str) -> str:
+    if key in task.defaults:
+        return f"`{task.defaults[key]}`"
+    return "(none: no such gate)" if key in GATE_SETTINGS else "(set it)"
+
+
+def gates_table() -> str:
+    """A Markdown table of the gate's settings that apply to each registered task, with the score each bounds
+    (:meth:`~kftune.tasks.base.Task.gates`); the others are refused for the task."""
+    from kftune.tasks import TASKS
+
+    rows = ["| task | " + " | ".join(f"`{name}`" for name in GATE_SETTINGS) + " |",
+            "|---|" + "---|" * len(GATE_SETTINGS)]
+    for task in TASKS.values():
+        gates = task.gates()
+        rows.append(f"| `{task.name}` | " + " | ".join(f"`{gates[name]}`" if name in gates else "refused"
+                                                       for name in GATE_SETTINGS) + " |")
     return "\n".join(rows)
 
 
@@ -89,6 +109,9 @@ def section(path: str) -> str:
     if path == "components/tune/README.md":
         searchable = ", ".join(f"`{name}` ({kind.__name__})" for name, kind in SEARCHABLE.items())
         text += f"\n\nSearchable training options (keys of `search_space`): {searchable}."
+    if path == "components/evaluate/README.md":
+        text += ("\n\nWhich gate settings apply to which task, and the test score each bounds (a setting marked "
+                 "refused, set away from its default, is a one-line error before the run starts):\n\n" + gates_table())
     return text
 
 

@@ -135,6 +135,11 @@ class Task:
         """What the dataset's ``task.json`` records besides the task's name."""
         return {}
 
+    def train_info(self, train, info: dict) -> dict:
+        """What ``task.json`` records that is fitted on the training split alone (after the split; e.g. a
+        regression target's normalisation): validation and test rows must not shape what training sees."""
+        return {}
+
     def store_labels(self, frame, info: dict):
         """``frame`` with its labels as the dataset stores them (before the split: the strata see them so)."""
         return frame
@@ -173,15 +178,31 @@ class Task:
         ``baselines``, ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
         raise NotImplementedError
 
+    def gates(self, primary: str = "") -> dict[str, str]:
+        """The gate's settings that apply to the task, each with the score it bounds: the primary score (a
+        minimum for a score, a maximum for an error such as RMSE), its gain over the baseline, and macro F1 where
+        the task scores it. ``primary``: the result's, where it depends on the data (causal-lm)."""
+        primary = primary or self.primary
+        gates = {"min_primary_score" if self.higher_is_better(primary) else "max_primary_error": primary,
+                 "min_gain_over_baseline": primary}
+        if "f1_macro" in self.metrics:
+            gates["min_f1_macro"] = "f1_macro"
+        return gates
+
     def checks(self, result: dict, config) -> dict[str, bool]:
-        """The gate's checks of ``result``: the primary score against ``min_primary_score`` where higher is better,
-        the gain over the baseline against ``min_gain_over_baseline``."""
+        """The gate's checks of ``result``, one per setting of :meth:`gates` (a ``max_primary_error`` of -1, no
+        limit, checks nothing), by what each requires."""
         model, deltas = result["model"], result["delta_vs_baseline"]
         checks = {}
-        if self.higher_is_better(self.primary):
-            checks[f"{self.primary} >= {config.min_primary_score}"] = model[self.primary] >= config.min_primary_score
-        checks[f"{self.primary} gain over {self.baseline} >= {config.min_gain_over_baseline}"] = (
-            deltas[self.primary] >= config.min_gain_over_baseline)
+        for name, metric in self.gates(result.get("primary_metric", "")).items():
+            bound = getattr(config, name)
+            if name == "min_gain_over_baseline":
+                checks[f"{metric} gain over {result['baseline']} >= {bound}"] = deltas[metric] >= bound
+            elif name.startswith("max_"):
+                if bound >= 0:
+                    checks[f"{metric} <= {bound}"] = model[metric] <= bound
+            else:
+                checks[f"{metric} >= {bound}"] = model[metric] >= bound
         return checks
 
     def result_metrics(self, result: dict) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ from kftune.data.bundled import BUNDLED_MODEL
 from kftune.data.schema import LABEL, LENGTH, TEXT
 from kftune.tasks.base import Prepared, Task
 
-ENCODER_DEFAULTS = {"model": BUNDLED_MODEL, "max_seq_length": 128, "training_mode": "full", "min_primary_score": 0.0}
+ENCODER_DEFAULTS = {"model": BUNDLED_MODEL, "max_seq_length": 128, "training_mode": "full"}
 """What the encoder tasks' ``auto`` settings share (each task adds or replaces its own)."""
 
 

@@ -131,16 +131,6 @@ class CausalLMTask(Task):
         return evaluate_causal_lm(model_dir, dataset_dir, replace(config, batch_size=min(config.batch_size, 16)),
                                   self.name)
 
-    def checks(self, result, config):
-        """The primary score (``answer_accuracy`` for short-answer data, else ``exact_match``) against
-        ``min_primary_score``, and its gain over the base model against ``min_gain_over_baseline``."""
-        primary = result["primary_metric"]
-        return {
-            f"{primary} >= {config.min_primary_score}": result["model"][primary] >= config.min_primary_score,
-            f"{primary} - base model {primary} >= {config.min_gain_over_baseline}":
-                result["delta_vs_baseline"][primary] >= config.min_gain_over_baseline,
-        }
-
     def result_metrics(self, result):
         return tuple(k for k in SUMMARY_KEYS if k in result["model"])
 

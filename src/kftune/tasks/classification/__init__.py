@@ -208,15 +208,6 @@ class Classification(EncoderTask):
         tfidf_pred, tfidf_prob = tfidf_baseline(train[TEXT], train[LABEL], test[TEXT])
         return {"majority": majority, "tfidf_logreg": classification_scores(y_true, tfidf_pred, names, tfidf_prob)}
 
-    def checks(self, result, config):
-        model, deltas = result["model"], result["delta_vs_baseline"]
-        return {
-            f"accuracy >= {config.min_primary_score}": model["accuracy"] >= config.min_primary_score,
-            f"f1_macro >= {config.min_f1_macro}": model["f1_macro"] >= config.min_f1_macro,
-            f"accuracy - baseline accuracy >= {config.min_gain_over_baseline}":
-                deltas["accuracy"] >= config.min_gain_over_baseline,
-        }
-
     def report_sections(self, result):
         from kftune.reports import figure_html, new_figure, table_html
 

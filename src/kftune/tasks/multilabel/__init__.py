@@ -272,7 +272,8 @@ class Multilabel(EncoderTask):
 TASK = Multilabel(
     "multilabel",
     "a set of labels per text",
-    defaults={"data": MULTILABEL_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "f1_micro", "learning_rate": 3e-4,
+    defaults={"data": MULTILABEL_DATA, **ENCODER_DEFAULTS, "min_primary_score": 0.0,
+              "metric_for_best_model": "f1_micro", "learning_rate": 3e-4,
               "num_train_epochs": 6, "per_device_train_batch_size": 16},
     search_space=encoder_search_space((1e-4, 1e-3)),
     metrics=METRICS,

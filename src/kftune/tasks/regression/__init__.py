@@ -1,7 +1,7 @@
 """regression: one number per text (a rating, a severity, a sentiment intensity).
 
 Targets are read as floats and normalised for training with the mean and standard deviation
-of the cleaned data (recorded in ``task.json`` and inverted for every score and prediction).
+of the training split alone (recorded in ``task.json`` and inverted for every score and prediction).
 Head: ``AutoModelForSequenceClassification`` with one output (``problem_type="regression"``);
 loss: MSE or Huber (``regression_loss``) on the normalised target. Scores: RMSE, MAE, R²,
 Pearson, Spearman. Baselines: the training mean, and TF-IDF + ridge regression. Serving: the
@@ -17,6 +17,7 @@ from typing import Literal
 import numpy as np
 
 from kftune.data.bundled import REGRESSION_DATA
+from kftune.data.schema import LABEL
 from kftune.errors import DataError
 from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
@@ -94,7 +95,11 @@ class Regression(EncoderTask):
         return parsed
 
     def label_info(self, labels):
-        values = np.asarray(labels, dtype=np.float64)
+        return {}  # its normalisation comes from the training split alone (train_info)
+
+    def train_info(self, train, info):
+        """The target's normalisation, from the training split alone."""
+        values = np.asarray(train[LABEL], dtype=np.float64)
         return {"target_mean": float(values.mean()), "target_std": float(values.std()) or 1.0}
 
     def encode_labels(self, labels, info):

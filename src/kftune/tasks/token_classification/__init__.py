@@ -297,7 +297,8 @@ METRICS = ("precision", "recall", "f1", "accuracy")
 TASK = TokenClassification(
     NAME,
     "one IOB2 tag per word (named entities)",
-    defaults={"data": TOKEN_DATA, **ENCODER_DEFAULTS, "metric_for_best_model": "f1", "learning_rate": 3e-4,
+    defaults={"data": TOKEN_DATA, **ENCODER_DEFAULTS, "min_primary_score": 0.0,
+              "metric_for_best_model": "f1", "learning_rate": 3e-4,
               "num_train_epochs": 6, "per_device_train_batch_size": 16},
     search_space=encoder_search_space((1e-4, 1e-3)),
     metrics=METRICS,
