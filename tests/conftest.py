@@ -16,6 +16,13 @@ from tests.task_data import distinct_toy_sentences, write_conll, write_multilabe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    # pytest-xdist workers share the CPUs: each (and the processes it starts: kfp tasks, torchrun) takes its share
+    # of PyTorch's threads, where every worker taking all of them would oversubscribe the cores with spinning
+    # OpenMP threads. Set before any test imports torch.
+    from kftune.cpus import available_cpus
+
+    os.environ["OMP_NUM_THREADS"] = str(max(1, available_cpus() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
 def make_tiny_model(path: Path, num_labels: int = 2) -> Path:
