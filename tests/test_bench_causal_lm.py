@@ -21,7 +21,6 @@ def load_bench():
 
 @pytest.mark.slow  # four training processes, each importing torch, transformers and TRL: about a minute
 def test_bench_compares_kftune_and_trl_on_the_same_tokens(tiny_causal_lm, tmp_path):
-    pytest.importorskip("trl")
     out = tmp_path / "results.json"
     load_bench().main(["--model", str(tiny_causal_lm), "--examples", "16", "--max-rows", "120", "--out", str(out)])
 

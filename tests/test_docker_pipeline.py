@@ -31,8 +31,8 @@ def unavailable(reason: str):
     """Skip for a missing engine, SDK or image; fail where they must be there (KFTUNE_REQUIRE_DOCKER=1, CI)."""
     if os.environ.get("KFTUNE_REQUIRE_DOCKER") == "1":
         pytest.fail(f"{reason} (KFTUNE_REQUIRE_DOCKER=1 says this machine must have them)")
-    if in_ci() and "SDK" in reason:
-        pytest.fail(f"{reason}; CI=true, where a missing tool is a failure")
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, where a missing engine, SDK or image is a failure")
     pytest.skip(reason)
 
 

@@ -71,7 +71,6 @@ def read_output(path: Path) -> pd.DataFrame:
 
 def served_predictions(model_dir: Path, texts: list[str]) -> list[dict]:
     """What `kftune serve` answers for ``texts`` over V1 (the TextModel itself, no HTTP)."""
-    pytest.importorskip("kserve")
     from kftune.components.serve.serve import TextModel
 
     classifier = TextModel("m", model_dir)

@@ -44,6 +44,7 @@ from kftune.storage import (
 from kftune.storage.checksums import digest_file
 from kftune.storage.retry import Transient
 from tests.object_servers import GcsEmulator, MotoS3, MotoS3WithAuth, S3rver, s3rver_command
+from tests.tools import need
 
 # Distinctive fake credentials: the tests look for them in logs, errors and YAML.
 FAKE_KEY = "AKIAKFTUNEFAKE7Q2XJ4"
@@ -608,9 +609,8 @@ def test_wrong_credentials_fail_at_once_with_a_clear_message(moto_auth, monkeypa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(s3rver_command() is None,
-                    reason="s3rver not installed (npm install --prefix .venv/s3rver s3rver@3.7.1)")
 def test_s3rver_rejects_unknown_key_and_survives_a_crash_mid_upload(tmp_path, monkeypatch):
+    need(s3rver_command(), "s3rver (npm install --prefix .venv/s3rver s3rver@3.7.1)")  # CI=true: fails without it
     server = S3rver(tmp_path / "s3rver-data").start()
     try:
         _minio(server.endpoint, S3rver.ACCESS_KEY, S3rver.SECRET_KEY).make_bucket("kftune-crash")

@@ -108,10 +108,16 @@ def test_a_katib_trial_scores_and_prints_the_tasks_metric(task, tmp_path, tiny_m
                        save_steps=0)
     config.write_text(json.dumps(asdict(base)))
     assert trial_main(["--config", str(config), "--dataset", str(dataset), "--output", str(tmp_path / "trial"),
-                       "--metric", metric, "--set", "learning_rate=3e-3"]) == 0
+                       "--metric", metric, "--set", "learning_rate=3e-3", "--keep-model"]) == 0
     printed = dict(line.split("=") for line in capsys.readouterr().out.split())
     assert scores <= set(printed), printed
-    assert float(printed[f"val_{metric}"]) >= 0
+    # what Katib reads is the kept model's best validation score, with the best epoch's other scores
+    history = json.loads((tmp_path / "trial" / "training_history.json").read_text())
+    assert history["best_metric"] == metric
+    assert float(printed[f"val_{metric}"]) == pytest.approx(history["best_score"], abs=1e-6)
+    best = history["epochs"][history["best_epoch"] - 1]
+    for name in scores:
+        assert float(printed[name]) == pytest.approx(best[name], abs=1e-6), name
 
 
 def test_the_gain_gate_is_bounded_only_where_the_primary_metric_is_a_score():
