@@ -41,6 +41,9 @@ class LocalRunResult:
             "baseline": {"name": ev["baseline"], **{k: baseline[k] for k in keys if k in baseline}},
             "baselines": {name: {k: s[k] for k in keys if k in s} for name, s in ev["baselines"].items()},
             "delta_vs_baseline": ev["delta_vs_baseline"],
+            **({"delta_intervals": {k: {"ci_low": v["ci_low"], "ci_high": v["ci_high"]}
+                                    for k, v in ev["intervals"].items()},
+                "resamples": ev["resamples"]} if "intervals" in ev else {}),
             "passed": self.passed,
             "test_size": ev["test_size"],
             **task.result_extras(ev),

@@ -62,6 +62,8 @@ def test_the_gate_fails_a_model_below_each_of_its_settings(task, request):
              for name in APPLIES[task] if name != "max_primary_error"}  # max_primary_error -1: no limit
     result = evaluate(model_dir, dataset_dir, EvaluateConfig(task=task, **meets))
     assert result["passed"] is True, result["checks"]
+    if TASKS[task].intervals:  # every delta with its interval (tests/test_bootstrap.py)
+        assert set(result["intervals"]) == set(result["delta_vs_baseline"]) == set(TASKS[task].metrics)
     scores = {name: (result["delta_vs_baseline"] if name == "min_gain_over_baseline" else result["model"])[metric]
               for name, metric in TASKS[task].gates(result.get("primary_metric", "")).items()}
     if task in STAGED:  # through the whole stage too (its wiring is the same for every task)

@@ -84,6 +84,10 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     for part in ("model", "baseline"):
         assert 0 <= results[part]["accuracy"] <= 1 and 0 <= results[part]["f1_macro"] <= 1
     assert results["baseline"]["name"] == "tfidf_logreg"
+    # every delta with its paired bootstrap interval (tests/test_bootstrap.py checks their coverage)
+    assert set(results["delta_intervals"]) == set(results["delta_vs_baseline"]) and results["resamples"] == 1000
+    for metric, interval in results["delta_intervals"].items():
+        assert interval["ci_low"] <= results["delta_vs_baseline"][metric] <= interval["ci_high"]
     assert Path(results["artifacts"]["onnx"]).is_file()
     assert (Path(results["artifacts"]["model"]) / "model.safetensors").is_file()
     assert results["test_size"] == 30

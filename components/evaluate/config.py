@@ -24,6 +24,8 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     """Gate: the model's test macro F1 must be at least this (tasks that score macro F1)."""
     min_gain_over_baseline: float = setting(0.0, per_task="primary")
     """Gate: the model's gain over the task's baseline in its primary metric must be at least this (for an error, baseline minus model, in the target's units); within [-1, 1] where the primary metric is a score. The primary metrics."""  # noqa: E501
+    gain_at_lower_bound: bool = setting(False)
+    """Gate: hold the lower bound of the gain's 95% interval (paired bootstrap over the test examples), not its point estimate, to min_gain_over_baseline: a gain that may be noise fails."""  # noqa: E501
     batch_size: int = internal(128, ge=1)
 
     def validate(self) -> None:
@@ -34,6 +36,8 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
         task = TASKS.get(self.task)  # auto: known once the data says which task it is
         if task:
             self.check_gates(task)
+        if task and self.gain_at_lower_bound and not task.intervals:
+            raise ConfigError(f"gain_at_lower_bound: task {task.name} has no intervals of its gains yet; leave it off")
         if task and task.higher_is_better(task.primary) and not -1 <= self.min_gain_over_baseline <= 1:
             # a score in [0, 1] gains at most 1; an error (RMSE) gains in the target's own units
             raise ConfigError(f"min_gain_over_baseline must be in [-1, 1] (a gain in {task.primary}, a score), got "

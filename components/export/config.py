@@ -15,7 +15,7 @@ class ExportConfig(TaskChoice):
     opset: int = setting(17, ge=13, le=21)
     """ONNX opset version."""
     atol: float = setting(1e-3, gt=0)
-    """Largest allowed absolute difference between the trained model's logits and the export's on the test split (causal-lm: the base model + adapter against the merged model)."""  # noqa: E501
+    """Largest allowed absolute difference between the trained model's logits and the export's on the test split (causal-lm: the trained base model + adapter, unmerged, against the exported merged model)."""  # noqa: E501
     quantize_int8: bool = True
     """Also export an int8 dynamically quantized ONNX model (model.int8.onnx) and report its accuracy (ONNX exports)."""  # noqa: E501
     batch_size: int = internal(64, ge=1)

@@ -184,12 +184,14 @@ PARITY_PROMPTS = 32
 
 def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Path, config: ExportConfig,
                        task) -> dict:
-    """A causal LM as a Hugging Face directory: the merged model, the LoRA adapter in ``adapter/``, both checked.
+    """A causal LM as a Hugging Face directory: the merged model, the LoRA adapter in ``adapter/``, checked against
+    what was trained.
 
-    Both are reloaded from what was written and run on the first test prompts: the merged copy
-    must give exactly the trained model's greedy tokens (the same weights), and base model +
-    adapter its logits within ``atol`` (merging changes floating-point sums) — or nothing is
-    written.
+    The reference is the trained model as training left it: for LoRA the base model with the adapter, unmerged
+    (what the merge must reproduce); for full fine-tuning the trained weights. The export's merged model, reloaded
+    from what was written, answers the first test prompts greedily and gives its logits: they must be within
+    ``atol`` of the reference's (merging changes floating-point sums), and for full fine-tuning (the same weights)
+    its answers identical — or nothing is written.
     """
     import torch
 
@@ -205,15 +207,24 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Pat
     test = splits["test"].select(range(min(PARITY_PROMPTS, len(splits["test"]))))
     prompts = list(test["prompt"])
     max_new = max_new_tokens_for(info, 0)
-    trained, tokenizer = load_causal_lm(model_dir)
-    expected = generate(trained, tokenizer, prompts, max_new, desc="trained model answers")
+    history = json.loads((model_dir / "training_history.json").read_text(encoding="utf-8"))
+    adapter = (model_dir / ADAPTER_DIR).is_dir()
+    if adapter:  # the trained model unmerged: the base it was trained from, with the adapter
+        from peft import PeftModel
+        from transformers import AutoTokenizer
+
+        base, _ = load_causal_lm(resolve_model(history["config"]["model"]))
+        reference = PeftModel.from_pretrained(base, str(model_dir / ADAPTER_DIR)).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    else:
+        reference, tokenizer = load_causal_lm(model_dir)
+    expected = generate(reference, tokenizer, prompts, max_new, desc="trained model answers")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     batch = CausalCollator(test, pad_id)(range(len(test)))
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     with torch.no_grad():
-        reference_logits = trained(**inputs).logits
-    history = json.loads((model_dir / "training_history.json").read_text(encoding="utf-8"))
-    del trained
+        reference_logits = reference(**inputs).logits
+    del reference
 
     with atomic_directory(output_dir) as tmp:
         for path in model_dir.iterdir():
@@ -222,29 +233,22 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Pat
             else:
                 shutil.copy2(path, tmp / path.name)
         merged, merged_tokenizer = load_causal_lm(tmp)
-        reloaded = generate(merged, merged_tokenizer, prompts, max_new, desc="exported model answers")
-        differing = sum(a != b for a, b in zip(expected, reloaded, strict=True))
-        if differing:
-            raise KftuneError(f"export of {model_dir}: the reloaded merged model answers {differing} of "
-                              f"{len(prompts)} test prompts differently from the trained model")
-        parity = {"prompts": len(prompts), "merged_generation_mismatches": 0}
-        files = {"model": "model.safetensors"}
-        if (tmp / ADAPTER_DIR).is_dir():
-            from peft import PeftModel
-
-            base, _ = load_causal_lm(resolve_model(history["config"]["model"]))
-            adapted = PeftModel.from_pretrained(base, str(tmp / ADAPTER_DIR)).eval()
-            with torch.no_grad():
-                diff = float((adapted(**inputs).logits - reference_logits).abs().max())
-            adapter_answers = generate(adapted, merged_tokenizer, prompts, max_new, desc="base + adapter answers")
-            agreement = float(np.mean([a == b for a, b in zip(expected, adapter_answers, strict=True)]))
-            log.info("adapter parity on %d test prompts: max |logit diff| %.2e, %.0f%% identical answers",
-                     len(prompts), diff, 100 * agreement)
-            if diff > config.atol:
-                raise KftuneError(f"export of {model_dir}: base model + adapter differs from the merged model by "
-                                  f"{diff:.3e} in the logits (allowed {config.atol:.1e})")
-            parity |= {"adapter_max_abs_logit_diff": diff, "adapter_generation_agreement": agreement}
-            files["adapter"] = ADAPTER_DIR
+        with torch.no_grad():
+            diff = float((merged(**inputs).logits - reference_logits).abs().max())
+        answers = generate(merged, merged_tokenizer, prompts, max_new, desc="exported model answers")
+        mismatches = sum(a != b for a, b in zip(expected, answers, strict=True))
+        reference_name = "base model + adapter (unmerged)" if adapter else "trained model"
+        log.info("export parity against the %s on %d test prompts: max |logit diff| %.2e, %d answers differ",
+                 reference_name, len(prompts), diff, mismatches)
+        if diff > config.atol:
+            raise KftuneError(f"export of {model_dir}: the exported model differs from the {reference_name} by "
+                              f"{diff:.3e} in the logits of the test prompts (allowed {config.atol:.1e})")
+        if mismatches and not adapter:
+            raise KftuneError(f"export of {model_dir}: the reloaded model answers {mismatches} of {len(prompts)} "
+                              "test prompts differently from the trained model")
+        parity = {"prompts": len(prompts), "reference": reference_name, "max_abs_logit_diff": diff,
+                  "generation_mismatches": mismatches, "generation_agreement": 1 - mismatches / len(prompts)}
+        files = {"model": "model.safetensors"} | ({"adapter": ADAPTER_DIR} if adapter else {})
         report = {
             "task": config.task,
             "format": "huggingface",

@@ -58,8 +58,9 @@ class SentencePair(Regression):
             return [f"{a} || {b}" for a, b in zip(split[TEXT], split[PAIR], strict=True)]
 
         y_train, y_test = np.asarray(train[LABEL], dtype=np.float64), np.asarray(test[LABEL], dtype=np.float64)
-        return {"mean": regression_scores(y_test, np.full(len(y_test), y_train.mean()), full=True),
-                "tfidf_ridge": regression_scores(y_test, tfidf_ridge(both(train), y_train, both(test)), full=True)}
+        mean, ridge = np.full(len(y_test), y_train.mean()), tfidf_ridge(both(train), y_train, both(test))
+        return {"mean": {**regression_scores(y_test, mean, full=True), "predictions": mean},
+                "tfidf_ridge": {**regression_scores(y_test, ridge, full=True), "predictions": ridge}}
 
 
 TASK = SentencePair(

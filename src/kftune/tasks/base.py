@@ -96,6 +96,8 @@ class Task:
     """Whether its training texts can be augmented with noisy copies."""
     strata_checked = False
     """Whether ``prepare`` already proved its strata splittable (else the split falls back to random)."""
+    intervals = False
+    """Whether evaluate gives paired bootstrap intervals of its scores and gains (:meth:`example_statistics`)."""
     comparison_heading = "Model vs baselines"
     """The heading of the evaluation report's summary table."""
     predict_chunk_batches = 8
@@ -178,6 +180,16 @@ class Task:
         ``baselines``, ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
         raise NotImplementedError
 
+    def example_statistics(self, truth, predicted, info: dict) -> dict:
+        """Per-example sufficient statistics of the task's scores (arrays, the test examples on axis 0), for the
+        paired bootstrap (:mod:`kftune.tasks.bootstrap`) of a task with ``intervals``."""
+        raise NotImplementedError
+
+    def scores_from_sums(self, sums: dict, info: dict) -> dict:
+        """Each of ``metrics`` for every resample (arrays, the resamples on axis 0), from the sums of
+        :meth:`example_statistics` over each resample's examples."""
+        raise NotImplementedError
+
     def gates(self, primary: str = "") -> dict[str, str]:
         """The gate's settings that apply to the task, each with the score it bounds: the primary score (a
         minimum for a score, a maximum for an error such as RMSE), its gain over the baseline, and macro F1 where
@@ -196,7 +208,11 @@ class Task:
         checks = {}
         for name, metric in self.gates(result.get("primary_metric", "")).items():
             bound = getattr(config, name)
-            if name == "min_gain_over_baseline":
+            if name == "min_gain_over_baseline" and config.gain_at_lower_bound:
+                low = result["intervals"][metric]["ci_low"]
+                checks[f"{metric} gain over {result['baseline']}, lower bound of its 95% interval, >= {bound}"] = (
+                    low >= bound)
+            elif name == "min_gain_over_baseline":
                 checks[f"{metric} gain over {result['baseline']} >= {bound}"] = deltas[metric] >= bound
             elif name.startswith("max_"):
                 if bound >= 0:

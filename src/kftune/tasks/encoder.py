@@ -187,7 +187,8 @@ class EncoderTask(Task):
 
     # --- evaluation -------------------------------------------------------------------
     def baselines(self, train, test, info: dict) -> dict[str, dict]:
-        """Baselines fitted on the train split and scored (``full``) on the test split, by name."""
+        """Baselines fitted on the train split and scored (``full``) on the test split, by name; for a task with
+        ``intervals``, each with its test ``predictions`` too (an array, which evaluate takes out)."""
         raise NotImplementedError
 
     def trained_info(self, model_dir: Path, model, data_info: dict) -> dict:
@@ -220,10 +221,12 @@ class EncoderTask(Task):
                 f"{data_info.get('labels')}; evaluate the model on the dataset it was trained on")
         train, test = splits["train"], splits["test"]
         logits = predict_logits(torch_runner(model), test, config.batch_size)
-        model_scores = self.scores(logits, self.label_array(test[LABEL]), info, full=True)
+        truth = self.label_array(test[LABEL])
+        model_scores = self.scores(logits, truth, info, full=True)
         baselines = self.baselines(train, test, info)
+        predicted = {name: scores.pop("predictions", None) for name, scores in baselines.items()}
         baseline = baselines[self.baseline]
-        return {
+        result = {
             "task": self.name,
             "labels": info.get("labels", []),
             "test_size": len(test),
@@ -232,6 +235,19 @@ class EncoderTask(Task):
             "baseline": self.baseline,
             "delta_vs_baseline": {k: self.gain(k, model_scores[k], baseline[k]) for k in self.metrics},
         }
+        if self.intervals and predicted[self.baseline] is not None:
+            from kftune.tasks.bootstrap import RESAMPLES, paired_intervals
+
+            result["intervals"] = paired_intervals(
+                self.example_statistics(truth, self.predicted(logits, info), info),
+                self.example_statistics(truth, predicted[self.baseline], info),
+                lambda sums: self.scores_from_sums(sums, info), self.gain)
+            result["resamples"] = RESAMPLES
+        return result
+
+    def predicted(self, logits: np.ndarray, info: dict) -> np.ndarray:
+        """The model's predictions that its scores are computed from (classes, label sets, numbers)."""
+        return self.decisions(logits, info)
 
     def result_metrics(self, result: dict) -> tuple[str, ...]:
         return self.metrics + (("roc_auc",) if "roc_auc" in result["model"] else ())
@@ -241,6 +257,8 @@ class EncoderTask(Task):
         for name, scores in result["baselines"].items():
             flat.update({f"{name}_{k}": scores[k] for k in self.metrics})
         flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        for k, interval in result.get("intervals", {}).items():
+            flat.update({f"delta_{k}_ci_low": interval["ci_low"], f"delta_{k}_ci_high": interval["ci_high"]})
         for label, scores in (result["model"].get("per_class") or result["model"].get("per_label") or {}).items():
             flat[f"model_f1_{label}"] = scores["f1"]
         flat["passed"] = float(result["passed"])
@@ -252,6 +270,10 @@ class EncoderTask(Task):
         for name, scores in result["baselines"].items():
             rows.append((f"baseline: {name}", *(scores[k] for k in keys)))
         rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"][k] for k in keys)))
+        if "intervals" in result:
+            for bound in ("ci_low", "ci_high"):
+                rows.append((f"delta, 95% interval: {bound.removeprefix('ci_')} ({result['resamples']} paired "
+                             "resamples)", *(result["intervals"][k][bound] for k in keys)))
         return keys, rows
 
     # --- export, serving, prediction --------------------------------------------------

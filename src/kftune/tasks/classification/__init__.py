@@ -17,6 +17,7 @@ from kftune.data.bundled import BUNDLED_DATA
 from kftune.errors import DataError
 from kftune.inference.runners import softmax
 from kftune.settings.fields import setting
+from kftune.tasks.bootstrap import ratio
 from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
 SUMMARY_KEYS = ("accuracy", "precision_macro", "recall_macro", "f1_macro")
@@ -96,6 +97,7 @@ class LabelSmoothing:
 
 
 class Classification(EncoderTask):
+    intervals = True
     strata_checked = True  # check_labels proved every class splittable
     detect_order = 1000
 
@@ -204,9 +206,24 @@ class Classification(EncoderTask):
         from kftune.data.schema import LABEL, TEXT
 
         names, y_true = info["labels"], np.asarray(test[LABEL])
-        majority = classification_scores(y_true, majority_baseline(train[LABEL], len(test)), names)
+        majority_pred = majority_baseline(train[LABEL], len(test))
         tfidf_pred, tfidf_prob = tfidf_baseline(train[TEXT], train[LABEL], test[TEXT])
-        return {"majority": majority, "tfidf_logreg": classification_scores(y_true, tfidf_pred, names, tfidf_prob)}
+        return {"majority": {**classification_scores(y_true, majority_pred, names), "predictions": majority_pred},
+                "tfidf_logreg": {**classification_scores(y_true, tfidf_pred, names, tfidf_prob),
+                                 "predictions": tfidf_pred}}
+
+    def example_statistics(self, truth, predicted, info):
+        """One-hot true and predicted classes and their product (the true positives)."""
+        eye = np.eye(len(info["labels"]))
+        true, pred = eye[np.asarray(truth, dtype=int)], eye[np.asarray(predicted, dtype=int)]
+        return {"true": true, "pred": pred, "tp": true * pred}
+
+    def scores_from_sums(self, sums, info):
+        """Accuracy and macro precision, recall and F1 over every class (0 where undefined), as
+        :func:`classification_scores`."""
+        tp, true, pred = sums["tp"], sums["true"], sums["pred"]
+        return {"accuracy": ratio(tp.sum(-1), true.sum(-1)), "precision_macro": ratio(tp, pred).mean(-1),
+                "recall_macro": ratio(tp, true).mean(-1), "f1_macro": ratio(2 * tp, true + pred).mean(-1)}
 
     def report_sections(self, result):
         from kftune.reports import figure_html, new_figure, table_html

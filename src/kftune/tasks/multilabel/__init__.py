@@ -20,6 +20,7 @@ import numpy as np
 from kftune.data.bundled import MULTILABEL_DATA
 from kftune.errors import DataError
 from kftune.inference.runners import sigmoid
+from kftune.tasks.bootstrap import ratio
 from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, encoder_search_space, label_values
 
 METRICS = ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
@@ -114,6 +115,7 @@ def _is_list(value) -> bool:
 
 
 class Multilabel(EncoderTask):
+    intervals = True
     detect_order = 30
 
     def detect(self, frame, config):
@@ -231,8 +233,23 @@ class Multilabel(EncoderTask):
         model.fit(list(train[TEXT]), y_train[:, seen])
         tfidf[:, seen] = model.predict(list(test[TEXT]))
         tfidf[:, ~seen] = y_train[0, ~seen]
-        return {"most_frequent_set": multilabel_scores(y_test, frequent, names, full=True),
-                "tfidf_ovr_logreg": multilabel_scores(y_test, tfidf, names, full=True)}
+        return {"most_frequent_set": {**multilabel_scores(y_test, frequent, names, full=True), "predictions": frequent},
+                "tfidf_ovr_logreg": {**multilabel_scores(y_test, tfidf, names, full=True), "predictions": tfidf}}
+
+    def example_statistics(self, truth, predicted, info):
+        """Per label: true, predicted, both (true positives); per example: whether the whole set is right and how
+        many labels are wrong."""
+        true, pred = np.asarray(truth, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+        return {"true": true, "pred": pred, "tp": true * pred, "exact": (true == pred).all(axis=1).astype(float),
+                "wrong": (true != pred).sum(axis=1).astype(float), "examples": np.ones(len(true))}
+
+    def scores_from_sums(self, sums, info):
+        """As :func:`multilabel_scores`: micro F1, macro F1 over every label (0 where undefined), subset accuracy
+        and Hamming loss."""
+        tp, true, pred, n = sums["tp"], sums["true"], sums["pred"], sums["examples"]
+        return {"f1_micro": ratio(2 * tp.sum(-1), true.sum(-1) + pred.sum(-1)),
+                "f1_macro": ratio(2 * tp, true + pred).mean(-1), "subset_accuracy": ratio(sums["exact"], n),
+                "hamming_loss": ratio(sums["wrong"], n * tp.shape[-1])}
 
     def report_sections(self, result):
         from kftune.reports import figure_html, new_figure, table_html

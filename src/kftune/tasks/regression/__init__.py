@@ -19,6 +19,7 @@ import numpy as np
 from kftune.data.bundled import REGRESSION_DATA
 from kftune.data.schema import LABEL
 from kftune.errors import DataError
+from kftune.tasks.bootstrap import correlation, ratio
 from kftune.tasks.encoder import ENCODER_DEFAULTS, EncoderTask, as_float, encoder_search_space, label_values
 
 METRICS = ("rmse", "mae", "r2", "pearson", "spearman")
@@ -68,6 +69,7 @@ class RegressionLoss:
 
 
 class Regression(EncoderTask):
+    intervals = True
     detect_order = 40
 
     def detect(self, frame, config):
@@ -155,8 +157,35 @@ class Regression(EncoderTask):
         from kftune.data.schema import LABEL, TEXT
 
         y_train, y_test = np.asarray(train[LABEL], dtype=np.float64), np.asarray(test[LABEL], dtype=np.float64)
-        return {"mean": regression_scores(y_test, np.full(len(y_test), y_train.mean()), full=True),
-                "tfidf_ridge": regression_scores(y_test, tfidf_ridge(train[TEXT], y_train, test[TEXT]), full=True)}
+        mean, ridge = np.full(len(y_test), y_train.mean()), tfidf_ridge(train[TEXT], y_train, test[TEXT])
+        return {"mean": {**regression_scores(y_test, mean, full=True), "predictions": mean},
+                "tfidf_ridge": {**regression_scores(y_test, ridge, full=True), "predictions": ridge}}
+
+    def predicted(self, logits, info):
+        return self.predictions(logits, info)
+
+    def example_statistics(self, truth, predicted, info):
+        """Errors, and the moments of the targets and predictions and of their ranks over the whole test set (the
+        resamples keep those ranks: Spearman's correlation is Pearson's of the ranks)."""
+        from scipy.stats import rankdata
+
+        y, p = np.asarray(truth, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+        statistics = {"squared_error": (p - y) ** 2, "absolute_error": np.abs(p - y), "examples": np.ones(len(y))}
+        for prefix, (a, b) in {"": (y, p), "rank_": (rankdata(y), rankdata(p))}.items():
+            statistics |= {f"{prefix}y": a, f"{prefix}p": b, f"{prefix}yy": a * a, f"{prefix}pp": b * b,
+                           f"{prefix}yp": a * b}
+        return statistics
+
+    def scores_from_sums(self, sums, info):
+        """As :func:`regression_scores`: RMSE, MAE, R², and Pearson's and Spearman's correlations (0 where a side is
+        constant)."""
+        n = sums["examples"]
+        total = sums["yy"] - sums["y"] ** 2 / n
+        scores = {"rmse": np.sqrt(sums["squared_error"] / n), "mae": sums["absolute_error"] / n,
+                  "r2": 1 - ratio(sums["squared_error"], total)}
+        for name, prefix in (("pearson", ""), ("spearman", "rank_")):
+            scores[name] = correlation(*(sums[f"{prefix}{k}"] for k in ("y", "p", "yy", "pp", "yp")), n)
+        return scores
 
     def report_sections(self, result):
         from kftune.reports import figure_html, new_figure
