@@ -853,3 +853,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass
+
+
+def write_kubeconfig(path, server: FakeKubeApiServer):
+    """A kubeconfig at ``path`` whose one context talks to ``server``; returns ``path``."""
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+        "users": [{"name": "fake", "user": {}}],
+    }))  # fmt: skip
+    return path

@@ -3,7 +3,6 @@ creating, updating and following one against a fake Kubernetes API server playin
 controller (no real API server or KServe can run here)."""
 
 import contextlib
-import json
 import re
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from kftune.components.deploy.deploy import (
     update_patch,
 )
 from kftune.errors import ConfigError, KftuneError
-from tests.fake_kube_api import FakeKServeScenario, FakeKubeApiServer, merge_patch
+from tests.fake_kube_api import FakeKServeScenario, FakeKubeApiServer, merge_patch, write_kubeconfig
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10, failure_grace_seconds=0, retry_delay_seconds=0.01)
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/team-a/inferenceservices"
@@ -653,14 +652,6 @@ def test_manifests_rbac_allows_every_call_the_deploy_makes(kube):
 # --- the component ------------------------------------------------------------------------------
 
 
-def write_kubeconfig(path: Path, server: FakeKubeApiServer) -> Path:
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "users": [{"name": "fake", "user": {}}],
-    }))  # fmt: skip
-    return path
 
 
 def test_component_interface():

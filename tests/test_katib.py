@@ -34,7 +34,7 @@ from kftune.settings.groups import Seeding
 from kftune.tasks import DEFAULT_TASK, TASKS
 from kftune.training.config import TrainConfig
 from kftune.training.search_space import parse_space
-from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer
+from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer, write_kubeconfig
 
 DEFAULT_SEARCH_SPACE = json.dumps(TASKS["classification"].search_space)  # the default task's
 
@@ -646,13 +646,7 @@ def test_katib_search_component_hands_its_settings_to_the_launcher(kube, tmp_pat
     from kftune.components.tune.component import katib_search
 
     server, _ = kube(finish_on_poll=1)  # finished on the first poll: no 15 s poll interval
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "users": [{"name": "fake", "user": {}}],
-    }))  # fmt: skip
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server)
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     shared = tmp_path / "shared"
     shared.mkdir()

@@ -19,7 +19,7 @@ from kftune.components.preprocess import component as preprocess_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.local import run_pipeline_locally
 from kftune.training.loop import HISTORY_FILE
-from tests.fake_kube_api import FakeKubeApiServer, Scenario
+from tests.fake_kube_api import FakeKubeApiServer, Scenario, write_kubeconfig
 
 
 def run_command_as_torch_runtime(job: dict) -> None:
@@ -47,13 +47,7 @@ def test_train_component_submits_a_trainjob_for_two_nodes(tmp_path, small_csv, t
 
 
 def _run_multinode_pipeline(server, tmp_path, small_csv, tiny_model, monkeypatch):
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-        "users": [{"name": "fake", "user": {}}],
-    }))
+    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     shared = tmp_path / "shared"
     shared.mkdir()
