@@ -172,6 +172,10 @@ class EncoderTask(Task):
         """The labels of a batch as the loss takes them."""
         raise NotImplementedError
 
+    def init_head(self, model, info: dict) -> None:
+        """Set the new head's initial weights, after the pretrained model is loaded (default: as transformers
+        initialised them)."""
+
     def loss(self, model, batch: dict, config):
         """The loss a training step minimises on ``batch`` (model inputs and ``labels``)."""
         raise NotImplementedError
