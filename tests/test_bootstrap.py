@@ -4,12 +4,15 @@ carry them. Token classification's and causal-lm's evaluate runs check theirs in
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.evaluate.evaluate import evaluate, flat_metrics
 from kftune.components.evaluate.report import evaluation_report_html
+from kftune.errors import ConfigError
 from kftune.tasks import TASKS
 from kftune.tasks.bootstrap import full_sums, paired_intervals
 from kftune.tasks.causal_lm.evaluation import answer_scores, prompt_statistics
@@ -138,3 +141,16 @@ def test_evaluate_carries_an_interval_for_every_delta_and_the_gate_can_require_i
     lower = EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=delta, gain_at_lower_bound=True)
     failed = [check for check, ok in task.checks(result, lower).items() if not ok]
     assert failed == [f"accuracy gain over tfidf_logreg, lower bound of its 95% interval, >= {delta}"]
+
+
+def test_every_task_takes_the_lower_bound_and_one_without_intervals_refuses_it(monkeypatch):
+    """Every kftune task gives intervals; a task from outside kftune need not (its ``intervals`` False: no
+    ``example_statistics``), and then requiring the lower bound is a one-line error, not a gate that cannot run."""
+    for name in TASKS:
+        EvaluateConfig(task=name, gain_at_lower_bound=True).validate()
+    task = TASKS["classification"]
+    without = type("WithoutIntervals", (type(task),), {"intervals": False})(
+        **{f.name: getattr(task, f.name) for f in dataclasses.fields(task)})
+    monkeypatch.setitem(TASKS, "classification", without)
+    with pytest.raises(ConfigError, match="^gain_at_lower_bound: task classification gives no intervals of its "):
+        EvaluateConfig(task="classification", gain_at_lower_bound=True).validate()
