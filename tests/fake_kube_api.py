@@ -23,7 +23,9 @@ A :class:`FakeKatibScenario` scripts a created Experiment the same way, poll by 
 ``maxTrialCount`` trials get parameter assignments derived from the Experiment's parameters
 (grid order for categorical lists, seeded draws for ranges), each is scored by the scenario's
 ``score`` function of its assignments, and they finish evenly spread over the polls up to
-``finish_on_poll``, when the Experiment gets its final condition.
+``finish_on_poll``, when the Experiment gets its final condition. Or it serves recorded documents instead
+(``statuses``, ``trial_list``: real Katib shapes, tests/fixtures/katib/), so that a test can check what kftune reads
+without the fake controller's logic deciding the answer.
 
 And it plays a fake KServe controller (with KServe's validating webhook), for
 :mod:`kftune.components.deploy.deploy`:
@@ -37,7 +39,8 @@ rollout poll by poll (a poll is one GET of the InferenceService, counted from th
 its spec): for the first ``stale_polls`` the status is still the one from before the change (the
 controller has not reconciled yet: a previous revision's Ready stays), then the new revision is
 in progress, and it is Ready (with ``status.url``) on poll ``ready_on_poll``, or fails with a
-condition reason, or a model failure, or never gets ready. ``status.observedGeneration`` mirrors
+condition reason, or a model failure, or never gets ready; or it serves recorded ``statuses`` (real KServe
+shapes, tests/fixtures/kserve/) poll by poll. ``status.observedGeneration`` mirrors
 the generation of the Knative Service behind it, as KServe's does (``ksvc_generation_offset``
 sets it apart from the InferenceService's). Faults: HTTP 500 for the first ``failing_requests``,
 403 (RBAC) for some methods, a webhook that denies, KServe not installed.
@@ -60,6 +63,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from kubernetes import client
@@ -123,6 +127,12 @@ class FakeKatibScenario:
     """Answer the create with this HTTP status instead of creating the Experiment."""
     crd_missing: bool = False
     """Katib is not installed: every kubeflow.org/v1beta1 request gets a 404."""
+    statuses: list[dict] | None = None
+    """Recorded Experiment ``status`` documents, served verbatim in place of the fake controller's: the n-th GET of
+    the Experiment gets the n-th, the last one from then on."""
+    trial_list: dict | None = None
+    """A recorded TrialList, whose items (those the label selector matches) the trial listing serves in place of
+    the fake controller's Trials."""
 
 
 @dataclass
@@ -156,6 +166,9 @@ class FakeKServeScenario:
     """KServe's validating webhook denies every create and update with this message (HTTP 403, as it does)."""
     crd_missing: bool = False
     """KServe is not installed: every serving.kserve.io request gets a 404."""
+    statuses: list[dict] | None = None
+    """Recorded ``status`` documents, served verbatim in place of the fake controller's after each change of the
+    spec: the n-th poll gets the n-th, the last one from then on."""
 
 
 @dataclass
@@ -411,6 +424,14 @@ class FakeKubeApiServer:
             if self.trial_lists <= self.katib.failing_trial_lists:
                 return _status(500, "InternalError", "etcdserver: leader changed")
             selector = query.get("labelSelector", [""])[0]
+            if self.katib.trial_list is not None:
+                items = [
+                    trial
+                    for trial in self.katib.trial_list["items"]
+                    if trial["metadata"]["namespace"] == match.group(1)
+                    and selector_matches(selector, trial["metadata"]["labels"])
+                ]
+                return 200, {**self.katib.trial_list, "items": items}
             items = [
                 trial
                 for (ns, name), trials in self.trials.items()
@@ -522,6 +543,9 @@ class FakeKubeApiServer:
         poll = self.experiment_polls[(namespace, name)]
         if poll in self.katib.failing_polls:
             return _status(500, "InternalError", "etcdserver: request timed out")
+        if self.katib.statuses is not None:
+            experiment["status"] = copy.deepcopy(self.katib.statuses[min(poll, len(self.katib.statuses)) - 1])
+            return 200, experiment
         trials = self.trials[(namespace, name)]
         finished = self._finished_trials(namespace, name)
         started = self._started_trials(namespace, name)
@@ -563,8 +587,9 @@ class FakeKubeApiServer:
 
     # --- the fake KServe controller ------------------------------------------------------
 
-    def add_inference_service(self, body: dict, *, generation: int = 1) -> dict:
-        """Store ``body`` as an InferenceService created earlier and rolled out: revision 1 Ready."""
+    def add_inference_service(self, body: dict, *, generation: int = 1, status: dict | None = None) -> dict:
+        """Store ``body`` as an InferenceService created earlier and rolled out: revision 1 Ready (or ``status``, a
+        recorded one)."""
         with self._lock:
             isvc = json.loads(json.dumps(body))
             metadata = isvc["metadata"]
@@ -573,7 +598,7 @@ class FakeKubeApiServer:
             record = FakeInferenceService(
                 isvc, ksvc_generation=max(1, generation + self.kserve.ksvc_generation_offset), settled=True
             )
-            isvc["status"] = self._rollout_status(record, "ready")
+            isvc["status"] = copy.deepcopy(status) if status is not None else self._rollout_status(record, "ready")
             self.inference_services[(metadata["namespace"], metadata["name"])] = record
             return json.loads(json.dumps(isvc))
 
@@ -675,6 +700,9 @@ class FakeKubeApiServer:
             return 200, record.isvc
         record.polls += 1
         poll = record.polls
+        if scenario.statuses is not None:
+            record.isvc["status"] = copy.deepcopy(scenario.statuses[min(poll, len(scenario.statuses)) - 1])
+            return 200, record.isvc
         failing = (
             scenario.failure is not None
             and poll >= scenario.fail_on_poll
@@ -864,3 +892,11 @@ def write_kubeconfig(path, server: FakeKubeApiServer):
         "users": [{"name": "fake", "user": {}}],
     }))  # fmt: skip
     return path
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def recorded(name: str) -> dict:
+    """A document as a real controller writes it (tests/fixtures/``name``; see tests/fixtures/README.md)."""
+    return json.loads((FIXTURES / name).read_text())

@@ -1,8 +1,13 @@
 """The deploy component: the InferenceService spec (checked against the kserve SDK's models), and
 creating, updating and following one against a fake Kubernetes API server playing a fake KServe
-controller (no real API server or KServe can run here)."""
+controller (no real API server or KServe can run here).
+
+The rollouts whose outcome kftune reports (revision, URL, traffic split) are fed recorded InferenceService
+statuses (tests/fixtures/kserve/, real KServe shapes) that the fake serves as they are: the tests assert what
+kftune sends and what it reads, not a split or a revision the fake controller worked out."""
 
 import contextlib
+import copy
 import re
 from pathlib import Path
 
@@ -29,10 +34,28 @@ from kftune.components.deploy.deploy import (
     update_patch,
 )
 from kftune.errors import ConfigError, KftuneError
-from tests.fake_kube_api import FakeKServeScenario, FakeKubeApiServer, merge_patch, write_kubeconfig
+from tests.fake_kube_api import (
+    FIXTURES,
+    FakeKServeScenario,
+    FakeKubeApiServer,
+    merge_patch,
+    recorded,
+    write_kubeconfig,
+)
 
 FAST = dict(poll_seconds=0.01, timeout_seconds=10, failure_grace_seconds=0, retry_delay_seconds=0.01)
 ISVC_PATH = "/apis/serving.kserve.io/v1beta1/namespaces/team-a/inferenceservices"
+# Recorded statuses of the InferenceService sentiment in team-a (tests/fixtures/kserve/): created (revision 1 on its
+# way, then Ready), updated with a 20 % canary (revision 2 on its way, then the split), promoted, pinned back.
+CREATING = recorded("kserve/create-1-progressing.status.json")
+R1_READY = recorded("kserve/create-2-ready.status.json")
+R2_PROGRESSING = recorded("kserve/canary-1-progressing.status.json")
+R2_CANARY = recorded("kserve/canary-2-split.status.json")
+PROMOTED = recorded("kserve/promoted.status.json")
+PINNED = recorded("kserve/pinned.status.json")
+R1, R2 = "sentiment-predictor-00001", "sentiment-predictor-00002"
+URL = "http://sentiment.team-a.example.com"
+RESOURCES = {"cpu": "1", "memory": "2Gi"}  # DeployConfig's serving_cpu and serving_memory
 
 
 def make_request(**overrides) -> DeployRequest:
@@ -66,6 +89,17 @@ def polls_after(server: FakeKubeApiServer, method: str) -> int:
     return sum(1 for r in server.requests[last + 1 :] if r.method == "GET")
 
 
+# The Knative types the kserve SDK names but does not model: their JSON fields (knative.dev/pkg/apis Condition and
+# duck/v1 Addressable, knative.dev/serving/pkg/apis/serving/v1 TrafficTarget).
+KNATIVE = {
+    "KnativeCondition": {"type": "str", "status": "str", "severity": "str", "lastTransitionTime": "str",
+                         "reason": "str", "message": "str"},
+    "KnativeAddressable": {"name": "str", "url": "KnativeURL", "CACerts": "str", "audience": "str"},
+    "KnativeDevServingPkgApisServingV1TrafficTarget": {"tag": "str", "revisionName": "str", "configurationName": "str",
+                                                       "latestRevision": "bool", "percent": "int", "url": "KnativeURL"},
+}  # fmt: skip
+
+
 def sdk_model(value, klass: str):
     """``value``, a JSON document, as the SDK model ``klass`` (kserve's or the Kubernetes client's):
     every key must be a field of the model and every value of the field's type; the model's own
@@ -79,7 +113,11 @@ def sdk_model(value, klass: str):
         assert isinstance(value, dict), f"{klass}: {value!r}"
         inner = klass[5:-1].split(", ", 1)[1]
         return {key: sdk_model(item, inner) for key, item in value.items()}
-    primitives = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
+    primitives = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object, "KnativeURL": str,
+                  "V1Time": str}
+    if klass in KNATIVE:
+        assert isinstance(value, dict) and not set(value) - set(KNATIVE[klass]), f"{klass}: {value!r}"
+        return {key: sdk_model(item, KNATIVE[klass][key]) for key, item in value.items()}
     if klass in primitives:
         assert isinstance(value, primitives[klass]) and not (klass == "int" and isinstance(value, bool)), (
             f"{klass}: {value!r}"
@@ -330,21 +368,42 @@ def test_is_ready_needs_the_latest_created_revision_ready():
 # --- creating -----------------------------------------------------------------------------------
 
 
-def test_create_waits_until_ready_and_returns_the_url(kube):
-    server, api_client = kube(ready_on_poll=4)
+@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "kserve").glob("*.json")))
+def test_recorded_statuses_have_kserves_shape(name):
+    """The recorded statuses are what KServe writes: every field one the kserve SDK's models (or Knative's types)
+    have, of its type."""
+    status = recorded(f"kserve/{name}")
+    sdk_model(status, "V1beta1InferenceServiceStatus")
+    assert {c["type"] for c in status["conditions"]} >= {"PredictorReady", "Ready"}
+
+
+def test_create_sends_the_spec_waits_until_ready_and_returns_the_url(kube):
+    server, api_client = kube(statuses=[{}, CREATING, R1_READY])  # not reconciled yet, revision 1 on its way, Ready
     lines: list[str] = []
     handle = deploy(api_client, make_request(), lines)
-    assert handle["url"] == "http://sentiment.team-a.example.com"
-    assert handle["created"] is True and handle["generation"] == 1
-    assert handle["revision"] == "sentiment-predictor-00001"
+
     assert [(r.method, r.path) for r in server.requests[:2]] == [("GET", f"{ISVC_PATH}/sentiment"), ("POST", ISVC_PATH)]
-    assert polls_after(server, "POST") == 4  # not Ready on polls 1-3: kept polling
+    assert server.calls("POST")[0].body == {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "sentiment", "namespace": "team-a",
+                     "labels": {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "deploy"}},
+        "spec": {"predictor": {
+            "serviceAccountName": "kftune-serving", "minReplicas": 1, "maxReplicas": 1,
+            "model": {"modelFormat": {"name": "kftune-onnx"}, "runtime": "kftune-onnx",
+                      "storageUri": "s3://models/sentiment/v1",
+                      "resources": {"requests": RESOURCES, "limits": RESOURCES}},
+        }},
+    }  # fmt: skip
+    assert polls_after(server, "POST") == 3  # no status yet, then Ready=Unknown: kept polling
     assert not server.calls("PATCH") and not server.calls("DELETE")
-    stored = server.inference_services[("team-a", "sentiment")].isvc
-    assert stored["spec"] == inference_service_doc(make_request())["spec"]
-    assert any("Ready=Unknown (RevisionMissing)" in line for line in lines)
-    assert any(line.endswith("Ready=True") for line in lines)
-    assert lines[-1].startswith("InferenceService team-a/sentiment is Ready at http://sentiment.team-a.example.com")
+    assert handle["url"] == URL and handle["revision"] == R1
+    assert handle["traffic"] == [{"revisionName": R1, "latestRevision": True, "percent": 100}]
+    assert handle["created"] is True and handle["generation"] == 1
+    waiting = 'Configuration "sentiment-predictor" is waiting for a Revision to become ready.'
+    assert f"InferenceService team-a/sentiment: Ready=Unknown (RevisionMissing): {waiting}" in lines
+    assert "InferenceService team-a/sentiment: model InProgress (active -, target Loading)" in lines
+    assert "InferenceService team-a/sentiment: Ready=True" in lines
+    assert lines[-1] == f"InferenceService team-a/sentiment is Ready at {URL} (traffic: 100% to {R1})"
 
 
 def test_create_ignores_the_canary(kube):
@@ -377,74 +436,97 @@ def existing_doc(**overrides) -> dict:
 
 
 def test_update_patches_the_predictor_and_waits_for_the_new_revision(kube):
-    server, api_client = kube(ready_on_poll=3, stale_polls=1)
-    server.add_inference_service(existing_doc())
+    # after the patch: the status from before it (not reconciled yet), revision 2 on its way, the canary split
+    server, api_client = kube(statuses=[R1_READY, R2_PROGRESSING, R2_CANARY])
+    server.add_inference_service(existing_doc(), status=R1_READY)
     lines: list[str] = []
     handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2", canary_traffic_percent=20), lines)
 
     assert not server.calls("POST")
     (patch,) = server.calls("PATCH")
     assert patch.content_type == "application/merge-patch+json"
-    assert patch.body["spec"]["predictor"]["canaryTrafficPercent"] == 20
-    # the first poll after the patch still showed revision 1 Ready: not accepted
+    assert patch.body == {
+        "metadata": {"labels": {"app.kubernetes.io/managed-by": "kftune", "app.kubernetes.io/component": "deploy"}},
+        "spec": {"predictor": {
+            "serviceAccountName": "kftune-serving", "minReplicas": 1, "maxReplicas": 1, "canaryTrafficPercent": 20,
+            "model": {"modelFormat": {"name": "kftune-onnx"}, "runtime": "kftune-onnx",
+                      "storageUri": "s3://models/sentiment/v2",
+                      "resources": {"requests": RESOURCES, "limits": RESOURCES}},
+        }},
+    }  # fmt: skip
+    # the first poll after the patch still showed revision 1 Ready (observedGeneration 1), the second revision 2 not
+    # ready yet: the third is the answer
     assert polls_after(server, "PATCH") == 3
     assert handle["created"] is False and handle["generation"] == 2
-    assert handle["revision"] == "sentiment-predictor-00002"
-    assert {(t["revisionName"], t["percent"]) for t in handle["traffic"]} == {
-        ("sentiment-predictor-00002", 20),
-        ("sentiment-predictor-00001", 80),
-    }
+    assert handle["url"] == URL and handle["revision"] == R2
+    assert handle["traffic"] == R2_CANARY["components"]["predictor"]["traffic"]
+    assert lines[-1] == f"InferenceService team-a/sentiment is Ready at {URL} (traffic: 20% to {R2}, 80% to {R1})"
     stored = server.inference_services[("team-a", "sentiment")].isvc
-    assert stored["spec"]["predictor"]["model"]["storageUri"] == "s3://models/sentiment/v2"
     assert stored["metadata"]["annotations"] == {"owner": "ml-team"}  # the rest of the object is kept
     assert any("updated (generation 1 -> 2)" in line and "20% of the traffic" in line for line in lines)
-    assert any("waiting for KServe to reconcile generation 2" in line for line in lines)
+    waiting = "waiting for KServe to reconcile generation 2 (status.observedGeneration: 1)"
+    assert f"InferenceService team-a/sentiment: {waiting}" in lines
+
+
+def with_observed_generation(status: dict, generation: int) -> dict:
+    status = copy.deepcopy(status)
+    status["observedGeneration"] = generation
+    return status
 
 
 @pytest.mark.parametrize("offset", [3, -1])
 def test_update_follows_the_mirrored_observed_generation(kube, offset):
     """KServe's observedGeneration is its Knative Service's: ahead of the InferenceService's
     (``>= generation`` would take the stale Ready) or behind it (``>=`` would never hold)."""
-    server, api_client = kube(ready_on_poll=3, stale_polls=1, ksvc_generation_offset=offset)
-    server.add_inference_service(existing_doc(), generation=3)
-    before = server.inference_services[("team-a", "sentiment")].isvc["status"]["observedGeneration"]
-    assert before == 3 + offset
+    before, after = 3 + offset, 4 + offset  # the Knative Service's, before and after the patch
+    statuses = [with_observed_generation(status, generation)
+                for status, generation in ((R1_READY, before), (R2_PROGRESSING, after), (R2_CANARY, after))]
+    server, api_client = kube(statuses=statuses)
+    server.add_inference_service(existing_doc(), generation=3, status=statuses[0])
     handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"), timeout_seconds=3)
-    assert handle["generation"] == 4 and handle["revision"] == "sentiment-predictor-00002"
+    assert handle["generation"] == 4 and handle["revision"] == R2
     assert polls_after(server, "PATCH") == 3
-    assert server.inference_services[("team-a", "sentiment")].isvc["status"]["observedGeneration"] == before + 1
 
 
 def test_redeploying_the_same_spec_changes_nothing(kube):
-    server, api_client = kube()
+    server, api_client = kube(statuses=[CREATING, R1_READY])
     first = deploy(api_client, make_request())
     lines: list[str] = []
     again = deploy(api_client, make_request(), lines)
     assert again["generation"] == first["generation"] == 1
-    assert again["revision"] == first["revision"] == "sentiment-predictor-00001"
+    assert again["revision"] == first["revision"] == R1
     assert polls_after(server, "PATCH") == 1  # already Ready with this spec
-    assert any("already has this spec" in line for line in lines)
+    assert "InferenceService team-a/sentiment already has this spec (generation 1 unchanged)" in lines
 
 
-def test_a_canary_then_its_promotion(kube):
-    server, api_client = kube()
-    deploy(api_client, make_request())
-    canary = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2", canary_traffic_percent=10))
-    assert {(t["revisionName"], t["percent"]) for t in canary["traffic"]} == {
-        ("sentiment-predictor-00002", 10),
-        ("sentiment-predictor-00001", 90),
-    }
-    promoted = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"))
-    assert server.calls("PATCH")[-1].body["spec"]["predictor"]["canaryTrafficPercent"] is None
+def test_a_canary_promoted_then_pinned_back(kube):
+    server, api_client = kube(statuses=[R2_CANARY, PROMOTED])
+    server.add_inference_service(existing_doc(model_uri="s3://models/sentiment/v2", canary_traffic_percent=20),
+                                 generation=2, status=R2_CANARY)
+    server.inference_services[("team-a", "sentiment")].isvc["spec"]["predictor"]["canaryTrafficPercent"] = 20
+    lines: list[str] = []
+    promoted = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"), lines)
+    assert server.calls("PATCH")[-1].body["spec"]["predictor"]["canaryTrafficPercent"] is None  # removes the canary
+    assert "canaryTrafficPercent" not in server.inference_services[("team-a", "sentiment")].isvc["spec"]["predictor"]
+    assert promoted["generation"] == 3 and promoted["revision"] == R2
+    assert promoted["traffic"] == [{"revisionName": R2, "latestRevision": True, "percent": 100}]
+    assert lines[-1] == f"InferenceService team-a/sentiment is Ready at {URL} (traffic: 100% to {R2})"
+
     stored = server.inference_services[("team-a", "sentiment")].isvc
-    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
-    assert promoted["generation"] == 3 and promoted["revision"] == "sentiment-predictor-00002"  # no new revision
-    assert [(t["revisionName"], t["percent"]) for t in promoted["traffic"]] == [("sentiment-predictor-00002", 100)]
+    server.kserve = FakeKServeScenario(statuses=[PROMOTED, PINNED])
+    server.add_inference_service({key: stored[key] for key in ("apiVersion", "kind", "metadata", "spec")},
+                                 generation=3, status=PROMOTED)  # rolled out, as the promotion left it
+    lines.clear()
+    pinned = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2", canary_traffic_percent=0), lines)
+    assert server.calls("PATCH")[-1].body["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    assert pinned["generation"] == 4 and pinned["revision"] == R2  # still the latest ready revision ...
+    assert pinned["traffic"] == PINNED["components"]["predictor"]["traffic"]  # ... with none of the traffic
+    assert lines[-1] == f"InferenceService team-a/sentiment is Ready at {URL} (traffic: 100% to {R1})"
 
 
 def test_created_by_someone_else_meanwhile_is_updated(kube, monkeypatch):
-    server, api_client = kube()
-    server.add_inference_service(existing_doc())
+    server, api_client = kube(statuses=[R1_READY, R2_PROGRESSING, R2_CANARY])
+    server.add_inference_service(existing_doc(), status=R1_READY)
     real_get = ResourceApi.get
     calls = []
 
@@ -454,9 +536,10 @@ def test_created_by_someone_else_meanwhile_is_updated(kube, monkeypatch):
 
     monkeypatch.setattr(ResourceApi, "get", get_that_missed_it_once)
     lines: list[str] = []
-    handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"), lines)
+    handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2", canary_traffic_percent=20), lines)
     assert [r.method for r in server.requests[:3]] == ["POST", "GET", "PATCH"]  # 409, then the update
-    assert handle["created"] is False and handle["revision"] == "sentiment-predictor-00002"
+    assert server.calls("PATCH")[0].body["spec"]["predictor"]["model"]["storageUri"] == "s3://models/sentiment/v2"
+    assert handle["created"] is False and handle["revision"] == R2 and polls_after(server, "PATCH") == 3
     assert any("created meanwhile by someone else" in line for line in lines)
 
 
@@ -500,15 +583,17 @@ def test_a_failed_rollout_is_raised_with_its_reason_and_left_in_place(kube):
     assert not server.calls("DELETE") and ("team-a", "sentiment") in server.inference_services
 
 
-def test_a_failed_update_leaves_the_previous_revision(kube):
+def test_a_failed_update_is_left_as_kserve_has_it(kube):
+    """Knative keeps routing to the last ready revision: kftune neither deletes nor rolls anything back."""
     server, api_client = kube(failure=REVISION_FAILED)
     server.add_inference_service(existing_doc())
-    with pytest.raises(KftuneError, match="RevisionFailed"):
+    with pytest.raises(KftuneError) as error:
         deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"))
-    status = server.inference_services[("team-a", "sentiment")].isvc["status"]
-    assert status["components"]["predictor"]["latestReadyRevision"] == "sentiment-predictor-00001"
-    assert status["url"] == "http://sentiment.team-a.example.com"  # still served by revision 1
-    assert not server.calls("DELETE")
+    assert str(error.value) == (
+        f"InferenceService team-a/sentiment failed: PredictorReady=False (RevisionFailed): {REVISION_FAILED[1]}; "
+        "left in place (kubectl describe inferenceservice -n team-a sentiment)"
+    )
+    assert [r.method for r in server.requests if r.method != "GET"] == ["PATCH"]  # one patch, no delete or undo
 
 
 def test_a_model_that_fails_to_load_is_raised(kube):
@@ -546,7 +631,8 @@ def test_a_stale_failure_of_the_previous_spec_is_not_raised(kube):
         deploy(api_client, make_request(model_uri="s3://models/sentiment/broken"))
     server.kserve = FakeKServeScenario(stale_polls=2, ready_on_poll=4)  # the fixed model rolls out
     handle = deploy(api_client, make_request(model_uri="s3://models/sentiment/v2"), failure_grace_seconds=0)
-    assert handle["revision"] == "sentiment-predictor-00002"
+    # the two stale polls still showed the failure: neither was raised, the Ready of poll 4 was the answer
+    assert polls_after(server, "PATCH") == 4 and handle["created"] is False and handle["generation"] == 2
 
 
 def test_timeout_leaves_it_and_names_the_last_state(kube):

@@ -1,6 +1,10 @@
 """The Katib route of the hyperparameter search: the Experiment spec (checked with Katib's own
 models), following an Experiment against a fake Kubernetes API server playing a fake Katib
-controller, and the whole launch through a temporary directory standing in for the shared volume."""
+controller, and the whole launch through a temporary directory standing in for the shared volume.
+
+What kftune sends is checked against what its settings say; what it reads is checked on recorded
+Experiment and Trial documents (tests/fixtures/katib/, real Katib shapes) that the fake serves as they
+are: no test asserts a best trial, a score or a count that the fake controller worked out."""
 
 from __future__ import annotations
 
@@ -9,8 +13,12 @@ import json
 import os
 import re
 import signal
+import time
+import types
+import typing
 from pathlib import Path
 
+import pydantic
 import pytest
 from kubeflow_katib_api import models
 
@@ -34,7 +42,7 @@ from kftune.settings.groups import Seeding
 from kftune.tasks import DEFAULT_TASK, TASKS
 from kftune.training.config import TrainConfig
 from kftune.training.search_space import parse_space
-from tests.fake_kube_api import FakeKatibScenario, FakeKubeApiServer, write_kubeconfig
+from tests.fake_kube_api import FIXTURES, FakeKatibScenario, FakeKubeApiServer, recorded, write_kubeconfig
 
 DEFAULT_SEARCH_SPACE = json.dumps(TASKS["classification"].search_space)  # the default task's
 
@@ -361,88 +369,220 @@ def lr_score(assignments: dict[str, str]) -> float:
     return round(float(assignments["learning_rate"]) * 1000 + 16 / float(assignments["per_device_train_batch_size"]), 6)
 
 
-def test_run_experiment_returns_the_best_trial_typed_and_deletes_it(kube):
-    server, api_client = kube(score=lr_score, finish_on_poll=4)
-    request = make_request(algorithm="random")
-    lines: list[str] = []
+# Recorded documents of a random search of SPACE (6 trials, 2 at a time; tests/fixtures/katib/): trial b7xq4mzp is
+# Katib's optimal one; one trial failed, one printed no metrics.
+RUNNING = recorded("katib/random-running.status.json")
+SUCCEEDED = recorded("katib/random-succeeded.status.json")
+TRIALS = recorded("katib/random-succeeded.trials.json")
+NO_TRIALS = {**TRIALS, "items": []}
+BEST_TRIAL = "kftune-tune-test0001-b7xq4mzp"
+BEST_PARAMS = {"learning_rate": 0.00016905214386523516, "per_device_train_batch_size": 16,
+               "warmup_ratio": 0.04219977291622781, "weight_decay": 0.07315840282458473}  # typed as the options
+BEST_LINE = (f"best so far val_f1_macro=0.8612 ({BEST_TRIAL}: learning_rate=0.00016905214386523516, "
+             "per_device_train_batch_size=16, warmup_ratio=0.04219977291622781, weight_decay=0.07315840282458473)")
 
-    result = run_experiment(request, api_client, log=lines.append, **FAST)
+
+def unknown_fields(value, kind, where: str = "") -> list[str]:
+    """The keys of the JSON document ``value`` that are no field of Katib's API model ``kind`` (by their JSON names,
+    recursively through the nested models)."""
+    args = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType, typing.Annotated):
+        return unknown_fields(value, args[0], where)
+    if typing.get_origin(kind) is list:
+        return [key for i, item in enumerate(value) for key in unknown_fields(item, args[0], f"{where}[{i}]")]
+    if not (isinstance(kind, type) and issubclass(kind, pydantic.BaseModel)):
+        return []
+    fields = {info.alias or name: info.annotation for name, info in kind.model_fields.items()}
+    unknown = [f"{where}.{key}" for key in value if key not in fields]
+    return unknown + [key for name, item in value.items() if name in fields
+                      for key in unknown_fields(item, fields[name], f"{where}.{name}")]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (FIXTURES / "katib").glob("*.json")))
+def test_recorded_documents_have_katibs_shape(name):
+    """The recorded documents are what Katib writes: every field one of Katib's API models (generated from its Go
+    types) has, and the models read them."""
+    doc = recorded(f"katib/{name}")
+    if name.endswith(".trials.json"):
+        assert doc["kind"] == "TrialList" and doc["items"]
+        for trial in doc["items"]:
+            assert unknown_fields(trial, models.V1beta1Trial) == []
+            models.V1beta1Trial.from_dict(trial)
+    else:
+        assert unknown_fields(doc, models.V1beta1ExperimentStatus) == []
+        models.V1beta1ExperimentStatus.from_dict(doc)
+
+
+def test_run_experiment_sends_what_the_request_says(kube):
+    server, api_client = kube(statuses=[SUCCEEDED], trial_list=TRIALS)
+    run_experiment(make_request(algorithm="random", seed=11), api_client, **QUIET, **FAST)
 
     (create,) = server.calls("POST", "/experiments")
     assert create.path == "/apis/kubeflow.org/v1beta1/namespaces/team-a/experiments"
-    assert create.body == build_experiment(request).to_dict()
-    trials = result["trials"]
-    assert len(trials) == 6 and all(t["condition"] == "Succeeded" for t in trials)
-    best = max(trials, key=lambda t: t["score"])
-    assert result["best_trial"] == best["name"]
-    assert result["best_params"] == best["params"]
-    assert result["best_score"] == best["score"] == max(lr_score({k: str(v) for k, v in t["params"].items()})
-                                                        for t in trials)  # fmt: skip
-    params = result["best_params"]
-    assert list(params) == SPACE.names
-    assert isinstance(params["learning_rate"], float) and 3e-5 <= params["learning_rate"] <= 2e-4
-    assert isinstance(params["per_device_train_batch_size"], int) and params["per_device_train_batch_size"] in (16, 32)
-    assert set(result["best_metrics"]) == {"val_f1_macro", "val_accuracy", "val_loss"}
+    sent = create.body
+    assert (sent["metadata"]["name"], sent["metadata"]["namespace"]) == ("kftune-tune-test0001", "team-a")
+    spec = sent["spec"]
+    # the request's metric (auto: the default task's f1_macro) in the direction that improves it, the task's other
+    # scores beside it, each read as the last value the trial printed
+    assert spec["objective"] == {
+        "type": "maximize", "objectiveMetricName": "val_f1_macro",
+        "additionalMetricNames": ["val_accuracy", "val_loss"],
+        "metricStrategies": [{"name": n, "value": "latest"} for n in ("val_f1_macro", "val_accuracy", "val_loss")],
+    }  # fmt: skip
+    assert spec["algorithm"] == {"algorithmName": "random", "algorithmSettings": [{"name": "random_state",
+                                                                                   "value": "11"}]}
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (6, 2, 2)
+    assert spec["metricsCollectorSpec"] == {"collector": {"kind": "StdOut"}}
+    # SPACE as Katib parameters: the log range log-uniform, the choices a list, the linear ranges uniform
+    assert spec["parameters"] == [
+        {"name": "learning_rate", "parameterType": "double",
+         "feasibleSpace": {"min": "3e-05", "max": "0.0002", "distribution": "logUniform"}},
+        {"name": "per_device_train_batch_size", "parameterType": "categorical",
+         "feasibleSpace": {"list": ["16", "32"]}},
+        {"name": "warmup_ratio", "parameterType": "double",
+         "feasibleSpace": {"min": "0.0", "max": "0.2", "distribution": "uniform"}},
+        {"name": "weight_decay", "parameterType": "double",
+         "feasibleSpace": {"min": "0.0", "max": "0.1", "distribution": "uniform"}},
+    ]  # fmt: skip
+    template = spec["trialTemplate"]
+    assert template["primaryContainerName"] == "training"
+    assert template["trialParameters"][0] == {"name": "trialName", "reference": "${trialSpec.Name}",
+                                              "description": "the trial's name: its output directory"}
+    assert [(p["name"], p["reference"]) for p in template["trialParameters"][1:]] == [(n, n) for n in SPACE.names]
+    (container,) = pod_of(sent)["spec"]["containers"]
+    assert container["command"] == [
+        "python", "-m", "kftune.components.tune.trial", "--config", "/mnt/shared/run/train_config.json",
+        "--dataset", "/mnt/shared/run/dataset", "--output", "/mnt/shared/run/trials/${trialParameters.trialName}",
+        "--metric", "f1_macro",
+        "--set", "learning_rate=${trialParameters.learning_rate}",
+        "--set", "per_device_train_batch_size=${trialParameters.per_device_train_batch_size}",
+        "--set", "warmup_ratio=${trialParameters.warmup_ratio}",
+        "--set", "weight_decay=${trialParameters.weight_decay}",
+    ]  # fmt: skip
+    # Katib's own models read the sent document back unchanged
+    assert models.V1beta1Experiment.from_dict(sent).to_dict() == sent
+
+
+def test_run_experiment_reads_the_best_trial_from_katibs_status_and_deletes_it(kube):
+    server, api_client = kube(statuses=[RUNNING, RUNNING, SUCCEEDED], trial_list=TRIALS)
+    request = make_request(algorithm="random")
+    lines: list[str] = []
+
+    started = time.monotonic()
+    result = run_experiment(request, api_client, log=lines.append, poll_seconds=0.05, timeout_seconds=10)
+    elapsed = time.monotonic() - started
+
+    # currentOptimalTrial: its assignments typed like the options, in the space's order; its scores the latest
+    assert result["best_trial"] == BEST_TRIAL
+    assert result["best_params"] == BEST_PARAMS and list(result["best_params"]) == SPACE.names
+    assert isinstance(result["best_params"]["per_device_train_batch_size"], int)
+    assert result["best_score"] == 0.861234
+    assert result["best_metrics"] == {"val_accuracy": 0.8625, "val_loss": 0.351877, "val_f1_macro": 0.861234}
     assert result["objective"] == "val_f1_macro" and result["direction"] == "maximize"
     handle = result["experiment"]
-    assert handle["name"] == request.name and handle["namespace"] == "team-a" and handle["uid"]
-    assert handle["condition"] == "Succeeded" and handle["reason"] == "ExperimentMaxTrialsReached"
-    assert handle["trial_counts"]["succeeded"] == 6 and handle["duration_seconds"] >= 0
+    assert (handle["name"], handle["namespace"], handle["algorithm"]) == (request.name, "team-a", "random")
+    assert (handle["condition"], handle["reason"], handle["message"]) == (
+        "Succeeded", "ExperimentMaxTrialsReached", "Experiment has succeeded because max trial count has reached")
+    assert handle["trial_counts"] == {"total": 6, "succeeded": 4, "failed": 1, "running": 0, "pending": 0,
+                                      "killed": 0, "early_stopped": 0, "metrics_unavailable": 1}
+    assert 0.1 <= handle["duration_seconds"] <= elapsed  # create to the third poll, two poll intervals between
+    # every Trial, oldest first: its latest scores, or none where it failed or printed none ("unavailable")
+    assert [(t["name"].rsplit("-", 1)[1], t["condition"], t["score"]) for t in result["trials"]] == [
+        ("5w2rk8tq", "Succeeded", 0.812317), ("b7xq4mzp", "Succeeded", 0.861234), ("c9n2jv6d", "Failed", None),
+        ("m6t1pq7e", "MetricsUnavailable", None), ("h3s8kd1w", "Succeeded", 0.790412),
+        ("x8v5ne2c", "Succeeded", 0.84875),
+    ]  # fmt: skip
+    failed = result["trials"][2]
+    assert failed["params"] == {"learning_rate": 3.518733260342616e-05, "per_device_train_batch_size": 32,
+                                "warmup_ratio": 0.18811467125449744, "weight_decay": 0.0092651174591628}
+    assert (failed["reason"], failed["message"]) == ("TrialFailed. Job reason: BackoffLimitExceeded",
+                                                     "Trial has failed. Job message: Job has reached the specified "
+                                                     "backoff limit")  # fmt: skip
+    assert result["trials"][3]["metrics"] == {"val_loss": None, "val_f1_macro": None, "val_accuracy": None}
+    assert result["trials"][5]["metrics"] == {"val_accuracy": 0.85, "val_f1_macro": 0.84875, "val_loss": 0.372241}
     # the trials were listed by the Experiment's label, before the Experiment was deleted
     (listing,) = server.calls("GET", "/trials")
     assert listing.query["labelSelector"] == [f"katib.kubeflow.org/experiment={request.name}"]
     assert server.requests[-1].method == "DELETE"
     assert server.requests[-1].path.endswith("/namespaces/team-a/experiments/kftune-tune-test0001")
-    assert not server.experiments and not server.trials
-    # progress: conditions, counts as they change, the best trial so far
-    assert any("Running=True (ExperimentRunning)" in line for line in lines)
-    assert any("6/6 trials succeeded" in line and "best so far val_f1_macro=" in line for line in lines)
-    assert any("trials succeeded" in line and "running" in line for line in lines)
-    assert "Katib Experiment team-a/kftune-tune-test0001 deleted" in lines
+    assert not server.experiments
+    # progress: each condition once, the counts and the best trial as they change
+    name = "Experiment kftune-tune-test0001"
+    assert [line for line in lines if line.startswith(name)] == [
+        f"{name}: Created=True (ExperimentCreated): Experiment is created",
+        f"{name}: Running=True (ExperimentRunning): Experiment is running",
+        f"{name}: 2/6 trials succeeded, 2 running; {BEST_LINE}",
+        f"{name}: Running=False (ExperimentRunning): Experiment is running",
+        f"{name}: Succeeded=True (ExperimentMaxTrialsReached): Experiment has succeeded because max trial count has "
+        "reached",
+        f"{name}: 4/6 trials succeeded, 1 failed, 1 metrics unavailable; {BEST_LINE}",
+    ]
+    assert lines[-1] == "Katib Experiment team-a/kftune-tune-test0001 deleted"
 
 
-def test_grid_search_finds_the_best_combination(kube):
+def test_grid_search_sends_every_grid_point(kube):
     space = parse_space({"learning_rate": {"low": 1e-5, "high": 1e-4, "log": True, "grid": 3},
                          "per_device_train_batch_size": [16, 32]})  # fmt: skip
-    server, api_client = kube(score=lr_score)
-    result = run_experiment(make_request(algorithm="grid", space=space, max_trials=6), api_client, **QUIET, **FAST)
-    assert result["best_params"] == {"learning_rate": 1e-4, "per_device_train_batch_size": 16}
-    tried = sorted((t["params"]["learning_rate"], t["params"]["per_device_train_batch_size"]) for t in result["trials"])
-    assert tried == sorted((lr, bs) for lr in (1e-5, 3.16228e-05, 1e-4) for bs in (16, 32))
+    server, api_client = kube()
+    run_experiment(make_request(algorithm="grid", space=space, max_trials=6), api_client, **QUIET, **FAST)
+    spec = server.calls("POST", "/experiments")[0].body["spec"]
+    assert spec["algorithm"] == {"algorithmName": "grid"}  # Katib's grid service takes no seed
+    assert spec["maxTrialCount"] == 6  # the 3 x 2 combinations
+    assert spec["parameters"] == [
+        {"name": "learning_rate", "parameterType": "categorical",
+         "feasibleSpace": {"list": ["1e-05", "3.16228e-05", "0.0001"]}},  # 3 points, log-spaced
+        {"name": "per_device_train_batch_size", "parameterType": "categorical",
+         "feasibleSpace": {"list": ["16", "32"]}},
+    ]  # fmt: skip
 
 
-def test_loss_picks_the_lowest(kube):
-    server, api_client = kube(score=lr_score)
+def test_loss_is_minimized_and_read_from_katibs_status(kube):
+    server, api_client = kube(statuses=[recorded("katib/loss-succeeded.status.json")], trial_list=NO_TRIALS)
     result = run_experiment(make_request(metric="loss"), api_client, **QUIET, **FAST)
+    objective = server.calls("POST", "/experiments")[0].body["spec"]["objective"]
+    assert (objective["type"], objective["objectiveMetricName"]) == ("minimize", "val_loss")
+    assert objective["additionalMetricNames"] == ["val_f1_macro", "val_accuracy"]
     assert result["objective"] == "val_loss" and result["direction"] == "minimize"
-    assert result["best_score"] == min(t["score"] for t in result["trials"])
+    assert result["best_trial"] == "kftune-tune-test0001-q4w8zd2n"
+    assert result["best_score"] == 0.338904  # val_loss, not the first metric listed (val_f1_macro)
+    assert result["best_metrics"] == {"val_f1_macro": 0.857004, "val_loss": 0.338904, "val_accuracy": 0.86}
+    assert result["best_params"] == {"learning_rate": 0.00014713048321905916, "per_device_train_batch_size": 16,
+                                     "warmup_ratio": 0.05581316302781455, "weight_decay": 0.0340612795913279}
 
 
 def test_run_experiment_failure_raises_the_reason_message_and_failed_trials(kube):
-    server, api_client = kube(
-        outcome="Failed",
-        reason="ExperimentMaxFailedTrialsReached",
-        message="Experiment has failed because max failed count has reached",
-        score=lambda a: None if a["per_device_train_batch_size"] == "32" else 0.7,
-    )
+    server, api_client = kube(statuses=[recorded("katib/random-failed.status.json")],
+                              trial_list=recorded("katib/random-failed.trials.json"))
     with pytest.raises(KftuneError) as info:
         run_experiment(make_request(), api_client, **QUIET, **FAST)
-    text = str(info.value)
-    assert "ExperimentMaxFailedTrialsReached: Experiment has failed because max failed count has reached" in text
-    assert re.search(r"\(\d+ of 6 trials failed, max_failed_trials=2\)", text)
-    assert "TrialFailed: Trial has failed. Job message: Job has reached the specified backoff limit" in text
+    assert re.fullmatch(
+        r"Katib Experiment team-a/kftune-tune-test0001 failed after \d+ s: ExperimentFailed: Experiment has failed "
+        r"because max failed count has reached \(2 of 3 trials failed, max_failed_trials=2\); "
+        r"trial kftune-tune-test0001-g5p9mt3x: Failed: TrialFailed\. Job reason: DeadlineExceeded: Trial has failed\. "
+        r"Job message: Job was active longer than specified deadline; "
+        r"trial kftune-tune-test0001-r8z3hn6v: Failed: TrialFailed\. Job reason: BackoffLimitExceeded: Trial has "
+        r"failed\. Job message: Job has reached the specified backoff limit",
+        str(info.value),
+    ), str(info.value)
     assert len(server.calls("DELETE", "/experiments/kftune-tune-test0001")) == 1
     assert not server.experiments
 
 
 def test_run_experiment_without_an_optimal_trial_raises(kube):
-    server, api_client = kube(score=lambda a: None)  # every trial fails, yet the Experiment "succeeds"
-    with pytest.raises(
-        KftuneError,
-        match=r"finished \(ExperimentMaxTrialsReached\) but no trial reported "
-        r"val_f1_macro: 0 succeeded, 6 failed.*print 'val_f1_macro=<value>'",
-    ):
+    """Trials that print no metrics end as MetricsUnavailable; Katib then finishes the Experiment with an empty
+    currentOptimalTrial."""
+    server, api_client = kube(statuses=[recorded("katib/no-metrics.status.json")],
+                              trial_list=recorded("katib/no-metrics.trials.json"))
+    with pytest.raises(KftuneError) as info:
         run_experiment(make_request(), api_client, **QUIET, **FAST)
+    unavailable = ("MetricsUnavailable: MetricsUnavailable. Job reason: CompletionsReached: Metrics are not "
+                   "available. Job message: Reached expected number of succeeded pods")
+    assert str(info.value) == (
+        "Katib Experiment team-a/kftune-tune-test0001 finished (ExperimentMaxTrialsReached) but no trial reported "
+        "val_f1_macro: 0 succeeded, 0 failed, 6 without metrics (each trial must print 'val_f1_macro=<value>' on "
+        f"stdout); trial kftune-tune-test0001-a1b2c3d4: {unavailable}; trial kftune-tune-test0001-e5f6g7h8: "
+        f"{unavailable}; trial kftune-tune-test0001-j9k1m2n3: {unavailable} (and 3 more)"
+    )
     assert len(server.calls("DELETE")) == 1
 
 
@@ -455,10 +595,13 @@ def test_run_experiment_timeout_deletes_it(kube):
 
 
 def test_run_experiment_rides_out_api_errors(kube):
-    server, api_client = kube(failing_polls={1, 2}, failing_trial_lists=2, finish_on_poll=4)
+    server, api_client = kube(statuses=[RUNNING, RUNNING, RUNNING, SUCCEEDED], trial_list=TRIALS,
+                              failing_polls={1, 2}, failing_trial_lists=2)
     lines: list[str] = []
     result = run_experiment(make_request(), api_client, log=lines.append, **FAST)
-    assert result["experiment"]["condition"] == "Succeeded" and len(result["trials"]) == 6
+    assert result["experiment"]["condition"] == "Succeeded" and result["best_params"] == BEST_PARAMS
+    assert [t["name"] for t in result["trials"]] == [t["metadata"]["name"] for t in TRIALS["items"]]
+    assert len(server.calls("GET", "/experiments/")) == 4
     assert sum("HTTP 500" in line and "retrying" in line for line in lines) == 2
     assert len(server.calls("GET", "/trials")) == 3
     assert len(server.calls("DELETE")) == 1
@@ -473,11 +616,13 @@ def test_run_experiment_gives_up_when_the_api_server_keeps_failing(kube):
 
 
 def test_a_trial_list_that_keeps_failing_only_warns(kube):
-    server, api_client = kube(failing_trial_lists=100)
+    server, api_client = kube(statuses=[SUCCEEDED], trial_list=TRIALS, failing_trial_lists=100)
     lines: list[str] = []
     result = run_experiment(make_request(), api_client, log=lines.append, **FAST)
-    assert result["trials"] == [] and result["best_params"]
-    assert any(line.startswith("warning: cannot list the trials") for line in lines)
+    assert result["trials"] == [] and result["best_params"] == BEST_PARAMS and result["best_score"] == 0.861234
+    (warning,) = [line for line in lines if line.startswith("warning:")]
+    assert warning.startswith("warning: cannot list the trials of Experiment kftune-tune-test0001 (")
+    assert "etcdserver: leader changed" in warning
 
 
 @pytest.mark.parametrize(
@@ -578,7 +723,7 @@ def test_launch_katib_stages_the_inputs_on_the_shared_volume(kube, tmp_path, dat
         config=dict(model=str(pretrained), seed=7, checkpoint_dir="/somewhere/else", metric_for_best_model="accuracy"),
     )  # fmt: skip
 
-    assert result["best_params"] and result["objective"] == "val_accuracy"
+    assert result["objective"] == "val_accuracy" and result["direction"] == "maximize"
     (create,) = server.calls("POST")
     assert "/namespaces/kubeflow-user/" in create.path
     body = create.body
@@ -589,7 +734,16 @@ def test_launch_katib_stages_the_inputs_on_the_shared_volume(kube, tmp_path, dat
     assert command[command.index("--dataset") + 1] == str(run_dir / "dataset")
     assert command[command.index("--output") + 1] == f"{run_dir}/trials/${{trialParameters.trialName}}"
     assert command[command.index("--metric") + 1] == "accuracy"
-    assert body["spec"]["algorithm"]["algorithmSettings"] == [{"name": "random_state", "value": "7"}]
+    assert body["spec"]["algorithm"] == {"algorithmName": "tpe",
+                                         "algorithmSettings": [{"name": "random_state", "value": "7"}]}
+    objective = body["spec"]["objective"]
+    assert (objective["type"], objective["objectiveMetricName"]) == ("maximize", "val_accuracy")
+    assert objective["additionalMetricNames"] == ["val_f1_macro", "val_loss"]
+    # tpe: the log range stays log-uniform, the linear ones uniform
+    assert [(p["name"], p["parameterType"], p["feasibleSpace"].get("distribution"))
+            for p in body["spec"]["parameters"]] == [
+        ("learning_rate", "double", "logUniform"), ("per_device_train_batch_size", "categorical", None),
+        ("warmup_ratio", "double", "uniform"), ("weight_decay", "double", "uniform")]  # fmt: skip
     pod = pod_of(body)["spec"]
     assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "kftune-shared"}
     assert pod["containers"][0]["volumeMounts"][0]["mountPath"] == str(shared)
@@ -645,7 +799,8 @@ def test_katib_search_component_hands_its_settings_to_the_launcher(kube, tmp_pat
 
     from kftune.components.tune.component import katib_search
 
-    server, _ = kube(finish_on_poll=1)  # finished on the first poll: no 15 s poll interval
+    monkeypatch.setattr(katib, "new_job_name", lambda prefix: "kftune-tune-test0001")  # the recorded run's name
+    server, _ = kube(statuses=[SUCCEEDED], trial_list=TRIALS)  # finished on the first poll: no 15 s poll interval
     kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", server)
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
     shared = tmp_path / "shared"
@@ -654,7 +809,8 @@ def test_katib_search_component_hands_its_settings_to_the_launcher(kube, tmp_pat
                           train_config=json.dumps(asdict(TrainConfig(task=DEFAULT_TASK))), image="kftune-tune:dev",
                           shared_dir=str(shared), namespace="team-a", search_backend="katib", algorithm="random",
                           max_trials=3, parallel_trials=3, max_failed_trials=1, gpus="0", train_cpu="2")
-    assert json.loads(record)["best"]["params"]
+    best = json.loads(record)["best"]
+    assert (best["name"], best["params"], best["score"]) == (BEST_TRIAL, BEST_PARAMS, 0.861234)
     spec = server.calls("POST")[0].body["spec"]
     assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (3, 3, 1)
     pod = spec["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
@@ -688,27 +844,24 @@ def test_manifests_rbac_allows_every_call_the_katib_launcher_makes(kube):
     }
 
 
-def test_katib_result_becomes_the_search_record_and_report(kube, tmp_path, dataset):
+def test_katib_result_becomes_the_search_record_and_report(kube):
     """What the katib_search component writes: the same record, table and plots as the other searches."""
     from kftune.components.tune.report import search_html, search_markdown
     from kftune.components.tune.search import record_from_katib
 
-    shared = tmp_path / "shared"
-    shared.mkdir()
-
-    def score(assignments: dict[str, str]) -> float | None:
-        batch = int(assignments["per_device_train_batch_size"])
-        return None if batch == 32 and float(assignments["warmup_ratio"]) > 0.1 else 0.7 + float(
-            assignments["learning_rate"]) * 100
-
-    server, api_client = kube(score=score, seed=1)
-    outcome = launch(dataset, shared, api_client, search=dict(algorithm="random", max_trials=6, max_failed_trials=6))
+    server, api_client = kube(statuses=[SUCCEEDED], trial_list=TRIALS)
+    outcome = run_experiment(make_request(algorithm="random"), api_client, **QUIET, **FAST)
     record = record_from_katib(outcome, "random", "f1_macro", "maximize")
-    assert record["best"]["params"] == outcome["best_params"]
-    assert record["best"]["score"] == pytest.approx(outcome["best_score"])
-    complete = [t for t in record["trials"] if t["state"] == "complete"]
-    assert complete and all(record["best"]["score"] >= t["score"] for t in complete)
-    failed = [t for t in record["trials"] if t["state"] == "failed"]
-    assert failed and all(t["error"] for t in failed)
-    assert f"{len(record['trials'])} trials" in search_markdown(record)
+    assert (record["algorithm"], record["metric"], record["direction"]) == ("katib random", "f1_macro", "maximize")
+    assert (record["best"]["number"], record["best"]["name"]) == (1, BEST_TRIAL)
+    assert (record["best"]["params"], record["best"]["score"]) == (BEST_PARAMS, 0.861234)
+    # Failed and MetricsUnavailable are failed trials, with Katib's reason and message
+    assert [(t["number"], t["state"], t["score"]) for t in record["trials"]] == [
+        (0, "complete", 0.812317), (1, "complete", 0.861234), (2, "failed", None), (3, "failed", None),
+        (4, "complete", 0.790412), (5, "complete", 0.84875)]  # fmt: skip
+    assert record["trials"][2]["error"] == ("TrialFailed. Job reason: BackoffLimitExceeded: Trial has failed. "
+                                            "Job message: Job has reached the specified backoff limit")
+    assert record["trials"][3]["error"] == ("MetricsUnavailable. Job reason: CompletionsReached: Metrics are not "
+                                            "available. Job message: Reached expected number of succeeded pods")
+    assert "6 trials" in search_markdown(record)
     assert search_html(record).count("<tr>") == len(record["trials"]) + 1

@@ -28,26 +28,27 @@ NEUTRAL = ("the", "film", "plot", "actor", "scene", "story", "director", "movie"
            "ending", "camera", "dialogue", "character", "screen", "was", "and", "its", "with")
 
 
-def cue_texts(rows: int, positive_share: float, seed: int) -> pd.DataFrame:
-    """``rows`` distinct texts: 5 to 9 neutral words with one cue word at a random place."""
+def cue_texts(rows: int, positive_share: float, seed: int, neutral: tuple[int, int] = (5, 9)) -> pd.DataFrame:
+    """``rows`` distinct texts: ``neutral`` (5 to 9) neutral words with one cue word at a random place."""
     rng = random.Random(seed)
     texts: dict[str, str] = {}
     while len(texts) < rows:
         label = "positive" if rng.random() < positive_share else "negative"
-        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(5, 9))]
+        words = [rng.choice(NEUTRAL) for _ in range(rng.randint(*neutral))]
         words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE_CUES if label == "positive" else NEGATIVE_CUES))
         texts.setdefault(" ".join(words), label)
     return pd.DataFrame({TEXT: list(texts), LABEL: list(texts.values())})
 
 
-def make_cue_dataset(work: Path, model: Path, rows: int = 400, positive_share: float = 0.65) -> Path:
+def make_cue_dataset(work: Path, model: Path, rows: int = 400, positive_share: float = 0.65,
+                     neutral: tuple[int, int] = (5, 9)) -> Path:
     """The cue task, preprocessed for ``model`` (stratified 80/10/10 split)."""
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
 
     work.mkdir(parents=True, exist_ok=True)
     data = work / "cues.csv"
-    cue_texts(rows, positive_share, seed=0).to_csv(data, index=False)
+    cue_texts(rows, positive_share, seed=0, neutral=neutral).to_csv(data, index=False)
     out = work / "dataset"
     preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), out)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import kfp
 import pytest
+import yaml
 
 from kftune.cli import submit as submit_module
 from kftune.cli.main import main
@@ -433,6 +434,20 @@ def test_submit_function_returns_the_ids(fake):
     assert result["run_id"] == run["run_id"] and result["state"] == "SUCCEEDED" and result["error"] is None
     assert result["run_url"] == f"https://kubeflow.example.com/pipeline/#/runs/details/{run['run_id']}"
     assert result["parameters"] == {"seed": 7}
-    assert {"pipeline_id", "version_id", "experiment_id"} <= set(result)
+    reference = run["pipeline_version_reference"]
+    (pipeline_id,) = fake.pipelines
+    assert (result["pipeline_id"], result["version_id"], result["experiment_id"]) == (
+        pipeline_id, reference["pipeline_version_id"], run["experiment_id"])
+    assert reference["pipeline_id"] == pipeline_id
     assert result["pipeline_created"] and result["experiment_created"] and not result["version_reused"]
-    assert lines[-1] == "run state: SUCCEEDED" or "task" in lines[-1]
+    # the wait ends on SUCCEEDED, having shown each task of the pipeline's DAG in its final state, SUCCEEDED
+    dag_tasks = next(yaml.safe_load_all(PACKAGE.read_text()))["root"]["dag"]["tasks"]
+    last_state = {}
+    for line in lines:
+        if line.startswith("  task "):
+            task, state = line.removeprefix("  task ").rsplit(": ", 1)
+            last_state[task] = state
+    assert last_state == dict.fromkeys(dag_tasks, "SUCCEEDED")
+    after = lines[lines.index("run state: SUCCEEDED") + 1:]
+    assert lines.count("run state: SUCCEEDED") == 1
+    assert all(line.startswith("  task ") and line.endswith(": SUCCEEDED") for line in after), after

@@ -82,6 +82,79 @@ def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tin
     assert report["parity"]["prediction_mismatches"] == 0
 
 
+def wide_tiny_model(path) -> object:
+    """A 2-layer, 32-wide BERT with random weights drawn wider than BERT's (initializer_range 0.2, not 0.02) and no
+    dropout. Frozen, as prompt tuning keeps it, BERT's own narrow draw passes a cue word on to the first position
+    too faintly for a few hundred steps to pick it up (and dropout buries it); this one does not."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from kftune.data.bundled import bundled_model_dir
+
+    config = BertConfig.from_pretrained(bundled_model_dir())
+    config.update(dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       max_position_embeddings=128, num_labels=2, initializer_range=0.2, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0))  # fmt: skip
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(bundled_model_dir()).save_pretrained(path)
+    return path
+
+
+def held_out_accuracy(model, split) -> float:
+    predictions = predict_logits(torch_runner(model), split, 64).argmax(1)
+    return float((predictions == np.asarray(split["label"])).mean())
+
+
+def test_prompt_tuning_learns_a_cue_training_only_the_virtual_tokens_and_the_head(tmp_path, monkeypatch):
+    """The cue task of tests/test_learning.py (short texts: 1 to 3 neutral words around the cue) learnt by prompt
+    tuning: the loss falls, held-out texts are classified well above the majority class, and of all the weights
+    only the virtual tokens and the classification head (peft's trained copy of it) moved; the encoder is the
+    random one it started from. Without its trained virtual tokens the trained head does much worse."""
+    from kftune.training import encoder_recipe
+    from tests.test_learning import make_cue_dataset
+
+    model_dir = wide_tiny_model(tmp_path / "tiny")
+    dataset = make_cue_dataset(tmp_path / "cues", model_dir, neutral=(1, 3))
+    initial: dict[str, torch.Tensor] = {}
+    build = encoder_recipe.build_encoder_model
+
+    def build_and_keep_the_initial_weights(*args, **kwargs):
+        built = build(*args, **kwargs)
+        initial.update({name: p.detach().clone() for name, p in built.named_parameters()})
+        return built
+
+    monkeypatch.setattr(encoder_recipe, "build_encoder_model", build_and_keep_the_initial_weights)
+    out = tmp_path / "model"
+    config = TrainConfig(model=str(model_dir), training_mode="prompt_tuning", num_virtual_tokens=16, learning_rate=0.1,
+                         num_train_epochs=6, per_device_train_batch_size=8, warmup_ratio=0.0,
+                         early_stopping_patience=0, save_steps=0)  # fmt: skip
+    history = train(config, dataset, out)
+
+    train_losses = [e["train_loss"] for e in history["epochs"]]
+    val_losses = [e["val_loss"] for e in history["epochs"]]
+    assert train_losses[-1] < 0.5 * train_losses[0] and val_losses[-1] < 0.5 * val_losses[0], history["epochs"]
+
+    splits = load_splits(dataset)[0]
+    train_labels, test_labels = np.asarray(splits["train"]["label"]), np.asarray(splits["test"]["label"])
+    majority = float((test_labels == np.bincount(train_labels).argmax()).mean())
+    trained = load_encoder_model(out)
+    accuracy = held_out_accuracy(trained, splits["test"])
+    assert accuracy >= majority + 0.15, (accuracy, majority)
+
+    weights = dict(trained.named_parameters())
+    assert set(weights) == set(initial)
+    moved = {name for name, before in initial.items() if not torch.equal(before, weights[name])}
+    assert moved == {"prompt_encoder.default.embedding.weight", "base_model.classifier.modules_to_save.default.weight",
+                     "base_model.classifier.modules_to_save.default.bias"}  # fmt: skip
+    # the base model written beside the adapter is the random model it started from, tensor for tensor
+    base, start = load_file(out / "base_model" / "model.safetensors"), load_file(model_dir / "model.safetensors")
+    assert base.keys() == start.keys() and all(torch.equal(base[name], start[name]) for name in start)
+
+    with torch.no_grad():  # the trained head with the virtual tokens as they started
+        trained.prompt_encoder["default"].embedding.weight.copy_(initial["prompt_encoder.default.embedding.weight"])
+    assert held_out_accuracy(trained, splits["test"]) <= accuracy - 0.15
+
+
 @pytest.mark.parametrize("run", ["regression_run", "multilabel_run", "token_run"])
 def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request, run, tiny_model, tmp_path):
     """Prompt tuning with each new task's head (peft's SEQ_CLS for scores and label sets, TOKEN_CLS for tags): the
