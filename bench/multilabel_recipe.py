@@ -130,6 +130,8 @@ def main() -> None:
         for name in args.recipes:
             runs.append(train_recipe(name, data, Path(tmp) / name, args.seed, args.max_steps))
             v = runs[-1]["validation"]
+            if args.out:  # what is done so far, should a later recipe not finish
+                args.out.write_text(json.dumps({"validation_empty_set": empty, "recipes": runs}, indent=2))
             print(f"{name}: best epoch {runs[-1]['best_epoch']}, validation micro F1 {v['f1_micro']:.4f}, subset "
                   f"accuracy {v['subset_accuracy']:.4f}, Hamming loss {v['hamming_loss']:.4f}", flush=True)
         beats_empty = [r for r in runs if r["validation"]["subset_accuracy"] > empty["subset_accuracy"]
