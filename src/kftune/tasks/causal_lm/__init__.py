@@ -123,13 +123,13 @@ class CausalLMTask(Task):
         return CausalLMRecipe()
 
     # --- evaluation -------------------------------------------------------------------
-    def evaluate(self, model_dir, dataset_dir, config):
+    def evaluate(self, model_dir, dataset_dir, test_dir, config):
         from dataclasses import replace
 
         from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm
 
-        return evaluate_causal_lm(model_dir, dataset_dir, replace(config, batch_size=min(config.batch_size, 16)),
-                                  self.name)
+        return evaluate_causal_lm(model_dir, dataset_dir, test_dir,
+                                  replace(config, batch_size=min(config.batch_size, 16)), self.name)
 
     def result_metrics(self, result):
         return tuple(k for k in SUMMARY_KEYS if k in result["model"])
