@@ -32,6 +32,12 @@ def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
     assert "Removed per rule" in html and "data:image/png;base64" in html
     stats = json.loads((task_dir / "dataset" / "stats.json").read_text())
     assert stats["augmented_rows"] > 0
+    # the test split is its own output artifact, the dataset's splits are train and validation
+    assert sorted(p.name for p in (task_dir / "test_split").iterdir()) == ["test"]
+    assert json.loads((task_dir / "dataset" / "splits" / "dataset_dict.json").read_text())["splits"] == [
+        "train", "validation"]
+    outputs = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
+    assert outputs["test_split"]["artifacts"][0]["metadata"] == {"split": "test", "rows": stats["split_sizes"]["test"]}
 
 
 def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
