@@ -68,7 +68,7 @@ def small_csv(tmp_path_factory, small_frame) -> Path:
     return path
 
 
-def test_split_of(dataset: Path) -> Path:
+def held_out_split(dataset: Path) -> Path:
     """Where the fixtures put a dataset artifact's test split artifact: ``test_split`` beside it."""
     return dataset.parent / "test_split"
 
@@ -81,14 +81,14 @@ def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
     from kftune.components.preprocess.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("prepared") / "dataset"
-    preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out, test_split_of(out))
+    preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out, held_out_split(out))
     return out
 
 
 @pytest.fixture(scope="session")
 def prepared_test(prepared) -> Path:
     """The test split artifact that preprocess wrote beside ``prepared``."""
-    return test_split_of(prepared)
+    return held_out_split(prepared)
 
 
 @pytest.fixture(scope="session")
@@ -126,14 +126,14 @@ def prepared_lm(tmp_path_factory, instructions_jsonl, tiny_causal_lm) -> Path:
 
     out = tmp_path_factory.mktemp("prepared-lm") / "dataset"
     preprocess(PreprocessConfig(task="causal-lm", data=str(instructions_jsonl), model=str(tiny_causal_lm), seed=1),
-               out, test_split_of(out))
+               out, held_out_split(out))
     return out
 
 
 @pytest.fixture(scope="session")
 def prepared_lm_test(prepared_lm) -> Path:
     """The test split artifact that preprocess wrote beside ``prepared_lm``."""
-    return test_split_of(prepared_lm)
+    return held_out_split(prepared_lm)
 
 
 @pytest.fixture(scope="session")
@@ -158,7 +158,7 @@ def _task_run(work: Path, data: Path, model: Path) -> tuple:
 
     dataset = work / "dataset"
     stats = preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), dataset,
-                       test_split_of(dataset))
+                       held_out_split(dataset))
     config = TrainConfig(model=str(model), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=8,
                          warmup_ratio=0.1, early_stopping_patience=0, save_steps=0, logging_steps=20)
     history = train(config, dataset, work / "model")

@@ -26,7 +26,7 @@ from kftune.models.encoder import load_encoder_model
 from kftune.tasks import TASKS, detect_task, task_named
 from kftune.training.config import TrainConfig
 from kftune.training.loop import train
-from tests.conftest import test_split_of
+from tests.conftest import held_out_split
 from tests.task_data import CUES, multilabel_frame, regression_frame
 
 
@@ -115,7 +115,7 @@ def test_regression_detected_normalised_and_stratified(regression_run):
     assert stats["task"] == "regression" and "non-integer numbers" in stats["task_decided"]
     info = dataset_task(dataset)
     splits, _ = load_splits(dataset)
-    splits = {**splits, "test": load_test_split(test_split_of(dataset))}
+    splits = {**splits, "test": load_test_split(held_out_split(dataset))}
     every = np.concatenate([np.asarray(splits[s][LABEL]) for s in ("train", "validation", "test")])
     train = np.asarray(splits["train"][LABEL])  # the normalisation is fitted on the training split alone
     assert info["target_mean"] == pytest.approx(train.mean(), abs=1e-4)
@@ -348,7 +348,7 @@ def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp
     assert history["training_mode"] == "lora" and history["best_metric"] == "rmse"
     assert (tmp_path / "lora" / TASK_FILE).is_file()
     logits = predict_logits(torch_runner(load_encoder_model(tmp_path / "lora", task_named("regression"))),
-                            load_test_split(test_split_of(dataset)), 64)
+                            load_test_split(held_out_split(dataset)), 64)
     assert logits.shape[1] == 1 and np.isfinite(logits).all()
 
 
