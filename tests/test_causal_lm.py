@@ -165,7 +165,12 @@ def test_dataset_artifact_and_report(prepared_lm):
     stats = json.loads((prepared_lm / "stats.json").read_text())
     assert stats["task"] == "causal-lm" and stats["answers"] == ["negative", "positive"]
     assert sum(stats["split_sizes"].values()) == stats["rows_used"]
-    assert json.loads((prepared_lm / "task.json").read_text())["completion_max_tokens"] >= 2
+    # the generation budget's default comes from the training split alone, never from a test completion
+    from kftune.data.schema import load_splits
+
+    train = load_splits(prepared_lm)[0]["train"]
+    assert json.loads((prepared_lm / "task.json").read_text())["completion_max_tokens"] == max(
+        train["completion_length"]) >= 2
 
 
 def test_answer_normalisation():

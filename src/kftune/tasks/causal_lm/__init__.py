@@ -85,10 +85,13 @@ class CausalLMTask(Task):
         return Prepared(rows, source, len(frame), {k: v for k, v in removed.items() if k in RULES}, stats, tokenizer)
 
     def data_info(self, prepared, config):
-        completion = np.asarray(prepared.frame["completion_length"])
         return {"answers": answer_set(prepared.frame[REFERENCE].tolist()), "max_seq_length": config.max_seq_length,
-                "completion_max_tokens": int(completion.max()), "instruction_format": prepared.stats[
-                    "instruction_format"]}
+                "instruction_format": prepared.stats["instruction_format"]}
+
+    def train_info(self, train, info):
+        """The longest completion of the training split (the generation budget's default): a longer test
+        completion must not lengthen what evaluate lets the models generate."""
+        return {"completion_max_tokens": int(np.asarray(train["completion_length"]).max())}
 
     def strata(self, frame, info):
         """Short-answer data is split stratified by the (normalised) answer."""
