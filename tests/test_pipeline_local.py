@@ -98,6 +98,8 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     assert (Path(results["artifacts"]["model"]) / "model.safetensors").is_file()
     assert results["test_size"] == 30
     run_dir = Path(results["artifacts"]["run_dir"])
+    # scored on preprocess's test split artifact, which train and pretrain were not given
+    assert sorted(p.name for p in (run_dir / "preprocess" / "test_split").iterdir()) == ["test"]
     assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
 
     # masked-LM pretraining on the bundled plots (and the training texts) ran, and train started from its model
