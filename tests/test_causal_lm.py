@@ -22,9 +22,11 @@ from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import prepare, preprocess
 from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer, read_answer
 from kftune.errors import ConfigError, DataError
+from kftune.tasks import TASKS
 from kftune.training.causal_lm_recipe import CausalCollator, token_losses
 from kftune.training.checkpoint import latest_checkpoint
 from kftune.training.config import TrainConfig
+from tests.intervals import check_intervals, check_the_gate_can_require_the_lower_bound
 
 
 def prepare_instructions(config):
@@ -201,6 +203,25 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
     torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
 
 
+def test_each_prompts_reference_loss_is_its_loss_scored_alone(prepared_lm, tiny_causal_lm):
+    """Evaluate's per-prompt losses (the statistics of perplexity's interval) come from packed batches, each position's
+    loss given to the prompt it lies in: each is the prompt's loss scored alone, and together the split's loss."""
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM
+
+    from kftune.tasks.causal_lm.evaluation import reference_loss, reference_losses
+
+    split = load_from_disk(str(prepared_lm / "splits"))["test"]
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
+    losses, tokens = reference_losses(model, split, 2, batch_size=8)
+    collate = CausalCollator(split, 2, packing=True)
+    with torch.no_grad():
+        alone = [token_losses(model, collate([i])) for i in range(len(split))]
+    assert losses.tolist() == pytest.approx([loss.item() for loss, _ in alone], rel=1e-4)
+    assert tokens.tolist() == [n for _, n in alone] and tokens.min() > 0
+    assert reference_loss(model, split, 2) == pytest.approx(sum(loss.item() for loss, _ in alone) / tokens.sum())
+
+
 def test_qlora_needs_cuda_and_says_so(tiny_causal_lm):
     """QLoRA's 4-bit base is a bitsandbytes CUDA kernel; on a CPU the run stops with one clear line."""
     from kftune.models.causal_lm import build_causal_lm
@@ -298,8 +319,11 @@ def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm,
     assert result["delta_vs_baseline"]["perplexity"] > 0
     assert len(result["samples"]) == min(20, result["test_size"])
     html = evaluation_report_html(result)
-    assert "Sample answers" in html and "base model" in html
+    assert "Sample answers" in html and "base model" in html and "95% interval" in html
     assert flat_metrics(result)["passed"] == float(result["passed"])
+    # every gain with its paired bootstrap interval over the prompts; the gate can hold the lower bound
+    check_intervals(result)
+    check_the_gate_can_require_the_lower_bound(result, TASKS["causal-lm"])
 
 
 def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm, prepared_lm_test):

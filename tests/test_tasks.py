@@ -240,6 +240,48 @@ def test_multilabel_learns_with_thresholds_chosen_on_validation(multilabel_run):
     assert decided.shape == (len(test), 3)
 
 
+def test_joint_thresholds_do_not_over_predict_a_weakly_learnt_label():
+    """Label 0 is learnt (its positives score high), label 1 is noise. Per label, F1 is best at predicting label 1
+    almost everywhere; jointly, every prediction of label 1 costs micro F1 more than it gains, so it is (all but)
+    never predicted, and the joint thresholds score micro F1 at least as well as any single threshold."""
+    from sklearn.metrics import f1_score
+
+    from kftune.tasks.multilabel import THRESHOLDS, best_thresholds
+
+    rng = np.random.default_rng(0)
+    truth = np.stack([rng.random(1000) < 0.2, rng.random(1000) < 0.1], axis=1)
+    probabilities = np.stack([np.where(truth[:, 0], rng.uniform(0.5, 1, 1000), rng.uniform(0, 0.6, 1000)),
+                              rng.uniform(0, 1, 1000)], axis=1)
+    chosen = np.asarray(best_thresholds(probabilities, truth))
+    assert chosen[1] >= 0.9 and 0.5 <= chosen[0] <= 0.6
+
+    def micro(thresholds):
+        return f1_score(truth, probabilities >= thresholds, average="micro", zero_division=0)
+
+    assert micro(chosen) >= max(micro(np.full(2, t)) for t in THRESHOLDS)
+    own_best = max(THRESHOLDS, key=lambda t: f1_score(truth[:, 1], probabilities[:, 1] >= t))
+    assert own_best <= 0.2  # what per-label F1 would pick for the noise label: most examples get it
+    assert micro(chosen) > micro(np.array([chosen[0], own_best])) + 0.05
+
+
+def test_multilabel_head_starts_at_the_training_label_rates(multilabel_run, tiny_model):
+    """The output bias is each label's log-odds in the training split (``label_rates``, which validation and test
+    rows do not change), so the untrained model predicts the label rates, not 0.5."""
+    import torch
+
+    from kftune.models.encoder import build_encoder_model
+
+    work, dataset, _, _ = multilabel_run
+    info, task = dataset_task(dataset), task_named("multilabel")
+    train_rows = np.asarray(load_splits(dataset)[0]["train"][LABEL])
+    assert info["label_rates"] == pytest.approx(dict(zip(info["labels"], train_rows.mean(axis=0), strict=True)))
+    model = build_encoder_model(TrainConfig(task="multilabel", model=str(tiny_model)), task.head(info),
+                                str(tiny_model), task)
+    task.init_head(model, info)
+    bias = torch.sigmoid(model.classifier.bias).detach().numpy()
+    assert bias == pytest.approx([info["label_rates"][n] for n in info["labels"]], rel=1e-5)
+
+
 def test_multilabel_separator_and_bad_cells(tmp_path, tiny_model):
     frame = multilabel_frame(60)
     frame["label"] = ["|".join(json.loads(v)) for v in frame["label"]]

@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 
 from kftune.errors import DataError
+from kftune.tasks import TASKS
 from kftune.tasks import token_classification as tc
 from kftune.tasks.token_classification import data as tcd
 from kftune.tasks.token_classification import entities as tce
+from tests.intervals import check_intervals, check_the_gate_can_require_the_lower_bound
 from tests.task_data import toy_sentences, write_conll
 
 CONLL = """-DOCSTART- -X- -X- O
@@ -497,6 +499,9 @@ def test_training_and_evaluation_beat_the_baseline(token_run):
     assert result["delta_vs_baseline"]["f1"] == pytest.approx(
         result["model"]["f1"] - result["baselines"]["most_frequent_tag"]["f1"])
     assert set(result["model"]["per_class"]) == {"LOC", "PER"}
+    # every gain with its paired bootstrap interval over the test sentences; the gate can hold the lower bound
+    check_intervals(result)
+    check_the_gate_can_require_the_lower_bound(result, TASKS["token-classification"])
 
 
 def test_export_parity_and_text_outputs(token_run, tokenizer):
@@ -599,6 +604,8 @@ def test_the_evaluate_component_logs_the_entity_type_confusion_matrix(token_run,
     assert [c["displayName"] for c in logged["annotationSpecs"]] == result["model"]["confusion_labels"]
     assert len(result["model"]["confusion_labels"]) != len(result["labels"])
     assert metrics.metadata["model_f1"] == pytest.approx(result["model"]["f1"])
+    assert metrics.metadata["delta_f1_ci_low"] == pytest.approx(result["intervals"]["f1"]["ci_low"])
+    assert "95% interval" in (tmp_path / "s.md").read_text() and "95% interval" in (tmp_path / "r.html").read_text()
 
 
 def test_the_token_data_settings_name_columns_format_and_strictness(tmp_path):

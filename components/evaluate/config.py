@@ -37,7 +37,9 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
         if task:
             self.check_gates(task)
         if task and self.gain_at_lower_bound and not task.intervals:
-            raise ConfigError(f"gain_at_lower_bound: task {task.name} has no intervals of its gains yet; leave it off")
+            # every kftune task has them; a task from outside kftune may not implement example_statistics
+            raise ConfigError(f"gain_at_lower_bound: task {task.name} gives no intervals of its gains (its "
+                              "intervals is False); leave it off")
         if task and task.higher_is_better(task.primary) and not -1 <= self.min_gain_over_baseline <= 1:
             # a score in [0, 1] gains at most 1; an error (RMSE) gains in the target's own units
             raise ConfigError(f"min_gain_over_baseline must be in [-1, 1] (a gain in {task.primary}, a score), got "

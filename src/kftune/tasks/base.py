@@ -13,7 +13,8 @@ preprocess   ``detect`` / ``reads_file`` (task auto), ``prepare`` (read, clean, 
 train        ``recipe`` (model, batches, objective, validation, what the trained model directory
              holds), ``training_modes``, ``shardings``, ``best_metrics``, ``defaults``
 tune         ``search_space``, ``best_metrics``, ``lower_is_better``
-evaluate     ``evaluate`` (test scores and baselines), ``checks`` (the gate), ``flat_metrics``,
+evaluate     ``evaluate`` (test scores and baselines), ``example_statistics`` and ``scores_from_sums``
+             (the paired bootstrap intervals), ``checks`` (the gate), ``flat_metrics``,
              ``summary_table``, ``report_intro``, ``report_figures``, ``report_sections``
 export       ``export_format`` and, for ONNX, ``decisions`` and ``logits_axes`` (the parity check)
 serve        ``serving`` (the protocol), ``open_export``
@@ -237,17 +238,19 @@ class Task:
         for name, scores in result["baselines"].items():
             flat.update({f"{name}_{k}": scores[k] for k in keys if k in scores})
         flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        flat.update(interval_metrics(result))
         flat["passed"] = float(result["passed"])
         return flat
 
     def summary_table(self, result: dict) -> tuple[list[str], list[tuple]]:
-        """(score names, rows) of the model-vs-baselines table: the model, each baseline, the delta."""
+        """(score names, rows) of the model-vs-baselines table: the model, each baseline, the delta and its
+        interval."""
         keys = list(self.result_metrics(result))
         rows = [("fine-tuned model", *(result["model"][k] for k in keys))]
         for name, scores in result["baselines"].items():
             rows.append((f"baseline: {name}", *(scores.get(k) for k in keys)))
         rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"].get(k) for k in keys)))
-        return keys, rows
+        return keys, rows + interval_rows(result, keys)
 
     def report_intro(self, result: dict) -> str:
         """The evaluation report's first paragraph (HTML)."""
@@ -289,3 +292,21 @@ class Task:
             else:
                 row[key] = value
         return row
+
+
+def interval_metrics(result: dict) -> dict[str, float]:
+    """The KFP metrics of the gains' intervals (``delta_<score>_ci_low``, ``delta_<score>_ci_high``), where
+    ``result`` has them."""
+    flat = {}
+    for k, interval in result.get("intervals", {}).items():
+        flat.update({f"delta_{k}_ci_low": interval["ci_low"], f"delta_{k}_ci_high": interval["ci_high"]})
+    return flat
+
+
+def interval_rows(result: dict, keys) -> list[tuple]:
+    """The summary table's rows of the gains' intervals (low, high) in the scores ``keys``, where ``result`` has
+    them (a score without an interval: an empty cell)."""
+    if "intervals" not in result:
+        return []
+    return [(f"delta, 95% interval: {bound.removeprefix('ci_')} ({result['resamples']} paired resamples)",
+             *(result["intervals"].get(k, {}).get(bound, "") for k in keys)) for bound in ("ci_low", "ci_high")]

@@ -19,7 +19,7 @@ import numpy as np
 
 from kftune.data.bundled import BUNDLED_MODEL
 from kftune.data.schema import LABEL, LENGTH, TEXT
-from kftune.tasks.base import Prepared, Task
+from kftune.tasks.base import Prepared, Task, interval_metrics, interval_rows
 
 ENCODER_DEFAULTS = {"model": BUNDLED_MODEL, "max_seq_length": 128, "training_mode": "full"}
 """What the encoder tasks' ``auto`` settings share (each task adds or replaces its own)."""
@@ -172,6 +172,10 @@ class EncoderTask(Task):
         """The labels of a batch as the loss takes them."""
         raise NotImplementedError
 
+    def init_head(self, model, info: dict) -> None:
+        """Set the new head's initial weights, after the pretrained model is loaded (default: as transformers
+        initialised them)."""
+
     def loss(self, model, batch: dict, config):
         """The loss a training step minimises on ``batch`` (model inputs and ``labels``)."""
         raise NotImplementedError
@@ -239,14 +243,15 @@ class EncoderTask(Task):
             from kftune.tasks.bootstrap import RESAMPLES, paired_intervals
 
             result["intervals"] = paired_intervals(
-                self.example_statistics(truth, self.predicted(logits, info), info),
+                self.example_statistics(truth, self.predicted(logits, truth, info), info),
                 self.example_statistics(truth, predicted[self.baseline], info),
                 lambda sums: self.scores_from_sums(sums, info), self.gain)
             result["resamples"] = RESAMPLES
         return result
 
-    def predicted(self, logits: np.ndarray, info: dict) -> np.ndarray:
-        """The model's predictions that its scores are computed from (classes, label sets, numbers)."""
+    def predicted(self, logits: np.ndarray, labels: np.ndarray, info: dict):
+        """The model's predictions that its scores are computed from (classes, label sets, numbers; token
+        classification's tag sequences, of the words that ``labels`` label)."""
         return self.decisions(logits, info)
 
     def result_metrics(self, result: dict) -> tuple[str, ...]:
@@ -257,8 +262,7 @@ class EncoderTask(Task):
         for name, scores in result["baselines"].items():
             flat.update({f"{name}_{k}": scores[k] for k in self.metrics})
         flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
-        for k, interval in result.get("intervals", {}).items():
-            flat.update({f"delta_{k}_ci_low": interval["ci_low"], f"delta_{k}_ci_high": interval["ci_high"]})
+        flat.update(interval_metrics(result))
         for label, scores in (result["model"].get("per_class") or result["model"].get("per_label") or {}).items():
             flat[f"model_f1_{label}"] = scores["f1"]
         flat["passed"] = float(result["passed"])
@@ -270,11 +274,7 @@ class EncoderTask(Task):
         for name, scores in result["baselines"].items():
             rows.append((f"baseline: {name}", *(scores[k] for k in keys)))
         rows.append((f"delta vs {result['baseline']}", *(result["delta_vs_baseline"][k] for k in keys)))
-        if "intervals" in result:
-            for bound in ("ci_low", "ci_high"):
-                rows.append((f"delta, 95% interval: {bound.removeprefix('ci_')} ({result['resamples']} paired "
-                             "resamples)", *(result["intervals"][k][bound] for k in keys)))
-        return keys, rows
+        return keys, rows + interval_rows(result, keys)
 
     # --- export, serving, prediction --------------------------------------------------
     def decisions(self, logits: np.ndarray, info: dict) -> np.ndarray | None:

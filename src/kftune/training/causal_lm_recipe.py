@@ -67,14 +67,20 @@ class CausalCollator:
         }
 
 
-def token_losses(model, batch: dict, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
-    """(sum of the cross-entropy over the batch's target tokens, their count); logits only where needed."""
+def target_logits(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the logits at the positions that predict a target in some row of ``batch``, those positions' targets (-100
+    in a row without one there), the positions): the vocabulary projection runs only there."""
     targets = batch["targets"]
     keep = (targets != -100).any(0).nonzero().squeeze(-1)
     inputs = {k: v for k, v in batch.items() if k != "targets"}
     # use_cache=False: without a cache, transformers reads packed position ids as separate sequences
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    chosen = targets[:, keep]
+    return logits, targets[:, keep], keep
+
+
+def token_losses(model, batch: dict, label_smoothing: float = 0.0) -> tuple[torch.Tensor, int]:
+    """(sum of the cross-entropy over the batch's target tokens, their count); logits only where needed."""
+    logits, chosen, _ = target_logits(model, batch)
     loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), chosen.flatten(), ignore_index=-100,
                                              reduction="sum", label_smoothing=label_smoothing)
     return loss, int((chosen != -100).sum())

@@ -102,6 +102,7 @@ class EncoderRecipe:
 
     def build_model(self, run: Run) -> torch.nn.Module:
         model = build_encoder_model(run.config, self.task.head(run.info), run.base_path, self.task)
+        self.task.init_head(model, run.info)
         if run.config.packing:
             enable_padding_free(model)
         return model

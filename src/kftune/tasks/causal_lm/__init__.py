@@ -16,7 +16,7 @@ import numpy as np
 
 from kftune.data.bundled import INSTRUCTION_DATA, LM_MODEL
 from kftune.data.chat import PLAIN_TEMPLATE, normalise_answer
-from kftune.tasks.base import Prepared, Task
+from kftune.tasks.base import Prepared, Task, interval_metrics, interval_rows
 from kftune.tasks.causal_lm.data import (
     INSTRUCTION_COLUMNS,
     REFERENCE,
@@ -42,6 +42,7 @@ class CausalLMTask(Task):
     detect_order = 20
     export_format = "huggingface"
     serving = "openai"
+    intervals = True
     comparison_heading = "Fine-tuned vs base model"
     predict_chunk_batches = 1
 
@@ -132,7 +133,25 @@ class CausalLMTask(Task):
         from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm
 
         return evaluate_causal_lm(model_dir, dataset_dir, test_dir,
-                                  replace(config, batch_size=min(config.batch_size, 16)), self.name)
+                                  replace(config, batch_size=min(config.batch_size, 16)), self)
+
+    def example_statistics(self, truth, predicted, info):
+        """Per test prompt (``truth``: the references; ``predicted``: a model's ``generations``, and its summed
+        ``loss`` over each reference's tokens and their count, ``loss_tokens``): its exact match, answer accuracy
+        (short-answer data), ROUGE-L, loss and reference tokens
+        (:func:`~kftune.tasks.causal_lm.evaluation.prompt_statistics`)."""
+        from kftune.tasks.causal_lm.evaluation import prompt_statistics
+
+        return prompt_statistics(predicted["generations"], truth, info.get("answers") or [], predicted["loss"],
+                                 predicted["loss_tokens"])
+
+    def scores_from_sums(self, sums, info):
+        """Exact match, answer accuracy and ROUGE-L (means over the prompts) and perplexity (the exponential of the
+        summed loss over the summed reference tokens), every one with an interval
+        (:func:`~kftune.tasks.causal_lm.evaluation.scores_from_sums`)."""
+        from kftune.tasks.causal_lm.evaluation import scores_from_sums
+
+        return scores_from_sums(sums)
 
     def result_metrics(self, result):
         return tuple(k for k in SUMMARY_KEYS if k in result["model"])
@@ -146,6 +165,7 @@ class CausalLMTask(Task):
                                                    ("base_model", result["baselines"]["base_model"]))
                 for k, v in scores.items()}
         flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
+        flat.update(interval_metrics(result))
         flat["passed"] = float(result["passed"])
         return flat
 
@@ -155,7 +175,7 @@ class CausalLMTask(Task):
                 ("baseline: base model (zero-shot, same prompts)",
                  *(result["baselines"]["base_model"][k] for k in keys)),
                 ("delta vs base model", *(result["delta_vs_baseline"].get(k) for k in keys))]
-        return keys, rows
+        return keys, rows + interval_rows(result, keys)
 
     def report_intro(self, result):
         return (f"<p>Test split: {result['test_size']} prompts; greedy generations of at most "

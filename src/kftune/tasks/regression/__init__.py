@@ -161,7 +161,7 @@ class Regression(EncoderTask):
         return {"mean": {**regression_scores(y_test, mean, full=True), "predictions": mean},
                 "tfidf_ridge": {**regression_scores(y_test, ridge, full=True), "predictions": ridge}}
 
-    def predicted(self, logits, info):
+    def predicted(self, logits, labels, info):
         return self.predictions(logits, info)
 
     def example_statistics(self, truth, predicted, info):

@@ -5,8 +5,9 @@ Data: JSON Lines / JSON / Parquet rows of word lists and tag lists, or CoNLL-sty
 Head: ``AutoModelForTokenClassification``; loss: cross-entropy over the labelled pieces. Scores:
 entity-level precision, recall and F1 (seqeval, strict IOB2), token accuracy, a confusion
 matrix of entity types; baseline: the most frequent tag of each word form
-(:mod:`~kftune.tasks.token_classification.entities`). Served and predicted: entity spans with
-character offsets into the raw text.
+(:mod:`~kftune.tasks.token_classification.entities`); paired bootstrap intervals of each score
+and gain over the test sentences. Served and predicted: entity spans with character offsets into
+the raw text.
 """
 
 from __future__ import annotations
@@ -41,9 +42,13 @@ from kftune.tasks.token_classification.data import (
 )
 from kftune.tasks.token_classification.entities import (
     ONNX_LOGITS_AXES,
+    entity_types,
+    label_tags,
     most_frequent_tag_baseline,
     predict_entities,
     scores,
+    scores_from_counts,
+    sentence_statistics,
     tags_from_labels,
 )
 
@@ -89,6 +94,7 @@ class TokenClassification(EncoderTask):
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     logits_axes = ONNX_LOGITS_AXES
+    intervals = True
     detect_order = 10
     augmentable = False
 
@@ -232,11 +238,14 @@ class TokenClassification(EncoderTask):
         return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1),
                                                  ignore_index=IGNORE)
 
-    def scores(self, logits, labels, info, full=False):
+    def tag_sequences(self, logits, labels, info) -> tuple[list[list[str]], list[list[str]]]:
+        """(true, predicted) tags of the words that ``labels`` label (stored or padded), predicted by ``logits``."""
         labels = self.label_array(labels) if not hasattr(labels, "ndim") or labels.ndim != 2 else labels
         width = min(logits.shape[1], labels.shape[1])
-        true, pred = tags_from_labels(logits[:, :width], labels[:, :width], info["labels"])
-        result = scores(true, pred)
+        return tags_from_labels(logits[:, :width], labels[:, :width], info["labels"])
+
+    def scores(self, logits, labels, info, full=False):
+        result = scores(*self.tag_sequences(logits, labels, info))
         return result if full else {k: result[k] for k in self.metrics}
 
     # --- evaluation -------------------------------------------------------------------
@@ -249,7 +258,21 @@ class TokenClassification(EncoderTask):
         test_tokens = [list(t)[:n] for t, n in zip(test[TOKENS], kept, strict=True)]
         test_tags = [[id2tag[i] for i in row][:n] for row, n in zip(test[TAGS], kept, strict=True)]
         predicted = most_frequent_tag_baseline(train[TOKENS], train_tags, test_tokens)
-        return {"most_frequent_tag": scores(test_tags, predicted)}
+        return {"most_frequent_tag": {**scores(test_tags, predicted), "predictions": predicted}}
+
+    def predicted(self, logits, labels, info):
+        return self.tag_sequences(logits, labels, info)[1]
+
+    def example_statistics(self, truth, predicted, info):
+        """Per test sentence (``truth``: its labels, padded; ``predicted``: the tags of its labelled words): per
+        entity type, the true, predicted and correctly predicted entities (seqeval's strict IOB2 entities), and
+        the correctly tagged words and all words (:func:`.entities.sentence_statistics`)."""
+        return sentence_statistics(label_tags(truth, info["labels"]), predicted, entity_types(info["labels"]))
+
+    def scores_from_sums(self, sums, info):
+        """As :func:`~kftune.tasks.token_classification.entities.scores`: entity precision, recall and F1 (micro
+        over entities) and token accuracy."""
+        return scores_from_counts(sums)
 
     def report_sections(self, result):
         import numpy as np

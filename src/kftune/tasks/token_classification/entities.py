@@ -2,7 +2,9 @@
 entity spans with character offsets into raw texts (serving, prediction).
 
 - Evaluation: :func:`scores` (entity-level precision/recall/F1 overall and per type; token
-  accuracy; a token-level confusion matrix of entity types) and :func:`most_frequent_tag_baseline`.
+  accuracy; a token-level confusion matrix of entity types), :func:`most_frequent_tag_baseline`, and
+  :func:`sentence_statistics` / :func:`scores_from_counts` (the same scores from per-sentence counts, for the
+  paired bootstrap).
 - Serving: :func:`text_words`, :func:`word_predictions`, :func:`entity_spans` and
   :func:`predict_entities` (entity spans in the shape of transformers' token-classification
   pipeline with aggregation: ``entity_group``, ``score``, ``word``, ``start``, ``end``).
@@ -39,7 +41,7 @@ def scores(true_tag_seqs, pred_tag_seqs) -> dict:
             raise ValueError(f"sentence {i}: {len(t)} true tags but {len(p)} predicted")
     strict = dict(mode="strict", scheme=IOB2, zero_division=0)
     report = classification_report(true, pred, output_dict=True, **strict)
-    types = sorted({entity_type(t) for seq in true + pred for t in seq} - {OUTSIDE})
+    types = entity_types(t for seq in true + pred for t in seq)
     per_class = {}
     for kind in types:
         row = report.get(kind, {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0})
@@ -59,6 +61,56 @@ def scores(true_tag_seqs, pred_tag_seqs) -> dict:
     }
 
 
+def sentence_statistics(true_tag_seqs, pred_tag_seqs, types) -> dict:
+    """Per sentence, the counts that :func:`scores`' entity precision, recall and F1 and its token accuracy follow
+    from: per entity type (``types``, in order; columns) the true entities, the predicted ones and the correctly
+    predicted ones (``tp``: the same type and exact boundaries, seqeval's strict IOB2 entities), and the correctly
+    tagged words and all words (arrays, the sentences on axis 0)."""
+    import numpy as np
+    from seqeval.scheme import IOB2, Entities
+
+    true = [list(t) for t in true_tag_seqs]
+    pred = [list(p) for p in pred_tag_seqs]
+    column = {kind: j for j, kind in enumerate(types)}
+    counts = {name: np.zeros((len(true), len(types))) for name in ("true", "pred", "tp")}
+    words, correct = np.zeros(len(true)), np.zeros(len(true))
+    for i, (t, p, true_entities, pred_entities) in enumerate(zip(
+            true, pred, Entities(true, IOB2).entities, Entities(pred, IOB2).entities, strict=True)):
+        if len(t) != len(p):
+            raise ValueError(f"sentence {i}: {len(t)} true tags but {len(p)} predicted")
+        for name, entities in (("true", true_entities), ("pred", pred_entities),
+                               ("tp", set(true_entities) & set(pred_entities))):
+            for entity in entities:
+                counts[name][i, column[entity.tag]] += 1
+        words[i], correct[i] = len(t), sum(a == b for a, b in zip(t, p, strict=True))
+    return {**counts, "correct_words": correct, "words": words}
+
+
+def scores_from_counts(sums: dict) -> dict:
+    """:func:`scores`' ``precision``, ``recall``, ``f1`` (micro over entities) and ``accuracy`` from the sums of
+    :func:`sentence_statistics` over any set of sentences (arrays: the last axis the entity types), computed as
+    seqeval does (0 where undefined)."""
+    from kftune.tasks.bootstrap import ratio
+
+    tp, true, pred = sums["tp"].sum(-1), sums["true"].sum(-1), sums["pred"].sum(-1)
+    precision, recall = ratio(tp, pred), ratio(tp, true)
+    return {"precision": precision, "recall": recall, "f1": ratio(2 * precision * recall, precision + recall),
+            "accuracy": ratio(sums["correct_words"], sums["words"])}
+
+
+def entity_types(tags) -> list[str]:
+    """The entity types of a tag set, sorted (``PER`` for ``B-PER`` and ``I-PER``)."""
+    return sorted({entity_type(t) for t in tags} - {OUTSIDE})
+
+
+def label_tags(labels, id2tag) -> list[list[str]]:
+    """Per row of :func:`encode` labels (``[batch, pieces]``, -100 where a piece is not a word's first), the tags
+    of its words."""
+    import numpy as np
+
+    return [[id2tag[int(i)] for i in row[row != IGNORE]] for row in np.asarray(labels)]
+
+
 def tags_from_labels(logits, labels, id2tag) -> tuple[list[list[str]], list[list[str]]]:
     """(true, predicted) tag sequences from a batch of piece logits ``[batch, pieces, num_tags]``
     and its :func:`encode` labels (the first pieces of words carry a label, the rest -100): for
@@ -68,12 +120,9 @@ def tags_from_labels(logits, labels, id2tag) -> tuple[list[list[str]], list[list
 
     logits, labels = np.asarray(logits), np.asarray(labels)
     predicted_ids = logits.argmax(-1)
-    true, pred = [], []
-    for row_labels, row_pred in zip(labels, predicted_ids, strict=True):
-        keep = row_labels != IGNORE
-        true.append([id2tag[int(i)] for i in row_labels[keep]])
-        pred.append(repair_iob2([id2tag[int(i)] for i in row_pred[keep]])[0])
-    return true, pred
+    pred = [repair_iob2([id2tag[int(i)] for i in row_pred[row_labels != IGNORE]])[0]
+            for row_labels, row_pred in zip(labels, predicted_ids, strict=True)]
+    return label_tags(labels, id2tag), pred
 
 
 def most_frequent_tag_baseline(train_tokens, train_tags, test_tokens) -> list[list[str]]:
