@@ -203,15 +203,15 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
     torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
 
 
-def test_each_prompts_reference_loss_is_its_loss_scored_alone(prepared_lm, tiny_causal_lm):
+def test_each_prompts_reference_loss_is_its_loss_scored_alone(prepared_lm_test, tiny_causal_lm):
     """Evaluate's per-prompt losses (the statistics of perplexity's interval) come from packed batches, each position's
     loss given to the prompt it lies in: each is the prompt's loss scored alone, and together the split's loss."""
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
+    from kftune.data.schema import load_test_split
     from kftune.tasks.causal_lm.evaluation import reference_loss, reference_losses
 
-    split = load_from_disk(str(prepared_lm / "splits"))["test"]
+    split = load_test_split(prepared_lm_test)
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
     losses, tokens = reference_losses(model, split, 2, batch_size=8)
     collate = CausalCollator(split, 2, packing=True)
