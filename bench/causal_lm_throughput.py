@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> dict:
             args.max_rows = args.max_rows or 160
         model = resolve_model(model)
         preprocess(PreprocessConfig(task="causal-lm", model=model, max_rows=args.max_rows, seed=SEED),
-                   work / "full")
+                   work / "full", work / "test_split")  # the test split is not used: training and validation only
         cut_train_split(work / "full", work / "data", args.examples)
         import datasets
 

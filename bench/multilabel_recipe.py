@@ -123,8 +123,8 @@ def main() -> None:
     from kftune.tasks import task_named
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-multilabel-") as tmp:
-        data = Path(tmp) / "data"
-        preprocess(PreprocessConfig(task="multilabel", seed=args.seed), data)
+        data, test_split = Path(tmp) / "data", Path(tmp) / "test_split"  # the recipes train and choose on data alone
+        preprocess(PreprocessConfig(task="multilabel", seed=args.seed), data, test_split)
         empty = empty_set_scores(data)
         runs = []
         for name in args.recipes:
@@ -137,7 +137,8 @@ def main() -> None:
         beats_empty = [r for r in runs if r["validation"]["subset_accuracy"] > empty["subset_accuracy"]
                        and r["validation"]["hamming_loss"] < empty["hamming_loss"]]
         chosen = max(beats_empty or runs, key=lambda r: r["validation"]["f1_micro"])
-        test = task_named("multilabel").evaluate(Path(tmp) / chosen["recipe"], data, EvaluateConfig(task="multilabel"))
+        test = task_named("multilabel").evaluate(Path(tmp) / chosen["recipe"], data, test_split,
+                                                 EvaluateConfig(task="multilabel"))
     result = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "seed": args.seed,
         "validation_empty_set": {k: empty[k] for k in ("f1_micro", "subset_accuracy", "hamming_loss")},

@@ -46,7 +46,7 @@ def main() -> None:
     from kftune.data.schema import LENGTH, load_splits
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-padding-") as tmp:
-        preprocess(PreprocessConfig(), Path(tmp) / "data")
+        preprocess(PreprocessConfig(), Path(tmp) / "data", Path(tmp) / "test_split")
         lengths = np.asarray(load_splits(Path(tmp) / "data")[0]["train"][LENGTH])
     rows = []
     for name, (grouped, group) in SCHEMES.items():

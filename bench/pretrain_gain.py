@@ -47,14 +47,16 @@ ARMS = ("base", "pretrained")
 KEYS = ("val_accuracy", "test_accuracy", "val_f1_macro", "test_f1_macro")
 
 
-def run_arm(model: str, seed: int, epochs: int, data: Path, out: Path) -> dict:
+def run_arm(model: str, seed: int, epochs: int, data: Path, test_split: Path, out: Path) -> dict:
+    """Fine-tune ``model`` on ``data`` (train, and validation that keeps the epoch), then score it on the test
+    split artifact ``test_split``: the arms are compared on validation, test is reported beside it."""
     started = time.perf_counter()
     if (out / HISTORY_FILE).is_file():  # trained by an earlier, interrupted call: evaluate it
         history = json.loads((out / HISTORY_FILE).read_text(encoding="utf-8"))
     else:
         history = train(TrainConfig(model=model, seed=seed, num_train_epochs=epochs), data, out)
     best = next(e for e in history["epochs"] if e["epoch"] == history["best_epoch"])
-    scores = evaluate(out, data, EvaluateConfig())["model"]
+    scores = evaluate(out, data, test_split, EvaluateConfig())["model"]
     return {"val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"],
             "test_accuracy": scores["accuracy"], "test_f1_macro": scores["f1_macro"],
             "best_epoch": history["best_epoch"], "seconds": round(time.perf_counter() - started, 1)}
@@ -91,7 +93,8 @@ def main() -> None:
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}"}
     # what an interrupted call finished is reused (the same arguments are assumed)
     if not (args.out / "data" / "stats.json").is_file():
-        preprocess(PreprocessConfig(max_rows=args.max_rows, seed=args.split_seed), args.out / "data")
+        preprocess(PreprocessConfig(max_rows=args.max_rows, seed=args.split_seed), args.out / "data",
+                   args.out / "test_split")
     doc["split"] = json.loads((args.out / "data" / "stats.json").read_text(encoding="utf-8"))["split_sizes"]
     if not (args.out / "pretrained" / REPORT_FILE).is_file():
         pretrain(PretrainConfig(pretrain=True, pretrain_corpus=PLOTS_CORPUS, seed=args.split_seed,
@@ -104,7 +107,8 @@ def main() -> None:
         run = {"seed": seed}
         doc["runs"].append(run)
         for arm, model in (("base", BUNDLED_MODEL), ("pretrained", str(args.out / "pretrained"))):
-            run[arm] = run_arm(model, seed, args.epochs, args.out / "data", args.out / f"seed{seed}-{arm}")
+            run[arm] = run_arm(model, seed, args.epochs, args.out / "data", args.out / "test_split",
+                               args.out / f"seed{seed}-{arm}")
             doc["summary"] = summary(doc["runs"])
             (args.out / "pretrain_gain.json").write_text(json.dumps(doc, indent=2), encoding="utf-8")
     p = doc["pretrain"]

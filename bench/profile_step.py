@@ -154,7 +154,7 @@ def main() -> None:
     precision = resolve_precision(config.mixed_precision, device)
     with tempfile.TemporaryDirectory(prefix="kftune-bench-profile-") as tmp:
         data = Path(tmp) / "data"
-        preprocess(PreprocessConfig(max_rows=args.max_rows), data)
+        preprocess(PreprocessConfig(max_rows=args.max_rows), data, Path(tmp) / "test_split")
         splits, _ = load_splits(data)
         tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
         info = dataset_task(data)

@@ -50,8 +50,9 @@ def _percentiles(seconds: list[float]) -> dict:
             "mean_ms": float(ms.mean()), "calls": len(ms)}
 
 
-def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
-    """(Hugging Face model dir, export dir, dataset dir): the bundled model with a random head, or ``model``."""
+def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path, Path]:
+    """(Hugging Face model dir, export dir, dataset dir, test split dir): the bundled model with a random head, or
+    ``model``."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -62,10 +63,11 @@ def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
     from kftune.data.bundled import bundled_model_dir
     from kftune.data.schema import LABELS_FILE, LabelMap
 
-    dataset = work / "dataset"
+    dataset, test_split = work / "dataset", work / "test_split"
     tokenizer_source = model or str(bundled_model_dir())
     # 2,000 reviews: the test split (200) is export's parity set, all of them the bench's texts.
-    preprocess(PreprocessConfig(model=tokenizer_source, max_rows=2000, max_seq_length=MAX_SEQ_LENGTH), dataset)
+    preprocess(PreprocessConfig(model=tokenizer_source, max_rows=2000, max_seq_length=MAX_SEQ_LENGTH), dataset,
+               test_split)
     if model is None:
         labels = LabelMap.load(dataset / LABELS_FILE)
         torch.manual_seed(0)
@@ -78,17 +80,18 @@ def build_model(work: Path, model: str | None) -> tuple[Path, Path, Path]:
     else:
         model_dir = Path(model)
     export_dir = work / "onnx"
-    report = export_model(model_dir, dataset, export_dir, ExportConfig(quantize_int8=True))
+    report = export_model(model_dir, dataset, test_split, export_dir, ExportConfig(quantize_int8=True))
     print(f"exported {model_dir} -> {export_dir}: parity max |logit diff| "
           f"{report['parity']['max_abs_logit_diff']:.1e}", flush=True)
-    return model_dir, export_dir, dataset
+    return model_dir, export_dir, dataset, test_split
 
 
-def bench_texts(dataset: Path) -> list[str]:
-    from kftune.data.schema import SPLITS, TEXT, load_splits
+def bench_texts(dataset: Path, test_split: Path) -> list[str]:
+    """Every split's texts, as requests to time (nothing is scored on them)."""
+    from kftune.data.schema import TEXT, TRAINING_SPLITS, load_splits, load_test_split
 
     splits, _ = load_splits(dataset)
-    return [t for name in SPLITS for t in splits[name][TEXT]]
+    return [t for name in TRAINING_SPLITS for t in splits[name][TEXT]] + list(load_test_split(test_split)[TEXT])
 
 
 def make_batches(tokenizer, texts: list[str], batch_size: int, count: int, seed: int = 0) -> list[dict]:
@@ -276,8 +279,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kftune-bench-serve-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()
-        model_dir, export_dir, dataset = build_model(work, args.model)
-        texts = bench_texts(dataset)
+        model_dir, export_dir, dataset, test_split = build_model(work, args.model)
+        texts = bench_texts(dataset, test_split)
         print("engines (the same intra-op threads for each; one inter-op thread):", flush=True)
         engines = [row for threads in args.threads for row in engine_results(
             model_dir, export_dir, texts, threads, {1: args.calls_batch1, 32: args.calls_batch32})]

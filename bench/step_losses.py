@@ -27,7 +27,7 @@ SLICES = {"classification": (3000, 40), "causal-lm": (300, 12)}
 
 def main(out: Path, task: str = "classification") -> dict:
     rows, steps = SLICES[task]
-    stats = preprocess(PreprocessConfig(task=task, max_rows=rows), out / "data")
+    stats = preprocess(PreprocessConfig(task=task, max_rows=rows), out / "data", out / "test_split")
     history = train(TrainConfig(task=task, max_steps=steps, logging_steps=1), out / "data", out / "model")
     result = {"split": stats["split_sizes"], "losses": [s["loss"] for s in history["steps"]],
               "validation": [{k: v for k, v in e.items() if k.startswith("val_")} for e in history["epochs"]]}

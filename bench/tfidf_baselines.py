@@ -40,13 +40,13 @@ def main() -> None:
 
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
-    from kftune.data.schema import LABEL, TEXT, load_splits
+    from kftune.data.schema import LABEL, TEXT, load_splits, load_test_split
     from kftune.tasks.classification import majority_baseline, tfidf_baseline
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-baselines-") as tmp:
-        preprocess(PreprocessConfig(), Path(tmp) / "data")
-        splits, _ = load_splits(Path(tmp) / "data")
-    train, test = splits["train"], splits["test"]
+        preprocess(PreprocessConfig(), Path(tmp) / "data", Path(tmp) / "test_split")
+        train = load_splits(Path(tmp) / "data")[0]["train"]
+        test = load_test_split(Path(tmp) / "test_split")  # what evaluate scores the baselines on
     y = np.asarray(test[LABEL])
     predictions = {
         "majority class": majority_baseline(train[LABEL], len(test)),

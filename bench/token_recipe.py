@@ -59,11 +59,11 @@ def main() -> None:
     from kftune.tasks import task_named
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-token-") as tmp:
-        data = Path(tmp) / "data"
-        preprocess(PreprocessConfig(task=TASK, seed=args.seed), data)
+        data, test_split = Path(tmp) / "data", Path(tmp) / "test_split"  # the recipes train and choose on data alone
+        preprocess(PreprocessConfig(task=TASK, seed=args.seed), data, test_split)
         runs = [train_recipe(name, data, Path(tmp) / name, args.seed, args.max_steps) for name in RECIPES]
         chosen = max(runs, key=lambda r: r["validation"]["f1"])
-        test = task_named(TASK).evaluate(Path(tmp) / chosen["recipe"], data, EvaluateConfig(task=TASK))
+        test = task_named(TASK).evaluate(Path(tmp) / chosen["recipe"], data, test_split, EvaluateConfig(task=TASK))
     result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "seed": args.seed,
               "recipes": runs, "chosen": chosen["recipe"],
               "test": {name: {k: s[k] for k in ("precision", "recall", "f1", "accuracy")}

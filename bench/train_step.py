@@ -52,7 +52,7 @@ def main() -> None:
     from kftune.training.precision import autocast, resolve_precision
 
     with tempfile.TemporaryDirectory(prefix="kftune-bench-step-") as tmp:
-        preprocess(PreprocessConfig(), Path(tmp) / "data")
+        preprocess(PreprocessConfig(), Path(tmp) / "data", Path(tmp) / "test_split")
         splits, _ = load_splits(Path(tmp) / "data")
         info = dataset_task(Path(tmp) / "data")
         tokenizer = AutoTokenizer.from_pretrained(str(Path(tmp) / "data" / "tokenizer"))

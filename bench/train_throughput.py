@@ -58,7 +58,7 @@ def _test_scores(y_true, y_pred) -> dict:
             "test_f1_macro": float(f1_score(y_true, y_pred, average="macro"))}
 
 
-def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = False) -> dict:
+def trainer_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, tuned: bool = False) -> dict:
     import torch
     from transformers import (
         AutoModelForSequenceClassification,
@@ -69,9 +69,10 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
     )
 
     from kftune.data.bundled import bundled_model_dir
-    from kftune.data.schema import load_splits
+    from kftune.data.schema import TEST_SPLIT, load_splits, load_test_split
 
     splits, labels = load_splits(dataset_dir)
+    splits = {**splits, TEST_SPLIT: load_test_split(test_dir)}  # predicted once, after training
     tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir / "tokenizer"))
     torch.manual_seed(hyper["seed"])
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -110,9 +111,9 @@ def trainer_run(dataset_dir: Path, out_dir: Path, hyper: dict, tuned: bool = Fal
             "precision": "bf16" if tuned else "fp32", "torch_threads": torch.get_num_threads()}
 
 
-def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
+def kftune_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
     from kftune.cpus import available_cpus
-    from kftune.data.schema import load_splits
+    from kftune.data.schema import load_test_split
     from kftune.inference.runners import predict_logits, torch_runner
     from kftune.models.encoder import load_encoder_model
     from kftune.training.config import TrainConfig
@@ -122,7 +123,7 @@ def kftune_run(dataset_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -
     started = time.perf_counter()
     history = launch_training(config, dataset_dir, out_dir)
     seconds = time.perf_counter() - started
-    test = load_splits(dataset_dir)[0]["test"]
+    test = load_test_split(test_dir)
     predictions = predict_logits(torch_runner(load_encoder_model(out_dir)), test, 128).argmax(1)
     train_rows = json.loads((dataset_dir / "stats.json").read_text())["split_sizes"]["train"]
     return {"train_seconds": history["train_seconds"], "wall_seconds_incl_launch": seconds,
@@ -235,15 +236,16 @@ def main() -> None:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        preprocess(PreprocessConfig(max_rows=args.max_rows), tmp / "data")
+        preprocess(PreprocessConfig(max_rows=args.max_rows), tmp / "data", tmp / "test_split")
         for seed in args.seed:
             hyper = {**HYPERPARAMETERS, "num_train_epochs": args.epochs, "seed": seed}
             run = {"hyperparameters": hyper, "kftune_overrides": overrides,
-                   "kftune": kftune_run(tmp / "data", tmp / f"kftune-{seed}", hyper, overrides)}
+                   "kftune": kftune_run(tmp / "data", tmp / "test_split", tmp / f"kftune-{seed}", hyper, overrides)}
             if not args.skip_trainer:
-                run["hf_trainer"] = trainer_run(tmp / "data", tmp / f"trainer-{seed}", hyper)
+                run["hf_trainer"] = trainer_run(tmp / "data", tmp / "test_split", tmp / f"trainer-{seed}", hyper)
             if args.trainer_bf16:
-                run["hf_trainer_tuned"] = trainer_run(tmp / "data", tmp / f"trainer-tuned-{seed}", hyper, tuned=True)
+                run["hf_trainer_tuned"] = trainer_run(tmp / "data", tmp / "test_split", tmp / f"trainer-tuned-{seed}",
+                                                      hyper, tuned=True)
             run["comparison"] = comparisons(run)
             print(json.dumps(run, indent=2), flush=True)
             runs.append(run)

@@ -73,7 +73,8 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         prep = steps.preprocess(values)
         pretrained = steps.pretrain(values, prep.outputs["dataset"])
         trained, scored, exported = steps.train_evaluate_export(
-            values, prep.outputs["dataset"], pretrained_model=pretrained.outputs["pretrained_model"])
+            values, prep.outputs["dataset"], prep.outputs["test_split"],
+            pretrained_model=pretrained.outputs["pretrained_model"])
 
         with dsl.If(scored.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition)
             # batch predictions use the model, so only one that passed the gate; independent of publishing

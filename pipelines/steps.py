@@ -1,5 +1,9 @@
 """The steps both pipelines run: preprocess, and train -> evaluate -> export (the finetune
-pipeline's main line, and the tune pipeline's training of the best configuration)."""
+pipeline's main line, and the tune pipeline's training of the best configuration).
+
+Preprocess gives two artifacts: ``dataset`` (train and validation), which every step that trains or
+chooses gets, and ``test_split``, which only evaluate and export are given: nothing before them can
+read a test example."""
 
 from __future__ import annotations
 
@@ -41,9 +45,10 @@ class FinetuneSteps:
         self.cluster.use_storage_secrets(pretrained, values)  # the model and the corpus may be in s3:// or gs://
         return pretrained
 
-    def train_evaluate_export(self, values: dict, dataset, display_name: str = "train",
+    def train_evaluate_export(self, values: dict, dataset, test_split, display_name: str = "train",
                               **train_arguments) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
-        """Train on the cluster's training resources, then evaluate and export the model."""
+        """Train on the cluster's training resources (on ``dataset``: train and validation), then evaluate and export
+        the model (on ``test_split`` too)."""
         trained = settings_task(self.train_op, values, dataset=dataset, shared_dir=self.cluster.shared_dir,
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trainjob_image=self.images.image("train"),
                                 **train_arguments)
@@ -51,8 +56,8 @@ class FinetuneSteps:
         self.cluster.request_training_resources(trained, values)
         self.cluster.use_storage_secrets(trained, values)  # the pretrained model may be in s3:// or gs://
         model = trained.outputs["finetuned_model"]
-        scored = settings_task(self.evaluate_op, values, dataset=dataset, model=model)
+        scored = settings_task(self.evaluate_op, values, dataset=dataset, test_split=test_split, model=model)
         scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
-        exported = settings_task(self.export_op, values, dataset=dataset, model=model)
+        exported = settings_task(self.export_op, values, dataset=dataset, test_split=test_split, model=model)
         exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
         return trained, scored, exported

@@ -7,9 +7,10 @@ The search runs one of three ways, chosen when the run starts (``search_backend`
 - ``pipeline`` + ``tpe``: one task runs an Optuna study (TPE, median pruning);
 - ``katib``: a Katib ``Experiment`` on the cluster (grid, random, tpe, bayesianoptimization).
 
-Trials train on the training split and are scored on validation; the final model trains with
-the best parameters as ``train_on`` says (train, or train+validation), and is then evaluated
-and exported as in ``finetune``. Like finetune's, the run parameters are the components'
+Trials train on the training split and are scored on validation (the search is given preprocess's
+``dataset`` artifact, which holds no test split); the final model trains with the best parameters as
+``train_on`` says (train, or train+validation), and is then evaluated and exported as in
+``finetune``, the only steps given the ``test_split`` artifact. Like finetune's, the run parameters are the components'
 settings plus the training resources and Secret names.
 """
 
@@ -75,7 +76,8 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
         Args:
         """
         values = dict(locals())
-        dataset = steps.preprocess(values).outputs["dataset"]
+        prep = steps.preprocess(values)
+        dataset = prep.outputs["dataset"]  # train and validation: what the search sees (the test split never)
 
         plan = settings_task(tune_ops["plan_search"], values, dataset=dataset)
         plan.set_display_name("plan search").set_caching_options(False)
@@ -106,8 +108,8 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
         reported.set_display_name("search report")
         best_params = reported.outputs["best_params"]
 
-        trained, scored, exported = steps.train_evaluate_export(values, dataset, display_name="train best",
-                                                                hyperparameters=best_params)
+        trained, scored, exported = steps.train_evaluate_export(values, dataset, prep.outputs["test_split"],
+                                                                display_name="train best", hyperparameters=best_params)
         return Outputs(model=trained.outputs["finetuned_model"], exported_model=exported.outputs["exported_model"],
                        evaluation=scored.outputs["metrics"], best_params=best_params, passed=scored.outputs["Output"])
 

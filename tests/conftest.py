@@ -68,15 +68,27 @@ def small_csv(tmp_path_factory, small_frame) -> Path:
     return path
 
 
+def held_out_split(dataset: Path) -> Path:
+    """Where the fixtures put a dataset artifact's test split artifact: ``test_split`` beside it."""
+    return dataset.parent / "test_split"
+
+
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory, small_csv, tiny_model) -> Path:
-    """A preprocessed dataset artifact of the small slice, tokenized for the tiny model."""
+    """A preprocessed dataset artifact (train and validation) of the small slice, tokenized for the tiny model; its
+    test split artifact is ``prepared_test``."""
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
 
     out = tmp_path_factory.mktemp("prepared") / "dataset"
-    preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out)
+    preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), seed=1), out, held_out_split(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared_test(prepared) -> Path:
+    """The test split artifact that preprocess wrote beside ``prepared``."""
+    return held_out_split(prepared)
 
 
 @pytest.fixture(scope="session")
@@ -114,8 +126,14 @@ def prepared_lm(tmp_path_factory, instructions_jsonl, tiny_causal_lm) -> Path:
 
     out = tmp_path_factory.mktemp("prepared-lm") / "dataset"
     preprocess(PreprocessConfig(task="causal-lm", data=str(instructions_jsonl), model=str(tiny_causal_lm), seed=1),
-               out)
+               out, held_out_split(out))
     return out
+
+
+@pytest.fixture(scope="session")
+def prepared_lm_test(prepared_lm) -> Path:
+    """The test split artifact that preprocess wrote beside ``prepared_lm``."""
+    return held_out_split(prepared_lm)
 
 
 @pytest.fixture(scope="session")
@@ -131,14 +149,16 @@ def trained_lm(tmp_path_factory, prepared_lm, tiny_causal_lm) -> Path:
 
 
 def _task_run(work: Path, data: Path, model: Path) -> tuple:
-    """``data`` preprocessed (task auto) and the tiny model trained on it for 6 epochs in this process."""
+    """``data`` preprocessed (task auto; the test split artifact to ``work/test_split``) and the tiny model trained on
+    it for 6 epochs in this process."""
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
     from kftune.training.config import TrainConfig
     from kftune.training.loop import train
 
     dataset = work / "dataset"
-    stats = preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), dataset)
+    stats = preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), dataset,
+                       held_out_split(dataset))
     config = TrainConfig(model=str(model), num_train_epochs=6, learning_rate=3e-3, per_device_train_batch_size=8,
                          warmup_ratio=0.1, early_stopping_patience=0, save_steps=0, logging_steps=20)
     history = train(config, dataset, work / "model")
@@ -176,9 +196,11 @@ def token_run(tmp_path_factory, tiny_model) -> tuple:
     tokens, tags = distinct_toy_sentences(400, seed=1)
     tags[0] = ["I-PER" if t == "B-PER" else t for t in tags[0]]  # IOB1: converted and counted
     data = write_conll(work / "people.conll", tokens, tags)
-    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), seed=1), work / "dataset")
+    stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), seed=1), work / "dataset",
+                       work / "test_split")
     train(TrainConfig(task="token-classification", model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
                       per_device_train_batch_size=16, logging_steps=10), work / "dataset", work / "model")
-    result = evaluate(work / "model", work / "dataset", EvaluateConfig())
-    export = export_model(work / "model", work / "dataset", work / "export", ExportConfig(quantize_int8=False))
+    result = evaluate(work / "model", work / "dataset", work / "test_split", EvaluateConfig())
+    export = export_model(work / "model", work / "dataset", work / "test_split", work / "export",
+                          ExportConfig(quantize_int8=False))
     return work, stats, result, export

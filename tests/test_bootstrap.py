@@ -122,8 +122,10 @@ def test_the_gains_interval_covers_a_known_difference_at_its_level():
     assert 0.03 < np.mean(widths) < 0.2, np.mean(widths)
 
 
-def test_evaluate_carries_an_interval_for_every_delta_and_the_gate_can_require_its_lower_bound(trained, prepared):
-    result = evaluate(trained, prepared, EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=-1))
+def test_evaluate_carries_an_interval_for_every_delta_and_the_gate_can_require_its_lower_bound(trained, prepared,
+                                                                                                  prepared_test):
+    result = evaluate(trained, prepared, prepared_test,
+                      EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=-1))
     assert set(result["intervals"]) == set(result["delta_vs_baseline"]) and result["resamples"] == 1000
     for metric, delta in result["delta_vs_baseline"].items():
         interval = result["intervals"][metric]

@@ -145,9 +145,9 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
 def test_bad_instruction_data_gets_one_line_naming_file_and_row(tmp_path, tiny_causal_lm, rows, message):
     path = _jsonl(tmp_path / "bad.jsonl", rows)
     with pytest.raises(DataError, match=message) as error:
-        preprocess(_config(path, tiny_causal_lm), tmp_path / "out")
+        preprocess(_config(path, tiny_causal_lm), tmp_path / "out", tmp_path / "test_split")
     assert str(path) in str(error.value) and "\n" not in str(error.value)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "test_split").exists()
 
 
 def test_overlong_examples_are_dropped_or_truncated_on_the_prompt_side(tmp_path, tiny_causal_lm):
@@ -167,7 +167,12 @@ def test_dataset_artifact_and_report(prepared_lm):
     stats = json.loads((prepared_lm / "stats.json").read_text())
     assert stats["task"] == "causal-lm" and stats["answers"] == ["negative", "positive"]
     assert sum(stats["split_sizes"].values()) == stats["rows_used"]
-    assert json.loads((prepared_lm / "task.json").read_text())["completion_max_tokens"] >= 2
+    # the generation budget's default comes from the training split alone, never from a test completion
+    from kftune.data.schema import load_splits
+
+    train = load_splits(prepared_lm)[0]["train"]
+    assert json.loads((prepared_lm / "task.json").read_text())["completion_max_tokens"] == max(
+        train["completion_length"]) >= 2
 
 
 def test_answer_normalisation():
@@ -198,15 +203,15 @@ def test_packed_batches_compute_the_padded_batches_loss_and_gradients(prepared_l
     torch.testing.assert_close(g_packed, g_padded, rtol=1e-4, atol=1e-6)
 
 
-def test_each_prompts_reference_loss_is_its_loss_scored_alone(prepared_lm, tiny_causal_lm):
+def test_each_prompts_reference_loss_is_its_loss_scored_alone(prepared_lm_test, tiny_causal_lm):
     """Evaluate's per-prompt losses (the statistics of perplexity's interval) come from packed batches, each position's
     loss given to the prompt it lies in: each is the prompt's loss scored alone, and together the split's loss."""
-    from datasets import load_from_disk
     from transformers import AutoModelForCausalLM
 
+    from kftune.data.schema import load_test_split
     from kftune.tasks.causal_lm.evaluation import reference_loss, reference_losses
 
-    split = load_from_disk(str(prepared_lm / "splits"))["test"]
+    split = load_test_split(prepared_lm_test)
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm, dtype=torch.float32).eval()
     losses, tokens = reference_losses(model, split, 2, batch_size=8)
     collate = CausalCollator(split, 2, packing=True)
@@ -298,12 +303,13 @@ def test_sigkill_mid_training_then_rerun_gives_identical_lora_weights(tmp_path, 
 
 # --- evaluation and export --------------------------------------------------------------------------
 
-def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm, prepared_lm):
+def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm, prepared_lm, prepared_lm_test):
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate, flat_metrics
     from kftune.components.evaluate.report import evaluation_report_html
 
-    result = evaluate(trained_lm, prepared_lm, EvaluateConfig(task="causal-lm", min_gain_over_baseline=-1))
+    result = evaluate(trained_lm, prepared_lm, prepared_lm_test, EvaluateConfig(task="causal-lm",
+                                                                                min_gain_over_baseline=-1))
     assert result["baseline"] == "base_model" and result["primary_metric"] == "answer_accuracy"
     for scores in (result["model"], result["baselines"]["base_model"]):
         assert {"exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss"} <= set(scores)
@@ -320,26 +326,28 @@ def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm,
     check_the_gate_can_require_the_lower_bound(result, TASKS["causal-lm"])
 
 
-def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm):
+def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm, prepared_lm_test):
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.inference.generation import generate
     from kftune.models.causal_lm import load_causal_lm
 
-    report = export_model(trained_lm, prepared_lm, tmp_path / "export", ExportConfig(task="causal-lm"))
+    report = export_model(trained_lm, prepared_lm, prepared_lm_test, tmp_path / "export",
+                          ExportConfig(task="causal-lm"))
     # checked against the trained model unmerged: the base model with the adapter
     assert report["task"] == "causal-lm" and report["parity"]["reference"] == "base model + adapter (unmerged)"
     assert report["parity"]["max_abs_logit_diff"] < 1e-4
     assert report["parity"]["generation_mismatches"] == 0 and report["parity"]["generation_agreement"] == 1.0
-    from datasets import load_from_disk
+    from kftune.data.schema import load_test_split
 
-    prompts = load_from_disk(str(prepared_lm / "splits"))["test"]["prompt"][:6]
+    prompts = load_test_split(prepared_lm_test)["prompt"][:6]
     exported = generate(*load_causal_lm(tmp_path / "export"), prompts, 6)
     trained = generate(*load_causal_lm(trained_lm), prompts, 6)
     assert exported == trained
 
 
-def test_export_refuses_a_merged_model_that_is_not_what_was_trained(tmp_path, trained_lm, prepared_lm):
+def test_export_refuses_a_merged_model_that_is_not_what_was_trained(tmp_path, trained_lm, prepared_lm,
+                                                                     prepared_lm_test):
     """A merged model that drifted from base + adapter (here one weight matrix nudged) is refused, and nothing is
     written: the check compares with the unmerged trained model, not the merged copy with itself."""
     import shutil
@@ -358,7 +366,7 @@ def test_export_refuses_a_merged_model_that_is_not_what_was_trained(tmp_path, tr
         model.get_output_embeddings().weight.mul_(1.05)
     model.save_pretrained(str(drifted), safe_serialization=True)
     with pytest.raises(KftuneError, match=r"differs from the base model \+ adapter \(unmerged\) by"):
-        export_model(drifted, prepared_lm, tmp_path / "export", ExportConfig(task="causal-lm"))
+        export_model(drifted, prepared_lm, prepared_lm_test, tmp_path / "export", ExportConfig(task="causal-lm"))
     assert not (tmp_path / "export").exists()
 
 

@@ -200,6 +200,26 @@ def test_tune_pipeline_fans_trials_out_with_gpus_and_collects_them(tmp_path):
     assert mounts["pvcMount"][0]["mountPath"] == "/kftune/shared"
 
 
+@pytest.mark.parametrize("pipeline", ["finetune", "tune"])
+def test_only_evaluate_and_export_are_given_the_test_split(pipeline):
+    """The test split is preprocess's own artifact: in the committed YAML, no task but evaluate and export takes it,
+    and no component but theirs has an input for it (the search's, train's and pretrain's take the dataset only)."""
+    compiled, *_ = yaml.safe_load_all((COMPILED if pipeline == "finetune" else TUNE_COMPILED).read_text())
+    dags = [compiled["root"]["dag"], *(c["dag"] for c in compiled["components"].values() if "dag" in c)]
+    given = {name for dag in dags for name, task in dag["tasks"].items()
+             for source in task.get("inputs", {}).get("artifacts", {}).values()
+             if source.get("taskOutputArtifact", {}).get("outputArtifactKey") == "test_split"
+             or "test_split" in source.get("componentInputArtifact", "")}
+    assert given == {"evaluate", "export"}
+    taking = {name for name, c in compiled["components"].items()
+              if "test_split" in c.get("inputDefinitions", {}).get("artifacts", {})}
+    assert taking == {"comp-evaluate", "comp-export"}
+    trainers = {"train", "pretrain"} if pipeline == "finetune" else {
+        "train", "plan-search", "search-trial", "optuna-search", "katib-search"}
+    assert trainers <= {name for dag in dags for name, task in dag["tasks"].items()
+                        if "dataset" in task.get("inputs", {}).get("artifacts", {})}
+
+
 def _task_paths(doc) -> dict[str, list[str]]:
     """{task name: the trigger conditions of every DAG on the way to it, outermost first}."""
     components = doc["components"]

@@ -43,8 +43,9 @@ def test_baselines():
     assert prob.shape == (2, 2)
 
 
-def test_evaluate_tiny_model(trained, prepared):
-    result = evaluate(trained, prepared, EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=-1))
+def test_evaluate_tiny_model(trained, prepared, prepared_test):
+    result = evaluate(trained, prepared, prepared_test,
+                      EvaluateConfig(min_primary_score=0.0, min_gain_over_baseline=-1))
     assert result["test_size"] == 30
     assert set(result["baselines"]) == {"majority", "tfidf_logreg"}
     assert result["passed"] is True
@@ -53,19 +54,19 @@ def test_evaluate_tiny_model(trained, prepared):
     assert np.asarray(result["model"]["confusion_matrix"]).sum() == 30
     flat = flat_metrics(result)
     assert flat["passed"] == 1.0 and "model_roc_auc" in flat
-    failing = evaluate(trained, prepared, EvaluateConfig(min_primary_score=1.0))
+    failing = evaluate(trained, prepared, prepared_test, EvaluateConfig(min_primary_score=1.0))
     assert failing["passed"] is False
     assert "FAIL: accuracy >= 1.0" in evaluation_markdown(failing)
     html = evaluation_report_html(result)
     assert html.count("data:image/png;base64") == 2  # confusion matrix + ROC curve
 
 
-def test_label_mismatch_is_refused(tmp_path, prepared):
+def test_label_mismatch_is_refused(tmp_path, prepared, prepared_test):
     from tests.conftest import make_tiny_model
 
     three = make_tiny_model(tmp_path / "three", num_labels=3)
     with pytest.raises(KftuneError, match="labels .* differ from the dataset's"):
-        evaluate(three, prepared, EvaluateConfig())
+        evaluate(three, prepared, prepared_test, EvaluateConfig())
 
 
 def test_bad_thresholds():

@@ -13,12 +13,12 @@ from kftune.components.export.export import export_model
 from kftune.errors import KftuneError
 
 
-def test_export_with_parity_and_int8(tmp_path, trained, prepared):
+def test_export_with_parity_and_int8(tmp_path, trained, prepared, prepared_test):
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
     out = tmp_path / "onnx"
-    report = export_model(trained, prepared, out, ExportConfig())
+    report = export_model(trained, prepared, prepared_test, out, ExportConfig())
     assert report["parity"]["prediction_mismatches"] == 0
     assert report["parity"]["max_abs_logit_diff"] <= 1e-3
     assert report["parity"]["examples"] == 30
@@ -39,7 +39,7 @@ def test_export_with_parity_and_int8(tmp_path, trained, prepared):
         assert session.run(None, feed)[0].shape == (len(texts), 2)
 
 
-def test_parity_failure_writes_nothing(tmp_path, trained, prepared, monkeypatch):
+def test_parity_failure_writes_nothing(tmp_path, trained, prepared, prepared_test, monkeypatch):
     real_runner = export_module.onnx_runner
 
     def skewed(session):
@@ -48,6 +48,6 @@ def test_parity_failure_writes_nothing(tmp_path, trained, prepared, monkeypatch)
 
     monkeypatch.setattr(export_module, "onnx_runner", skewed)
     with pytest.raises(KftuneError, match=r"fails the parity check .* max \|logit difference\| 5\.000e-01"):
-        export_model(trained, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+        export_model(trained, prepared, prepared_test, tmp_path / "onnx", ExportConfig(quantize_int8=False))
     assert not (tmp_path / "onnx").exists()
     assert not list(tmp_path.iterdir())

@@ -31,14 +31,16 @@ def test_each_task_has_the_gates_of_its_scores(task):
 
 
 def _run(request, task):
-    """(model dir, dataset dir) of a model of ``task`` trained by a session fixture."""
+    """(model dir, dataset dir, test split dir) of a model of ``task`` trained by a session fixture."""
     if task == "classification":
-        return request.getfixturevalue("trained"), request.getfixturevalue("prepared")
+        return (request.getfixturevalue("trained"), request.getfixturevalue("prepared"),
+                request.getfixturevalue("prepared_test"))
     if task == "causal-lm":
-        return request.getfixturevalue("trained_lm"), request.getfixturevalue("prepared_lm")
+        return (request.getfixturevalue("trained_lm"), request.getfixturevalue("prepared_lm"),
+                request.getfixturevalue("prepared_lm_test"))
     work = request.getfixturevalue({"regression": "regression_run", "multilabel": "multilabel_run",
                                     "token-classification": "token_run"}[task])[0]
-    return work / "model", work / "dataset"
+    return work / "model", work / "dataset", work / "test_split"
 
 
 STAGED = {"multilabel": "min_f1_macro", "regression": "max_primary_error"}
@@ -56,11 +58,11 @@ def test_the_gate_fails_a_model_below_each_of_its_settings(task, request):
     """Each applicable setting set just out of the model's reach fails the gate on that check alone (the others at
     bounds the model meets), and set at the model's score passes it: through the task's checks of the stage's
     result, and for :data:`STAGED` through the stage itself."""
-    model_dir, dataset_dir = _run(request, task)
+    model_dir, dataset_dir, test_dir = _run(request, task)
     lowest_gain = -1.0 if TASKS[task].higher_is_better(TASKS[task].primary) else -1e6
     meets = {name: lowest_gain if name == "min_gain_over_baseline" else 0.0
              for name in APPLIES[task] if name != "max_primary_error"}  # max_primary_error -1: no limit
-    result = evaluate(model_dir, dataset_dir, EvaluateConfig(task=task, **meets))
+    result = evaluate(model_dir, dataset_dir, test_dir, EvaluateConfig(task=task, **meets))
     assert result["passed"] is True, result["checks"]
     if TASKS[task].intervals:  # every delta with its interval (tests/test_bootstrap.py)
         assert set(result["intervals"]) == set(result["delta_vs_baseline"]) == set(TASKS[task].metrics)
@@ -68,7 +70,8 @@ def test_the_gate_fails_a_model_below_each_of_its_settings(task, request):
               for name, metric in TASKS[task].gates(result.get("primary_metric", "")).items()}
     if task in STAGED:  # through the whole stage too (its wiring is the same for every task)
         bound = _beyond(STAGED[task], scores[STAGED[task]])
-        failing = evaluate(model_dir, dataset_dir, EvaluateConfig(task=task, **(meets | {STAGED[task]: bound})))
+        failing = evaluate(model_dir, dataset_dir, test_dir,
+                           EvaluateConfig(task=task, **(meets | {STAGED[task]: bound})))
         assert failing["passed"] is False
         assert [check for check, ok in failing["checks"].items() if not ok] == [
             check for check in failing["checks"] if check.endswith(f" {bound}")]

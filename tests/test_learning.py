@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kftune.data.schema import LABEL, TEXT, load_splits
+from kftune.data.schema import LABEL, TEXT, load_splits, load_test_split
 from kftune.inference.runners import predict_logits, torch_runner
 from kftune.models.encoder import load_encoder_model
 from kftune.training.config import TrainConfig
@@ -42,7 +42,8 @@ def cue_texts(rows: int, positive_share: float, seed: int, neutral: tuple[int, i
 
 def make_cue_dataset(work: Path, model: Path, rows: int = 400, positive_share: float = 0.65,
                      neutral: tuple[int, int] = (5, 9)) -> Path:
-    """The cue task, preprocessed for ``model`` (stratified 80/10/10 split)."""
+    """The cue task, preprocessed for ``model`` (stratified 80/10/10 split; the test split artifact beside the
+    dataset's, in ``work/test_split``)."""
     from kftune.components.preprocess.config import PreprocessConfig
     from kftune.components.preprocess.preprocess import preprocess
 
@@ -50,7 +51,8 @@ def make_cue_dataset(work: Path, model: Path, rows: int = 400, positive_share: f
     data = work / "cues.csv"
     cue_texts(rows, positive_share, seed=0, neutral=neutral).to_csv(data, index=False)
     out = work / "dataset"
-    preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), out)
+    preprocess(PreprocessConfig(data=str(data), model=str(model), max_seq_length=32, seed=0), out,
+               work / "test_split")
     return out
 
 
@@ -61,15 +63,16 @@ def cue_dataset(tmp_path_factory, tiny_model) -> Path:
 
 def test_training_beats_the_majority_class_on_held_out_texts(tmp_path, cue_dataset, tiny_model):
     splits, labels = load_splits(cue_dataset)
+    test = load_test_split(cue_dataset.parent / "test_split")
     train_labels = np.asarray(splits["train"][LABEL])
-    test_labels = np.asarray(splits["test"][LABEL])
-    assert not set(splits["test"][TEXT]) & set(splits["train"][TEXT])  # held out: never trained on
+    test_labels = np.asarray(test[LABEL])
+    assert not set(test[TEXT]) & set(splits["train"][TEXT])  # held out: never trained on
     majority = np.bincount(train_labels).argmax()
     majority_accuracy = float((test_labels == majority).mean())
     assert 0.55 <= majority_accuracy <= 0.75  # the task is unbalanced: predicting one class scores well
 
     # before training the random model does no better than the majority class
-    before = predict_logits(torch_runner(load_encoder_model(tiny_model)), splits["test"], 64).argmax(1)
+    before = predict_logits(torch_runner(load_encoder_model(tiny_model)), test, 64).argmax(1)
     assert (before == test_labels).mean() <= majority_accuracy + 0.05
 
     config = TrainConfig(model=str(tiny_model), num_train_epochs=3, learning_rate=3e-3,
@@ -77,7 +80,7 @@ def test_training_beats_the_majority_class_on_held_out_texts(tmp_path, cue_datas
                          save_steps=0, logging_steps=10)
     history = train(config, cue_dataset, tmp_path / "model")
 
-    predictions = predict_logits(torch_runner(load_encoder_model(tmp_path / "model")), splits["test"], 64).argmax(1)
+    predictions = predict_logits(torch_runner(load_encoder_model(tmp_path / "model")), test, 64).argmax(1)
     accuracy = float((predictions == test_labels).mean())
     # well above the majority class (and the random start): the rule was learnt, not a class prior
     assert accuracy >= majority_accuracy + 0.2, (accuracy, majority_accuracy, history["epochs"])

@@ -32,6 +32,12 @@ def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
     assert "Removed per rule" in html and "data:image/png;base64" in html
     stats = json.loads((task_dir / "dataset" / "stats.json").read_text())
     assert stats["augmented_rows"] > 0
+    # the test split is its own output artifact, the dataset's splits are train and validation
+    assert sorted(p.name for p in (task_dir / "test_split").iterdir()) == ["test"]
+    assert json.loads((task_dir / "dataset" / "splits" / "dataset_dict.json").read_text())["splits"] == [
+        "train", "validation"]
+    outputs = json.loads((task_dir / "executor_output.json").read_text())["artifacts"]
+    assert outputs["test_split"]["artifacts"][0]["metadata"] == {"split": "test", "rows": stats["split_sizes"]["test"]}
 
 
 def test_train_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
@@ -92,6 +98,8 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     assert (Path(results["artifacts"]["model"]) / "model.safetensors").is_file()
     assert results["test_size"] == 30
     run_dir = Path(results["artifacts"]["run_dir"])
+    # scored on preprocess's test split artifact, which train and pretrain were not given
+    assert sorted(p.name for p in (run_dir / "preprocess" / "test_split").iterdir()) == ["test"]
     assert "Confusion matrix" in (run_dir / "evaluate" / "report").read_text()
 
     # masked-LM pretraining on the bundled plots (and the training texts) ran, and train started from its model

@@ -28,12 +28,12 @@ RAW = ["<p>A moving, beautifully   acted film.</p>", "tedious &amp; far too long
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained, prepared) -> Path:
+def exported(tmp_path_factory, trained, prepared, prepared_test) -> Path:
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
 
     out = tmp_path_factory.mktemp("predict") / "onnx"
-    export_model(trained, prepared, out, ExportConfig(quantize_int8=True))
+    export_model(trained, prepared, prepared_test, out, ExportConfig(quantize_int8=True))
     return out
 
 

@@ -11,7 +11,7 @@ import pytest
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import augment_texts, preprocess, split_dataset
 from kftune.components.preprocess.preprocess import prepare as prepare_rows
-from kftune.data.schema import LabelMap, load_splits
+from kftune.data.schema import LabelMap, load_splits, load_test_split
 from kftune.data.text import clean_text
 from kftune.errors import ConfigError, DataError
 from kftune.tasks import task_named
@@ -95,12 +95,15 @@ def test_augmentation_is_seeded_and_noisy():
     assert a and all(noisy != texts[i] for i, noisy in a)
 
 
-def test_preprocess_writes_complete_artifact(tmp_path, small_csv, tiny_model):
-    out = tmp_path / "dataset"
-    stats = preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), augment_copies=1), out)
+def test_preprocess_writes_complete_artifacts(tmp_path, small_csv, tiny_model):
+    out, held = tmp_path / "dataset", tmp_path / "test_split"
+    stats = preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model), augment_copies=1), out, held)
     splits, labels = load_splits(out)
+    test = load_test_split(held)
     assert labels.names == ("negative", "positive")
-    assert {len(splits[s]) for s in ("validation", "test")} == {30}
+    assert set(splits) == {"train", "validation"} and not (out / "splits" / "test").exists()
+    assert len(splits["validation"]) == len(test) == 30 and [p.name for p in held.iterdir()] == ["test"]
+    assert test.column_names == splits["validation"].column_names
     assert stats["augmented_rows"] > 0
     # augmentation only touches train: val/test hold original texts only
     assert len(splits["train"]) == stats["rows_used"] - 60 + stats["augmented_rows"]
@@ -108,7 +111,12 @@ def test_preprocess_writes_complete_artifact(tmp_path, small_csv, tiny_model):
     assert max(splits["train"]["length"]) <= 128
     assert (out / "tokenizer" / "tokenizer.json").is_file()
     assert json.loads((out / "stats.json").read_text())["rows_read"] == 300
-    assert not list(tmp_path.glob(".dataset.partial-*"))
+    assert not list(tmp_path.glob(".*.partial-*"))
+
+
+def test_the_two_artifacts_need_two_paths(tmp_path, small_csv, tiny_model):
+    with pytest.raises(ConfigError, match="two artifacts; give them two paths"):
+        preprocess(PreprocessConfig(data=str(small_csv), model=str(tiny_model)), tmp_path / "d", tmp_path / "d")
 
 
 def test_augmentation_off_by_default(prepared):
@@ -126,10 +134,10 @@ def test_multiclass_integer_labels_reach_the_artifact(tmp_path, tiny_model):
     path = tmp_path / "topics.parquet"
     frame.to_parquet(path)
     preprocess(PreprocessConfig(data=str(path), text_column="body", label_column="topic",
-                                model=str(tiny_model)), tmp_path / "out")
-    splits, labels = load_splits(tmp_path / "out")
+                                model=str(tiny_model)), tmp_path / "out", tmp_path / "test_split")
+    _, labels = load_splits(tmp_path / "out")
     assert labels.names == ("0", "1", "2")
-    assert set(splits["test"]["label"]) == {0, 1, 2}
+    assert set(load_test_split(tmp_path / "test_split")["label"]) == {0, 1, 2}
 
 
 def _write(tmp_path, texts, labels):
@@ -172,6 +180,6 @@ def test_bad_config_is_rejected():
 def test_failed_preprocess_leaves_no_artifact(tmp_path, tiny_model):
     data = _write(tmp_path, [f"review {i}" for i in range(40)], ["pos"] * 40)
     with pytest.raises(DataError):
-        preprocess(PreprocessConfig(data=data, model=str(tiny_model)), tmp_path / "out")
-    assert not (tmp_path / "out").exists()
-    assert not list(tmp_path.glob(".out.partial-*"))
+        preprocess(PreprocessConfig(data=data, model=str(tiny_model)), tmp_path / "out", tmp_path / "test_split")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "test_split").exists()
+    assert not list(tmp_path.glob(".*.partial-*"))

@@ -35,15 +35,16 @@ def test_real_model_fine_tunes_and_exports(tmp_path, small_csv):
     from kftune.training.config import TrainConfig
     from kftune.training.loop import train
 
-    preprocess(PreprocessConfig(data=str(small_csv)), tmp_path / "data")
+    preprocess(PreprocessConfig(data=str(small_csv)), tmp_path / "data", tmp_path / "test_split")
     # 3 epochs: with 2 on 240 training reviews the best epoch can still predict one class only
     history = train(TrainConfig(num_train_epochs=3, per_device_train_batch_size=16, logging_steps=5),
                     tmp_path / "data", tmp_path / "model")
     losses = [s["loss"] for s in history["steps"]]
     assert losses[-1] < losses[0]
-    result = evaluate(tmp_path / "model", tmp_path / "data", EvaluateConfig())
+    result = evaluate(tmp_path / "model", tmp_path / "data", tmp_path / "test_split", EvaluateConfig())
     assert result["model"]["accuracy"] > result["baselines"]["majority"]["accuracy"]
-    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "onnx", ExportConfig())
+    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "test_split", tmp_path / "onnx",
+                          ExportConfig())
     assert report["parity"]["prediction_mismatches"] == 0
     assert report["parity"]["max_abs_logit_diff"] < 1e-3
 
@@ -73,7 +74,7 @@ def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_p
     from kftune.training.config import TrainConfig
     from kftune.training.loop import train
 
-    preprocess(PreprocessConfig(task="causal-lm", max_rows=80), tmp_path / "data")
+    preprocess(PreprocessConfig(task="causal-lm", max_rows=80), tmp_path / "data", tmp_path / "test_split")
     history = train(TrainConfig(task="causal-lm", num_train_epochs=2, max_steps=12, logging_steps=4),
                     tmp_path / "data", tmp_path / "model")
     from datasets import load_from_disk
@@ -85,7 +86,8 @@ def test_real_causal_lm_lora_steps_lower_the_loss_and_export_reproduces_it(tmp_p
     base_loss = reference_loss(base, load_from_disk(str(tmp_path / "data" / "splits"))["validation"],
                                tokenizer.pad_token_id)
     assert history["epochs"][-1]["val_loss"] < base_loss
-    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "export", ExportConfig(task="causal-lm"))
+    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "test_split", tmp_path / "export",
+                          ExportConfig(task="causal-lm"))
     assert report["parity"]["reference"] == "base model + adapter (unmerged)"
     assert report["parity"]["max_abs_logit_diff"] < 1e-3
     assert report["parity"]["generation_agreement"] >= 0.9
@@ -107,7 +109,7 @@ def test_real_model_on_each_new_tasks_bundled_data(tmp_path, task, metric):
     from kftune.training.config import TrainConfig
     from kftune.training.loop import train
 
-    stats = preprocess(PreprocessConfig(task=task, max_rows=600), tmp_path / "data")
+    stats = preprocess(PreprocessConfig(task=task, max_rows=600), tmp_path / "data", tmp_path / "test_split")
     assert stats["task"] == task and stats["rows_used"] == 600
     config = TrainConfig(task=task, num_train_epochs=2, per_device_train_batch_size=16, logging_steps=5,
                          learning_rate=2e-4)
@@ -120,5 +122,6 @@ def test_real_model_on_each_new_tasks_bundled_data(tmp_path, task, metric):
         assert history["best_score"] > 0.1
     losses = [e["train_loss"] for e in history["epochs"]]
     assert losses[-1] < losses[0]
-    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "export", ExportConfig())
+    report = export_model(tmp_path / "model", tmp_path / "data", tmp_path / "test_split", tmp_path / "export",
+                          ExportConfig())
     assert report["task"] == task and report["parity"]["prediction_mismatches"] == 0

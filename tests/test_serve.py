@@ -24,12 +24,12 @@ MAX_SEQ_LENGTH = 128  # preprocess's default, used by the `prepared` fixture
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, trained, prepared) -> Path:
+def exported(tmp_path_factory, trained, prepared, prepared_test) -> Path:
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
 
     out = tmp_path_factory.mktemp("serve") / "onnx"
-    export_model(trained, prepared, out, ExportConfig(quantize_int8=False))
+    export_model(trained, prepared, prepared_test, out, ExportConfig(quantize_int8=False))
     return out
 
 
@@ -50,11 +50,11 @@ def evaluate_predictions(model_dir: Path, split) -> tuple[list[str], np.ndarray]
     return [model.config.id2label[int(i)] for i in probabilities.argmax(1)], probabilities
 
 
-def test_v1_and_v2_answer_what_evaluate_predicts(server, prepared, trained):
-    from kftune.data.schema import TEXT, load_splits
+def test_v1_and_v2_answer_what_evaluate_predicts(server, prepared, prepared_test, trained):
+    from kftune.data.schema import TEXT, load_splits, load_test_split
 
-    splits, label_map = load_splits(prepared)
-    test, names = splits["test"], list(label_map.names)
+    _, label_map = load_splits(prepared)
+    test, names = load_test_split(prepared_test), list(label_map.names)
     texts = list(test[TEXT])
     labels, probabilities = evaluate_predictions(trained, test)
 
@@ -100,12 +100,12 @@ def test_raw_texts_are_cleaned_and_truncated_as_in_preprocess(server, trained, p
                                atol=1e-4)
 
 
-def test_concurrent_requests_get_their_own_answers(server, prepared):
+def test_concurrent_requests_get_their_own_answers(server, prepared_test):
     from concurrent.futures import ThreadPoolExecutor
 
-    from kftune.data.schema import TEXT, load_splits
+    from kftune.data.schema import TEXT, load_test_split
 
-    texts = list(load_splits(prepared)[0]["test"][TEXT])
+    texts = list(load_test_split(prepared_test)[TEXT])
     requests_ = [texts[i : i + size] for i, size in zip(range(0, 24, 3), [1, 3, 2, 3, 1, 3, 2, 3], strict=True)]
     alone = [server.v1({"instances": batch}).json()["predictions"] for batch in requests_]
     with ThreadPoolExecutor(len(requests_)) as pool:
@@ -260,7 +260,7 @@ def test_cli_without_kserve_says_what_to_install(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
+def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared, prepared_test):
     """all-MiniLM-L6-v2 with a fresh classification head: exported, served, compared with PyTorch."""
     import shutil
 
@@ -269,7 +269,7 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
     from kftune.data.bundled import bundled_model_dir
-    from kftune.data.schema import LABELS_FILE, TEXT, LabelMap, load_splits
+    from kftune.data.schema import LABELS_FILE, TEXT, LabelMap, load_test_split
 
     labels = LabelMap.load(prepared / LABELS_FILE)
     model_dir = tmp_path / "model"
@@ -278,9 +278,9 @@ def test_real_bundled_model_served_as_evaluate_predicts(tmp_path, prepared):
     model.save_pretrained(model_dir)
     AutoTokenizer.from_pretrained(str(bundled_model_dir())).save_pretrained(model_dir)
     shutil.copy(prepared / LABELS_FILE, model_dir / LABELS_FILE)
-    export_model(model_dir, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    export_model(model_dir, prepared, prepared_test, tmp_path / "onnx", ExportConfig(quantize_int8=False))
 
-    test = load_splits(prepared)[0]["test"]
+    test = load_test_split(prepared_test)
     expected, probabilities = evaluate_predictions(model_dir, test)
     srv = Server(str(tmp_path / "onnx"), tmp_path / "server.log", "--no-grpc", threads=2).wait_ready()
     try:

@@ -37,7 +37,7 @@ def model_dirs(tmp_path_factory, regression_run, multilabel_run, token_run) -> d
     for task, run in (("regression", regression_run), ("multilabel", multilabel_run)):
         work, dataset = run[0], run[1]
         out = tmp_path_factory.mktemp(f"serve-{task}") / "onnx"
-        export_model(work / "model", dataset, out, ExportConfig(quantize_int8=False))
+        export_model(work / "model", dataset, work / "test_split", out, ExportConfig(quantize_int8=False))
         dirs[task] = (work / "model", out)
     dirs["token-classification"] = (token_run[0] / "model", token_run[0] / "export")
     return dirs

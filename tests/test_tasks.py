@@ -19,13 +19,14 @@ from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
 from kftune.components.preprocess.config import PreprocessConfig
 from kftune.components.preprocess.preprocess import preprocess
-from kftune.data.schema import LABEL, TASK_FILE, dataset_task, load_splits
+from kftune.data.schema import LABEL, TASK_FILE, dataset_task, load_splits, load_test_split
 from kftune.errors import DataError
 from kftune.inference.runners import predict_logits, torch_runner
 from kftune.models.encoder import load_encoder_model
 from kftune.tasks import TASKS, detect_task, task_named
 from kftune.training.config import TrainConfig
 from kftune.training.loop import train
+from tests.conftest import held_out_split
 from tests.task_data import CUES, multilabel_frame, regression_frame
 
 
@@ -114,6 +115,7 @@ def test_regression_detected_normalised_and_stratified(regression_run):
     assert stats["task"] == "regression" and "non-integer numbers" in stats["task_decided"]
     info = dataset_task(dataset)
     splits, _ = load_splits(dataset)
+    splits = {**splits, "test": load_test_split(held_out_split(dataset))}
     every = np.concatenate([np.asarray(splits[s][LABEL]) for s in ("train", "validation", "test")])
     train = np.asarray(splits["train"][LABEL])  # the normalisation is fitted on the training split alone
     assert info["target_mean"] == pytest.approx(train.mean(), abs=1e-4)
@@ -133,16 +135,17 @@ def test_a_test_target_does_not_change_the_normalisation(tmp_path, tiny_model):
     def prepared(frame, name):
         frame.to_csv(tmp_path / f"{name}.csv", index=False)
         out = tmp_path / name
-        preprocess(PreprocessConfig(data=str(tmp_path / f"{name}.csv"), model=str(tiny_model), seed=0), out)
-        return dataset_task(out), load_splits(out)[0]
+        preprocess(PreprocessConfig(data=str(tmp_path / f"{name}.csv"), model=str(tiny_model), seed=0), out,
+                   tmp_path / f"{name}-test")
+        return dataset_task(out), load_test_split(tmp_path / f"{name}-test")
 
     frame = regression_frame(150)
-    info, splits = prepared(frame, "before")
-    row = frame.index[frame["text"] == splits["test"][0][TEXT]][0]
+    info, test = prepared(frame, "before")
+    row = frame.index[frame["text"] == test[0][TEXT]][0]
     frame.loc[row, "label"] += 1e-3
     nudged_info, nudged = prepared(frame, "after")
-    assert nudged["test"][TEXT] == splits["test"][TEXT]  # the same split
-    assert nudged["test"][0][LABEL] != splits["test"][0][LABEL]
+    assert nudged[TEXT] == test[TEXT]  # the same split
+    assert nudged[0][LABEL] != test[0][LABEL]
     assert (nudged_info["target_mean"], nudged_info["target_std"]) == (info["target_mean"], info["target_std"])
 
 
@@ -150,7 +153,7 @@ def test_regression_learns_evaluates_exports_and_serves(regression_run):
     from kftune.components.serve.serve import TextModel
 
     work, dataset, _, _ = regression_run
-    result = evaluate(work / "model", dataset, EvaluateConfig())
+    result = evaluate(work / "model", dataset, work / "test_split", EvaluateConfig())
     assert result["task"] == "regression" and result["baseline"] == "tfidf_ridge"
     assert set(result["baselines"]) == {"mean", "tfidf_ridge"}
     for key in ("rmse", "mae", "r2", "pearson", "spearman"):
@@ -164,7 +167,7 @@ def test_regression_learns_evaluates_exports_and_serves(regression_run):
     assert "rmse" in evaluation_markdown(result) and "residual" in evaluation_report_html(result)
 
     exported = work / "export"
-    report = export_model(work / "model", dataset, exported, ExportConfig())
+    report = export_model(work / "model", dataset, work / "test_split", exported, ExportConfig())
     assert report["task"] == "regression" and report["parity"]["max_abs_logit_diff"] < 1e-4
     assert report["accuracy"]["onnx"] == pytest.approx(result["model"]["rmse"], abs=1e-4)
 
@@ -193,7 +196,8 @@ def test_regression_bad_target_is_one_line_and_writes_nothing(tmp_path, tiny_mod
     data = tmp_path / "bad.csv"
     frame.to_csv(data, index=False)
     with pytest.raises(DataError) as error:
-        preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out")
+        preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out",
+                   tmp_path / "test_split")
     assert str(error.value).count("\n") == 0
     assert "bad.csv" in str(error.value) and "row 8" in str(error.value) and "'label'" in str(error.value)
     assert not (tmp_path / "out").exists()
@@ -208,7 +212,7 @@ def test_multilabel_learns_with_thresholds_chosen_on_validation(multilabel_run):
     info = dataset_task(work / "model")
     assert len(info["thresholds"]) == 3 and all(0 < t < 1 for t in info["thresholds"])
 
-    result = evaluate(work / "model", dataset, EvaluateConfig())
+    result = evaluate(work / "model", dataset, work / "test_split", EvaluateConfig())
     assert result["task"] == "multilabel" and result["baseline"] == "tfidf_ovr_logreg"
     for key in ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss"):
         assert key in result["model"] and key in result["delta_vs_baseline"]
@@ -217,7 +221,7 @@ def test_multilabel_learns_with_thresholds_chosen_on_validation(multilabel_run):
     assert "Per label" in evaluation_report_html(result)
 
     exported = work / "export"
-    report = export_model(work / "model", dataset, exported, ExportConfig())
+    report = export_model(work / "model", dataset, work / "test_split", exported, ExportConfig())
     assert report["parity"]["prediction_mismatches"] == 0
     assert json.loads((exported / TASK_FILE).read_text())["thresholds"] == info["thresholds"]
 
@@ -230,11 +234,10 @@ def test_multilabel_learns_with_thresholds_chosen_on_validation(multilabel_run):
     assert answer["labels"] == [n for n in sorted(CUES) if answer["probabilities"][n] >= answer["thresholds"][n]]
 
     # the model's decisions are the thresholded probabilities the evaluation scored
-    splits, _ = load_splits(dataset)
-    logits = predict_logits(torch_runner(load_encoder_model(work / "model", task_named("multilabel"))),
-                            splits["test"], 64)
+    test = load_test_split(work / "test_split")
+    logits = predict_logits(torch_runner(load_encoder_model(work / "model", task_named("multilabel"))), test, 64)
     decided = task_named("multilabel").decisions(logits, info)
-    assert decided.shape == (len(splits["test"]), 3)
+    assert decided.shape == (len(test), 3)
 
 
 def test_joint_thresholds_do_not_over_predict_a_weakly_learnt_label():
@@ -285,7 +288,8 @@ def test_multilabel_separator_and_bad_cells(tmp_path, tiny_model):
     data = tmp_path / "joined.csv"
     frame.to_csv(data, index=False)
     stats = preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="multilabel",
-                                        label_separator="|", max_seq_length=32), tmp_path / "ok")
+                                        label_separator="|", max_seq_length=32), tmp_path / "ok",
+                       tmp_path / "ok-test")
     assert stats["labels"] == sorted(CUES)
 
     frame = multilabel_frame(60)
@@ -293,7 +297,8 @@ def test_multilabel_separator_and_bad_cells(tmp_path, tiny_model):
     bad = tmp_path / "bad.csv"
     frame.to_csv(bad, index=False)
     with pytest.raises(DataError) as error:
-        preprocess(PreprocessConfig(data=str(bad), model=str(tiny_model), task="multilabel"), tmp_path / "out")
+        preprocess(PreprocessConfig(data=str(bad), model=str(tiny_model), task="multilabel"), tmp_path / "out",
+                   tmp_path / "test_split")
     message = str(error.value)
     assert "bad.csv" in message and "row 5" in message and "list" in message and "\n" not in message
     assert not (tmp_path / "out").exists()
@@ -303,7 +308,8 @@ def test_an_explicit_task_that_the_data_contradicts_is_an_error(tmp_path, tiny_m
     data = tmp_path / "words.csv"
     pd.DataFrame({"text": [f"text {i}" for i in range(30)], "label": ["good", "bad"] * 15}).to_csv(data, index=False)
     with pytest.raises(DataError, match="row 1.*not a number"):
-        preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out")
+        preprocess(PreprocessConfig(data=str(data), model=str(tiny_model), task="regression"), tmp_path / "out",
+                   tmp_path / "test_split")
 
 
 def test_bundled_regression_data_is_vader_ground_truth():
@@ -327,7 +333,7 @@ def test_predict_round_trip_for_regression_and_multilabel(tmp_path, regression_r
         work = run[0]
         export = work / "export"
         if not export.exists():
-            export_model(work / "model", run[1], export, ExportConfig())
+            export_model(work / "model", run[1], work / "test_split", export, ExportConfig())
         out = tmp_path / f"{column}.jsonl"
         predict(str(export), PredictConfig(predict_input=str(data), predict_output=str(out), predict_id_column="doc"))
         rows = pd.read_json(out, lines=True)
@@ -384,7 +390,7 @@ def test_search_optimises_the_tasks_metric_and_lora_trains_a_regression_head(tmp
     assert history["training_mode"] == "lora" and history["best_metric"] == "rmse"
     assert (tmp_path / "lora" / TASK_FILE).is_file()
     logits = predict_logits(torch_runner(load_encoder_model(tmp_path / "lora", task_named("regression"))),
-                            load_splits(dataset)[0]["test"], 64)
+                            load_test_split(held_out_split(dataset)), 64)
     assert logits.shape[1] == 1 and np.isfinite(logits).all()
 
 

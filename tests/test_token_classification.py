@@ -464,7 +464,7 @@ def test_onnx_export_of_a_token_classifier_has_parity(tokenizer, tmp_path):
 
 
 def test_preprocess_writes_a_token_dataset(token_run):
-    from kftune.data.schema import SPLITS_DIR, dataset_task, load_splits
+    from kftune.data.schema import SPLITS_DIR, dataset_task, load_splits, load_test_split
 
     work, stats, _, _ = token_run
     assert stats["task"] == "token-classification" and stats["task_decided"].startswith("auto:")
@@ -473,7 +473,7 @@ def test_preprocess_writes_a_token_dataset(token_run):
     assert stats["labels"] == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     assert dataset_task(work / "dataset")["labels"] == stats["labels"]
     splits, _ = load_splits(work / "dataset")
-    test = splits["test"]
+    test = load_test_split(work / "test_split")
     assert {"tokens", "tags", "input_ids", "attention_mask", "word_ids", "label", "length"} <= set(test.column_names)
     row = test[0]
     first = [p for p, w in enumerate(row["word_ids"]) if w >= 0 and (p == 0 or row["word_ids"][p - 1] != w)]
@@ -594,9 +594,11 @@ def test_the_evaluate_component_logs_the_entity_type_confusion_matrix(token_run,
 
     work, _, result, _ = token_run
     classification, metrics = ClassificationMetrics(name="c"), Metrics(name="m")
-    passed = component(dataset=SimpleNamespace(path=str(work / "dataset")), model=SimpleNamespace(path=str(
-        work / "model")), metrics=metrics, classification=classification,
-        report=SimpleNamespace(path=str(tmp_path / "r.html")), summary=SimpleNamespace(path=str(tmp_path / "s.md")))
+    passed = component(dataset=SimpleNamespace(path=str(work / "dataset")),
+                       test_split=SimpleNamespace(path=str(work / "test_split")),
+                       model=SimpleNamespace(path=str(work / "model")), metrics=metrics, classification=classification,
+                       report=SimpleNamespace(path=str(tmp_path / "r.html")),
+                       summary=SimpleNamespace(path=str(tmp_path / "s.md")))
     assert passed == result["passed"]
     logged = classification.metadata["confusionMatrix"]
     assert [c["displayName"] for c in logged["annotationSpecs"]] == result["model"]["confusion_labels"]

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from kftune.components.export.config import ExportConfig
 from kftune.components.export.export import export_model
-from kftune.data.schema import load_splits
+from kftune.data.schema import load_splits, load_test_split
 from kftune.inference.runners import predict_logits, torch_runner
 from kftune.models.encoder import is_adapter, load_encoder_model
 from kftune.training.config import TrainConfig
@@ -50,15 +50,15 @@ def test_lora_trains_few_parameters(tiny_model):
     assert 0 < trainable < 0.05 * total
 
 
-def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepared):
-    report = export_model(lora_model, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepared, prepared_test):
+    report = export_model(lora_model, prepared, prepared_test, tmp_path / "onnx", ExportConfig(quantize_int8=False))
     assert report["parity"]["prediction_mismatches"] == 0
     # and independently: ONNX predictions equal those of the merged PyTorch model on the test split
     import onnxruntime as ort
 
     from kftune.inference.runners import onnx_runner
 
-    test = load_splits(prepared)[0]["test"]
+    test = load_test_split(prepared_test)
     merged = predict_logits(torch_runner(load_encoder_model(lora_model)), test, 16)
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     exported = predict_logits(onnx_runner(session), test, 16)
@@ -66,7 +66,7 @@ def test_lora_onnx_export_matches_the_merged_model(tmp_path, lora_model, prepare
     np.testing.assert_allclose(merged, exported, atol=1e-4)
 
 
-def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tiny_model):
+def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, prepared_test, tiny_model):
     out = tmp_path / "model"
     config = TrainConfig(model=str(tiny_model), num_train_epochs=1, per_device_train_batch_size=16,
                          learning_rate=1e-2, training_mode="prompt_tuning", num_virtual_tokens=4)
@@ -75,10 +75,10 @@ def test_prompt_tuning_trains_virtual_tokens_and_exports(tmp_path, prepared, tin
     model = load_encoder_model(out)
     prompt = model.prompt_encoder["default"].embedding.weight
     assert prompt.shape == (4, 32)
-    test = load_splits(prepared)[0]["test"]
+    test = load_test_split(prepared_test)
     logits = predict_logits(torch_runner(model), test, 16)
     assert logits.shape == (len(test), 2) and np.isfinite(logits).all()
-    report = export_model(out, prepared, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    report = export_model(out, prepared, prepared_test, tmp_path / "onnx", ExportConfig(quantize_int8=False))
     assert report["parity"]["prediction_mismatches"] == 0
 
 
@@ -134,11 +134,11 @@ def test_prompt_tuning_learns_a_cue_training_only_the_virtual_tokens_and_the_hea
     val_losses = [e["val_loss"] for e in history["epochs"]]
     assert train_losses[-1] < 0.5 * train_losses[0] and val_losses[-1] < 0.5 * val_losses[0], history["epochs"]
 
-    splits = load_splits(dataset)[0]
-    train_labels, test_labels = np.asarray(splits["train"]["label"]), np.asarray(splits["test"]["label"])
+    train_split, test = load_splits(dataset)[0]["train"], load_test_split(tmp_path / "cues" / "test_split")
+    train_labels, test_labels = np.asarray(train_split["label"]), np.asarray(test["label"])
     majority = float((test_labels == np.bincount(train_labels).argmax()).mean())
     trained = load_encoder_model(out)
-    accuracy = held_out_accuracy(trained, splits["test"])
+    accuracy = held_out_accuracy(trained, test)
     assert accuracy >= majority + 0.15, (accuracy, majority)
 
     weights = dict(trained.named_parameters())
@@ -152,7 +152,7 @@ def test_prompt_tuning_learns_a_cue_training_only_the_virtual_tokens_and_the_hea
 
     with torch.no_grad():  # the trained head with the virtual tokens as they started
         trained.prompt_encoder["default"].embedding.weight.copy_(initial["prompt_encoder.default.embedding.weight"])
-    assert held_out_accuracy(trained, splits["test"]) <= accuracy - 0.15
+    assert held_out_accuracy(trained, test) <= accuracy - 0.15
 
 
 @pytest.mark.parametrize("run", ["regression_run", "multilabel_run", "token_run"])
@@ -172,10 +172,10 @@ def test_prompt_tuning_trains_every_encoder_task_and_exports_with_parity(request
     model = load_encoder_model(out, task_named(task))
     prompt = model.prompt_encoder["default"].embedding.weight
     assert prompt.shape == (4, 32)
-    test = load_splits(dataset)[0]["test"]
+    test = load_test_split(work / "test_split")
     logits = predict_logits(torch_runner(model), test, 16)
     assert len(logits) == len(test) and np.isfinite(logits).all()
     if logits.ndim == 3:  # per-token logits: the text's positions, not the virtual tokens before them
         assert logits.shape[1] == max(len(ids) for ids in test["input_ids"])
-    report = export_model(out, dataset, tmp_path / "onnx", ExportConfig(quantize_int8=False))
+    report = export_model(out, dataset, work / "test_split", tmp_path / "onnx", ExportConfig(quantize_int8=False))
     assert report["task"] == task and report["parity"]["max_abs_logit_diff"] < 1e-4, report["parity"]

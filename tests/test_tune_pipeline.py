@@ -40,6 +40,8 @@ def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny
     assert history["config"]["per_device_train_batch_size"] == best["params"]["per_device_train_batch_size"]
     assert history["config"]["train_on"] == "train+validation"
     assert (result.export_dir / "model.onnx").is_file() and "accuracy" in result.evaluation["model"]
+    # evaluate scored the test split artifact that the trials and the final training were not given
+    assert result.evaluation["test_size"] == 30 and (result.run_dir / "preprocess" / "test_split" / "test").is_dir()
     html = result.search_report.read_text()
     assert html.count("<tr>") == 3 and "failed" in html
 

@@ -12,6 +12,7 @@ from kftune.settings.signatures import with_settings
 @with_settings(EvaluateConfig)
 def evaluate(
     dataset: Input[Dataset],
+    test_split: Input[Dataset],
     model: Input[Model],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
@@ -21,7 +22,8 @@ def evaluate(
     """Score the fine-tuned model on the test split against the task's baselines (fitted on the train split, or a causal LM's base model on the same prompts), and gate it.
 
     Args:
-        dataset: Tokenized splits from preprocess (the baselines train on its train split).
+        dataset: Train and validation splits from preprocess (the baselines train on its train split).
+        test_split: The test split from preprocess: what the model and the baselines are scored on.
         model: Fine-tuned model from train.
         metrics: Output: the task's test scores of the model and baselines, deltas, gate.
         classification: Output: confusion matrix (and ROC curve for binary classification), where the task has one.
@@ -41,7 +43,7 @@ def evaluate(
     from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
     from kftune.settings.fields import settings_from
 
-    result = run(model.path, dataset.path, settings_from(EvaluateConfig, values))
+    result = run(model.path, dataset.path, test_split.path, settings_from(EvaluateConfig, values))
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
     if "confusion_matrix" in result["model"]:

@@ -19,12 +19,16 @@ from kftune.tasks import resolve_task, task_named
 log = logging.getLogger(__name__)
 
 
-def evaluate(model_dir: str | Path, dataset_dir: str | Path, config: EvaluateConfig) -> dict:
-    """Score the model and the baselines on the test split and gate the model; return the full result."""
+def evaluate(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, config: EvaluateConfig) -> dict:
+    """Score the model and the baselines on the test split and gate the model; return the full result.
+
+    ``dataset_dir`` is preprocess's dataset artifact (the task, and the train split the baselines fit on),
+    ``test_dir`` its test split artifact: the one stage before export that reads it.
+    """
     config = resolve_task(config, dataset_dir)
     config.validate()
     task = task_named(config.task)
-    result = task.evaluate(Path(model_dir), Path(dataset_dir), config)
+    result = task.evaluate(Path(model_dir), Path(dataset_dir), Path(test_dir), config)
     result["checks"] = task.checks(result, config)
     result["passed"] = all(result["checks"].values())
     model, baseline = result["model"], result["baselines"][result["baseline"]]

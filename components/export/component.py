@@ -12,6 +12,7 @@ from kftune.settings.signatures import with_settings
 @with_settings(ExportConfig)
 def export(
     dataset: Input[Dataset],
+    test_split: Input[Dataset],
     model: Input[Model],
     exported_model: Output[Model],
     metrics: Output[Metrics],
@@ -19,7 +20,8 @@ def export(
     """Export the fine-tuned model in its task's format and verify it: an encoder's logits as ONNX (dynamic batch and sequence axes), a causal LM as a Hugging Face directory (merged weights, and the LoRA adapter).
 
     Args:
-        dataset: Tokenized splits from preprocess; parity is checked on the test split.
+        dataset: Train and validation splits from preprocess (the task and its token limit).
+        test_split: The test split from preprocess: parity is checked on it.
         model: Fine-tuned Hugging Face model from train.
         exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; or the merged Hugging Face model and adapter/.
         metrics: Output: parity figures, accuracies and file sizes.
@@ -30,7 +32,7 @@ def export(
     from kftune.settings.fields import settings_from
 
     config = settings_from(ExportConfig, values)
-    report = export_model(model.path, dataset.path, exported_model.path, config)
+    report = export_model(model.path, dataset.path, test_split.path, exported_model.path, config)
     for name, value in report["parity"].items():
         metrics.log_metric(f"parity_{name}", value)
     for name, value in report.get("accuracy", {}).items():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kftune.components.export.config import ExportConfig
-from kftune.data.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_splits
+from kftune.data.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_test_split
 from kftune.errors import KftuneError
 from kftune.inference.runners import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
 from kftune.models.encoder import load_encoder_model
@@ -94,15 +94,19 @@ def _max_seq_length(dataset_dir: Path) -> int | None:
         return None
 
 
-def export_model(model_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, config: ExportConfig) -> dict:
-    """Export in the task's format (:data:`FORMATS`), check parity on the test split; write ``output_dir``."""
+def export_model(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, output_dir: str | Path,
+                 config: ExportConfig) -> dict:
+    """Export in the task's format (:data:`FORMATS`), check parity on the test split (preprocess's test split
+    artifact ``test_dir``; the dataset artifact ``dataset_dir`` says the task and its token limit); write
+    ``output_dir``."""
     config = resolve_task(config, dataset_dir)
     config.validate()
     task = task_named(config.task)
-    return FORMATS[task.export_format](Path(model_dir), Path(dataset_dir), output_dir, config, task)
+    return FORMATS[task.export_format](Path(model_dir), Path(dataset_dir), Path(test_dir), output_dir, config, task)
 
 
-def export_onnx(model_dir: Path, dataset_dir: Path, output_dir: str | Path, config: ExportConfig, task) -> dict:
+def export_onnx(model_dir: Path, dataset_dir: Path, test_dir: Path, output_dir: str | Path, config: ExportConfig,
+                task) -> dict:
     """An encoder's logits as an ONNX graph with dynamic axes, its parity with PyTorch checked on the test split
     (optionally also int8-quantized)."""
     import onnx
@@ -111,8 +115,7 @@ def export_onnx(model_dir: Path, dataset_dir: Path, output_dir: str | Path, conf
     model = load_encoder_model(model_dir, task)
     info = task.trained_info(model_dir, model, dataset_task(dataset_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    splits, _ = load_splits(dataset_dir)
-    test = splits["test"]
+    test = load_test_split(test_dir)
     y_true = task.label_array(test[LABEL])
     pad_id = tokenizer.pad_token_id or 0
 
@@ -182,8 +185,8 @@ def export_onnx(model_dir: Path, dataset_dir: Path, output_dir: str | Path, conf
 PARITY_PROMPTS = 32
 
 
-def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Path, config: ExportConfig,
-                       task) -> dict:
+def export_huggingface(model_dir: Path, dataset_dir: Path, test_dir: Path, output_dir: str | Path,
+                       config: ExportConfig, task) -> dict:
     """A causal LM as a Hugging Face directory: the merged model, the LoRA adapter in ``adapter/``, checked against
     what was trained.
 
@@ -202,9 +205,9 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, output_dir: str | Pat
     from kftune.training.causal_lm_recipe import CausalCollator
 
     model_dir = Path(model_dir)
-    splits, _ = load_splits(dataset_dir)
     info = dataset_task(dataset_dir)
-    test = splits["test"].select(range(min(PARITY_PROMPTS, len(splits["test"]))))
+    test = load_test_split(test_dir)
+    test = test.select(range(min(PARITY_PROMPTS, len(test))))
     prompts = list(test["prompt"])
     max_new = max_new_tokens_for(info, 0)
     history = json.loads((model_dir / "training_history.json").read_text(encoding="utf-8"))

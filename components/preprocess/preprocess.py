@@ -5,7 +5,8 @@ dataset), asks the task to read, clean, sample and check its data (:meth:`~kftun
 every problem with the input shows up there, before a tokenizer loads), splits the examples
 seeded into train / validation / test (stratified by the task's strata where they allow it),
 optionally augments the train split, has the task tokenize each split with the model's fast
-tokenizer and writes the dataset artifact described in :mod:`kftune.data.schema`.
+tokenizer and writes the two artifacts described in :mod:`kftune.data.schema`: the dataset (train and
+validation, labels, tokenizer, task), which training and search are given, and the test split apart.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pandas as pd
 
 from kftune.data.bundled import resolve_model
 from kftune.data.files import read_frame
-from kftune.data.schema import LABEL, LENGTH, SPLITS, SPLITS_DIR, STATS_FILE, TASK_FILE, TEXT, TOKENIZER_DIR
+from kftune.data.schema import LABEL, LENGTH, SPLITS, STATS_FILE, TASK_FILE, TEXT, TOKENIZER_DIR, save_splits
 from kftune.errors import ConfigError
 from kftune.storage.atomic import atomic_directory
 from kftune.tasks import AUTO, BUNDLED_TASK_DATA, detect_task, file_task, task_named, with_task
@@ -166,8 +167,11 @@ def dataset_stats(config, decided: str, task, prepared: Prepared, dataset, info:
     return stats
 
 
-def preprocess(config, output_dir: str | Path) -> dict:
-    """Run the whole stage; write the dataset artifact to ``output_dir``; return its stats."""
+def preprocess(config, output_dir: str | Path, test_dir: str | Path) -> dict:
+    """Run the whole stage; write the dataset artifact (train and validation) to ``output_dir`` and the test split
+    artifact to ``test_dir``; return the stats."""
+    if Path(output_dir).resolve() == Path(test_dir).resolve():
+        raise ConfigError(f"{output_dir}: the dataset and the test split are two artifacts; give them two paths")
     config, frame, decided = read_data(config)
     task = task_named(config.task)
     prepared = prepare(config, frame)
@@ -186,8 +190,8 @@ def preprocess(config, output_dir: str | Path) -> dict:
     tokenizer = prepared.tokenizer or fast_tokenizer(config.model)
     dataset = task.encode(splits, info, tokenizer, config, prepared)
     stats = dataset_stats(config, decided, task, prepared, dataset, info, augmented)
-    with atomic_directory(output_dir) as tmp:
-        dataset.save_to_disk(str(tmp / SPLITS_DIR))
+    with atomic_directory(output_dir) as tmp, atomic_directory(test_dir) as test_tmp:
+        save_splits(dataset, tmp, test_tmp)
         task.write_files(tmp, info)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))

@@ -23,7 +23,7 @@ def pretrain(
     """Continue the base model's masked-language-model training (whole-word masking) on the training texts and/or an unlabelled corpus.
 
     Args:
-        dataset: Tokenized splits from preprocess (their training texts and tokenizer).
+        dataset: Train and validation splits from preprocess (the train split's texts, and the tokenizer).
         pretrained_model: Output: the adapted encoder as a Hugging Face model directory (tokenizer, pretrain_report.json), which train fine-tunes; with pretrain off, only pretrain_report.json ({"skipped": true}).
         metrics: Output: held-out masked-LM loss and perplexity before and after, steps, texts.
     """  # noqa: E501

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from kftune.components.pretrain.config import PretrainConfig
 from kftune.components.pretrain.corpus import read_corpus
 from kftune.data.bundled import resolve_model
-from kftune.data.schema import SPLITS_DIR, TEXT, TOKENIZER_DIR, load_splits
+from kftune.data.schema import TEXT, TOKENIZER_DIR, load_splits
 from kftune.errors import DataError
 from kftune.storage.atomic import atomic_directory, refuse_existing_artifact
 from kftune.training.loop import epoch_batches, seed_everything
@@ -46,9 +46,7 @@ def gather_texts(config: PretrainConfig, dataset_dir: Path) -> tuple[list[str], 
     """The pretraining texts (training split first, then the corpus) and how many came from each source."""
     texts, sources = [], {}
     if config.pretrain_on_train_texts:
-        if not (dataset_dir / SPLITS_DIR).is_dir():
-            raise DataError(f"{dataset_dir}: no {SPLITS_DIR}/ directory; expected a preprocessed dataset artifact")
-        splits, _ = load_splits(dataset_dir)
+        splits, _ = load_splits(dataset_dir)  # train and validation: the test split is not in it
         train = [str(t).strip() for t in splits["train"][TEXT] if str(t).strip()]
         texts += train
         sources["train_split"] = len(train)

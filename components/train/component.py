@@ -27,7 +27,7 @@ def train(
     """Fine-tune a pretrained transformer for sequence classification under torchrun.
 
     Args:
-        dataset: Tokenized splits from preprocess.
+        dataset: Train and validation splits from preprocess (no test split: train cannot see it).
         finetuned_model: Output: the best checkpoint as a Hugging Face model directory (safetensors, tokenizer, label maps).
         metrics: Output: best epoch, validation scores, throughput.
         curves: Output: HTML training curves.

@@ -28,7 +28,7 @@ def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_c
     """Check the search and the base training configuration; plan the trials of a grid/random search.
 
     Args:
-        dataset: Tokenized splits from preprocess (which say the task, where task is auto).
+        dataset: Train and validation splits from preprocess (which say the task, where task is auto); no test split.
 
     Returns:
         train_config: The base TrainConfig as JSON (trials train on the training split).
@@ -56,7 +56,7 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
     """Train one trial of a grid/random search; a failed trial is reported, not raised.
 
     Args:
-        dataset: Tokenized splits from preprocess.
+        dataset: Train and validation splits from preprocess; trials are scored on validation (no test split).
         train_config: The base TrainConfig as JSON (from plan_search).
         trial: {"number": n, "params": {option: value}}.
 
@@ -108,7 +108,7 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     """Bayesian search: an Optuna study (TPE sampler, median pruning) whose trials train for real.
 
     Args:
-        dataset: Tokenized splits from preprocess.
+        dataset: Train and validation splits from preprocess; trials are scored on validation (no test split).
         train_config: The base TrainConfig as JSON (from plan_search).
 
     Returns:
@@ -146,7 +146,7 @@ def katib_search(
     """Search at cluster scale: a Katib Experiment whose trials run the tune image, one pod each.
 
     Args:
-        dataset: Tokenized splits from preprocess (copied to the shared volume for the trials).
+        dataset: Train and validation splits from preprocess (copied to the shared volume for the trials; no test split).
         train_config: The base TrainConfig as JSON (from plan_search).
         image: Image of the trial pods (the tune image).
         shared_dir: Mount path of the shared volume (dataset and base config for the trials).

@@ -16,7 +16,7 @@ enabled`` as Kubeflow profiles are) reads them, with the ``latest`` strategy for
 
     run_dir/                     on the shared volume, one per Experiment
         train_config.json        the base TrainConfig; each trial overrides the searched options
-        dataset/                 copy of the preprocessed dataset artifact
+        dataset/                 copy of the preprocessed dataset artifact (train and validation only)
         pretrained/              copy of a local pretrained model (if it is not on the volume)
         trials/<trial>/          a trial's model (and <trial>.checkpoints/)
 

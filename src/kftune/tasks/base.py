@@ -176,9 +176,10 @@ class Task:
         raise NotImplementedError
 
     # --- evaluation -------------------------------------------------------------------
-    def evaluate(self, model_dir: Path, dataset_dir: Path, config) -> dict:
-        """The trained model and the baselines scored on the test split: ``task``, ``test_size``, ``model``,
-        ``baselines``, ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
+    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config) -> dict:
+        """The trained model and the baselines scored on the test split (the test split artifact ``test_dir``;
+        baselines fit on the dataset artifact's train split): ``task``, ``test_size``, ``model``, ``baselines``,
+        ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
         raise NotImplementedError
 
     def example_statistics(self, truth, predicted, info: dict) -> dict:

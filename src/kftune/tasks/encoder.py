@@ -206,8 +206,8 @@ class EncoderTask(Task):
             return data_info
         return {**data_info, "labels": [model.config.id2label[i] for i in range(model.config.num_labels)]}
 
-    def evaluate(self, model_dir: Path, dataset_dir: Path, config) -> dict:
-        from kftune.data.schema import dataset_task, load_splits
+    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config) -> dict:
+        from kftune.data.schema import dataset_task, load_splits, load_test_split
         from kftune.errors import KftuneError
         from kftune.inference.runners import predict_logits, torch_runner
         from kftune.models.encoder import load_encoder_model
@@ -223,7 +223,7 @@ class EncoderTask(Task):
             raise KftuneError(
                 f"{model_dir}: the model's labels {info.get('labels')} differ from the dataset's "
                 f"{data_info.get('labels')}; evaluate the model on the dataset it was trained on")
-        train, test = splits["train"], splits["test"]
+        train, test = splits["train"], load_test_split(test_dir)
         logits = predict_logits(torch_runner(model), test, config.batch_size)
         truth = self.label_array(test[LABEL])
         model_scores = self.scores(logits, truth, info, full=True)

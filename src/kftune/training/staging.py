@@ -2,7 +2,8 @@
 
     run_dir/                     on the shared volume, one per job
         train_config.json        TrainConfig
-        dataset/                 copy of the preprocessed dataset artifact
+        dataset/                 copy of the preprocessed dataset artifact (train and validation: the
+                                 test split is its own artifact, never staged)
         pretrained/              copy of a pretrained model that is not on the volume
         model/                   written by rank 0 (atomically, with the training history)
         model.checkpoints/       checkpoints; a restarted worker resumes from them

@@ -86,10 +86,13 @@ class CausalLMTask(Task):
         return Prepared(rows, source, len(frame), {k: v for k, v in removed.items() if k in RULES}, stats, tokenizer)
 
     def data_info(self, prepared, config):
-        completion = np.asarray(prepared.frame["completion_length"])
         return {"answers": answer_set(prepared.frame[REFERENCE].tolist()), "max_seq_length": config.max_seq_length,
-                "completion_max_tokens": int(completion.max()), "instruction_format": prepared.stats[
-                    "instruction_format"]}
+                "instruction_format": prepared.stats["instruction_format"]}
+
+    def train_info(self, train, info):
+        """The longest completion of the training split (the generation budget's default): a longer test
+        completion must not lengthen what evaluate lets the models generate."""
+        return {"completion_max_tokens": int(np.asarray(train["completion_length"]).max())}
 
     def strata(self, frame, info):
         """Short-answer data is split stratified by the (normalised) answer."""
@@ -124,13 +127,13 @@ class CausalLMTask(Task):
         return CausalLMRecipe()
 
     # --- evaluation -------------------------------------------------------------------
-    def evaluate(self, model_dir, dataset_dir, config):
+    def evaluate(self, model_dir, dataset_dir, test_dir, config):
         from dataclasses import replace
 
         from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm
 
-        return evaluate_causal_lm(model_dir, dataset_dir, replace(config, batch_size=min(config.batch_size, 16)),
-                                  self)
+        return evaluate_causal_lm(model_dir, dataset_dir, test_dir,
+                                  replace(config, batch_size=min(config.batch_size, 16)), self)
 
     def example_statistics(self, truth, predicted, info):
         """Per test prompt (``truth``: the references; ``predicted``: a model's ``generations``, and its summed

@@ -34,7 +34,7 @@ import torch
 
 from kftune.data.bundled import resolve_model
 from kftune.data.chat import normalise_answer, read_answer
-from kftune.data.schema import dataset_task, load_splits
+from kftune.data.schema import dataset_task, load_test_split
 from kftune.inference.generation import generate, max_new_tokens_for
 from kftune.models.causal_lm import load_causal_lm
 
@@ -111,14 +111,14 @@ def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
     return float(losses.sum() / max(counts.sum(), 1))
 
 
-def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, config, task) -> dict:
-    """Score the fine-tuned model and its base model on the test split, with the paired bootstrap intervals of
-    every score and gain (``task``: the causal-lm task)."""
+def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, config, task) -> dict:
+    """Score the fine-tuned model and its base model on the test split artifact ``test_dir``, with the paired
+    bootstrap intervals of every score and gain (``task``: the causal-lm task); the dataset artifact
+    ``dataset_dir`` gives the task's answers and the tokenizer the prompts were rendered with."""
     from kftune.tasks.bootstrap import RESAMPLES, paired_intervals
 
-    splits, _ = load_splits(dataset_dir)
     info = dataset_task(dataset_dir)
-    test = splits["test"]
+    test = load_test_split(test_dir)
     prompts, references = list(test["prompt"]), list(test["reference"])
     answers = info.get("answers") or []
     history = json.loads((Path(model_dir) / "training_history.json").read_text(encoding="utf-8"))
