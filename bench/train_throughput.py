@@ -10,9 +10,10 @@ warmup 10 %, weight decay 0.01, seed 42), validation after every epoch and the b
     ``--set group_by_length=True`` for length-grouped batches;
 (b) ``Trainer`` set up as its text-classification documentation shows: DataCollatorWithPadding
     (dynamic padding), fp32, random batches, eval and save every epoch, ``load_best_model_at_end``;
-(c) with ``--trainer-bf16``: the tuned ``Trainer``, (b) plus ``bf16=True`` and
-    ``train_sampling_strategy="group_by_length"``. On a CPU without fast bf16 (no AVX512-BF16 /
-    AMX) its bf16 is emulated and may be slower than fp32; the run is reported as it is.
+(c) with ``--trainer-tuned``: the tuned ``Trainer``, (b) plus ``train_sampling_strategy="group_by_length"``
+    and the machine's fastest precision: ``bf16=True`` on a GPU with bf16 or a CPU with fast bf16
+    (AVX512-BF16 / AMX), fp32 where bf16 would be emulated (and slower than fp32). Which it used is
+    reported as ``precision``.
 
 Every seed runs each of them. Reported per run: training samples/s (training examples x epochs /
 wall time of the training call, validation included), test accuracy / macro F1 of the model it
@@ -25,10 +26,10 @@ also length-groups its evaluation batches, so predictions do not come back in da
 About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min per seed):
 
     .venv/bin/pip install accelerate==1.15.0   # Trainer needs it (or: pip install -e '.[bench]')
-    .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-bf16 --out bench-results.json
+    .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-tuned --out bench-results.json
     .venv/bin/python bench/train_throughput.py --out bench-results.json     # seed 42, documented Trainer only
     .venv/bin/python bench/train_throughput.py --skip-trainer --set training_mode=lora   # kftune only
-    .venv/bin/python bench/train_throughput.py --max-rows 300 --epochs 1 --trainer-bf16  # smoke run
+    .venv/bin/python bench/train_throughput.py --max-rows 300 --epochs 1 --trainer-tuned  # smoke run
 """
 
 from __future__ import annotations
@@ -87,13 +88,14 @@ def trainer_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, t
         logits, y = eval_pred
         return {"f1": f1_score(y, logits.argmax(-1), average="macro")}
 
+    bf16 = tuned and fastest_precision() == "bf16"
     args = TrainingArguments(
         output_dir=str(out_dir), learning_rate=hyper["learning_rate"],
         per_device_train_batch_size=hyper["per_device_train_batch_size"], per_device_eval_batch_size=128,
         num_train_epochs=hyper["num_train_epochs"], warmup_steps=hyper["warmup_ratio"],  # a float < 1: a ratio
         weight_decay=hyper["weight_decay"], seed=hyper["seed"], eval_strategy="epoch", save_strategy="epoch",
         load_best_model_at_end=True, metric_for_best_model="f1", save_total_limit=1, report_to=[],
-        logging_steps=50, bf16=tuned, use_cpu=tuned and not torch.cuda.is_available(),
+        logging_steps=50, bf16=bf16, use_cpu=bf16 and not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length" if tuned else "random",
     )
     trainer = Trainer(model=model, args=args, train_dataset=data["train"], eval_dataset=data["validation"],
@@ -107,8 +109,19 @@ def trainer_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, t
     return {"train_seconds": seconds,
             "samples_per_second": len(data["train"]) * hyper["num_train_epochs"] / seconds,
             **_test_scores(np.asarray(output.label_ids), output.predictions.argmax(-1)),
-            "settings": "bf16=True, train_sampling_strategy=group_by_length" if tuned else "documentation defaults",
-            "precision": "bf16" if tuned else "fp32", "torch_threads": torch.get_num_threads()}
+            "settings": f"bf16={bf16}, train_sampling_strategy=group_by_length" if tuned else "documentation defaults",
+            "precision": "bf16" if bf16 else "fp32", "torch_threads": torch.get_num_threads()}
+
+
+def fastest_precision() -> str:
+    """bf16 where this machine computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32."""
+    import torch
+
+    from kftune.training.precision import cpu_has_fast_bf16
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
 def kftune_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:
@@ -213,8 +226,9 @@ def main() -> None:
                         "fixed. Several seeds: each loop runs once per seed and the means are compared (one "
                         "run's test accuracy has a standard error of about 1 point here)")
     parser.add_argument("--max-rows", type=int, default=0, help="use a sample of this many rows (smoke runs)")
-    parser.add_argument("--trainer-bf16", action="store_true",
-                        help="also run the tuned Trainer (bf16=True, train_sampling_strategy=group_by_length) "
+    parser.add_argument("--trainer-tuned", action="store_true",
+                        help="also run the tuned Trainer (train_sampling_strategy=group_by_length and the "
+                        "machine's fastest precision: bf16 where it is native, else fp32) "
                         "on every seed and compare kftune against it too")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a TrainConfig field for kftune's run, e.g. --set group_by_length=True")
@@ -243,7 +257,7 @@ def main() -> None:
                    "kftune": kftune_run(tmp / "data", tmp / "test_split", tmp / f"kftune-{seed}", hyper, overrides)}
             if not args.skip_trainer:
                 run["hf_trainer"] = trainer_run(tmp / "data", tmp / "test_split", tmp / f"trainer-{seed}", hyper)
-            if args.trainer_bf16:
+            if args.trainer_tuned:
                 run["hf_trainer_tuned"] = trainer_run(tmp / "data", tmp / "test_split", tmp / f"trainer-tuned-{seed}",
                                                       hyper, tuned=True)
             run["comparison"] = comparisons(run)
