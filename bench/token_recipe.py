@@ -10,6 +10,8 @@ evaluate step's baseline (the most frequent tag per word). Recipes:
   ``bench/multilabel_recipe.py``);
 - ``3e-4x6``: learning rate 3e-4, up to 6 epochs, batches of 16 (the task's defaults before this bench).
 
+``1e-4x6`` was chosen on validation (2026-12-07; docs/benchmarks.md), so it is the task's default now.
+
 Every recipe names all three settings, so a later change of the task's defaults does not change what is compared.
 The chosen recipe's settings are the task's defaults (``src/kftune/tasks/token_classification/__init__.py``).
 

@@ -125,8 +125,8 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     log_file = run_dir / LOG_FILE
     assert lines[:2] == [f"run directory: {run_dir}", f"log file:      {log_file}"]
     for step in ("preprocess", "pretrain", "train", "evaluate", "export", "publish", "predict"):
-        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), step
-        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), step
+        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), "\n".join(lines)
+        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), "\n".join(lines)
     [bar] = [line.split("\r")[-1] for line in lines if "steps [" in line]
     assert re.search(r"train +100%.*\| (\d+)/\1 steps \[.*loss [\d.]+, [\d.]+ samples/s, epoch 2 val f1_macro", bar)
     assert "kftune finetune results (test split)" in captured.out and "| fine-tuned model |" in captured.out

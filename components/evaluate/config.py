@@ -24,6 +24,8 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     """Gate: the model's test macro F1 must be at least this (tasks that score macro F1)."""
     min_gain_over_baseline: float = setting(0.0, per_task="primary")
     """Gate: the model's gain over the task's baseline in its primary metric must be at least this (for an error, baseline minus model, in the target's units); within [-1, 1] where the primary metric is a score. The primary metrics."""  # noqa: E501
+    max_loss_to_trivial: float = setting(0.01, ge=0, auto=-1)
+    """Gate: the model must not be worse than the task's trivial answer (classification: the most frequent class; regression: the training mean; multilabel: the most frequent label set; token-classification: each word's most frequent tag) on any test score that answer has, by more than this (in the score's units: 0.01 is one point of a score in [0, 1]; for regression's errors, the target's units): a model that collapsed to one class, or to every label, fails with a line naming the score; -1: no such check."""  # noqa: E501
     gain_at_lower_bound: bool = setting(False)
     """Gate: hold the lower bound of the gain's 95% interval (paired bootstrap over the test examples), not its point estimate, to min_gain_over_baseline: a gain that may be noise fails."""  # noqa: E501
     batch_size: int = internal(128, ge=1)
@@ -56,6 +58,7 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
                                   f"{', '.join(gates)}); leave it at its default")
 
 
-GATE_SETTINGS = ("min_primary_score", "max_primary_error", "min_f1_macro", "min_gain_over_baseline")
+GATE_SETTINGS = ("min_primary_score", "max_primary_error", "min_f1_macro", "min_gain_over_baseline",
+                 "max_loss_to_trivial")
 """The thresholds of the gate; :meth:`~kftune.tasks.base.Task.gates` says which apply to a task."""
 DEFAULTS = {f.name: f.default for f in fields(EvaluateConfig)}

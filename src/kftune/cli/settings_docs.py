@@ -110,7 +110,8 @@ def section(path: str) -> str:
         searchable = ", ".join(f"`{name}` ({kind.__name__})" for name, kind in SEARCHABLE.items())
         text += f"\n\nSearchable training options (keys of `search_space`): {searchable}."
     if path == "components/evaluate/README.md":
-        text += ("\n\nWhich gate settings apply to which task, and the test score each bounds (a setting marked "
+        text += ("\n\nWhich gate settings apply to which task, and the test score each bounds (for "
+                 "`max_loss_to_trivial`, the trivial baseline every score is held against; a setting marked "
                  "refused, set away from its default, is a one-line error before the run starts):\n\n" + gates_table())
     return text
 

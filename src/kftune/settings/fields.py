@@ -83,13 +83,15 @@ def _number(value: float) -> str:
 
 
 def setting(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, auto: bool = False, searchable: bool = False, per_task: str | None = None) -> Any:
-    """A setting's dataclass field: its default, its range (``ge``/``gt``/``le``/``lt``; ``auto``: the default
-    is allowed besides, standing for a value decided later or for none), whether a search may vary it
-    (``searchable``), and the task attribute its description ends with (``per_task``)."""
+            lt: float | None = None, auto: bool | float = False, searchable: bool = False,
+            per_task: str | None = None) -> Any:
+    """A setting's dataclass field: its default, its range (``ge``/``gt``/``le``/``lt``; ``auto``: a value allowed
+    besides, standing for a value decided later or for none: the default where True, else the number given),
+    whether a search may vary it (``searchable``), and the task attribute its description ends with
+    (``per_task``)."""
     metadata: dict[str, Any] = {}
     if (ge, gt, le, lt) != (None,) * 4:
-        rule = Rule(ge, gt, le, lt, default if auto else None)
+        rule = Rule(ge, gt, le, lt, None if auto is False else default if auto is True else auto)
         if not rule.allows(default):
             raise TypeError(f"default {default!r} is outside its own range {rule}")
         metadata["rule"] = rule

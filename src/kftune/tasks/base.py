@@ -75,6 +75,9 @@ class Task:
     """Validation scores that may pick the best epoch (``metric_for_best_model``)."""
     baseline: str = ""
     """The baseline ``delta_vs_baseline`` compares with."""
+    trivial: str = ""
+    """The baseline that gives the trivial answer (the most frequent class, the mean, no label): the gate fails a
+    model worse than it on any score it has (``max_loss_to_trivial``). Empty: the task has none."""
     settings: dict = field(default_factory=dict)
     """Its own settings groups, by stage (``{"preprocess": (TokenData,)}``)."""
     is_default: bool = False
@@ -194,13 +197,17 @@ class Task:
 
     def gates(self, primary: str = "") -> dict[str, str]:
         """The gate's settings that apply to the task, each with the score it bounds: the primary score (a
-        minimum for a score, a maximum for an error such as RMSE), its gain over the baseline, and macro F1 where
-        the task scores it. ``primary``: the result's, where it depends on the data (causal-lm)."""
+        minimum for a score, a maximum for an error such as RMSE), its gain over the baseline, macro F1 where
+        the task scores it, and (``max_loss_to_trivial``, where the task has a :attr:`trivial` baseline) every
+        score that baseline has, against it. ``primary``: the result's, where it depends on the data
+        (causal-lm)."""
         primary = primary or self.primary
         gates = {"min_primary_score" if self.higher_is_better(primary) else "max_primary_error": primary,
                  "min_gain_over_baseline": primary}
         if "f1_macro" in self.metrics:
             gates["min_f1_macro"] = "f1_macro"
+        if self.trivial:
+            gates["max_loss_to_trivial"] = self.trivial
         return gates
 
     def checks(self, result: dict, config) -> dict[str, bool]:
@@ -216,11 +223,29 @@ class Task:
                     low >= bound)
             elif name == "min_gain_over_baseline":
                 checks[f"{metric} gain over {result['baseline']} >= {bound}"] = deltas[metric] >= bound
+            elif name == "max_loss_to_trivial":
+                if bound >= 0:
+                    checks.update(self.trivial_checks(result, bound))
             elif name.startswith("max_"):
                 if bound >= 0:
                     checks[f"{metric} <= {bound}"] = model[metric] <= bound
             else:
                 checks[f"{metric} >= {bound}"] = model[metric] >= bound
+        return checks
+
+    def trivial_checks(self, result: dict, tolerance: float) -> dict[str, bool]:
+        """One check per score the :attr:`trivial` baseline has: the model is not worse than it by more than
+        ``tolerance`` (in the score's units; for an error such as RMSE, the target's)."""
+        import math
+
+        trivial = result["baselines"].get(self.trivial, {})
+        checks = {}
+        for metric in self.result_metrics(result):
+            model, base = result["model"].get(metric), trivial.get(metric)
+            if not all(isinstance(v, int | float) and math.isfinite(v) for v in (model, base)):
+                continue  # a score the trivial answer does not have
+            checks[f"{metric} not worse than {self.trivial} ({base:.4f}) by more than {tolerance}"] = (
+                self.gain(metric, model, base) >= -tolerance)
         return checks
 
     def result_metrics(self, result: dict) -> tuple[str, ...]:

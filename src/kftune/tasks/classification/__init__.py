@@ -292,6 +292,7 @@ TASK = Classification(
     primary="accuracy",
     best_metrics=("f1_macro", "accuracy", "loss"),
     baseline="tfidf_logreg",
+    trivial="majority",
     settings={"train": (LabelSmoothing,)},
     is_default=True,
 )

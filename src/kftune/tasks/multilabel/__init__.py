@@ -351,5 +351,6 @@ TASK = Multilabel(
     lower_is_better=frozenset({"loss", "hamming_loss"}),
     best_metrics=("f1_micro", "f1_macro", "subset_accuracy", "loss"),
     baseline="tfidf_ovr_logreg",
+    trivial="most_frequent_set",
     settings={"preprocess": (LabelList,)},
 )

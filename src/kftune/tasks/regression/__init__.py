@@ -227,5 +227,6 @@ TASK = Regression(
     lower_is_better=frozenset({"loss", "rmse", "mae"}),
     best_metrics=("rmse", "mae", "r2", "pearson", "spearman", "loss"),
     baseline="tfidf_ridge",
+    trivial="mean",
     settings={"train": (RegressionLoss,)},
 )
