@@ -120,14 +120,21 @@ def test_freeze_encoder_trains_only_the_head(tmp_path, prepared, tiny_model):
     assert not torch.equal(before["classifier.weight"], after["classifier.weight"])
 
 
-def test_early_stopping(tmp_path, prepared, tiny_model):
-    # lr far too small to change validation loss: no improvement after epoch 1
-    config = TrainConfig(model=str(tiny_model), num_train_epochs=6, learning_rate=1e-12,
+def test_early_stopping_waits_for_a_model_that_has_not_learnt(tmp_path, prepared, tiny_model, caplog):
+    """lr far too small to change the model: no improvement after epoch 1, but the model never beats the training
+    split's most frequent class on validation either, so patience never starts counting and every epoch runs, each
+    one logged; the unit tests (tests/test_training_units.py) show patience counting once the model has learnt."""
+    import logging
+
+    config = TrainConfig(model=str(tiny_model), num_train_epochs=4, learning_rate=1e-12,
                          metric_for_best_model="accuracy", early_stopping_patience=1,
                          per_device_train_batch_size=64)
-    history = train(config, prepared, tmp_path / "m")
-    assert len(history["epochs"]) == 2
+    with caplog.at_level(logging.INFO, logger="kftune.train"):
+        history = train(config, prepared, tmp_path / "m")
+    assert len(history["epochs"]) == 4
     assert history["best_epoch"] == 1
+    waits = [r.getMessage() for r in caplog.records if "early stopping waits" in r.getMessage()]
+    assert len(waits) == 4 and all("than the trivial answer" in w for w in waits), waits
 
 
 def test_one_process_runs_without_torchrun_and_trains_what_torchrun_would(tmp_path, prepared, tiny_model, caplog):

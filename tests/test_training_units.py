@@ -63,7 +63,7 @@ def _a_state(config: TrainConfig) -> TrainState:
     return TrainState(
         records=Records(history, loss_sum=2.5, loss_count=3),
         best=BestModel(score=0.75, epoch=2, weights={"weight": torch.arange(6.0).view(2, 3)}, stale_epochs=1,
-                       pruned_at_epoch=4),
+                       beat_trivial=True, pruned_at_epoch=4),
         micro_batching=MicroBatching(split=4, sync_after_backward=True, changes=[
             {"step": 3, "micro_batch": 8, "gradient_accumulation": 2, "reason": "out of memory"}]),
         step=17, epoch=3, micro=5, done=True,
@@ -247,6 +247,89 @@ def test_early_stopping_after_patience_epochs_without_improvement():
                                     higher_is_better=False)
     assert _run(validator, weights, 4) == [False, False, False, False]
     assert (lower.epoch, lower.score, lower.stale_epochs) == (3, 0.7, 0)
+
+
+def test_early_stopping_waits_until_the_model_beats_the_trivial_answer(caplog):
+    """The multi-label run of issue 34: micro F1 flat for three epochs while subset accuracy is below predicting no
+    label (0.62). Patience counts only from the epoch that beats the empty set (better on one score, worse on
+    none), so the run goes on to learn; each waiting epoch is logged with the score that holds it back."""
+    import logging
+
+    from kftune.tasks import task_named
+
+    config = TrainConfig(task="multilabel", metric_for_best_model="f1_micro", early_stopping_patience=2,
+                         num_train_epochs=10)
+    epochs = [{"f1_micro": 0.155, "subset_accuracy": 0.00, "hamming_loss": 0.380},
+              {"f1_micro": 0.161, "subset_accuracy": 0.00, "hamming_loss": 0.377},
+              {"f1_micro": 0.117, "subset_accuracy": 0.04, "hamming_loss": 0.475},
+              {"f1_micro": 0.160, "subset_accuracy": 0.44, "hamming_loss": 0.314},
+              {"f1_micro": 0.450, "subset_accuracy": 0.66, "hamming_loss": 0.047},
+              {"f1_micro": 0.440, "subset_accuracy": 0.66, "hamming_loss": 0.048},
+              {"f1_micro": 0.430, "subset_accuracy": 0.65, "hamming_loss": 0.049}]
+    empty_set = {"f1_micro": 0.0, "subset_accuracy": 0.62, "hamming_loss": 0.049}
+    task, scripted = task_named("multilabel"), iter(epochs)
+    weights = {"w": torch.zeros(2)}
+    best = BestModel()
+    validator = Validator(config, lambda: {"loss": 1.0, **next(scripted)}, lambda: weights, ALONE, True, best,
+                          trivial=lambda: empty_set, gain=task.gain)
+    with caplog.at_level(logging.INFO, logger="kftune.train"):
+        decisions = _run(validator, weights, 10)
+    # without the trivial answer, patience 2 would have stopped after epoch 4 (best: epoch 2, 0.161)
+    assert decisions == [False] * 6 + [True]
+    assert (best.epoch, best.score, best.beat_trivial) == (4, 0.450, True)
+    waits = [r.getMessage() for r in caplog.records if "early stopping waits" in r.getMessage()]
+    assert len(waits) == 4 and "subset_accuracy 0.0000 against 0.6200" in waits[0]
+    assert "subset_accuracy 0.4400 against 0.6200, hamming_loss 0.3140 against 0.0490" in waits[3]
+
+    tie = BestModel()  # equal to the trivial answer everywhere: not learnt either
+    scripted = iter([empty_set] * 4)
+    validator = Validator(config, lambda: {"loss": 1.0, **next(scripted)}, lambda: weights, ALONE, True, tie,
+                          trivial=lambda: empty_set, gain=task.gain)
+    assert _run(validator, weights, 4) == [False] * 4 and not tie.beat_trivial
+
+    plain = BestModel()  # a task without a trivial answer: patience counts from the first epoch
+    scripted = iter(epochs)
+    validator = Validator(config, lambda: {"loss": 1.0, **next(scripted)}, lambda: weights, ALONE, True, plain)
+    assert _run(validator, weights, 10) == [False, False, False, True]
+
+
+def test_each_encoder_tasks_trivial_answer_is_the_one_fitted_on_training():
+    """The logits early stopping scores as the trivial answer: the training split's most frequent class, the
+    training mean (0 in the head's normalised units), no label, and O for every word."""
+    import numpy as np
+
+    from kftune.tasks import task_named
+
+    logits = np.random.default_rng(0).normal(size=(5, 3))
+    classification = task_named("classification")
+    trivial = classification.trivial_logits(logits, {"labels": ["a", "b", "c"], "majority_label": 2})
+    assert (trivial.argmax(-1) == 2).all()
+    assert classification.trivial_logits(logits, {"labels": ["a", "b", "c"]}) is None  # a dataset without it
+
+    regression = task_named("regression")
+    info = {"target_mean": 3.5, "target_std": 2.0}
+    assert np.allclose(regression.predictions(regression.trivial_logits(logits[:, :1], info), info), 3.5)
+
+    multilabel = task_named("multilabel")
+    truth = np.array([[0, 1, 0], [0, 0, 0], [1, 0, 0], [0, 0, 0], [0, 0, 0]])
+    scores = multilabel.scores(multilabel.trivial_logits(logits, {"labels": ["x", "y", "z"]}), truth,
+                               {"labels": ["x", "y", "z"]})
+    assert scores["subset_accuracy"] == 0.6 and scores["f1_micro"] == 0.0
+
+    token = task_named("token-classification")
+    tags = ["B-PER", "I-PER", "O"]
+    trivial = token.trivial_logits(np.zeros((2, 4, 3)), {"labels": tags})
+    assert (trivial.argmax(-1) == 2).all()
+    assert token.trivial_logits(np.zeros((2, 4, 2)), {"labels": ["B-PER", "I-PER"]}) is None
+
+
+def test_classification_records_its_training_splits_most_frequent_class():
+    import datasets
+
+    from kftune.tasks import task_named
+
+    train = datasets.Dataset.from_dict({"label": [0, 1, 1, 2, 1]})
+    assert task_named("classification").train_info(train, {"labels": ["a", "b", "c"]}) == {"majority_label": 1}
 
 
 def test_training_on_validation_keeps_the_last_epoch_and_never_stops_early():

@@ -185,6 +185,12 @@ class EncoderTask(Task):
         everything the test report shows."""
         raise NotImplementedError
 
+    def trivial_logits(self, logits: np.ndarray, info: dict) -> np.ndarray | None:
+        """Logits of the shape of ``logits`` that give the task's trivial answer (fitted on the training split:
+        the most frequent class, the training mean, no label, the O tag), whose validation scores early stopping
+        waits for the model to beat; None: the task has none (patience counts from the first epoch)."""
+        return None
+
     def after_training(self, logits: np.ndarray, labels: np.ndarray, info: dict) -> dict:
         """``info`` for the trained model, given its validation logits (multi-label picks its thresholds here)."""
         return info

@@ -139,6 +139,9 @@ class CausalLMRecipe:
     def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
         return causal_training_loss(model, batch)
 
+    def trivial_scores(self) -> dict[str, float]:
+        return {}  # no trivial answer: the base model is a baseline, not a trivial one
+
     def validate(self, model, split: Split, run: Run) -> dict[str, float]:
         return evaluate_causal(model, split.collate, split.lengths, run.config.per_device_eval_batch_size, run.device,
                                run.precision)

@@ -82,7 +82,7 @@ class ModelSelection:
     metric_for_best_model: BestMetric = "auto"
     """Validation metric that picks the best epoch (and that a search optimises): one of the task's validation scores, or loss; auto: the task's."""  # noqa: E501
     early_stopping_patience: int = setting(2, ge=0)
-    """Stop after this many epochs without improvement of the best metric (0: never)."""
+    """Stop after this many epochs without improvement of the best metric (0: never), counted only once the model has beaten the task's trivial answer on validation (better on at least one score that answer has and worse on none; the answer: the most frequent training class, the training mean, no label, the O tag), so a run that has not learnt yet is not stopped; an epoch that does not beat it is logged."""  # noqa: E501
     train_on: Literal["train", "train+validation"] = "train"
     """train, or train+validation (e.g. the final run after a search): validation scores are then on seen data, the last epoch is kept and early stopping is off."""  # noqa: E501
 

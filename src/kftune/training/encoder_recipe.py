@@ -87,18 +87,12 @@ def split_logits(model, collate: Collator, lengths: np.ndarray, batch_size: int,
     return sum(losses) / len(order), ordered, collate.task.label_array(collate.columns["label"])
 
 
-def evaluate_split(model, collate: Collator, lengths: np.ndarray, batch_size: int, device,
-                   precision: str) -> dict[str, float]:
-    """Loss and the task's validation scores (classification: accuracy and macro F1) of ``model`` on one split."""
-    loss, logits, labels = split_logits(model, collate, lengths, batch_size, device, precision)
-    return {"loss": loss, **collate.task.scores(logits, labels, collate.info)}
-
-
 class EncoderRecipe:
     """The :class:`~kftune.training.recipe.Recipe` of an encoder ``task`` (an ``EncoderTask``: its hooks)."""
 
     def __init__(self, task):
         self.task = task
+        self._trivial: dict[str, float] | None = None
 
     def build_model(self, run: Run) -> torch.nn.Module:
         model = build_encoder_model(run.config, self.task.head(run.info), run.base_path, self.task)
@@ -117,8 +111,15 @@ class EncoderRecipe:
         return self.task.loss(model, batch, config)
 
     def validate(self, model, split: Split, run: Run) -> dict[str, float]:
-        return evaluate_split(model, split.collate, split.lengths, run.config.per_device_eval_batch_size, run.device,
-                              run.precision)
+        loss, logits, labels = split_logits(model, split.collate, split.lengths, run.config.per_device_eval_batch_size,
+                                            run.device, run.precision)
+        if self._trivial is None:  # the split and the trivial answer stay the same: scored once
+            trivial = self.task.trivial_logits(logits, run.info)
+            self._trivial = {} if trivial is None else self.task.scores(trivial, labels, run.info)
+        return {"loss": loss, **self.task.scores(logits, labels, run.info)}
+
+    def trivial_scores(self) -> dict[str, float]:
+        return self._trivial or {}
 
     def vocabulary_size(self, model) -> int:
         return 0  # a head over labels, not over the vocabulary

@@ -241,7 +241,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         schedule.batch_size, schedule.accumulation, state.micro_batching, fsdp=fsdp, halve_at_steps=halve_at_steps)
     validator = Validator(
         config, partial(recipe.validate, model, val_split, run), checkpointer.model_weights, ranks,
-        task.higher_is_better(config.metric_for_best_model), state.best, every_rank=fsdp)
+        task.higher_is_better(config.metric_for_best_model), state.best, every_rank=fsdp,
+        trivial=recipe.trivial_scores, gain=task.gain)
     records = TrainingLog(state.records, schedule.total_steps, config.logging_steps, ranks)
     if ranks.is_main:
         log_start(config, model, schedule, run)

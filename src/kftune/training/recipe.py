@@ -57,6 +57,10 @@ class Recipe(Protocol):
     def validate(self, model, split: Split, run: Run) -> dict[str, float]:
         """Loss and the task's validation scores of ``model`` on ``split``."""
 
+    def trivial_scores(self) -> dict[str, float]:
+        """The task's trivial answer scored on the validation split, once :meth:`validate` has run (empty: the task
+        has none): early stopping waits until the model beats it."""
+
     def vocabulary_size(self, model) -> int:
         """The vocabulary the model's output layer spans, for the CPU memory estimate (0: no such layer)."""
 

@@ -38,7 +38,9 @@ class BestModel:
     weights: dict | None = None
     """Its weights (what a checkpoint keeps of the model), on the CPU."""
     stale_epochs: int = 0
-    """Epochs since the score last improved."""
+    """Epochs since the score last improved, counted once the model has beaten the trivial answer."""
+    beat_trivial: bool = False
+    """The model has been better than the task's trivial answer on validation (see the Validator)."""
     pruned_at_epoch: int = 0
     """1-based epoch after which the search pruned the run (0: not pruned)."""
 

@@ -124,6 +124,21 @@ class Classification(EncoderTask):
             return labels.map(lambda v: None if pd.isna(v) else _as_int(v))
         return labels.map(lambda v: None if pd.isna(v) or not str(v).strip() else str(v).strip())
 
+    def train_info(self, train, info):
+        """The most frequent class of the training split (the trivial answer early stopping waits for the model to
+        beat)."""
+        from kftune.data.schema import LABEL
+
+        counts = np.bincount(np.asarray(train[LABEL], dtype=np.int64), minlength=len(info["labels"]))
+        return {"majority_label": int(counts.argmax())}
+
+    def trivial_logits(self, logits, info):
+        if "majority_label" not in info:  # a dataset written before kftune recorded it
+            return None
+        trivial = np.zeros_like(logits)
+        trivial[:, info["majority_label"]] = 1.0
+        return trivial
+
     def label_info(self, labels) -> dict:
         """Sorted label values (numerically for integer labels) in id order."""
         return {"labels": [str(v) for v in sorted(labels.unique())]}

@@ -263,6 +263,9 @@ class Multilabel(EncoderTask):
             scores["thresholds"] = dict(zip(info["labels"], self.thresholds(info).tolist(), strict=True))
         return scores
 
+    def trivial_logits(self, logits, info):
+        return np.full_like(logits, -30.0)  # no label (below every threshold)
+
     def after_training(self, logits, labels, info):
         return {**info, "thresholds": best_thresholds(sigmoid(np.asarray(logits, dtype=np.float64)),
                                                      np.asarray(labels, dtype=int))}
