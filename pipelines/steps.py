@@ -47,8 +47,8 @@ class FinetuneSteps:
 
     def train_evaluate_export(self, values: dict, dataset, test_split, display_name: str = "train",
                               **train_arguments) -> tuple[dsl.PipelineTask, dsl.PipelineTask, dsl.PipelineTask]:
-        """Train on the cluster's training resources (on ``dataset``: train and validation), then evaluate and export
-        the model (on ``test_split`` too)."""
+        """Train on the cluster's training resources (on ``dataset``: train and validation), then evaluate the model
+        (on ``test_split`` too) and export it with its model card (which states the evaluation)."""
         trained = settings_task(self.train_op, values, dataset=dataset, shared_dir=self.cluster.shared_dir,
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trainjob_image=self.images.image("train"),
                                 **train_arguments)
@@ -58,6 +58,8 @@ class FinetuneSteps:
         model = trained.outputs["finetuned_model"]
         scored = settings_task(self.evaluate_op, values, dataset=dataset, test_split=test_split, model=model)
         scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
-        exported = settings_task(self.export_op, values, dataset=dataset, test_split=test_split, model=model)
+        # after evaluate: its result goes into the export's model card
+        exported = settings_task(self.export_op, values, dataset=dataset, test_split=test_split, model=model,
+                                 evaluation=scored.outputs["metrics"])
         exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
         return trained, scored, exported

@@ -23,7 +23,8 @@ def test_export_with_parity_and_int8(tmp_path, trained, prepared, prepared_test)
     assert report["parity"]["max_abs_logit_diff"] <= 1e-3
     assert report["parity"]["examples"] == 30
     assert {"onnx", "onnx_int8"} <= set(report["accuracy"])
-    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "labels.json", "export_report.json"):
+    for name in ("model.onnx", "model.int8.onnx", "tokenizer.json", "config.json", "labels.json", "export_report.json",
+                 "README.md"):
         assert (out / name).is_file(), name
     assert json.loads((out / "export_report.json").read_text())["files"]["onnx"] == "model.onnx"
     # the token limit texts were truncated at, for a server to do the same

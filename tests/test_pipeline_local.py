@@ -152,6 +152,12 @@ def test_a_model_that_fails_the_gate_makes_no_predictions(tmp_path, small_csv, s
     assert results["passed"] is False and "predictions" not in results["artifacts"]
     assert not scored.exists() and not (Path(results["artifacts"]["run_dir"]) / "predict").exists()
     assert f"not predicted:    the gate failed, so the model made no predictions on {texts}" in capsys.readouterr().out
+    # the export ran after evaluate and its model card holds evaluate's result: the gate and the test scores
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(Path(results["artifacts"]["exported"]) / "README.md")
+    assert card.data.kftune["gate"] == "failed"
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == results["model"]
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -62,6 +62,9 @@ def test_a_task_from_outside_kftune_runs_the_whole_pipeline_and_is_served(tmp_pa
     # the second text is read: without its complaint the pair scores higher (by 1 in the data; the tiny model, six
     # epochs on 360 pairs, learns part of it)
     assert scores["score"][3] > scores["score"][0] + 0.2
+    # its model card shows a request with both texts
+    card = (Path(results["artifacts"]["exported"]) / "README.md").read_text()
+    assert '{"instances": [{"text": "...", "text_pair": "..."}]}' in card
 
     server = Server(results["artifacts"]["exported"], tmp_path / "serve.log", "--no-grpc", model_name="pairs",
                     env=PLUGIN).wait_ready()

@@ -1,4 +1,4 @@
-"""KFP component: export the model to ONNX with a parity check (thin door over export.py; its
+"""KFP component: export the model to ONNX with a parity check, with its model card (thin door over export.py; its
 settings come from ExportConfig)."""
 
 from kfp import dsl
@@ -14,25 +14,34 @@ def export(
     dataset: Input[Dataset],
     test_split: Input[Dataset],
     model: Input[Model],
+    evaluation: Input[Metrics],
     exported_model: Output[Model],
     metrics: Output[Metrics],
 ):
-    """Export the fine-tuned model in its task's format and verify it: an encoder's logits as ONNX (dynamic batch and sequence axes), a causal LM as a Hugging Face directory (merged weights, and the LoRA adapter).
+    """Export the fine-tuned model in its task's format and verify it: an encoder's logits as ONNX (dynamic batch and sequence axes), a causal LM as a Hugging Face directory (merged weights, and the LoRA adapter); each with a Hugging Face model card (README.md) stating the base model, the data and the evaluation.
 
     Args:
         dataset: Train and validation splits from preprocess (the task and its token limit).
         test_split: The test split from preprocess: parity is checked on it.
         model: Fine-tuned Hugging Face model from train.
-        exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; or the merged Hugging Face model and adapter/.
+        evaluation: Evaluate's metrics: its result (test scores with intervals, baselines, gate) goes into the model card.
+        exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; or the merged Hugging Face model and adapter/; and the model card, README.md.
         metrics: Output: parity figures, accuracies and file sizes.
     """
     values = dict(locals())
+    import json
+
     from kftune.components.export.config import ExportConfig
     from kftune.components.export.export import export_model
+    from kftune.errors import KftuneError
     from kftune.settings.fields import settings_from
 
     config = settings_from(ExportConfig, values)
-    report = export_model(model.path, dataset.path, test_split.path, exported_model.path, config)
+    if "result" not in evaluation.metadata:
+        raise KftuneError("the evaluation input has no 'result' in its metadata; expected the evaluate step's metrics")
+    report = export_model(model.path, dataset.path, test_split.path, exported_model.path, config,
+                          evaluation=json.loads(evaluation.metadata["result"]),
+                          base_model=model.metadata.get("base_model", ""))
     for name, value in report["parity"].items():
         metrics.log_metric(f"parity_{name}", value)
     for name, value in report.get("accuracy", {}).items():
@@ -40,6 +49,7 @@ def export(
     for name, value in report["size_bytes"].items():
         metrics.log_metric(f"size_mb_{name}", round(value / 2**20, 2))
     exported_model.metadata.update({"framework": report["format"], "task": report["task"], "files": report["files"],
+                                    "model_card": report["model_card"],
                                     **({"opset": report["opset"]} if "opset" in report else {})})
 
 

@@ -5,7 +5,8 @@ has them) with dynamic batch and sequence axes and returns ``logits``. Parity ag
 PyTorch is checked on the whole test split: the largest absolute logit difference must be
 within ``atol`` and every prediction identical, or the export fails and writes nothing.
 Optionally an int8 dynamically quantized copy is written, with its accuracy reported (it is
-expected to differ slightly, so it is reported, not gated).
+expected to differ slightly, so it is reported, not gated). Every export directory holds a model
+card (``README.md``, :mod:`~kftune.components.export.model_card`), written with the rest.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from kftune.components.export.config import ExportConfig
+from kftune.components.export.model_card import write_model_card
 from kftune.data.schema import LABEL, LABELS_FILE, STATS_FILE, TASK_FILE, dataset_task, load_test_split
 from kftune.errors import KftuneError
 from kftune.inference.runners import MODEL_INPUTS, onnx_runner, predict_logits, torch_runner
@@ -95,20 +97,24 @@ def _max_seq_length(dataset_dir: Path) -> int | None:
 
 
 def export_model(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, output_dir: str | Path,
-                 config: ExportConfig) -> dict:
+                 config: ExportConfig, evaluation: dict | None = None, base_model: str = "") -> dict:
     """Export in the task's format (:data:`FORMATS`), check parity on the test split (preprocess's test split
     artifact ``test_dir``; the dataset artifact ``dataset_dir`` says the task and its token limit); write
-    ``output_dir``."""
+    ``output_dir`` with its model card. ``evaluation``: evaluate's result, for the card (None: the card says the model
+    was not evaluated); ``base_model``: the train step's name of what training started from (empty: the one the
+    model's ``training_history.json`` records)."""
     config = resolve_task(config, dataset_dir)
     config.validate()
     task = task_named(config.task)
-    return FORMATS[task.export_format](Path(model_dir), Path(dataset_dir), Path(test_dir), output_dir, config, task)
+    return FORMATS[task.export_format](Path(model_dir), Path(dataset_dir), Path(test_dir), output_dir, config, task,
+                                       evaluation=evaluation, base_model=base_model)
 
 
 def export_onnx(model_dir: Path, dataset_dir: Path, test_dir: Path, output_dir: str | Path, config: ExportConfig,
-                task) -> dict:
+                task, evaluation: dict | None = None, base_model: str = "") -> dict:
     """An encoder's logits as an ONNX graph with dynamic axes, its parity with PyTorch checked on the test split
-    (optionally also int8-quantized)."""
+    (optionally also int8-quantized), and its model card (``evaluation``, ``base_model``: as for
+    :func:`export_model`)."""
     import onnx
     from transformers import AutoTokenizer
 
@@ -178,17 +184,27 @@ def export_onnx(model_dir: Path, dataset_dir: Path, test_dir: Path, output_dir: 
             shutil.copy(model_dir / LABELS_FILE, tmp / LABELS_FILE)
         (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         report["size_bytes"] = {name: (tmp / f).stat().st_size for name, f in report["files"].items()}
+        _add_model_card(report, tmp, task, model_dir, dataset_dir, test_dir, info, evaluation, base_model)
         (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+def _add_model_card(report: dict, directory: Path, task, model_dir: Path, dataset_dir: Path, test_dir: Path,
+                    info: dict, evaluation: dict | None, base_model: str) -> None:
+    """Write the model card into ``directory`` (the export being written) and say so in ``report``."""
+    report["model_card"] = write_model_card(directory, task, report["format"], model_dir, dataset_dir, test_dir, info,
+                                            report["files"], evaluation, base_model)
+    report["files"]["model_card"] = report["model_card"]["file"]
 
 
 PARITY_PROMPTS = 32
 
 
 def export_huggingface(model_dir: Path, dataset_dir: Path, test_dir: Path, output_dir: str | Path,
-                       config: ExportConfig, task) -> dict:
+                       config: ExportConfig, task, evaluation: dict | None = None, base_model: str = "") -> dict:
     """A causal LM as a Hugging Face directory: the merged model, the LoRA adapter in ``adapter/``, checked against
-    what was trained.
+    what was trained, and its model card (which replaces any ``README.md`` the base model brought; ``evaluation``,
+    ``base_model``: as for :func:`export_model`).
 
     The reference is the trained model as training left it: for LoRA the base model with the adapter, unmerged
     (what the merge must reproduce); for full fine-tuning the trained weights. The export's merged model, reloaded
@@ -267,6 +283,8 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, test_dir: Path, outpu
         if not (tmp / TASK_FILE).is_file():
             (tmp / TASK_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
         report["size_bytes"] = {"model": (tmp / "model.safetensors").stat().st_size}
+        _add_model_card(report, tmp, task, model_dir, dataset_dir, test_dir,
+                        json.loads((tmp / TASK_FILE).read_text(encoding="utf-8")), evaluation, base_model)
         (tmp / EXPORT_REPORT).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
 

@@ -9,7 +9,8 @@ default prefix) and ``/v1/...`` (where that layer puts them with ``KSERVE_OPENAI
 
 - ``POST .../v1/completions``: ``prompt`` (a string or a list of strings, one choice each);
 - ``POST .../v1/chat/completions``: ``messages``, rendered with the tokenizer's chat template;
-- ``GET .../v1/models`` and ``GET .../v1/models/<name>``.
+- ``GET .../v1/models`` and ``GET .../v1/models/<name>`` (with ``model_card``, the export's card file, where it
+  has one).
 
 Both generation endpoints take ``max_tokens`` (chat also ``max_completion_tokens``),
 ``temperature`` (0: greedy; unset: the export's ``generation_config``), ``top_p``, ``stop`` (up
@@ -211,6 +212,8 @@ class GenerativeModel(kserve.Model):
         self.context = 0
         self.default_max_new_tokens = 0
         self.eos_ids: set[int] = set()
+        self.model_card = ""
+        """The export's model card (its file name in the export directory, from ``export_report.json``), if any."""
         self.tokenizer = None
         self.model = None
         # one generation at a time: requests queue here rather than share the CPU threads
@@ -248,6 +251,7 @@ class GenerativeModel(kserve.Model):
             raise ConfigError(f"max_seq_length {self.context} exceeds the model's max_position_embeddings "
                               f"({positions})")
         self.default_max_new_tokens = self.config.max_new_tokens or report.get("max_new_tokens") or 0
+        self.model_card = report.get("files", {}).get("model_card", "")
         if not self.default_max_new_tokens:
             log.warning("%s records no max_new_tokens; a request without max_tokens gets at most %d tokens",
                         self.model_dir / EXPORT_REPORT, DEFAULT_MAX_NEW_TOKENS)
@@ -494,7 +498,9 @@ class OpenAIEndpoints:
         return self._card() | ({"name": self.model.name, "ready": self.model.ready} if self.kserve_v1 else {})
 
     def _card(self) -> dict:
-        return {"id": self.model.name, "object": "model", "created": self.model.created, "owned_by": "kftune"}
+        """The OpenAI model object, with ``model_card``: the export's model card file, where it has one."""
+        return ({"id": self.model.name, "object": "model", "created": self.model.created, "owned_by": "kftune"}
+                | ({"model_card": self.model.model_card} if self.model.model_card else {}))
 
     def _check_model(self, name: str | None) -> None:
         if name is not None and name != self.model.name:

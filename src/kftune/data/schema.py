@@ -57,6 +57,8 @@ STATS_FILE = "stats.json"
 TASK_FILE = "task.json"
 EXPORT_REPORT = "export_report.json"
 """The export step's report in an export directory: its task, format, parity figures, ``max_seq_length``."""
+MODEL_CARD = "README.md"
+"""The model card in an export directory (Hugging Face's convention: YAML metadata, then Markdown)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,29 @@ def save_splits(dataset, dataset_dir: Path, test_dir: Path) -> None:
 
     datasets.DatasetDict({name: dataset[name] for name in TRAINING_SPLITS}).save_to_disk(str(dataset_dir / SPLITS_DIR))
     dataset[TEST_SPLIT].save_to_disk(str(test_dir / TEST_DIR))
+
+
+def split_files(dataset_dir: str | Path, test_dir: str | Path) -> list[tuple[str, Path]]:
+    """The data files of every split, in a fixed order: (name, path) with the name relative to its artifact
+    (``splits/train/data-00000-of-00001.arrow``, ..., ``test/data-00000-of-00001.arrow``)."""
+    found = []
+    for root, top in ((Path(dataset_dir), SPLITS_DIR), (Path(test_dir), TEST_DIR)):
+        found += sorted((path.relative_to(root).as_posix(), path) for path in (root / top).rglob("*.arrow"))
+    return found
+
+
+def splits_sha256(dataset_dir: str | Path, test_dir: str | Path) -> str:
+    """One sha256 of the examples preprocess wrote (train and validation in the dataset artifact ``dataset_dir``, test
+    in the test split artifact ``test_dir``): over each split data file's name and sha256, one line each, in
+    :func:`split_files` order. Only the Arrow data files count, not ``state.json``'s cache fingerprints."""
+    import hashlib
+
+    from kftune.storage.checksums import sha256_of
+
+    files = split_files(dataset_dir, test_dir)
+    if not files:
+        raise DataError(f"{dataset_dir}, {test_dir}: no split data files (*.arrow); expected preprocess's artifacts")
+    return hashlib.sha256("".join(f"{name}  {sha256_of(path)}\n" for name, path in files).encode()).hexdigest()
 
 
 def dataset_task(dataset_dir: str | Path) -> dict:

@@ -16,7 +16,8 @@ tune         ``search_space``, ``best_metrics``, ``lower_is_better``
 evaluate     ``evaluate`` (test scores and baselines), ``example_statistics`` and ``scores_from_sums``
              (the paired bootstrap intervals), ``checks`` (the gate), ``flat_metrics``,
              ``summary_table``, ``report_intro``, ``report_figures``, ``report_sections``
-export       ``export_format`` and, for ONNX, ``decisions`` and ``logits_axes`` (the parity check)
+export       ``export_format`` and, for ONNX, ``decisions`` and ``logits_axes`` (the parity check);
+             ``pipeline_tag`` (the model card)
 serve        ``serving`` (the protocol), ``open_export``
 predict      ``open_export``, ``input_columns``, ``is_empty``, ``prediction_row``
 ===========  ======================================================================================
@@ -92,6 +93,9 @@ class Task:
     """Where ``detect`` is asked among the tasks (lowest first); the default task is asked last."""
     export_format = "onnx"
     """What export writes: ``onnx`` (a graph of the logits) or ``huggingface`` (a model directory)."""
+    pipeline_tag = "text-classification"
+    """The Hugging Face pipeline its model serves (the model card's ``pipeline_tag``): a regression or multi-label
+    head is a ``text-classification`` model there too."""
     serving = "kserve"
     """The protocol ``kftune serve`` speaks for it: ``kserve`` (V1 and Open Inference) or ``openai``."""
     pretrainable = False

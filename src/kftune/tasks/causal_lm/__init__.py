@@ -41,6 +41,7 @@ class CausalLMTask(Task):
     shardings = ("ddp", "fsdp")
     detect_order = 20
     export_format = "huggingface"
+    pipeline_tag = "text-generation"
     serving = "openai"
     intervals = True
     comparison_heading = "Fine-tuned vs base model"

@@ -93,6 +93,7 @@ class TokenClassification(EncoderTask):
 
     auto_model = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
+    pipeline_tag = "token-classification"
     logits_axes = ONNX_LOGITS_AXES
     intervals = True
     detect_order = 10
