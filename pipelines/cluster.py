@@ -38,6 +38,11 @@ class StorageSecrets:
     """Kubernetes Secret with the S3/MinIO access key and secret key for the tasks that read data or models or publish them (compiled with --s3-secret '' there is none)."""  # noqa: E501
     gcs_secret: str = ""
     """Kubernetes Secret holding a GCS service-account key file key.json (compiled empty there is none, e.g. with Workload Identity)."""  # noqa: E501
+    tracking_secret: str = ""
+    """Kubernetes Secret with the MLflow tracking server's credentials for the tasks that record runs: keys MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN (compiled empty there is none)."""  # noqa: E501
+
+
+TRACKING_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class Cluster:
         """Run parameters a pipeline compiled with these values does not have (no volume, no Secret)."""
         return {name for name, value in (("shared_pvc", self.resources.shared_pvc),
                                          ("s3_secret", self.secrets.s3_secret),
-                                         ("gcs_secret", self.secrets.gcs_secret)) if not value}
+                                         ("gcs_secret", self.secrets.gcs_secret),
+                                         ("tracking_secret", self.secrets.tracking_secret)) if not value}
 
     def request_training_resources(self, task: dsl.PipelineTask, values: dict) -> None:
         """Resources and placement of a task that trains, from the pipeline's run parameters ``values``."""
@@ -106,6 +112,13 @@ class Cluster:
         """The shared PVC (named by the run parameter) at /kftune/shared, where one was compiled in."""
         if self.resources.shared_pvc:
             kubernetes.mount_pvc(task, pvc_name=values["shared_pvc"], mount_path=SHARED_MOUNT)
+
+    def use_tracking_secret(self, task: dsl.PipelineTask, values: dict) -> None:
+        """The MLflow tracking server's credentials for a task that records into a run, where a Secret was
+        compiled in (its keys are MLflow's own variables; each optional)."""
+        if self.secrets.tracking_secret:
+            kubernetes.use_secret_as_env(task, secret_name=values["tracking_secret"], optional=True,
+                                         secret_key_to_env={key: key for key in TRACKING_SECRET_KEYS})
 
     def use_storage_secrets(self, task: dsl.PipelineTask, values: dict) -> None:
         """Object-store credentials for a task, from the Secrets named by the run parameters ``values``."""

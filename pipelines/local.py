@@ -33,6 +33,12 @@ class LocalRunResult:
         keys = task.result_metrics(ev)
         model, baseline = ev["model"], ev["baselines"][ev["baseline"]]
         artifacts = {"model": str(self.model_dir), "exported": str(self.export_dir)}
+        if (self.model_dir / "tensorboard").is_dir():
+            artifacts["tensorboard"] = str(self.model_dir / "tensorboard")
+        tracking_file = self.model_dir / "tracking.json"
+        tracking = json.loads(tracking_file.read_text(encoding="utf-8")) if tracking_file.is_file() else None
+        registered_file = self.export_dir / "registered.json"
+        registered = json.loads(registered_file.read_text(encoding="utf-8")) if registered_file.is_file() else None
         if task.export_format == "onnx":
             artifacts |= {"onnx": str(self.export_dir / "model.onnx"), "onnx_dir": str(self.export_dir)}
         return {
@@ -47,6 +53,8 @@ class LocalRunResult:
             "passed": self.passed,
             "test_size": ev["test_size"],
             **task.result_extras(ev),
+            **({"tracking": tracking} if tracking else {}),
+            **({"registered": registered} if registered else {}),
             "artifacts": artifacts | {"run_dir": str(self.run_dir)}
             | ({"predictions": str(self.predictions)} if self.predictions else {}),
             "seconds": self.seconds,

@@ -55,11 +55,14 @@ class FinetuneSteps:
         trained.set_display_name(display_name)
         self.cluster.request_training_resources(trained, values)
         self.cluster.use_storage_secrets(trained, values)  # the pretrained model may be in s3:// or gs://
+        self.cluster.use_tracking_secret(trained, values)
         model = trained.outputs["finetuned_model"]
         scored = settings_task(self.evaluate_op, values, dataset=dataset, test_split=test_split, model=model)
         scored.set_display_name("evaluate").set_cpu_request("2").set_memory_request("8G")
+        self.cluster.use_tracking_secret(scored, values)
         # after evaluate: its result goes into the export's model card
         exported = settings_task(self.export_op, values, dataset=dataset, test_split=test_split, model=model,
                                  evaluation=scored.outputs["metrics"])
         exported.set_display_name("export").set_cpu_request("2").set_memory_request("8G")
+        self.cluster.use_tracking_secret(exported, values)
         return trained, scored, exported

@@ -81,6 +81,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
 
         plan = settings_task(tune_ops["plan_search"], values, dataset=dataset)
         plan.set_display_name("plan search").set_caching_options(False)
+        cluster.use_tracking_secret(plan, values)
         train_config = plan.outputs["train_config"]
 
         with dsl.If(values["search_backend"] == "katib", name="katib"):
@@ -93,6 +94,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
             study.set_display_name("Optuna TPE search")
             cluster.request_training_resources(study, values)
             cluster.use_storage_secrets(study, values)
+            cluster.use_tracking_secret(study, values)
         with dsl.Else(name="fan-out"):
             trials = plan.outputs["trials"]
             with dsl.ParallelFor(trials, parallelism=cluster.options.trial_parallelism, name="trials") as trial:
@@ -101,9 +103,11 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
                 trial_task.set_display_name("trial")
                 cluster.request_training_resources(trial_task, values)
                 cluster.use_storage_secrets(trial_task, values)
+                cluster.use_tracking_secret(trial_task, values)
             picked = settings_task(tune_ops["select_best"], values, results=dsl.Collected(trial_task.output),
                                    train_config=train_config)
             picked.set_display_name("select best")
+            cluster.use_tracking_secret(picked, values)
         reported = tune_ops["report_search"](record=dsl.OneOf(katib.output, study.output, picked.output))
         reported.set_display_name("search report")
         best_params = reported.outputs["best_params"]

@@ -306,10 +306,25 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
             ("accesskey", "AWS_ACCESS_KEY_ID"), ("secretkey", "AWS_SECRET_ACCESS_KEY")}
         env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"]}
         assert env["AWS_ENDPOINT_URL"] == "http://seaweedfs.kubeflow:9000"
-    for stage in ("evaluate", "export", "deploy"):
+    for stage in ("evaluate", "export", "deploy"):  # no storage (and no tracking Secret compiled in)
         assert "secretAsEnv" not in executors.get(f"exec-{stage}", {}), stage
     params = doc["root"]["inputDefinitions"]["parameters"]
     assert params["s3_secret"]["defaultValue"] == "mlpipeline-minio-artifact" and "gcs_secret" not in params
+
+    assert "tracking_secret" not in params  # compiled without one
+
+    # the tracking server's credentials, on the tasks that record into the run
+    doc = _compile(tmp_path, "--tracking-secret", "mlflow-auth")
+    executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in ("train", "evaluate", "export"):
+        [secret] = [s for s in executors[f"exec-{stage}"]["secretAsEnv"]
+                    if "tracking_secret" in s["secretNameParameter"]["componentInputParameter"]]
+        assert secret["optional"] is True and {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
+            (k, k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
+    for stage in ("preprocess", "predict", "publish", "deploy"):
+        assert all("tracking_secret" not in s["secretNameParameter"]["componentInputParameter"]
+                   for s in executors.get(f"exec-{stage}", {}).get("secretAsEnv", [])), stage
+    assert doc["root"]["inputDefinitions"]["parameters"]["tracking_secret"]["defaultValue"] == "mlflow-auth"
 
     doc = _compile(tmp_path, "--s3-secret", "", "--s3-endpoint", "", "--gcs-secret", "gcs-key")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]

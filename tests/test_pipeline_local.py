@@ -15,6 +15,7 @@ from kftune.components.pretrain.pretrain import REPORT_FILE as PRETRAIN_REPORT
 from kftune.components.train import component as train_component
 from kftune.pipelines.local import run_pipeline_locally
 from kftune.training.progress import PROGRESS_MARKER
+from tests.test_tracking import assert_tracked
 
 
 def test_preprocess_component_in_a_pipeline(tmp_path, small_csv, tiny_model):
@@ -126,7 +127,8 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     assert lines[:2] == [f"run directory: {run_dir}", f"log file:      {log_file}"]
     for step in ("preprocess", "pretrain", "train", "evaluate", "export", "publish", "predict"):
         assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +started$", line) for line in lines), "\n".join(lines)
-        assert any(re.match(rf"\d\d:\d\d:\d\d  {step} +done in [\d.]+ s$", line) for line in lines), "\n".join(lines)
+        done = rf"\d\d:\d\d:\d\d  {step} +done in (\d+ min \d\d|[\d.]+) s$"  # format_duration: 8.9 s, 1 min 14 s
+        assert any(re.match(done, line) for line in lines), "\n".join(lines)
     [bar] = [line.split("\r")[-1] for line in lines if "steps [" in line]
     assert re.search(r"train +100%.*\| (\d+)/\1 steps \[.*loss [\d.]+, [\d.]+ samples/s, epoch 2 val f1_macro", bar)
     assert "kftune finetune results (test split)" in captured.out and "| fine-tuned model |" in captured.out
@@ -136,6 +138,10 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
     log = log_file.read_text()
     assert "Got executor_input" in log and "[rank 0] training" in log and PROGRESS_MARKER in log
     assert "Task 'export' finished with status SUCCESS" in log
+
+    # no tracking flag: the run is recorded in the embedded MLflow store beside the run directories
+    # (tests/test_tracking.py: a real MLflow server, stopped mid-run), its curves in TensorBoard's event files
+    assert_tracked(results, f"sqlite:///{(tmp_path / 'runs' / 'mlflow.db').resolve()}", captured.out, tmp_path)
 
 
 @pytest.mark.slow

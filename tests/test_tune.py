@@ -165,7 +165,7 @@ def cue_dataset(tmp_path_factory, tiny_model):
 TPE_EPOCHS = 3
 
 
-def tpe_search(work, cue_dataset, tiny_model, seed: int, max_trials: int) -> dict:
+def tpe_search(work, cue_dataset, tiny_model, seed: int, max_trials: int, tracking=None) -> dict:
     """A TPE search of the learning rate over [1e-4, 1e-2] minimising the validation loss, trials of 3 epochs on the
     cue task: trial 0 is the base configuration (3e-3), TPE proposes the next from the scores so far (one random
     start), and from trial 1 on the median pruner may stop a trial after its first or second epoch. The loss, unlike
@@ -176,7 +176,7 @@ def tpe_search(work, cue_dataset, tiny_model, seed: int, max_trials: int) -> dic
                        early_stopping_patience=0, save_steps=0)
     space = parse_space('{"learning_rate": {"low": 1e-4, "high": 1e-2, "log": true}}')
     return optuna_search(base, space, cue_dataset, work, max_trials=max_trials, seed=seed, direction="minimize",
-                         n_startup_trials=1)
+                         n_startup_trials=1, tracking=tracking)
 
 
 def median_pruner_stops(trials: list[dict], epochs: int) -> list[int | None]:
@@ -202,7 +202,13 @@ def test_tpe_search_is_reproducible_by_its_seed(tmp_path, cue_dataset, tiny_mode
     """Two searches with the same seed train the same trials to the same scores, pruned (or not) at the same
     epochs; nothing is arranged for pruning: the median pruner decides from the scores. Another seed proposes
     other learning rates."""
-    first, second = (tpe_search(tmp_path / f"study-{i}", cue_dataset, tiny_model, seed=3, max_trials=3)
+    from mlflow import MlflowClient
+
+    from kftune.tracking import TrackingConfig
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first, second = (tpe_search(tmp_path / f"study-{i}", cue_dataset, tiny_model, seed=3, max_trials=3,
+                                tracking=TrackingConfig(store) if i == 0 else None)
                      for i in range(2))  # fmt: skip
     keys = ("number", "params", "state", "score", "epoch_scores", "best_epoch")
     assert [{k: t.get(k) for k in keys} for t in first["trials"]] == [{k: t.get(k) for k in keys}
@@ -218,6 +224,18 @@ def test_tpe_search_is_reproducible_by_its_seed(tmp_path, cue_dataset, tiny_mode
     assert [len(t["epoch_scores"]) if t["state"] == "pruned" else None for t in trials] == stops, trials
     assert all(len(t["epoch_scores"]) == TPE_EPOCHS for t in trials if t["state"] == "complete")
     assert first["best"]["score"] == min(t["score"] for t in trials if t["state"] == "complete")
+    # the tracked (first) search: one MLflow run, a child run per trial (pruned: KILLED), each with its loss curve
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("kftune").experiment_id])
+    [study] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id),
+                      key=lambda r: int(r.data.tags["trial"]))
+    assert len(runs) == 1 + len(trials) and study.info.status == "FINISHED"
+    assert [(r.data.tags["trial.state"], r.info.status) for r in children] == [
+        (t["state"], "KILLED" if t["state"] == "pruned" else "FINISHED") for t in trials]
+    assert [len(client.get_metric_history(r.info.run_id, "val_loss")) for r in children] == [
+        len(t["epoch_scores"]) for t in trials]
+    assert study.data.metrics["best_val_loss"] == first["best"]["score"]
 
     other = tpe_search(tmp_path / "study-other", cue_dataset, tiny_model, seed=4, max_trials=2)["trials"]
     assert other[0]["params"] == trials[0]["params"] and other[0]["epoch_scores"] == trials[0]["epoch_scores"]

@@ -5,6 +5,7 @@ the best trial's parameters trained on train+validation, evaluated and exported;
 import json
 
 import pytest
+from mlflow import MlflowClient
 
 from kftune.cli.main import main
 from kftune.pipelines.local import run_tune_locally
@@ -28,7 +29,7 @@ def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny
         "data": str(small_csv), "model": str(tiny_model), "algorithm": "grid", "max_trials": 2,
         "search_space": '{"per_device_train_batch_size": [4096]}', "num_train_epochs": 1,
         "nproc_per_node": 2, "learning_rate": 1e-3, "train_on": "train+validation",
-        "min_primary_score": 0.0, "quantize_int8": False,
+        "min_primary_score": 0.0, "quantize_int8": False, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }, tmp_path)
     trials = result.search["trials"]
     assert [t["params"]["per_device_train_batch_size"] for t in trials] == [32, 4096]  # defaults first
@@ -44,6 +45,18 @@ def test_grid_search_pipeline_survives_a_failing_trial(tmp_path, small_csv, tiny
     assert result.evaluation["test_size"] == 30 and (result.run_dir / "preprocess" / "test_split" / "test").is_dir()
     html = result.search_report.read_text()
     assert html.count("<tr>") == 3 and "failed" in html
+    # tracked: the search is one MLflow run with a child run per trial, and the final training a run of its own
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("kftune").experiment_id])
+    [search] = [r for r in runs if r.data.tags.get("search") == "grid"]
+    children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == search.info.run_id),
+                      key=lambda r: int(r.data.tags["trial"]))
+    assert [(r.data.tags["trial.state"], r.info.status) for r in children] == [("complete", "FINISHED"),
+                                                                               ("failed", "FAILED")]
+    assert children[0].data.metrics["best_val_f1_macro"] == pytest.approx(trials[0]["score"])
+    assert search.info.status == "FINISHED" and search.data.params["best.per_device_train_batch_size"] == "32"
+    [final] = [r for r in runs if r not in children and r.info.run_id != search.info.run_id]
+    assert final.data.metrics["test_model_accuracy"] == pytest.approx(result.evaluation["model"]["accuracy"])
 
 
 @pytest.mark.parametrize(

@@ -42,8 +42,10 @@ def evaluate(
     from kftune.components.evaluate.evaluate import flat_metrics
     from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
     from kftune.settings.fields import settings_from
+    from kftune.tracking.stages import record_evaluation
 
-    result = run(model.path, dataset.path, test_split.path, settings_from(EvaluateConfig, values))
+    config = settings_from(EvaluateConfig, values)
+    result = run(model.path, dataset.path, test_split.path, config)
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
     if "confusion_matrix" in result["model"]:
@@ -58,6 +60,8 @@ def evaluate(
         classification.log_roc_curve(curve["fpr"][::step], curve["tpr"][::step], thresholds)
     Path(report.path).write_text(evaluation_report_html(result), encoding="utf-8")
     Path(summary.path).write_text(evaluation_markdown(result), encoding="utf-8")
+    record_evaluation(model.path, result, config, {"reports": report.path, "reports/summary": summary.path},
+                      artifact_path=report.path)
     metrics.metadata["result"] = json.dumps({k: v for k, v in result.items() if k != "model"} | {
         "model": {k: v for k, v in result["model"].items() if k != "roc_curve"}})
     # A single unnamed output ("Output"): kfp.local 2.17 cannot resolve a dsl.If on a named one.

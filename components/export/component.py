@@ -7,9 +7,10 @@ from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from kftune.cluster.images import ImageScheme
 from kftune.components.export.config import ExportConfig
 from kftune.settings.signatures import with_settings
+from kftune.tracking.registry import RegistryConfig
 
 
-@with_settings(ExportConfig)
+@with_settings(ExportConfig, RegistryConfig)
 def export(
     dataset: Input[Dataset],
     test_split: Input[Dataset],
@@ -35,19 +36,25 @@ def export(
     from kftune.components.export.export import export_model
     from kftune.errors import KftuneError
     from kftune.settings.fields import settings_from
+    from kftune.tracking.registry import RegistryConfig
+    from kftune.tracking.stages import record_export
 
     config = settings_from(ExportConfig, values)
     if "result" not in evaluation.metadata:
         raise KftuneError("the evaluation input has no 'result' in its metadata; expected the evaluate step's metrics")
+    result = json.loads(evaluation.metadata["result"])
     report = export_model(model.path, dataset.path, test_split.path, exported_model.path, config,
-                          evaluation=json.loads(evaluation.metadata["result"]),
-                          base_model=model.metadata.get("base_model", ""))
+                          evaluation=result, base_model=model.metadata.get("base_model", ""))
     for name, value in report["parity"].items():
         metrics.log_metric(f"parity_{name}", value)
     for name, value in report.get("accuracy", {}).items():
         metrics.log_metric(f"test_accuracy_{name}", value)
     for name, value in report["size_bytes"].items():
         metrics.log_metric(f"size_mb_{name}", round(value / 2**20, 2))
+    registered = record_export(model.path, exported_model.path, report, exported_model.path, result,
+                               settings_from(RegistryConfig, values))
+    if registered:
+        exported_model.metadata["registered"] = registered
     exported_model.metadata.update({"framework": report["format"], "task": report["task"], "files": report["files"],
                                     "model_card": report["model_card"],
                                     **({"opset": report["opset"]} if "opset" in report else {})})

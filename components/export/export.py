@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 EXPORT_REPORT = "export_report.json"
+TRAINING_RECORDS = {"tensorboard", "tracking.json", "tracking-pending"}
+"""What a trained model directory holds besides the model (kftune.training.monitors, kftune.tracking)."""
 
 
 def _to_onnx(model, tokenizer, path: Path, opset: int, logits_axes: dict | None = None) -> list[str]:
@@ -247,6 +249,8 @@ def export_huggingface(model_dir: Path, dataset_dir: Path, test_dir: Path, outpu
 
     with atomic_directory(output_dir) as tmp:
         for path in model_dir.iterdir():
+            if path.name in TRAINING_RECORDS:  # of the training run, not of the model
+                continue
             if path.is_dir():
                 shutil.copytree(path, tmp / path.name)
             else:

@@ -7,10 +7,11 @@ from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 from kftune.cluster.images import ImageScheme
 from kftune.cluster.resources import TrainResources
 from kftune.settings.signatures import with_settings
+from kftune.tracking.config import TrackingConfig
 from kftune.training.config import Launch, TrainConfig
 
 
-@with_settings(TrainConfig, Launch, TrainResources)
+@with_settings(TrainConfig, Launch, TrainResources, TrackingConfig)
 def train(
     dataset: Input[Dataset],
     finetuned_model: Output[Model],
@@ -46,11 +47,15 @@ def train(
     values = dict(locals())
     import json
     import logging
+    from dataclasses import asdict
     from pathlib import Path
 
     from kftune.cluster.resources import TrainResources
     from kftune.components.train.report import curves_html, history_metrics
     from kftune.settings.fields import settings_from
+    from kftune.tasks import resolve_task
+    from kftune.tracking.config import TrackingConfig
+    from kftune.tracking.stages import end_training_run, fail_training_run, start_training_run
     from kftune.training.config import Launch, TrainConfig
     from kftune.training.launch import launch_training, shared_checkpoint_dir
     from kftune.training.search_space import apply_hyperparameters
@@ -69,23 +74,36 @@ def train(
         config = dataclasses.replace(config, model=pretrained_model.path)
         base_model = f"{base_model} (pretrained by the pretrain step)"
     handle = {}
+    config = resolve_task(config, dataset.path)
+    tracker = start_training_run(settings_from(TrackingConfig, values), asdict(config) | asdict(launch), dataset.path,
+                                 finetuned_model.path, run_name=f"{config.task} {Path(base_model.split()[0]).name}",
+                                 tags={"kfp.run_id": run_id, "task": config.task, "base_model": base_model})
     if launch.num_nodes > 1 and base_model != config.model:
         from kftune.errors import ConfigError
 
         raise ConfigError("a pretrained model from the pretrain step is not staged for a multi-node TrainJob yet: "
                           "set num_nodes 1 or pretrain false")
-    if launch.num_nodes > 1:
-        from kftune.components.train.trainjob import launch_multinode
+    try:
+        if launch.num_nodes > 1:  # the TrainJob's workers record no curves into the run (see the README)
+            from kftune.components.train.trainjob import launch_multinode
 
-        result = launch_multinode(config, dataset.path, finetuned_model.path, launch, resources, image=trainjob_image,
-                                  mount_path=shared_dir, namespace=namespace or None, runtime=trainjob_runtime)
-        history, handle = result["history"], result["trainjob"]
-        finetuned_model.metadata["trainjob"] = handle
-    else:
-        history = launch_training(config, dataset.path, finetuned_model.path, launch)
+            result = launch_multinode(config, dataset.path, finetuned_model.path, launch, resources,
+                                      image=trainjob_image, mount_path=shared_dir, namespace=namespace or None,
+                                      runtime=trainjob_runtime)
+            history, handle = result["history"], result["trainjob"]
+            finetuned_model.metadata["trainjob"] = handle
+        else:
+            history = launch_training(config, dataset.path, finetuned_model.path, launch,
+                                      env=tracker.env() if tracker else None)
+    except BaseException as e:
+        fail_training_run(tracker, e)
+        raise
     for name, value in history_metrics(history).items():
         metrics.log_metric(name, value)
     Path(curves.path).write_text(curves_html(history), encoding="utf-8")
+    end_training_run(tracker, finetuned_model.path, history, curves.path)
+    if tracker is not None:
+        finetuned_model.metadata["mlflow_run_id"] = tracker.run_id
     finetuned_model.metadata.update({"framework": "pytorch", "format": "huggingface", "base_model": base_model,
                                      "training_mode": config.training_mode, "best_epoch": history["best_epoch"]})
     return json.dumps(handle, sort_keys=True)

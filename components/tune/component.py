@@ -20,10 +20,11 @@ from kftune.cluster.images import ImageScheme
 from kftune.cluster.resources import TrainResources
 from kftune.components.tune.config import SearchConfig
 from kftune.settings.signatures import with_settings
+from kftune.tracking.config import TrackingConfig
 from kftune.training.config import Launch, TrainConfig
 
 
-@with_settings(SearchConfig, TrainConfig)
+@with_settings(SearchConfig, TrainConfig, TrackingConfig)
 def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_config", str), ("trials", List[dict])]):
     """Check the search and the base training configuration; plan the trials of a grid/random search.
 
@@ -32,26 +33,34 @@ def plan_search(dataset: Input[Dataset]) -> NamedTuple("PlanOutputs", [("train_c
 
     Returns:
         train_config: The base TrainConfig as JSON (trials train on the training split).
-        trials: The planned trials [{"number", "params"}] (empty for tpe and for katib).
+        trials: The planned trials [{"number", "params", "parent_run_id"}] (empty for tpe and for katib); parent_run_id: the search's MLflow run, whose children the trials are ("" untracked).
     """
     values = dict(locals())
     import json
+    import tempfile
     from collections import namedtuple
     from dataclasses import asdict
 
     from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import plan_search as plan
+    from kftune.components.tune.search import search_run
     from kftune.settings.fields import settings_from
     from kftune.tasks import resolve_task
+    from kftune.tracking.config import TrackingConfig
     from kftune.training.config import TrainConfig
 
     base = resolve_task(settings_from(TrainConfig, values), dataset.path)
-    base, trials = plan(settings_from(SearchConfig, values), base)
+    settings = settings_from(SearchConfig, values)
+    base, trials = plan(settings, base)
+    if trials:  # a grid/random fan-out: its MLflow run, which select_best ends
+        parent = search_run(settings_from(TrackingConfig, values), settings.algorithm, base,
+                            tempfile.mkdtemp(prefix="kftune-search-"), max_trials=len(trials), seed=base.seed)
+        trials = [{**trial, "parent_run_id": parent.run_id if parent else ""} for trial in trials]
     outputs = namedtuple("PlanOutputs", ["train_config", "trials"])
     return outputs(json.dumps(asdict(base)), trials)
 
 
-@with_settings(Launch)
+@with_settings(Launch, TrackingConfig)
 def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str:
     """Train one trial of a grid/random search; a failed trial is reported, not raised.
 
@@ -70,17 +79,20 @@ def search_trial(dataset: Input[Dataset], train_config: str, trial: dict) -> str
 
     from kftune.components.tune.trial import run_trial
     from kftune.settings.fields import settings_from
+    from kftune.tracking.config import TrackingConfig
     from kftune.training.config import Launch, TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     base = TrainConfig(**json.loads(train_config))
+    parent = trial.get("parent_run_id", "")
     with tempfile.TemporaryDirectory(prefix="kftune-trial-") as tmp:
         result = run_trial(base, trial["params"], dataset.path, f"{tmp}/model", number=int(trial["number"]),
-                           launch=settings_from(Launch, values))
-    return json.dumps(result)
+                           launch=settings_from(Launch, values),
+                           tracking=settings_from(TrackingConfig, values) if parent else None, parent_run_id=parent)
+    return json.dumps(result | {"parent_run_id": parent})
 
 
-@with_settings(SearchConfig)
+@with_settings(SearchConfig, TrackingConfig)
 def select_best(results: List[str], train_config: str) -> str:
     """Collect the trials of a grid/random search and pick the best by validation score.
 
@@ -95,15 +107,24 @@ def select_best(results: List[str], train_config: str) -> str:
     import json
 
     from kftune.components.tune.config import SearchConfig
+    from kftune.components.tune.search import end_search_run
     from kftune.components.tune.search import summary as search_summary
     from kftune.settings.fields import settings_from
+    from kftune.tracking.config import TrackingConfig
+    from kftune.tracking.tracker import Tracker
 
     settings = settings_from(SearchConfig, values)
     metric = json.loads(train_config)["metric_for_best_model"]
-    return json.dumps(search_summary(settings.algorithm, metric, settings.direction_for(metric), [json.loads(r) for r in results]))
+    trials = [json.loads(r) for r in results]
+    record = search_summary(settings.algorithm, metric, settings.direction_for(metric), trials)
+    parent = next((t["parent_run_id"] for t in trials if t.get("parent_run_id")), "")
+    tracking = settings_from(TrackingConfig, values)
+    if parent and tracking.enabled:
+        end_search_run(Tracker(tracking.tracking_uri, parent, None), record)
+    return json.dumps(record)
 
 
-@with_settings(SearchConfig, Launch)
+@with_settings(SearchConfig, Launch, TrackingConfig)
 def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     """Bayesian search: an Optuna study (TPE sampler, median pruning) whose trials train for real.
 
@@ -122,6 +143,7 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     from kftune.components.tune.config import SearchConfig
     from kftune.components.tune.search import optuna_search as run_study
     from kftune.settings.fields import settings_from
+    from kftune.tracking.config import TrackingConfig
     from kftune.training.config import Launch, TrainConfig
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -131,7 +153,8 @@ def optuna_search(dataset: Input[Dataset], train_config: str) -> str:
     with tempfile.TemporaryDirectory(prefix="kftune-study-") as tmp:
         record = run_study(base, space, dataset.path, tmp, max_trials=settings.max_trials, seed=base.seed,
                            direction=settings.direction_for(base.metric_for_best_model), include_defaults=settings.include_defaults,
-                           prune=settings.prune, launch=settings_from(Launch, values))
+                           prune=settings.prune, launch=settings_from(Launch, values),
+                           tracking=settings_from(TrackingConfig, values))
     return json.dumps(record)
 
 

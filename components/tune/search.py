@@ -23,6 +23,8 @@ from pathlib import Path
 from kftune.components.tune.config import SearchConfig
 from kftune.components.tune.trial import COMPLETE, FAILED, PRUNED, run_trial
 from kftune.errors import ConfigError, KftuneError
+from kftune.tracking.config import TrackingConfig
+from kftune.tracking.stages import spool_dir
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.pruning import PruningTarget, journal_storage
 from kftune.training.search_space import SearchSpace
@@ -118,6 +120,7 @@ def optuna_search(
     prune: bool = True,
     n_startup_trials: int = 2,
     launch: Launch | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict:
     """Run an Optuna study whose trials train for real; return its trials and best trial.
 
@@ -146,13 +149,14 @@ def optuna_search(
     )
     if include_defaults:
         study.enqueue_trial(default_params(space, base), skip_if_exists=True)
+    parent = search_run(tracking, "tpe", base, work_dir, max_trials=max_trials, seed=seed, direction=direction)
     results = []
     for _ in range(max_trials):
         trial = study.ask()
         params = space.suggest(trial)
         pruning = PruningTarget(**{**asdict(target), "trial_id": trial._trial_id}).to_json() if prune else ""
         result = run_trial(base, params, dataset_dir, work_dir / f"trial-{trial.number}", trial.number, pruning,
-                           launch=launch)
+                           launch=launch, tracking=tracking, parent_run_id=parent.run_id if parent else "")
         if result["state"] == COMPLETE:
             study.tell(trial, result["score"])
         elif result["state"] == PRUNED:
@@ -160,7 +164,33 @@ def optuna_search(
         else:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         results.append(result)
-    return summary("tpe", base.metric_for_best_model, direction, results, param_importance(study))
+    record = summary("tpe", base.metric_for_best_model, direction, results, param_importance(study))
+    end_search_run(parent, record)
+    return record
+
+
+def search_run(tracking: TrackingConfig | None, algorithm: str, base: TrainConfig, work_dir: Path, **settings):
+    """The search's MLflow run (its trials are its children), or None where tracking is off."""
+    if tracking is None or not tracking.enabled:
+        return None
+    from kftune.tracking.tracker import Tracker
+
+    parent = Tracker.start(tracking, f"search {algorithm} {base.task}", {"task": base.task, "search": algorithm},
+                           spool_dir(work_dir), "search")
+    if parent is not None:
+        parent.params({"algorithm": algorithm, "metric": base.metric_for_best_model, **settings})
+    return parent
+
+
+def end_search_run(parent, record: dict) -> None:
+    if parent is None:
+        return
+    best = record.get("best") or {}
+    parent.metrics({f"best_val_{record['metric']}": best.get("score"),
+                    **{f"trials_{k}": v for k, v in counts(record["trials"]).items()}})
+    parent.params({f"best.{k}": v for k, v in best.get("params", {}).items()})
+    parent.text(json.dumps(record, indent=2, default=str), "search/search.json")
+    parent.finish("FINISHED")
 
 
 def param_importance(study) -> dict[str, float]:

@@ -20,10 +20,12 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from kftune.errors import KftuneError
+from kftune.tracking.config import TrackingConfig
+from kftune.tracking.stages import start_training_run
 from kftune.training.config import BEST_METRICS, Launch, TrainConfig
 from kftune.training.launch import launch_training
 from kftune.training.search_space import apply_hyperparameters
@@ -42,12 +44,16 @@ def run_trial(
     pruning: str = "",
     keep_model: bool = False,
     launch: Launch | None = None,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str = "",
 ) -> dict:
-    """Train ``base`` with ``params`` applied (processes per ``launch``); return the trial's result.
+    """Train ``base`` with ``params`` applied (processes per ``launch``); return the trial's result. With
+    ``tracking`` the trial is recorded as an MLflow run, a child of the search's run ``parent_run_id``.
 
     Never raises KftuneError: a failed trial is a result too.
     """
     started = time.perf_counter()
+    tracker = None
     result = {"number": number, "params": dict(params), "state": FAILED, "score": None, "metrics": {},
               "epoch_scores": [], "seconds": 0.0, "error": ""}
     output_dir = Path(output_dir)
@@ -56,7 +62,10 @@ def run_trial(
         config = replace(apply_hyperparameters(base, params), pruning=pruning)
         result["params"] = {name: getattr(config, name) for name in params}
         log.info("trial %d: %s", number, ", ".join(f"{k}={v}" for k, v in params.items()) or "defaults")
-        history = launch_training(config, dataset_dir, output_dir, launch)
+        if tracking is not None:
+            tracker = start_training_run(tracking, asdict(config), dataset_dir, output_dir, {"trial": number},
+                                         f"trial {number}", parent_run_id=parent_run_id)
+        history = launch_training(config, dataset_dir, output_dir, launch, env=tracker.env() if tracker else None)
     except (KftuneError, TypeError, ValueError) as e:
         result["error"] = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         log.warning("trial %d failed: %s", number, result["error"])
@@ -75,6 +84,9 @@ def run_trial(
                  history["best_epoch"])
     finally:
         result["seconds"] = time.perf_counter() - started
+        if tracker is not None:
+            tracker.tags({"trial.state": result["state"], **({"error": result["error"]} if result["error"] else {})})
+            tracker.finish({COMPLETE: "FINISHED", PRUNED: "KILLED"}.get(result["state"], "FAILED"))
         if not keep_model:
             shutil.rmtree(output_dir, ignore_errors=True)
     return result

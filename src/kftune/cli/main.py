@@ -33,6 +33,7 @@ def preflight(arguments: dict) -> None:
     from kftune.components.preprocess.preprocess import prepare, read_data
     from kftune.data.bundled import resolve_model
     from kftune.settings.fields import settings_from
+    from kftune.tracking.config import TrackingConfig
     from kftune.training.config import Launch, TrainConfig
     from kftune.training.precision import resolve_precision
 
@@ -50,6 +51,7 @@ def preflight(arguments: dict) -> None:
                           "there); a local run can publish (--publish-uri) and serve it (kftune serve)")
     resolve_precision(config.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     settings_from(EvaluateConfig, arguments).validate()
+    settings_from(TrackingConfig, arguments).validate()
     if arguments.get("predict_input"):
         settings_from(PredictConfig, arguments).validate()
     elif arguments.get("predict_output"):
@@ -64,17 +66,55 @@ def preflight(arguments: dict) -> None:
 
 
 def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
-    """Run a pipeline with kfp.local, its full log in the run directory: (result, log file)."""
-    from kftune.cli.console import local_run_console
+    """Run a pipeline with kfp.local, its full log in the run directory: (result, log file). Runs are tracked in
+    the embedded MLflow store under ``output_dir`` unless ``tracking_uri`` names another (or is "off"); what the
+    tracking server did not take waits under ``output_dir``/tracking-pending and is sent again at the end."""
+    import os
 
+    from kftune.cli.console import local_run_console
+    from kftune.tracking.config import local_store
+    from kftune.tracking.tracker import ENV_SPOOL_DIR
+
+    arguments["tracking_uri"] = arguments.get("tracking_uri") or local_store(output_dir)
+    os.environ[ENV_SPOOL_DIR] = str(Path(output_dir).resolve() / "tracking-pending")
     with local_run_console(output_dir, verbose=verbose) as run_console:
         try:
             return runner(arguments, output_dir), run_console.log_path
         except RuntimeError as e:  # kfp.local: a task failed
             raise KftuneError(run_console.failure_message(e)) from e
+        finally:
+            _replay_pending(Path(os.environ[ENV_SPOOL_DIR]))
+
+
+def _replay_pending(spools: Path) -> None:
+    """Send what the tracking server did not take during the run, if it answers now; else say how to later."""
+    from kftune.tracking.tracker import replay
+    from kftune.tracking.tracker import spools as spool_files
+
+    if not spools.is_dir() or not any(spool_files(spools)):
+        return
+    try:
+        replay(spools)
+    except KftuneError as e:
+        print(f"kftune: warning: {e}; send them later with: kftune track replay {spools}", file=sys.stderr)
+
+
+def _print_tracking(results: dict) -> None:
+    tracking = results.get("tracking")
+    if tracking:
+        uri = tracking["tracking_uri"]
+        ui = f"mlflow ui --backend-store-uri {uri}" if not uri.startswith("http") else uri
+        print(f"MLflow run:       {tracking['run_id']} ({ui})")
+    if results.get("registered"):
+        registered = results["registered"]
+        print(f"registered:       {registered['name']} version {registered['version']} "
+              f"({', '.join(registered['aliases'])})")
+    if results["artifacts"].get("tensorboard"):
+        print(f"TensorBoard:      tensorboard --logdir {results['artifacts']['tensorboard']}")
 
 
 def _print_artifacts(results: dict, seconds: float, results_file: Path | None) -> None:
+    _print_tracking(results)
     print(f"fine-tuned model: {results['artifacts']['model']}")
     if "onnx" in results["artifacts"]:
         print(f"ONNX model:       {results['artifacts']['onnx']}")
@@ -275,6 +315,68 @@ def _add_predict_parser(sub) -> None:
     parser.set_defaults(handler=cmd_predict)
 
 
+def cmd_track_replay(args: argparse.Namespace) -> int:
+    """Send the tracking records a run could not send (its spool files) to the tracking server."""
+    from kftune.tracking.tracker import replay
+
+    sent = replay(args.directory, args.tracking_uri or "")
+    print(f"sent {sent['records']} record(s) from {sent['files']} file(s)")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """Move a registered model's champion alias by hand (promote a version, or roll back to the one before)."""
+    from kftune.tracking.registry import promote, rollback
+
+    uri = args.tracking_uri or local_tracking_store()
+    if args.command == "promote":
+        move = promote(uri, args.name, args.version, args.reason or "")
+    else:
+        move = rollback(uri, args.name, args.reason or "")
+    print(f"{args.name}: champion is version {move['version']} (was {move['previous']}), {move['action']} by "
+          f"{move['by']}: {move['reason']}")
+    return 0
+
+
+def local_tracking_store() -> str:
+    from kftune.tracking.config import local_store
+
+    return local_store(DEFAULT_RUNS_DIR)
+
+
+def _add_registry_parsers(sub) -> None:
+    for name, help_text in (("promote", "make a registered model's version its champion (the model deploy serves)"),
+                            ("rollback", "give the champion alias back to the version that held it before")):
+        parser = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ", in the "
+                                "MLflow registry; the move (who, when, why, from which version) is recorded on the "
+                                "registered model (tag kftune.champion_history).")
+        parser.add_argument("name", metavar="NAME", help="registered model, e.g. kftune-classification")
+        if name == "promote":
+            parser.add_argument("version", metavar="VERSION", help="the version to promote")
+        parser.add_argument("--reason", help="why (recorded with the move)")
+        parser.add_argument("--tracking-uri", help=f"the MLflow registry (default: the local runs' store, "
+                            f"{DEFAULT_RUNS_DIR}/mlflow.db)")
+        parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show tracebacks on errors")
+        parser.set_defaults(handler=cmd_promote)
+
+
+def _add_track_parser(sub) -> None:
+    track = sub.add_parser("track", help="experiment tracking: send what a run could not record",
+                           description="MLflow tracking of kftune runs.")
+    actions = track.add_subparsers(dest="action", required=True, metavar="ACTION")
+    replay_parser = actions.add_parser(
+        "replay", help="send the records a run spooled while its tracking server was away",
+        description="Send every spool file (*.tracking-pending.jsonl) under DIRECTORY, in order, to the MLflow "
+        "server each names (or --tracking-uri), ending each run last; sent files are deleted. A local run's "
+        "spools are in <output-dir>/tracking-pending, a pipeline step's inside its artifact (tracking-pending/).")
+    replay_parser.add_argument("directory", type=Path, metavar="DIRECTORY")
+    replay_parser.add_argument("--tracking-uri", help="send to this server instead of the one each file names")
+    replay_parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show tracebacks on errors")
+    replay_parser.set_defaults(handler=cmd_track_replay)
+
+
 def _add_local_run_parser(sub, name: str, handler, settings: tuple, help: str, description: str, results: str):
     """``kftune run`` / ``kftune tune``: a pipeline's settings as flags, and where the run goes."""
     parser = sub.add_parser(name, help=help, description=description)
@@ -381,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit_parser.set_defaults(handler=cmd_submit)
     _add_serve_parser(sub)
     _add_predict_parser(sub)
+    _add_track_parser(sub)
+    _add_registry_parsers(sub)
     return parser
 
 

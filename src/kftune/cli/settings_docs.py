@@ -23,6 +23,8 @@ from kftune.components.publish.config import PublishConfig
 from kftune.components.serve.config import ServeConfig
 from kftune.components.tune.config import SearchConfig
 from kftune.settings.catalog import Setting, settings_of
+from kftune.tracking.config import TrackingConfig
+from kftune.tracking.registry import RegistryConfig
 from kftune.training.config import Launch, TrainConfig
 from kftune.training.search_space import SEARCHABLE
 
@@ -33,10 +35,10 @@ END = "<!-- end of settings -->"
 TABLES: dict[str, tuple] = {
     "components/preprocess/README.md": (PreprocessConfig,),
     "components/pretrain/README.md": (PretrainConfig,),
-    "components/train/README.md": (TrainConfig, Launch, TrainResources),
+    "components/train/README.md": (TrainConfig, Launch, TrainResources, TrackingConfig),
     "components/tune/README.md": (SearchConfig,),
     "components/evaluate/README.md": (EvaluateConfig,),
-    "components/export/README.md": (ExportConfig,),
+    "components/export/README.md": (ExportConfig, RegistryConfig),
     "components/predict/README.md": (PredictConfig,),
     "components/publish/README.md": (PublishConfig,),
     "components/deploy/README.md": (DeployConfig,),

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from kftune.training.distributed import Ranks
+from kftune.training.monitors import memory_mb
 from kftune.training.progress import ProgressLine
 from kftune.training.state import BestModel, MicroBatching, Records
 from kftune.training.validation import EpochScores
@@ -24,9 +25,11 @@ log = logging.getLogger("kftune.train")
 class TrainingLog:
     """Keeps ``records`` (the history and the epoch's running loss) and reports progress (module docstring)."""
 
-    def __init__(self, records: Records, total_steps: int, logging_steps: int, ranks: Ranks):
+    def __init__(self, records: Records, total_steps: int, logging_steps: int, ranks: Ranks, monitors: list = ()):
         self.records, self.total_steps, self.logging_steps = records, total_steps, logging_steps
-        self.world, self.is_main = ranks.world, ranks.is_main
+        self.world, self.is_main, self.device = ranks.world, ranks.is_main, ranks.device
+        self.monitors = list(monitors)  # TensorBoard, MLflow (kftune.training.monitors): rank 0's only
+        self.last_step = 0
         self.line = ProgressLine(total_steps, enabled=ranks.is_main)  # for kftune run's progress bar
         self.run_start = self.epoch_start = self.window_start = time.perf_counter()
         self.window_samples = self.epoch_samples = self.epoch_tokens = 0
@@ -63,6 +66,11 @@ class TrainingLog:
                                               "learning_rate": learning_rate, "samples_per_second": rate})
         log.info("epoch %d step %d/%d loss %.4f lr %.2e %.1f samples/s", epoch + 1, step, self.total_steps, loss,
                  learning_rate, rate)
+        self.last_step = step
+        shown = {"loss": loss, "learning_rate": learning_rate, "samples_per_second": rate,
+                 "memory_mb": memory_mb(self.device)}
+        for monitor in self.monitors:
+            monitor.step(step, shown)
         self.window_start, self.window_samples = time.perf_counter(), 0
 
     def epoch_seconds(self) -> float:
@@ -85,6 +93,8 @@ class TrainingLog:
                  record["train_samples_per_second"], " ".join(f"{k} {v:.4f}" for k, v in scores.items()),
                  " (best)" if validated.improved else "")
         self.line.epoch(epoch + 1, metric, scores[metric])
+        for monitor in self.monitors:
+            monitor.epoch(self.last_step, {k: v for k, v in record.items() if k != "epoch"})
 
     def finish(self, best: BestModel, micro_batching: MicroBatching, metric: str, precision: str,
                training_mode: str) -> dict:
@@ -97,4 +107,6 @@ class TrainingLog:
         history.update(best_epoch=best.epoch + 1, best_metric=metric, best_score=best.score,
                        train_seconds=time.perf_counter() - self.run_start, precision=precision,
                        training_mode=training_mode)
+        for monitor in self.monitors:
+            monitor.finish(history)
         return history

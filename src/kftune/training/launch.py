@@ -69,9 +69,11 @@ def training_command(
 
 
 def launch_training(
-    config: TrainConfig, dataset_dir: str | Path, output_dir: str | Path, launch: Launch | None = None
+    config: TrainConfig, dataset_dir: str | Path, output_dir: str | Path, launch: Launch | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict:
-    """Train with torchrun (processes per ``launch``) and return the training history written by rank 0."""
+    """Train with torchrun (processes per ``launch``) and return the training history written by rank 0; ``env``
+    adds to the workers' environment (the MLflow run they record into)."""
     import torch
 
     from kftune.tasks import resolve_task
@@ -85,7 +87,7 @@ def launch_training(
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     nproc, kind = plan_processes(launch.nproc_per_node, gpus)
     resolve_precision(config.mixed_precision, torch.device(kind))  # fp16 without a GPU fails here, not in torchrun
-    env = dict(os.environ)
+    env = dict(os.environ) | (env or {})
     if kind == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # torchrun would otherwise pin every worker to one thread.
         env["OMP_NUM_THREADS"] = str(max(1, available_cpus() // nproc))

@@ -21,10 +21,11 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from kftune.training.distributed import Preemption, Ranks
 from kftune.training.history import TrainingLog
 from kftune.training.memory import check_model_fits
 from kftune.training.microbatch import MicroBatchSplitter
+from kftune.training.monitors import keep_tensorboard, start_monitors, tensorboard_dir
 from kftune.training.optimizer import build_optimizer, build_scheduler, optimizer_step
 from kftune.training.precision import autocast, loss_scaler, resolve_precision
 from kftune.training.recipe import Recipe, Run, Split
@@ -199,6 +201,8 @@ def write_model(model, recipe: Recipe, run: Run, tokenizer, validation: Split, h
         recipe.write_model(model, tmp, validation, run)
         tokenizer.save_pretrained(str(tmp))
         (tmp / HISTORY_FILE).write_text(json.dumps(history, indent=2), encoding="utf-8")
+        keep_tensorboard(output_dir, tmp)
+    shutil.rmtree(tensorboard_dir(output_dir), ignore_errors=True)
 
 
 def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_steps: Collection[int] = ()) -> dict:
@@ -243,7 +247,8 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         config, partial(recipe.validate, model, val_split, run), checkpointer.model_weights, ranks,
         task.higher_is_better(config.metric_for_best_model), state.best, every_rank=fsdp,
         trivial=recipe.trivial_scores, gain=task.gain)
-    records = TrainingLog(state.records, schedule.total_steps, config.logging_steps, ranks)
+    records = TrainingLog(state.records, schedule.total_steps, config.logging_steps, ranks,
+                          start_monitors(output_dir, asdict(config)) if ranks.is_main else ())
     if ranks.is_main:
         log_start(config, model, schedule, run)
     records.start(state.step)

@@ -1,0 +1,55 @@
+"""A real MLflow tracking server on 127.0.0.1 for the tracking tests.
+
+:class:`MlflowServer` runs ``mlflow server`` in a subprocess (its own process group): a sqlite backend store and
+an artifact directory under ``root``, served on a free port. :meth:`MlflowServer.stop` kills it, as a crash
+would (clients see connection refused), and :meth:`MlflowServer.start` starts it again on the same port with the
+same store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.object_servers import HOST, free_port
+
+
+class MlflowServer:
+    def __init__(self, root: Path):
+        self.root, self.port, self.proc = Path(root), free_port(), None
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, timeout: float = 240.0) -> MlflowServer:
+        log = (self.root / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--artifacts-destination", str(self.root / "artifacts"), "--host", HOST, "--port", str(self.port),
+             "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.root / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self.proc = None
