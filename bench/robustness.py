@@ -74,6 +74,11 @@ def one_run(task: str, seed: int, precision: str, rows: int, max_steps: int, wor
         "beats_trivial": (definition.gain(primary, result["model"][primary], trivial[primary]) > 0
                           if primary in trivial else None),
         "passed": result["passed"], "failed_checks": [c for c, ok in result["checks"].items() if not ok],
+        # every score the summary shows, of the model and of the trivial answer (a multi-label model against the
+        # empty set on subset accuracy and Hamming loss, not only the primary score)
+        "scores": {k: result["model"][k] for k in definition.result_metrics(result)
+                   if isinstance(result["model"].get(k), int | float)},
+        "trivial_scores": {k: v for k, v in trivial.items() if isinstance(v, int | float)},
         "train_seconds": seconds,
     }
 
