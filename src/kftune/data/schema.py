@@ -144,19 +144,22 @@ def save_splits(dataset, dataset_dir: Path, test_dir: Path) -> None:
     dataset[TEST_SPLIT].save_to_disk(str(test_dir / TEST_DIR))
 
 
-def split_files(dataset_dir: str | Path, test_dir: str | Path) -> list[tuple[str, Path]]:
+def split_files(dataset_dir: str | Path, test_dir: str | Path | None) -> list[tuple[str, Path]]:
     """The data files of every split, in a fixed order: (name, path) with the name relative to its artifact
-    (``splits/train/data-00000-of-00001.arrow``, ..., ``test/data-00000-of-00001.arrow``)."""
+    (``splits/train/data-00000-of-00001.arrow``, ..., ``test/data-00000-of-00001.arrow``); without ``test_dir``,
+    train and validation's only."""
     found = []
-    for root, top in ((Path(dataset_dir), SPLITS_DIR), (Path(test_dir), TEST_DIR)):
+    artifacts = ((Path(dataset_dir), SPLITS_DIR),) + (((Path(test_dir), TEST_DIR),) if test_dir else ())
+    for root, top in artifacts:
         found += sorted((path.relative_to(root).as_posix(), path) for path in (root / top).rglob("*.arrow"))
     return found
 
 
-def splits_sha256(dataset_dir: str | Path, test_dir: str | Path) -> str:
+def splits_sha256(dataset_dir: str | Path, test_dir: str | Path | None) -> str:
     """One sha256 of the examples preprocess wrote (train and validation in the dataset artifact ``dataset_dir``, test
-    in the test split artifact ``test_dir``): over each split data file's name and sha256, one line each, in
-    :func:`split_files` order. Only the Arrow data files count, not ``state.json``'s cache fingerprints."""
+    in the test split artifact ``test_dir``; without it, train and validation's): over each split data file's name
+    and sha256, one line each, in :func:`split_files` order. Only the Arrow data files count, not ``state.json``'s
+    cache fingerprints."""
     import hashlib
 
     from kftune.storage.checksums import sha256_of

@@ -9,7 +9,6 @@ and ends the run (:func:`record_evaluation`); export adds the exported model (:f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -18,8 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kftune import __version__
-from kftune.data.schema import STATS_FILE
-from kftune.storage.checksums import sha256_of
+from kftune.data.schema import STATS_FILE, splits_sha256
 from kftune.tracking.config import TrackingConfig
 from kftune.tracking.registry import REGISTERED_FILE, RegistryConfig, register
 from kftune.tracking.tracker import ENV_SPOOL_DIR, SPOOL_SUFFIX, Tracker
@@ -28,16 +26,6 @@ log = logging.getLogger(__name__)
 
 PENDING_DIR = "tracking-pending"
 """In an artifact: records its stage could not send (``kftune track replay`` on the artifact sends them)."""
-
-
-def directory_digest(directory: str | Path) -> str:
-    """sha256 over a directory's files (relative names and contents), the first 16 hex digits: MLflow's dataset
-    digest."""
-    digest = hashlib.sha256()
-    root = Path(directory)
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(root).as_posix()}\0{sha256_of(file)}\n".encode())
-    return digest.hexdigest()[:16]
 
 
 def spool_dir(artifact_path: str | Path) -> Path:
@@ -77,7 +65,8 @@ def start_training_run(tracking: TrackingConfig, settings: dict, dataset_dir: st
               **{f"removed_{k}": v for k, v in stats.get("removed", {}).items()},
               **{f"rows_{k}": v for k, v in stats.get("split_sizes", {}).items()}}
     tracker.metrics({f"data_{k}": v for k, v in counts.items() if v is not None})
-    tracker.dataset(f"{stats.get('task', 'dataset')}-train-validation", directory_digest(dataset_dir),
+    # MLflow's dataset digest: the model card's data digest of the same splits (test excluded: train has no test)
+    tracker.dataset(f"{stats.get('task', 'dataset')}-train-validation", splits_sha256(dataset_dir, None)[:16],
                     str(stats.get("source", dataset_dir)), context="training",
                     profile={"split_sizes": stats.get("split_sizes", {})})
     return tracker
