@@ -61,7 +61,8 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
         description="Fine-tune a pretrained transformer for text classification or instruction-tune a causal LM "
         "(task): preprocess, train with torchrun, evaluate against baselines (the base model, for a causal LM), "
         "export (ONNX; a Hugging Face directory for a causal LM); when the gate passes, predict on predict_input "
-        "(when given) and publish the model to object storage and deploy it on KServe.",
+        "(when given) and publish the model to object storage and, when it becomes the registry's champion (not worse "
+        "than the one in production), deploy it on KServe.",
     )
     @with_settings(*SETTINGS, cluster.resources, cluster.secrets, omit=cluster.omitted_settings())
     def finetune() -> Outputs:
@@ -87,7 +88,10 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
                 published.set_display_name("publish").set_cpu_request("1").set_memory_request("2G")
                 published.set_retry(num_retries=2, backoff_duration="30s")
                 cluster.use_storage_secrets(published, values)
-                with dsl.If(values["deploy_name"] != "", name="deploy-requested"):
+                cluster.use_tracking_secret(published, values)  # the published URI goes onto the registry version
+                # deploy serves the champion: a model the registry kept as challenger is published, not served
+                with dsl.If(values["deploy_name"] != "", name="deploy-requested"), \
+                        dsl.If(exported.outputs["Output"] == True, name="promoted"):  # noqa: E712
                     deployed = settings_task(deploy_op, values, model_uri=published.outputs["Output"],
                                              exported_model=exported.outputs["exported_model"])
                     deployed.set_display_name("deploy").set_cpu_request("250m").set_memory_request("512M")

@@ -51,6 +51,10 @@ class LocalRunResult:
                                     for k, v in ev["intervals"].items()},
                 "resamples": ev["resamples"]} if "intervals" in ev else {}),
             "passed": self.passed,
+            **({"champion": {k: v for k, v in ev["champion"].items()
+                             if k in ("name", "version", "model", "delta", "intervals", "error")}}
+               if "champion" in ev else {}),
+            **({"promotion": ev["promotion"]} if "promotion" in ev else {}),
             "test_size": ev["test_size"],
             **task.result_extras(ev),
             **({"tracking": tracking} if tracking else {}),

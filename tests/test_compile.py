@@ -238,7 +238,7 @@ def _task_paths(doc) -> dict[str, list[str]]:
     return paths
 
 
-def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
+def test_publish_and_deploy_run_only_when_the_gate_passes_and_deploy_only_for_a_new_champion(tmp_path):
     doc = _compile(tmp_path)
     paths = _task_paths(doc)
     assert paths["train"] == [] and paths["evaluate"] == [] and paths["export"] == []
@@ -247,6 +247,8 @@ def test_publish_and_deploy_run_only_when_the_gate_passes(tmp_path):
     assert "publish_uri" in publish_requested and "!= ''" in publish_requested
     assert paths["deploy"][:2] == paths["publish"]
     assert "deploy_name" in paths["deploy"][2]
+    # deploy serves the champion: only an export that became it (export's output) is deployed
+    assert "export-Output" in paths["deploy"][3] and "true" in paths["deploy"][3] and len(paths["deploy"]) == 4
     # publish uploads the ONNX export; deploy serves the version publish wrote
     tasks = doc["components"]
     (publish_dag,) = [c["dag"] for c in tasks.values() if "dag" in c and "publish" in c["dag"]["tasks"]]
@@ -316,12 +318,12 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
     # the tracking server's credentials, on the tasks that record into the run
     doc = _compile(tmp_path, "--tracking-secret", "mlflow-auth")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for stage in ("train", "evaluate", "export"):
+    for stage in ("train", "evaluate", "export", "publish"):  # publish: the published URI onto the registry version
         [secret] = [s for s in executors[f"exec-{stage}"]["secretAsEnv"]
                     if "tracking_secret" in s["secretNameParameter"]["componentInputParameter"]]
         assert secret["optional"] is True and {(k["secretKey"], k["envVar"]) for k in secret["keyToEnv"]} == {
             (k, k) for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")}
-    for stage in ("preprocess", "predict", "publish", "deploy"):
+    for stage in ("preprocess", "predict", "deploy"):
         assert all("tracking_secret" not in s["secretNameParameter"]["componentInputParameter"]
                    for s in executors.get(f"exec-{stage}", {}).get("secretAsEnv", [])), stage
     assert doc["root"]["inputDefinitions"]["parameters"]["tracking_secret"]["defaultValue"] == "mlflow-auth"

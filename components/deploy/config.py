@@ -24,7 +24,7 @@ class DeployConfig:
     """The InferenceService that serves the published model."""
 
     deploy_name: str = ""
-    """When the gate passes and the model is published, create or update the KServe InferenceService of this name (a DNS-1035 label of at most 47 characters) to serve it. Empty: don't deploy."""  # noqa: E501
+    """When the model is published and becomes the registry's champion (with no registry: passes the gate), create or update the KServe InferenceService of this name (a DNS-1035 label of at most 47 characters) to serve it; kftune promote and rollback serve the new champion there. Empty: don't deploy."""  # noqa: E501
     deploy_namespace: str = ""
     """Namespace of the InferenceService (empty: the namespace the pipeline runs in)."""
     serving_runtime: str = DEFAULT_RUNTIME

@@ -7,9 +7,10 @@ from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Markdown, Metri
 from kftune.cluster.images import ImageScheme
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.settings.signatures import with_settings
+from kftune.tracking.registry import RegistryConfig
 
 
-@with_settings(EvaluateConfig)
+@with_settings(EvaluateConfig, RegistryConfig)
 def evaluate(
     dataset: Input[Dataset],
     test_split: Input[Dataset],
@@ -19,13 +20,13 @@ def evaluate(
     report: Output[HTML],
     summary: Output[Markdown],
 ) -> bool:
-    """Score the fine-tuned model on the test split against the task's baselines (fitted on the train split, or a causal LM's base model on the same prompts), and gate it.
+    """Score the fine-tuned model on the test split against the task's baselines (fitted on the train split, or a causal LM's base model on the same prompts), and gate it; where the model registry has a champion, score it on the same split and decide whether the model may replace it.
 
     Args:
         dataset: Train and validation splits from preprocess (the baselines train on its train split).
         test_split: The test split from preprocess: what the model and the baselines are scored on.
         model: Fine-tuned model from train.
-        metrics: Output: the task's test scores of the model and baselines, deltas, gate.
+        metrics: Output: the task's test scores of the model, baselines and champion, deltas, gate, promotion.
         classification: Output: confusion matrix (and ROC curve for binary classification), where the task has one.
         report: Output: HTML report with tables and plots.
         summary: Output: Markdown table, model vs baselines.
@@ -42,10 +43,11 @@ def evaluate(
     from kftune.components.evaluate.evaluate import flat_metrics
     from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
     from kftune.settings.fields import settings_from
+    from kftune.tracking.registry import RegistryConfig
     from kftune.tracking.stages import record_evaluation
 
     config = settings_from(EvaluateConfig, values)
-    result = run(model.path, dataset.path, test_split.path, config)
+    result = run(model.path, dataset.path, test_split.path, config, settings_from(RegistryConfig, values))
     for name, value in flat_metrics(result).items():
         metrics.log_metric(name, value)
     if "confusion_matrix" in result["model"]:

@@ -28,6 +28,8 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     """Gate: the model must not be worse than the task's trivial answer (classification: the most frequent class; regression: the training mean; multilabel: the most frequent label set; token-classification: each word's most frequent tag) on any test score that answer has, by more than this (in the score's units: 0.01 is one point of a score in [0, 1]; for regression's errors, the target's units): a model that collapsed to one class, or to every label, fails with a line naming the score; -1: no such check."""  # noqa: E501
     gain_at_lower_bound: bool = setting(False)
     """Gate: hold the lower bound of the gain's 95% interval (paired bootstrap over the test examples), not its point estimate, to min_gain_over_baseline: a gain that may be noise fails."""  # noqa: E501
+    max_regression: float = setting(0.01, ge=0)
+    """Promotion: a model that passes the gate replaces the registered champion (the version deploy serves) only if the lower bound of the 95% interval of its gain over the champion in the primary metric, both scored on this test split (paired bootstrap), is at least -this (0: not worse at all; 0.01: one point of a score; for an error such as RMSE, in the target's units); else it is registered as challenger and the champion stays."""  # noqa: E501
     batch_size: int = internal(128, ge=1)
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ def export(
     evaluation: Input[Metrics],
     exported_model: Output[Model],
     metrics: Output[Metrics],
-):
+) -> bool:
     """Export the fine-tuned model in its task's format and verify it: an encoder's logits as ONNX (dynamic batch and sequence axes), a causal LM as a Hugging Face directory (merged weights, and the LoRA adapter); each with a Hugging Face model card (README.md) stating the base model, the data and the evaluation.
 
     Args:
@@ -28,6 +28,9 @@ def export(
         evaluation: Evaluate's metrics: its result (test scores with intervals, baselines, gate) goes into the model card.
         exported_model: Output: model.onnx (and model.int8.onnx), tokenizer and config; or the merged Hugging Face model and adapter/; and the model card, README.md.
         metrics: Output: parity figures, accuracies and file sizes.
+
+    Returns:
+        Whether the export is the model to serve: the registry's champion once registered (a model that passed the gate and is not worse than the champion), or, with no registry, a model that passed the gate.
     """
     values = dict(locals())
     import json
@@ -36,6 +39,7 @@ def export(
     from kftune.components.export.export import export_model
     from kftune.errors import KftuneError
     from kftune.settings.fields import settings_from
+    from kftune.tracking.champion import deploys
     from kftune.tracking.registry import RegistryConfig
     from kftune.tracking.stages import record_export
 
@@ -58,6 +62,8 @@ def export(
     exported_model.metadata.update({"framework": report["format"], "task": report["task"], "files": report["files"],
                                     "model_card": report["model_card"],
                                     **({"opset": report["opset"]} if "opset" in report else {})})
+    # A single unnamed output ("Output"), as evaluate's: kfp.local 2.17 cannot resolve a dsl.If on a named one.
+    return deploys(result, registered)
 
 
 def component(images: ImageScheme = ImageScheme()):

@@ -34,6 +34,7 @@ def publish(
     from kftune.components.publish.config import PublishConfig
     from kftune.components.publish.publish import publish_model
     from kftune.settings.fields import settings_from
+    from kftune.tracking.stages import record_publish
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from(PublishConfig, values)
@@ -41,6 +42,7 @@ def publish(
     metrics.log_metric("version", int(result["version"][1:]))
     metrics.log_metric("files", result["files"])
     metrics.log_metric("size_mb", round(result["bytes"] / 2**20, 2))
+    record_publish(model.path, result["version_uri"])
     return result["version_uri"]
 
 

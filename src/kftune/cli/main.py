@@ -325,17 +325,41 @@ def cmd_track_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    """Move a registered model's champion alias by hand (promote a version, or roll back to the one before)."""
-    from kftune.tracking.registry import promote, rollback
+    """Move a registered model's champion alias by hand (promote a version, or roll back to the one before); with
+    --deploy-name, first serve that version's published copy there (the alias moves only once it is Ready)."""
+    from kftune.components.deploy.config import DeployConfig
+    from kftune.tracking.registry import promote, rollback, rollback_target
 
     uri = args.tracking_uri or local_tracking_store()
+    version = args.version if args.command == "promote" else rollback_target(uri, args.name)[1]
+    deploy = DeployConfig(**setting_values(args, DeployConfig))
+    if deploy.deploy_name:
+        redeploy(uri, args.name, version, deploy)
     if args.command == "promote":
-        move = promote(uri, args.name, args.version, args.reason or "")
+        move = promote(uri, args.name, version, args.reason or "")
     else:
         move = rollback(uri, args.name, args.reason or "")
     print(f"{args.name}: champion is version {move['version']} (was {move['previous']}), {move['action']} by "
           f"{move['by']}: {move['reason']}")
     return 0
+
+
+def redeploy(uri: str, name: str, version: str, settings) -> dict:
+    """Serve ``version``'s published copy (its ``kftune.storage_uri``) as the InferenceService ``settings`` name."""
+    from kftune.components.deploy.deploy import deploy_inference_service, deploy_request
+    from kftune.errors import KftuneError
+    from kftune.tasks import DEFAULT_TASK
+    from kftune.tracking.registry import STORAGE_URI_TAG, version_info
+
+    found = version_info(uri, name, version)
+    storage = found["tags"].get(STORAGE_URI_TAG)
+    if not storage:
+        raise KftuneError(f"{name} version {version} has no published copy to serve (no {STORAGE_URI_TAG} tag: "
+                          "its pipeline run had no publish_uri); publish it, or deploy without --deploy-name")
+    request = deploy_request(settings, storage, found["tags"].get("task") or DEFAULT_TASK)
+    handle = deploy_inference_service(request, timeout_seconds=settings.deploy_timeout_minutes * 60)
+    print(f"{request.namespace}/{request.name}: serving {name} version {version} ({storage}) at {handle['url']}")
+    return handle
 
 
 def local_tracking_store() -> str:
@@ -345,17 +369,22 @@ def local_tracking_store() -> str:
 
 
 def _add_registry_parsers(sub) -> None:
+    from kftune.components.deploy.config import DeployConfig
+
     for name, help_text in (("promote", "make a registered model's version its champion (the model deploy serves)"),
                             ("rollback", "give the champion alias back to the version that held it before")):
         parser = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ", in the "
                                 "MLflow registry; the move (who, when, why, from which version) is recorded on the "
-                                "registered model (tag kftune.champion_history).")
+                                "registered model (tag kftune.champion_history). With --deploy-name, the version's "
+                                "published copy is served there first (created or updated, waited on until Ready), "
+                                "and the alias moves only then.")
         parser.add_argument("name", metavar="NAME", help="registered model, e.g. kftune-classification")
         if name == "promote":
             parser.add_argument("version", metavar="VERSION", help="the version to promote")
         parser.add_argument("--reason", help="why (recorded with the move)")
         parser.add_argument("--tracking-uri", help=f"the MLflow registry (default: the local runs' store, "
                             f"{DEFAULT_RUNS_DIR}/mlflow.db)")
+        add_group_flags(parser, DeployConfig)  # --deploy-name: serve the new champion there before the alias moves
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                             help="show tracebacks on errors")
         parser.set_defaults(handler=cmd_promote)

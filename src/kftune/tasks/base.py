@@ -13,7 +13,7 @@ preprocess   ``detect`` / ``reads_file`` (task auto), ``prepare`` (read, clean, 
 train        ``recipe`` (model, batches, objective, validation, what the trained model directory
              holds), ``training_modes``, ``shardings``, ``best_metrics``, ``defaults``
 tune         ``search_space``, ``best_metrics``, ``lower_is_better``
-evaluate     ``evaluate`` (test scores and baselines), ``example_statistics`` and ``scores_from_sums``
+evaluate     ``evaluate`` (test scores, baselines, the champion), ``example_statistics`` and ``scores_from_sums``
              (the paired bootstrap intervals), ``checks`` (the gate), ``flat_metrics``,
              ``summary_table``, ``report_intro``, ``report_figures``, ``report_sections``
 export       ``export_format`` and, for ONNX, ``decisions`` and ``logits_axes`` (the parity check);
@@ -183,10 +183,15 @@ class Task:
         raise NotImplementedError
 
     # --- evaluation -------------------------------------------------------------------
-    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config) -> dict:
+    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config,
+                 champion_dir: Path | None = None) -> dict:
         """The trained model and the baselines scored on the test split (the test split artifact ``test_dir``;
         baselines fit on the dataset artifact's train split): ``task``, ``test_size``, ``model``, ``baselines``,
-        ``baseline``, ``delta_vs_baseline`` and what the task's report needs."""
+        ``baseline``, ``delta_vs_baseline`` and what the task's report needs. With ``champion_dir`` (the
+        registered champion's export, :mod:`kftune.tracking.champion`), also ``champion``: its scores on the same
+        split (``model``), the gains over it (``delta``) and their paired intervals (``intervals``), or
+        ``{"error": why}`` where it cannot be scored on this split; a task that leaves ``champion`` out is never
+        promoted over one automatically."""
         raise NotImplementedError
 
     def example_statistics(self, truth, predicted, info: dict) -> dict:

@@ -13,6 +13,7 @@ data hooks too.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ import numpy as np
 from kftune.data.bundled import BUNDLED_MODEL
 from kftune.data.schema import LABEL, LENGTH, TEXT
 from kftune.tasks.base import Prepared, Task, interval_metrics, interval_rows
+
+log = logging.getLogger(__name__)
 
 ENCODER_DEFAULTS = {"model": BUNDLED_MODEL, "max_seq_length": 128, "training_mode": "full"}
 """What the encoder tasks' ``auto`` settings share (each task adds or replaces its own)."""
@@ -212,7 +215,8 @@ class EncoderTask(Task):
             return data_info
         return {**data_info, "labels": [model.config.id2label[i] for i in range(model.config.num_labels)]}
 
-    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config) -> dict:
+    def evaluate(self, model_dir: Path, dataset_dir: Path, test_dir: Path, config,
+                 champion_dir: Path | None = None) -> dict:
         from kftune.data.schema import dataset_task, load_splits, load_test_split
         from kftune.errors import KftuneError
         from kftune.inference.runners import predict_logits, torch_runner
@@ -253,7 +257,48 @@ class EncoderTask(Task):
                 self.example_statistics(truth, predicted[self.baseline], info),
                 lambda sums: self.scores_from_sums(sums, info), self.gain)
             result["resamples"] = RESAMPLES
+        if champion_dir is not None:
+            result["champion"] = self.compare_with_champion(
+                Path(champion_dir), Path(dataset_dir), test, truth, self.predicted(logits, truth, info), model_scores,
+                info, config)
         return result
+
+    def compare_with_champion(self, champion_dir: Path, dataset_dir: Path, test, truth, predicted,
+                              model_scores: dict, info: dict, config) -> dict:
+        """The champion's export scored on the candidate's test split: its scores (``model``), the candidate's
+        gains over it (``delta``) and their paired 95% intervals (``intervals``); or ``{"error": why}`` where it
+        cannot be scored on this split (:mod:`kftune.tracking.champion`)."""
+        from kftune.tasks.bootstrap import paired_intervals
+        from kftune.tracking.champion import NotComparable
+
+        try:
+            champion = self.open_export(champion_dir, batch_size=config.batch_size)
+            if champion.info.get("task", self.name) != self.name:
+                raise NotComparable(f"it is a {champion.info['task']} model")
+            if champion.info.get("labels") != info.get("labels"):
+                raise NotComparable(f"its labels {champion.info.get('labels')} differ from the candidate's "
+                                    f"{info.get('labels')}")
+            logits = self.champion_logits(champion, test, same_tokens(champion, dataset_dir))
+            theirs = self.predicted(logits, truth, champion.info)
+            scores = self.scores(logits, truth, champion.info, full=True)
+            intervals = paired_intervals(self.example_statistics(truth, predicted, info),
+                                         self.example_statistics(truth, theirs, champion.info),
+                                         lambda sums: self.scores_from_sums(sums, info), self.gain)
+        except Exception as e:  # noqa: BLE001 -- the candidate's own evaluation stands; only its promotion waits
+            log.warning("champion: not scored on this test split: %s", e)
+            return {"error": str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__}
+        return {"model": {k: float(scores[k]) for k in self.metrics},
+                "delta": {k: float(self.gain(k, model_scores[k], scores[k])) for k in self.metrics},
+                "intervals": {k: {"ci_low": v["ci_low"], "ci_high": v["ci_high"]} for k, v in intervals.items()}}
+
+    def champion_logits(self, champion, test, same_tokens: bool) -> np.ndarray:
+        """The champion's logits on the test split: on the split's own tokens where the champion's tokenizer and
+        token limit are the candidate's, else on the split's texts as the champion's preprocess would treat them."""
+        from kftune.inference.runners import predict_logits
+
+        if same_tokens:
+            return predict_logits(champion.run, test, champion.batch_size, champion.tokenizer.pad_token_id or 0)
+        return champion.logits({name: list(test[name]) for name in self.text_fields})
 
     def predicted(self, logits: np.ndarray, labels: np.ndarray, info: dict):
         """The model's predictions that its scores are computed from (classes, label sets, numbers; token
@@ -321,6 +366,22 @@ class EncoderTask(Task):
         from kftune.data.text import clean_text
 
         return not clean_text(text)
+
+
+def same_tokens(champion, dataset_dir: Path) -> bool:
+    """Whether an export (``champion``) tokenizes as the dataset artifact did: the same vocabulary and token limit."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from kftune.data.schema import STATS_FILE
+
+    try:
+        limit = json.loads((dataset_dir / STATS_FILE).read_text(encoding="utf-8"))["config"]["max_seq_length"]
+        tokenizer = AutoTokenizer.from_pretrained(str(dataset_dir))
+    except (OSError, ValueError, KeyError):
+        return False
+    return int(limit) == champion.max_seq_length and tokenizer.get_vocab() == champion.tokenizer.get_vocab()
 
 
 def as_float(value):

@@ -69,9 +69,13 @@ def _version_of(client, name: str, alias: str) -> str | None:
         return None
 
 
-def register(tracking_uri: str, run_id: str, name: str, source: str, tags: dict, description: str = "") -> dict:
+def register(tracking_uri: str, run_id: str, name: str, source: str, tags: dict, description: str = "",
+             promotion: dict | None = None, compared_with: str | None = None) -> dict:
     """A new version of registered model ``name`` from the artifacts at ``source`` of run ``run_id``: the alias
-    challenger, and champion where the model has none yet. Returns {name, version, aliases, tracking_uri}."""
+    challenger, and champion where the model has none yet, or where evaluate's ``promotion`` says so and the
+    champion is still the version it was compared with (``compared_with``; None: there was none). A refused
+    promotion is recorded on the version (tag ``kftune.promotion``). Returns {name, version, aliases, promoted,
+    tracking_uri}."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -85,11 +89,23 @@ def register(tracking_uri: str, run_id: str, name: str, source: str, tags: dict,
     number = str(version.version)  # a str from a server, an int from a sqlite store
     aliases = [CHALLENGER]
     client.set_registered_model_alias(name, CHALLENGER, number)
-    if _version_of(client, name, CHAMPION) is None:
+    current = _version_of(client, name, CHAMPION)
+    if current is None:
         _move_champion(client, name, number, "first version of the registered model", "register")
         aliases.append(CHAMPION)
+    elif promotion is not None:
+        if promotion.get("promote") and current == compared_with:
+            _move_champion(client, name, number, promotion["reason"], "promote")
+            aliases.append(CHAMPION)
+        else:
+            why = promotion["reason"] if not promotion.get("promote") else (
+                f"the champion became version {current} after this model was compared with "
+                f"{'version ' + compared_with if compared_with else 'none'}; kftune promote decides")
+            client.set_model_version_tag(name, number, "kftune.promotion", f"refused: {why}"[:5000])
+            log.warning("registry: %s version %s is not promoted: %s", name, number, why)
     log.info("registered %s version %s (%s) at %s", name, number, ", ".join(aliases), tracking_uri)
-    return {"name": name, "version": number, "aliases": aliases, "tracking_uri": tracking_uri}
+    return {"name": name, "version": number, "aliases": aliases, "promoted": CHAMPION in aliases,
+            "tracking_uri": tracking_uri}
 
 
 def _history(client, name: str) -> list[dict]:
@@ -119,8 +135,8 @@ def promote(tracking_uri: str, name: str, version: str, reason: str = "") -> dic
     return _move_champion(client, name, str(version), reason or "promoted by hand", "promote")
 
 
-def rollback(tracking_uri: str, name: str, reason: str = "") -> dict:
-    """Give the champion alias back to the version that held it before the last move; the move is recorded."""
+def rollback_target(tracking_uri: str, name: str) -> tuple[str, str]:
+    """(the champion, the version that held the alias before it) of ``name``."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -132,8 +148,34 @@ def rollback(tracking_uri: str, name: str, reason: str = "") -> dict:
     earlier = [m for m in history if m["version"] == current and m.get("previous")]
     if not earlier:
         raise KftuneError(f"{name}: champion version {current} has no earlier champion to roll back to")
-    return _move_champion(client, name, earlier[-1]["previous"], reason or f"rolled back from version {current}",
+    return current, earlier[-1]["previous"]
+
+
+def rollback(tracking_uri: str, name: str, reason: str = "") -> dict:
+    """Give the champion alias back to the version that held it before the last move; the move is recorded."""
+    current, previous = rollback_target(tracking_uri, name)
+    return _move_champion(_client(tracking_uri), name, previous, reason or f"rolled back from version {current}",
                           "rollback")
+
+
+STORAGE_URI_TAG = "kftune.storage_uri"
+"""On a version: where publish put its copy (s3://..., gs://...), which a deployment serves."""
+
+
+def set_storage_uri(tracking_uri: str, name: str, version: str, uri: str) -> None:
+    _client(tracking_uri).set_model_version_tag(name, str(version), STORAGE_URI_TAG, uri)
+    log.info("registry: %s version %s published at %s", name, version, uri)
+
+
+def version_info(tracking_uri: str, name: str, version: str) -> dict:
+    """A version's tags (its task, published storage URI, ...) and source."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client(tracking_uri).get_model_version(name, str(version))
+    except MlflowException as e:
+        raise KftuneError(f"registered model {name!r} has no version {version} at {tracking_uri}") from e
+    return {"version": str(found.version), "source": found.source, "tags": dict(found.tags or {})}
 
 
 def champion_history(tracking_uri: str, name: str) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from kftune import __version__
 from kftune.data.schema import STATS_FILE, splits_sha256
+from kftune.tracking.champion import champion_metrics
 from kftune.tracking.config import TrackingConfig
 from kftune.tracking.registry import REGISTERED_FILE, RegistryConfig, register
 from kftune.tracking.tracker import ENV_SPOOL_DIR, SPOOL_SUFFIX, Tracker
@@ -100,9 +101,15 @@ def record_evaluation(model_dir: str | Path, result: dict, config, reports: dict
     if tracker is None:
         return None
     tracker.params({f"evaluate.{k}": v for k, v in asdict(config).items()})
-    tracker.metrics({f"test_{k}": v for k, v in task_named(result["task"]).flat_metrics(result).items()})
+    flat = task_named(result["task"]).flat_metrics(result) | champion_metrics(result)
+    tracker.metrics({f"test_{k}": v for k, v in flat.items()})
     tracker.tags({"gate": "passed" if result["passed"] else "failed",
                   "gate.failed_checks": ",".join(c for c, ok in result.get("checks", {}).items() if not ok)})
+    if "promotion" in result:
+        tracker.tags({"promotion": "promote" if result["promotion"]["promote"] else "keep champion",
+                      "promotion.reason": result["promotion"]["reason"][:5000],
+                      **({"champion_version": result["champion"]["version"]}
+                         if result.get("champion", {}).get("version") else {})})
     for name, path in reports.items():
         tracker.artifact(path, name)
     # the whole result, the confusion matrix (or the task's equivalent) and the intervals included
@@ -138,7 +145,9 @@ def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, a
         tags[f"test_{primary}"] = evaluation["model"][primary]
     try:
         source = f"{tracker.client.get_run(tracker.run_id).info.artifact_uri}/model"
-        registered = register(tracker.uri, tracker.run_id, registry.name_for(evaluation["task"]), source, tags)
+        registered = register(tracker.uri, tracker.run_id, registry.name_for(evaluation["task"]), source, tags,
+                              promotion=evaluation.get("promotion"),
+                              compared_with=(evaluation.get("champion") or {}).get("version"))
     except Exception as e:  # noqa: BLE001 -- the export itself is done and sound
         log.warning("registry: could not register the export (%s); register it later from run %s", e,
                     tracker.run_id)
@@ -146,3 +155,19 @@ def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, a
     (Path(export_dir) / REGISTERED_FILE).write_text(json.dumps(registered, indent=2), encoding="utf-8")
     tracker.tags({"registered_model": registered["name"], "registered_version": registered["version"]})
     return registered
+
+
+def record_publish(export_dir: str | Path, version_uri: str) -> None:
+    """The storage URI of a published export onto the registry version it became (tag ``kftune.storage_uri``:
+    what ``kftune promote --deploy-name`` serves); nothing for an export that was not registered."""
+    from kftune.tracking.registry import set_storage_uri
+
+    file = Path(export_dir) / REGISTERED_FILE
+    if not file.is_file():
+        return
+    registered = json.loads(file.read_text(encoding="utf-8"))
+    try:
+        set_storage_uri(registered["tracking_uri"], registered["name"], registered["version"], version_uri)
+    except Exception as e:  # noqa: BLE001 -- the published copy is sound; the tag can be set by hand
+        log.warning("registry: could not record %s on %s version %s (%s)", version_uri, registered["name"],
+                    registered["version"], e)

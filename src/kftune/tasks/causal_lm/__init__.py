@@ -128,7 +128,7 @@ class CausalLMTask(Task):
         return CausalLMRecipe()
 
     # --- evaluation -------------------------------------------------------------------
-    def evaluate(self, model_dir, dataset_dir, test_dir, config):
+    def evaluate(self, model_dir, dataset_dir, test_dir, config, champion_dir=None):
         from dataclasses import replace
 
         from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm

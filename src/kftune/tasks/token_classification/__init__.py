@@ -270,6 +270,16 @@ class TokenClassification(EncoderTask):
         predicted = most_frequent_tag_baseline(train[TOKENS], train_tags, test_tokens)
         return {"most_frequent_tag": {**scores(test_tags, predicted), "predictions": predicted}}
 
+    def champion_logits(self, champion, test, same_tokens):
+        """Per-piece logits line up with the test split's words only on its own tokens: a champion that tokenizes
+        otherwise (another vocabulary or token limit) is not compared."""
+        if not same_tokens:
+            from kftune.tracking.champion import NotComparable
+
+            raise NotComparable("it tokenizes otherwise than the candidate (vocabulary or max_seq_length), and "
+                                "per-word tags are compared on the same word pieces only")
+        return super().champion_logits(champion, test, same_tokens)
+
     def predicted(self, logits, labels, info):
         return self.tag_sequences(logits, labels, info)[1]
 
