@@ -128,7 +128,8 @@ def assert_tracked(results: dict, store: str, console: str, tmp_path: Path) -> N
     if results["passed"]:
         registered = results["registered"]
         assert registered == {"name": f"kftune-{results['task']}", "version": "1",
-                              "aliases": ["challenger", "champion"], "tracking_uri": store}
+                              "aliases": ["challenger", "champion"], "promoted": True, "tracking_uri": store}
+        assert results["promotion"]["promote"] and "no champion yet" in results["promotion"]["reason"]
         version = client.get_model_version_by_alias(registered["name"], "champion")
         assert str(version.version) == "1" and version.run_id == run.info.run_id
         assert version.source.endswith("/model") and version.tags["model_card"] == "model/README.md"
