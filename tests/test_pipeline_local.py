@@ -146,15 +146,43 @@ def test_full_pipeline_on_a_slice_through_the_cli(tmp_path, small_csv, small_fra
 
 @pytest.mark.slow
 def test_a_model_that_fails_the_gate_makes_no_predictions(tmp_path, small_csv, small_frame, tiny_model, capsys):
+    """Also ``--tracking-uri`` naming a real ``mlflow server`` whose artifacts live in an S3 server (moto), as a
+    cluster's would: the run is recorded there, the failed gate with it, and nothing is registered."""
+    from mlflow import MlflowClient
+
+    from tests.mlflow_server import MlflowServer
+    from tests.object_servers import MotoS3
+
     texts = tmp_path / "new-reviews.csv"
     small_frame[["text"]].tail(5).to_csv(texts, index=False)
     scored = tmp_path / "scored.csv"
     results_file = tmp_path / "results.json"
-    code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
-                 "--max-steps", "2", "--min-primary-score", "1", "--predict-input", str(texts), "--predict-output",
-                 str(scored), "--output-dir", str(tmp_path / "runs"), "--results", str(results_file)])
-    assert code == 0
-    results = json.loads(results_file.read_text())
+    s3 = MotoS3().start()
+    server = MlflowServer(tmp_path / "mlflow", s3_endpoint=s3.endpoint).start()
+    try:
+        code = main(["run", "--data", str(small_csv), "--model", str(tiny_model), "--num-train-epochs", "1",
+                     "--max-steps", "2", "--min-primary-score", "1", "--predict-input", str(texts),
+                     "--predict-output", str(scored), "--output-dir", str(tmp_path / "runs"), "--results",
+                     str(results_file), "--tracking-uri", server.url])
+        assert code == 0
+        results = json.loads(results_file.read_text())
+        client = MlflowClient(server.url)
+        [run] = client.search_runs([client.get_experiment_by_name("kftune").experiment_id])
+        assert run.info.run_id == results["tracking"]["run_id"] and run.info.status == "FINISHED"
+        assert run.data.tags["gate"] == "failed" and run.data.tags["promotion"] == "keep champion"
+        assert run.data.metrics["test_model_accuracy"] == pytest.approx(results["model"]["accuracy"])
+        assert len(client.get_metric_history(run.info.run_id, "train_loss")) >= 1
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied by the server, stored in S3
+        assert "model/model.onnx" in {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+        import boto3
+
+        stored = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id="test", aws_secret_access_key="test",
+                              region_name="us-east-1").list_objects_v2(Bucket="mlflow")["Contents"]
+        assert any(o["Key"].endswith(f"{run.info.run_id}/artifacts/model/model.onnx") for o in stored)
+        assert client.search_registered_models() == [] and "registered" not in results  # the gate failed
+    finally:
+        server.stop()
+        s3.stop()
     assert results["passed"] is False and "predictions" not in results["artifacts"]
     assert not scored.exists() and not (Path(results["artifacts"]["run_dir"]) / "predict").exists()
     assert f"not predicted:    the gate failed, so the model made no predictions on {texts}" in capsys.readouterr().out
