@@ -142,16 +142,21 @@ def test_promotion_follows_the_gate_the_registry_and_the_interval():
     assert not unread["promote"] and "its labels differ" in unread["reason"] and "kftune promote m" in unread["reason"]
 
 
-def test_a_champion_that_moved_since_the_evaluation_is_not_replaced(tmp_path):
-    """Two pipeline runs at once: each compared with version 1; the second to export finds version 2 champion."""
+def logged_export(tmp_path: Path, store: str) -> tuple:
+    """A run in ``store`` with a (stand-in) export as its ``model`` artifacts: (its tracker, the artifacts' URI)."""
     from kftune.tracking.tracker import Tracker
 
-    store = local_store(tmp_path)
-    tracker = Tracker.start(TrackingConfig(store, "race"), "export", {}, None, "export")
+    tracker = Tracker.start(TrackingConfig(store, "registry"), "export", {}, None, "export")
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.onnx").write_bytes(b"onnx")
     tracker.artifact(tmp_path / "model", "model")
-    source = f"{MlflowClient(store).get_run(tracker.run_id).info.artifact_uri}/model"
+    return tracker, f"{MlflowClient(store).get_run(tracker.run_id).info.artifact_uri}/model"
+
+
+def test_a_champion_that_moved_since_the_evaluation_is_not_replaced(tmp_path):
+    """Two pipeline runs at once: each compared with version 1; the second to export finds version 2 champion."""
+    store = local_store(tmp_path)
+    tracker, source = logged_export(tmp_path, store)
     promote = {"promote": True, "reason": "not worse"}
     assert register(store, tracker.run_id, NAME, source, {})["promoted"]  # version 1, the first
     assert register(store, tracker.run_id, NAME, source, {}, promotion=promote, compared_with="1")["promoted"]
@@ -168,15 +173,10 @@ def test_promote_and_rollback_serve_the_published_copy_before_the_alias_moves(tm
     from kubernetes.config import kube_config
 
     from kftune.tracking.registry import set_storage_uri
-    from kftune.tracking.tracker import Tracker
     from tests.fake_kube_api import FakeKServeScenario, FakeKubeApiServer, write_kubeconfig
 
     store = local_store(tmp_path)
-    tracker = Tracker.start(TrackingConfig(store, "redeploy"), "export", {}, None, "export")
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.onnx").write_bytes(b"onnx")
-    tracker.artifact(tmp_path / "model", "model")
-    source = f"{MlflowClient(store).get_run(tracker.run_id).info.artifact_uri}/model"
+    tracker, source = logged_export(tmp_path, store)
     for _ in range(2):
         register(store, tracker.run_id, NAME, source, {"task": "regression"})
     set_storage_uri(store, NAME, "2", "s3://models/scores/v2")  # what publish records; version 1 was never published
