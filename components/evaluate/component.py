@@ -10,7 +10,7 @@ from kftune.settings.signatures import with_settings
 from kftune.tracking.registry import RegistryConfig
 
 
-@with_settings(EvaluateConfig, RegistryConfig)
+@with_settings(EvaluateConfig, RegistryConfig, omit=("model_registry_url",))  # evaluate reads MLflow's only
 def evaluate(
     dataset: Input[Dataset],
     test_split: Input[Dataset],

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from kftune import __version__
-from kftune.cli.flags import add_group_flags, setting_values
+from kftune.cli.flags import add_group_flags, add_setting_flags, setting_values
 from kftune.errors import KftuneError
 
 COMPILED_DIR = Path("pipelines/compiled")
@@ -336,9 +336,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if deploy.deploy_name:
         redeploy(uri, args.name, version, deploy)
     if args.command == "promote":
-        move = promote(uri, args.name, version, args.reason or "")
+        move = promote(uri, args.name, version, args.reason or "", args.model_registry_url)
     else:
-        move = rollback(uri, args.name, args.reason or "")
+        move = rollback(uri, args.name, args.reason or "", args.model_registry_url)
     print(f"{args.name}: champion is version {move['version']} (was {move['previous']}), {move['action']} by "
           f"{move['by']}: {move['reason']}")
     return 0
@@ -370,6 +370,8 @@ def local_tracking_store() -> str:
 
 def _add_registry_parsers(sub) -> None:
     from kftune.components.deploy.config import DeployConfig
+    from kftune.settings.catalog import settings_of
+    from kftune.tracking.registry import RegistryConfig
 
     for name, help_text in (("promote", "make a registered model's version its champion (the model deploy serves)"),
                             ("rollback", "give the champion alias back to the version that held it before")):
@@ -385,6 +387,8 @@ def _add_registry_parsers(sub) -> None:
         parser.add_argument("--tracking-uri", help=f"the MLflow registry (default: the local runs' store, "
                             f"{DEFAULT_RUNS_DIR}/mlflow.db)")
         add_group_flags(parser, DeployConfig)  # --deploy-name: serve the new champion there before the alias moves
+        # --model-registry-url: mirror the move into the Kubeflow Model Registry (NAME is the registered model)
+        add_setting_flags(parser, [s for s in settings_of(RegistryConfig) if s.name == "model_registry_url"])
         parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                             help="show tracebacks on errors")
         parser.set_defaults(handler=cmd_promote)

@@ -6,7 +6,8 @@ the MLflow registry of the run's tracking URI, with its lineage (the run, the da
 its test scores and the gate, and gives it the alias ``challenger``; the first version of a registered model
 becomes its ``champion``. Only a promotion moves ``champion`` (:func:`promote`, :func:`rollback`: ``kftune
 promote NAME VERSION``, ``kftune rollback NAME``); each move is recorded on the registered model (who, when, why,
-from which version) in the tag ``kftune.champion_history``.
+from which version) in the tag ``kftune.champion_history``. Where a cluster runs the Kubeflow Model Registry
+(``model_registry_url``), each version and each move is mirrored there (:mod:`kftune.tracking.kubeflow_registry`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class RegistryConfig:
 
     registered_model_name: str = ""
     """Registered model (in the MLflow registry at the run's tracking URI) that a model passing the gate becomes a new version of, with the alias challenger (the first version: champion); empty: kftune-<task>; 'off': nothing is registered."""  # noqa: E501
+
+    model_registry_url: str = ""
+    """Kubeflow Model Registry server (Kubeflow Hub), e.g. https://model-registry-service.kubeflow.svc:8443 or http://model-registry-service.kubeflow.svc:8080: a model registered in MLflow's registry is also registered there (same name, the MLflow version number as version name, its model artifact the exported model and, once published, the published copy), and each move of the champion is mirrored (custom properties kftune.champion, kftune.aliases); its token comes from KF_MODEL_REGISTRY_TOKEN or the pod's service account; unreachable: a warning; empty: MLflow's registry only."""  # noqa: E501
 
     def name_for(self, task: str) -> str:
         return self.registered_model_name or f"kftune-{task}"
@@ -123,8 +127,9 @@ def _move_champion(client, name: str, version: str, reason: str, action: str) ->
     return move
 
 
-def promote(tracking_uri: str, name: str, version: str, reason: str = "") -> dict:
-    """Make ``version`` of ``name`` the champion; the move is recorded. Returns the move."""
+def promote(tracking_uri: str, name: str, version: str, reason: str = "", model_registry_url: str = "") -> dict:
+    """Make ``version`` of ``name`` the champion; the move is recorded (and mirrored into the Kubeflow Model
+    Registry at ``model_registry_url``, where one is named). Returns the move."""
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -132,7 +137,8 @@ def promote(tracking_uri: str, name: str, version: str, reason: str = "") -> dic
         client.get_model_version(name, str(version))
     except MlflowException as e:
         raise KftuneError(f"registered model {name!r} has no version {version} at {tracking_uri}") from e
-    return _move_champion(client, name, str(version), reason or "promoted by hand", "promote")
+    return _mirrored(_move_champion(client, name, str(version), reason or "promoted by hand", "promote"), name,
+                     model_registry_url)
 
 
 def rollback_target(tracking_uri: str, name: str) -> tuple[str, str]:
@@ -151,11 +157,22 @@ def rollback_target(tracking_uri: str, name: str) -> tuple[str, str]:
     return current, earlier[-1]["previous"]
 
 
-def rollback(tracking_uri: str, name: str, reason: str = "") -> dict:
-    """Give the champion alias back to the version that held it before the last move; the move is recorded."""
+def rollback(tracking_uri: str, name: str, reason: str = "", model_registry_url: str = "") -> dict:
+    """Give the champion alias back to the version that held it before the last move; the move is recorded (and
+    mirrored into the Kubeflow Model Registry at ``model_registry_url``, where one is named)."""
     current, previous = rollback_target(tracking_uri, name)
-    return _move_champion(_client(tracking_uri), name, previous, reason or f"rolled back from version {current}",
+    move = _move_champion(_client(tracking_uri), name, previous, reason or f"rolled back from version {current}",
                           "rollback")
+    return _mirrored(move, name, model_registry_url)
+
+
+def _mirrored(move: dict, name: str, model_registry_url: str) -> dict:
+    """``move``, with whether the Kubeflow Model Registry took it (``model_registry``) where one is named."""
+    if model_registry_url:
+        from kftune.tracking.kubeflow_registry import move_champion
+
+        move["model_registry"] = move_champion(model_registry_url, name, move)
+    return move
 
 
 STORAGE_URI_TAG = "kftune.storage_uri"

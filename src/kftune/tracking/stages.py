@@ -121,8 +121,10 @@ def record_evaluation(model_dir: str | Path, result: dict, config, reports: dict
 def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, artifact_path: str | Path,
                   evaluation: dict | None = None, registry: RegistryConfig | None = None) -> dict | None:
     """The exported model (and its report's parity and sizes) into the run that trained ``model_dir``; when the
-    gate passed, the export registered as a new version (:mod:`kftune.tracking.registry`). Returns the version
-    registered ({name, version, aliases, tracking_uri}, also left in the export as registered.json), or None."""
+    gate passed, the export registered as a new version (:mod:`kftune.tracking.registry`; also in the Kubeflow Model
+    Registry where ``registry.model_registry_url`` names one: :mod:`kftune.tracking.kubeflow_registry`). Returns the
+    version registered ({name, version, aliases, tracking_uri[, model_registry_url]}, also left in the export as
+    registered.json), or None."""
     tracker = Tracker.from_artifact(model_dir, spool_dir(artifact_path), "export")
     if tracker is None:
         return None
@@ -152,6 +154,14 @@ def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, a
         log.warning("registry: could not register the export (%s); register it later from run %s", e,
                     tracker.run_id)
         return None
+    if registry.model_registry_url:
+        from kftune.tracking.kubeflow_registry import register as register_kubeflow
+
+        opset = report.get("opset")
+        mirrored = register_kubeflow(registry.model_registry_url, registered, source, tags, report.get("format", ""),
+                                     model_format_version=str(opset) if opset else "", run_id=tracker.run_id,
+                                     description=f"kftune {evaluation['task']} model, MLflow run {tracker.run_id}")
+        registered["model_registry_url"] = mirrored["model_registry_url"] if mirrored else ""
     (Path(export_dir) / REGISTERED_FILE).write_text(json.dumps(registered, indent=2), encoding="utf-8")
     tracker.tags({"registered_model": registered["name"], "registered_version": registered["version"]})
     return registered
@@ -159,7 +169,8 @@ def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, a
 
 def record_publish(export_dir: str | Path, version_uri: str) -> None:
     """The storage URI of a published export onto the registry version it became (tag ``kftune.storage_uri``:
-    what ``kftune promote --deploy-name`` serves); nothing for an export that was not registered."""
+    what ``kftune promote --deploy-name`` serves), and onto its model artifact in the Kubeflow Model Registry where
+    export registered it there; nothing for an export that was not registered."""
     from kftune.tracking.registry import set_storage_uri
 
     file = Path(export_dir) / REGISTERED_FILE
@@ -171,3 +182,8 @@ def record_publish(export_dir: str | Path, version_uri: str) -> None:
     except Exception as e:  # noqa: BLE001 -- the published copy is sound; the tag can be set by hand
         log.warning("registry: could not record %s on %s version %s (%s)", version_uri, registered["name"],
                     registered["version"], e)
+    if registered.get("model_registry_url"):
+        from kftune.tracking.kubeflow_registry import set_storage_uri as set_kubeflow_storage_uri
+
+        set_kubeflow_storage_uri(registered["model_registry_url"], registered["name"], registered["version"],
+                                 version_uri)
