@@ -178,8 +178,13 @@ def test_dataset_artifact_and_report(prepared_lm):
 def test_answer_normalisation():
     assert normalise_answer("  Positive.\n") == "positive"
     assert read_answer("Positive! The review praises it.", ["negative", "positive"]) == "positive"
-    assert read_answer("The review is positive", ["negative", "positive"]) == ""
+    # lenient: the first allowed answer named as a word, after any preamble; never part of a longer word
+    assert read_answer("The review is positive", ["negative", "positive"]) == "positive"
+    assert read_answer("Negative at first, then positive.", ["negative", "positive"]) == "negative"
+    assert read_answer("The text message is indeed spam. It", ["ham", "spam"]) == "spam"
+    assert read_answer("It is not spam.", ["not spam", "spam"]) == "not spam"  # the longest at one position
     assert read_answer("positively", ["negative", "positive"]) == ""
+    assert read_answer("Spammy hamster", ["ham", "spam"]) == ""
 
 
 # --- training ---------------------------------------------------------------------------------------
