@@ -43,3 +43,35 @@ def tiny_causal_lm_export(directory: Path, seed: int = 0) -> Path:
     report = {"task": TASK, "max_seq_length": MAX_SEQ_LENGTH, "max_new_tokens": MAX_NEW_TOKENS}
     (directory / "export_report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return directory
+
+
+def make_preamble_lm(path: Path, text: str) -> Path:
+    """A 2-layer Llama (the bundled SmolLM2 tokenizer) that answers every prompt with ``text`` and then stops, whatever
+    was asked: its layers add nothing to the residual stream (zero output projections), so each next token is decided
+    by the current one alone, and its embeddings and head chain the tokens of ``text`` after the generation prompt's
+    last token. A base model that states its answer after a preamble, deterministically."""
+    import torch
+
+    from kftune.data.chat import render
+
+    path = make_tiny_causal_lm(Path(path))
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    start = tokenizer(render(tokenizer, [{"role": "user", "content": "?"}], generation_prompt=True),
+                      add_special_tokens=False)["input_ids"][-1]
+    chain = [start, *tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    model = LlamaForCausalLM.from_pretrained(path, tie_word_embeddings=False)
+    hidden = model.config.hidden_size
+    assert len(set(chain)) == len(chain) <= hidden, "the chain's tokens must be distinct, one dimension each"
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.zero_()
+        model.lm_head.weight.zero_()
+        for i, token in enumerate(chain[:-1]):
+            model.model.embed_tokens.weight[token, i] = 1.0
+            model.lm_head.weight[chain[i + 1], i] = 10.0
+    model.save_pretrained(path)
+    return path

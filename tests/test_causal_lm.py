@@ -11,8 +11,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -178,8 +180,13 @@ def test_dataset_artifact_and_report(prepared_lm):
 def test_answer_normalisation():
     assert normalise_answer("  Positive.\n") == "positive"
     assert read_answer("Positive! The review praises it.", ["negative", "positive"]) == "positive"
-    assert read_answer("The review is positive", ["negative", "positive"]) == ""
+    # lenient: the first allowed answer named as a word, after any preamble; never part of a longer word
+    assert read_answer("The review is positive", ["negative", "positive"]) == "positive"
+    assert read_answer("Negative at first, then positive.", ["negative", "positive"]) == "negative"
+    assert read_answer("The text message is indeed spam. It", ["ham", "spam"]) == "spam"
+    assert read_answer("It is not spam.", ["not spam", "spam"]) == "not spam"  # the longest at one position
     assert read_answer("positively", ["negative", "positive"]) == ""
+    assert read_answer("Spammy hamster", ["ham", "spam"]) == ""
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -303,27 +310,140 @@ def test_sigkill_mid_training_then_rerun_gives_identical_lora_weights(tmp_path, 
 
 # --- evaluation and export --------------------------------------------------------------------------
 
-def test_evaluation_compares_with_the_base_model_on_the_same_prompts(trained_lm, prepared_lm, prepared_lm_test):
+def test_evaluation_compares_with_the_base_model_zero_shot_and_few_shot(trained_lm, prepared_lm, prepared_lm_test):
     from kftune.components.evaluate.config import EvaluateConfig
     from kftune.components.evaluate.evaluate import evaluate, flat_metrics
-    from kftune.components.evaluate.report import evaluation_report_html
+    from kftune.components.evaluate.report import evaluation_markdown, evaluation_report_html
 
     result = evaluate(trained_lm, prepared_lm, prepared_lm_test, EvaluateConfig(task="causal-lm",
                                                                                 min_gain_over_baseline=-1))
-    assert result["baseline"] == "base_model" and result["primary_metric"] == "answer_accuracy"
-    for scores in (result["model"], result["baselines"]["base_model"]):
+    assert result["primary_metric"] == "answer_accuracy"
+    # the gate's baseline is the base model few-shot; the zero-shot one is reported beside it
+    assert result["baseline"] == "base_model_few_shot" == TASKS["causal-lm"].baseline
+    assert set(result["baselines"]) == {"base_model_zero_shot", "base_model_few_shot"}
+    for scores in (result["model"], *result["baselines"].values()):
         assert {"exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss"} <= set(scores)
         # an exact match is a right answer (the bundled references are allowed answers)
         assert 0 <= scores["exact_match"] <= scores["answer_accuracy"] <= 1
-    assert result["model"]["loss"] < result["baselines"]["base_model"]["loss"]  # training lowered it
+    few, zero = result["baselines"]["base_model_few_shot"], result["baselines"]["base_model_zero_shot"]
+    assert result["delta_vs_baseline"] == {k: TASKS["causal-lm"].gain(k, result["model"][k], few[k])
+                                           for k in ("answer_accuracy", "exact_match", "rouge_l", "perplexity")}
+    assert few != zero  # asked other prompts: with examples before them
+    assert result["model"]["loss"] < zero["loss"]  # training lowered it
     assert result["delta_vs_baseline"]["perplexity"] > 0
+    assert result["few_shot"]["examples"] == 4 and result["few_shot"]["mean_examples"] == 4
+    assert result["max_new_tokens"] < result["baseline_max_new_tokens"] == 32
+    assert result["few_shot"]["first_prompt"].count("<|im_start|>assistant") == 5
     assert len(result["samples"]) == min(20, result["test_size"])
+    assert all({"base_model_zero_shot", "base_model_few_shot", "fine_tuned"} <= set(s) for s in result["samples"])
     html = evaluation_report_html(result)
-    assert "Sample answers" in html and "base model" in html and "95% interval" in html
-    assert flat_metrics(result)["passed"] == float(result["passed"])
+    assert "Sample answers" in html and "base model few-shot" in html and "base model zero-shot" in html
+    assert "95% interval" in html and "as the few-shot baseline was asked it" in html
+    assert "| delta vs base model zero-shot |" in evaluation_markdown(result)
+    flat = flat_metrics(result)
+    assert flat["passed"] == float(result["passed"])
+    assert flat["base_model_few_shot_answer_accuracy"] == few["answer_accuracy"]
+    assert flat["base_model_zero_shot_answer_accuracy"] == zero["answer_accuracy"]
     # every gain with its paired bootstrap interval over the prompts; the gate can hold the lower bound
     check_intervals(result)
     check_the_gate_can_require_the_lower_bound(result, TASKS["causal-lm"])
+    assert any("gain over base_model_few_shot" in check for check in result["checks"])
+
+
+PREAMBLE = "Having read this review closely, I would say that it is positive."
+"""What the preamble model answers every prompt with: the right answer where the reference is positive, after a
+preamble longer than the fine-tuned model's generation budget."""
+
+
+def test_an_answer_after_a_preamble_is_right_under_answer_accuracy_and_wrong_under_exact_match(
+        tmp_path, trained_lm, prepared_lm, prepared_lm_test):
+    """A base model that names the right answer only after a preamble: each baseline's answer accuracy counts it
+    right on the positive prompts (and wrong on the negative ones), its exact match wrong everywhere; cut to the
+    fine-tuned model's budget (shorter than the preamble) it would have answered nothing."""
+    import shutil
+
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate
+    from kftune.data.schema import load_test_split
+    from tests.causal_lm import make_preamble_lm
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_lm, model)
+    history = json.loads((model / "training_history.json").read_text())
+    history["config"]["model"] = str(make_preamble_lm(tmp_path / "preamble", PREAMBLE))
+    (model / "training_history.json").write_text(json.dumps(history))
+    references = [normalise_answer(r) for r in load_test_split(prepared_lm_test)["reference"]]
+    positive = float(np.mean([r == "positive" for r in references]))
+    assert 0 < positive < 1
+
+    result = evaluate(model, prepared_lm, prepared_lm_test, EvaluateConfig(task="causal-lm",
+                                                                           min_gain_over_baseline=-1))
+    for name in ("base_model_zero_shot", "base_model_few_shot"):
+        assert all(s[name] == PREAMBLE for s in result["samples"])
+        scores = result["baselines"][name]
+        assert scores["answer_accuracy"] == pytest.approx(positive) and scores["unanswered"] == 0
+        assert scores["exact_match"] == 0
+    # the gain is over the few-shot baseline's lenient answer accuracy
+    assert result["delta_vs_baseline"]["answer_accuracy"] == pytest.approx(
+        result["model"]["answer_accuracy"] - positive)
+
+    # with no more room than the fine-tuned model's budget the preamble is cut before the answer
+    short = evaluate(model, prepared_lm, prepared_lm_test, EvaluateConfig(
+        task="causal-lm", min_gain_over_baseline=-1, baseline_max_new_tokens=1, few_shot_examples=0))
+    assert short["baseline_max_new_tokens"] == short["max_new_tokens"] < 14
+    assert short["baseline"] == "base_model_zero_shot" and set(short["baselines"]) == {"base_model_zero_shot"}
+    assert short["baselines"]["base_model_zero_shot"]["answer_accuracy"] == 0
+    assert short["baselines"]["base_model_zero_shot"]["unanswered"] == 1
+
+
+def test_few_shot_examples_come_from_the_training_split_balanced_and_seeded(prepared_lm, prepared_lm_test):
+    from transformers import AutoTokenizer
+
+    from kftune.data.schema import load_splits, load_test_split
+    from kftune.tasks.causal_lm.few_shot import choose_examples, few_shot_prompts
+
+    train, test = load_splits(prepared_lm)[0]["train"], load_test_split(prepared_lm_test)
+    tokenizer = AutoTokenizer.from_pretrained(str(prepared_lm / "tokenizer"))
+    answers = ["negative", "positive"]
+    references = list(train["reference"])
+    args = (tokenizer, list(train["messages"]), references, list(test["messages"])[:10], answers, 4)
+    prompts, conversations, used = few_shot_prompts(*args, seed=7, max_prompt_tokens=1 << 30)
+    assert used == [4] * 10
+    train_turns = {m["content"] for text in train["messages"] for m in json.loads(text)}
+    test_asked = [json.loads(text)[-2]["content"] for text in test["messages"][:10]]
+    for prompt, conversation, asked in zip(prompts, conversations, test_asked, strict=True):
+        # four solved training examples (two of each answer), then the test prompt, rendered with the chat template
+        assert [m["role"] for m in conversation if m["role"] != "system"] == ["user", "assistant"] * 5
+        shots = conversation[-10:-2]
+        assert all(m["content"] in train_turns for m in shots)
+        assert sorted(normalise_answer(m["content"]) for m in shots if m["role"] == "assistant") == [
+            "negative", "negative", "positive", "positive"]
+        assert conversation[-2]["content"] == asked and prompt.endswith("<|im_start|>assistant\n")
+        assert prompt.count("<|im_start|>assistant") == 5
+    # seeded: the same seed draws the same examples, another seed others; each prompt draws its own
+    assert few_shot_prompts(*args, seed=7, max_prompt_tokens=1 << 30)[0] == prompts
+    assert few_shot_prompts(*args, seed=8, max_prompt_tokens=1 << 30)[0] != prompts
+    assert len({tuple(m["content"] for m in c[:-2]) for c in conversations}) > 1
+    # too long for the context: examples leave from the front until the prompt fits
+    limit = max(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts) - 1
+    fitted, _, fewer = few_shot_prompts(*args, seed=7, max_prompt_tokens=limit)
+    assert min(fewer) < 4 and all(len(tokenizer(p, add_special_tokens=False)["input_ids"]) <= limit or n == 0
+                                  for p, n in zip(fitted, fewer, strict=True))
+    # three answers, five examples: as even as five allows; without answers, any examples
+    rng = np.random.default_rng(0)
+    picked = choose_examples(["a", "b", "c"] * 4, ["a", "b", "c"], 5, rng)
+    assert len(set(picked)) == 5 and sorted(Counter("abc"[i % 3] for i in picked).values()) == [1, 2, 2]
+    assert len(choose_examples(["x"] * 3, [], 5, rng)) == 3 and choose_examples(["x"], [], 0, rng) == []
+
+
+def test_few_shot_settings_belong_to_causal_lm():
+    from kftune.components.evaluate.config import EvaluateConfig
+
+    with pytest.raises(ConfigError, match="few_shot_examples is a setting of task causal-lm"):
+        EvaluateConfig(task="classification", few_shot_examples=2).validate()
+    with pytest.raises(ConfigError, match="baseline_max_new_tokens"):
+        EvaluateConfig(task="causal-lm", baseline_max_new_tokens=0).validate()
+    EvaluateConfig(task="causal-lm", few_shot_examples=0).validate()
 
 
 def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained_lm, prepared_lm, prepared_lm_test):
@@ -410,7 +530,7 @@ def test_finetune_pipeline_runs_the_task_through_the_cli_and_publishes(tmp_path,
                  "--results", str(results_file)])
     assert code == 0
     results = json.loads(results_file.read_text())
-    assert results["task"] == "causal-lm" and results["baseline"]["name"] == "base_model"
+    assert results["task"] == "causal-lm" and results["baseline"]["name"] == "base_model_few_shot"
     for key in ("exact_match", "answer_accuracy", "rouge_l", "perplexity"):
         assert key in results["model"] and key in results["baseline"] and key in results["delta_vs_baseline"]
     assert results["passed"] is True and results["artifacts"]["published"] == str(published / "v1")

@@ -156,7 +156,7 @@ def test_a_causal_lm_export_card_replaces_the_base_models_readme(tmp_path, train
     assert {"exact_match", "perplexity"} <= set(keys)
     assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {k: evaluation["model"][k] for k in keys}
     assert card.data.kftune["evaluation"]["intervals"] == evaluation["intervals"]
-    assert card.data.kftune["evaluation"]["baseline"] == "base_model"
+    assert card.data.kftune["evaluation"]["baseline"] == "base_model_few_shot"
     assert "/openai/v1/chat/completions" in card.text
     assert report["files"]["model_card"] == MODEL_CARD
 

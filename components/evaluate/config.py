@@ -8,13 +8,13 @@ from dataclasses import dataclass, fields
 from kftune.errors import ConfigError
 from kftune.settings.fields import check_settings, internal, setting
 from kftune.settings.groups import GenerationBudget
-from kftune.tasks import TASKS, TaskChoice
+from kftune.tasks import TASKS, TaskChoice, check_task_settings, task_groups
 
 
 @dataclass
-class EvaluateConfig(GenerationBudget, TaskChoice):
-    """Thresholds of the gate, and inference settings (the generation budget: :class:`GenerationBudget`, which
-    predict shares)."""
+class EvaluateConfig(*task_groups("evaluate"), GenerationBudget, TaskChoice):
+    """Thresholds of the gate, inference settings (the generation budget: :class:`GenerationBudget`, which predict
+    shares) and the tasks' own evaluation settings (a causal LM's base-model baselines)."""
 
     min_primary_score: float = setting(-1.0, ge=0, le=1, auto=True)
     """Gate: the model's test score in the task's primary metric must be at least this (where the primary metric is a score, not an error such as RMSE); -1: the task's."""  # noqa: E501
@@ -35,6 +35,7 @@ class EvaluateConfig(GenerationBudget, TaskChoice):
     def validate(self) -> None:
         """Reject values outside their ranges, and a gain the task's primary metric cannot have."""
         check_settings(self)
+        check_task_settings(self)
         if not math.isfinite(self.min_gain_over_baseline):
             raise ConfigError(f"min_gain_over_baseline must be a finite number, got {self.min_gain_over_baseline}")
         task = TASKS.get(self.task)  # auto: known once the data says which task it is

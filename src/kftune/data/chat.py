@@ -57,9 +57,14 @@ def normalise_answer(text: str) -> str:
 
 
 def read_answer(generation: str, answers: list[str]) -> str:
-    """The allowed answer the generation starts with (normalised; the longest that fits), or "" if none."""
+    """The first allowed answer the generation names as a word or words (normalised; at one position, the longest
+    that fits), or "" if it names none: "Positive!" and "The review is positive." both read "positive",
+    "positively" reads nothing. Lenient on purpose: a base model that states its answer after a preamble answered,
+    and one definition serves every model compared."""
     text = normalise_answer(generation)
-    for answer in sorted(answers, key=len, reverse=True):
-        if text == answer or (text.startswith(answer) and not text[len(answer)].isalnum()):
-            return answer
-    return ""
+    found = []
+    for answer in answers:
+        match = re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text)
+        if match:
+            found.append((match.start(), -len(answer), answer))
+    return min(found)[2] if found else ""

@@ -24,7 +24,7 @@ class Seeding:
     """One seed for the whole run."""
 
     seed: int = setting(42, ge=0)
-    """Seed of the split, the augmentation, the initialisation and the batch order: the same seed gives the same model."""  # noqa: E501
+    """Seed of the split, the augmentation, the initialisation, the batch order and a causal LM's few-shot baseline examples: the same seed gives the same model and the same evaluation."""  # noqa: E501
 
 
 @dataclass

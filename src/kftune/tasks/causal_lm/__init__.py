@@ -2,8 +2,9 @@
 
 Data: prompt/completion, alpaca or chat-message rows rendered with the model's chat template,
 loss on the assistant's tokens only (:mod:`~kftune.tasks.causal_lm.data`). LoRA by default;
-evaluated against the base model zero-shot on the same prompts
-(:mod:`~kftune.tasks.causal_lm.evaluation`); exported as a Hugging Face directory (merged weights
+evaluated against the base model asked the same prompts zero-shot and few-shot, with solved
+examples from the training split (:mod:`~kftune.tasks.causal_lm.evaluation`,
+:mod:`~kftune.tasks.causal_lm.few_shot`); exported as a Hugging Face directory (merged weights
 and the adapter); served with OpenAI-compatible completions and chat completions.
 """
 
@@ -28,6 +29,7 @@ from kftune.tasks.causal_lm.data import (
     detect_layout,
     read_instructions,
 )
+from kftune.tasks.causal_lm.few_shot import FEW_SHOT, ZERO_SHOT, BaseModelBaseline
 
 SUMMARY_KEYS = ("exact_match", "answer_accuracy", "rouge_l", "perplexity", "loss")
 """The scores the results JSON shows, where the data has them (``answer_accuracy``: short-answer data)."""
@@ -44,7 +46,7 @@ class CausalLMTask(Task):
     pipeline_tag = "text-generation"
     serving = "openai"
     intervals = True
-    comparison_heading = "Fine-tuned vs base model"
+    comparison_heading = "Fine-tuned vs base model (few-shot and zero-shot)"
     predict_chunk_batches = 1
 
     # --- preprocess -------------------------------------------------------------------
@@ -158,12 +160,15 @@ class CausalLMTask(Task):
         return tuple(k for k in SUMMARY_KEYS if k in result["model"])
 
     def result_extras(self, result):
-        return {"answers": result["answers"], "primary_metric": result["primary_metric"],
-                "base_model": result["base_model"]}
+        extras = {"answers": result["answers"], "primary_metric": result["primary_metric"],
+                  "base_model": result["base_model"]}
+        if "few_shot" in result:
+            extras["few_shot_examples"] = result["few_shot"]["examples"]
+            extras["baseline_max_new_tokens"] = result["baseline_max_new_tokens"]
+        return extras
 
     def flat_metrics(self, result):
-        flat = {f"{who}_{k}": v for who, scores in (("model", result["model"]),
-                                                   ("base_model", result["baselines"]["base_model"]))
+        flat = {f"{who}_{k}": v for who, scores in (("model", result["model"]), *result["baselines"].items())
                 for k, v in scores.items()}
         flat.update({f"delta_{k}": v for k, v in result["delta_vs_baseline"].items()})
         flat.update(interval_metrics(result))
@@ -171,36 +176,67 @@ class CausalLMTask(Task):
         return flat
 
     def summary_table(self, result):
+        """The fine-tuned model, each base-model baseline, the gain over the gate's baseline with its interval, and
+        (where that is the few-shot one) the gain over the base model zero-shot."""
         keys = [k for k in TABLE_KEYS if k in result["model"]]
-        rows = [("fine-tuned model", *(result["model"][k] for k in keys)),
-                ("baseline: base model (zero-shot, same prompts)",
-                 *(result["baselines"]["base_model"][k] for k in keys)),
-                ("delta vs base model", *(result["delta_vs_baseline"].get(k) for k in keys))]
-        return keys, rows + interval_rows(result, keys)
+        rows = [("fine-tuned model", *(result["model"][k] for k in keys))]
+        rows += [(f"baseline: {_baseline_label(name, result)}", *(scores.get(k) for k in keys))
+                 for name, scores in result["baselines"].items()]
+        rows.append((f"delta vs {_baseline_label(result['baseline'], result, short=True)}",
+                     *(result["delta_vs_baseline"].get(k) for k in keys)))
+        rows += interval_rows(result, keys)
+        zero_shot = result["baselines"].get(ZERO_SHOT)
+        if zero_shot and result["baseline"] != ZERO_SHOT:
+            rows.append((f"delta vs {_baseline_label(ZERO_SHOT, result, short=True)}",
+                         *(self.gain(k, result["model"][k], zero_shot[k]) for k in keys)))
+        return keys, rows
 
     def report_intro(self, result):
-        return (f"<p>Test split: {result['test_size']} prompts; greedy generations of at most "
-                f"{result['max_new_tokens']} tokens; base model {result['base_model']}."
-                + (f" Allowed answers: {', '.join(result['answers'])}." if result["answers"] else "") + "</p>")
+        budget = (f"greedy generations of at most {result['max_new_tokens']} tokens (the base model: "
+                  f"{result['baseline_max_new_tokens']})" if "baseline_max_new_tokens" in result else
+                  f"greedy generations of at most {result['max_new_tokens']} tokens")
+        few_shot = result.get("few_shot", {})
+        shots = (f" The few-shot baseline asks each test prompt after {few_shot['examples']} solved examples of the "
+                 f"training split (balanced over the allowed answers where the data has them; seed "
+                 f"{few_shot['seed']}; {few_shot['mean_examples']:.2f} on average after fitting the context); it is "
+                 "the gate's baseline." if few_shot.get("examples") else "")
+        answers = (f" Allowed answers: {', '.join(result['answers'])}; answer_accuracy reads the first allowed "
+                   "answer each generation names as a word, exact_match compares the whole generation."
+                   if result["answers"] else "")
+        return (f"<p>Test split: {result['test_size']} prompts; {budget}; base model {result['base_model']}."
+                f"{shots}{answers}</p>")
 
     def report_figures(self, result):
         from kftune.reports import figure_html, new_figure
 
         shown = [k for k in TABLE_KEYS if k in result["model"] and k != "perplexity"]
+        bars = [*((_baseline_label(n, result, short=True), s) for n, s in result["baselines"].items()),
+                ("fine-tuned", result["model"])]
+        width = 0.8 / len(bars)
         fig, ax = new_figure(6, 3)
         x = np.arange(len(shown))
-        ax.bar(x - 0.2, [result["baselines"]["base_model"][k] for k in shown], 0.4, label="base model")
-        ax.bar(x + 0.2, [result["model"][k] for k in shown], 0.4, label="fine-tuned")
+        for i, (label, scores) in enumerate(bars):
+            ax.bar(x + (i - (len(bars) - 1) / 2) * width, [scores[k] for k in shown], width, label=label)
         ax.set_xticks(x, shown)
         ax.set_ylim(0, 1)
         ax.legend()
         return [figure_html(fig)]
 
     def report_sections(self, result):
+        import html
+
         from kftune.reports import table_html
 
-        samples = [(s["prompt"], s["reference"], s["base_model"], s["fine_tuned"]) for s in result["samples"]]
-        return ["<h2>Sample answers</h2>", table_html(["prompt", "reference", "base model", "fine-tuned"], samples)]
+        names = [n for n in result["baselines"] if all(n in s for s in result["samples"])]
+        samples = [(s["prompt"], s["reference"], *(s[n] for n in names), s["fine_tuned"]) for s in result["samples"]]
+        sections = ["<h2>Sample answers</h2>",
+                    table_html(["prompt", "reference", *(_baseline_label(n, result, short=True) for n in names),
+                                "fine-tuned"], samples)]
+        first = result.get("few_shot", {}).get("first_prompt")
+        if first:
+            sections.append("<details><summary>The first test prompt as the few-shot baseline was asked it"
+                            f"</summary><pre>{html.escape(first)}</pre></details>")
+        return sections
 
     # --- export, serving, prediction --------------------------------------------------
     def open_export(self, model_dir: Path, *, int8: bool = False, max_new_tokens: int = 0, batch_size: int = 16,
@@ -237,6 +273,17 @@ TASK = CausalLMTask(
     primary="answer_accuracy",
     lower_is_better=frozenset({"loss", "perplexity"}),
     best_metrics=("loss",),
-    baseline="base_model",
-    settings={"preprocess": (Instructions,)},
+    baseline=FEW_SHOT,
+    settings={"preprocess": (Instructions,), "evaluate": (BaseModelBaseline,)},
 )
+
+
+def _baseline_label(name: str, result: dict, short: bool = False) -> str:
+    """How the report names a baseline of ``result``."""
+    shots = result.get("few_shot", {}).get("examples", 0)
+    labels = {ZERO_SHOT: ("base model zero-shot", "base model (zero-shot, same prompts)"),
+              FEW_SHOT: ("base model few-shot", f"base model ({shots}-shot, examples from the training split; "
+                                                "the gate's baseline)"),
+              "base_model": ("base model", "base model (zero-shot, same prompts)")}
+    short_label, long_label = labels.get(name, (name, name))
+    return short_label if short else long_label

@@ -134,8 +134,9 @@ def conversations(frame: pd.DataFrame, layout: str, source: str) -> list[list[di
     return out
 
 
-def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered conversation and its labels (the ids on assistant turns, -100 elsewhere).
+def encode(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids of the rendered conversation and its labels (the ids on assistant turns, or with
+    ``last_turn_only`` on the last one alone, as a few-shot prompt's answer is scored; -100 elsewhere).
 
     The assistant turns' character spans come from rendering prefixes of the conversation, which
     a chat template must reproduce as prefixes of the whole (ChatML, Llama's and the plain
@@ -152,6 +153,8 @@ def encode(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
             raise DataError("the chat template does not render a conversation's prefix as a prefix of it; "
                             "kftune cannot tell the assistant's tokens apart")
         spans.append((len(head), len(through)))
+    if last_turn_only:
+        spans = spans[-1:]
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = encoded["input_ids"]
     labels = [t if any(start <= begin < end for start, end in spans) else -100

@@ -1,26 +1,27 @@
-"""Evaluate a fine-tuned causal LM against its base model, zero-shot on the same prompts.
+"""Evaluate a fine-tuned causal LM against its base model, asked zero-shot and few-shot.
 
-Both models answer every test prompt greedily (``max_new_tokens`` bounded, batched, with a
-progress bar). Scores per model:
+Every model answers every test prompt greedily (batched, with a progress bar): the fine-tuned model within
+``max_new_tokens``; the base model twice (:mod:`~kftune.tasks.causal_lm.few_shot`), zero-shot on the same prompts and
+few-shot, each prompt preceded by solved examples of the training split, both within ``baseline_max_new_tokens``
+(room to state an answer after a preamble). The few-shot base model is the gate's baseline (``baseline``; with
+``few_shot_examples=0`` the zero-shot one): a gain over it is more than learning the answer format. Scores per model:
 
-- ``exact_match``: the generation equals the reference after normalisation (case folded,
-  surrounding whitespace and punctuation stripped: :func:`~kftune.data.chat.normalise_answer`);
-- ``answer_accuracy`` (short-answer data, whose references take a few distinct values): the
-  allowed answer the generation *starts with* equals the reference's;
+- ``exact_match``: the generation equals the reference after normalisation (case folded, surrounding whitespace
+  and punctuation stripped: :func:`~kftune.data.chat.normalise_answer`): strict, for every model;
+- ``answer_accuracy`` (short-answer data, whose references take a few distinct values): the first allowed answer
+  the generation names as a word (:func:`~kftune.data.chat.read_answer`) equals the reference's; lenient, the same
+  for every model; ``unanswered``: the generation names none;
 - ``rouge_l``: ROUGE-L F-measure (Google's ``rouge-score``);
-- ``loss`` / ``perplexity`` on the reference tokens (teacher forcing).
+- ``loss`` / ``perplexity`` on the reference tokens (teacher forcing; the few-shot baseline's after its few-shot
+  prompt).
 
-The baseline is the base model itself, asked the same prompts; a fair comparison needs
-prompts that state the task and the allowed answers (the bundled data's do), so that a gain is
-more than learning the answer format. The primary score is ``answer_accuracy`` where it
-applies, else ``exact_match``.
+The primary score is ``answer_accuracy`` where it applies, else ``exact_match``.
 
-Every score has a paired bootstrap interval, and so has every gain over the base model: the
-prompts are resampled, both models' answers to the same prompts scored together
-(:func:`prompt_statistics`). Exact match, answer accuracy and ROUGE-L are means over the
-prompts; the loss is not (it is the mean over every reference token, so a long reference weighs
-more), but it is a ratio of two per-prompt sums (summed loss, reference tokens), and perplexity
-its exponential: each resample takes the ratio of its own sums.
+Every score has a paired bootstrap interval, and so has every gain over the baseline: the prompts are resampled,
+both models' answers to the same prompts scored together (:func:`prompt_statistics`). Exact match, answer accuracy
+and ROUGE-L are means over the prompts; the loss is not (it is the mean over every reference token, so a long
+reference weighs more), but it is a ratio of two per-prompt sums (summed loss, reference tokens), and perplexity its
+exponential: each resample takes the ratio of its own sums.
 """
 
 from __future__ import annotations
@@ -111,60 +112,108 @@ def reference_loss(model, split, pad_id: int, batch_size: int = 16) -> float:
     return float(losses.sum() / max(counts.sum(), 1))
 
 
+def context_length(model, tokenizer) -> int:
+    """The most tokens ``model`` takes: its ``max_position_embeddings``, else the tokenizer's ``model_max_length``
+    where that is a real limit, else no limit."""
+    limit = getattr(model.config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 0)
+    return int(limit) if limit and limit < 1_000_000 else 1 << 30
+
+
 def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, config, task) -> dict:
-    """Score the fine-tuned model and its base model on the test split artifact ``test_dir``, with the paired
-    bootstrap intervals of every score and gain (``task``: the causal-lm task); the dataset artifact
-    ``dataset_dir`` gives the task's answers and the tokenizer the prompts were rendered with."""
+    """Score the fine-tuned model and its base model, zero-shot and few-shot, on the test split artifact
+    ``test_dir``, with the paired bootstrap intervals of every score and of every gain over the baseline (``task``:
+    the causal-lm task). The dataset artifact ``dataset_dir`` gives the task's answers, the training split the
+    few-shot examples come from, and the tokenizer (chat template) the prompts were rendered with."""
+    from transformers import AutoTokenizer
+
+    from kftune.data.schema import load_splits
     from kftune.tasks.bootstrap import RESAMPLES, paired_intervals
+    from kftune.tasks.causal_lm.data import encode
+    from kftune.tasks.causal_lm.few_shot import FEW_SHOT, ZERO_SHOT, few_shot_prompts
 
     info = dataset_task(dataset_dir)
     test = load_test_split(test_dir)
     prompts, references = list(test["prompt"]), list(test["reference"])
     answers = info.get("answers") or []
     history = json.loads((Path(model_dir) / "training_history.json").read_text(encoding="utf-8"))
-    base_name = history["config"]["model"]
+    base_name, seed = history["config"]["model"], int(history["config"].get("seed", 42))
     max_new = max_new_tokens_for(info, config.max_new_tokens)
+    base_max_new = max(config.baseline_max_new_tokens, max_new)
+    shots = config.few_shot_examples
 
     results, generations, statistics = {}, {}, {}
-    for name, path in (("fine_tuned", model_dir), ("base_model", resolve_model(base_name))):
-        model, tokenizer = load_causal_lm(path)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        if name == "base_model":  # the dataset's tokenizer: the same chat template the prompts were rendered with
-            from transformers import AutoTokenizer
 
-            tokenizer = AutoTokenizer.from_pretrained(str(Path(dataset_dir) / "tokenizer"))
-        generations[name] = generate(model, tokenizer, prompts, max_new, config.batch_size, desc=f"{name} answers")
-        loss, tokens = reference_losses(model, test, pad_id)
+    def score(name, model, tokenizer, asked, split, budget, pad_id):
+        generations[name] = generate(model, tokenizer, asked, budget, config.batch_size, desc=f"{name} answers")
+        loss, tokens = reference_losses(model, split, pad_id)
         statistics[name] = task.example_statistics(
             references, {"generations": generations[name], "loss": loss, "loss_tokens": tokens}, info)
         results[name] = answer_scores(statistics[name])
-        del model
-    model_scores, base = results["fine_tuned"], results["base_model"]
+
+    model, tokenizer = load_causal_lm(model_dir)
+    score("fine_tuned", model, tokenizer, prompts, test, max_new, _pad_id(tokenizer))
+    del model
+    model, tokenizer = load_causal_lm(resolve_model(base_name))
+    pad_id = _pad_id(tokenizer)
+    # the dataset's tokenizer: the chat template the prompts were rendered with, and the fine-tuned model asked with
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(dataset_dir) / "tokenizer"))
+    score(ZERO_SHOT, model, tokenizer, prompts, test, base_max_new, pad_id)
+    few_shot = {"examples": shots}
+    if shots:
+        train = load_splits(dataset_dir)[0]["train"]
+        asked, conversations, used = few_shot_prompts(
+            tokenizer, list(train["messages"]), list(train["reference"]), list(test["messages"]), answers, shots,
+            seed, context_length(model, tokenizer) - base_max_new)
+        rows = [encode(tokenizer, c, last_turn_only=True) for c in conversations]
+        score(FEW_SHOT, model, tokenizer, asked, {"input_ids": [r[0] for r in rows], "labels": [r[1] for r in rows]},
+              base_max_new, pad_id)
+        few_shot |= {"mean_examples": float(np.mean(used)), "fewer_examples": int(sum(n < shots for n in used)),
+                     "seed": seed, "first_prompt": asked[0] if asked else ""}
+    del model
+    baseline = FEW_SHOT if shots else ZERO_SHOT
+    model_scores, base = results["fine_tuned"], results[baseline]
     primary = "answer_accuracy" if answers else "exact_match"
     # positive: the fine-tuned model is better (for perplexity, base minus fine-tuned)
     deltas = {k: task.gain(k, model_scores[k], base[k]) for k in task.metrics if k in base}
+    baselines = (ZERO_SHOT, FEW_SHOT) if shots else (ZERO_SHOT,)
     result = {
         "task": task.name,
         "test_size": len(test),
         "primary_metric": primary,
         "answers": answers,
         "max_new_tokens": max_new,
+        "baseline_max_new_tokens": base_max_new,
+        "few_shot": few_shot,
         "model": model_scores,
-        "baselines": {"base_model": base},
-        "baseline": "base_model",
+        "baselines": {name: results[name] for name in baselines},
+        "baseline": baseline,
         "base_model": base_name,
         "delta_vs_baseline": deltas,
         "samples": [
-            {"prompt": json.loads(test[i]["messages"])[-2]["content"] if len(json.loads(test[i]["messages"])) > 1
-             else prompts[i], "reference": references[i], "base_model": generations["base_model"][i],
-             "fine_tuned": generations["fine_tuned"][i]}
+            {"prompt": _asked(test[i]["messages"], prompts[i]), "reference": references[i],
+             **{name: generations[name][i] for name in baselines}, "fine_tuned": generations["fine_tuned"][i]}
             for i in range(min(SAMPLES, len(test)))
         ],
-        "intervals": paired_intervals(statistics["fine_tuned"], statistics["base_model"],
+        "intervals": paired_intervals(statistics["fine_tuned"], statistics[baseline],
                                       lambda sums: task.scores_from_sums(sums, info), task.gain),
         "resamples": RESAMPLES,
     }
-    log.info("test %s %.4f (base model %.4f), exact match %.4f (%.4f), perplexity %.2f (%.2f)",
-             primary, model_scores[primary], base[primary], model_scores["exact_match"], base["exact_match"],
-             model_scores["perplexity"], base["perplexity"])
+    log.info("test %s %.4f (base model few-shot %s, zero-shot %.4f), exact match %.4f (%s, %.4f)", primary,
+             model_scores[primary], _score_text(results, FEW_SHOT, primary), results[ZERO_SHOT][primary],
+             model_scores["exact_match"], _score_text(results, FEW_SHOT, "exact_match"),
+             results[ZERO_SHOT]["exact_match"])
     return result
+
+
+def _pad_id(tokenizer) -> int:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def _asked(messages: str, prompt: str) -> str:
+    """What the user asked last (the rendered prompt where the conversation is a single turn)."""
+    turns = json.loads(messages)
+    return turns[-2]["content"] if len(turns) > 1 else prompt
+
+
+def _score_text(results: dict, name: str, metric: str) -> str:
+    return f"{results[name][metric]:.4f}" if name in results else "not asked"
