@@ -465,6 +465,20 @@ def test_export_reloads_and_reproduces_the_trained_generations(tmp_path, trained
     trained = generate(*load_causal_lm(trained_lm), prompts, 6)
     assert exported == trained
 
+    # the export as the registry's champion: it answers the same prompts as the trained model, so every gain over
+    # it and its interval is 0 (tests/test_champion.py: the encoder tasks, registry and promotion end to end)
+    from kftune.components.evaluate.config import EvaluateConfig
+
+    result = TASKS["causal-lm"].evaluate(trained_lm, prepared_lm, prepared_lm_test,
+                                         EvaluateConfig(task="causal-lm", few_shot_examples=0),
+                                         champion_dir=tmp_path / "export")
+    champion = result["champion"]
+    assert champion["model"] == pytest.approx({k: result["model"][k] for k in champion["model"]}, abs=1e-6)
+    assert set(champion["delta"]) >= {"answer_accuracy", "exact_match", "perplexity"}
+    assert all(abs(d) < 1e-6 for d in champion["delta"].values())
+    assert all(abs(i["ci_low"]) < 1e-6 and abs(i["ci_high"]) < 1e-6 for i in champion["intervals"].values())
+    assert [s["champion"] for s in result["samples"]] == [s["fine_tuned"] for s in result["samples"]]
+
 
 def test_export_refuses_a_merged_model_that_is_not_what_was_trained(tmp_path, trained_lm, prepared_lm,
                                                                      prepared_lm_test):

@@ -136,7 +136,7 @@ class CausalLMTask(Task):
         from kftune.tasks.causal_lm.evaluation import evaluate_causal_lm
 
         return evaluate_causal_lm(model_dir, dataset_dir, test_dir,
-                                  replace(config, batch_size=min(config.batch_size, 16)), self)
+                                  replace(config, batch_size=min(config.batch_size, 16)), self, champion_dir)
 
     def example_statistics(self, truth, predicted, info):
         """Per test prompt (``truth``: the references; ``predicted``: a model's ``generations``, and its summed

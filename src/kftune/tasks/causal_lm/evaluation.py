@@ -119,11 +119,14 @@ def context_length(model, tokenizer) -> int:
     return int(limit) if limit and limit < 1_000_000 else 1 << 30
 
 
-def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, config, task) -> dict:
+def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir: str | Path, config, task,
+                       champion_dir: str | Path | None = None) -> dict:
     """Score the fine-tuned model and its base model, zero-shot and few-shot, on the test split artifact
     ``test_dir``, with the paired bootstrap intervals of every score and of every gain over the baseline (``task``:
     the causal-lm task). The dataset artifact ``dataset_dir`` gives the task's answers, the training split the
-    few-shot examples come from, and the tokenizer (chat template) the prompts were rendered with."""
+    few-shot examples come from, and the tokenizer (chat template) the prompts were rendered with. With
+    ``champion_dir`` (the registry champion's export), the champion answers the same prompts as the fine-tuned
+    model, and ``champion`` holds its scores, the gains over it and their paired intervals (or why it could not)."""
     from transformers import AutoTokenizer
 
     from kftune.data.schema import load_splits
@@ -153,6 +156,18 @@ def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir:
     model, tokenizer = load_causal_lm(model_dir)
     score("fine_tuned", model, tokenizer, prompts, test, max_new, _pad_id(tokenizer))
     del model
+    champion_error = ""
+    if champion_dir is not None:
+        try:  # asked as the fine-tuned model is: the same prompts, budget and reference tokens
+            model, tokenizer = load_causal_lm(Path(champion_dir))
+            if tokenizer.get_vocab() != AutoTokenizer.from_pretrained(str(Path(dataset_dir) / "tokenizer")).get_vocab():
+                raise ValueError("it has another tokenizer (vocabulary) than the candidate's data: the test split's "
+                                 "reference tokens would be other words to it")
+            score("champion", model, tokenizer, prompts, test, max_new, _pad_id(tokenizer))
+            del model
+        except Exception as e:  # noqa: BLE001 -- the candidate's own evaluation stands; only its promotion waits
+            log.warning("champion: not scored on this test split: %s", e)
+            champion_error = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     model, tokenizer = load_causal_lm(resolve_model(base_name))
     pad_id = _pad_id(tokenizer)
     # the dataset's tokenizer: the chat template the prompts were rendered with, and the fine-tuned model asked with
@@ -198,6 +213,18 @@ def evaluate_causal_lm(model_dir: str | Path, dataset_dir: str | Path, test_dir:
                                       lambda sums: task.scores_from_sums(sums, info), task.gain),
         "resamples": RESAMPLES,
     }
+    if "champion" in results:
+        intervals = paired_intervals(statistics["fine_tuned"], statistics["champion"],
+                                     lambda sums: task.scores_from_sums(sums, info), task.gain)
+        result["champion"] = {
+            "model": {k: results["champion"][k] for k in task.metrics if k in results["champion"]},
+            "delta": {k: task.gain(k, model_scores[k], results["champion"][k]) for k in task.metrics
+                      if k in results["champion"]},
+            "intervals": {k: {"ci_low": v["ci_low"], "ci_high": v["ci_high"]} for k, v in intervals.items()}}
+        for i, sample in enumerate(result["samples"]):
+            sample["champion"] = generations["champion"][i]
+    elif champion_error:
+        result["champion"] = {"error": champion_error}
     log.info("test %s %.4f (base model few-shot %s, zero-shot %.4f), exact match %.4f (%s, %.4f)", primary,
              model_scores[primary], _score_text(results, FEW_SHOT, primary), results[ZERO_SHOT][primary],
              model_scores["exact_match"], _score_text(results, FEW_SHOT, "exact_match"),
