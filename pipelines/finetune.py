@@ -45,7 +45,7 @@ def build_finetune_pipeline(images: ImageScheme = ImageScheme(), resources: Trai
     """The finetune pipeline with its components in ``images``; ``resources`` and ``secrets`` give
     the defaults of those run parameters, ``options`` what is fixed when compiling."""
     cluster = Cluster(resources or TrainResources(), secrets or StorageSecrets(), options)
-    steps = FinetuneSteps(images, cluster)
+    steps = FinetuneSteps(images, cluster, PIPELINE_NAME)
     predict_op = predict_component.component(images)
     publish_op = publish_component.component(images)
     deploy_op = deploy_component.component(images)

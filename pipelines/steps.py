@@ -17,13 +17,14 @@ from kftune.components.pretrain import component as pretrain_component
 from kftune.components.train import component as train_component
 from kftune.pipelines.cluster import Cluster
 from kftune.settings.signatures import settings_task
+from kftune.tracking.tracker import ENV_PIPELINE
 
 
 class FinetuneSteps:
     """The shared steps' components in the images of one scheme, on one cluster request."""
 
-    def __init__(self, images: ImageScheme, cluster: Cluster):
-        self.images, self.cluster = images, cluster
+    def __init__(self, images: ImageScheme, cluster: Cluster, pipeline: str):
+        self.images, self.cluster, self.pipeline = images, cluster, pipeline
         self.preprocess_op = preprocess_component.component(images)
         self.pretrain_op = pretrain_component.component(images)
         self.train_op = train_component.component(images)
@@ -53,6 +54,7 @@ class FinetuneSteps:
                                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, trainjob_image=self.images.image("train"),
                                 **train_arguments)
         trained.set_display_name(display_name)
+        trained.set_env_variable(ENV_PIPELINE, self.pipeline)  # the MLflow run's tag kftune.pipeline
         self.cluster.request_training_resources(trained, values)
         self.cluster.use_storage_secrets(trained, values)  # the pretrained model may be in s3:// or gs://
         self.cluster.use_tracking_secret(trained, values)

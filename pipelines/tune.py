@@ -29,6 +29,7 @@ from kftune.components.tune import component as tune_component
 from kftune.pipelines.cluster import Cluster, ClusterOptions, StorageSecrets
 from kftune.pipelines.steps import FinetuneSteps
 from kftune.settings.signatures import settings_task, with_settings
+from kftune.tracking.tracker import ENV_PIPELINE
 
 PIPELINE_NAME = "tune"
 STAGES = (
@@ -54,7 +55,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
     defaults of those run parameters (trials and the final training run on ``resources``),
     ``options`` what is fixed when compiling (among it the grid/random fan-out's parallelism)."""
     cluster = Cluster(resources or TrainResources(), secrets or StorageSecrets(), options)
-    steps = FinetuneSteps(images, cluster)
+    steps = FinetuneSteps(images, cluster, PIPELINE_NAME)
     tune_ops = tune_component.components(images)
 
     class Outputs(NamedTuple):
@@ -82,6 +83,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
         plan = settings_task(tune_ops["plan_search"], values, dataset=dataset)
         plan.set_display_name("plan search").set_caching_options(False)
         cluster.use_tracking_secret(plan, values)
+        plan.set_env_variable(ENV_PIPELINE, PIPELINE_NAME)
         train_config = plan.outputs["train_config"]
 
         with dsl.If(values["search_backend"] == "katib", name="katib"):
@@ -95,6 +97,7 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
             cluster.request_training_resources(study, values)
             cluster.use_storage_secrets(study, values)
             cluster.use_tracking_secret(study, values)
+            study.set_env_variable(ENV_PIPELINE, PIPELINE_NAME)
         with dsl.Else(name="fan-out"):
             trials = plan.outputs["trials"]
             with dsl.ParallelFor(trials, parallelism=cluster.options.trial_parallelism, name="trials") as trial:
@@ -104,10 +107,12 @@ def build_tune_pipeline(images: ImageScheme = ImageScheme(), resources: TrainRes
                 cluster.request_training_resources(trial_task, values)
                 cluster.use_storage_secrets(trial_task, values)
                 cluster.use_tracking_secret(trial_task, values)
+                trial_task.set_env_variable(ENV_PIPELINE, PIPELINE_NAME)
             picked = settings_task(tune_ops["select_best"], values, results=dsl.Collected(trial_task.output),
                                    train_config=train_config)
             picked.set_display_name("select best")
             cluster.use_tracking_secret(picked, values)
+            picked.set_env_variable(ENV_PIPELINE, PIPELINE_NAME)
         reported = tune_ops["report_search"](record=dsl.OneOf(katib.output, study.output, picked.output))
         reported.set_display_name("search report")
         best_params = reported.outputs["best_params"]

@@ -318,6 +318,7 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
     # the tracking server's credentials, on the tasks that record into the run
     doc = _compile(tmp_path, "--tracking-secret", "mlflow-auth")
     executors = doc["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert {"name": "KFTUNE_PIPELINE", "value": "finetune"} in _executor(doc, "train")["env"]  # the run's tag
     for stage in ("train", "evaluate", "export", "publish"):  # publish: the published URI onto the registry version
         [secret] = [s for s in executors[f"exec-{stage}"]["secretAsEnv"]
                     if "tracking_secret" in s["secretNameParameter"]["componentInputParameter"]]
@@ -334,5 +335,5 @@ def test_storage_credentials_come_from_secrets_on_the_tasks_that_use_storage(tmp
         assert "secretAsEnv" not in executors[f"exec-{stage}"]
         (volume,) = executors[f"exec-{stage}"]["secretAsVolume"]
         assert volume["mountPath"] == "/var/secrets/google" and volume["optional"] is True
-        env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"]}
+        env = {e["name"]: e["value"] for e in _executor(doc, stage)["env"] if e["name"] != "KFTUNE_PIPELINE"}
         assert env == {"GOOGLE_APPLICATION_CREDENTIALS": "/var/secrets/google/key.json"}

@@ -98,6 +98,7 @@ def assert_tracked(results: dict, store: str, console: str, tmp_path: Path) -> N
     client = MlflowClient(store)
     run = only_run(client)
     assert run.info.run_id == results["tracking"]["run_id"] and run.info.status == "FINISHED"
+    assert run.data.tags["kftune.pipeline"] == "finetune"
     assert f"MLflow run:       {run.info.run_id} (mlflow ui --backend-store-uri {store})" in console
     # the resolved settings, flat
     history = json.loads((Path(results["artifacts"]["model"]) / "training_history.json").read_text())

@@ -65,7 +65,7 @@ def preflight(arguments: dict) -> None:
         check_inputs(settings_from(PredictConfig, arguments), data.task)
 
 
-def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False):
+def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = False, pipeline: str = "finetune"):
     """Run a pipeline with kfp.local, its full log in the run directory: (result, log file). Runs are tracked in
     the embedded MLflow store under ``output_dir`` unless ``tracking_uri`` names another (or is "off"); what the
     tracking server did not take waits under ``output_dir``/tracking-pending and is sent again at the end."""
@@ -73,10 +73,11 @@ def _run_locally(runner, arguments: dict, output_dir: Path, verbose: bool = Fals
 
     from kftune.cli.console import local_run_console
     from kftune.tracking.config import local_store
-    from kftune.tracking.tracker import ENV_SPOOL_DIR
+    from kftune.tracking.tracker import ENV_PIPELINE, ENV_SPOOL_DIR
 
     arguments["tracking_uri"] = arguments.get("tracking_uri") or local_store(output_dir)
     os.environ[ENV_SPOOL_DIR] = str(Path(output_dir).resolve() / "tracking-pending")
+    os.environ[ENV_PIPELINE] = pipeline
     with local_run_console(output_dir, verbose=verbose) as run_console:
         try:
             return runner(arguments, output_dir), run_console.log_path
@@ -181,7 +182,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                           "tune, then run it there); a local search uses --search-backend pipeline")
     plan_search(settings_from(SearchConfig, arguments), settings_from(TrainConfig, arguments))
     preflight(arguments)
-    result, log_file = _run_locally(run_tune_locally, arguments, args.output_dir, args.verbose)
+    result, log_file = _run_locally(run_tune_locally, arguments, args.output_dir, args.verbose, pipeline="tune")
     results = result.results() | {"best_params": result.best_params, "search": result.search,
                                   "search_report": str(result.search_report)}
     results["artifacts"]["log"] = str(log_file)

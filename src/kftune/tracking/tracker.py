@@ -34,6 +34,8 @@ TRACKING_FILE = "tracking.json"
 SPOOL_SUFFIX = ".tracking-pending.jsonl"
 ENV_SPOOL_DIR = "KFTUNE_TRACKING_SPOOL_DIR"
 ENV_URI, ENV_RUN_ID = "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"  # MLflow's own names
+ENV_PIPELINE = "KFTUNE_PIPELINE"
+"""The pipeline a stage runs in (finetune, tune): set on the train task, and by kftune run/tune for local runs."""
 # Errors of the record, not of the server: sending it again would fail again.
 PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE",
                     "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED"}
@@ -70,6 +72,8 @@ def git_commit() -> str:
 def default_tags() -> dict[str, str]:
     """What every run says of where it came from."""
     tags = {"kftune.version": __version__, "mlflow.source.name": "kftune", "mlflow.source.type": "JOB"}
+    if os.environ.get(ENV_PIPELINE):
+        tags["kftune.pipeline"] = os.environ[ENV_PIPELINE]
     commit = os.environ.get("KFTUNE_GIT_COMMIT") or git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
