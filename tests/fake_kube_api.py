@@ -71,6 +71,7 @@ from kubernetes import client
 TRAINJOBS = re.compile(r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs(?:/([^/]+))?$")
 PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods$")
 POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
+POD = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)$")
 EXPERIMENTS = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/experiments(?:/([^/]+))?$")
 TRIALS = re.compile(r"^/apis/kubeflow\.org/v1beta1/namespaces/([^/]+)/trials$")
 KATIB_API = "/apis/kubeflow.org/v1beta1/"
@@ -236,6 +237,8 @@ class FakeKubeApiServer:
         """The fake Katib controller's Trials of each Experiment, all of them from the start (the
         API shows those that have started by the current poll)."""
         self.trial_lists = 0
+        self.named_pods: dict[tuple[str, str], dict] = {}
+        """Pods a test puts here (namespace, name): what a GET of one answers (a KFP step's own pod)."""
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -310,6 +313,10 @@ class FakeKubeApiServer:
             return 200, {"apiVersion": "v1", "kind": "PodList", "items": pods}
         if (match := POD_LOG.match(path)) and method == "GET":
             return self._log(*match.groups())
+        if (match := POD.match(path)) and method == "GET":
+            if match.groups() not in self.named_pods:
+                return _status(404, "NotFound", f'pods "{match.group(2)}" not found')
+            return 200, self.named_pods[match.groups()]
         if path.startswith(KATIB_API):
             return self._katib(method, path, query, body)
         if path.startswith(KSERVE_API):

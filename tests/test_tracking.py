@@ -238,3 +238,43 @@ def test_an_empty_experiment_name_is_refused_before_the_run_starts(tmp_path, cap
     assert main(["run", "--experiment-name", " ", "--output-dir", str(tmp_path)]) == 2
     assert "experiment_name is empty" in capsys.readouterr().err
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_on_a_cluster_each_stage_tags_the_image_it_runs_and_its_digest(tmp_path, monkeypatch):
+    """In KFP's executor pod (KFP_POD_NAME) the run is tagged with the image of the pod's main container and its
+    digest, read from the pod's status through the Kubernetes API (the fake API server answers with the pod a
+    test puts there); a pod that cannot be read costs the tags, not the run."""
+    from kubernetes.config import kube_config
+
+    from kftune.cluster import kube as kube_helpers
+    from kftune.tracking.config import local_store
+    from tests.fake_kube_api import FakeKubeApiServer, write_kubeconfig
+
+    def container(name, image, digest):
+        return {"name": name, "image": image, "imageID": digest, "ready": True, "restartCount": 0}
+
+    launcher = "ghcr.io/kubeflow/kfp-launcher"
+
+    store = local_store(tmp_path)
+    with FakeKubeApiServer() as server:
+        server.named_pods[("team-a", "finetune-x7k2p-train")] = {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "finetune-x7k2p-train", "namespace": "team-a"},
+            "status": {"containerStatuses": [
+                container("kfp-launcher", f"{launcher}:2.5.0", f"{launcher}@sha256:1e"),
+                container("main", "ghcr.io/kftune/kftune-train:0.1.0", "ghcr.io/kftune/kftune-train@sha256:9f2c")]}}
+        monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION",
+                            str(write_kubeconfig(tmp_path / "kubeconfig", server)))
+        (tmp_path / "namespace").write_text("team-a")
+        monkeypatch.setattr(kube_helpers, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
+        monkeypatch.setenv("KFP_POD_NAME", "finetune-x7k2p-train")
+        tracker = Tracker.start(TrackingConfig(store, "images"), "train", {}, None, "train")
+        tags = MlflowClient(store).get_run(tracker.run_id).data.tags
+        assert tags["kftune.image.train"] == "ghcr.io/kftune/kftune-train:0.1.0"
+        assert tags["kftune.image_digest.train"] == "ghcr.io/kftune/kftune-train@sha256:9f2c"
+        [read] = server.calls("GET", "/pods/")
+        assert read.path == "/api/v1/namespaces/team-a/pods/finetune-x7k2p-train"
+
+        monkeypatch.setenv("KFP_POD_NAME", "a-pod-that-is-gone")
+        tracker = Tracker.start(TrackingConfig(store, "images"), "train", {}, None, "train")
+        assert tracker is not None
+        assert not any(k.startswith("kftune.image") for k in MlflowClient(store).get_run(tracker.run_id).data.tags)

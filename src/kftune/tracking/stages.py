@@ -21,7 +21,7 @@ from kftune.data.schema import STATS_FILE, splits_sha256
 from kftune.tracking.champion import champion_metrics
 from kftune.tracking.config import TrackingConfig
 from kftune.tracking.registry import REGISTERED_FILE, RegistryConfig, register
-from kftune.tracking.tracker import ENV_SPOOL_DIR, SPOOL_SUFFIX, Tracker
+from kftune.tracking.tracker import ENV_SPOOL_DIR, SPOOL_SUFFIX, Tracker, pod_image_tags
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def record_evaluation(model_dir: str | Path, result: dict, config, reports: dict
     tracker.params({f"evaluate.{k}": v for k, v in asdict(config).items()})
     flat = task_named(result["task"]).flat_metrics(result) | champion_metrics(result)
     tracker.metrics({f"test_{k}": v for k, v in flat.items()})
+    tracker.tags(pod_image_tags("evaluate"))
     tracker.tags({"gate": "passed" if result["passed"] else "failed",
                   "gate.failed_checks": ",".join(c for c, ok in result.get("checks", {}).items() if not ok)})
     if "promotion" in result:
@@ -131,7 +132,7 @@ def record_export(model_dir: str | Path, export_dir: str | Path, report: dict, a
     tracker.metrics({f"export_parity_{k}": v for k, v in report.get("parity", {}).items()}
                     | {f"export_size_mb_{k}": v / 2**20 for k, v in report.get("size_bytes", {}).items()})
     tracker.artifact(export_dir, "model")
-    tracker.tags({"export.format": report.get("format", "")})
+    tracker.tags({"export.format": report.get("format", "")} | pod_image_tags("export"))
     if not (evaluation and evaluation.get("passed") and registry is not None and registry.enabled):
         return None
     if tracker.pending():

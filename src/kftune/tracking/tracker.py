@@ -84,6 +84,33 @@ def default_tags() -> dict[str, str]:
     return tags
 
 
+def pod_image_tags(stage: str) -> dict[str, str]:
+    """On a cluster, in KFP's executor pod (``KFP_POD_NAME``, which KFP sets): the image the stage runs and its
+    digest, from the pod's status (``kftune.image.<stage>``, ``kftune.image_digest.<stage>``); {} elsewhere, or
+    where the pod cannot be read (the pipeline's service account may not get pods)."""
+    pod_name = os.environ.get("KFP_POD_NAME")
+    if not pod_name:
+        return {}
+    try:
+        from kubernetes import client
+
+        from kftune.cluster.kube import current_namespace, kube_api_client
+
+        api = kube_api_client()
+        try:
+            pod = client.CoreV1Api(api).read_namespaced_pod(pod_name, current_namespace())
+        finally:
+            api.close()
+        statuses = pod.status.container_statuses or []
+        main = next((s for s in statuses if s.name == "main"), None)  # KFP's executor container
+        if main is None:
+            return {}
+        return {f"kftune.image.{stage}": main.image, f"kftune.image_digest.{stage}": main.image_id}
+    except Exception as e:  # noqa: BLE001 -- a tag is not worth a failed stage
+        log.info("tracking: could not read the image of pod %s (%s)", pod_name, _short(e))
+        return {}
+
+
 def _experiment_id(client, uri: str, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -165,7 +192,7 @@ class Tracker:
         if not config.enabled:
             return None
         client = _client(config.tracking_uri)
-        run_tags = default_tags() | {k: str(v) for k, v in tags.items()}
+        run_tags = default_tags() | pod_image_tags(stage) | {k: str(v) for k, v in tags.items()}
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
         for attempt in (1, 2):
@@ -228,6 +255,8 @@ class Tracker:
             self.send({"kind": "batch", "metrics": metrics})
 
     def tags(self, values: dict) -> None:
+        if not values:
+            return
         self.send({"kind": "batch", "tags": [[k, str(v)] for k, v in values.items()]})
 
     def artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
