@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 
-from kftune.tracking.registry import CHALLENGER, CHAMPION, who
+from kftune.tracking.aliases import CHALLENGER, CHAMPION, who
 
 log = logging.getLogger(__name__)
 

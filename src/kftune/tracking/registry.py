@@ -12,18 +12,16 @@ from which version) in the tag ``kftune.champion_history``. Where a cluster runs
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass
 
 from kftune.errors import KftuneError
+from kftune.tracking.aliases import CHALLENGER, CHAMPION, who
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 HISTORY_TAG = "kftune.champion_history"
 HISTORY_KEPT = 20  # moves kept in the tag (MLflow limits a tag's value to 8000 characters)
 REGISTERED_FILE = "registered.json"
@@ -46,16 +44,6 @@ class RegistryConfig:
     @property
     def enabled(self) -> bool:
         return self.registered_model_name != "off"
-
-
-def who() -> str:
-    """Who moves an alias: the KFP run where there is one, else the OS user."""
-    if os.environ.get("KFP_RUN_ID"):
-        return f"kfp-run:{os.environ['KFP_RUN_ID']}"
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def _client(tracking_uri: str):
