@@ -7,6 +7,9 @@ import getpass
 import os
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+STORAGE_URI_TAG = "kftune.storage_uri"
+"""On a version (a tag in MLflow, a custom property in the Kubeflow Model Registry): where publish put its copy,
+which a deployment serves."""
 
 
 def who() -> str:

@@ -21,7 +21,7 @@ import os
 import time
 import warnings
 
-from kftune.tracking.aliases import CHALLENGER, CHAMPION, who
+from kftune.tracking.aliases import CHALLENGER, CHAMPION, STORAGE_URI_TAG, who
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +33,6 @@ CHALLENGER_PROPERTY = "kftune.challenger"
 """On the registered model: the version name of its latest challenger (as MLflow's alias ``challenger``)."""
 ALIASES_PROPERTY = "kftune.aliases"
 """On a version: its MLflow aliases, comma-separated (``challenger,champion``; empty once it holds none)."""
-STORAGE_URI_PROPERTY = "kftune.storage_uri"
-"""On a version: where publish put its copy (also its model artifact's URI from then on)."""
 MODEL_FORMATS = {"onnx": "onnx", "huggingface": "huggingface"}
 """An export's format (its report's ``format``) as the model artifact's ``model_format_name``."""
 
@@ -71,7 +69,7 @@ def _mirror(client, name: str, alias: str, version: str) -> None:
         _set_alias(client, name, str(previous), alias, present=False)
 
 
-def _set_alias(client, name: str, version: str, alias: str, present: bool, extra: dict | None = None) -> None:
+def _set_alias(client, name: str, version: str, alias: str, present: bool) -> None:
     found = client.get_model_version(name, version)
     if found is None:
         log.warning("model registry: %s has no version %s to %s alias %s", name, version,
@@ -82,7 +80,7 @@ def _set_alias(client, name: str, version: str, alias: str, present: bool, extra
     if present:
         aliases.append(alias)
     properties[ALIASES_PROPERTY] = ",".join(sorted(aliases))
-    found.custom_properties = properties | (extra or {})
+    found.custom_properties = properties
     client.update(found)
 
 
@@ -153,7 +151,7 @@ def set_storage_uri(url: str, name: str, version: str, uri: str) -> bool:
         artifact.uri = uri
         client.update(artifact)
         found = client.get_model_version(name, str(version))
-        found.custom_properties = dict(found.custom_properties or {}) | {STORAGE_URI_PROPERTY: uri}
+        found.custom_properties = dict(found.custom_properties or {}) | {STORAGE_URI_TAG: uri}
         client.update(found)
     except Exception as e:  # noqa: BLE001 -- the published copy is sound; MLflow's registry has its URI
         log.warning("model registry: could not record %s on %s version %s at %s (%s)", uri, name, version, url, e)

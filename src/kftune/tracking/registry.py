@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from kftune.errors import KftuneError
-from kftune.tracking.aliases import CHALLENGER, CHAMPION, who
+from kftune.tracking.aliases import CHALLENGER, CHAMPION, STORAGE_URI_TAG, who
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +161,6 @@ def _mirrored(move: dict, name: str, model_registry_url: str) -> dict:
 
         move["model_registry"] = move_champion(model_registry_url, name, move)
     return move
-
-
-STORAGE_URI_TAG = "kftune.storage_uri"
-"""On a version: where publish put its copy (s3://..., gs://...), which a deployment serves."""
 
 
 def set_storage_uri(tracking_uri: str, name: str, version: str, uri: str) -> None:

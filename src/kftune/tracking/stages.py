@@ -103,9 +103,9 @@ def record_evaluation(model_dir: str | Path, result: dict, config, reports: dict
     tracker.params({f"evaluate.{k}": v for k, v in asdict(config).items()})
     flat = task_named(result["task"]).flat_metrics(result) | champion_metrics(result)
     tracker.metrics({f"test_{k}": v for k, v in flat.items()})
-    tracker.tags(pod_image_tags("evaluate"))
     tracker.tags({"gate": "passed" if result["passed"] else "failed",
-                  "gate.failed_checks": ",".join(c for c, ok in result.get("checks", {}).items() if not ok)})
+                  "gate.failed_checks": ",".join(c for c, ok in result.get("checks", {}).items() if not ok)}
+                 | pod_image_tags("evaluate"))
     if "promotion" in result:
         tracker.tags({"promotion": "promote" if result["promotion"]["promote"] else "keep champion",
                       "promotion.reason": result["promotion"]["reason"][:5000],
