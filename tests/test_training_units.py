@@ -388,10 +388,22 @@ def test_precision_resolution(monkeypatch):
     assert precision.resolve_precision("bf16", cpu) == "bf16" and precision.resolve_precision("no", cpu) == "no"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         precision.resolve_precision("fp16", cpu)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert precision.resolve_precision("auto", cuda) == "fp16" and precision.resolve_precision("fp16", cuda) == "fp16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert precision.resolve_precision("auto", cuda) == "bf16"
+
+
+@pytest.mark.parametrize("capability, chosen", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                                ((9, 0), "bf16"), ((12, 0), "bf16")])
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capability, chosen):
+    """V100 (7.0) and T4 (7.5) only emulate bf16, which torch.cuda.is_bf16_supported() counts as support by default:
+    auto must pick fp16 with loss scaling there, bf16 from Ampere (8.0) on."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # what an emulating GPU says
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.bf16_is_native_at(capability) == (chosen == "bf16")
+    assert precision.resolve_precision("auto", torch.device("cuda", 0)) == chosen
+    assert precision.has_native_bf16(torch.device("cuda", 0)) == (chosen == "bf16")
 
 
 def test_autocast_and_loss_scaling_follow_the_precision():
