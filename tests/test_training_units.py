@@ -464,7 +464,8 @@ def test_the_training_log_records_steps_epochs_and_how_the_run_went():
 
 def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model():
     """Encoder tasks take freeze_encoder and prompt_tuning, not qlora or fsdp; the causal LM the other way round."""
-    TrainConfig(task="causal-lm", training_mode="qlora", sharding="fsdp").validate()
+    TrainConfig(task="causal-lm", training_mode="qlora", sharding="ddp").validate()
+    TrainConfig(task="causal-lm", training_mode="lora", sharding="fsdp").validate()
     for mode in ("freeze_encoder", "prompt_tuning"):
         with pytest.raises(ConfigError, match=f"training_mode {mode} is for tasks classification, regression"):
             TrainConfig(task="causal-lm", training_mode=mode).validate()
@@ -474,3 +475,12 @@ def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model()
             TrainConfig(task=task, training_mode="qlora").validate()
         with pytest.raises(ConfigError, match="sharding fsdp is for task causal-lm"):
             TrainConfig(task=task, sharding="fsdp").validate()
+
+
+def test_qlora_is_refused_under_fsdp_in_one_line():
+    """Sharding bitsandbytes' 4-bit parameters drops their quantisation state: the combination stops at validation,
+    before anything is launched, with one line saying what to use instead."""
+    config = TrainConfig(task="causal-lm", training_mode="qlora", sharding="fsdp")
+    with pytest.raises(ConfigError, match="qlora cannot be sharded with sharding fsdp") as refused:
+        config.validate()
+    assert "\n" not in str(refused.value) and "use sharding ddp" in str(refused.value)
