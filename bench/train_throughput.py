@@ -25,7 +25,6 @@ are scored against the labels ``predict`` returns with them: with group_by_lengt
 also length-groups its evaluation batches, so predictions do not come back in dataset order.
 About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min per seed):
 
-    .venv/bin/pip install accelerate==1.15.0   # Trainer needs it (or: pip install -e '.[bench]')
     .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-tuned --out bench-results.json
     .venv/bin/python bench/train_throughput.py --out bench-results.json     # seed 42, documented Trainer only
     .venv/bin/python bench/train_throughput.py --skip-trainer --set training_mode=lora   # kftune only
