@@ -36,7 +36,7 @@ preparation, validation and saving excluded), real (non-padding) tokens of the N
 those seconds, the tokens the trainer itself counted, held-out loss; and kftune's tokens/s over
 TRL's, and kftune's with packing over kftune's padded. Runs take minutes on 2 CPU cores at the default size:
 
-    (trl and accelerate come with the [bench] extra, which make setup installs)
+    (trl comes with the [bench] extra, which make setup installs)
     .venv/bin/python bench/causal_lm_throughput.py --out bench-results-causal-lm.json
     .venv/bin/python bench/causal_lm_throughput.py --bf16 --skip-padded
     .venv/bin/python bench/causal_lm_throughput.py --tiny    # seconds: a random 2-layer Llama, 16 examples

@@ -2,9 +2,10 @@
 
 Runs kftune's training step (the loop's autocast precision choice, its fused AdamW with the
 same parameter groups, gradient clipping) on full batches of fixed-length sequences, after a
-warm-up, and reports samples/s, tokens/s and MFU against the accelerator's dense bf16 peak (the
-datasheet's) and against the rate of one large matrix product in the same precision measured on
-the device in the same run:
+warm-up, and reports samples/s, tokens/s and MFU against the GPU's dense datasheet peak for the
+precision it trains in (:func:`datasheet_peak`: bf16 or fp16 tensor cores; for fp32, the TF32
+tensor cores, as the loop allows TF32 matmuls) and against the rate of one large matrix product in
+the same precision measured on the device in the same run:
 
     MFU = 6 * N * tokens/s (+ attention: 12 * layers * hidden * seq * tokens/s) / peak FLOP/s
 
@@ -20,10 +21,46 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
 
-# Dense bf16 tensor-core peaks (no sparsity), FLOP/s, by a substring of the device name.
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+DATASHEET_TFLOPS = (
+    (r"\bH100 NVL\b", {"fp32": 60, "tf32": 417.5, "bf16": 835, "fp16": 835}),
+    (r"\bH100\b.*\bPCIe\b", {"fp32": 51, "tf32": 378, "bf16": 756, "fp16": 756}),
+    (r"\bH100\b", {"fp32": 67, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM5: "NVIDIA H100 80GB HBM3"
+    (r"\bH200 NVL\b", {"fp32": 60, "tf32": 417.5, "bf16": 835, "fp16": 835}),
+    (r"\bH200\b", {"fp32": 67, "tf32": 494.7, "bf16": 989.4, "fp16": 989.4}),  # SXM: "NVIDIA H200"
+    (r"\bA100\b", {"fp32": 19.5, "tf32": 156, "bf16": 312, "fp16": 312}),  # SXM4 and PCIe alike
+    (r"\bA10\b", {"fp32": 31.2, "tf32": 62.5, "bf16": 125, "fp16": 125}),
+    (r"\bL40S\b", {"fp32": 91.6, "tf32": 183, "bf16": 362.05, "fp16": 362.05}),
+    (r"\bL40\b", {"fp32": 90.5, "tf32": 90.5, "bf16": 181.05, "fp16": 181.05}),
+    (r"\bL4\b", {"fp32": 30.3, "tf32": 60, "bf16": 121, "fp16": 121}),
+    (r"\bT4\b", {"fp32": 8.1, "fp16": 65}),
+    (r"\bV100S\b", {"fp32": 16.4, "fp16": 130}),
+    (r"\bV100\b.*\bSXM", {"fp32": 15.7, "fp16": 125}),
+    (r"\bV100\b.*\bPCIe\b", {"fp32": 14, "fp16": 112}),
+)
+"""NVIDIA's datasheet peaks, dense (without 2:4 sparsity, which the datasheets' headline tensor figures assume),
+TFLOPS: fp32 on the CUDA cores, tf32/bf16/fp16 on the tensor cores (fp16 with fp32 accumulation). Each row's
+pattern is searched (case-insensitively, whole words) in the name torch reports, the rows in order, most specific
+first: "H100 NVL" and "H100 PCIe" before the SXM5 module's "H100 80GB HBM3", "L40S" apart from "L40" and "L4".
+Missing on purpose: the A10G (AWS's variant of the A10, with fewer tensor FLOP/s; NVIDIA publishes no datasheet
+for it), bf16 and tf32 on T4 and V100 (they have no such tensor cores), and any GPU not listed."""
+
+
+def datasheet_peak(device_name: str, precision: str, tf32: bool) -> tuple[str, float] | None:
+    """(the unit, its dense datasheet peak in FLOP/s) that training in ``precision`` (bf16, fp16 or no) runs its
+    matrix products on, for the GPU torch names ``device_name``: the bf16 or fp16 tensor cores; for fp32 the TF32
+    tensor cores where ``tf32`` (TF32 matmuls allowed, as the training loop allows them) and the GPU has them, else
+    its fp32 CUDA cores. None for a GPU not in :data:`DATASHEET_TFLOPS`, a precision it has no peak for, and a MIG
+    slice (a fraction of the GPU's peak)."""
+    if re.search(r"\bMIG\b", device_name):
+        return None
+    for pattern, peaks in DATASHEET_TFLOPS:
+        if re.search(pattern, device_name, re.IGNORECASE):
+            unit = precision if precision in ("bf16", "fp16") else "tf32" if tf32 and "tf32" in peaks else "fp32"
+            return (unit, peaks[unit] * 1e12) if unit in peaks else None
+    return None
 
 
 def measured_matmul_flops(device, precision: str, size: int, repeats: int = 10) -> float:
@@ -65,7 +102,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--precision", default="auto", help="auto, bf16, fp16 or no (as TrainConfig.mixed_precision)")
-    parser.add_argument("--peak-tflops", type=float, default=0, help="peak FLOP/s of the device (default: lookup)")
+    parser.add_argument("--peak-tflops", type=float, default=0,
+                        help="peak TFLOP/s of the device in the precision trained (default: its datasheet's, where "
+                        "bench/gpu_throughput.py's table knows the device)")
     parser.add_argument("--matmul-size", type=int, default=0,
                         help="side of the square matrix product timed for the measured rate (default: 8192 on a GPU, "
                         "1536 on a CPU)")
@@ -118,14 +157,19 @@ def main() -> None:
     tokens_per_second = args.steps * args.batch_size * args.seq_len / seconds
     flops_per_token = 6 * non_embedding + 12 * args.layers * args.hidden * args.seq_len
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    peak = args.peak_tflops * 1e12 or next((v for k, v in PEAK_BF16.items() if k in name), 0)
+    tf32 = device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32
+    unit, peak = datasheet_peak(name, precision, tf32) or (None, 0)  # a CPU's name is in no row: none
+    peak_source = f"datasheet, dense {unit}" if unit else None
+    if args.peak_tflops:
+        peak, peak_source = args.peak_tflops * 1e12, "--peak-tflops"
     matmul = measured_matmul_flops(device, precision, args.matmul_size)
     result = {
         "device": name, "precision": precision, "layers": args.layers, "hidden": args.hidden,
         "seq_len": args.seq_len, "batch_size": args.batch_size, "steps": args.steps,
         "non_embedding_parameters": non_embedding, "samples_per_second": args.steps * args.batch_size / seconds,
         "tokens_per_second": tokens_per_second, "model_tflops_per_second": flops_per_token * tokens_per_second / 1e12,
-        "peak_tflops": peak / 1e12 or None, "mfu": flops_per_token * tokens_per_second / peak if peak else None,
+        "peak_tflops": peak / 1e12 or None, "peak_source": peak_source,
+        "mfu": flops_per_token * tokens_per_second / peak if peak else None,
         "measured_matmul_tflops": matmul / 1e12, "matmul_size": args.matmul_size,
         "mfu_vs_measured_matmul": flops_per_token * tokens_per_second / matmul,
         "torch": torch.__version__,

@@ -33,14 +33,13 @@ TASKS = ("classification", "regression", "multilabel", "token-classification", "
 
 
 def native_bf16() -> bool:
-    """Whether bf16 runs at full speed here (a GPU with bf16, or a CPU with AVX512-BF16 / AMX)."""
+    """Whether bf16 runs at full speed here (a GPU of compute capability 8.0 or newer, or a CPU with AVX512-BF16
+    or AMX)."""
     import torch
 
-    from kftune.training.precision import cpu_has_fast_bf16
+    from kftune.training.precision import has_native_bf16
 
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
+    return has_native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def one_run(task: str, seed: int, precision: str, rows: int, max_steps: int, work: Path) -> dict:

@@ -11,9 +11,9 @@ warmup 10 %, weight decay 0.01, seed 42), validation after every epoch and the b
 (b) ``Trainer`` set up as its text-classification documentation shows: DataCollatorWithPadding
     (dynamic padding), fp32, random batches, eval and save every epoch, ``load_best_model_at_end``;
 (c) with ``--trainer-tuned``: the tuned ``Trainer``, (b) plus ``train_sampling_strategy="group_by_length"``
-    and the machine's fastest precision: ``bf16=True`` on a GPU with bf16 or a CPU with fast bf16
-    (AVX512-BF16 / AMX), fp32 where bf16 would be emulated (and slower than fp32). Which it used is
-    reported as ``precision``.
+    and the machine's fastest precision: ``bf16=True`` on a GPU of compute capability 8.0 or newer or a
+    CPU with fast bf16 (AVX512-BF16 / AMX), fp32 where bf16 would be emulated (and slower than fp32).
+    Which it used is reported as ``precision``.
 
 Every seed runs each of them. Reported per run: training samples/s (training examples x epochs /
 wall time of the training call, validation included), test accuracy / macro F1 of the model it
@@ -25,7 +25,6 @@ are scored against the labels ``predict`` returns with them: with group_by_lengt
 also length-groups its evaluation batches, so predictions do not come back in dataset order.
 About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min per seed):
 
-    .venv/bin/pip install accelerate==1.15.0   # Trainer needs it (or: pip install -e '.[bench]')
     .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-tuned --out bench-results.json
     .venv/bin/python bench/train_throughput.py --out bench-results.json     # seed 42, documented Trainer only
     .venv/bin/python bench/train_throughput.py --skip-trainer --set training_mode=lora   # kftune only
@@ -114,14 +113,13 @@ def trainer_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, t
 
 
 def fastest_precision() -> str:
-    """bf16 where this machine computes it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32."""
+    """bf16 where this machine computes it natively (a GPU of compute capability 8.0 or newer, a CPU with AVX512-BF16
+    or AMX), else fp32."""
     import torch
 
-    from kftune.training.precision import cpu_has_fast_bf16
+    from kftune.training.precision import has_native_bf16
 
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_fast_bf16() else "fp32"
+    return "bf16" if has_native_bf16(torch.device("cuda" if torch.cuda.is_available() else "cpu")) else "fp32"
 
 
 def kftune_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, overrides: dict) -> dict:

@@ -57,3 +57,35 @@ def test_profile_categories_attribute_generic_ops_to_their_enclosing_op():
     assert profile.event_category(event("aten::copy_", event("aten::addmm"))) == "matmul/linear/addmm/bmm"
     assert profile.event_category(event("aten::copy_", event("aten::to"))) == "copy/cat/index (padding, collation)"
     assert profile.event_category(event("aten::mul")) == "other"
+
+
+@pytest.mark.parametrize("name, precision, tf32, expected", [
+    ("NVIDIA H100 80GB HBM3", "bf16", True, ("bf16", 989.4)),  # the SXM5 module
+    ("NVIDIA H100 PCIe", "bf16", True, ("bf16", 756)),
+    ("NVIDIA H100 NVL", "bf16", True, ("bf16", 835)),
+    ("NVIDIA H200", "bf16", True, ("bf16", 989.4)),
+    ("NVIDIA H200 NVL", "fp16", True, ("fp16", 835)),
+    ("NVIDIA A100-SXM4-80GB", "bf16", True, ("bf16", 312)),
+    ("NVIDIA A100 80GB PCIe", "no", True, ("tf32", 156)),  # fp32 training with TF32 matmuls: the TF32 peak
+    ("NVIDIA A100 80GB PCIe", "no", False, ("fp32", 19.5)),
+    ("NVIDIA A10", "bf16", True, ("bf16", 125)),
+    ("NVIDIA A10G", "bf16", True, None),  # not the A10: no NVIDIA datasheet
+    ("NVIDIA L4", "bf16", True, ("bf16", 121)),
+    ("NVIDIA L40", "bf16", True, ("bf16", 181.05)),
+    ("NVIDIA L40S", "bf16", True, ("bf16", 362.05)),
+    ("NVIDIA L40S", "no", True, ("tf32", 183)),
+    ("Tesla T4", "fp16", True, ("fp16", 65)),
+    ("Tesla T4", "no", True, ("fp32", 8.1)),  # no TF32 tensor cores
+    ("Tesla T4", "bf16", True, None),  # emulated: no peak
+    ("Tesla V100-SXM2-16GB", "fp16", True, ("fp16", 125)),
+    ("Tesla V100-PCIE-32GB", "fp16", True, ("fp16", 112)),
+    ("Tesla V100S-PCIE-32GB", "fp16", True, ("fp16", 130)),
+    ("NVIDIA H100 80GB HBM3 MIG 1g.10gb", "bf16", True, None),  # a slice of the GPU
+    ("NVIDIA GeForce RTX 4090", "bf16", True, None),
+    ("x86_64", "no", False, None),
+])
+def test_the_datasheet_peak_is_the_named_gpus_for_the_precision_trained(name, precision, tf32, expected):
+    """Names as torch reports them, each to its own row (no H100 PCIe read as SXM, no L4 as L40, no A10G as A10),
+    and the peak of the unit the precision runs on; an unknown device has none (MFU against the measured rate only)."""
+    peak = load("gpu_throughput").datasheet_peak(name, precision, tf32)
+    assert peak == (expected and (expected[0], pytest.approx(expected[1] * 1e12)))

@@ -236,9 +236,58 @@ def test_qlora_needs_cuda_and_says_so(tiny_causal_lm):
     config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode="qlora")
     config.validate()
     with pytest.raises(ConfigError, match="qlora quantizes the base model with bitsandbytes on a CUDA GPU"):
-        build_causal_lm(config, str(tiny_causal_lm), torch.device("cpu"))
+        build_causal_lm(config, str(tiny_causal_lm), torch.device("cpu"), "no")
     with pytest.raises(ConfigError, match="qlora is for task causal-lm"):
         TrainConfig(training_mode="qlora").validate()
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16),
+                                              ("no", torch.float32)])
+def test_qlora_computes_in_the_training_precision(monkeypatch, tiny_causal_lm, precision, dtype):
+    """The 4-bit layers compute in the dtype the run trains in (fp16 on a GPU without native bf16), and the recipe
+    hands the run's resolved precision to the quantisation config (the 4-bit load itself needs bitsandbytes and CUDA:
+    stopped here once transformers is asked for it)."""
+    from transformers import AutoModelForCausalLM
+
+    from kftune.models.causal_lm import quantization_config
+    from kftune.training.causal_lm_recipe import CausalLMRecipe
+    from kftune.training.recipe import Run
+
+    quantized = quantization_config(precision)
+    assert quantized.load_in_4bit and quantized.bnb_4bit_quant_type == "nf4" and quantized.bnb_4bit_use_double_quant
+    assert quantized.bnb_4bit_compute_dtype == dtype
+
+    asked = {}
+
+    def load(path, **kwargs):
+        asked.update(kwargs)
+        raise InterruptedError("not loaded on a CPU")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", load)
+    config = TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode="qlora")
+    run = Run(config, Path("unused"), {}, str(tiny_causal_lm), torch.device("cuda", 1), precision)
+    with pytest.raises(InterruptedError):
+        CausalLMRecipe().build_model(run)
+    assert asked["quantization_config"].bnb_4bit_compute_dtype == dtype and asked["device_map"] == {"": 1}
+
+
+@pytest.mark.parametrize("mode", ["lora", "qlora"])
+def test_gradient_checkpointing_is_non_reentrant_in_every_mode(tiny_causal_lm, mode):
+    """torch's checkpoint defaults to the reentrant variant when not told, and peft's QLoRA preparation does not tell
+    it: kftune asks for the non-reentrant one there too. peft turns checkpointing on only for a quantised model;
+    the flag bitsandbytes' 4-bit load sets (CUDA only) stands in for it on this fp32 model."""
+    from transformers import AutoModelForCausalLM
+
+    from kftune.models.causal_lm import prepare_for_training
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32)
+    if mode == "qlora":
+        model.is_loaded_in_4bit = True
+    model = prepare_for_training(model, TrainConfig(task="causal-lm", model=str(tiny_causal_lm), training_mode=mode,
+                                                    gradient_checkpointing=True))
+    assert model.is_activation_checkpointing
+    recomputed = [m._gradient_checkpointing_func for m in model.modules() if getattr(m, "gradient_checkpointing", 0)]
+    assert recomputed and all(func.keywords == {"use_reentrant": False} for func in recomputed)
 
 
 def test_lora_training_writes_merged_model_and_adapter(trained_lm):
@@ -257,7 +306,7 @@ def test_gradient_checkpointing_recomputes_the_same_training(tmp_path, prepared_
     from kftune.training.loop import train
 
     on = build_causal_lm(TrainConfig(task="causal-lm", model=str(tiny_causal_lm), gradient_checkpointing=True),
-                         str(tiny_causal_lm), torch.device("cpu"))
+                         str(tiny_causal_lm), torch.device("cpu"), "no")
     assert on.get_base_model().is_activation_checkpointing
     adapters = []
     for checkpointing in (False, True):

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from kftune.errors import ConfigError
 from kftune.tasks import TASKS
 from kftune.training.config import Launch, TrainConfig
-from kftune.training.launch import launch_training, plan_processes
+from kftune.training.launch import launch_training, plan_processes, refuse_training_on_cpu_with_gpus_given
 from kftune.training.loop import HISTORY_FILE, epoch_batches, train
 
 
@@ -76,6 +76,34 @@ def test_process_plan_checks_gpu_count():
     assert plan_processes(0, gpus=4) == (4, "cuda")
     with pytest.raises(ConfigError, match="nproc_per_node=3 but only 2 GPU"):
         plan_processes(3, gpus=2)
+
+
+@pytest.mark.parametrize("visible", ["GPU-8b3c2f1e-0d4a-4c55-9f7e-1a2b3c4d5e6f", "0,1", "all",
+                                     "/var/run/nvidia-container-devices"])
+def test_gpus_given_to_a_cpu_torch_stop_training_naming_the_cuda_image(visible):
+    """A pod that was given GPUs (NVIDIA's runtime says so in NVIDIA_VISIBLE_DEVICES) but runs the CPU build of torch
+    would train on the CPU without a word: it stops, naming the CUDA images; a CUDA build that sees no GPU names the
+    driver."""
+    env = {"NVIDIA_VISIBLE_DEVICES": visible}
+    with pytest.raises(ConfigError, match=r"torch 2.13.0\+cpu is the CPU build.*TORCH_VARIANT=cu126 .*kftune-train"):
+        refuse_training_on_cpu_with_gpus_given(env, "2.13.0+cpu", None, gpus=0)
+    with pytest.raises(ConfigError, match="sees none: the NVIDIA driver is not reachable"):
+        refuse_training_on_cpu_with_gpus_given(env, "2.13.0+cu126", "12.6", gpus=0)
+    refuse_training_on_cpu_with_gpus_given(env, "2.13.0+cu126", "12.6", gpus=2)  # the GPUs it was given: fine
+
+
+@pytest.mark.parametrize("env", [{}, {"NVIDIA_VISIBLE_DEVICES": ""}, {"NVIDIA_VISIBLE_DEVICES": "none"},
+                                 {"NVIDIA_VISIBLE_DEVICES": "void"}])
+def test_a_container_given_no_gpus_trains_on_the_cpu_build(env):
+    refuse_training_on_cpu_with_gpus_given(env, "2.13.0+cpu", None, gpus=0)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU build's refusal")
+def test_launch_refuses_gpus_it_cannot_use_before_anything_starts(tmp_path, prepared, monkeypatch):
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-8b3c2f1e-0d4a-4c55-9f7e-1a2b3c4d5e6f")
+    with pytest.raises(ConfigError, match="NVIDIA_VISIBLE_DEVICES=GPU-8b3c2f1e.* is the CPU build"):
+        launch_training(TrainConfig(), prepared, tmp_path / "m")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.checkpoints").exists()
 
 
 def test_trained_model_directory(trained, tiny_model):

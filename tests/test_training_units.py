@@ -388,10 +388,22 @@ def test_precision_resolution(monkeypatch):
     assert precision.resolve_precision("bf16", cpu) == "bf16" and precision.resolve_precision("no", cpu) == "no"
     with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         precision.resolve_precision("fp16", cpu)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert precision.resolve_precision("auto", cuda) == "fp16" and precision.resolve_precision("fp16", cuda) == "fp16"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
     assert precision.resolve_precision("auto", cuda) == "bf16"
+
+
+@pytest.mark.parametrize("capability, chosen", [((7, 0), "fp16"), ((7, 5), "fp16"), ((8, 0), "bf16"), ((8, 6), "bf16"),
+                                                ((9, 0), "bf16"), ((12, 0), "bf16")])
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capability, chosen):
+    """V100 (7.0) and T4 (7.5) only emulate bf16, which torch.cuda.is_bf16_supported() counts as support by default:
+    auto must pick fp16 with loss scaling there, bf16 from Ampere (8.0) on."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # what an emulating GPU says
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert precision.bf16_is_native_at(capability) == (chosen == "bf16")
+    assert precision.resolve_precision("auto", torch.device("cuda", 0)) == chosen
+    assert precision.has_native_bf16(torch.device("cuda", 0)) == (chosen == "bf16")
 
 
 def test_autocast_and_loss_scaling_follow_the_precision():
@@ -452,7 +464,8 @@ def test_the_training_log_records_steps_epochs_and_how_the_run_went():
 
 def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model():
     """Encoder tasks take freeze_encoder and prompt_tuning, not qlora or fsdp; the causal LM the other way round."""
-    TrainConfig(task="causal-lm", training_mode="qlora", sharding="fsdp").validate()
+    TrainConfig(task="causal-lm", training_mode="qlora", sharding="ddp").validate()
+    TrainConfig(task="causal-lm", training_mode="lora", sharding="fsdp").validate()
     for mode in ("freeze_encoder", "prompt_tuning"):
         with pytest.raises(ConfigError, match=f"training_mode {mode} is for tasks classification, regression"):
             TrainConfig(task="causal-lm", training_mode=mode).validate()
@@ -462,3 +475,12 @@ def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model()
             TrainConfig(task=task, training_mode="qlora").validate()
         with pytest.raises(ConfigError, match="sharding fsdp is for task causal-lm"):
             TrainConfig(task=task, sharding="fsdp").validate()
+
+
+def test_qlora_is_refused_under_fsdp_in_one_line():
+    """Sharding bitsandbytes' 4-bit parameters drops their quantisation state: the combination stops at validation,
+    before anything is launched, with one line saying what to use instead."""
+    config = TrainConfig(task="causal-lm", training_mode="qlora", sharding="fsdp")
+    with pytest.raises(ConfigError, match="qlora cannot be sharded with sharding fsdp") as refused:
+        config.validate()
+    assert "\n" not in str(refused.value) and "use sharding ddp" in str(refused.value)

@@ -127,7 +127,7 @@ class CausalLMRecipe:
     """The :class:`~kftune.training.recipe.Recipe` of task causal-lm (see the module docstring)."""
 
     def build_model(self, run: Run) -> torch.nn.Module:
-        return build_causal_lm(run.config, run.base_path, run.device)
+        return build_causal_lm(run.config, run.base_path, run.device, run.precision)
 
     def trains_adapters_only(self, config) -> bool:
         return config.training_mode in PEFT_MODES

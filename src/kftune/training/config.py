@@ -150,6 +150,11 @@ class TrainConfig(
                 others = [t.name for t in TASKS.values() if value in getattr(t, name + "s")]
                 raise ConfigError(f"{name} {value} is for task{'s' * (len(others) > 1)} {', '.join(others)}; task "
                                   f"{self.task} trains with {name} {' or '.join(allowed)}")
+        if self.training_mode == "qlora" and self.sharding == "fsdp":
+            # FSDP2 would replace bitsandbytes' 4-bit parameters by shards of their bytes, without the quantisation
+            # state (scales, shape, dtype) that each holds: the model it trains would not be the quantised base.
+            raise ConfigError("training_mode qlora cannot be sharded with sharding fsdp (the 4-bit weights would lose "
+                              "their quantisation state); use sharding ddp, or training_mode lora with fsdp")
 
     def lora_targets(self) -> list[str] | None:
         return [name.strip() for name in self.lora_target_modules.split(",") if name.strip()] or None

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -42,6 +43,33 @@ def plan_processes(requested: int, gpus: int) -> tuple[int, str]:
             raise ConfigError(f"nproc_per_node={nproc} but only {gpus} GPU(s) are visible")
         return nproc, "cuda"
     return requested or 1, "cpu"
+
+
+def gpus_given(env: Mapping[str, str]) -> str:
+    """What in ``env`` says this container was given GPUs, or "" where nothing does: NVIDIA's device plugin and
+    container runtime set ``NVIDIA_VISIBLE_DEVICES`` to the GPUs a pod requested (their UUIDs, or a path for the
+    volume-mounts strategy), ``docker run --gpus`` to ``all`` or a list; ``none``/``void``/empty give none."""
+    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if visible and visible not in ("none", "void"):
+        return f"NVIDIA_VISIBLE_DEVICES={visible} says this container was given GPUs"
+    return ""
+
+
+def refuse_training_on_cpu_with_gpus_given(env: Mapping[str, str], torch_version: str, gpu_build: str | None,
+                                           gpus: int) -> None:
+    """Stop before training on the CPU when the container was given GPUs (:func:`gpus_given`) that torch cannot use:
+    a CPU build of torch (``gpu_build``: ``torch.version.cuda`` or ``torch.version.hip``, None for a CPU build) would
+    otherwise train on the CPU, hours instead of minutes, without a word; a CUDA build that sees no GPU (``gpus``
+    visible: 0) lacks the driver."""
+    given = gpus_given(env)
+    if not given or gpus:
+        return
+    if gpu_build is None:
+        raise ConfigError(f"{given}, but torch {torch_version} is the CPU build: training would run on the CPU. Run "
+                          "the train and tune stages in the CUDA images (make images TORCH_VARIANT=cu126 builds "
+                          "kftune-train and kftune-tune on kftune-base-cuda; images/README.md)")
+    raise ConfigError(f"{given}, but torch {torch_version} sees none: the NVIDIA driver is not reachable in this "
+                      "container (the node's GPU operator or NVIDIA container runtime; nvidia-smi should list them)")
 
 
 def torchrun_command(
@@ -85,6 +113,8 @@ def launch_training(
     dataset_dir, output_dir = Path(dataset_dir), Path(output_dir)
     refuse_existing_artifact(output_dir)  # now, not after the whole run when the model is written
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    refuse_training_on_cpu_with_gpus_given(os.environ, torch.__version__, torch.version.cuda or torch.version.hip,
+                                           gpus)
     nproc, kind = plan_processes(launch.nproc_per_node, gpus)
     resolve_precision(config.mixed_precision, torch.device(kind))  # fp16 without a GPU fails here, not in torchrun
     env = dict(os.environ) | (env or {})
