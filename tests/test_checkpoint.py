@@ -251,3 +251,30 @@ def test_a_cpu_run_resumes_from_generator_states_saved_on_gpus():
     expected = torch.rand(3)
     set_rng_state({**state, "cuda": torch.zeros(16, dtype=torch.uint8)})
     assert torch.equal(torch.rand(3), expected)
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """What /proc/self/maps says holds ``tensor``'s memory: a file's path, ``[heap]``, or None (anonymous)."""
+    address = tensor.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_resume_maps_the_checkpoint_file_instead_of_reading_it_into_memory(tmp_path):
+    """Every rank loads the checkpoint it resumes from: mapped, the ranks of a node share its pages."""
+    state = {"model": {"w": torch.arange(4096.0)}, "optimizer": {"state": {0: {"exp_avg": torch.ones(4096)}}}}
+    path = save_checkpoint(tmp_path, 7, state)
+    found, loaded = latest_checkpoint(tmp_path)
+    assert found == path
+    assert _mapped_file(loaded["model"]["w"]) == str(path / STATE_FILE)
+    assert _mapped_file(loaded["optimizer"]["state"][0]["exp_avg"]) == str(path / STATE_FILE)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    read = torch.load(path / STATE_FILE, weights_only=True)["model"]["w"]  # read into memory: not the file
+    assert _mapped_file(read) != str(path / STATE_FILE)
+    loaded["model"]["w"].add_(1)  # a private mapping: the file keeps what was saved
+    assert verify_checkpoint(path) is None
