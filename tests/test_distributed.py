@@ -5,21 +5,18 @@ collective calls on every rank after a halving, FSDP shards that are never whole
 from __future__ import annotations
 
 import os
-import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
 
-from kftune.training import distributed
+from kftune.training import distributed, precision
 from kftune.training.config import TrainConfig
 from kftune.training.distributed import COLLECTIVE_TIMEOUT, Ranks, process_group_options, use_expandable_segments
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from kftune.training.microbatch import MicroBatchSplitter
+from kftune.training.state import MicroBatching
+from tests.gloo import all_equal, free_port, run_ranks
 
 
 def _unset(monkeypatch, name: str) -> None:
@@ -89,3 +86,49 @@ def test_cuda_memory_grows_in_expandable_segments_unless_the_user_says_otherwise
     newer_name = {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}
     use_expandable_segments(newer_name)
     assert newer_name == {"PYTORCH_ALLOC_CONF": "expandable_segments:False"}
+
+
+class SquaredError(torch.nn.Module):
+    """A model whose forward pass is the loss of the examples it is given (DDP averages what goes through it)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4, 1)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+        return ((self.linear(x[indices]).squeeze(-1) - x[indices].sum(-1)) ** 2).mean()
+
+
+def _short_last_batch_after_halving(ranks: Ranks) -> None:
+    all_reduce, calls = dist.all_reduce, []
+
+    def counted(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
+    # the epoch's last optimizer step: rank 1's last micro-batch is the epoch's short one (3 examples)
+    micro_batches = [np.arange(0, 4), np.arange(8, 12)] if ranks.rank == 0 else [np.arange(4, 8), np.arange(12, 15)]
+    # in 4 pieces with DDP averaging in the last one's backward pass; then halved from 2 to 4 pieces by an
+    # out-of-memory error (as requested here), after which the gradients are averaged after the backward passes
+    for state, halve, averaged_after in ((MicroBatching(split=4), (), 0), (MicroBatching(split=2), {2}, 1)):
+        model = torch.nn.parallel.DistributedDataParallel(SquaredError())
+        splitter = MicroBatchSplitter(model, lambda indices, m=model: m(torch.as_tensor(indices)), ranks,
+                                      precision.loss_scaler("no"), batch_size=4, accumulation=2, state=state,
+                                      halve_at_steps=halve)
+        calls.clear()
+        splitter.step(micro_batches, step=1)
+        assert splitter.state.split == 4 and splitter.state.sync_after_backward == bool(averaged_after)
+        # one agreement per piece, the empty one of the short micro-batch too, then the averaging
+        assert calls == [1] * 8 + [5] * averaged_after, calls
+        assert all_equal(ranks, calls)
+        assert all_equal(ranks, model.module.linear.weight.grad.tolist())  # averaged over the ranks
+    dist.all_reduce = all_reduce
+
+
+def test_after_a_halving_the_rank_with_the_short_last_batch_makes_as_many_collective_calls():
+    """2 gloo ranks, micro-batches in 4 pieces: rank 1's last micro-batch holds 3 examples, so it runs an empty
+    piece first; both ranks agree as often, the gradients are averaged, and neither hangs."""
+    run_ranks(_short_last_batch_after_halving, timeout=90)
