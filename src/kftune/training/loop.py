@@ -148,13 +148,14 @@ def loop_split(split, tokenizer, recipe: Recipe, run: Run) -> Split:
     return Split(recipe.collator(split, tokenizer, run), lengths)
 
 
-def place_model(model: torch.nn.Module, config: TrainConfig, ranks: Ranks) -> torch.nn.Module:
+def place_model(model: torch.nn.Module, config: TrainConfig, ranks: Ranks, precision: str) -> torch.nn.Module:
     """Put ``model`` on this rank's device in training mode, shared as ``config.sharding`` says; the module the
     training forward passes run through (DistributedDataParallel's wrapper, or the model itself)."""
     if ranks.distributed and config.sharding == "fsdp":
-        # FSDP2: each decoder layer's weights (and their gradients, optimizer state) split over the ranks.
-        # fully_shard moves each unit to the device as it shards it: the whole model is never there at once.
-        shard_model(model)
+        # FSDP2: each decoder layer's weights (and their gradients, optimizer state) split over the ranks, gathered
+        # in ``precision``. No model.to(device) first: fully_shard moves each unit to the device as it shards it,
+        # so the whole model is never there at once.
+        shard_model(model, precision)
         return model.train()
     if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
         model.to(ranks.device)
@@ -227,7 +228,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         run = Run(config, dataset_dir, info, resolve_model(config.model), ranks.device, precision)
         tokenizer, train_split, val_split = load_data(recipe, run)
         model = recipe.build_model(run)
-        forward = place_model(model, config, ranks)  # what the training forward passes run through
+        forward = place_model(model, config, ranks, precision)  # what the training forward passes run through
         schedule = Schedule.plan(train_split.lengths, config, ranks)
         if ranks.device.type == "cpu":
             check_model_fits(model, schedule.batch_size, int(train_split.lengths.max()), recipe.vocabulary_size(model),
