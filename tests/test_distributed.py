@@ -1,6 +1,6 @@
 """The processes of a training job (kftune.training.distributed): the process group's options, leaving it on
 success and on an error, the CUDA allocator's settings; and what 2 gloo processes must do together: as many
-collective calls on every rank after a halving, FSDP shards that are never whole on one rank."""
+collective calls on every rank after a halving."""
 
 from __future__ import annotations
 
