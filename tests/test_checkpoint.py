@@ -226,3 +226,55 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, prepared, tiny_
     subprocess.run(_torchrun(config, prepared, tmp_path / "model", tmp_path), env=_env(), check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _assert_same_weights(_weights(uninterrupted / "model"), _weights(tmp_path / "model"))
+
+
+def test_a_resume_restores_this_gpus_generator_whatever_gpus_saved_theirs():
+    """A rank saves its own GPU's CUDA generator state only, and a resume puts it on the rank's GPU; a checkpoint
+    that saved every GPU's (an older kftune's) gives a GPU its entry, and a GPU past its list keeps its seed (where
+    restoring every saved state failed with IndexError on a machine with fewer GPUs)."""
+    from kftune.training.rng import cuda_rng_state
+
+    own = torch.arange(16, dtype=torch.uint8)
+    assert cuda_rng_state({"cuda": own}, device_index=3) is own
+    every_gpu = [torch.full((16,), gpu, dtype=torch.uint8) for gpu in range(2)]
+    assert cuda_rng_state({"cuda": every_gpu}, device_index=1) is every_gpu[1]
+    assert cuda_rng_state({"cuda": every_gpu}, device_index=2) is None
+    assert cuda_rng_state({}, device_index=0) is None  # saved on CPUs
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="what a machine without a GPU does with a GPU's state")
+def test_a_cpu_run_resumes_from_generator_states_saved_on_gpus():
+    from kftune.training.rng import rng_state, set_rng_state
+
+    state = rng_state()
+    assert "cuda" not in state
+    expected = torch.rand(3)
+    set_rng_state({**state, "cuda": torch.zeros(16, dtype=torch.uint8)})
+    assert torch.equal(torch.rand(3), expected)
+
+
+def _mapped_file(tensor: torch.Tensor) -> str | None:
+    """What /proc/self/maps says holds ``tensor``'s memory: a file's path, ``[heap]``, or None (anonymous)."""
+    address = tensor.untyped_storage().data_ptr()
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if start <= address < end:
+            return fields[5] if len(fields) == 6 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+def test_a_resume_maps_the_checkpoint_file_instead_of_reading_it_into_memory(tmp_path):
+    """Every rank loads the checkpoint it resumes from: mapped, the ranks of a node share its pages."""
+    state = {"model": {"w": torch.arange(4096.0)}, "optimizer": {"state": {0: {"exp_avg": torch.ones(4096)}}}}
+    path = save_checkpoint(tmp_path, 7, state)
+    found, loaded = latest_checkpoint(tmp_path)
+    assert found == path
+    assert _mapped_file(loaded["model"]["w"]) == str(path / STATE_FILE)
+    assert _mapped_file(loaded["optimizer"]["state"][0]["exp_avg"]) == str(path / STATE_FILE)
+    assert torch.equal(loaded["model"]["w"], state["model"]["w"])
+    read = torch.load(path / STATE_FILE, weights_only=True)["model"]["w"]  # read into memory: not the file
+    assert _mapped_file(read) != str(path / STATE_FILE)
+    loaded["model"]["w"].add_(1)  # a private mapping: the file keeps what was saved
+    assert verify_checkpoint(path) is None

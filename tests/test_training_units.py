@@ -17,7 +17,7 @@ from kftune.training.config import TrainConfig
 from kftune.training.distributed import Ranks
 from kftune.training.history import TrainingLog
 from kftune.training.loop import Schedule
-from kftune.training.microbatch import MicroBatchSplitter, pieces
+from kftune.training.microbatch import MicroBatchSplitter, is_out_of_memory, pieces
 from kftune.training.pruning import PruningTarget
 from kftune.training.state import BestModel, MicroBatching, Records, TrainState
 from kftune.training.validation import EpochScores, Validator
@@ -144,14 +144,14 @@ def _splitter(model: Net, loss=None, **kwargs) -> MicroBatchSplitter:
                               accumulation=2, state=MicroBatching(), **kwargs)
 
 
-def _run_out_of_memory_after(model: Net, forwards: int, rows_over: int, seen: list):
-    """The model's loss, raising CUDA's out-of-memory error on pieces of more than ``rows_over`` examples from the
-    ``forwards``-th forward pass (0-based) on."""
+def _run_out_of_memory_after(model: Net, forwards: int, rows_over: int, seen: list, error=None):
+    """The model's loss, raising CUDA's out-of-memory error (or ``error``) on pieces of more than ``rows_over``
+    examples from the ``forwards``-th forward pass (0-based) on."""
 
     def loss(indices):
         seen.append(len(indices))
         if len(seen) > forwards and len(indices) > rows_over:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+            raise error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
         return model.loss(indices)
 
     return loss
@@ -192,6 +192,49 @@ def test_an_out_of_memory_error_halves_the_micro_batch_and_redoes_the_step_as_a_
     seen.clear()
     splitter.step(micro_batches, step=3)
     assert seen == [4, 4, 4, 4]
+
+
+CUDA_LIBRARY_OUT_OF_MEMORY = [
+    "CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+    "cuDNN error: CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+    "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported at some other API call",
+    "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error (run with NCCL_DEBUG=INFO for details), NCCL "
+    "version 2.27.3\nncclUnhandledCudaError: Call to CUDA function failed.\nLast error:\nCuda failure 'out of memory'",
+]
+
+
+def test_out_of_memory_is_torchs_error_or_a_cuda_librarys():
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB"))
+    for message in CUDA_LIBRARY_OUT_OF_MEMORY:
+        assert is_out_of_memory(RuntimeError(message)), message
+    for other in (RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x4 and 3x1)"),
+                  RuntimeError("Expected all tensors to be on the same device, but found at least two devices"),
+                  RuntimeError("CUDA error: device-side assert triggered"),
+                  RuntimeError("NCCL error: remote process exited or there was a network error"),
+                  ValueError("CUDA out of memory")):
+        assert not is_out_of_memory(other), other
+
+
+def test_a_cuda_librarys_out_of_memory_error_is_recovered_and_others_end_the_step():
+    micro_batches = [np.arange(0, 8), np.arange(8, 16)]
+    reference = Net()
+    torch.manual_seed(1)
+    expected = _splitter(reference, halve_at_steps={1}).step(micro_batches, step=0)
+    model, seen = Net(), []
+    cublas = RuntimeError(CUDA_LIBRARY_OUT_OF_MEMORY[0])
+    splitter = _splitter(model, _run_out_of_memory_after(model, forwards=0, rows_over=4, seen=seen, error=cublas))
+    torch.manual_seed(1)
+    assert splitter.step(micro_batches, step=0) == expected
+    assert seen == [8, 4, 4, 4, 4] and splitter.state.changes[0]["reason"] == "out of memory"
+    assert torch.equal(model.linear.weight.grad, reference.linear.weight.grad)
+
+    model, seen = Net(), []
+    shapes = RuntimeError("mat1 and mat2 shapes cannot be multiplied (8x4 and 3x1)")
+    splitter = _splitter(model, _run_out_of_memory_after(model, forwards=0, rows_over=4, seen=seen, error=shapes))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        splitter.step(micro_batches, step=0)
+    assert seen == [8] and splitter.state.split == 1 and not splitter.state.changes
 
 
 def test_pieces_are_weighted_by_their_share_of_the_examples():

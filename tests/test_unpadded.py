@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kftune.training.unpadded import enable_padding_free
+from kftune.training.unpadded import enable_padding_free, padded_position_ids
 
 WIDTH = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=80, vocab_size=300, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -107,6 +107,44 @@ def test_lora_and_prompt_tuning_equal_the_padded_model():
         unpadded = copy.deepcopy(padded)
         assert enable_padding_free(unpadded)
         assert_same(padded, unpadded, ids, mask, labels)
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_position_ids_without_input_ids_are_the_padded_models_on_the_masks_device(kind):
+    """peft's prompt tuning passes inputs_embeds and no input_ids: the position ids are built where the mask is
+    (on a GPU, positions on the CPU indexed with the mask's CUDA index fail at the first step), and are the ones
+    the padded model's embeddings use for inputs_embeds."""
+    encoder = getattr(tiny(kind, "sequence"), kind)
+    _, mask = padded_batch(encoder.config.pad_token_id or 0)
+    embeds = torch.zeros(*mask.shape, 32)
+    expected = (encoder.embeddings.create_position_ids_from_inputs_embeds(embeds, encoder.embeddings.padding_idx)
+                if kind == "roberta" else encoder.embeddings.position_ids[:, : mask.shape[1]].expand(mask.shape))
+    positions = padded_position_ids(encoder, None, mask)
+    assert torch.equal(positions, expected.expand(mask.shape))
+    on_meta = padded_position_ids(encoder, None, mask.to("meta"))
+    assert on_meta.device == torch.device("meta") and on_meta.shape == mask.shape
+
+
+def test_prompt_tuning_with_padding_free_batches_trains_a_step():
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    ids, mask = padded_batch(0)
+    torch.manual_seed(0)
+    model = get_peft_model(tiny("bert", "sequence"), PromptTuningConfig(task_type=TaskType.SEQ_CLS,
+                                                                       num_virtual_tokens=3)).train()
+    assert enable_padding_free(model)
+    seen = []
+    model.base_model.bert.embeddings.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs.get("input_ids"), kwargs["inputs_embeds"].shape,
+                                                  kwargs["position_ids"].device)), with_kwargs=True)
+    prompt = model.prompt_encoder.default.embedding.weight
+    before = prompt.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model(input_ids=ids, attention_mask=mask, labels=torch.randint(0, 3, (len(ids),))).loss.backward()
+    optimizer.step()
+    # the encoder ran on the real tokens and the 3 virtual ones of each text, from embeddings
+    assert seen == [(None, (1, int(mask.sum()) + 3 * len(ids), 32), mask.device)]
+    assert not torch.equal(prompt, before)
 
 
 def test_other_architectures_keep_the_padded_path(caplog):

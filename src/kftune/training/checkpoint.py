@@ -113,13 +113,23 @@ def verify_checkpoint(path: Path) -> str | None:
     return None
 
 
+def load_state(path: Path) -> dict:
+    """The state a checkpoint directory holds, its tensors mapped from the file (``mmap``) rather than read into
+    this process's memory: a tensor's pages are read when it is used, and the ranks of one node that resume from the
+    same file share them in the page cache instead of each holding a copy of the whole checkpoint (a rank uses
+    what it loads into its model and optimizer; the best epoch's weights only rank 0 reads). The mapping is private:
+    writing to a tensor copies its pages and never touches the file, and a file removed while mapped (rank 0 removes
+    older checkpoints, never rewrites one in place) stays readable through the mapping."""
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+
+
 def latest_checkpoint(directory: Path) -> tuple[Path, dict] | None:
     """The newest checkpoint that verifies and loads, with its state; invalid ones are skipped with a warning."""
     for path in list_checkpoints(directory):
         problem = verify_checkpoint(path)
         if problem is None:
             try:
-                return path, torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+                return path, load_state(path)
             except Exception as err:  # noqa: BLE001 - any unpickling failure makes it unusable
                 problem = f"{STATE_FILE} does not load: {err}"
         log.warning("skipping checkpoint %s: %s", path, problem)
@@ -134,7 +144,7 @@ def find_checkpoint(directory: Path, ranks: Ranks) -> tuple[Path, dict] | None:
     if chosen is None:
         return None
     if found is None:  # another rank: read the file rank 0 chose
-        found = Path(chosen), torch.load(Path(chosen) / STATE_FILE, map_location="cpu", weights_only=True)
+        found = Path(chosen), load_state(Path(chosen))
     return found
 
 

@@ -4,6 +4,8 @@ torchrun starts one process per GPU (or N CPU processes) and tells each its plac
 (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); a process started alone is a job of one. :class:`Ranks` is that
 place, decided once at start-up; the collective calls the loop needs (agree on a flag, take rank 0's decision,
 gather every rank's value) are its methods, each a no-op in a job of one, so the loop calls them unconditionally.
+Used as a context manager (``with Ranks.start() as ranks:``) it leaves the process group when the block ends, on
+an error too.
 """
 
 from __future__ import annotations
@@ -20,6 +22,27 @@ import torch.distributed as dist
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 """How long a rank waits in a collective call. The default (10 minutes for NCCL) is shorter than what the other
 ranks may spend waiting while rank 0 alone validates a large split or writes (and for LoRA merges) the model."""
+
+CUDA_ALLOCATOR_SETTINGS = "expandable_segments:True"
+"""The CUDA caching allocator's settings unless the user gives their own (``PYTORCH_CUDA_ALLOC_CONF`` or
+``PYTORCH_ALLOC_CONF``): segments that grow in place instead of new fixed-size blocks, so that memory freed by
+batches of other lengths is reused rather than fragmented (fewer out-of-memory errors with free memory left)."""
+
+
+def use_expandable_segments(environ=os.environ) -> None:
+    """Put :data:`CUDA_ALLOCATOR_SETTINGS` in ``environ`` unless allocator settings are there already. The
+    allocator reads them once, when CUDA first allocates: this must run before that."""
+    if "PYTORCH_CUDA_ALLOC_CONF" not in environ and "PYTORCH_ALLOC_CONF" not in environ:
+        environ["PYTORCH_CUDA_ALLOC_CONF"] = CUDA_ALLOCATOR_SETTINGS
+
+
+def process_group_options(device: torch.device) -> dict:
+    """``init_process_group``'s arguments for a rank on ``device``: NCCL on a GPU, bound to it (``device_id``: the
+    communicator is made now, and barriers and object collectives know the rank's GPU instead of guessing it from
+    the rank), gloo on CPUs; :data:`COLLECTIVE_TIMEOUT` either way."""
+    if device.type == "cuda":
+        return {"backend": "nccl", "timeout": COLLECTIVE_TIMEOUT, "device_id": device}
+    return {"backend": "gloo", "timeout": COLLECTIVE_TIMEOUT}
 
 
 @dataclass(frozen=True)
@@ -44,6 +67,7 @@ class Ranks:
         group (NCCL on CUDA, gloo on CPUs)."""
         distributed = "WORLD_SIZE" in os.environ
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        use_expandable_segments()  # before the first CUDA call of the process
         if torch.cuda.is_available():
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
@@ -52,9 +76,7 @@ class Ranks:
         else:
             device = torch.device("cpu")
         if distributed and not dist.is_initialized():
-            # device_id binds the NCCL communicator to this rank's GPU now rather than at the first collective
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=COLLECTIVE_TIMEOUT,
-                                    device_id=device if device.type == "cuda" else None)
+            dist.init_process_group(**process_group_options(device))
         return cls(
             rank=dist.get_rank() if distributed else 0,
             world=dist.get_world_size() if distributed else 1,
@@ -89,9 +111,25 @@ class Ranks:
 
     def finish(self) -> None:
         """Wait for every rank, then leave the process group."""
-        if self.distributed:
+        if self.distributed and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
+
+    def leave(self) -> None:
+        """Leave the process group at once, without waiting for the other ranks: the way out on an error, where
+        they may be waiting in a collective call this rank will never make (a barrier would hang) or be gone."""
+        if self.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __enter__(self) -> Ranks:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        """The block ended: :meth:`finish` when it ran to its end, :meth:`leave` when an exception ends it."""
+        if error_type is None:
+            self.finish()
+        else:
+            self.leave()
 
 
 class Preemption:

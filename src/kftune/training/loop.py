@@ -148,13 +148,14 @@ def loop_split(split, tokenizer, recipe: Recipe, run: Run) -> Split:
     return Split(recipe.collator(split, tokenizer, run), lengths)
 
 
-def place_model(model: torch.nn.Module, config: TrainConfig, ranks: Ranks) -> torch.nn.Module:
+def place_model(model: torch.nn.Module, config: TrainConfig, ranks: Ranks, precision: str) -> torch.nn.Module:
     """Put ``model`` on this rank's device in training mode, shared as ``config.sharding`` says; the module the
     training forward passes run through (DistributedDataParallel's wrapper, or the model itself)."""
     if ranks.distributed and config.sharding == "fsdp":
-        # FSDP2: each decoder layer's weights (and their gradients, optimizer state) split over the ranks.
-        # fully_shard moves each unit to the device as it shards it: the whole model is never there at once.
-        shard_model(model)
+        # FSDP2: each decoder layer's weights (and their gradients, optimizer state) split over the ranks, gathered
+        # in ``precision``. No model.to(device) first: fully_shard moves each unit to the device as it shards it,
+        # so the whole model is never there at once.
+        shard_model(model, precision)
         return model.train()
     if config.training_mode != "qlora":  # a 4-bit model is placed on its device as it loads
         model.to(ranks.device)
@@ -220,79 +221,78 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
     task = task_named(config.task)
     recipe: Recipe = task.recipe()
     preemption = Preemption()
-    ranks = Ranks.start()
-    fsdp = ranks.distributed and config.sharding == "fsdp"
-    precision = resolve_precision(config.mixed_precision, ranks.device)
-    seed_everything(config.seed)
-    run = Run(config, dataset_dir, info, resolve_model(config.model), ranks.device, precision)
-    tokenizer, train_split, val_split = load_data(recipe, run)
-    model = recipe.build_model(run)
-    forward = place_model(model, config, ranks)  # what the training forward passes run through
-    schedule = Schedule.plan(train_split.lengths, config, ranks)
-    if ranks.device.type == "cpu":
-        check_model_fits(model, schedule.batch_size, int(train_split.lengths.max()), recipe.vocabulary_size(model),
-                         log_estimate=ranks.is_main)
-    optimizer = build_optimizer(model, config, ranks.device, fused=not fsdp)
-    scheduler = build_scheduler(optimizer, config, schedule.total_steps)
-    scaler = loss_scaler(precision)
-    checkpointer = Checkpointer(
-        Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir), config,
-        model, optimizer, scheduler, scaler, ranks, fsdp=fsdp, trained_only=recipe.trains_adapters_only(config))
+    with Ranks.start() as ranks:  # which leaves the process group at the end, on an error too
+        fsdp = ranks.distributed and config.sharding == "fsdp"
+        precision = resolve_precision(config.mixed_precision, ranks.device)
+        seed_everything(config.seed)
+        run = Run(config, dataset_dir, info, resolve_model(config.model), ranks.device, precision)
+        tokenizer, train_split, val_split = load_data(recipe, run)
+        model = recipe.build_model(run)
+        forward = place_model(model, config, ranks, precision)  # what the training forward passes run through
+        schedule = Schedule.plan(train_split.lengths, config, ranks)
+        if ranks.device.type == "cpu":
+            check_model_fits(model, schedule.batch_size, int(train_split.lengths.max()), recipe.vocabulary_size(model),
+                             log_estimate=ranks.is_main)
+        optimizer = build_optimizer(model, config, ranks.device, fused=not fsdp)
+        scheduler = build_scheduler(optimizer, config, schedule.total_steps)
+        scaler = loss_scaler(precision)
+        checkpointer = Checkpointer(
+            Path(config.checkpoint_dir) if config.checkpoint_dir else default_checkpoint_dir(output_dir), config,
+            model, optimizer, scheduler, scaler, ranks, fsdp=fsdp, trained_only=recipe.trains_adapters_only(config))
 
-    state = checkpointer.restore() or TrainState.start(config, ranks.world)
-    splitter = MicroBatchSplitter(
-        forward, partial(training_loss, forward, train_split.collate, recipe, run), ranks, scaler,
-        schedule.batch_size, schedule.accumulation, state.micro_batching, fsdp=fsdp, halve_at_steps=halve_at_steps)
-    validator = Validator(
-        config, partial(recipe.validate, model, val_split, run), checkpointer.model_weights, ranks,
-        task.higher_is_better(config.metric_for_best_model), state.best, every_rank=fsdp,
-        trivial=recipe.trivial_scores, gain=task.gain)
-    records = TrainingLog(state.records, schedule.total_steps, config.logging_steps, ranks,
-                          start_monitors(output_dir, asdict(config)) if ranks.is_main else ())
-    if ranks.is_main:
-        log_start(config, model, schedule, run)
-    records.start(state.step)
-    for epoch in range(state.epoch, config.num_train_epochs):
-        if state.done:
-            break
-        batches = schedule.micro_batches(epoch)
-        records.start_epoch(resumed_mid_epoch=state.micro > 0)
-        for group in schedule.steps(state.micro):  # one optimizer step's micro-batches
-            micro_batches = [batches[m] for m in group]
-            records.micro_batches(splitter.step(micro_batches, state.step), micro_batches, schedule.lengths)
-            optimizer_step(model, optimizer, scheduler, scaler, config.max_grad_norm)
-            state.step, state.micro = state.step + 1, group.stop
-            records.step(state.step, epoch, (group.stop - 1) / schedule.micro_per_epoch, scheduler.get_last_lr()[0])
-            if state.step >= schedule.total_steps:
-                break
-            if preemption.agreed(ranks):
-                stop_preempted(checkpointer, state, ranks)
-            if config.save_steps and state.step % config.save_steps == 0:
-                checkpointer.save(state)
-        seconds = records.epoch_seconds()
-        validated = validator.validate(epoch)
+        state = checkpointer.restore() or TrainState.start(config, ranks.world)
+        splitter = MicroBatchSplitter(
+            forward, partial(training_loss, forward, train_split.collate, recipe, run), ranks, scaler,
+            schedule.batch_size, schedule.accumulation, state.micro_batching, fsdp=fsdp, halve_at_steps=halve_at_steps)
+        validator = Validator(
+            config, partial(recipe.validate, model, val_split, run), checkpointer.model_weights, ranks,
+            task.higher_is_better(config.metric_for_best_model), state.best, every_rank=fsdp,
+            trivial=recipe.trivial_scores, gain=task.gain)
+        records = TrainingLog(state.records, schedule.total_steps, config.logging_steps, ranks,
+                              start_monitors(output_dir, asdict(config)) if ranks.is_main else ())
         if ranks.is_main:
-            records.epoch(epoch, seconds, validated, config.metric_for_best_model)
-        stop = validator.should_stop(epoch, validated)
-        state.epoch, state.micro = epoch + 1, 0
-        state.done = stop or state.step >= schedule.total_steps or epoch + 1 == config.num_train_epochs
-        checkpointer.save(state)
-    preemption.restore()
+            log_start(config, model, schedule, run)
+        records.start(state.step)
+        for epoch in range(state.epoch, config.num_train_epochs):
+            if state.done:
+                break
+            batches = schedule.micro_batches(epoch)
+            records.start_epoch(resumed_mid_epoch=state.micro > 0)
+            for group in schedule.steps(state.micro):  # one optimizer step's micro-batches
+                micro_batches = [batches[m] for m in group]
+                records.micro_batches(splitter.step(micro_batches, state.step), micro_batches, schedule.lengths)
+                optimizer_step(model, optimizer, scheduler, scaler, config.max_grad_norm)
+                state.step, state.micro = state.step + 1, group.stop
+                records.step(state.step, epoch, (group.stop - 1) / schedule.micro_per_epoch, scheduler.get_last_lr()[0])
+                if state.step >= schedule.total_steps:
+                    break
+                if preemption.agreed(ranks):
+                    stop_preempted(checkpointer, state, ranks)
+                if config.save_steps and state.step % config.save_steps == 0:
+                    checkpointer.save(state)
+            seconds = records.epoch_seconds()
+            validated = validator.validate(epoch)
+            if ranks.is_main:
+                records.epoch(epoch, seconds, validated, config.metric_for_best_model)
+            stop = validator.should_stop(epoch, validated)
+            state.epoch, state.micro = epoch + 1, 0
+            state.done = stop or state.step >= schedule.total_steps or epoch + 1 == config.num_train_epochs
+            checkpointer.save(state)
+        preemption.restore()
 
-    history = state.records.history
-    if ranks.is_main:
-        history = records.finish(state.best, state.micro_batching, config.metric_for_best_model, precision,
-                                 config.training_mode)
-        if fsdp:  # the best weights into an unsharded copy of the model, which this rank alone writes
-            model = recipe.build_model(run)
-            model.load_state_dict(state.best.weights, strict=not recipe.trains_adapters_only(config))
-        else:
-            checkpointer.load_model_weights(state.best.weights)
-        write_model(model, recipe, run, tokenizer, val_split, history, output_dir)
-        log.info("best epoch %d (%s %.4f); model written to %s", state.best.epoch + 1, config.metric_for_best_model,
-                 state.best.score, output_dir)
-    ranks.finish()
-    return history
+        history = state.records.history
+        if ranks.is_main:
+            history = records.finish(state.best, state.micro_batching, config.metric_for_best_model, precision,
+                                     config.training_mode)
+            if fsdp:  # the best weights into an unsharded copy of the model, which this rank alone writes
+                model = recipe.build_model(run)
+                model.load_state_dict(state.best.weights, strict=not recipe.trains_adapters_only(config))
+            else:
+                checkpointer.load_model_weights(state.best.weights)
+            write_model(model, recipe, run, tokenizer, val_split, history, output_dir)
+            log.info("best epoch %d (%s %.4f); model written to %s", state.best.epoch + 1, config.metric_for_best_model,
+                     state.best.score, output_dir)
+        return history
 
 
 def main(argv: list[str] | None = None) -> None:

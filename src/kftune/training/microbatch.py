@@ -14,8 +14,11 @@ backward pass averages the gradients. An out-of-memory error in that backward pa
 the run, unless gradients are averaged after the backward passes (``sync_after_backward``, switched on by the
 first out-of-memory error): then every piece is unsynchronised. Every rank runs the same number of pieces, so
 that their agreements pair up: a rank whose micro-batch is shorter than ``split`` (the epoch's last batch) runs
-empty pieces first, which compute nothing but still agree. Under FSDP an out-of-memory error is not recovered:
-the other ranks wait inside the sharded forward's collectives.
+empty pieces first, which compute nothing but still agree. Under FSDP an out-of-memory error is not recovered
+(the other ranks wait inside the sharded forward's collectives), so the ranks do not agree after each piece.
+
+An out-of-memory error is torch's, or the RuntimeError of a CUDA library that could not allocate
+(:func:`is_out_of_memory`); every other error ends the run as it is.
 """
 
 from __future__ import annotations
@@ -34,6 +37,28 @@ from kftune.training.rng import rng_state, set_rng_state
 from kftune.training.state import MicroBatching
 
 log = logging.getLogger("kftune.train")
+
+OUT_OF_MEMORY_MARKS = (
+    "CUDA out of memory",  # the caching allocator (torch.OutOfMemoryError)
+    "CUDA error: out of memory",  # a CUDA call that allocates itself (cudaErrorMemoryAllocation)
+    "CUBLAS_STATUS_ALLOC_FAILED",  # cuBLAS's workspace or handle
+    "CUDNN_STATUS_ALLOC_FAILED",
+    "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+    "CUSOLVER_STATUS_ALLOC_FAILED",
+)
+"""What the RuntimeErrors of CUDA's libraries say when they run out of GPU memory; NCCL's say "out of memory" in an
+NCCL error."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` means the GPU ran out of memory: torch's OutOfMemoryError, which only the caching allocator
+    raises, or the RuntimeError of a library (cuBLAS, cuDNN, cuSOLVER, NCCL) that failed to allocate its own."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    message = str(error)
+    return any(mark in message for mark in OUT_OF_MEMORY_MARKS) or ("NCCL" in message and "out of memory" in message)
 
 
 def pieces(indices: np.ndarray, split: int) -> list[np.ndarray]:
@@ -104,10 +129,10 @@ class MicroBatchSplitter:
         # FSDP reduce-scatters the gradients in every backward pass (it has no no_sync), and those collectives are
         # the same on every rank: every piece counts as synchronised
         sync_in_backward = ranks.distributed and (self.fsdp or not self.state.sync_after_backward)
-        losses = []
+        losses = []  # on the device, read once at the end: reading each piece's would wait for the GPU each time
         for number, indices in enumerate(micro_batches):
             parts = pieces(indices, self.state.split)
-            micro_loss = 0.0
+            micro_loss = torch.zeros((), dtype=torch.float64, device=ranks.device)
             for n, piece in enumerate(parts):
                 last = number == len(micro_batches) - 1 and n == len(parts) - 1
                 synced = sync_in_backward and (self.fsdp or last)
@@ -119,11 +144,12 @@ class MicroBatchSplitter:
                             loss = self.loss(piece)
                             if not synced:
                                 scaler.scale(loss * weight / self.accumulation).backward()
-                except torch.OutOfMemoryError:
-                    if self.fsdp:  # the other ranks wait in the sharded forward's collectives
+                except RuntimeError as error:
+                    # under FSDP the other ranks wait in the sharded forward's collectives: no agreement can follow
+                    if self.fsdp or not is_out_of_memory(error):
                         raise
                     out_of_memory, loss = True, None
-                if ranks.any(out_of_memory):
+                if not self.fsdp and ranks.any(out_of_memory):  # (under FSDP it would always be False)
                     self._reset_ddp()
                     return None
                 if loss is None:  # an empty piece
@@ -131,17 +157,19 @@ class MicroBatchSplitter:
                 if synced:
                     try:
                         scaler.scale(loss * weight / self.accumulation).backward()
-                    except torch.OutOfMemoryError as error:
+                    except RuntimeError as error:
+                        if not is_out_of_memory(error):
+                            raise
                         raise ConfigError(
                             f"out of memory in the backward pass of a micro-batch of {len(piece)} "
                             f"(rank {ranks.rank}), where the ranks cannot agree to retry: lower "
                             "per_device_train_batch_size, or set ddp_gradient_sync=after_backward"
                         ) from error
-                micro_loss += loss.item() * weight
+                micro_loss += loss.detach().double() * weight  # in float64, as Python floats would add them
             losses.append(micro_loss)
         if ranks.distributed and not sync_in_backward:
             average_gradients(self.model, ranks.world)
-        return losses
+        return torch.stack(losses).tolist()
 
     def _no_sync(self, unsynchronised: bool):
         """DDP's no_sync for a piece whose backward pass must not average gradients."""

@@ -81,15 +81,15 @@ def _register() -> None:
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
 
 
-def padded_position_ids(encoder, input_ids: torch.Tensor | None, shape) -> torch.Tensor:
-    """The position ids the encoder's embeddings give a padded batch: the column for BERT-style models,
-    ``padding_idx + 1 + index among the real tokens`` for RoBERTa-style ones."""
+def padded_position_ids(encoder, input_ids: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """The position ids the encoder's embeddings give a padded batch with attention ``mask``: the column for
+    BERT-style models, ``padding_idx + 1 + index among the real tokens`` for RoBERTa-style ones. On the mask's
+    device: without ``input_ids`` (peft's prompt tuning passes ``inputs_embeds``) nothing else says where."""
     embeddings = encoder.embeddings
     if hasattr(embeddings, "create_position_ids_from_input_ids") and input_ids is not None:
         return embeddings.create_position_ids_from_input_ids(input_ids, embeddings.padding_idx)
     offset = embeddings.padding_idx + 1 if hasattr(embeddings, "create_position_ids_from_input_ids") else 0
-    device = input_ids.device if input_ids is not None else None
-    return (torch.arange(shape[1], device=device) + offset).expand(shape)
+    return (torch.arange(mask.shape[1], device=mask.device) + offset).expand(mask.shape)
 
 
 def _find_encoder(model):
@@ -129,7 +129,7 @@ def enable_padding_free(model) -> bool:
         input_ids = kwargs.get("input_ids")
         positions = kwargs.get("position_ids")
         if positions is None:
-            positions = padded_position_ids(module, input_ids, mask.shape)
+            positions = padded_position_ids(module, input_ids, mask)
         kwargs["position_ids"] = unpadding.unpad(positions.expand(mask.shape))
         for key in ("input_ids", "inputs_embeds", "token_type_ids"):
             if kwargs.get(key) is not None:
