@@ -278,3 +278,21 @@ def test_a_resume_maps_the_checkpoint_file_instead_of_reading_it_into_memory(tmp
     assert _mapped_file(read) != str(path / STATE_FILE)
     loaded["model"]["w"].add_(1)  # a private mapping: the file keeps what was saved
     assert verify_checkpoint(path) is None
+
+
+def test_a_volume_that_cannot_map_files_still_resumes(tmp_path, monkeypatch, caplog):
+    """mmap refused by the filesystem (as some network volumes do): the file is read into memory instead of the
+    checkpoint being skipped as unloadable."""
+    state = {"model": {"w": torch.arange(16.0)}}
+    path = save_checkpoint(tmp_path, 3, state)
+    real_load = torch.load
+
+    def load(*args, mmap=None, **kwargs):
+        if mmap:
+            raise OSError(19, "No such device")  # ENODEV: what mmap(2) gives on a filesystem without it
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    found, loaded = latest_checkpoint(tmp_path)
+    assert found == path and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert "cannot be memory-mapped" in caplog.text

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from kftune.errors import ConfigError
 from kftune.tasks import TASKS
 from kftune.training.config import Launch, TrainConfig
-from kftune.training.launch import launch_training, plan_processes, refuse_training_on_cpu_with_gpus_given
+from kftune.training.distributed import Ranks, refuse_training_on_cpu_with_gpus_given
+from kftune.training.launch import launch_training, plan_processes
 from kftune.training.loop import HISTORY_FILE, epoch_batches, train
 
 
@@ -104,6 +105,17 @@ def test_launch_refuses_gpus_it_cannot_use_before_anything_starts(tmp_path, prep
     with pytest.raises(ConfigError, match="NVIDIA_VISIBLE_DEVICES=GPU-8b3c2f1e.* is the CPU build"):
         launch_training(TrainConfig(), prepared, tmp_path / "m")
     assert not (tmp_path / "m").exists() and not (tmp_path / "m.checkpoints").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU build's refusal")
+def test_a_worker_started_without_the_launcher_refuses_gpus_it_cannot_use(monkeypatch):
+    """A TrainJob node runs torchrun and the loop directly, not through the launcher: the worker checks too."""
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "all")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="NVIDIA_VISIBLE_DEVICES=all says .* is the CPU build"):
+        Ranks.start()
+    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "void")
+    assert Ranks.start().device.type == "cpu"
 
 
 def test_trained_model_directory(trained, tiny_model):

@@ -119,8 +119,13 @@ def load_state(path: Path) -> dict:
     same file share them in the page cache instead of each holding a copy of the whole checkpoint (a rank uses
     what it loads into its model and optimizer; the best epoch's weights only rank 0 reads). The mapping is private:
     writing to a tensor copies its pages and never touches the file, and a file removed while mapped (rank 0 removes
-    older checkpoints, never rewrites one in place) stays readable through the mapping."""
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    older checkpoints, never rewrites one in place) stays readable through the mapping. A volume that cannot map
+    files (mmap refused: some network filesystems) gets the file read into memory instead."""
+    try:
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)
+    except OSError as err:  # mmap(2) refused by the filesystem (ENODEV, EACCES, ...); a bad file fails below too
+        log.warning("%s cannot be memory-mapped (%s): reading it into memory", path / STATE_FILE, err)
+        return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
 
 
 def latest_checkpoint(directory: Path) -> tuple[Path, dict] | None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+from kftune.errors import ConfigError
 
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
 """How long a rank waits in a collective call. The default (10 minutes for NCCL) is shorter than what the other
@@ -43,6 +46,33 @@ def process_group_options(device: torch.device) -> dict:
     if device.type == "cuda":
         return {"backend": "nccl", "timeout": COLLECTIVE_TIMEOUT, "device_id": device}
     return {"backend": "gloo", "timeout": COLLECTIVE_TIMEOUT}
+
+
+def gpus_given(env: Mapping[str, str]) -> str:
+    """What in ``env`` says this container was given GPUs, or "" where nothing does: NVIDIA's device plugin and
+    container runtime set ``NVIDIA_VISIBLE_DEVICES`` to the GPUs a pod requested (their UUIDs, or a path for the
+    volume-mounts strategy), ``docker run --gpus`` to ``all`` or a list; ``none``/``void``/empty give none."""
+    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if visible and visible not in ("none", "void"):
+        return f"NVIDIA_VISIBLE_DEVICES={visible} says this container was given GPUs"
+    return ""
+
+
+def refuse_training_on_cpu_with_gpus_given(env: Mapping[str, str], torch_version: str, gpu_build: str | None,
+                                           gpus: int) -> None:
+    """Stop before training on the CPU when the container was given GPUs (:func:`gpus_given`) that torch cannot use:
+    a CPU build of torch (``gpu_build``: ``torch.version.cuda`` or ``torch.version.hip``, None for a CPU build) would
+    otherwise train on the CPU, hours instead of minutes, without a word; a CUDA build that sees no GPU (``gpus``
+    visible: 0) lacks the driver."""
+    given = gpus_given(env)
+    if not given or gpus:
+        return
+    if gpu_build is None:
+        raise ConfigError(f"{given}, but torch {torch_version} is the CPU build: training would run on the CPU. Run "
+                          "the train and tune stages in the CUDA images (make images TORCH_VARIANT=cu126 builds "
+                          "kftune-train and kftune-tune on kftune-base-cuda; images/README.md)")
+    raise ConfigError(f"{given}, but torch {torch_version} sees none: the NVIDIA driver is not reachable in this "
+                      "container (the node's GPU operator or NVIDIA container runtime; nvidia-smi should list them)")
 
 
 @dataclass(frozen=True)
@@ -73,7 +103,9 @@ class Ranks:
             torch.cuda.set_device(device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        else:
+        else:  # a worker started without the launcher (a TrainJob node) is checked here
+            refuse_training_on_cpu_with_gpus_given(os.environ, torch.__version__,
+                                                   torch.version.cuda or torch.version.hip, 0)
             device = torch.device("cpu")
         if distributed and not dist.is_initialized():
             dist.init_process_group(**process_group_options(device))

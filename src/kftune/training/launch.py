@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from kftune.cpus import available_cpus
 from kftune.errors import ConfigError, KftuneError
 from kftune.storage.atomic import refuse_existing_artifact
 from kftune.training.config import Launch, TrainConfig
+from kftune.training.distributed import refuse_training_on_cpu_with_gpus_given
 from kftune.training.loop import HISTORY_FILE, default_checkpoint_dir
 from kftune.training.precision import resolve_precision
 
@@ -43,33 +43,6 @@ def plan_processes(requested: int, gpus: int) -> tuple[int, str]:
             raise ConfigError(f"nproc_per_node={nproc} but only {gpus} GPU(s) are visible")
         return nproc, "cuda"
     return requested or 1, "cpu"
-
-
-def gpus_given(env: Mapping[str, str]) -> str:
-    """What in ``env`` says this container was given GPUs, or "" where nothing does: NVIDIA's device plugin and
-    container runtime set ``NVIDIA_VISIBLE_DEVICES`` to the GPUs a pod requested (their UUIDs, or a path for the
-    volume-mounts strategy), ``docker run --gpus`` to ``all`` or a list; ``none``/``void``/empty give none."""
-    visible = env.get("NVIDIA_VISIBLE_DEVICES", "").strip()
-    if visible and visible not in ("none", "void"):
-        return f"NVIDIA_VISIBLE_DEVICES={visible} says this container was given GPUs"
-    return ""
-
-
-def refuse_training_on_cpu_with_gpus_given(env: Mapping[str, str], torch_version: str, gpu_build: str | None,
-                                           gpus: int) -> None:
-    """Stop before training on the CPU when the container was given GPUs (:func:`gpus_given`) that torch cannot use:
-    a CPU build of torch (``gpu_build``: ``torch.version.cuda`` or ``torch.version.hip``, None for a CPU build) would
-    otherwise train on the CPU, hours instead of minutes, without a word; a CUDA build that sees no GPU (``gpus``
-    visible: 0) lacks the driver."""
-    given = gpus_given(env)
-    if not given or gpus:
-        return
-    if gpu_build is None:
-        raise ConfigError(f"{given}, but torch {torch_version} is the CPU build: training would run on the CPU. Run "
-                          "the train and tune stages in the CUDA images (make images TORCH_VARIANT=cu126 builds "
-                          "kftune-train and kftune-tune on kftune-base-cuda; images/README.md)")
-    raise ConfigError(f"{given}, but torch {torch_version} sees none: the NVIDIA driver is not reachable in this "
-                      "container (the node's GPU operator or NVIDIA container runtime; nvidia-smi should list them)")
 
 
 def torchrun_command(
