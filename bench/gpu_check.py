@@ -32,6 +32,7 @@ import os
 import resource
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -402,14 +403,17 @@ atexit.register(_write_modules)
 
 
 def installed_files() -> dict[str, str]:
-    """The installed distributions' Python files (by real path) and the distribution each belongs to."""
+    """The Python files of the distributions installed here (as their RECORD names them: relative to the
+    site-packages folder), and the distribution each belongs to."""
     from importlib.metadata import distributions
 
     owners = {}
     for dist in distributions():
-        for file in dist.files or ():
-            if file.suffix in (".py", ".so", ".pyd"):
-                owners[os.path.realpath(dist.locate_file(file))] = normalise(dist.metadata["Name"])
+        name = normalise(dist.metadata["Name"])
+        for line in (dist.read_text("RECORD") or "").splitlines():
+            path = line.split(",", 1)[0]
+            if path.endswith((".py", ".so")):
+                owners[path] = name
     return owners
 
 
@@ -420,7 +424,9 @@ def audit_imports(modules_dir: Path, manifest: dict) -> dict:
     reports = list(modules_dir.glob("*.txt"))
     files = {line for report in reports for line in report.read_text().split("\n") if line}
     owners = installed_files()
-    imported = sorted({owners[f] for f in files if f in owners})
+    roots = [os.path.realpath(p) + os.sep for p in site.getsitepackages()]
+    relative = {f[len(root):] for f in files for root in roots if f.startswith(root)}
+    imported = sorted({owners[f] for f in relative if f in owners})
     shipped = {normalise(n) for n in manifest.get("wheels_planned", WHEELS)}
     optional = {normalise(n) for n in OPTIONAL_IMPORTS}
     missing = [d for d in imported if d not in GPU_IMAGE_PACKAGES | shipped | optional | {"kftune"}]
@@ -494,7 +500,8 @@ def run_check(prepared: Path, out: Path, dry_run: bool, work: Path | None, budge
         "started": datetime.now(UTC).isoformat(timespec="seconds"), "python": sys.version.split()[0],
         "prepared": {"folder": str(prepared), "kftune_commit": manifest.get("kftune_commit"),
                      "created": manifest.get("created"), "bytes": manifest.get("bytes")},
-        "work": str(work), "log": str(log_file), "budget_seconds": budget_s, "steps": {}, "passed": None,
+        "work": str(work), "log": str(log_file), "budget_seconds": budget_s,
+        "steps_requested": only or "all", "steps": {}, "passed": None,
     }
 
     def record(name: str, result: dict) -> None:
@@ -530,7 +537,7 @@ def run_check(prepared: Path, out: Path, dry_run: bool, work: Path | None, budge
         command = [sys.executable, str(STEPS_SCRIPT), name, "--prepared", str(prepared), "--work", str(work),
                    "--result", str(result_file), "--oom-cap-gib", str(oom_cap_gib)] + ["--dry-run"] * dry_run
         log = logs / f"{name}.log"
-        timeout = min(allowed * (3 if dry_run else 1), remaining)  # a shared 2-core machine is slow
+        timeout = min(allowed * (2 if dry_run else 1), remaining)  # a shared 2-core machine is slow
         print(f"gpu check: {name} (up to {timeout:.0f} s) ...", flush=True)
         code, seconds, cpu_seconds = run_step(command, env, timeout, log)
         result |= {"seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1)}

@@ -82,14 +82,17 @@ class Check:
     """One step's context: the prepared folder, the scratch folder and the sizes."""
 
     def __init__(self, prepared: Path, work: Path, dry_run: bool, oom_cap_gib: float):
-        import torch
-
         self.prepared, self.work, self.dry_run, self.oom_cap_gib = prepared, work, dry_run, oom_cap_gib
         self.sizes = DRY_RUN if dry_run else GPU
-        self.cuda = torch.cuda.is_available() and not dry_run
+        self.cuda = not dry_run and torch_cuda()  # a dry run's skipped steps need not import torch
         if not dry_run and not self.cuda:
             raise RuntimeError("no CUDA device visible: run the GPU check on a GPU, or pass --dry-run")
-        self.device = torch.device("cuda" if self.cuda else "cpu")
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cuda" if self.cuda else "cpu")
 
     def model(self, name: str) -> Path:
         return self.work / "models" / name
@@ -183,12 +186,19 @@ def run_loop(config, dataset: Path, output: Path) -> tuple[dict, str]:
 
 
 def run_command(command: list[str], env: dict | None = None) -> str:
-    """Run ``command``, echo its output to the step's log, fail with its tail if it fails; its output."""
-    done = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    print(done.stdout, flush=True)
-    if done.returncode:
-        raise RuntimeError(f"exit code {done.returncode}: {' '.join(command[:8])} ...\n{done.stdout[-3000:]}")
-    return done.stdout
+    """Run ``command``, its output passed on to the step's log line by line (a step that times out leaves what it
+    printed), and fail with its tail if it fails; its output."""
+    lines = []
+    with subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace") as process:
+        for line in process.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            lines.append(line)
+    output = "".join(lines)
+    if process.returncode:
+        raise RuntimeError(f"exit code {process.returncode}: {' '.join(command[:8])} ...\n{output[-3000:]}")
+    return output
 
 
 def torchrun(config, dataset: Path, output: Path, world: int, capped: list[str] | None = None) -> tuple[dict, str]:
@@ -344,7 +354,7 @@ def step_environment(check: Check) -> dict:
                     "memory_gib": round(props.total_memory / 2**30, 1),
                     "multiprocessors": props.multi_processor_count, "driver": driver_version(),
                     "nccl": ".".join(map(str, torch.cuda.nccl.version())),
-                    "bf16_without_emulation": torch.cuda.is_bf16_supported(including_emulation=False)}
+                    "bf16_without_emulation": bf16_without_emulation()}
     else:
         figures |= {"device": f"cpu ({platform.processor() or platform.machine()})", "device_count": 0}
     figures["packages"] = packages = {}
@@ -365,6 +375,15 @@ def step_environment(check: Check) -> dict:
     expect(not missing, f"cannot import {missing}: {[packages[n]['missing'] for n in missing]}")
     expect(packages["kftune"]["from"] == "this checkout", f"kftune imported from {packages['kftune']}")
     return figures
+
+
+def bf16_without_emulation() -> bool | None:
+    import torch
+
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return None
 
 
 def driver_version() -> str | None:
@@ -569,7 +588,6 @@ def oom_figures(check: Check, history: dict, output: str) -> dict:
                "loss_last_logged": history["steps"][-1]["loss"] if history.get("steps") else None}
     if check.cuda:
         figures["memory_cap_gib"] = check.oom_cap_gib
-        expect("CUDA out of memory" in output or "OutOfMemoryError" in output or logged, "no out-of-memory error")
     else:
         figures["simulated"] = (f"CPU dry run: the last rank raises torch.OutOfMemoryError for micro-batches of more "
                                 f"than {check.sizes.oom_simulate_over} examples (no allocator limit on a CPU)")
@@ -583,7 +601,12 @@ def step_oom_single(check: Check) -> dict:
     else:
         simulate_oom(check.sizes.oom_simulate_over)
     history, output = run_loop(oom_config(check), check.dataset("causal-lm"), out)
-    return oom_figures(check, history, output)
+    figures = oom_figures(check, history, output)
+    if check.cuda:
+        import torch
+
+        figures["max_memory_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return figures
 
 
 def step_oom_ddp(check: Check) -> dict:
@@ -622,9 +645,9 @@ def cap_memory(cap_gib: float) -> None:
 
 
 def simulate_oom(over: int) -> None:
-    """CPU stand-in for a capped GPU: on the last rank, the loop's training loss raises torch's out-of-memory
-    error for micro-batches of more than ``over`` examples (before computing anything, as a failed allocation
-    would)."""
+    """CPU stand-in for a capped GPU: on the last rank, a training forward pass of a micro-batch of more than
+    ``over`` examples raises torch's out-of-memory error as the model starts computing (inside DistributedDataParallel's
+    forward, after the collectives it begins with, where a real one would come)."""
     import torch
 
     from kftune.training import loop
@@ -632,11 +655,19 @@ def simulate_oom(over: int) -> None:
     original = loop.training_loss
     last_rank = int(os.environ.get("RANK", 0)) == int(os.environ.get("WORLD_SIZE", 1)) - 1
 
+    def out_of_memory(module, args, kwargs):
+        raise torch.OutOfMemoryError(f"CUDA out of memory (simulated on CPU: a micro-batch of more than {over} "
+                                     "examples)")
+
     def training_loss(model, collate, recipe, run, indices):
-        if last_rank and len(indices) > over:
-            raise torch.OutOfMemoryError(f"CUDA out of memory (simulated on CPU: a micro-batch of {len(indices)} "
-                                         f"examples, over {over})")
-        return original(model, collate, recipe, run, indices)
+        if not (last_rank and len(indices) > over):
+            return original(model, collate, recipe, run, indices)
+        inner = getattr(model, "module", model)  # DDP's wrapped model
+        hook = inner.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+        try:
+            return original(model, collate, recipe, run, indices)
+        finally:
+            hook.remove()
 
     loop.training_loss = training_loss
 
