@@ -27,6 +27,7 @@ stand-in instead of the allocator) and also lists what those steps imported that
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -448,19 +449,61 @@ def tail(path: Path, chars: int = 4000) -> str:
     return "\n".join(lines)[-chars:]
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it (torchrun starts its workers in sessions of their own, so a
+    process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path("/proc", entry, "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def stop(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """End a step's processes: SIGTERM to each (torchrun then stops its workers, the loop checkpoints), SIGKILL to
+    those left after ``grace`` seconds, so that nothing of a timed-out step keeps the GPU."""
+    tree = process_tree(process.pid)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and (process.poll() is None or any(alive(p) for p in tree[1:])):
+            time.sleep(0.2)
+    process.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path("/proc", str(pid), "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def run_step(command: list[str], env: dict, timeout: float, log: Path) -> tuple[int | None, float, float]:
-    """Run one step in its own process group (so a timeout ends torchrun's workers too); (exit code or None on
-    timeout, seconds, CPU seconds of its processes)."""
+    """Run one step, its processes ended if it outlasts ``timeout`` (or if this check is stopped); (exit code or
+    None on timeout, seconds, CPU seconds of its processes)."""
     started, cpu = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w", encoding="utf-8") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             code = process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            stop(process)
             code = None
+        except BaseException:  # this check stopped (SIGTERM, Ctrl-C): its step with it
+            stop(process, grace=5.0)
+            raise
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     return code, time.perf_counter() - started, used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
 
@@ -594,6 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "prepare":
         prepare(args.directory, args.max_rows, not args.no_wheels, args.limit_mib)
         return 0
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # ends the running step too
     only = [s.strip() for s in args.steps.split(",") if s.strip()]
     unknown = set(only) - set(STEPS)
     if unknown:

@@ -20,9 +20,9 @@ examples instead.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
+import logging
 import math
 import os
 import platform
@@ -30,7 +30,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -144,45 +143,36 @@ class Check:
 
 # --- running the training loop -------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def captured_output():
-    """Collect what this process and its children write to stdout and stderr (file descriptors 1 and 2: the
-    launcher's training process inherits them), and pass it on to the step's log afterwards. Yields a list that
-    holds the text once the block is left."""
-    collected: list[str] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 1)
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield collected
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
-            tmp.seek(0)
-            text = tmp.read().decode("utf-8", errors="replace")
-            sys.stdout.write(text)
-            sys.stdout.flush()
-            collected.append(text)
+class LoopLog(logging.Handler):
+    """The messages kftune logs (the training loop's among them) while it is attached, kept to be checked; they
+    still reach the step's log as they come."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> LoopLog:
+        logging.getLogger("kftune").addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger("kftune").removeHandler(self)
 
 
 def run_loop(config, dataset: Path, output: Path) -> tuple[dict, str]:
     """One training process: the loop's ``main`` in this process, with the arguments the launcher gives it for one
-    process (:func:`kftune.training.launch.training_command`); (history, its output)."""
+    process (:func:`kftune.training.launch.training_command`); (history, what it logged)."""
     from kftune.training import loop
 
     config = replace(config, checkpoint_dir=str(loop.default_checkpoint_dir(output)))
     config_file = output.with_name(output.name + ".config.json")
     config.to_json(config_file)
-    with captured_output() as text:
+    with LoopLog() as logged:
         loop.main(["--config", str(config_file), "--dataset", str(dataset), "--output", str(output)])
-    return json.loads((output / loop.HISTORY_FILE).read_text(encoding="utf-8")), text[0]
+    return json.loads((output / loop.HISTORY_FILE).read_text(encoding="utf-8")), "\n".join(logged.lines)
 
 
 def run_command(command: list[str], env: dict | None = None) -> str:

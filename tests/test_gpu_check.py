@@ -30,6 +30,7 @@ def load_check():
 FAKE_STEPS = textwrap.dedent('''
     """Stands in for bench/gpu_check_steps.py: fails, hangs, skips or succeeds by the step's name."""
     import json
+    import subprocess
     import sys
     import time
 
@@ -37,7 +38,9 @@ FAKE_STEPS = textwrap.dedent('''
     print(f"step {name} starts", flush=True)
     if name == "broken":
         sys.exit("ValueError: broken on purpose")
-    if name == "hangs":
+    if name == "hangs":  # with a child in a session of its own, as torchrun starts its workers
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+        open(result + ".child", "w").write(str(child.pid))
         time.sleep(60)
     outcome = {"status": "skipped", "reason": "not on this machine"} if name == "skips" else \\
         {"status": "ok", "figures": {"step": name}}
@@ -73,6 +76,8 @@ def test_a_failed_or_timed_out_step_fails_the_check_and_the_next_steps_still_run
     assert steps["after_broken"]["status"] == "skipped" and "broken" in steps["after_broken"]["reason"]
     assert steps["hangs"]["status"] == "failed" and steps["hangs"]["error"].startswith("timed out after 1 s")
     assert "step hangs starts" in steps["hangs"]["error"]  # what it printed before it was stopped
+    child = int((tmp_path / "work" / "results" / "hangs.json.child").read_text())
+    assert not check.alive(child)  # ended with the step, though in another session
     assert steps["skips"] == steps["skips"] | {"status": "skipped", "reason": "not on this machine"}
     assert steps["last"]["status"] == "ok" and steps["last"]["proves"] == "still runs"
     assert document["environment"] == {"step": "environment"}
