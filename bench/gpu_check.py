@@ -609,6 +609,10 @@ def run_check(prepared: Path, out: Path, dry_run: bool, work: Path | None, budge
     document["passed"] = not failed
     document["seconds"] = round(time.perf_counter() - started, 1)
     write_json(out, document)
+    for name, step in document["steps"].items():  # the short version, for whoever reads only the output's end
+        lines = (step.get("error") or "").strip().splitlines() or [""]
+        detail = step.get("reason") or (lines[0] if lines[0].startswith(("timed out", "not run")) else lines[-1])
+        print(f"  {name:<20} {step['status']:<8} {step.get('seconds', '')!s:>6} s  {detail[:150]}")
     print(f"gpu check: {'passed' if not failed else 'FAILED: ' + ', '.join(failed)} in {document['seconds']} s; "
           f"results in {out}, output of every step in {log_file}")
     return not failed
