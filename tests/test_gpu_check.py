@@ -158,10 +158,16 @@ def test_wheels_are_fetched_for_the_gpu_machines_python(tmp_path):
     assert names == ["multiprocess-0.70.19-py312-none-any.whl", "truststore-0.10.5-py3-none-any.whl"]
 
 
+DRY_RUN_STEPS = ["classification_bf16", "oom_ddp"]
+"""The steps the suite dry-runs (with what they need: environment, models): a one-process bf16 run, and an
+out-of-memory recovery under DDP (torchrun, 2 gloo ranks). The whole dry run (every step, about 7 minutes on 2
+cores: some 25 processes each importing torch and transformers) is bench/gpu_check.py's own command, run before GPU
+time is spent (docs/benchmarks.md, "GPU check"); the steps' parts are each tested here and in the training tests."""
+
+
 @pytest.mark.slow
 def test_prepared_without_wheels_the_dry_run_ends_every_step_ok_or_skipped_with_a_reason(tmp_path):
-    """The same steps as on a GPU, on CPU at tiny sizes (about 4 minutes on 2 cores: some 25 processes each
-    importing torch and transformers)."""
+    """The GPU machine's steps, on CPU at tiny sizes: preparation without wheels, then a dry run of DRY_RUN_STEPS."""
     check = load_check()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
     prepared, out = tmp_path / "prepared", tmp_path / "out" / "gpu-check.json"
@@ -176,33 +182,24 @@ def test_prepared_without_wheels_the_dry_run_ends_every_step_ok_or_skipped_with_
     assert not list(prepared.rglob("*.safetensors"))  # the models are made where the check runs
 
     done = subprocess.run([sys.executable, str(SCRIPT), "run", "--prepared", str(prepared), "--out", str(out),
-                           "--dry-run", "--work", str(tmp_path / "work")], env=env, capture_output=True, text=True)
+                           "--dry-run", "--work", str(tmp_path / "work"), "--steps", ",".join(DRY_RUN_STEPS)],
+                          env=env, capture_output=True, text=True)
     document = json.loads(out.read_text())
     steps = document["steps"]
     summary = {name: (step["status"], step.get("reason") or step.get("error", "")[-1500:])
                for name, step in steps.items()}
     assert done.returncode == 0 and document["passed"], summary
-    assert list(steps) == ["install", *check.STEPS, "imports"]
+    assert list(steps) == ["install", *check.selected_steps(DRY_RUN_STEPS), "imports"]
     for name, step in steps.items():
         assert step["status"] in ("ok", "skipped"), (name, step)
         assert step["status"] == "ok" or step["reason"], (name, step)
-    skipped = {name for name, step in steps.items() if step["status"] == "skipped"}
-    assert skipped == {"install", "classification_fp16", "qlora"}
+    assert {name for name, step in steps.items() if step["status"] == "skipped"} == {"install"}
 
     figures = {name: step.get("figures", {}) for name, step in steps.items()}
     assert document["environment"]["packages"]["kftune"]["from"] == "this checkout"
-    for name in ("classification_bf16", "prompt_tuning", "ddp_nccl", "causal_lm_lora", "fsdp2_nccl"):
-        assert figures[name]["precision"] == "bf16" and figures[name]["samples_per_second"] > 0, name
-    assert figures["classification_bf16"]["padding_free"] and figures["prompt_tuning"]["padding_free"]
-    assert figures["lora_merge"]["merged"] == {"query_changed": True, "key_unchanged": True}
-    assert figures["export_parity"]["classification_onnx"]["on_device"]["prediction_mismatches"] == 0
-    assert figures["export_parity"]["causal_lm_merged"]["on_device"]["max_abs_logit_diff"] < 1e-3
-    assert figures["ddp_nccl"]["world"] == 2 and figures["ddp_nccl"]["backend"] == "gloo"
-    assert figures["causal_lm_lora"]["settings"] == {"training_mode": "lora", "packing": True,
-                                                     "gradient_checkpointing": True}
-    for name in ("oom_single", "oom_ddp"):
-        assert figures[name]["halvings"] >= 1 and figures[name]["logged"], name
+    assert figures["classification_bf16"]["precision"] == "bf16"
+    assert figures["classification_bf16"]["samples_per_second"] > 0 and figures["classification_bf16"]["padding_free"]
+    assert figures["oom_ddp"]["halvings"] >= 1 and figures["oom_ddp"]["logged"]
     assert figures["oom_ddp"]["sync_after_backward_logged"]
-    assert figures["throughput"]["samples_per_second"] > 0 and figures["throughput"]["mfu_vs_measured_matmul"] > 0
     assert figures["imports"]["missing_on_gpu_machine"] == []
     assert "===== oom_ddp: ok" in out.with_suffix(".log").read_text()
