@@ -78,6 +78,8 @@ def one_run(task: str, seed: int, precision: str, rows: int, max_steps: int, wor
         "scores": {k: result["model"][k] for k in definition.result_metrics(result)
                    if isinstance(result["model"].get(k), int | float)},
         "trivial_scores": {k: v for k, v in trivial.items() if isinstance(v, int | float)},
+        "baseline_scores": {k: v for k, v in result["baselines"][result["baseline"]].items()
+                            if isinstance(v, int | float)},
         "train_seconds": seconds,
     }
 

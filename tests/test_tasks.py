@@ -413,3 +413,32 @@ def test_bundled_regression_data_is_read_from_the_installed_copy_first(tmp_path,
     (installed / bundled.VADER_SDIST).write_bytes(b"not the archive")
     with pytest.raises(bundled.KftuneError, match="expected 5d7c06e0"):
         bundled.vader_sdist()
+
+
+def test_the_multilabel_tfidf_baseline_picks_its_thresholds_on_validation_and_test_decides_nothing():
+    """Rare labels (5 % of the texts each), cued by a word among many neutral ones: at 0.5 a one-vs-rest logistic
+    regression predicts almost nothing (a baseline any model beats); with thresholds chosen on validation it finds
+    the cued labels. The test labels change no prediction; the validation labels do."""
+    import datasets
+
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    names = ["sport", "music", "film"]
+
+    def split(rows: int) -> datasets.Dataset:
+        labels = (rng.random((rows, 3)) < 0.05).astype(int)
+        texts = [" ".join([*rng.choice(words, 12), *(n for n, on in zip(names, row, strict=True) if on)])
+                 for row in labels]
+        return datasets.Dataset.from_dict({"text": texts, "label": labels.tolist()})
+
+    train, validation, test = split(600), split(200), split(200)
+    task, info = task_named("multilabel"), {"labels": names}
+    baselines = task.baselines(train, validation, test, info)
+    predicted = baselines["tfidf_ovr_logreg"]["predictions"]
+    assert baselines["tfidf_ovr_logreg"]["f1_micro"] > 0.6
+
+    truth = np.asarray(test["label"])
+    flipped = test.remove_columns("label").add_column("label", (1 - truth).tolist())
+    assert (task.baselines(train, validation, flipped, info)["tfidf_ovr_logreg"]["predictions"] == predicted).all()
+    emptied = validation.remove_columns("label").add_column("label", [[0, 0, 0]] * len(validation))
+    assert (task.baselines(train, emptied, test, info)["tfidf_ovr_logreg"]["predictions"] != predicted).any()

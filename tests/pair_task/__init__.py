@@ -51,7 +51,7 @@ class SentencePair(Regression):
         pair = getattr(config, "text_pair_column", PAIR)
         return f"column {pair!r} (the second text of each pair)" if pair in set(map(str, frame.columns)) else None
 
-    def baselines(self, train, test, info):
+    def baselines(self, train, validation, test, info):
         from kftune.tasks.regression import tfidf_ridge
 
         def both(split):

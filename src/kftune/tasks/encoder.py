@@ -199,8 +199,9 @@ class EncoderTask(Task):
         return info
 
     # --- evaluation -------------------------------------------------------------------
-    def baselines(self, train, test, info: dict) -> dict[str, dict]:
-        """Baselines fitted on the train split and scored (``full``) on the test split, by name; for a task with
+    def baselines(self, train, validation, test, info: dict) -> dict[str, dict]:
+        """Baselines fitted on the train split (any choice they make, such as a decision threshold, made on the
+        validation split, as the model's is) and scored (``full``) on the test split, by name; for a task with
         ``intervals``, each with its test ``predictions`` too (an array, which evaluate takes out)."""
         raise NotImplementedError
 
@@ -237,7 +238,7 @@ class EncoderTask(Task):
         logits = predict_logits(torch_runner(model), test, config.batch_size)
         truth = self.label_array(test[LABEL])
         model_scores = self.scores(logits, truth, info, full=True)
-        baselines = self.baselines(train, test, info)
+        baselines = self.baselines(train, splits["validation"], test, info)
         predicted = {name: scores.pop("predictions", None) for name, scores in baselines.items()}
         baseline = baselines[self.baseline]
         result = {

@@ -217,7 +217,7 @@ class Classification(EncoderTask):
 
         LabelMap(tuple(info["labels"])).save(directory / LABELS_FILE)
 
-    def baselines(self, train, test, info):
+    def baselines(self, train, validation, test, info):
         from kftune.data.schema import LABEL, TEXT
 
         names, y_true = info["labels"], np.asarray(test[LABEL])

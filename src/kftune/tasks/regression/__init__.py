@@ -156,7 +156,7 @@ class Regression(EncoderTask):
     def trivial_logits(self, logits, info):
         return np.zeros_like(logits)  # the training mean, in the normalised units the head predicts
 
-    def baselines(self, train, test, info):
+    def baselines(self, train, validation, test, info):
         from kftune.data.schema import LABEL, TEXT
 
         y_train, y_test = np.asarray(train[LABEL], dtype=np.float64), np.asarray(test[LABEL], dtype=np.float64)

@@ -259,7 +259,7 @@ class TokenClassification(EncoderTask):
         return result if full else {k: result[k] for k in self.metrics}
 
     # --- evaluation -------------------------------------------------------------------
-    def baselines(self, train, test, info):
+    def baselines(self, train, validation, test, info):
         """The most frequent tag per word form in train, on the test words the model is scored on (those that
         kept a labelled first piece within max_seq_length)."""
         id2tag = info["labels"]
