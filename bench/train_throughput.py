@@ -16,14 +16,20 @@ warmup 10 %, weight decay 0.01, seed 42), validation after every epoch and the b
     Which it used is reported as ``precision``.
 
 Every seed runs each of them. Reported per run: training samples/s (training examples x epochs /
-wall time of the training call, validation included), test accuracy / macro F1 of the model it
-keeps, precision and torch threads; per seed and over the seeds' means, kftune's speedup over
+wall time of the training call, validation included), the machine's ceiling (below), test accuracy /
+macro F1 of the model it keeps, precision and torch threads; per seed and over the seeds' means, kftune's speedup over
 each ``Trainer`` and its accuracy minus each one's (points). The mean carries a ``criteria``
 block (issue 18): speedup over the documented ``Trainer`` >= 3, over the tuned one > 1, and
 kftune's mean accuracy >= each ``Trainer``'s mean - 0.3 points. ``Trainer``'s test predictions
 are scored against the labels ``predict`` returns with them: with group_by_length ``Trainer``
 also length-groups its evaluation batches, so predictions do not come back in dataset order.
-About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min per seed):
+The machine's ceiling: each run's model FLOP/s (the matmul FLOPs the model needs for the real tokens,
+:func:`model_flops`: every linear layer and attention's two products, x3 for a training step, x1 for
+validation, divided by the training call's wall time) as a share of this machine's matmul rate in that
+run's precision, measured in the same run by :func:`matmul_rate` (a matmul of the step's shapes: batch x mean
+length rows, the hidden size by the feed-forward size). Padding, dropout, casts and the optimizer are what
+keep a run below 100 %. About 25 minutes per seed and ``Trainer`` run set on 2 CPU cores (all three: ~40 min
+per seed):
 
     .venv/bin/python bench/train_throughput.py --seed 42 1 2 --trainer-tuned --out bench-results.json
     .venv/bin/python bench/train_throughput.py --out bench-results.json     # seed 42, documented Trainer only
@@ -47,7 +53,7 @@ HYPERPARAMETERS = {"learning_rate": 1e-4, "per_device_train_batch_size": 32, "nu
                    "warmup_ratio": 0.1, "weight_decay": 0.01, "seed": 42}
 KFTUNE_SETTINGS: dict = {}  # the pipeline's defaults; changed with --set
 TRAINERS = {"hf_trainer": "documented", "hf_trainer_tuned": "tuned"}  # result key -> name in comparisons
-METRICS = ("samples_per_second", "test_accuracy", "test_f1_macro")
+METRICS = ("samples_per_second", "share_of_matmul_rate", "test_accuracy", "test_f1_macro")
 CRITERIA = {"min_speedup_over_documented": 3.0, "min_speedup_over_tuned": 1.0, "max_accuracy_deficit_points": 0.3}
 
 
@@ -146,6 +152,71 @@ def kftune_run(dataset_dir: Path, test_dir: Path, out_dir: Path, hyper: dict, ov
             "torch_threads": int(os.environ.get("OMP_NUM_THREADS") or available_cpus())}
 
 
+def model_flops(train_lengths, validation_lengths, d: int, f: int, layers: int, epochs: int) -> float:
+    """The matmul FLOPs a run of ``epochs`` epochs needs for the real tokens of a BERT-style encoder of hidden size
+    ``d``, feed-forward size ``f`` and ``layers`` layers: per token and layer 2 x (4 d^2 + 2 d f) for the linear
+    layers and 4 d n for attention's two products (n the text's length), 2 d^2 per text for the pooler; a training
+    example costs 3x its forward pass (forward, then the gradients of the inputs and of the weights), a validation
+    example 1x, every epoch."""
+
+    def forward(lengths) -> float:
+        lengths = np.asarray(lengths, dtype=np.float64)
+        return (layers * 2 * (4 * d * d + 2 * d * f) * lengths.sum() + layers * 4 * d * (lengths**2).sum()
+                + len(lengths) * 2 * d * d)
+
+    return epochs * (3 * forward(train_lengths) + forward(validation_lengths))
+
+
+def matmul_rate(precision: str, rows: int, d: int, f: int, seconds: float = 2.0) -> float:
+    """FLOP/s of this machine's best of repeated (rows x d) @ (d x f) matmuls in ``precision`` (``bf16`` or
+    ``fp32``), with torch's threads as the runs use them: the ceiling the runs are measured against."""
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(rows, d, dtype=dtype, device=device), torch.randn(d, f, dtype=dtype, device=device)
+    best, ended = float("inf"), time.perf_counter() + seconds
+    for _ in range(3):  # warm-up
+        a @ b
+    while time.perf_counter() < ended:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * rows * d * f / best
+
+
+def ceiling(runs: list[dict], dataset_dir: Path, epochs: int) -> dict:
+    """The machine's matmul rate in each precision the runs used (measured now), and per run and loop its model
+    FLOP/s and their share of that rate (added to the runs in place)."""
+    import transformers
+
+    from kftune.data.bundled import bundled_model_dir
+    from kftune.data.schema import load_splits
+
+    config = transformers.AutoConfig.from_pretrained(str(bundled_model_dir()))
+    splits = load_splits(dataset_dir)[0]
+    train, validation = ([len(x) for x in splits[name]["input_ids"]] for name in ("train", "validation"))
+    rows = HYPERPARAMETERS["per_device_train_batch_size"] * int(np.mean(train))
+    flops = model_flops(train, validation, config.hidden_size, config.intermediate_size, config.num_hidden_layers,
+                        epochs)
+    precisions = {"bf16" if r[loop]["precision"] == "bf16" else "fp32" for r in runs for loop in ("kftune", *TRAINERS)
+                  if loop in r}
+    rates = {p: matmul_rate(p, rows, config.hidden_size, config.intermediate_size) for p in sorted(precisions)}
+    for run in runs:
+        for loop in ("kftune", *TRAINERS):
+            if loop in run:
+                result = run[loop]
+                achieved = flops / result["train_seconds"]
+                rate = rates["bf16" if result["precision"] == "bf16" else "fp32"]
+                result.update(model_flops_per_second=achieved, share_of_matmul_rate=achieved / rate)
+    return {"model_flops_per_run": flops, "matmul_shape": [rows, config.hidden_size, config.intermediate_size],
+            "matmul_flops_per_second": rates}
+
+
 def compare(kftune: dict, trainer: dict) -> dict:
     """kftune's speedup over one Trainer run (or mean) and its accuracy minus that one's, in points."""
     return {"speedup": kftune["samples_per_second"] / trainer["samples_per_second"],
@@ -180,7 +251,8 @@ def criteria(mean: dict) -> dict:
 def _means(runs: list[dict]) -> dict:
     """Each loop's mean samples/s, test accuracy and macro F1 over the seeds; comparisons and criteria of the means."""
     loops = [loop for loop in ("kftune", *TRAINERS) if loop in runs[0]]
-    mean = {loop: {key: sum(r[loop][key] for r in runs) / len(runs) for key in METRICS} for loop in loops}
+    mean = {loop: {key: sum(r[loop][key] for r in runs) / len(runs) for key in METRICS
+                   if all(key in r[loop] for r in runs)} for loop in loops}
     mean["comparison"] = comparisons(mean)
     mean["criteria"] = criteria(mean)
     return mean
@@ -203,8 +275,11 @@ def summary(runs: list[dict], mean: dict | None) -> str:
     rows = [(str(r["hyperparameters"]["seed"]), r) for r in runs] + ([("mean", mean)] if mean else [])
     lines = []
     for label, result in rows:
-        cells = [f"{loop} {result[loop]['samples_per_second']:.1f}/s acc {result[loop]['test_accuracy']:.4f} "
-                 f"F1 {result[loop]['test_f1_macro']:.4f}" for loop in loops]
+        cells = [f"{loop} {result[loop]['samples_per_second']:.1f}/s"
+                 + (f" ({100 * result[loop]['share_of_matmul_rate']:.1f} % of the matmul rate)"
+                    if "share_of_matmul_rate" in result[loop] else "")
+                 + f" acc {result[loop]['test_accuracy']:.4f} F1 {result[loop]['test_f1_macro']:.4f}"
+                 for loop in loops]
         vs = [f"{name}: {c['speedup']:.2f}x, {c['accuracy_difference_points']:+.2f} pts"
               for name, c in result["comparison"].items()]
         lines.append(f"seed {label}: " + " | ".join(cells) + ("  [" + "; ".join(vs) + "]" if vs else ""))
@@ -261,9 +336,12 @@ def main() -> None:
             run["comparison"] = comparisons(run)
             print(json.dumps(run, indent=2), flush=True)
             runs.append(run)
+        machine_ceiling = ceiling(runs, tmp / "data", args.epochs)
     mean = _means(runs)
-    results = {"machine": machine, "runs": runs, "mean": mean}
+    results = {"machine": machine, "ceiling": machine_ceiling, "runs": runs, "mean": mean}
     print(json.dumps(results, indent=2))
+    rates = machine_ceiling["matmul_flops_per_second"]
+    print(", ".join(f"{p} matmul rate {rate / 1e9:.0f} GFLOP/s" for p, rate in rates.items()) + f" ({machine})")
     print(summary(runs, mean))
     args.out.write_text(json.dumps(results, indent=2))
 

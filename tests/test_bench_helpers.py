@@ -42,6 +42,24 @@ def test_means_compare_kftune_with_both_trainers_and_read_the_criteria():
     assert slower["criteria"]["all_met"] is False
 
 
+def test_model_flops_count_every_linear_layer_and_attention_per_real_token():
+    """By hand, d=2, f=4, one layer, one training text of 3 tokens and one validation text of 1, one epoch:
+    a token's linear layers 2 x (4x4 + 2x2x4) = 64 FLOPs, attention 4 x 2 x n per token (n^2 over a text), the
+    pooler 2 x 4 per text; training 3x the forward pass."""
+    bench = load("train_throughput")
+    train_forward = 64 * 3 + 4 * 2 * 9 + 8
+    validation_forward = 64 * 1 + 4 * 2 * 1 + 8
+    assert bench.model_flops([3], [1], 2, 4, 1, 1) == 3 * train_forward + validation_forward
+    assert bench.model_flops([3], [1], 2, 4, 2, 2) == 2 * (3 * (2 * train_forward - 8) + 2 * validation_forward - 8)
+
+
+def test_the_matmul_rate_is_a_rate_of_this_machine_in_each_precision():
+    bench = load("train_throughput")
+    for precision in ("fp32", "bf16"):
+        rate = bench.matmul_rate(precision, 64, 32, 128, seconds=0.05)
+        assert 1e6 < rate < 1e16  # FLOP/s: more than a megaflop, less than any machine's peak
+
+
 def event(name, parent=None):
     return SimpleNamespace(name=name, cpu_parent=parent)
 
