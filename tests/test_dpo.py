@@ -87,6 +87,13 @@ def test_task_auto_picks_dpo_for_preference_columns_and_its_settings_are_its_own
         TrainConfig(task="dpo", beta=0.0).validate()
     with pytest.raises(ConfigError, match="sharding"):
         TrainConfig(task="dpo", sharding="fsdp").validate()
+    assert TASKS["dpo"].gates() == {"min_primary_score": "preference_accuracy",
+                                    "min_gain_over_baseline": "preference_accuracy"}
+    from kftune.training.search_space import parse_space
+
+    assert {p.name for p in parse_space(TASKS["dpo"].search_space, "lora").params} == {"learning_rate", "beta"}
+    with pytest.raises(ConfigError, match="search space: beta: beta must be > 0"):
+        parse_space({"beta": {"low": 0.0, "high": 0.5}}, "lora")
 
 
 def test_bundled_pairs_reject_the_other_allowed_answer():
@@ -258,6 +265,30 @@ def test_reference_logprobs_are_computed_once_per_split(monkeypatch, tmp_path, p
     splits = load_splits(prepared_pairs)[0]
     assert calls == [len(splits["train"]), len(splits["validation"])]  # once each, for two epochs
     assert len(history["epochs"]) == 2
+
+
+def _reference_on_rank(ranks, dataset: str, model_path: str, out: str) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from kftune.tasks.dpo.training import reference_logps
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    collate = PairCollator(load_splits(Path(dataset))[0]["train"], 0)
+    torch.save(reference_logps(model, collate, 16, ranks.device, "no"), f"{out}.{ranks.rank}")
+
+
+def test_the_ranks_share_the_reference_pass_and_each_gets_every_pair(tmp_path, prepared_pairs, tiny_causal_lm):
+    from transformers import AutoModelForCausalLM
+
+    from kftune.tasks.dpo.training import reference_logps
+    from tests.gloo import run_ranks
+
+    run_ranks(_reference_on_rank, str(prepared_pairs), str(tiny_causal_lm), str(tmp_path / "reference"))
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_causal_lm), dtype=torch.float32)
+    alone = reference_logps(model, PairCollator(load_splits(prepared_pairs)[0]["train"], 0), 16,
+                            torch.device("cpu"), "no")
+    for rank in (0, 1):
+        torch.testing.assert_close(torch.load(tmp_path / f"reference.{rank}"), alone, atol=1e-4, rtol=0)
 
 
 # --- training, evaluation, export -------------------------------------------------------------------
