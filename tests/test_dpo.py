@@ -267,6 +267,51 @@ def test_reference_logprobs_are_computed_once_per_split(monkeypatch, tmp_path, p
     assert len(history["epochs"]) == 2
 
 
+def _full_config(model: Path, checkpoint_dir: Path) -> TrainConfig:
+    return TrainConfig(task="dpo", model=str(model), training_mode="full", num_train_epochs=2,
+                       per_device_train_batch_size=4, learning_rate=1e-3, save_steps=5, save_total_limit=0,
+                       early_stopping_patience=0, logging_steps=5, checkpoint_dir=str(checkpoint_dir))
+
+
+def test_sigkill_mid_full_training_then_rerun_gives_identical_weights(tmp_path, prepared_pairs, tiny_causal_lm):
+    """Full fine-tuning keeps no reference copy: a resumed run computes the reference from the starting weights
+    before it restores the trained ones, so it ends bit-identical to a run never interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    from kftune.training.checkpoint import latest_checkpoint
+
+    def command(name: str) -> list[str]:
+        (tmp_path / f"{name}.work").mkdir()
+        _full_config(tiny_causal_lm, tmp_path / f"{name}.ckpt").to_json(tmp_path / f"{name}.work" / "config.json")
+        return [sys.executable, "-m", "kftune.training.loop", "--config", str(tmp_path / f"{name}.work/config.json"),
+                "--dataset", str(prepared_pairs), "--output", str(tmp_path / name)]
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    subprocess.run(command("a"), env=env, check=True, capture_output=True)
+    killed = command("b")
+    process = subprocess.Popen(killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "b.ckpt" / "checkpoint-00000045").exists():  # 32 steps an epoch: mid-epoch 2
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before the checkpoint"
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "b").exists() and latest_checkpoint(tmp_path / "b.ckpt")[1]["micro"] > 0
+    rerun = subprocess.run(killed, env=env, capture_output=True, text=True, check=False)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
+    assert "resumed from" in rerun.stdout
+    before, after = (load_file(tmp_path / name / "model.safetensors") for name in ("a", "b"))
+    assert before.keys() == after.keys()
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
 def _reference_on_rank(ranks, dataset: str, model_path: str, out: str) -> None:
     from transformers import AutoModelForCausalLM
 
