@@ -385,6 +385,16 @@ def test_export_writes_the_merged_model_and_adapter_that_load(tmp_path, trained_
     torch.testing.assert_close(exported, trained, atol=1e-4, rtol=0)
     assert (exported[:, 0] > exported[:, 1]).float().mean() > 0.8  # it still prefers the chosen answers
 
+    # the export as the registry's champion: scored on the same pairs, no gain over it, an interval at 0
+    from kftune.components.evaluate.config import EvaluateConfig
+
+    result = TASKS["dpo"].evaluate(trained_pairs, prepared_pairs, test_dir, EvaluateConfig(task="dpo"),
+                                   champion_dir=tmp_path / "export")
+    champion = result["champion"]
+    assert champion["model"]["preference_accuracy"] == result["model"]["preference_accuracy"]
+    assert champion["delta"]["preference_accuracy"] == 0
+    assert champion["intervals"]["preference_accuracy"] == {"ci_low": 0.0, "ci_high": 0.0}
+
 
 @pytest.mark.slow
 def test_bundled_model_on_a_slice_of_the_bundled_pairs(tmp_path):
