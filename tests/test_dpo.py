@@ -385,6 +385,11 @@ def test_export_writes_the_merged_model_and_adapter_that_load(tmp_path, trained_
     torch.testing.assert_close(exported, trained, atol=1e-4, rtol=0)
     assert (exported[:, 0] > exported[:, 1]).float().mean() > 0.8  # it still prefers the chosen answers
 
+    from kftune.tasks import open_export  # served and predicted as a causal LM's export
+
+    answers = open_export(tmp_path / "export", max_new_tokens=3).predict(["Answer yes. (7)"], progress=False)
+    assert len(answers) == 1 and isinstance(answers[0]["generation"], str)
+
     # the export as the registry's champion: scored on the same pairs, no gain over it, an interval at 0
     from kftune.components.evaluate.config import EvaluateConfig
 
