@@ -401,6 +401,28 @@ def test_export_writes_the_merged_model_and_adapter_that_load(tmp_path, trained_
     assert champion["intervals"]["preference_accuracy"] == {"ci_low": 0.0, "ci_high": 0.0}
 
 
+def test_an_sft_export_is_a_starting_model(tmp_path, tiny_causal_lm):
+    """The model setting takes a causal-lm export directory (SFT, then DPO): trained from, and the baseline."""
+    from kftune.components.evaluate.config import EvaluateConfig
+    from kftune.components.evaluate.evaluate import evaluate
+    from kftune.training.loop import train
+    from tests.causal_lm import tiny_causal_lm_export
+
+    sft = tiny_causal_lm_export(tmp_path / "sft-export", seed=3)
+    data, out = _jsonl(tmp_path / "pairs.jsonl", easy_pairs(40)), tmp_path / "dataset"
+    preprocess(_config(data, sft), out, held_out_split(out))
+    train(TrainConfig(task="dpo", model=str(sft), max_steps=2, per_device_train_batch_size=8), out, tmp_path / "m")
+    assert (tmp_path / "m" / "adapter" / "adapter_model.safetensors").is_file()
+    result = evaluate(tmp_path / "m", out, held_out_split(out), EvaluateConfig(task="dpo", min_gain_over_baseline=-1))
+    from kftune.models.causal_lm import load_causal_lm
+    from kftune.tasks.dpo.evaluation import score_model
+
+    assert result["base_model"] == str(sft) and result["model"]["reward_margin"] != 0
+    logps = score_model(*load_causal_lm(sft), load_test_split(held_out_split(out)))
+    preferred = ((logps[:, 0] > logps[:, 1]).double() + 0.5 * (logps[:, 0] == logps[:, 1]).double()).mean()
+    assert result["baselines"]["starting_model"]["preference_accuracy"] == pytest.approx(float(preferred))
+
+
 @pytest.mark.slow
 def test_bundled_model_on_a_slice_of_the_bundled_pairs(tmp_path):
     """The real SmolLM2-135M-Instruct, a few LoRA steps on 40 bundled pairs: trains, evaluates against itself as
