@@ -336,6 +336,28 @@ def test_the_ranks_share_the_reference_pass_and_each_gets_every_pair(tmp_path, p
         torch.testing.assert_close(torch.load(tmp_path / f"reference.{rank}"), alone, atol=1e-4, rtol=0)
 
 
+def test_ddp_on_two_cpu_processes_trains_with_the_shared_reference(tmp_path, prepared_pairs, tiny_causal_lm):
+    """torchrun, 2 processes (gloo): the ranks compute the reference together, then train and write the adapter."""
+    import os
+    import subprocess
+
+    from safetensors.torch import load_file
+
+    from kftune.training.launch import torchrun_command
+
+    config = TrainConfig(task="dpo", model=str(tiny_causal_lm), num_train_epochs=1, max_steps=4,
+                         per_device_train_batch_size=4, learning_rate=5e-3)
+    config.to_json(tmp_path / "config.json")
+    run = subprocess.run(torchrun_command(2, tmp_path / "config.json", prepared_pairs, tmp_path / "model"),
+                         env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, check=False)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    history = json.loads((tmp_path / "model" / "training_history.json").read_text())
+    assert history["world_size"] == 2 and 0 < history["epochs"][0]["val_loss"] < 1.0
+    adapter = load_file(tmp_path / "model" / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in name and bool(weight.abs().sum() > 0) for name, weight in adapter.items())
+
+
 # --- training, evaluation, export -------------------------------------------------------------------
 
 def test_training_raises_preference_accuracy_over_the_starting_model(trained_pairs, prepared_pairs):
