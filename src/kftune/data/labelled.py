@@ -72,11 +72,28 @@ def read_bundled_instructions() -> pd.DataFrame:
                          "completion": reviews[LABEL].to_numpy()})
 
 
+PREFERENCE_ROWS = 400
+"""Pairs in the bundled preference data: the first of the instruction data's reviews (a few hundred pairs, as the
+issue sizes the demonstration)."""
+
+
+def read_bundled_preferences() -> pd.DataFrame:
+    """The bundled preference data (task dpo), derived from the bundled instruction data: each of its first
+    :data:`PREFERENCE_ROWS` prompts becomes a pair whose ``chosen`` response is the review's label and whose
+    ``rejected`` response is the other allowed answer (positive <-> negative)."""
+    instructions = read_bundled_instructions().head(PREFERENCE_ROWS)
+    other = {"positive": "negative", "negative": "positive"}
+    return pd.DataFrame({"prompt": instructions["prompt"].to_numpy(),
+                         "chosen": instructions["completion"].to_numpy(),
+                         "rejected": instructions["completion"].map(other).to_numpy()})
+
+
 BUNDLED_TABLES = {
     bundled.BUNDLED_DATA: read_bundled,
     bundled.REGRESSION_DATA: read_bundled_regression,
     bundled.MULTILABEL_DATA: read_bundled_multilabel,
     bundled.INSTRUCTION_DATA: read_bundled_instructions,
+    bundled.PREFERENCE_DATA: read_bundled_preferences,
 }
 """The bundled data sets that are tables, and their readers."""
 

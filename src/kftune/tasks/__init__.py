@@ -42,6 +42,7 @@ BUILTIN = (
     "kftune.tasks.regression",
     "kftune.tasks.multilabel",
     "kftune.tasks.token_classification",
+    "kftune.tasks.dpo",
 )
 """The packages of the built-in tasks, in the order the surfaces list them."""
 ENTRY_POINTS = "kftune.tasks"

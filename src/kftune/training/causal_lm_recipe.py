@@ -136,6 +136,9 @@ class CausalLMRecipe:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         return CausalCollator(split, pad_id, run.config.max_train_length, run.config.packing)
 
+    def start(self, model, train: Split, validation: Split, run: Run) -> None:
+        """Nothing to compute before the first step."""
+
     def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
         return causal_training_loss(model, batch)
 

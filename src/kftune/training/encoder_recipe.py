@@ -107,6 +107,9 @@ class EncoderRecipe:
     def collator(self, split, tokenizer, run: Run) -> Collator:
         return Collator(split, tokenizer, run.config.max_train_length, self.task, run.info)
 
+    def start(self, model, train: Split, validation: Split, run: Run) -> None:
+        """Nothing to compute before the first step."""
+
     def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
         return self.task.loss(model, batch, config)
 

@@ -229,6 +229,7 @@ def train(config: TrainConfig, dataset_dir: Path, output_dir: Path, halve_at_ste
         tokenizer, train_split, val_split = load_data(recipe, run)
         model = recipe.build_model(run)
         forward = place_model(model, config, ranks, precision)  # what the training forward passes run through
+        recipe.start(model, train_split, val_split, run)  # from the starting weights, before any restore
         schedule = Schedule.plan(train_split.lengths, config, ranks)
         if ranks.device.type == "cpu":
             check_model_fits(model, schedule.batch_size, int(train_split.lengths.max()), recipe.vocabulary_size(model),

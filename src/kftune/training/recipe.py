@@ -3,7 +3,7 @@
 The loop is the same for every task; it asks the task for its :class:`Recipe` (``task.recipe()``) and calls
 nothing else of it. Two recipes exist: the encoder one (:class:`~kftune.training.encoder_recipe.EncoderRecipe`:
 classification, regression, multilabel, token classification, each through its task's hooks) and the causal-LM
-one (:class:`~kftune.training.causal_lm_recipe.CausalLMRecipe`).
+one (:class:`~kftune.training.causal_lm_recipe.CausalLMRecipe`), which the preference task's extends.
 """
 
 from __future__ import annotations
@@ -50,6 +50,10 @@ class Recipe(Protocol):
 
     def collator(self, split, tokenizer, run: Run) -> Callable[[np.ndarray], dict[str, torch.Tensor]]:
         """Batches of a tokenized split's examples, by index."""
+
+    def start(self, model, train: Split, validation: Split, run: Run) -> None:
+        """Before the first step (and before a resumed run restores its weights), with ``model`` placed: what the
+        task computes once from the starting model (a preference task's reference log-probabilities)."""
 
     def loss(self, model, batch: dict[str, torch.Tensor], config) -> torch.Tensor:
         """The loss a training step minimises on ``batch``."""

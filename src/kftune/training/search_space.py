@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields
 
 from kftune.errors import ConfigError
 from kftune.settings.catalog import settings_of
+from kftune.tasks import TASKS
 from kftune.training.config import Adapters, TrainConfig
 
 # What a search may vary, and each option's type: the settings of TrainConfig declared setting(..., searchable=True).
@@ -216,8 +217,11 @@ def _check_value(where: str, kind: type, value):
 
 
 def _check_range(name: str, value) -> None:
-    """Values TrainConfig would reject, reported as a search-space error up front."""
+    """Values TrainConfig would reject, reported as a search-space error up front (a task's own setting, such as
+    dpo's beta, checked as that task's)."""
+    owner = next((task.name for task in TASKS.values() for group in task.settings.get("train", ())
+                  if name in {f.name for f in fields(group)}), None)
     try:
-        TrainConfig(**{name: value}).validate()
+        TrainConfig(**{name: value}, **({"task": owner} if owner else {})).validate()
     except ConfigError as e:
         raise ConfigError(f"search space: {name}: {e}") from e

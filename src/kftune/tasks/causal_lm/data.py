@@ -134,9 +134,11 @@ def conversations(frame: pd.DataFrame, layout: str, source: str) -> list[list[di
     return out
 
 
-def encode(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tuple[list[int], list[int]]:
+def encode(tokenizer, messages: list[dict], last_turn_only: bool = False,
+           labelled_from: int = 0) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and its labels (the ids on assistant turns, or with
-    ``last_turn_only`` on the last one alone, as a few-shot prompt's answer is scored; -100 elsewhere).
+    ``last_turn_only`` on the last one alone, as a few-shot prompt's answer is scored, or those from message
+    ``labelled_from`` on, as a preference pair's response is scored after its prompt; -100 elsewhere).
 
     The assistant turns' character spans come from rendering prefixes of the conversation, which
     a chat template must reproduce as prefixes of the whole (ChatML, Llama's and the plain
@@ -145,7 +147,7 @@ def encode(tokenizer, messages: list[dict], last_turn_only: bool = False) -> tup
     text = render(tokenizer, messages)
     spans = []
     for k, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or k < labelled_from:
             continue
         head = render(tokenizer, messages[:k], generation_prompt=True) if k else ""
         through = render(tokenizer, messages[: k + 1])
