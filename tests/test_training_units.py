@@ -514,7 +514,7 @@ def test_the_training_modes_and_sharding_a_task_takes_follow_its_kind_of_model()
             TrainConfig(task="causal-lm", training_mode=mode).validate()
     for task in ("classification", "regression", "multilabel", "token-classification"):
         TrainConfig(task=task, training_mode="prompt_tuning").validate()
-        with pytest.raises(ConfigError, match="qlora is for task causal-lm"):
+        with pytest.raises(ConfigError, match="qlora is for tasks causal-lm, dpo;"):
             TrainConfig(task=task, training_mode="qlora").validate()
         with pytest.raises(ConfigError, match="sharding fsdp is for task causal-lm"):
             TrainConfig(task=task, sharding="fsdp").validate()
