@@ -305,8 +305,8 @@ def test_switching_tasks_replaces_the_runtime_arguments_and_the_gpu():
         ("task", "summarization", "task must be one of classification, causal-lm, regression, multilabel"),
         ("gpus", -1, "gpus must be >= 0"),
         ("max_model_len", -1, "max_model_len must be >= 0"),
-        ("gpus", 1, "apply to task 'causal-lm'"),
-        ("max_model_len", 512, "apply to task 'causal-lm'"),
+        ("gpus", 1, "apply to tasks 'causal-lm', 'dpo'"),
+        ("max_model_len", 512, "apply to tasks 'causal-lm', 'dpo'"),
     ],
 )
 def test_bad_inputs_are_rejected_naming_the_parameter(field, value, message):
